@@ -1,0 +1,1 @@
+//! End-to-end benchmark harness support.

@@ -1,0 +1,1 @@
+//! xdpcast: a kernel-bypass multicast receiver.
