@@ -1,1 +1,459 @@
-fn main() {}
+//! `xdpcast`: send and receive files and disk images over IP multicast.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use xdpcast::net::Group;
+use xdpcast::rings::{CopyMode, XskConfig};
+use xdpcast::sender::{self, SendOptions};
+use xdpcast::session::hex;
+use xdpcast::status::{self, StatusReader};
+use xdpcast::steer::{self, AttachRequest};
+use xdpcast::{report, Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
+
+/// Exit status of a failed session: this plus its error code.
+const EXIT_FAILURE_BASE: u8 = 100;
+
+#[derive(Parser)]
+#[command(
+    name = "xdpcast",
+    version,
+    about = "Kernel-bypass multicast receiver (XDP/AF_XDP) and sender for disk images and files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Xdp,
+    Socket,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Attach {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Copy {
+    Auto,
+    Zerocopy,
+    Copy,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Multicast a file or block device.
+    Send {
+        /// File or block device to send.
+        file: PathBuf,
+        /// Multicast group and port, e.g. 239.1.2.3:5000.
+        #[arg(long)]
+        group: Group,
+        /// Interface to send on.
+        #[arg(long)]
+        iface: String,
+        /// Rate limit of payload, bits/s, with optional k/M/G suffix (default: unlimited).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<u64>,
+        /// Passes over the image.
+        #[arg(long, default_value_t = 1)]
+        passes: u32,
+        /// Block size in bytes (default: the largest that fits the interface MTU).
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// Session id (default: random).
+        #[arg(long)]
+        session: Option<u32>,
+        /// Multicast TTL.
+        #[arg(long, default_value_t = 1)]
+        ttl: u32,
+        /// Sockets with distinct source ports, to spread the flow over the receivers' RX queues.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Show a progress bar.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Receive an image into a file or block device.
+    Receive {
+        /// Multicast group and port, e.g. 239.1.2.3:5000.
+        #[arg(long)]
+        group: Group,
+        /// Interface to receive on.
+        #[arg(long)]
+        iface: String,
+        /// Target file (created and sized) or block device (must be large enough).
+        #[arg(long)]
+        out: PathBuf,
+        /// Session name for the status page (default: derived from the group).
+        #[arg(long)]
+        name: Option<String>,
+        /// Data path: auto uses XDP when possible and says why when it cannot.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Attach::Auto)]
+        attach: Attach,
+        /// AF_XDP copy mode.
+        #[arg(long = "xsk-copy", value_enum, default_value_t = Copy::Auto)]
+        xsk_copy: Copy,
+        /// RX queues to serve, comma separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        queues: Option<Vec<u32>>,
+        /// Cores to pin the workers to, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        cores: Option<Vec<usize>>,
+        /// UMEM frames per queue.
+        #[arg(long, default_value_t = 4096)]
+        frames: u32,
+        /// AF_XDP ring size (power of two).
+        #[arg(long, default_value_t = 2048)]
+        ring_size: u32,
+        /// Accept only this session id.
+        #[arg(long)]
+        session: Option<u32>,
+        /// Seconds to wait for the first packet.
+        #[arg(long, default_value_t = 60)]
+        start_timeout: u64,
+        /// Seconds without packets before the sender is considered gone.
+        #[arg(long, default_value_t = 10)]
+        idle_timeout: u64,
+        /// Leave the status page after exit (remove it with `xdpcast close NAME`).
+        #[arg(long)]
+        keep_status: bool,
+        /// Show a progress bar.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Print the status page of one session, or of all sessions.
+    Status {
+        /// Session name (default: every session on this machine).
+        name: Option<String>,
+        /// One JSON object per session, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the status page of a finished session.
+    Close {
+        /// Session name.
+        name: String,
+        /// Remove it even if its receiver still runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove any XDP program left on an interface.
+    Cleanup {
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+    },
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&s[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: use e.g. 800M or 2.5G"))?;
+    if v <= 0.0 || !v.is_finite() {
+        return Err(format!("bad rate {s:?}: must be positive"));
+    }
+    Ok((v * mult) as u64)
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+fn default_name(group: &Group) -> String {
+    let s: String = group
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.trim_matches('-').to_string()
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log_init(log::LevelFilter::Warn);
+    } else {
+        log_init(log::LevelFilter::Info);
+    }
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xdpcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "xdpcast: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn log_init(level: log::LevelFilter) {
+    static LOGGER: StderrLog = StderrLog;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Send {
+            file,
+            group,
+            iface,
+            rate,
+            passes,
+            block_size,
+            session,
+            ttl,
+            streams,
+            progress,
+        } => {
+            let mut opts = SendOptions::new(group, &iface);
+            opts.rate_bps = rate;
+            opts.passes = passes;
+            opts.block_size = block_size;
+            opts.session = session;
+            opts.ttl = ttl;
+            opts.streams = streams;
+            let pb = progress.then(|| bar(0, "send"));
+            let r = sender::send(&file, &opts, |pass, blocks| {
+                if let Some(pb) = &pb {
+                    pb.set_message(format!("pass {}", pass + 1));
+                    pb.set_position(blocks);
+                }
+            })?;
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            let secs = r.elapsed.as_secs_f64().max(1e-6);
+            println!(
+                "sent {} in {} packets ({passes} pass(es), session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; sha256 {}",
+                report::bytes(r.geometry.total_size),
+                r.packets,
+                r.session,
+                r.geometry.block_count,
+                r.geometry.block_size,
+                report::rate((r.bytes as f64 / secs) as u64),
+                hex(&r.digest)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Receive {
+            group,
+            iface,
+            out,
+            name,
+            mode,
+            attach,
+            xsk_copy,
+            queues,
+            cores,
+            frames,
+            ring_size,
+            session,
+            start_timeout,
+            idle_timeout,
+            keep_status,
+            progress,
+        } => {
+            let name = name.unwrap_or_else(|| default_name(&group));
+            let mut req = SessionRequest::new(&name, group, &iface, out);
+            req.mode = match mode {
+                Mode::Auto => ModeRequest::Auto,
+                Mode::Xdp => ModeRequest::Xdp,
+                Mode::Socket => ModeRequest::Socket,
+            };
+            req.attach = match attach {
+                Attach::Auto => AttachRequest::Auto,
+                Attach::Native => AttachRequest::Native,
+                Attach::Generic => AttachRequest::Generic,
+            };
+            req.xsk = XskConfig {
+                frame_count: frames,
+                ring_size,
+                copy_mode: match xsk_copy {
+                    Copy::Auto => CopyMode::Auto,
+                    Copy::Zerocopy => CopyMode::ZeroCopy,
+                    Copy::Copy => CopyMode::Copy,
+                },
+                ..XskConfig::default()
+            };
+            req.queues = queues;
+            req.cores = cores;
+            req.session_id = session;
+            req.start_timeout = Duration::from_secs(start_timeout);
+            req.idle_timeout = Duration::from_secs(idle_timeout);
+            receive(req, keep_status, progress)
+        }
+        Cmd::Status { name, json } => {
+            let names = match name {
+                Some(n) => vec![n],
+                None => status::list_sessions(),
+            };
+            if names.is_empty() {
+                println!("no sessions in {}", status::status_dir().display());
+            }
+            for n in names {
+                let s = StatusReader::open_session(&n)?.read()?;
+                if json {
+                    println!("{}", report::json(&s));
+                } else {
+                    let stale = if s.is_stale(Duration::from_secs(5)) {
+                        "  (STALE: the receiver is gone)"
+                    } else {
+                        ""
+                    };
+                    print!(
+                        "{}",
+                        report::human(&s).replacen('\n', &format!("{stale}\n"), 1)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Close { name, force } => {
+            let path = status::page_path(&name)?;
+            let s = StatusReader::open(&path)?.read()?;
+            if !s.state.is_final() && !s.is_stale(Duration::from_secs(5)) && !force {
+                bail!(
+                    "session {name} is still {} (pid {}); use --force to remove its page anyway",
+                    s.state.name(),
+                    s.writer_pid
+                );
+            }
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cleanup { iface } => {
+            if steer::cleanup(&iface)? {
+                println!("removed the XDP program from {iface}");
+            } else {
+                println!("no XDP program on {iface}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Result<ExitCode> {
+    install_signal_handlers();
+    let name = req.name.clone();
+    let pb = progress.then(|| bar(0, "receive"));
+    let pb2 = pb.clone();
+    let pb3 = pb.clone();
+    let callbacks = Callbacks {
+        on_start: Some(Box::new(move |total, _| {
+            if let Some(pb) = &pb2 {
+                pb.set_length(total);
+            }
+        })),
+        on_progress: Some(Box::new(move |s| {
+            if let Some(pb) = &pb3 {
+                pb.set_position(s.bytes_done);
+                pb.set_message(format!("{} drops", s.total_drops()));
+            }
+        })),
+        on_complete: None,
+    };
+    let mut session = Session::initialize(req, callbacks)?;
+    session.start()?;
+    if !session.mode_note().is_empty() {
+        eprintln!("xdpcast: {}", session.mode_note());
+    }
+    eprintln!(
+        "xdpcast: receiving on the {} path; status page {}",
+        session.mode().name(),
+        status::page_path(&name)?.display()
+    );
+    let (state, code) = loop {
+        match session.wait_for_completion(Some(Duration::from_millis(100))) {
+            Ok(done) => break done,
+            Err(e) if e.code == ErrorCode::Timeout => {
+                if SIGNALLED.load(Ordering::Relaxed) {
+                    session.cancel()?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let snap = StatusReader::open_session(&name)?.read()?;
+    print!("{}", report::human(&snap));
+    if keep_status {
+        session.detach_status_page();
+    } else {
+        session.close()?;
+    }
+    Ok(if state == State::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE_BASE + code as u8)
+    })
+}

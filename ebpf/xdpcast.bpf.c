@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0 OR GPL-2.0
+//
+// xdpcast XDP steering program.
+//
+// Matches Ethernet [+ one 802.1Q/802.1ad tag] -> IPv4 (any IHL, not a
+// non-first fragment) or IPv6 (no extension headers) -> UDP whose destination
+// address and port equal the session's group:port from XDPCAST_CONFIG, and
+// redirects those frames to the AF_XDP socket registered in XDPCAST_XSKS for
+// the receiving queue. Everything else is passed to the kernel untouched.
+//
+// Build (done by receiver/build.rs):
+//   clang -O2 -g -target bpf -c xdpcast.bpf.c -o xdpcast.bpf.o
+//
+// The layout of `struct xdpcast_config` is mirrored by `XdpcastConfig` in
+// receiver/src/steer.rs; keep them in sync.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define XDPCAST_FAMILY_V4 4
+#define XDPCAST_FAMILY_V6 6
+
+// IPv4 fragment offset mask (the low 13 bits of frag_off).
+#define IP_OFFSET_MASK 0x1fff
+
+struct xdpcast_config {
+	__u32 group4;           // IPv4 group, network byte order (family 4)
+	__u16 port;             // UDP destination port, network byte order
+	__u8 enabled;           // 0: pass everything
+	__u8 family;            // XDPCAST_FAMILY_V4 or XDPCAST_FAMILY_V6
+	__u32 drop_per_million; // test loss injection for matched frames
+	__u8 group6[16];        // IPv6 group, network byte order (family 6)
+};
+
+enum xdpcast_stat {
+	STAT_MATCHED = 0,
+	STAT_REDIRECTED = 1,
+	STAT_NO_SOCKET = 2,
+	STAT_PASSED = 3,
+	STAT_INJECTED_DROP = 4,
+	STAT_MAX = 5,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpcast_config);
+} XDPCAST_CONFIG SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} XDPCAST_XSKS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} XDPCAST_STATS SEC(".maps");
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&XDPCAST_STATS, &idx);
+
+	if (v)
+		*v += 1; // per-CPU slot: no atomic needed
+}
+
+static __always_inline int pass(void)
+{
+	count(STAT_PASSED);
+	return XDP_PASS;
+}
+
+// Returns 1 if the frame is UDP to the configured group:port, else 0.
+// The UDP port is compared right after its bounds check (in each branch) so
+// that clang cannot separate the access from the check the verifier needs.
+static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
+					       void *data_end, __be16 proto)
+{
+	if (proto == bpf_htons(ETH_P_IP) && cfg->family == XDPCAST_FAMILY_V4) {
+		struct iphdr *ip = l3;
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		if (ip->version != 4 || ip->protocol != IPPROTO_UDP)
+			return 0;
+		// Non-first fragments carry no UDP header.
+		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return 0;
+		if (ip->daddr != cfg->group4)
+			return 0;
+		__u32 ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return 0;
+		struct udphdr *udp = l3 + ihl;
+		if ((void *)(udp + 1) > data_end)
+			return 0;
+		return udp->dest == cfg->port;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6) && cfg->family == XDPCAST_FAMILY_V6) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		if (ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP)
+			return 0;
+		const __u32 *d = (const __u32 *)&ip6->daddr;
+		const __u32 *g = (const __u32 *)cfg->group6;
+		if (d[0] != g[0] || d[1] != g[1] || d[2] != g[2] || d[3] != g[3])
+			return 0;
+		struct udphdr *udp = (void *)(ip6 + 1);
+		if ((void *)(udp + 1) > data_end)
+			return 0;
+		return udp->dest == cfg->port;
+	}
+	return 0;
+}
+
+SEC("xdp")
+int xdpcast(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 key = 0;
+	const struct xdpcast_config *cfg = bpf_map_lookup_elem(&XDPCAST_CONFIG, &key);
+
+	if (!cfg || !cfg->enabled)
+		return pass();
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return pass();
+
+	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = l3;
+
+		if ((void *)(vh + 1) > data_end)
+			return pass();
+		proto = vh->encap_proto;
+		l3 = vh + 1;
+	}
+
+	if (!match_l3(cfg, l3, data_end, proto))
+		return pass();
+
+	count(STAT_MATCHED);
+
+	__u32 ppm = cfg->drop_per_million;
+	if (ppm && bpf_get_prandom_u32() % 1000000 < ppm) {
+		count(STAT_INJECTED_DROP);
+		return XDP_DROP;
+	}
+
+	// Lower bits of flags = action when the queue has no socket in the map.
+	long act = bpf_redirect_map(&XDPCAST_XSKS, ctx->rx_queue_index, XDP_PASS);
+	count(act == XDP_REDIRECT ? STAT_REDIRECTED : STAT_NO_SOCKET);
+	return act;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

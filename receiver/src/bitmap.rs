@@ -1,0 +1,124 @@
+//! The received-block bitmap, shared by every worker without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One bit per block; `insert` is a single atomic `fetch_or`, so any number
+/// of workers can mark blocks concurrently and exactly one of them sees a
+/// block as new.
+#[derive(Debug)]
+pub struct BlockBitmap {
+    words: Box<[AtomicU64]>,
+    len: u64,
+}
+
+impl BlockBitmap {
+    /// A bitmap of `len` blocks, all missing.
+    pub fn new(len: u64) -> BlockBitmap {
+        let words = (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        BlockBitmap { words, len }
+    }
+
+    /// Number of blocks tracked.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the bitmap tracks no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Mark block `index` received; true if it was missing before.
+    ///
+    /// # Panics
+    /// If `index` is out of range (the wire parser rejects such packets).
+    pub fn insert(&self, index: u64) -> bool {
+        assert!(index < self.len, "block {index} out of range {}", self.len);
+        let bit = 1u64 << (index % 64);
+        self.words[(index / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Whether block `index` has been received.
+    pub fn contains(&self, index: u64) -> bool {
+        index < self.len
+            && self.words[(index / 64) as usize].load(Ordering::Acquire) & (1u64 << (index % 64))
+                != 0
+    }
+
+    /// Number of blocks received.
+    pub fn count(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Acquire).count_ones()))
+            .sum()
+    }
+
+    /// Ranges `[start, end)` of missing blocks, in order.
+    pub fn missing_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        for i in 0..self.len {
+            match (self.contains(i), start) {
+                (false, None) => start = Some(i),
+                (true, Some(s)) => {
+                    out.push((s, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s, self.len));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_reports_new_blocks_once() {
+        let b = BlockBitmap::new(130);
+        assert!(b.insert(0));
+        assert!(!b.insert(0));
+        assert!(b.insert(129));
+        assert!(b.contains(129));
+        assert!(!b.contains(128));
+        assert!(!b.contains(1000));
+        assert_eq!(b.count(), 2);
+        assert_eq!(b.missing_ranges(), vec![(1, 129)]);
+    }
+
+    #[test]
+    fn full_and_empty() {
+        let b = BlockBitmap::new(70);
+        assert_eq!(b.missing_ranges(), vec![(0, 70)]);
+        for i in 0..70 {
+            b.insert(i);
+        }
+        assert_eq!(b.count(), 70);
+        assert!(b.missing_ranges().is_empty());
+        assert!(BlockBitmap::new(0).is_empty());
+    }
+
+    #[test]
+    fn concurrent_inserts_count_each_block_once() {
+        let b = BlockBitmap::new(10_000);
+        let fresh: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..10_000).filter(|&i| b.insert(i)).count() as u64))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(fresh, 10_000);
+        assert_eq!(b.count(), 10_000);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn out_of_range_panics() {
+        BlockBitmap::new(3).insert(3);
+    }
+}

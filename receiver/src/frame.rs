@@ -1,0 +1,138 @@
+//! Ethernet frame decapsulation for the AF_XDP path: find the UDP payload in
+//! a raw frame (Ethernet, optional 802.1Q tag, IPv4 or IPv6, UDP).
+//!
+//! The XDP program has already matched group and port, so this only has to
+//! find where the datagram starts and check that every length is sound.
+
+use crate::wire::DropReason;
+
+const ETH_LEN: usize = 14;
+const VLAN_LEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPPROTO_UDP: u8 = 17;
+const UDP_LEN: usize = 8;
+const IPV6_LEN: usize = 40;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Return the UDP payload of an Ethernet frame, bounded by the UDP length
+/// field (Ethernet padding is cut off).
+pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
+    if frame.len() < ETH_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let mut ethertype = be16(frame, 12);
+    let mut l3 = ETH_LEN;
+    if ethertype == ETH_P_8021Q {
+        if frame.len() < ETH_LEN + VLAN_LEN {
+            return Err(DropReason::Truncated);
+        }
+        ethertype = be16(frame, 16);
+        l3 += VLAN_LEN;
+    }
+    let ip = &frame[l3..];
+    let (proto, l4) = match ethertype {
+        ETH_P_IPV4 => {
+            if ip.len() < 20 {
+                return Err(DropReason::Truncated);
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let frag = be16(ip, 6);
+            if ip[0] >> 4 != 4 || ihl < 20 || frag & 0x1fff != 0 || frag & 0x2000 != 0 {
+                return Err(DropReason::NotUdp);
+            }
+            (ip[9], ihl)
+        }
+        ETH_P_IPV6 => {
+            if ip.len() < IPV6_LEN {
+                return Err(DropReason::Truncated);
+            }
+            (ip[6], IPV6_LEN)
+        }
+        _ => return Err(DropReason::NotUdp),
+    };
+    if proto != IPPROTO_UDP {
+        return Err(DropReason::NotUdp);
+    }
+    if ip.len() < l4 + UDP_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let udp = &ip[l4..];
+    let udp_len = usize::from(be16(udp, 4));
+    if udp_len < UDP_LEN {
+        return Err(DropReason::Truncated);
+    }
+    udp.get(UDP_LEN..udp_len).ok_or(DropReason::Truncated)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Build an Ethernet/IPv4/UDP frame around `payload` (checksums left zero).
+    pub(crate) fn ipv4_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; ETH_LEN];
+        f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let total = 20 + UDP_LEN + payload.len();
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 1;
+        ip[9] = IPPROTO_UDP;
+        ip[16..20].copy_from_slice(&[239, 1, 2, 3]);
+        f.extend_from_slice(&ip);
+        let mut udp = [0u8; UDP_LEN];
+        udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((UDP_LEN + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&udp);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn finds_payload_and_strips_padding() {
+        let mut f = ipv4_frame(b"hello");
+        f.extend_from_slice(&[0; 20]); // Ethernet minimum-size padding
+        assert_eq!(udp_payload(&f), Ok(&b"hello"[..]));
+    }
+
+    #[test]
+    fn vlan_and_ipv6() {
+        let v4 = ipv4_frame(b"abc");
+        let mut tagged = v4[..12].to_vec();
+        tagged.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        tagged.extend_from_slice(&[0, 5]);
+        tagged.extend_from_slice(&v4[12..]);
+        assert_eq!(udp_payload(&tagged), Ok(&b"abc"[..]));
+
+        let mut v6 = vec![0u8; ETH_LEN];
+        v6[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let mut ip = [0u8; IPV6_LEN];
+        ip[0] = 0x60;
+        ip[6] = IPPROTO_UDP;
+        v6.extend_from_slice(&ip);
+        v6.extend_from_slice(&[0, 1, 0, 2, 0, 10, 0, 0, b'x', b'y']);
+        assert_eq!(udp_payload(&v6), Ok(&b"xy"[..]));
+    }
+
+    #[test]
+    fn rejects_short_and_foreign_frames() {
+        let f = ipv4_frame(b"hello");
+        for len in 0..ETH_LEN + 20 + UDP_LEN + 5 {
+            assert!(udp_payload(&f[..len]).is_err(), "len {len}");
+        }
+        let mut tcp = f.clone();
+        tcp[ETH_LEN + 9] = 6;
+        assert_eq!(udp_payload(&tcp), Err(DropReason::NotUdp));
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(udp_payload(&arp), Err(DropReason::NotUdp));
+        let mut frag = f;
+        frag[ETH_LEN + 6] = 0x20; // more fragments
+        assert_eq!(udp_payload(&frag), Err(DropReason::NotUdp));
+    }
+}

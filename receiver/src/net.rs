@@ -1,0 +1,353 @@
+//! Kernel sockets: group addresses, interfaces, multicast membership and the
+//! batched `recvmmsg`/`sendmmsg` calls used by the portable path and the
+//! sender.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::str::FromStr;
+use std::time::Duration;
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// A multicast group and UDP port, e.g. `239.1.2.3:5000` or `[ff15::1]:5000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group(pub SocketAddr);
+
+impl FromStr for Group {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Group> {
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("group {s:?}: expected ADDRESS:PORT such as 239.1.2.3:5000"),
+            )
+        })?;
+        if !addr.ip().is_multicast() || addr.port() == 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("group {s}: not a multicast address with a non-zero port"),
+            ));
+        }
+        Ok(Group(addr))
+    }
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn net_err(what: String, e: io::Error) -> Error {
+    Error::new(ErrorCode::Network, format!("{what}: {e}"))
+}
+
+/// Index of interface `name`.
+pub fn iface_index(name: &str) -> Result<u32> {
+    let c = CString::new(name)
+        .map_err(|_| Error::new(ErrorCode::InvalidArgument, "interface name has a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("no such network interface: {name}"),
+        ));
+    }
+    Ok(idx)
+}
+
+/// MTU of interface `name`.
+pub fn iface_mtu(name: &str) -> Result<u32> {
+    let p = format!("/sys/class/net/{name}/mtu");
+    std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, format!("cannot read {p}")))
+}
+
+/// A UDP socket bound to the group's port that has joined the group on
+/// `iface`. On the XDP path it only keeps the membership (IGMP/MLD reports),
+/// on the socket path it also receives.
+pub fn join(group: Group, iface: &str, rcvbuf: usize) -> Result<Socket> {
+    let ifindex = iface_index(iface)?;
+    let addr = group.0;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| net_err("cannot open UDP socket".into(), e))?;
+    sock.set_reuse_address(true)
+        .map_err(|e| net_err("SO_REUSEADDR".into(), e))?;
+    // Root may exceed rmem_max; others get what the sysctl allows.
+    if sock.set_recv_buffer_size(rcvbuf).is_ok() {
+        force_rcvbuf(&sock, rcvbuf);
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| net_err("SO_RCVTIMEO".into(), e))?;
+    sock.bind(&SockAddr::from(addr))
+        .map_err(|e| net_err(format!("cannot bind {addr}"), e))?;
+    match addr.ip() {
+        IpAddr::V4(g) => {
+            sock.join_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(ifindex))
+                .map_err(|e| net_err(format!("cannot join {g} on {iface}"), e))?;
+            sock.set_multicast_all_v4(false)
+                .map_err(|e| net_err("IP_MULTICAST_ALL".into(), e))?;
+        }
+        IpAddr::V6(g) => sock
+            .join_multicast_v6(&g, ifindex)
+            .map_err(|e| net_err(format!("cannot join {g} on {iface}"), e))?,
+    }
+    Ok(sock)
+}
+
+fn force_rcvbuf(sock: &Socket, bytes: usize) {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    // Failure (not root) leaves the size set by SO_RCVBUF, which is fine.
+    let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &v);
+}
+
+/// `setsockopt(2)` with a plain C value.
+fn setsockopt<T: Copy>(
+    sock: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: valid fd; the pointer and length describe `value`, which the
+    // kernel only reads during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A UDP socket that sends to `group` out of `iface` with the given TTL,
+/// looping copies back to local receivers.
+pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
+    let ifindex = iface_index(iface)?;
+    let addr = group.0;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| net_err("cannot open UDP socket".into(), e))?;
+    let _ = sock.set_send_buffer_size(8 << 20);
+    match addr.ip() {
+        IpAddr::V4(_) => {
+            let mreqn = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr { s_addr: 0 },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: ifindex as libc::c_int,
+            };
+            setsockopt(&sock, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &mreqn)
+                .map_err(|e| net_err(format!("cannot send multicast on {iface}"), e))?;
+            sock.set_multicast_ttl_v4(ttl)
+                .map_err(|e| net_err("IP_MULTICAST_TTL".into(), e))?;
+            sock.set_multicast_loop_v4(true)
+                .map_err(|e| net_err("IP_MULTICAST_LOOP".into(), e))?;
+            sock.bind(&SockAddr::from(SocketAddr::new(
+                Ipv4Addr::UNSPECIFIED.into(),
+                0,
+            )))
+            .map_err(|e| net_err("bind".into(), e))?;
+        }
+        IpAddr::V6(_) => {
+            sock.set_multicast_if_v6(ifindex)
+                .map_err(|e| net_err(format!("cannot send multicast on {iface}"), e))?;
+            sock.set_multicast_hops_v6(ttl)
+                .map_err(|e| net_err("IPV6_MULTICAST_HOPS".into(), e))?;
+            sock.set_multicast_loop_v6(true)
+                .map_err(|e| net_err("IPV6_MULTICAST_LOOP".into(), e))?;
+        }
+    }
+    sock.connect(&SockAddr::from(addr))
+        .map_err(|e| net_err(format!("connect {addr}"), e))?;
+    Ok(sock)
+}
+
+/// Reusable `mmsghdr`/`iovec` arrays for one batched system call.
+///
+/// Each message has up to `IOVS` scatter/gather pieces; the pointers are
+/// filled in right before each call and only live for it.
+pub struct MsgBatch<const IOVS: usize> {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<[libc::iovec; IOVS]>,
+}
+
+// SAFETY: the raw pointers inside are only set and used within one call of
+// `recv`/`send` on the owning thread; between calls they are dangling but
+// never dereferenced.
+unsafe impl<const IOVS: usize> Send for MsgBatch<IOVS> {}
+
+impl<const IOVS: usize> MsgBatch<IOVS> {
+    /// Room for `n` messages.
+    pub fn new(n: usize) -> Self {
+        // SAFETY: mmsghdr and iovec are plain C structs for which all-zero
+        // bytes are a valid (empty) value.
+        let zero_hdr: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        let zero_iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOVS];
+        MsgBatch {
+            hdrs: vec![zero_hdr; n],
+            iovs: vec![zero_iov; n],
+        }
+    }
+
+    /// Capacity in messages.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    fn point(&mut self, i: usize, parts: usize) {
+        let h = &mut self.hdrs[i];
+        h.msg_hdr.msg_iov = self.iovs[i].as_mut_ptr();
+        h.msg_hdr.msg_iovlen = parts;
+        h.msg_len = 0;
+    }
+}
+
+impl MsgBatch<1> {
+    /// Receive up to `bufs.len()` datagrams (blocking for the first one up to
+    /// the socket's read timeout). Returns the length of each datagram; an
+    /// empty vector on timeout.
+    pub fn recv(
+        &mut self,
+        sock: &Socket,
+        bufs: &mut [Vec<u8>],
+        lens: &mut Vec<usize>,
+    ) -> io::Result<()> {
+        let n = bufs.len().min(self.capacity());
+        for (i, b) in bufs.iter_mut().take(n).enumerate() {
+            self.iovs[i][0] = libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            };
+            self.point(i, 1);
+        }
+        // SAFETY: the first `n` headers point at iovecs that point at `n`
+        // live, writable buffers of the given lengths, all borrowed for the
+        // duration of the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        lens.clear();
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(e),
+            };
+        }
+        lens.extend(self.hdrs[..rc as usize].iter().map(|h| h.msg_len as usize));
+        Ok(())
+    }
+}
+
+impl MsgBatch<2> {
+    /// Send one datagram per `(header, payload)` pair on a connected socket.
+    /// Returns how many were sent (the rest should be retried).
+    pub fn send(&mut self, sock: &Socket, msgs: &[(&[u8], &[u8])]) -> io::Result<usize> {
+        let n = msgs.len().min(self.capacity());
+        for (i, (h, p)) in msgs.iter().take(n).enumerate() {
+            self.iovs[i] = [
+                libc::iovec {
+                    iov_base: h.as_ptr() as *mut libc::c_void,
+                    iov_len: h.len(),
+                },
+                libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                },
+            ];
+            self.point(i, 2);
+        }
+        // SAFETY: the first `n` headers point at iovecs over `msgs`, which
+        // outlive the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_groups() {
+        assert_eq!(
+            "239.1.2.3:5000".parse::<Group>().unwrap().0,
+            "239.1.2.3:5000".parse::<SocketAddr>().unwrap()
+        );
+        assert!("[ff15::1]:7000".parse::<Group>().is_ok());
+        for bad in ["10.0.0.1:5000", "239.1.2.3:0", "239.1.2.3", "nonsense"] {
+            let e = bad.parse::<Group>().unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn interfaces() {
+        assert!(iface_index("lo").unwrap() > 0);
+        assert!(iface_mtu("lo").unwrap() > 0);
+        assert_eq!(
+            iface_index("no-such-if0").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn batched_send_and_receive_over_loopback_unicast() {
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        rx.bind(&SockAddr::from(
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        ))
+        .unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        tx.connect(&to).unwrap();
+        let msgs: Vec<(&[u8], &[u8])> = vec![(b"ab", b"cd"), (b"e", b"")];
+        assert_eq!(MsgBatch::<2>::new(8).send(&tx, &msgs).unwrap(), 2);
+        let mut bufs = vec![vec![0u8; 64]; 4];
+        let mut lens = Vec::new();
+        let mut batch = MsgBatch::<1>::new(4);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            batch.recv(&rx, &mut bufs, &mut lens).unwrap();
+            got.extend(lens.iter().enumerate().map(|(i, &l)| bufs[i][..l].to_vec()));
+        }
+        assert_eq!(got, vec![b"abcd".to_vec(), b"e".to_vec()]);
+    }
+}

@@ -1,0 +1,548 @@
+//! AF_XDP receive sockets (one socket with its own UMEM per rx queue).
+//!
+//! Built on the pure-Rust `xdpilone` crate rather than `xsk-rs`: it needs no
+//! libbpf/libxdp C build and never loads an XDP program of its own, so the
+//! only program on the interface is ours (see [`crate::steer`]). Frames are
+//! steered into a socket by registering its fd in the XSKMAP with
+//! [`crate::steer::Steering::register_socket`].
+//!
+//! Each [`XskQueue`] owns an anonymous mmap'd UMEM of `frame_count` frames of
+//! `frame_size` bytes, an rx ring and a fill ring (plus the mandatory, unused
+//! completion ring). Received frames are handed to the caller and immediately
+//! returned to the fill ring, which is kept as full as possible.
+
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use memmap2::{MmapMut, MmapOptions};
+use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig};
+
+/// `SOL_XDP` socket option level.
+const SOL_XDP: libc::c_int = 283;
+/// `XDP_OPTIONS` getsockopt.
+const XDP_OPTIONS: libc::c_int = 8;
+/// `XDP_OPTIONS_ZEROCOPY` flag in `struct xdp_options`.
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// How the socket is bound to the device queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Zero-copy if the driver supports it, copy mode otherwise (decided by the kernel).
+    #[default]
+    Auto,
+    /// Zero-copy only; fails on drivers without AF_XDP zero-copy support (e.g. veth).
+    ZeroCopy,
+    /// Copy mode only.
+    Copy,
+}
+
+/// Sizing of one AF_XDP socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Size of one UMEM frame: a power of two in 2048..=page size. The kernel
+    /// reserves 256 bytes of headroom, so frames up to `frame_size - 256` bytes fit.
+    pub frame_size: u32,
+    /// Number of UMEM frames.
+    pub frame_count: u32,
+    /// Entries of the rx and fill rings (power of two).
+    pub ring_size: u32,
+    /// Maximum number of frames handled per [`XskQueue::poll_batch`] call.
+    pub batch: u32,
+    /// Zero-copy or copy mode.
+    pub copy_mode: CopyMode,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 4096,
+            frame_count: 4096,
+            ring_size: 2048,
+            batch: 64,
+            copy_mode: CopyMode::Auto,
+        }
+    }
+}
+
+/// Kernel statistics of one AF_XDP socket (`XDP_STATISTICS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStats {
+    /// Frames dropped for reasons other than a full rx ring / empty fill ring (e.g. too large).
+    pub rx_dropped: u64,
+    /// Invalid descriptors seen on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Frames dropped because the rx ring was full (receiver too slow).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub fill_ring_empty: u64,
+}
+
+/// Errors of the AF_XDP socket layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// The interface does not exist (in this network namespace).
+    #[error("no such network interface: {0}")]
+    NoSuchInterface(String),
+    /// The configuration is invalid.
+    #[error("invalid AF_XDP configuration: {0}")]
+    InvalidConfig(String),
+    /// The caller lacks privileges.
+    #[error("{op}: permission denied (AF_XDP needs root or CAP_NET_RAW+CAP_NET_ADMIN)")]
+    PermissionDenied {
+        /// What was attempted.
+        op: &'static str,
+    },
+    /// Zero-copy was requested but the driver does not support it.
+    #[error("zero-copy AF_XDP is not supported on {iface} queue {queue} (use copy mode)")]
+    ZeroCopyUnsupported {
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+    },
+    /// Another AF_XDP socket is already bound to the queue.
+    #[error("{iface} queue {queue} is busy: another AF_XDP socket is bound to it")]
+    QueueBusy {
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+    },
+    /// An operating-system call failed.
+    #[error("AF_XDP {op} failed on {iface} queue {queue}")]
+    Os {
+        /// Operation.
+        op: &'static str,
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the queue count from sysfs failed.
+    #[error("cannot read rx queues of {iface} from /sys/class/net")]
+    Sysfs {
+        /// Interface name.
+        iface: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One AF_XDP socket with its own UMEM, bound to `(ifindex, queue_id)` for receiving.
+pub struct XskQueue {
+    // Field order = drop order: rings and socket first, the UMEM memory last.
+    rx: RingRx,
+    /// Fill (and unused completion) ring; also owns the socket fd.
+    device: DeviceQueue,
+    /// UMEM frame addresses owned by user space, waiting to go to the fill ring.
+    free: Vec<u64>,
+    /// Clears the offset-within-frame bits of a descriptor address.
+    frame_mask: u64,
+    batch: u32,
+    zero_copy: bool,
+    iface: String,
+    queue: u32,
+    umem: MmapMut,
+}
+
+impl std::fmt::Debug for XskQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskQueue")
+            .field("iface", &self.iface)
+            .field("queue", &self.queue)
+            .field("fd", &self.device.as_raw_fd())
+            .field("zero_copy", &self.zero_copy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate(cfg: &XskConfig) -> Result<(), RingError> {
+    let page = page_size();
+    let bad = |msg: String| Err(RingError::InvalidConfig(msg));
+    if !cfg.frame_size.is_power_of_two() || cfg.frame_size < 2048 || cfg.frame_size as usize > page
+    {
+        return bad(format!(
+            "frame_size {} must be a power of two in 2048..={page}",
+            cfg.frame_size
+        ));
+    }
+    if !cfg.ring_size.is_power_of_two() {
+        return bad(format!(
+            "ring_size {} must be a power of two",
+            cfg.ring_size
+        ));
+    }
+    if cfg.frame_count == 0 || cfg.batch == 0 {
+        return bad("frame_count and batch must be > 0".to_string());
+    }
+    if cfg.frame_count < cfg.ring_size {
+        return bad(format!(
+            "frame_count {} must be >= ring_size {} to keep the fill ring full",
+            cfg.frame_count, cfg.ring_size
+        ));
+    }
+    Ok(())
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+impl XskQueue {
+    /// Creates an AF_XDP socket with a fresh UMEM and binds it to rx queue `queue_id`
+    /// of `iface` (with `XDP_USE_NEED_WAKEUP`).
+    ///
+    /// Frames only arrive once the socket is registered with
+    /// [`crate::steer::Steering::register_socket`] for the same queue.
+    pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
+        validate(cfg)?;
+        let os_err = |op: &'static str, e: xdpilone::Errno| {
+            let errno = e.get_raw().abs();
+            match errno {
+                libc::EPERM | libc::EACCES => RingError::PermissionDenied { op },
+                libc::ENODEV => RingError::NoSuchInterface(iface.to_string()),
+                _ => RingError::Os {
+                    op,
+                    iface: iface.to_string(),
+                    queue: queue_id,
+                    source: io::Error::from_raw_os_error(errno),
+                },
+            }
+        };
+
+        let mut info = IfInfo::invalid();
+        let name =
+            CString::new(iface).map_err(|_| RingError::NoSuchInterface(iface.to_string()))?;
+        info.from_name(&name)
+            .map_err(|_| RingError::NoSuchInterface(iface.to_string()))?;
+        info.set_queue(queue_id);
+
+        let len = cfg.frame_size as usize * cfg.frame_count as usize;
+        let mut umem_area =
+            MmapOptions::new()
+                .len(len)
+                .populate()
+                .map_anon()
+                .map_err(|source| RingError::Os {
+                    op: "UMEM mmap",
+                    iface: iface.to_string(),
+                    queue: queue_id,
+                    source,
+                })?;
+        let base = NonNull::new(umem_area.as_mut_ptr()).ok_or_else(|| RingError::Os {
+            op: "UMEM mmap",
+            iface: iface.to_string(),
+            queue: queue_id,
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        })?;
+        let area = NonNull::slice_from_raw_parts(base, len);
+
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.ring_size,
+            complete_size: cfg.ring_size,
+            frame_size: cfg.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a page-aligned anonymous mapping of exactly `len`
+        // bytes that `umem_area` keeps alive for the whole life of the returned
+        // XskQueue; it is dropped last (field order), after the rings and the
+        // socket that reference it.
+        let umem = unsafe { Umem::new(umem_cfg, area) }.map_err(|e| match e.get_raw().abs() {
+            libc::ENOBUFS | libc::ENOMEM => RingError::InvalidConfig(format!(
+                "cannot register a {len} byte UMEM: exceeds RLIMIT_MEMLOCK or memory \
+                 (run as root, grant CAP_IPC_LOCK, or reduce frame_count)"
+            )),
+            _ => os_err("socket creation / UMEM registration", e),
+        })?;
+
+        let sock = Socket::with_shared(&info, &umem).map_err(|e| os_err("socket setup", e))?;
+        let device = umem
+            .fq_cq(&sock)
+            .map_err(|e| os_err("fill/completion ring setup", e))?;
+
+        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
+        match cfg.copy_mode {
+            CopyMode::Auto => {}
+            CopyMode::ZeroCopy => bind_flags |= SocketConfig::XDP_BIND_ZEROCOPY,
+            CopyMode::Copy => bind_flags |= SocketConfig::XDP_BIND_COPY,
+        }
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(cfg.ring_size),
+                    tx_size: None,
+                    bind_flags,
+                },
+            )
+            .map_err(|e| os_err("rx ring setup", e))?;
+        let rx = user.map_rx().map_err(|e| os_err("rx ring mmap", e))?;
+        umem.bind(&user).map_err(|e| match e.get_raw().abs() {
+            libc::EOPNOTSUPP if cfg.copy_mode == CopyMode::ZeroCopy => {
+                RingError::ZeroCopyUnsupported {
+                    iface: iface.to_string(),
+                    queue: queue_id,
+                }
+            }
+            libc::EBUSY => RingError::QueueBusy {
+                iface: iface.to_string(),
+                queue: queue_id,
+            },
+            libc::EINVAL => match rx_queue_count(iface) {
+                Ok(n) if queue_id >= n => RingError::InvalidConfig(format!(
+                    "{iface} has no rx queue {queue_id} (it has {n})"
+                )),
+                _ => os_err("bind", e),
+            },
+            _ => os_err("bind", e),
+        })?;
+
+        let zero_copy = query_zero_copy(device.as_raw_fd()).map_err(|source| RingError::Os {
+            op: "getsockopt(XDP_OPTIONS)",
+            iface: iface.to_string(),
+            queue: queue_id,
+            source,
+        })?;
+
+        let frame_size = u64::from(cfg.frame_size);
+        let free = (0..u64::from(cfg.frame_count))
+            .map(|i| i * frame_size)
+            .collect();
+        let mut q = XskQueue {
+            rx,
+            device,
+            free,
+            frame_mask: !(frame_size - 1),
+            batch: cfg.batch,
+            zero_copy,
+            iface: iface.to_string(),
+            queue: queue_id,
+            umem: umem_area,
+        };
+        q.refill();
+        log::debug!(
+            "AF_XDP socket fd {} bound to {iface} queue {queue_id} ({} mode)",
+            q.device.as_raw_fd(),
+            if zero_copy { "zero-copy" } else { "copy" }
+        );
+        Ok(q)
+    }
+
+    /// Whether the socket is bound in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// Waits up to `timeout` for frames (poll(2) when the rx ring is empty), then
+    /// hands each received Ethernet frame to `f` and returns the frames to the fill
+    /// ring. Handles at most `batch` frames; returns how many (0 on timeout or EINTR).
+    pub fn poll_batch(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, RingError> {
+        if self.rx.available() == 0 {
+            // Make sure the kernel has buffers before sleeping.
+            self.refill();
+            if !self.wait_readable(timeout)? {
+                return Ok(0);
+            }
+        }
+
+        let umem_len = self.umem.len();
+        let base = self.umem.as_ptr();
+        let mut done = 0usize;
+        let mut read = self.rx.receive(self.batch);
+        while let Some(desc) = read.read() {
+            let start = usize::try_from(desc.addr).unwrap_or(usize::MAX);
+            let len = desc.len as usize;
+            if start.checked_add(len).is_some_and(|end| end <= umem_len) {
+                // SAFETY: `start..start + len` lies inside the UMEM mapping (checked
+                // above), which lives as long as `self`. The kernel handed this frame
+                // to user space through the rx ring and will not write to it until
+                // we put it back on the fill ring, which happens after `f` returns.
+                let frame = unsafe { std::slice::from_raw_parts(base.add(start), len) };
+                f(frame);
+                done += 1;
+            } else {
+                log::warn!(
+                    "{} queue {}: ignoring out-of-range rx descriptor {}+{}",
+                    self.iface,
+                    self.queue,
+                    desc.addr,
+                    desc.len
+                );
+            }
+            self.free.push(desc.addr & self.frame_mask);
+        }
+        read.release();
+        drop(read);
+        self.refill();
+        Ok(done)
+    }
+
+    /// Reads the socket's kernel statistics.
+    pub fn stats(&self) -> Result<XskStats, RingError> {
+        let s = self.device.statistics_v2().map_err(|e| RingError::Os {
+            op: "getsockopt(XDP_STATISTICS)",
+            iface: self.iface.clone(),
+            queue: self.queue,
+            source: io::Error::from_raw_os_error(e.get_raw().abs()),
+        })?;
+        Ok(XskStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            fill_ring_empty: s.rx_fill_ring_empty_descs,
+        })
+    }
+
+    /// Moves free frames to the fill ring and kicks the kernel if it asked for it.
+    fn refill(&mut self) {
+        if !self.free.is_empty() {
+            let mut fill = self
+                .device
+                .fill(u32::try_from(self.free.len()).unwrap_or(u32::MAX));
+            let n = fill.capacity() as usize;
+            let keep = self.free.len() - n;
+            fill.insert(self.free[keep..].iter().copied());
+            fill.commit();
+            drop(fill);
+            self.free.truncate(keep);
+        }
+        if self.device.needs_wakeup() {
+            // poll(2) on the socket triggers the driver's rx wakeup.
+            self.device.wake();
+        }
+    }
+
+    /// poll(2) for POLLIN; returns whether the socket became readable.
+    fn wait_readable(&self, timeout: Duration) -> Result<bool, RingError> {
+        let ms = timeout.as_nanos().div_ceil(1_000_000);
+        let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd: self.device.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                return Ok(false);
+            }
+            return Err(RingError::Os {
+                op: "poll",
+                iface: self.iface.clone(),
+                queue: self.queue,
+                source: err,
+            });
+        }
+        Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+    }
+}
+
+impl AsRawFd for XskQueue {
+    /// The AF_XDP socket fd, for [`crate::steer::Steering::register_socket`].
+    fn as_raw_fd(&self) -> RawFd {
+        self.device.as_raw_fd()
+    }
+}
+
+impl AsFd for XskQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self.device` (shared with `self.rx`) and
+        // stays open for as long as `self` lives, which bounds the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.device.as_raw_fd()) }
+    }
+}
+
+fn query_zero_copy(fd: RawFd) -> io::Result<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `flags`/`len` are valid for writes and describe a 4-byte
+    // buffer, the size of `struct xdp_options`; a bad fd only yields EBADF.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+}
+
+/// Number of rx queues of `iface`, counted from `/sys/class/net/IFACE/queues/rx-*`.
+///
+/// sysfs shows the network namespace it was mounted in; `ip netns exec`
+/// remounts it, a bare `setns(2)` does not.
+pub fn rx_queue_count(iface: &str) -> Result<u32, RingError> {
+    if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
+        return Err(RingError::NoSuchInterface(iface.to_string()));
+    }
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let entries = std::fs::read_dir(&dir).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            RingError::NoSuchInterface(iface.to_string())
+        } else {
+            RingError::Sysfs {
+                iface: iface.to_string(),
+                source,
+            }
+        }
+    })?;
+    let mut count = 0u32;
+    for entry in entries {
+        let entry = entry.map_err(|source| RingError::Sysfs {
+            iface: iface.to_string(),
+            source,
+        })?;
+        if entry.file_name().to_string_lossy().starts_with("rx-") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xsk_queue_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<XskQueue>();
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(validate(&XskConfig::default()).is_ok());
+        let bad = XskConfig {
+            frame_size: 3000,
+            ..XskConfig::default()
+        };
+        assert!(validate(&bad).is_err());
+        let bad = XskConfig {
+            ring_size: 1000,
+            ..XskConfig::default()
+        };
+        assert!(validate(&bad).is_err());
+    }
+}

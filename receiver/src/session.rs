@@ -1,0 +1,705 @@
+//! The session API, modelled on the Windows WdsTransportClient calls:
+//! [`Session::initialize`], [`Session::start`], [`Session::query_status`]
+//! (valid after completion until [`Session::close`]),
+//! [`Session::wait_for_completion`], [`Session::cancel`], [`Session::close`].
+//!
+//! `start` picks the data path (XDP or sockets), starts the workers and a
+//! control thread that publishes the status page, watches for completion,
+//! timeouts and failures, verifies the image's SHA-256 and tears the data
+//! path down (the XDP program is always detached).
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::Socket;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::net::{self, Group};
+use crate::rings::{self, XskConfig, XskQueue};
+use crate::status::{
+    now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
+    MAX_WORKERS,
+};
+use crate::steer::{AttachMode, AttachRequest, Steering};
+use crate::transfer::Transfer;
+use crate::wire::DropReason;
+use crate::workers::{self, Source, Worker};
+
+/// How often the control thread looks at the transfer and publishes the page.
+const TICK: Duration = Duration::from_millis(50);
+/// After the sender's last pass ended, how long to wait for late blocks.
+const LAST_PASS_GRACE: Duration = Duration::from_secs(1);
+
+/// Which data path to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// XDP when privileges and the kernel allow, else sockets (with a note why).
+    Auto,
+    /// XDP only; failure to set it up fails the session.
+    Xdp,
+    /// Plain UDP sockets only.
+    Socket,
+}
+
+/// Everything needed to receive one image.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// Session name: the status page is `<status dir>/xdpcast.<name>`.
+    pub name: String,
+    /// Multicast group and port.
+    pub group: Group,
+    /// Interface to receive on.
+    pub iface: String,
+    /// Target file or block device.
+    pub target: PathBuf,
+    /// Accept only this session id (default: the first one heard).
+    pub session_id: Option<u32>,
+    /// Data path.
+    pub mode: ModeRequest,
+    /// XDP attach mode.
+    pub attach: AttachRequest,
+    /// RX queues to serve on the XDP path (default: all).
+    pub queues: Option<Vec<u32>>,
+    /// Cores to pin workers to, in order (default: worker i on core i mod ncpu).
+    pub cores: Option<Vec<usize>>,
+    /// AF_XDP socket and UMEM sizes.
+    pub xsk: XskConfig,
+    /// Fail with `Timeout` when no packet of the session arrives this long after start.
+    pub start_timeout: Duration,
+    /// Fail with `SenderGone` when packets stop arriving this long before completion.
+    pub idle_timeout: Duration,
+    /// Socket receive buffer on the socket path, bytes.
+    pub rcvbuf: usize,
+}
+
+impl SessionRequest {
+    /// A request with defaults for the rest.
+    pub fn new(name: &str, group: Group, iface: &str, target: PathBuf) -> SessionRequest {
+        SessionRequest {
+            name: name.to_owned(),
+            group,
+            iface: iface.to_owned(),
+            target,
+            session_id: None,
+            mode: ModeRequest::Auto,
+            attach: AttachRequest::Auto,
+            queues: None,
+            cores: None,
+            xsk: XskConfig::default(),
+            start_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(10),
+            rcvbuf: 64 << 20,
+        }
+    }
+}
+
+/// Called once the image size is known: (total bytes, block size).
+pub type StartCallback = Box<dyn FnMut(u64, u32) + Send>;
+/// Called on every status update.
+pub type ProgressCallback = Box<dyn FnMut(&Snapshot) + Send>;
+/// Called once when the session ends.
+pub type CompleteCallback = Box<dyn FnMut(State, ErrorCode) + Send>;
+
+/// Optional notifications, called from the session's control thread.
+#[derive(Default)]
+pub struct Callbacks {
+    /// Image size known.
+    pub on_start: Option<StartCallback>,
+    /// Progress.
+    pub on_progress: Option<ProgressCallback>,
+    /// Final state.
+    pub on_complete: Option<CompleteCallback>,
+}
+
+#[derive(Default)]
+struct Shared {
+    cancel: AtomicBool,
+    status: Mutex<(State, ErrorCode)>,
+    done: Condvar,
+}
+
+impl Shared {
+    fn set(&self, s: State, e: ErrorCode) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = (s, e);
+        if s.is_final() {
+            self.done.notify_all();
+        }
+    }
+
+    fn get(&self) -> (State, ErrorCode) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One receive session.
+pub struct Session {
+    req: SessionRequest,
+    writer: Arc<StatusWriter>,
+    shared: Arc<Shared>,
+    callbacks: Option<Callbacks>,
+    control: Option<JoinHandle<()>>,
+    mode: PathMode,
+    note: String,
+    closed: bool,
+}
+
+impl Session {
+    /// Validate the request and create the status page (state INITIALIZED).
+    pub fn initialize(req: SessionRequest, callbacks: Callbacks) -> Result<Session> {
+        net::iface_index(&req.iface)?;
+        let path = page_path(&req.name)?;
+        if req.target.as_os_str().is_empty() {
+            return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
+        }
+        let writer = Arc::new(StatusWriter::create(&path)?);
+        let s = Session {
+            writer,
+            shared: Arc::default(),
+            callbacks: Some(callbacks),
+            control: None,
+            mode: PathMode::Unknown,
+            note: String::new(),
+            closed: false,
+            req,
+        };
+        s.writer.publish(&s.base_snapshot());
+        Ok(s)
+    }
+
+    fn base_snapshot(&self) -> Snapshot {
+        let (state, error) = self.shared.get();
+        Snapshot {
+            state,
+            error,
+            mode: self.mode,
+            name: self.req.name.clone(),
+            group: self.req.group.to_string(),
+            target: self.req.target.display().to_string(),
+            message: self.note.clone(),
+            ..Snapshot::default()
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("session {} is closed", self.req.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The data path chosen by `start`.
+    pub fn mode(&self) -> PathMode {
+        self.mode
+    }
+
+    /// Why the data path was chosen, when `Auto` fell back to sockets.
+    pub fn mode_note(&self) -> &str {
+        &self.note
+    }
+
+    /// Name of the session.
+    pub fn name(&self) -> &str {
+        &self.req.name
+    }
+
+    /// Set up the data path and start receiving.
+    pub fn start(&mut self) -> Result<()> {
+        self.check_open()?;
+        if self.control.is_some() || self.shared.get().0 != State::Initialized {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "session already started",
+            ));
+        }
+        let path = match self.open_data_path() {
+            Ok(p) => p,
+            Err(e) => {
+                self.end_without_start(&e);
+                return Err(e);
+            }
+        };
+        self.mode = path.mode;
+        self.shared.set(State::InProgress, ErrorCode::None);
+        let ctl = Control {
+            base: self.base_snapshot(),
+            path,
+            writer: self.writer.clone(),
+            shared: self.shared.clone(),
+            callbacks: self.callbacks.take().unwrap_or_default(),
+            start_timeout: self.req.start_timeout,
+            idle_timeout: self.req.idle_timeout,
+        };
+        self.control = Some(
+            std::thread::Builder::new()
+                .name("xdpcast-control".into())
+                .spawn(move || ctl.run())
+                .map_err(|e| {
+                    Error::new(
+                        ErrorCode::Internal,
+                        format!("cannot start control thread: {e}"),
+                    )
+                })?,
+        );
+        Ok(())
+    }
+
+    fn end_without_start(&mut self, e: &Error) {
+        self.shared.set(State::Failure, e.code);
+        let mut s = self.base_snapshot();
+        s.message = e.message.clone();
+        s.end_ns = now_ns();
+        self.writer.publish(&s);
+    }
+
+    fn open_data_path(&mut self) -> Result<DataPath> {
+        let why_not_xdp = match self.req.mode {
+            ModeRequest::Socket => return self.open_socket_path(),
+            ModeRequest::Xdp => return self.open_xdp_path(),
+            // SAFETY: geteuid has no preconditions.
+            ModeRequest::Auto if unsafe { libc::geteuid() } != 0 => format!(
+                "XDP needs root (CAP_NET_ADMIN and CAP_BPF); running as uid {}",
+                // SAFETY: as above.
+                unsafe { libc::geteuid() }
+            ),
+            ModeRequest::Auto => match self.open_xdp_path() {
+                Ok(p) => return Ok(p),
+                Err(e) => format!("XDP setup failed on {}: {}", self.req.iface, e.message),
+            },
+        };
+        self.note = format!("socket path: {why_not_xdp}");
+        log::warn!("{}", self.note);
+        self.open_socket_path()
+    }
+
+    fn open_socket_path(&mut self) -> Result<DataPath> {
+        let sock = net::join(self.req.group, &self.req.iface, self.req.rcvbuf)?;
+        DataPath::start(
+            PathMode::Socket,
+            None,
+            None,
+            vec![(0, Source::Socket(sock))],
+            &self.req,
+        )
+    }
+
+    fn open_xdp_path(&mut self) -> Result<DataPath> {
+        let steer_err =
+            |e: &dyn std::fmt::Display| Error::new(ErrorCode::SteeringFailed, e.to_string());
+        let queues = match &self.req.queues {
+            Some(q) if !q.is_empty() => q.clone(),
+            _ => {
+                let n = rings::rx_queue_count(&self.req.iface).map_err(|e| steer_err(&e))?;
+                (0..n).collect()
+            }
+        };
+        if queues.len() > MAX_WORKERS {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} queues: at most {MAX_WORKERS} are supported",
+                    queues.len()
+                ),
+            ));
+        }
+        // The kernel socket only keeps the group membership (IGMP/MLD) so
+        // switches keep forwarding the group; the frames go to AF_XDP.
+        let membership = net::join(self.req.group, &self.req.iface, 1 << 16)?;
+        let ip: IpAddr = self.req.group.0.ip();
+        let mut steering = Steering::attach(
+            &self.req.iface,
+            ip,
+            self.req.group.0.port(),
+            self.req.attach,
+        )
+        .map_err(|e| steer_err(&e))?;
+        let mut sources = Vec::with_capacity(queues.len());
+        for &q in &queues {
+            let xsk =
+                XskQueue::open(&self.req.iface, q, &self.req.xsk).map_err(|e| steer_err(&e))?;
+            steering
+                .register_socket(q, xsk.as_fd())
+                .map_err(|e| steer_err(&e))?;
+            sources.push((q, Source::Xsk(xsk)));
+        }
+        let mode = match steering.mode() {
+            AttachMode::Native => PathMode::XdpNative,
+            AttachMode::Generic => PathMode::XdpGeneric,
+        };
+        DataPath::start(mode, Some(steering), Some(membership), sources, &self.req)
+    }
+
+    /// The state and error code. Valid after completion, until `close`.
+    pub fn query_status(&self) -> Result<(State, ErrorCode)> {
+        self.check_open()?;
+        Ok(self.shared.get())
+    }
+
+    /// Wait until the session is final or `timeout` passes (None: forever).
+    /// Returns the final state, or a `Timeout` error if still running.
+    pub fn wait_for_completion(&self, timeout: Option<Duration>) -> Result<(State, ErrorCode)> {
+        self.check_open()?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if g.0.is_final() {
+                return Ok(*g);
+            }
+            if g.0 == State::Initialized {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    "session not started",
+                ));
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(Error::new(ErrorCode::Timeout, "session still in progress")),
+                },
+                None => Duration::from_secs(3600),
+            };
+            g = self
+                .shared
+                .done
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Cancel the session; it ends in FAILURE with the `Cancelled` code.
+    pub fn cancel(&mut self) -> Result<()> {
+        self.check_open()?;
+        self.shared.cancel.store(true, Ordering::Release);
+        if self.control.is_none() && !self.shared.get().0.is_final() {
+            self.end_without_start(&Error::new(ErrorCode::Cancelled, "cancelled before start"));
+        }
+        Ok(())
+    }
+
+    /// Stop everything (cancelling a running session) and remove the status
+    /// page. Further calls return an error.
+    pub fn close(&mut self) -> Result<()> {
+        self.check_open()?;
+        if !self.shared.get().0.is_final() {
+            self.cancel()?;
+        }
+        if let Some(h) = self.control.take() {
+            let _ = h.join();
+        }
+        self.closed = true;
+        self.writer.remove()
+    }
+
+    /// Leave the status page in place after the session object is gone
+    /// (`xdpcast receive --keep-status`); `xdpcast close NAME` removes it.
+    pub fn detach_status_page(mut self) {
+        if let Some(h) = self.control.take() {
+            let _ = h.join();
+        }
+        self.closed = true;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.close();
+        }
+    }
+}
+
+/// A running data path.
+struct DataPath {
+    mode: PathMode,
+    transfer: Arc<Transfer>,
+    workers: Vec<Worker>,
+    /// (queue, cpu) of each worker, kept after the workers are joined.
+    slots: Vec<(u32, Option<usize>)>,
+    stop: Arc<AtomicBool>,
+    steering: Option<Steering>,
+    _membership: Option<Socket>,
+}
+
+impl DataPath {
+    fn start(
+        mode: PathMode,
+        steering: Option<Steering>,
+        membership: Option<Socket>,
+        sources: Vec<(u32, Source)>,
+        req: &SessionRequest,
+    ) -> Result<DataPath> {
+        let transfer = Arc::new(Transfer::new(
+            req.target.clone(),
+            req.session_id,
+            sources.len(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut path = DataPath {
+            mode,
+            transfer: transfer.clone(),
+            workers: Vec::new(),
+            slots: Vec::new(),
+            stop: stop.clone(),
+            steering,
+            _membership: membership,
+        };
+        for (i, (queue, source)) in sources.into_iter().enumerate() {
+            let cpu = match &req.cores {
+                Some(c) if !c.is_empty() => c[i % c.len()],
+                _ => i % ncpu,
+            };
+            path.slots.push((queue, Some(cpu)));
+            // On failure `path` drops: started workers are stopped, XDP detached.
+            path.workers.push(workers::spawn(
+                i,
+                queue,
+                Some(cpu),
+                source,
+                transfer.clone(),
+                stop.clone(),
+            )?);
+        }
+        Ok(path)
+    }
+
+    /// Stop the workers and detach XDP; the first worker error, if any.
+    fn shut_down(&mut self) -> Option<Error> {
+        self.stop.store(true, Ordering::Release);
+        let errors: Vec<Error> = self
+            .workers
+            .drain(..)
+            .filter_map(|w| w.join().err())
+            .collect();
+        if let Some(s) = self.steering.take() {
+            if let Err(e) = s.detach() {
+                log::warn!("detaching XDP: {e}");
+            }
+        }
+        errors.into_iter().next()
+    }
+}
+
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// The control thread's state.
+struct Control {
+    base: Snapshot,
+    path: DataPath,
+    writer: Arc<StatusWriter>,
+    shared: Arc<Shared>,
+    callbacks: Callbacks,
+    start_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Rate bookkeeping between ticks.
+struct Meter {
+    start: Instant,
+    first_block: Option<Instant>,
+    last: Instant,
+    last_bytes: u64,
+    rate: u64,
+}
+
+impl Control {
+    fn snapshot(&self, state: State, meter: &mut Meter) -> Snapshot {
+        let t = &self.path.transfer;
+        let mut s = Snapshot {
+            state,
+            start_ns: self.base.start_ns,
+            ..self.base.clone()
+        };
+        s.workers = self
+            .path
+            .slots
+            .iter()
+            .zip(t.all_counters())
+            .map(|(&(queue, cpu), c)| c.snapshot(u64::from(queue), cpu))
+            .collect();
+        for c in t.all_counters() {
+            for (d, v) in s.drops.iter_mut().zip(c.drops.iter()) {
+                *d += v.load(Ordering::Relaxed);
+            }
+        }
+        s.packets = s.workers.iter().map(|w| w.packets).sum::<u64>() - s.total_drops();
+        s.blocks_done = t.blocks_done();
+        s.bytes_done = s.workers.iter().map(|w| w.bytes).sum();
+        if let Some(img) = t.image() {
+            s.flags |= FLAG_GEOMETRY;
+            s.session_id = u64::from(img.session);
+            s.block_size = u64::from(img.geometry.block_size);
+            s.block_count = img.geometry.block_count;
+            s.total_bytes = img.geometry.total_size;
+        }
+        if let Some(d) = t.digest() {
+            s.flags |= FLAG_DIGEST;
+            s.digest = d;
+        }
+        s.passes_seen = t.passes_seen();
+        s.first_pass_missing = t.first_pass_missing().unwrap_or(0);
+        let now = Instant::now();
+        let dt = now.duration_since(meter.last).as_secs_f64();
+        if dt >= 0.2 {
+            meter.rate = ((s.bytes_done - meter.last_bytes) as f64 / dt) as u64;
+            meter.last = now;
+            meter.last_bytes = s.bytes_done;
+        }
+        if s.blocks_done > 0 {
+            let first = *meter.first_block.get_or_insert(now);
+            let secs = now.duration_since(first).as_secs_f64().max(1e-3);
+            s.avg_rate_bps = (s.bytes_done as f64 / secs) as u64;
+        }
+        s.rate_bps = meter.rate;
+        s
+    }
+
+    fn publish(&mut self, s: &Snapshot) {
+        self.writer.publish(s);
+        if let Some(cb) = self.callbacks.on_progress.as_mut() {
+            cb(s);
+        }
+    }
+
+    /// Watch the transfer until it is complete (Ok) or has failed.
+    fn watch(&mut self, meter: &mut Meter) -> Result<()> {
+        let mut last_packets = 0;
+        let mut last_activity = Instant::now();
+        let mut last_blocks = 0;
+        let mut last_progress = Instant::now();
+        let mut announced = false;
+        loop {
+            std::thread::sleep(TICK);
+            if self.shared.cancel.load(Ordering::Acquire) {
+                return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
+            }
+            let t = self.path.transfer.clone();
+            if let Some(e) = t.failure() {
+                return Err(e);
+            }
+            let s = self.snapshot(State::InProgress, meter);
+            self.publish(&s);
+            let received = s.packets + s.total_drops() - s.drops_for(DropReason::ForeignSession);
+            if received != last_packets {
+                last_packets = received;
+                last_activity = Instant::now();
+            }
+            if s.blocks_done != last_blocks {
+                last_blocks = s.blocks_done;
+                last_progress = Instant::now();
+            }
+            if let Some(img) = t.image() {
+                if !announced {
+                    announced = true;
+                    if let Some(cb) = self.callbacks.on_start.as_mut() {
+                        cb(img.geometry.total_size, img.geometry.block_size);
+                    }
+                }
+                let missing = img.geometry.block_count - s.blocks_done;
+                if missing == 0 && t.digest().is_some() {
+                    return Ok(());
+                }
+                if missing > 0 && t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE
+                {
+                    return Err(Error::new(
+                        ErrorCode::Incomplete,
+                        format!("{missing} blocks still missing after the sender's last pass"),
+                    ));
+                }
+            }
+            if last_packets == 0 && meter.start.elapsed() >= self.start_timeout {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("no packet of the session within {:?}", self.start_timeout),
+                ));
+            }
+            if last_packets > 0 && last_activity.elapsed() >= self.idle_timeout {
+                return Err(Error::new(
+                    ErrorCode::SenderGone,
+                    format!("no packet from the sender for {:?}", self.idle_timeout),
+                ));
+            }
+        }
+    }
+
+    /// Flush the target and compare its SHA-256 with the sender's.
+    fn verify(&self) -> Result<()> {
+        let t = &self.path.transfer;
+        let img = t
+            .image()
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "no image"))?;
+        let want = t
+            .digest()
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "no digest"))?;
+        img.target.flush()?;
+        let got = img.target.sha256()?;
+        if got != want {
+            return Err(Error::new(
+                ErrorCode::DigestMismatch,
+                format!(
+                    "SHA-256 of the target is {}, the sender's is {}",
+                    hex(&got),
+                    hex(&want)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(mut self) {
+        self.base.start_ns = now_ns();
+        let mut meter = Meter {
+            start: Instant::now(),
+            first_block: None,
+            last: Instant::now(),
+            last_bytes: 0,
+            rate: 0,
+        };
+        let mut outcome = self.watch(&mut meter);
+        if let Some(e) = self.path.shut_down() {
+            outcome = outcome.and(Err(e));
+        }
+        if outcome.is_ok() {
+            let mut s = self.snapshot(State::InProgress, &mut meter);
+            s.message = "verifying SHA-256".into();
+            self.publish(&s);
+            outcome = self.verify();
+        }
+        let mut s = self.snapshot(State::InProgress, &mut meter);
+        s.end_ns = now_ns();
+        s.rate_bps = 0;
+        match &outcome {
+            Ok(()) => {
+                s.state = State::Success;
+                s.message = format!("SHA-256 {} verified", hex(&s.digest));
+            }
+            Err(e) => {
+                s.state = State::Failure;
+                s.error = e.code;
+                s.message = e.message.clone();
+            }
+        }
+        self.publish(&s);
+        self.shared.set(s.state, s.error);
+        if let Some(cb) = self.callbacks.on_complete.as_mut() {
+            cb(s.state, s.error);
+        }
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

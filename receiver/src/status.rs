@@ -1,0 +1,757 @@
+//! The status page: a 4096-byte file in shared memory (`/dev/shm` by
+//! default) that any process may map read-only to follow a session.
+//!
+//! The page is an array of 512 little-endian `u64` words at fixed offsets
+//! (docs/status-page.md and `receiver/include/xdpcast_status.h` give every
+//! one). One writer per page updates it under a sequence lock: it makes
+//! `seq` odd, writes the words, then makes `seq` even again. A reader copies
+//! the words and retries while `seq` was odd or changed; it never blocks the
+//! writer. `writer_pid` and `heartbeat_ns` tell a live page from a stale one.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::DropReason;
+
+/// `"XDPCSTAT"` read as a little-endian u64.
+pub const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"XDPCSTAT");
+/// Version of the layout below; bumped on any incompatible change.
+pub const LAYOUT_VERSION: u64 = 1;
+/// Size of the page in bytes.
+pub const PAGE_SIZE: usize = 4096;
+const WORDS: usize = PAGE_SIZE / 8;
+/// Worker slots on the page.
+pub const MAX_WORKERS: usize = 32;
+/// Drop-reason counters on the page (the first `DropReason::COUNT` are used).
+pub const DROP_SLOTS: usize = 16;
+/// Bytes of each text field.
+pub const NAME_LEN: usize = 64;
+/// Bytes of the target path and message fields.
+pub const TEXT_LEN: usize = 256;
+
+/// Word index of each field (byte offset = index * 8).
+#[allow(missing_docs)]
+pub mod offsets {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 1;
+    pub const PAGE_SIZE: usize = 2;
+    pub const SEQ: usize = 3;
+    pub const WRITER_PID: usize = 4;
+    pub const HEARTBEAT_NS: usize = 5;
+    pub const STATE: usize = 6;
+    pub const ERROR_CODE: usize = 7;
+    pub const MODE: usize = 8;
+    pub const SESSION_ID: usize = 9;
+    pub const BLOCK_SIZE: usize = 10;
+    pub const BLOCK_COUNT: usize = 11;
+    pub const TOTAL_BYTES: usize = 12;
+    pub const BLOCKS_DONE: usize = 13;
+    pub const BYTES_DONE: usize = 14;
+    pub const PACKETS: usize = 15;
+    pub const START_NS: usize = 16;
+    pub const END_NS: usize = 17;
+    pub const RATE_BPS: usize = 18;
+    pub const AVG_RATE_BPS: usize = 19;
+    pub const PASSES_SEEN: usize = 20;
+    pub const FIRST_PASS_MISSING: usize = 21;
+    pub const WORKER_COUNT: usize = 22;
+    pub const FLAGS: usize = 23;
+    pub const DIGEST: usize = 24; // 4 words
+    pub const DROPS: usize = 32; // 16 words
+    pub const NAME: usize = 48; // 8 words
+    pub const GROUP: usize = 56; // 8 words
+    pub const TARGET: usize = 64; // 32 words
+    pub const MESSAGE: usize = 96; // 32 words
+    pub const WORKERS: usize = 128; // 32 slots of WORKER_WORDS words
+    pub const WORKER_WORDS: usize = 8;
+}
+
+/// Flag bit: the image geometry is known.
+pub const FLAG_GEOMETRY: u64 = 1;
+/// Flag bit: the sender's digest is known.
+pub const FLAG_DIGEST: u64 = 2;
+
+/// Session state as published on the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u64)]
+pub enum State {
+    /// Initialized, not started.
+    #[default]
+    Initialized = 0,
+    /// Receiving.
+    InProgress = 1,
+    /// Image complete, digest verified, flushed.
+    Success = 2,
+    /// Ended with the error code on the page.
+    Failure = 3,
+}
+
+impl State {
+    fn from_u64(v: u64) -> Option<State> {
+        [
+            State::Initialized,
+            State::InProgress,
+            State::Success,
+            State::Failure,
+        ]
+        .get(v as usize)
+        .copied()
+    }
+
+    /// Upper-case name, as Windows Deployment Services spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Initialized => "INITIALIZED",
+            State::InProgress => "IN_PROGRESS",
+            State::Success => "SUCCESS",
+            State::Failure => "FAILURE",
+        }
+    }
+
+    /// True for SUCCESS and FAILURE.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Success | State::Failure)
+    }
+}
+
+/// Which data path a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u64)]
+pub enum PathMode {
+    /// Not chosen yet.
+    #[default]
+    Unknown = 0,
+    /// Plain UDP sockets with recvmmsg.
+    Socket = 1,
+    /// XDP in native (driver) mode with AF_XDP sockets.
+    XdpNative = 2,
+    /// XDP in generic (skb) mode with AF_XDP sockets.
+    XdpGeneric = 3,
+}
+
+impl PathMode {
+    fn from_u64(v: u64) -> PathMode {
+        match v {
+            1 => PathMode::Socket,
+            2 => PathMode::XdpNative,
+            3 => PathMode::XdpGeneric,
+            _ => PathMode::Unknown,
+        }
+    }
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathMode::Unknown => "unknown",
+            PathMode::Socket => "socket",
+            PathMode::XdpNative => "xdp-native",
+            PathMode::XdpGeneric => "xdp-generic",
+        }
+    }
+}
+
+/// Counters of one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerStatus {
+    /// RX queue (XDP path) or socket index (socket path).
+    pub queue: u64,
+    /// CPU the worker is pinned to, or `u64::MAX` when not pinned.
+    pub cpu: u64,
+    /// Frames or datagrams taken from the ring/socket.
+    pub packets: u64,
+    /// Block bytes written to the target.
+    pub bytes: u64,
+    /// Blocks written to the target.
+    pub blocks: u64,
+    /// Packets dropped (any reason).
+    pub drops: u64,
+    /// Non-empty batches processed.
+    pub batches: u64,
+    /// Frames the kernel dropped because the ring was full (AF_XDP statistics).
+    pub ring_drops: u64,
+}
+
+impl WorkerStatus {
+    fn to_words(self) -> [u64; offsets::WORKER_WORDS] {
+        [
+            self.queue,
+            self.cpu,
+            self.packets,
+            self.bytes,
+            self.blocks,
+            self.drops,
+            self.batches,
+            self.ring_drops,
+        ]
+    }
+
+    fn from_words(w: &[u64]) -> WorkerStatus {
+        WorkerStatus {
+            queue: w[0],
+            cpu: w[1],
+            packets: w[2],
+            bytes: w[3],
+            blocks: w[4],
+            drops: w[5],
+            batches: w[6],
+            ring_drops: w[7],
+        }
+    }
+}
+
+/// Everything on the page, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Pid of the writing process.
+    pub writer_pid: u64,
+    /// Last update by the writer, ns since the Unix epoch.
+    pub heartbeat_ns: u64,
+    /// Session state.
+    pub state: State,
+    /// Error code (meaningful in FAILURE).
+    pub error: ErrorCode,
+    /// Data path.
+    pub mode: PathMode,
+    /// Session id from the sender (0 until known).
+    pub session_id: u64,
+    /// Block size (0 until known).
+    pub block_size: u64,
+    /// Number of blocks (0 until known).
+    pub block_count: u64,
+    /// Image size (0 until known).
+    pub total_bytes: u64,
+    /// Blocks written.
+    pub blocks_done: u64,
+    /// Bytes written.
+    pub bytes_done: u64,
+    /// Valid packets of the session received.
+    pub packets: u64,
+    /// Session start, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// Session end (0 while running), ns since the Unix epoch.
+    pub end_ns: u64,
+    /// Goodput over the last update interval, bytes/s.
+    pub rate_bps: u64,
+    /// Goodput since the first block, bytes/s.
+    pub avg_rate_bps: u64,
+    /// End-of-pass packets seen (distinct passes).
+    pub passes_seen: u64,
+    /// Blocks missing when the first pass ended (loss before repair).
+    pub first_pass_missing: u64,
+    /// FLAG_* bits.
+    pub flags: u64,
+    /// Sender's SHA-256 (valid with FLAG_DIGEST).
+    pub digest: [u8; 32],
+    /// Drops by [`DropReason`] index.
+    pub drops: [u64; DropReason::COUNT],
+    /// Session name.
+    pub name: String,
+    /// Multicast group and port.
+    pub group: String,
+    /// Target path.
+    pub target: String,
+    /// Human-readable message (the error, on failure).
+    pub message: String,
+    /// Per-worker counters.
+    pub workers: Vec<WorkerStatus>,
+}
+
+impl Snapshot {
+    /// Total drops, all reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Drops for one reason.
+    pub fn drops_for(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    /// Whether the writer process is gone or has not updated the page for
+    /// `max_age` while the session was not final.
+    pub fn is_stale(&self, max_age: Duration) -> bool {
+        if self.state.is_final() {
+            return false;
+        }
+        !pid_alive(self.writer_pid)
+            || now_ns().saturating_sub(self.heartbeat_ns) > max_age.as_nanos() as u64
+    }
+
+    fn to_words(&self) -> Vec<(usize, u64)> {
+        use offsets::*;
+        let mut w = vec![
+            (WRITER_PID, self.writer_pid),
+            (HEARTBEAT_NS, self.heartbeat_ns),
+            (STATE, self.state as u64),
+            (ERROR_CODE, self.error as u64),
+            (MODE, self.mode as u64),
+            (SESSION_ID, self.session_id),
+            (BLOCK_SIZE, self.block_size),
+            (BLOCK_COUNT, self.block_count),
+            (TOTAL_BYTES, self.total_bytes),
+            (BLOCKS_DONE, self.blocks_done),
+            (BYTES_DONE, self.bytes_done),
+            (PACKETS, self.packets),
+            (START_NS, self.start_ns),
+            (END_NS, self.end_ns),
+            (RATE_BPS, self.rate_bps),
+            (AVG_RATE_BPS, self.avg_rate_bps),
+            (PASSES_SEEN, self.passes_seen),
+            (FIRST_PASS_MISSING, self.first_pass_missing),
+            (WORKER_COUNT, self.workers.len().min(MAX_WORKERS) as u64),
+            (FLAGS, self.flags),
+        ];
+        w.extend(self.digest.chunks_exact(8).enumerate().map(|(i, c)| {
+            (
+                DIGEST + i,
+                u64::from_le_bytes(c.try_into().expect("8 bytes")),
+            )
+        }));
+        w.extend((0..DROP_SLOTS).map(|i| (DROPS + i, self.drops.get(i).copied().unwrap_or(0))));
+        push_bytes(&mut w, NAME, self.name.as_bytes(), NAME_LEN);
+        push_bytes(&mut w, GROUP, self.group.as_bytes(), NAME_LEN);
+        push_bytes(&mut w, TARGET, self.target.as_bytes(), TEXT_LEN);
+        push_bytes(&mut w, MESSAGE, self.message.as_bytes(), TEXT_LEN);
+        for (i, ws) in self.workers.iter().take(MAX_WORKERS).enumerate() {
+            let base = WORKERS + i * WORKER_WORDS;
+            w.extend(
+                ws.to_words()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, v)| (base + j, v)),
+            );
+        }
+        w
+    }
+
+    fn from_words(w: &[u64; WORDS]) -> Result<Snapshot> {
+        use offsets::*;
+        let bad = |what: &str| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("not a status page: {what}"),
+            )
+        };
+        if w[MAGIC] != PAGE_MAGIC {
+            return Err(bad("bad magic"));
+        }
+        if w[VERSION] != LAYOUT_VERSION {
+            return Err(bad(&format!(
+                "layout version {} (this reader knows {LAYOUT_VERSION})",
+                w[VERSION]
+            )));
+        }
+        let workers = (w[WORKER_COUNT] as usize).min(MAX_WORKERS);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&bytes_of(&w[DIGEST..DIGEST + 4]));
+        let mut drops = [0u64; DropReason::COUNT];
+        drops.copy_from_slice(&w[DROPS..DROPS + DropReason::COUNT]);
+        Ok(Snapshot {
+            writer_pid: w[WRITER_PID],
+            heartbeat_ns: w[HEARTBEAT_NS],
+            state: State::from_u64(w[STATE]).ok_or_else(|| bad("unknown state"))?,
+            error: ErrorCode::from_u32(w[ERROR_CODE] as u32).unwrap_or(ErrorCode::Internal),
+            mode: PathMode::from_u64(w[MODE]),
+            session_id: w[SESSION_ID],
+            block_size: w[BLOCK_SIZE],
+            block_count: w[BLOCK_COUNT],
+            total_bytes: w[TOTAL_BYTES],
+            blocks_done: w[BLOCKS_DONE],
+            bytes_done: w[BYTES_DONE],
+            packets: w[PACKETS],
+            start_ns: w[START_NS],
+            end_ns: w[END_NS],
+            rate_bps: w[RATE_BPS],
+            avg_rate_bps: w[AVG_RATE_BPS],
+            passes_seen: w[PASSES_SEEN],
+            first_pass_missing: w[FIRST_PASS_MISSING],
+            flags: w[FLAGS],
+            digest,
+            drops,
+            name: text_of(&w[NAME..NAME + NAME_LEN / 8]),
+            group: text_of(&w[GROUP..GROUP + NAME_LEN / 8]),
+            target: text_of(&w[TARGET..TARGET + TEXT_LEN / 8]),
+            message: text_of(&w[MESSAGE..MESSAGE + TEXT_LEN / 8]),
+            workers: (0..workers)
+                .map(|i| {
+                    let base = WORKERS + i * WORKER_WORDS;
+                    WorkerStatus::from_words(&w[base..base + WORKER_WORDS])
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Put text `bytes` (cut to `cap - 1`, NUL padded) into words starting at `first`.
+fn push_bytes(out: &mut Vec<(usize, u64)>, first: usize, bytes: &[u8], cap: usize) {
+    let mut buf = vec![0u8; cap];
+    let n = bytes.len().min(cap - 1);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    out.extend(buf.chunks_exact(8).enumerate().map(|(i, c)| {
+        (
+            first + i,
+            u64::from_le_bytes(c.try_into().expect("8 bytes")),
+        )
+    }));
+}
+
+fn bytes_of(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn text_of(words: &[u64]) -> String {
+    let b = bytes_of(words);
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn pid_alive(pid: u64) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Directory holding status pages: `$XDPCAST_STATUS_DIR` or `/dev/shm`.
+pub fn status_dir() -> PathBuf {
+    std::env::var_os("XDPCAST_STATUS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+}
+
+/// File name prefix of status pages.
+const FILE_PREFIX: &str = "xdpcast.";
+
+/// Path of the page of session `name`.
+pub fn page_path(name: &str) -> Result<PathBuf> {
+    let ok = !name.is_empty()
+        && name.len() < NAME_LEN
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+    if !ok {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("session name {name:?}: use 1-63 characters of A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(status_dir().join(format!("{FILE_PREFIX}{name}")))
+}
+
+/// Names of all sessions with a page in the status directory, sorted.
+pub fn list_sessions() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(status_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(FILE_PREFIX))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+struct Mapped {
+    map: MmapRaw,
+}
+
+impl Mapped {
+    fn map(file: &File, path: &Path, writable: bool) -> Result<Mapped> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::new(ErrorCode::TargetIo, format!("{}: {e}", path.display())))?
+            .len();
+        if len < PAGE_SIZE as u64 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{}: not a status page ({len} bytes)", path.display()),
+            ));
+        }
+        // SAFETY: the file is at least PAGE_SIZE bytes; the mapping is only
+        // accessed as atomics (see `words`), so concurrent writers in other
+        // processes cannot cause undefined behaviour in this one.
+        let opts = {
+            let mut o = MmapOptions::new();
+            o.len(PAGE_SIZE);
+            o
+        };
+        let map = if writable {
+            opts.map_raw(file)
+        } else {
+            opts.map_raw_read_only(file)
+        }
+        .map_err(|e| Error::new(ErrorCode::TargetIo, format!("map {}: {e}", path.display())))?;
+        Ok(Mapped { map })
+    }
+
+    fn words(&self) -> &[AtomicU64; WORDS] {
+        // SAFETY: the mapping is PAGE_SIZE bytes and page aligned, so it is
+        // large and aligned enough for 512 AtomicU64 (same size and alignment
+        // as u64); it lives as long as `self`; all access, here and in the
+        // other processes following the documented protocol, is atomic.
+        unsafe { &*(self.map.as_ptr() as *const [AtomicU64; WORDS]) }
+    }
+}
+
+/// The writing side of a page. Exactly one per session.
+pub struct StatusWriter {
+    page: Mapped,
+    path: PathBuf,
+}
+
+impl StatusWriter {
+    /// Create (or take over) the page at `path`, readable by everyone.
+    pub fn create(path: &Path) -> Result<StatusWriter> {
+        let err = |e: std::io::Error| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("status page {}: {e}", path.display()),
+            )
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(err)?;
+        // The umask may have narrowed the mode; monitors run unprivileged.
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)?;
+        file.set_len(PAGE_SIZE as u64).map_err(err)?;
+        let page = Mapped::map(&file, path, true)?;
+        let w = page.words();
+        for word in w.iter() {
+            word.store(0, Ordering::Relaxed);
+        }
+        w[offsets::VERSION].store(LAYOUT_VERSION, Ordering::Relaxed);
+        w[offsets::PAGE_SIZE].store(PAGE_SIZE as u64, Ordering::Relaxed);
+        w[offsets::MAGIC].store(PAGE_MAGIC, Ordering::Release);
+        Ok(StatusWriter {
+            page,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Path of the page.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Publish `snap` (writer pid and heartbeat are filled in here).
+    pub fn publish(&self, snap: &Snapshot) {
+        let w = self.page.words();
+        let seq = &w[offsets::SEQ];
+        seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, v) in snap.to_words() {
+            w[i].store(v, Ordering::Relaxed);
+        }
+        w[offsets::WRITER_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
+        w[offsets::HEARTBEAT_NS].store(now_ns(), Ordering::Relaxed);
+        seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Remove the page (the session is closed).
+    pub fn remove(&self) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(|e| {
+            Error::new(
+                ErrorCode::TargetIo,
+                format!("remove {}: {e}", self.path.display()),
+            )
+        })
+    }
+}
+
+/// The reading side: any process, no privileges beyond read access.
+pub struct StatusReader {
+    page: Mapped,
+}
+
+impl StatusReader {
+    /// Map the page at `path` read-only.
+    pub fn open(path: &Path) -> Result<StatusReader> {
+        let file = File::open(path).map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorCode::InvalidArgument
+            } else {
+                ErrorCode::TargetIo
+            };
+            Error::new(code, format!("status page {}: {e}", path.display()))
+        })?;
+        Ok(StatusReader {
+            page: Mapped::map(&file, path, false)?,
+        })
+    }
+
+    /// Open the page of session `name`.
+    pub fn open_session(name: &str) -> Result<StatusReader> {
+        StatusReader::open(&page_path(name)?)
+    }
+
+    /// A consistent copy of the page (retries while the writer is mid-update).
+    pub fn read(&self) -> Result<Snapshot> {
+        let w = self.page.words();
+        let mut copy = [0u64; WORDS];
+        loop {
+            let s1 = w[offsets::SEQ].load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            for (dst, src) in copy.iter_mut().zip(w.iter()) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            if w[offsets::SEQ].load(Ordering::Relaxed) == s1 {
+                return Snapshot::from_words(&copy);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_page(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xdpcast-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn sample() -> Snapshot {
+        let mut s = Snapshot {
+            state: State::Failure,
+            error: ErrorCode::DiskFull,
+            mode: PathMode::XdpNative,
+            session_id: 77,
+            block_size: 1400,
+            block_count: 10,
+            total_bytes: 13_000,
+            blocks_done: 9,
+            bytes_done: 12_600,
+            flags: FLAG_GEOMETRY | FLAG_DIGEST,
+            digest: [0xAB; 32],
+            name: "lab-1".into(),
+            group: "239.1.2.3:5000".into(),
+            target: "/tmp/x.img".into(),
+            message: "x".repeat(400),
+            workers: vec![
+                WorkerStatus {
+                    queue: 1,
+                    cpu: 0,
+                    packets: 5,
+                    ..Default::default()
+                };
+                2
+            ],
+            ..Default::default()
+        };
+        s.drops[DropReason::BadMagic as usize] = 3;
+        s
+    }
+
+    #[test]
+    fn publish_and_read_round_trip() {
+        let p = tmp_page("rt");
+        let w = StatusWriter::create(&p).unwrap();
+        let want = sample();
+        w.publish(&want);
+        let got = StatusReader::open(&p).unwrap().read().unwrap();
+        assert_eq!(got.writer_pid, u64::from(std::process::id()));
+        assert!(got.heartbeat_ns > 0);
+        assert_eq!(got.message.len(), TEXT_LEN - 1, "long text is cut");
+        let got = Snapshot {
+            writer_pid: 0,
+            heartbeat_ns: 0,
+            message: want.message.clone(),
+            ..got
+        };
+        assert_eq!(got, want);
+        assert_eq!(got.drops_for(DropReason::BadMagic), 3);
+        assert!(
+            !got.is_stale(Duration::from_secs(1)),
+            "final pages are never stale"
+        );
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        w.remove().unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn readers_never_see_torn_pages() {
+        let p = tmp_page("torn");
+        let w = StatusWriter::create(&p).unwrap();
+        w.publish(&Snapshot::default());
+        let r = StatusReader::open(&p).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..20_000u64 {
+                    w.publish(&Snapshot {
+                        blocks_done: i,
+                        bytes_done: i * 1400,
+                        packets: i * 2,
+                        state: State::InProgress,
+                        ..Default::default()
+                    });
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) || reads == 0 {
+                let s = r.read().unwrap();
+                assert_eq!(s.bytes_done, s.blocks_done * 1400);
+                assert_eq!(s.packets, s.blocks_done * 2);
+                reads += 1;
+            }
+        });
+    }
+
+    #[test]
+    fn rejects_foreign_files_and_bad_names() {
+        let p = tmp_page("foreign");
+        std::fs::write(&p, vec![1u8; PAGE_SIZE]).unwrap();
+        let e = StatusReader::open(&p).unwrap().read().unwrap_err();
+        assert!(e.message.contains("bad magic"));
+        std::fs::write(&p, b"short").unwrap();
+        assert!(StatusReader::open(&p).is_err());
+        assert!(page_path("../etc").is_err());
+        assert!(page_path("").is_err());
+        assert!(page_path("lab-1.img_2").is_ok());
+    }
+
+    #[test]
+    fn dead_writer_is_stale() {
+        let s = Snapshot {
+            state: State::InProgress,
+            writer_pid: u64::from(u32::MAX),
+            heartbeat_ns: now_ns(),
+            ..Default::default()
+        };
+        assert!(s.is_stale(Duration::from_secs(60)));
+        let live = Snapshot {
+            writer_pid: u64::from(std::process::id()),
+            ..s
+        };
+        assert!(!live.is_stale(Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,368 @@
+//! The stage every datagram passes on either data path: parse, check it
+//! belongs to the session, and copy its block into the target.
+//!
+//! A [`Transfer`] is shared by all workers. The hot path takes no lock: the
+//! bitmap hands each block to exactly one worker (atomic `fetch_or`), and each
+//! worker counts into its own cache-padded [`WorkerCounters`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_utils::CachePadded;
+
+use crate::bitmap::BlockBitmap;
+use crate::error::{Error, ErrorCode, Result};
+use crate::status::WorkerStatus;
+use crate::target::Target;
+use crate::wire::{self, Control, DropReason, Geometry, Packet};
+
+/// Counters of one worker. Each is written by its worker only and read by
+/// the status publisher.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Packets taken in (valid or not).
+    pub packets: AtomicU64,
+    /// Block bytes written.
+    pub bytes: AtomicU64,
+    /// Blocks written (incremented after the copy, with Release).
+    pub blocks: AtomicU64,
+    /// Non-empty batches.
+    pub batches: AtomicU64,
+    /// Frames the kernel dropped for a full ring (AF_XDP statistics).
+    pub ring_drops: AtomicU64,
+    /// Drops by reason.
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl WorkerCounters {
+    /// Count a dropped packet.
+    pub fn drop_packet(&self, r: DropReason) {
+        bump(&self.drops[r as usize], 1);
+    }
+
+    /// Count one non-empty batch of `n` packets.
+    pub fn batch(&self, n: usize) {
+        bump(&self.batches, 1);
+        bump(&self.packets, n as u64);
+    }
+
+    /// The counters as published on the status page.
+    pub fn snapshot(&self, queue: u64, cpu: Option<usize>) -> WorkerStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
+        WorkerStatus {
+            queue,
+            cpu: cpu.map_or(u64::MAX, |c| c as u64),
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            blocks: get(&self.blocks),
+            drops: self.drops.iter().map(get).sum(),
+            batches: get(&self.batches),
+            ring_drops: get(&self.ring_drops),
+        }
+    }
+}
+
+/// The image being received, known from the first valid packet.
+#[derive(Debug)]
+pub struct Image {
+    /// Session id of the sender.
+    pub session: u32,
+    /// Block layout.
+    pub geometry: Geometry,
+    /// Mapped target.
+    pub target: Target,
+    /// Blocks received.
+    pub bitmap: BlockBitmap,
+}
+
+/// Shared state of one transfer.
+#[derive(Debug)]
+pub struct Transfer {
+    expected_session: Option<u32>,
+    target_path: PathBuf,
+    image: OnceLock<Result<Arc<Image>>>,
+    digest: OnceLock<[u8; wire::DIGEST_LEN]>,
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    passes_seen: AtomicU64,
+    final_pass_ended: AtomicBool,
+    first_pass_missing: OnceLock<u64>,
+    workers: Vec<CachePadded<WorkerCounters>>,
+}
+
+impl Transfer {
+    /// A transfer into `target_path` with `workers` worker counter slots,
+    /// accepting only `session` when given (else the first session heard).
+    pub fn new(target_path: PathBuf, session: Option<u32>, workers: usize) -> Transfer {
+        Transfer {
+            expected_session: session,
+            target_path,
+            image: OnceLock::new(),
+            digest: OnceLock::new(),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            passes_seen: AtomicU64::new(0),
+            final_pass_ended: AtomicBool::new(false),
+            first_pass_missing: OnceLock::new(),
+            workers: (0..workers).map(|_| CachePadded::default()).collect(),
+        }
+    }
+
+    /// Counters of worker `i`.
+    pub fn counters(&self, i: usize) -> &WorkerCounters {
+        &self.workers[i]
+    }
+
+    /// Counters of every worker.
+    pub fn all_counters(&self) -> impl Iterator<Item = &WorkerCounters> {
+        self.workers.iter().map(|c| &**c)
+    }
+
+    /// The image, once the first valid packet has been seen and the target
+    /// opened.
+    pub fn image(&self) -> Option<&Arc<Image>> {
+        self.image.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// The sender's digest, once announced.
+    pub fn digest(&self) -> Option<[u8; wire::DIGEST_LEN]> {
+        self.digest.get().copied()
+    }
+
+    /// Blocks written so far (sum over workers, Acquire: every counted block
+    /// has been copied).
+    pub fn blocks_done(&self) -> u64 {
+        self.all_counters()
+            .map(|c| c.blocks.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Passes whose end packet was seen.
+    pub fn passes_seen(&self) -> u64 {
+        self.passes_seen.load(Ordering::Relaxed)
+    }
+
+    /// Whether the sender's last pass has ended.
+    pub fn final_pass_ended(&self) -> bool {
+        self.final_pass_ended.load(Ordering::Relaxed)
+    }
+
+    /// Blocks missing at the end of the first pass (loss before repair).
+    pub fn first_pass_missing(&self) -> Option<u64> {
+        self.first_pass_missing.get().copied()
+    }
+
+    /// Record a fatal error; the first one wins.
+    pub fn fail(&self, err: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            log::error!("{err}");
+            *f = Some(err);
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    /// The fatal error, if any.
+    pub fn failure(&self) -> Option<Error> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the transfer has failed (cheap check for the hot path).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
+        let target = Target::open(&self.target_path, geometry.total_size)?;
+        log::info!(
+            "session {session:#010x}: {} bytes in {} blocks of {} into {}",
+            geometry.total_size,
+            geometry.block_count,
+            geometry.block_size,
+            self.target_path.display()
+        );
+        Ok(Arc::new(Image {
+            session,
+            geometry,
+            target,
+            bitmap: BlockBitmap::new(geometry.block_count),
+        }))
+    }
+
+    /// The image for this packet: opened on the first packet, afterwards the
+    /// packet must agree with it.
+    fn image_for(&self, p: &Packet<'_>) -> std::result::Result<&Arc<Image>, DropReason> {
+        if self.expected_session.is_some_and(|s| s != p.session()) {
+            return Err(DropReason::ForeignSession);
+        }
+        let image = self.image.get_or_init(|| {
+            let r = self.open_image(p.session(), p.geometry());
+            if let Err(e) = &r {
+                self.fail(e.clone());
+            }
+            r
+        });
+        let image = image.as_ref().map_err(|_| DropReason::Inconsistent)?;
+        if image.session != p.session() {
+            return Err(DropReason::ForeignSession);
+        }
+        if image.geometry != p.geometry() {
+            return Err(DropReason::Inconsistent);
+        }
+        Ok(image)
+    }
+
+    /// Take in one datagram (the UDP payload) on behalf of worker `c`.
+    pub fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
+        let outcome = wire::parse(datagram).and_then(|p| {
+            let image = self.image_for(&p)?;
+            match p {
+                Packet::Data { index, payload, .. } => {
+                    if !image.bitmap.insert(index) {
+                        return Err(DropReason::Duplicate);
+                    }
+                    image.target.write_at(image.geometry.offset(index), payload);
+                    bump(&c.bytes, payload.len() as u64);
+                    c.blocks.fetch_add(1, Ordering::Release);
+                }
+                Packet::Announce { control, .. } => self.learn_digest(&control),
+                Packet::End { control, .. } => {
+                    self.learn_digest(&control);
+                    self.end_of_pass(image, &control);
+                }
+            }
+            Ok(())
+        });
+        if let Err(r) = outcome {
+            c.drop_packet(r);
+        }
+    }
+
+    fn learn_digest(&self, control: &Control) {
+        let known = self.digest.get_or_init(|| control.digest);
+        if *known != control.digest {
+            self.fail(Error::new(
+                ErrorCode::ProtocolError,
+                "the sender announced two different digests in one session",
+            ));
+        }
+    }
+
+    fn end_of_pass(&self, image: &Image, control: &Control) {
+        self.passes_seen
+            .fetch_max(u64::from(control.pass) + 1, Ordering::Relaxed);
+        self.first_pass_missing
+            .get_or_init(|| image.geometry.block_count - image.bitmap.count());
+        if control.pass + 1 == control.passes {
+            self.final_pass_ended.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode_control, encode_data, Kind};
+
+    fn setup(name: &str, session: Option<u32>) -> (Transfer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("xdpcast-transfer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        (Transfer::new(p.clone(), session, 1), p)
+    }
+
+    fn image_bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn blocks_land_and_bad_packets_are_counted_not_written() {
+        let (t, path) = setup("ingest", None);
+        let data = image_bytes(5000);
+        let g = Geometry::new(data.len() as u64, 1000);
+        let c = t.counters(0);
+        let ctl = Control {
+            digest: [9; 32],
+            pass: 0,
+            passes: 1,
+            flags: 0,
+        };
+        t.ingest(&encode_control(Kind::Announce, 5, &g, &ctl), c);
+        for i in 0..g.block_count {
+            let o = g.offset(i) as usize;
+            let block = &data[o..o + g.block_len(i)];
+            t.ingest(&encode_data(5, &g, i, block), c);
+            if i == 2 {
+                // Mid-transfer garbage: foreign session, other geometry, noise, duplicate.
+                t.ingest(&encode_data(6, &g, 3, &[0xEE; 1000]), c);
+                let other = Geometry::new(6000, 1000);
+                t.ingest(&encode_data(5, &other, 3, &[0xEE; 1000]), c);
+                t.ingest(b"not a packet at all, but long enough to be read......", c);
+                t.ingest(&encode_data(5, &g, 2, &[0xEE; 1000]), c);
+            }
+        }
+        t.ingest(&encode_control(Kind::End, 5, &g, &ctl), c);
+        assert_eq!(t.blocks_done(), 5);
+        assert_eq!(t.digest(), Some([9; 32]));
+        assert!(t.final_pass_ended());
+        assert_eq!(t.first_pass_missing(), Some(0));
+        let d = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
+        assert_eq!(d(DropReason::ForeignSession), 1);
+        assert_eq!(d(DropReason::Inconsistent), 1);
+        assert_eq!(d(DropReason::BadMagic), 1);
+        assert_eq!(d(DropReason::Duplicate), 1);
+        let img = t.image().unwrap();
+        img.target.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn expected_session_filters_and_digest_conflict_fails() {
+        let (t, _) = setup("filter", Some(7));
+        let g = Geometry::new(100, 100);
+        let c = t.counters(0);
+        t.ingest(&encode_data(8, &g, 0, &[1; 100]), c);
+        assert!(
+            t.image().is_none(),
+            "a foreign session must not open the target"
+        );
+        assert_eq!(
+            c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
+            1
+        );
+        let mut ctl = Control {
+            digest: [1; 32],
+            pass: 0,
+            passes: 2,
+            flags: 0,
+        };
+        t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
+        t.ingest(&encode_control(Kind::End, 7, &g, &ctl), c);
+        assert!(!t.final_pass_ended());
+        assert_eq!(t.first_pass_missing(), Some(1));
+        ctl.digest = [2; 32];
+        t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
+        assert_eq!(t.failure().unwrap().code, ErrorCode::ProtocolError);
+    }
+
+    #[test]
+    fn unopenable_target_fails_the_transfer() {
+        let t = Transfer::new(PathBuf::from("/nonexistent-dir/img"), None, 1);
+        let g = Geometry::new(100, 100);
+        t.ingest(&encode_data(1, &g, 0, &[1; 100]), t.counters(0));
+        assert_eq!(t.failure().unwrap().code, ErrorCode::TargetIo);
+        assert_eq!(t.blocks_done(), 0);
+    }
+}

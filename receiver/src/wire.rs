@@ -1,0 +1,608 @@
+//! Wire format v1: the packets a sender multicasts and a receiver parses.
+//!
+//! Every packet is one UDP datagram that starts with a fixed 40-byte header
+//! in network byte order (see docs/protocol.md for the byte layout):
+//!
+//! ```text
+//!  0 magic u32 "XDPC"   4 version u8   5 kind u8   6 payload_len u16
+//!  8 session_id u32    12 block_size u32
+//! 16 block_index u64   24 block_count u64   32 total_size u64
+//! ```
+//!
+//! Parsing borrows the datagram (no copy, no allocation) and rejects anything
+//! malformed with a [`DropReason`] so that receivers can count why a packet
+//! was dropped.
+
+use std::fmt;
+
+/// `"XDPC"` in network byte order.
+pub const MAGIC: u32 = 0x5844_5043;
+/// The only version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header that starts every packet.
+pub const HEADER_LEN: usize = 40;
+/// Size of the SHA-256 digest carried by announce and end packets.
+pub const DIGEST_LEN: usize = 32;
+/// Payload length of announce and end packets: digest, pass, pass count, flags.
+pub const CONTROL_PAYLOAD_LEN: usize = DIGEST_LEN + 4 + 4 + 4;
+/// IPv4 (20) plus UDP (8) header bytes in front of our header.
+pub const IPV4_UDP_OVERHEAD: usize = 28;
+/// Largest block size accepted from the wire (fits a 9000-byte jumbo frame).
+pub const MAX_BLOCK_SIZE: u32 = 9000 - (IPV4_UDP_OVERHEAD + HEADER_LEN) as u32;
+/// Smallest block size accepted from the wire.
+pub const MIN_BLOCK_SIZE: u32 = 64;
+
+/// Largest block payload that fits one frame of the given MTU, rounded down
+/// to a multiple of 8 bytes (1400 at MTU 1500 leaves room for options; 8192
+/// at MTU 9000 keeps blocks page-friendly).
+pub fn block_size_for_mtu(mtu: u32) -> u32 {
+    let room = mtu.saturating_sub((IPV4_UDP_OVERHEAD + HEADER_LEN) as u32);
+    if room >= 8192 {
+        8192
+    } else {
+        (room.min(1400) / 8 * 8).max(MIN_BLOCK_SIZE)
+    }
+}
+
+/// Packet kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// One block of the image.
+    Data = 1,
+    /// Session parameters and the image digest, sent before and during a pass.
+    Announce = 2,
+    /// End of one pass over the image.
+    End = 3,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Data),
+            2 => Some(Kind::Announce),
+            3 => Some(Kind::End),
+            _ => None,
+        }
+    }
+}
+
+/// Why a packet (or frame) was dropped. The discriminant is the index of the
+/// counter on the status page and must not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than the header, or a frame cut inside its Ethernet/IP/UDP headers.
+    Truncated = 0,
+    /// Magic number is not "XDPC".
+    BadMagic = 1,
+    /// Unknown protocol version.
+    BadVersion = 2,
+    /// Unknown packet kind.
+    BadKind = 3,
+    /// Session id differs from the session being received.
+    ForeignSession = 4,
+    /// payload_len disagrees with the datagram length.
+    LengthMismatch = 5,
+    /// payload_len larger than the block size, or block size out of bounds.
+    Oversize = 6,
+    /// block_index is not below block_count.
+    OutOfRange = 7,
+    /// block_size/block_count/total_size disagree with each other or with the session.
+    Inconsistent = 8,
+    /// A frame that is not IPv4/IPv6 UDP (only seen on the XDP path).
+    NotUdp = 9,
+    /// A second copy of a block already written.
+    Duplicate = 10,
+    /// An announce or end packet with a malformed payload.
+    BadControl = 11,
+}
+
+impl DropReason {
+    /// Number of reasons (size of the counter array on the status page).
+    pub const COUNT: usize = 12;
+    /// All reasons in counter order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Truncated,
+        DropReason::BadMagic,
+        DropReason::BadVersion,
+        DropReason::BadKind,
+        DropReason::ForeignSession,
+        DropReason::LengthMismatch,
+        DropReason::Oversize,
+        DropReason::OutOfRange,
+        DropReason::Inconsistent,
+        DropReason::NotUdp,
+        DropReason::Duplicate,
+        DropReason::BadControl,
+    ];
+
+    /// Stable snake_case name used in CLI output, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadMagic => "bad_magic",
+            DropReason::BadVersion => "bad_version",
+            DropReason::BadKind => "bad_kind",
+            DropReason::ForeignSession => "foreign_session",
+            DropReason::LengthMismatch => "length_mismatch",
+            DropReason::Oversize => "oversize",
+            DropReason::OutOfRange => "out_of_range",
+            DropReason::Inconsistent => "inconsistent",
+            DropReason::NotUdp => "not_udp",
+            DropReason::Duplicate => "duplicate",
+            DropReason::BadControl => "bad_control",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How an image is cut into blocks. Carried in every packet, so a receiver
+/// can start from whichever packet it hears first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per block (the last block may be shorter).
+    pub block_size: u32,
+    /// Number of blocks.
+    pub block_count: u64,
+    /// Image size in bytes.
+    pub total_size: u64,
+}
+
+impl Geometry {
+    /// Geometry of an image of `total_size` bytes cut into `block_size` blocks.
+    pub fn new(total_size: u64, block_size: u32) -> Geometry {
+        Geometry {
+            block_size,
+            block_count: total_size.div_ceil(u64::from(block_size)),
+            total_size,
+        }
+    }
+
+    /// Length of block `index` (shorter for the last block).
+    pub fn block_len(&self, index: u64) -> usize {
+        let start = index * u64::from(self.block_size);
+        (self.total_size - start).min(u64::from(self.block_size)) as usize
+    }
+
+    /// Byte offset of block `index` in the image.
+    pub fn offset(&self, index: u64) -> u64 {
+        index * u64::from(self.block_size)
+    }
+
+    fn is_consistent(&self) -> bool {
+        (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
+            && self.total_size > 0
+            && self.block_count == self.total_size.div_ceil(u64::from(self.block_size))
+    }
+}
+
+/// Contents of announce and end packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    /// SHA-256 of the whole image.
+    pub digest: [u8; DIGEST_LEN],
+    /// Pass number (0-based) this packet belongs to.
+    pub pass: u32,
+    /// Number of passes the sender will make.
+    pub passes: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// A parsed packet, borrowing the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// One block of data.
+    Data {
+        /// Session the packet belongs to.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Index of the block.
+        index: u64,
+        /// Block bytes (exactly `geometry.block_len(index)` long).
+        payload: &'a [u8],
+    },
+    /// Session announcement.
+    Announce {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Digest and pass information.
+        control: Control,
+    },
+    /// End of a pass.
+    End {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Digest and pass information.
+        control: Control,
+    },
+}
+
+impl Packet<'_> {
+    /// Session id of any packet.
+    pub fn session(&self) -> u32 {
+        match *self {
+            Packet::Data { session, .. }
+            | Packet::Announce { session, .. }
+            | Packet::End { session, .. } => session,
+        }
+    }
+
+    /// Geometry of any packet.
+    pub fn geometry(&self) -> Geometry {
+        match *self {
+            Packet::Data { geometry, .. }
+            | Packet::Announce { geometry, .. }
+            | Packet::End { geometry, .. } => geometry,
+        }
+    }
+}
+
+fn be_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(v)
+}
+
+/// Parse one datagram. Never panics, whatever the input.
+pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
+    if buf.len() < HEADER_LEN {
+        return Err(DropReason::Truncated);
+    }
+    if be_u32(buf, 0) != MAGIC {
+        return Err(DropReason::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(DropReason::BadVersion);
+    }
+    let kind = Kind::from_u8(buf[5]).ok_or(DropReason::BadKind)?;
+    let payload_len = usize::from(be_u16(buf, 6));
+    let payload = &buf[HEADER_LEN..];
+    if payload.len() < payload_len {
+        return Err(DropReason::Truncated);
+    }
+    if payload.len() != payload_len {
+        return Err(DropReason::LengthMismatch);
+    }
+    let session = be_u32(buf, 8);
+    let geometry = Geometry {
+        block_size: be_u32(buf, 12),
+        block_count: be_u64(buf, 24),
+        total_size: be_u64(buf, 32),
+    };
+    let index = be_u64(buf, 16);
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&geometry.block_size) {
+        return Err(DropReason::Oversize);
+    }
+    if !geometry.is_consistent() {
+        return Err(DropReason::Inconsistent);
+    }
+    match kind {
+        Kind::Data => {
+            if payload_len > geometry.block_size as usize {
+                return Err(DropReason::Oversize);
+            }
+            if index >= geometry.block_count {
+                return Err(DropReason::OutOfRange);
+            }
+            if payload_len != geometry.block_len(index) {
+                return Err(DropReason::Inconsistent);
+            }
+            Ok(Packet::Data {
+                session,
+                geometry,
+                index,
+                payload,
+            })
+        }
+        Kind::Announce | Kind::End => {
+            if payload_len != CONTROL_PAYLOAD_LEN {
+                return Err(DropReason::BadControl);
+            }
+            let mut digest = [0u8; DIGEST_LEN];
+            digest.copy_from_slice(&payload[..DIGEST_LEN]);
+            let control = Control {
+                digest,
+                pass: be_u32(payload, DIGEST_LEN),
+                passes: be_u32(payload, DIGEST_LEN + 4),
+                flags: be_u32(payload, DIGEST_LEN + 8),
+            };
+            if control.passes == 0 || control.pass >= control.passes {
+                return Err(DropReason::BadControl);
+            }
+            Ok(if kind == Kind::Announce {
+                Packet::Announce {
+                    session,
+                    geometry,
+                    control,
+                }
+            } else {
+                Packet::End {
+                    session,
+                    geometry,
+                    control,
+                }
+            })
+        }
+    }
+}
+
+fn write_header(
+    out: &mut [u8],
+    kind: Kind,
+    session: u32,
+    geometry: &Geometry,
+    index: u64,
+    payload_len: usize,
+) {
+    out[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+    out[4] = VERSION;
+    out[5] = kind as u8;
+    out[6..8].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    out[8..12].copy_from_slice(&session.to_be_bytes());
+    out[12..16].copy_from_slice(&geometry.block_size.to_be_bytes());
+    out[16..24].copy_from_slice(&index.to_be_bytes());
+    out[24..32].copy_from_slice(&geometry.block_count.to_be_bytes());
+    out[32..40].copy_from_slice(&geometry.total_size.to_be_bytes());
+}
+
+/// Write the header of data packet `index` into `out[..HEADER_LEN]`; the
+/// caller puts the block bytes behind it. Returns the datagram length.
+pub fn encode_data_header(out: &mut [u8], session: u32, geometry: &Geometry, index: u64) -> usize {
+    let len = geometry.block_len(index);
+    write_header(out, Kind::Data, session, geometry, index, len);
+    HEADER_LEN + len
+}
+
+/// Encode a complete data packet (header and block) into a new buffer.
+pub fn encode_data(session: u32, geometry: &Geometry, index: u64, block: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN + block.len()];
+    write_header(&mut out, Kind::Data, session, geometry, index, block.len());
+    out[HEADER_LEN..].copy_from_slice(block);
+    out
+}
+
+/// Encode an announce or end packet.
+pub fn encode_control(kind: Kind, session: u32, geometry: &Geometry, control: &Control) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN + CONTROL_PAYLOAD_LEN];
+    write_header(&mut out, kind, session, geometry, 0, CONTROL_PAYLOAD_LEN);
+    let p = &mut out[HEADER_LEN..];
+    p[..DIGEST_LEN].copy_from_slice(&control.digest);
+    p[DIGEST_LEN..DIGEST_LEN + 4].copy_from_slice(&control.pass.to_be_bytes());
+    p[DIGEST_LEN + 4..DIGEST_LEN + 8].copy_from_slice(&control.passes.to_be_bytes());
+    p[DIGEST_LEN + 8..DIGEST_LEN + 12].copy_from_slice(&control.flags.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        Geometry::new(10_000, 1400)
+    }
+
+    fn control() -> Control {
+        Control {
+            digest: [7; DIGEST_LEN],
+            pass: 1,
+            passes: 3,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn geometry_of_uneven_image() {
+        let g = geo();
+        assert_eq!(g.block_count, 8);
+        assert_eq!(g.block_len(0), 1400);
+        assert_eq!(g.block_len(7), 10_000 - 7 * 1400);
+        assert_eq!(g.offset(3), 4200);
+    }
+
+    #[test]
+    fn block_size_for_common_mtus() {
+        assert_eq!(block_size_for_mtu(1500), 1400);
+        assert_eq!(block_size_for_mtu(9000), 8192);
+        assert_eq!(block_size_for_mtu(1400), 1328);
+        assert_eq!(block_size_for_mtu(100), MIN_BLOCK_SIZE);
+    }
+
+    #[test]
+    fn data_round_trip() {
+        let g = geo();
+        let block: Vec<u8> = (0..g.block_len(7)).map(|i| i as u8).collect();
+        let pkt = encode_data(42, &g, 7, &block);
+        assert_eq!(
+            parse(&pkt),
+            Ok(Packet::Data {
+                session: 42,
+                geometry: g,
+                index: 7,
+                payload: &block
+            })
+        );
+        let mut hdr = [0u8; HEADER_LEN];
+        assert_eq!(
+            encode_data_header(&mut hdr, 42, &g, 7),
+            HEADER_LEN + block.len()
+        );
+        assert_eq!(&hdr[..], &pkt[..HEADER_LEN]);
+    }
+
+    #[test]
+    fn control_round_trip() {
+        let g = geo();
+        for kind in [Kind::Announce, Kind::End] {
+            let pkt = encode_control(kind, 9, &g, &control());
+            let parsed = parse(&pkt).unwrap();
+            assert_eq!(parsed.session(), 9);
+            assert_eq!(parsed.geometry(), g);
+            match (kind, parsed) {
+                (Kind::Announce, Packet::Announce { control: c, .. })
+                | (Kind::End, Packet::End { control: c, .. }) => assert_eq!(c, control()),
+                other => panic!("wrong kind {other:?}"),
+            }
+        }
+    }
+
+    fn data_pkt() -> Vec<u8> {
+        encode_data(1, &geo(), 0, &[0xAB; 1400])
+    }
+
+    #[test]
+    fn rejects_each_malformed_case() {
+        let g = geo();
+        let cases: Vec<(Vec<u8>, DropReason)> = vec![
+            (vec![], DropReason::Truncated),
+            (data_pkt()[..HEADER_LEN - 1].to_vec(), DropReason::Truncated),
+            (
+                data_pkt()[..HEADER_LEN + 10].to_vec(),
+                DropReason::Truncated,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[0] = b'Y';
+                    p
+                },
+                DropReason::BadMagic,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[4] = 2;
+                    p
+                },
+                DropReason::BadVersion,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[5] = 99;
+                    p
+                },
+                DropReason::BadKind,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p.push(0);
+                    p
+                },
+                DropReason::LengthMismatch,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[12..16].copy_from_slice(&(MAX_BLOCK_SIZE + 1).to_be_bytes());
+                    p
+                },
+                DropReason::Oversize,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[12..16].copy_from_slice(&8u32.to_be_bytes());
+                    p
+                },
+                DropReason::Oversize,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[16..24].copy_from_slice(&g.block_count.to_be_bytes());
+                    p
+                },
+                DropReason::OutOfRange,
+            ),
+            (
+                {
+                    let mut p = data_pkt();
+                    p[32..40].copy_from_slice(&(g.total_size * 2).to_be_bytes());
+                    p
+                },
+                DropReason::Inconsistent,
+            ),
+            (
+                // A full-size payload claimed for the short last block.
+                {
+                    let mut p = data_pkt();
+                    p[16..24].copy_from_slice(&7u64.to_be_bytes());
+                    p
+                },
+                DropReason::Inconsistent,
+            ),
+            (
+                // Geometry claiming a payload larger than the block size.
+                {
+                    let mut p = encode_data(1, &Geometry::new(100_000, 1000), 0, &[0; 1000]);
+                    let extra = [0u8; 8];
+                    p.extend_from_slice(&extra);
+                    p[6..8].copy_from_slice(&1008u16.to_be_bytes());
+                    p
+                },
+                DropReason::Oversize,
+            ),
+            (
+                {
+                    let mut p = encode_control(Kind::End, 1, &g, &control());
+                    p.truncate(p.len() - 1);
+                    p[6..8].copy_from_slice(&((CONTROL_PAYLOAD_LEN - 1) as u16).to_be_bytes());
+                    p
+                },
+                DropReason::BadControl,
+            ),
+            (
+                encode_control(
+                    Kind::Announce,
+                    1,
+                    &g,
+                    &Control {
+                        pass: 3,
+                        ..control()
+                    },
+                ),
+                DropReason::BadControl,
+            ),
+        ];
+        for (i, (pkt, want)) in cases.iter().enumerate() {
+            assert_eq!(parse(pkt), Err(*want), "case {i}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_packet_is_rejected() {
+        let pkt = data_pkt();
+        for len in 0..pkt.len() {
+            assert!(parse(&pkt[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn reason_indices_are_stable_and_named() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert!(!r.name().is_empty());
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Workers: one thread per AF_XDP socket (or one for the portable socket
+//! path), optionally pinned to a core, draining its source in batches into
+//! the shared [`Transfer`]. No locks on this path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::Socket;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::frame;
+use crate::net::MsgBatch;
+use crate::rings::XskQueue;
+use crate::transfer::{Transfer, WorkerCounters};
+
+/// How long a worker waits for packets before it looks at the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// Datagrams per recvmmsg call on the socket path.
+const SOCKET_BATCH: usize = 64;
+/// Receive buffer per datagram (largest jumbo frame).
+const SOCKET_BUF: usize = 9216;
+
+/// Where a worker gets its packets from.
+pub enum Source {
+    /// One AF_XDP socket: Ethernet frames.
+    Xsk(XskQueue),
+    /// A kernel UDP socket that joined the group: datagrams.
+    Socket(Socket),
+}
+
+/// A running worker.
+pub struct Worker {
+    handle: JoinHandle<Result<()>>,
+}
+
+impl Worker {
+    /// Wait for the worker to stop; its error, if it failed.
+    pub fn join(self) -> Result<()> {
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorCode::Internal, "worker panicked")))
+    }
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is a plain bit set, zero is a valid empty set; the
+    // CPU_SET macro equivalent only touches bits inside it (checked index).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("cpu {cpu} out of range"),
+            ));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "cannot pin to cpu {cpu}: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Start worker `index` on `source`, pinned to `cpu` if given.
+pub fn spawn(
+    index: usize,
+    queue: u32,
+    cpu: Option<usize>,
+    source: Source,
+    transfer: Arc<Transfer>,
+    stop: Arc<AtomicBool>,
+) -> Result<Worker> {
+    let handle = std::thread::Builder::new()
+        .name(format!("xdpcast-q{queue}"))
+        .spawn(move || {
+            if let Some(c) = cpu {
+                pin_to_cpu(c)?;
+            }
+            let counters = transfer.counters(index);
+            let r = run(source, &transfer, counters, &stop);
+            if let Err(e) = &r {
+                transfer.fail(e.clone());
+            }
+            r
+        })
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot start worker: {e}")))?;
+    Ok(Worker { handle })
+}
+
+fn run(source: Source, t: &Transfer, c: &WorkerCounters, stop: &AtomicBool) -> Result<()> {
+    match source {
+        Source::Xsk(mut q) => {
+            let mut last_stats = Instant::now();
+            drive(t, c, stop, || {
+                let n = q
+                    .poll_batch(POLL, |f| match frame::udp_payload(f) {
+                        Ok(d) => t.ingest(d, c),
+                        Err(r) => c.drop_packet(r),
+                    })
+                    .map_err(|e| {
+                        Error::new(ErrorCode::SteeringFailed, format!("AF_XDP receive: {e}"))
+                    })?;
+                if last_stats.elapsed() >= POLL {
+                    last_stats = Instant::now();
+                    if let Ok(s) = q.stats() {
+                        c.ring_drops
+                            .store(s.rx_dropped + s.rx_ring_full, Ordering::Relaxed);
+                    }
+                }
+                Ok(n)
+            })
+        }
+        Source::Socket(sock) => {
+            let mut batch = MsgBatch::<1>::new(SOCKET_BATCH);
+            let mut bufs = vec![vec![0u8; SOCKET_BUF]; SOCKET_BATCH];
+            let mut lens = Vec::with_capacity(SOCKET_BATCH);
+            drive(t, c, stop, || {
+                batch
+                    .recv(&sock, &mut bufs, &mut lens)
+                    .map_err(|e| Error::new(ErrorCode::Network, format!("recvmmsg: {e}")))?;
+                for (buf, &len) in bufs.iter().zip(lens.iter()) {
+                    t.ingest(&buf[..len], c);
+                }
+                Ok(lens.len())
+            })
+        }
+    }
+}
+
+/// The loop every worker runs: take batches until told to stop or the
+/// transfer has failed.
+fn drive(
+    t: &Transfer,
+    c: &WorkerCounters,
+    stop: &AtomicBool,
+    mut batch: impl FnMut() -> Result<usize>,
+) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) && !t.has_failed() {
+        let n = batch()?;
+        if n > 0 {
+            c.batch(n);
+        }
+    }
+    Ok(())
+}
