@@ -25,7 +25,7 @@ const SOCKET_BUF: usize = 9216;
 /// Where a worker gets its packets from.
 pub enum Source {
     /// One AF_XDP socket: Ethernet frames.
-    Xsk(XskQueue),
+    Xsk(Box<XskQueue>),
     /// A kernel UDP socket that joined the group: datagrams.
     Socket(Socket),
 }

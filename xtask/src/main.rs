@@ -1,1 +1,71 @@
-fn main() {}
+//! Project tasks: `cargo xtask test | demo | build-ebpf | bench`.
+
+mod demo;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "xdpcast project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything CI checks: formatting, clippy, every test (XDP tests included).
+    Test,
+    /// Send a generated image between two network namespaces through XDP and print the status.
+    Demo {
+        /// Image size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: usize,
+    },
+    /// Compile the XDP program to an object file (the crate's build.rs does the same).
+    BuildEbpf {
+        /// Output path.
+        #[arg(long, default_value = "target/xdpcast.bpf.o")]
+        out: PathBuf,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Run a command in the workspace root, failing with its name if it fails.
+pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd.current_dir(root()).status()?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+/// Build the receiver (whose build.rs compiles the XDP program) and copy the
+/// object out, so there is one recipe for it.
+fn build_ebpf(out: &std::path::Path) -> anyhow::Result<()> {
+    run(std::process::Command::new("cargo").args(["build", "--release", "-p", "xdpcast"]))?;
+    let built = std::fs::read_dir(root().join("target/release/build"))?
+        .flatten()
+        .map(|e| e.path().join("out/xdpcast.bpf.o"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .ok_or_else(|| anyhow::anyhow!("no xdpcast.bpf.o under target/release/build"))?;
+    std::fs::copy(&built, root().join(out))?;
+    println!("{}", root().join(out).display());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Test => test::run_all(),
+        Cmd::Demo { size_mib } => demo::run_demo(size_mib),
+        Cmd::BuildEbpf { out } => build_ebpf(&out),
+    }
+}

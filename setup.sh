@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what xdpcast needs to build and test on Debian/Ubuntu, then build.
+#   clang, llvm, libbpf-dev  compile the XDP program (ebpf/xdpcast.bpf.c)
+#   iproute2, iputils-ping    network namespaces, veth and checks in tests and the demo
+#   util-linux (setpriv)      unprivileged-reader and fallback tests
+#   udpcast                   the comparison receiver in `cargo xtask bench`
+#   python3, gcc              the status-page reader examples and the C ABI test
+set -euo pipefail
+cd "$(dirname "$0")"
+
+pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+echo "setup: building (release)"
+cargo build --release --workspace --quiet
+echo "setup: done"

@@ -1,0 +1,183 @@
+//! End-to-end transfers on the portable (socket) path: loopback inside a
+//! namespace and between two namespaces over veth; bad packets injected
+//! mid-transfer are counted and never written.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::{PathMode, State, StatusReader};
+use xdpcast::wire::{self, DropReason, Geometry};
+use xdpcast::ErrorCode;
+
+const MIB: usize = 1 << 20;
+const GROUP: &str = "239.7.7.7:5000";
+
+/// Start a receiver in `ns` and wait until its page says IN_PROGRESS.
+pub fn start_receiver(ns: &Netns, status: &Path, name: &str, args: &[&str]) -> std::process::Child {
+    let mut c = xdpcast(ns);
+    c.env("XDPCAST_STATUS_DIR", status)
+        .args(["receive", "--group", GROUP, "--name", name, "--keep-status"])
+        .args(args);
+    let child = spawn(c);
+    let page = status.join(format!("xdpcast.{name}"));
+    wait_for(Duration::from_secs(20), "receiver start", || {
+        let s = StatusReader::open(&page).ok()?.read().ok()?;
+        (s.state == State::InProgress).then_some(())
+    });
+    child
+}
+
+fn send(ns: &Netns, iface: &str, file: &Path, extra: &[&str]) -> std::process::Child {
+    let mut c = xdpcast(ns);
+    c.args(["send", file.to_str().unwrap(), "--group", GROUP, "--iface", iface])
+        .args(extra);
+    spawn(c)
+}
+
+fn finish(rx: std::process::Child, tx: std::process::Child) -> std::process::Output {
+    let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
+    assert!(tx_out.status.success(), "sender: {}", String::from_utf8_lossy(&tx_out.stderr));
+    wait_output(rx, Duration::from_secs(120), "receiver")
+}
+
+fn assert_success(out: &std::process::Output, status: &Path, name: &str, src: &Path, dst: &Path, mode: PathMode) {
+    assert!(
+        out.status.success(),
+        "receiver failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_hex(src), sha256_hex(dst), "image on disk differs from the source");
+    let s = StatusReader::open(&status.join(format!("xdpcast.{name}")))
+        .unwrap()
+        .read()
+        .unwrap();
+    let len = std::fs::metadata(src).unwrap().len();
+    assert_eq!(s.state, State::Success);
+    assert_eq!(s.error, ErrorCode::None);
+    assert_eq!(s.mode, mode);
+    assert_eq!(s.total_bytes, len);
+    assert_eq!(s.bytes_done, len);
+    assert_eq!(s.blocks_done, s.block_count);
+    assert_eq!(s.block_count, len.div_ceil(s.block_size));
+    assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
+    assert_eq!(
+        s.digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        sha256_hex(src)
+    );
+    assert!(s.workers.iter().map(|w| w.blocks).sum::<u64>() == s.block_count);
+}
+
+#[test]
+fn socket_path_on_loopback_64mib() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = Netns::new("xdpc-lo");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let dir = TempDir::new("xdpc-lo");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    make_image(&src, 64 * MIB, 1);
+    let rx = start_receiver(&ns, &dir.0, "lo", &["--iface", "lo", "--mode", "socket", "--out", dst.to_str().unwrap()]);
+    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--rate", "1G", "--passes", "3"]);
+    let out = finish(rx, tx);
+    assert_success(&out, &dir.0, "lo", &src, &dst, PathMode::Socket);
+}
+
+#[test]
+fn socket_path_between_namespaces_64mib() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let dir = TempDir::new("xdpc-veth");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    make_image(&src, 64 * MIB + 123, 2);
+    let rx = start_receiver(&net.b, &dir.0, "veth", &["--iface", &net.if_b, "--mode", "socket", "--out", dst.to_str().unwrap()]);
+    let tx = send(&net.a, &net.if_a, &src, &["--rate", "1G", "--passes", "3"]);
+    let out = finish(rx, tx);
+    assert_success(&out, &dir.0, "veth", &src, &dst, PathMode::Socket);
+}
+
+/// Python one-liner run in the namespace that sends the given datagrams.
+fn inject(ns: &Netns, datagrams: &[Vec<u8>]) {
+    let hexes: Vec<String> = datagrams
+        .iter()
+        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_LOOP,1)\n\
+         for h in {hexes:?}:\n    s.sendto(bytes.fromhex(h),('239.7.7.7',5000))\n"
+    );
+    let out = ns.cmd("python3").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_packets_mid_transfer_are_counted_not_written() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = Netns::new("xdpc-bad");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let dir = TempDir::new("xdpc-bad");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    let len = 16 * MIB;
+    make_image(&src, len, 3);
+    let rx = start_receiver(&ns, &dir.0, "bad", &["--iface", "lo", "--mode", "socket", "--out", dst.to_str().unwrap()]);
+    // Slow enough that the injection lands mid-transfer (about 1.3 s per pass).
+    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--rate", "100M", "--passes", "2", "--session", "4242"]);
+    let page = dir.join("xdpcast.bad");
+    wait_for(Duration::from_secs(20), "first blocks", || {
+        let s = StatusReader::open(&page).ok()?.read().ok()?;
+        (s.blocks_done > 100).then_some(())
+    });
+    let g = Geometry::new(len as u64, 1400);
+    let garbage = vec![0xEEu8; 1400];
+    let mut bad_magic = wire::encode_data(4242, &g, 5, &garbage);
+    bad_magic[0] ^= 0xFF;
+    let mut truncated = wire::encode_data(4242, &g, 6, &garbage);
+    truncated.truncate(100);
+    let packets = vec![
+        bad_magic,
+        truncated,
+        wire::encode_data(999, &g, 7, &garbage),             // foreign session
+        wire::encode_data(4242, &g, g.block_count, &garbage),   // out of range
+        wire::encode_data(4242, &Geometry::new(len as u64 + 1400, 1400), 8, &garbage), // inconsistent
+        b"hello".to_vec(),
+    ];
+    inject(&ns, &packets);
+    let out = finish(rx, tx);
+    assert_success(&out, &dir.0, "bad", &src, &dst, PathMode::Socket);
+    let s = StatusReader::open(&page).unwrap().read().unwrap();
+    assert_eq!(s.session_id, 4242);
+    assert_eq!(s.drops_for(DropReason::BadMagic), 1);
+    assert_eq!(s.drops_for(DropReason::Truncated), 2, "cut packet and 5-byte datagram");
+    assert_eq!(s.drops_for(DropReason::ForeignSession), 1);
+    assert_eq!(s.drops_for(DropReason::OutOfRange), 1);
+    assert_eq!(s.drops_for(DropReason::Inconsistent), 1);
+}
+
+#[test]
+fn missing_target_directory_fails_with_code() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = Netns::new("xdpc-tgt");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let dir = TempDir::new("xdpc-tgt");
+    let src = dir.join("src.img");
+    make_image(&src, MIB, 4);
+    let rx = start_receiver(&ns, &dir.0, "tgt", &["--iface", "lo", "--mode", "socket", "--out", "/nonexistent-xdpcast/dst.img"]);
+    let tx = send(&ns, "lo", &src, &["--block-size", "1400"]);
+    let out = finish(rx, tx);
+    assert_eq!(out.status.code(), Some(100 + ErrorCode::TargetIo as i32));
+    let s = StatusReader::open(&dir.join("xdpcast.tgt")).unwrap().read().unwrap();
+    assert_eq!(s.state, State::Failure);
+    assert_eq!(s.error, ErrorCode::TargetIo);
+    assert!(s.message.contains("/nonexistent-xdpcast/dst.img"), "{}", s.message);
+}
