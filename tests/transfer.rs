@@ -8,53 +8,61 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::{PathMode, State, StatusReader};
+use xdpcast::status::{PathMode, State};
 use xdpcast::wire::{self, DropReason, Geometry};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
 const GROUP: &str = "239.7.7.7:5000";
 
-/// Start a receiver in `ns` and wait until its page says IN_PROGRESS.
-pub fn start_receiver(ns: &Netns, status: &Path, name: &str, args: &[&str]) -> std::process::Child {
-    let mut c = xdpcast(ns);
-    c.env("XDPCAST_STATUS_DIR", status)
-        .args(["receive", "--group", GROUP, "--name", name, "--keep-status"])
-        .args(args);
-    let child = spawn(c);
-    let page = status.join(format!("xdpcast.{name}"));
-    wait_for(Duration::from_secs(20), "receiver start", || {
-        let s = StatusReader::open(&page).ok()?.read().ok()?;
-        (s.state == State::InProgress).then_some(())
-    });
-    child
+fn receiver(ns: &Netns, status: &Path, name: &str, args: &[&str]) -> std::process::Child {
+    start_receiver(xdpcast(ns), status, name, GROUP, args)
 }
 
 fn send(ns: &Netns, iface: &str, file: &Path, extra: &[&str]) -> std::process::Child {
     let mut c = xdpcast(ns);
-    c.args(["send", file.to_str().unwrap(), "--group", GROUP, "--iface", iface])
-        .args(extra);
+    c.args([
+        "send",
+        file.to_str().unwrap(),
+        "--group",
+        GROUP,
+        "--iface",
+        iface,
+    ])
+    .args(extra);
     spawn(c)
 }
 
 fn finish(rx: std::process::Child, tx: std::process::Child) -> std::process::Output {
     let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
-    assert!(tx_out.status.success(), "sender: {}", String::from_utf8_lossy(&tx_out.stderr));
+    assert!(
+        tx_out.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&tx_out.stderr)
+    );
     wait_output(rx, Duration::from_secs(120), "receiver")
 }
 
-fn assert_success(out: &std::process::Output, status: &Path, name: &str, src: &Path, dst: &Path, mode: PathMode) {
+fn assert_success(
+    out: &std::process::Output,
+    status: &Path,
+    name: &str,
+    src: &Path,
+    dst: &Path,
+    mode: PathMode,
+) {
     assert!(
         out.status.success(),
         "receiver failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(sha256_hex(src), sha256_hex(dst), "image on disk differs from the source");
-    let s = StatusReader::open(&status.join(format!("xdpcast.{name}")))
-        .unwrap()
-        .read()
-        .unwrap();
+    assert_eq!(
+        sha256_hex(src),
+        sha256_hex(dst),
+        "image on disk differs from the source"
+    );
+    let s = read_page(status, name);
     let len = std::fs::metadata(src).unwrap().len();
     assert_eq!(s.state, State::Success);
     assert_eq!(s.error, ErrorCode::None);
@@ -65,7 +73,10 @@ fn assert_success(out: &std::process::Output, status: &Path, name: &str, src: &P
     assert_eq!(s.block_count, len.div_ceil(s.block_size));
     assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
     assert_eq!(
-        s.digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        s.digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
         sha256_hex(src)
     );
     assert!(s.workers.iter().map(|w| w.blocks).sum::<u64>() == s.block_count);
@@ -81,8 +92,25 @@ fn socket_path_on_loopback_64mib() {
     let dir = TempDir::new("xdpc-lo");
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 64 * MIB, 1);
-    let rx = start_receiver(&ns, &dir.0, "lo", &["--iface", "lo", "--mode", "socket", "--out", dst.to_str().unwrap()]);
-    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--rate", "1G", "--passes", "3"]);
+    let rx = receiver(
+        &ns,
+        &dir.0,
+        "lo",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            dst.to_str().unwrap(),
+        ],
+    );
+    let tx = send(
+        &ns,
+        "lo",
+        &src,
+        &["--block-size", "1400", "--rate", "1G", "--passes", "3"],
+    );
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "lo", &src, &dst, PathMode::Socket);
 }
@@ -96,7 +124,19 @@ fn socket_path_between_namespaces_64mib() {
     let dir = TempDir::new("xdpc-veth");
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 64 * MIB + 123, 2);
-    let rx = start_receiver(&net.b, &dir.0, "veth", &["--iface", &net.if_b, "--mode", "socket", "--out", dst.to_str().unwrap()]);
+    let rx = receiver(
+        &net.b,
+        &dir.0,
+        "veth",
+        &[
+            "--iface",
+            &net.if_b,
+            "--mode",
+            "socket",
+            "--out",
+            dst.to_str().unwrap(),
+        ],
+    );
     let tx = send(&net.a, &net.if_a, &src, &["--rate", "1G", "--passes", "3"]);
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "veth", &src, &dst, PathMode::Socket);
@@ -114,7 +154,11 @@ fn inject(ns: &Netns, datagrams: &[Vec<u8>]) {
          for h in {hexes:?}:\n    s.sendto(bytes.fromhex(h),('239.7.7.7',5000))\n"
     );
     let out = ns.cmd("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -128,13 +172,37 @@ fn bad_packets_mid_transfer_are_counted_not_written() {
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     let len = 16 * MIB;
     make_image(&src, len, 3);
-    let rx = start_receiver(&ns, &dir.0, "bad", &["--iface", "lo", "--mode", "socket", "--out", dst.to_str().unwrap()]);
+    let rx = receiver(
+        &ns,
+        &dir.0,
+        "bad",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            dst.to_str().unwrap(),
+        ],
+    );
     // Slow enough that the injection lands mid-transfer (about 1.3 s per pass).
-    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--rate", "100M", "--passes", "2", "--session", "4242"]);
-    let page = dir.join("xdpcast.bad");
+    let tx = send(
+        &ns,
+        "lo",
+        &src,
+        &[
+            "--block-size",
+            "1400",
+            "--rate",
+            "100M",
+            "--passes",
+            "2",
+            "--session",
+            "4242",
+        ],
+    );
     wait_for(Duration::from_secs(20), "first blocks", || {
-        let s = StatusReader::open(&page).ok()?.read().ok()?;
-        (s.blocks_done > 100).then_some(())
+        (read_page(&dir.0, "bad").blocks_done > 100).then_some(())
     });
     let g = Geometry::new(len as u64, 1400);
     let garbage = vec![0xEEu8; 1400];
@@ -145,18 +213,22 @@ fn bad_packets_mid_transfer_are_counted_not_written() {
     let packets = vec![
         bad_magic,
         truncated,
-        wire::encode_data(999, &g, 7, &garbage),             // foreign session
-        wire::encode_data(4242, &g, g.block_count, &garbage),   // out of range
+        wire::encode_data(999, &g, 7, &garbage), // foreign session
+        wire::encode_data(4242, &g, g.block_count, &garbage), // out of range
         wire::encode_data(4242, &Geometry::new(len as u64 + 1400, 1400), 8, &garbage), // inconsistent
         b"hello".to_vec(),
     ];
     inject(&ns, &packets);
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "bad", &src, &dst, PathMode::Socket);
-    let s = StatusReader::open(&page).unwrap().read().unwrap();
+    let s = read_page(&dir.0, "bad");
     assert_eq!(s.session_id, 4242);
     assert_eq!(s.drops_for(DropReason::BadMagic), 1);
-    assert_eq!(s.drops_for(DropReason::Truncated), 2, "cut packet and 5-byte datagram");
+    assert_eq!(
+        s.drops_for(DropReason::Truncated),
+        2,
+        "cut packet and 5-byte datagram"
+    );
     assert_eq!(s.drops_for(DropReason::ForeignSession), 1);
     assert_eq!(s.drops_for(DropReason::OutOfRange), 1);
     assert_eq!(s.drops_for(DropReason::Inconsistent), 1);
@@ -172,12 +244,28 @@ fn missing_target_directory_fails_with_code() {
     let dir = TempDir::new("xdpc-tgt");
     let src = dir.join("src.img");
     make_image(&src, MIB, 4);
-    let rx = start_receiver(&ns, &dir.0, "tgt", &["--iface", "lo", "--mode", "socket", "--out", "/nonexistent-xdpcast/dst.img"]);
+    let rx = receiver(
+        &ns,
+        &dir.0,
+        "tgt",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            "/nonexistent-xdpcast/dst.img",
+        ],
+    );
     let tx = send(&ns, "lo", &src, &["--block-size", "1400"]);
     let out = finish(rx, tx);
     assert_eq!(out.status.code(), Some(100 + ErrorCode::TargetIo as i32));
-    let s = StatusReader::open(&dir.join("xdpcast.tgt")).unwrap().read().unwrap();
+    let s = read_page(&dir.0, "tgt");
     assert_eq!(s.state, State::Failure);
     assert_eq!(s.error, ErrorCode::TargetIo);
-    assert!(s.message.contains("/nonexistent-xdpcast/dst.img"), "{}", s.message);
+    assert!(
+        s.message.contains("/nonexistent-xdpcast/dst.img"),
+        "{}",
+        s.message
+    );
 }

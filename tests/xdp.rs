@@ -12,31 +12,29 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::{PathMode, State, StatusReader};
+use xdpcast::status::{PathMode, State};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
 const GROUP: &str = "239.8.8.8:5000";
 
 fn receiver(net: &VethPair, status: &Path, name: &str, out: &Path, extra: &[&str]) -> Child {
-    let mut c = xdpcast(&net.b);
-    c.env("XDPCAST_STATUS_DIR", status)
-        .args(["receive", "--group", GROUP, "--iface", &net.if_b, "--name", name, "--keep-status"])
-        .args(["--out", out.to_str().unwrap()])
-        .args(extra);
-    let child = spawn(c);
-    let page = status.join(format!("xdpcast.{name}"));
-    wait_for(Duration::from_secs(20), "receiver start", || {
-        let s = StatusReader::open(&page).ok()?.read().ok()?;
-        (s.state == State::InProgress).then_some(())
-    });
-    child
+    let mut args = vec!["--iface", &net.if_b, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    start_receiver(xdpcast(&net.b), status, name, GROUP, &args)
 }
 
 fn sender(net: &VethPair, src: &Path, extra: &[&str]) -> Child {
     let mut c = xdpcast(&net.a);
-    c.args(["send", src.to_str().unwrap(), "--group", GROUP, "--iface", &net.if_a])
-        .args(extra);
+    c.args([
+        "send",
+        src.to_str().unwrap(),
+        "--group",
+        GROUP,
+        "--iface",
+        &net.if_a,
+    ])
+    .args(extra);
     spawn(c)
 }
 
@@ -74,7 +72,11 @@ fn blast(ns: &Netns, dest: &str, port: u16) {
          for i in range(20):\n    s.sendto(b'x'*100,('{dest}',{port})); time.sleep(0.01)\n"
     );
     let out = ns.cmd("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn received(child: Child) -> u32 {
@@ -92,21 +94,49 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 64 * MIB, 11);
     let rx = receiver(&net, &dir.0, "xdp", &dst, &["--mode", "xdp"]);
-    assert!(net.xdp_attached_b(), "XDP program must be attached while receiving");
+    assert!(
+        net.xdp_attached_b(),
+        "XDP program must be attached while receiving"
+    );
 
     let unicast = listener(&net.b, &net.addr_b, 6000, None);
     let other_group = listener(&net.b, "239.8.8.9", 5000, Some("239.8.8.9"));
     // Several source ports so that the flow spreads over both RX queues.
-    let tx = sender(&net, &src, &["--rate", "800M", "--passes", "3", "--streams", "4"]);
+    let tx = sender(
+        &net,
+        &src,
+        &["--rate", "800M", "--passes", "3", "--streams", "4"],
+    );
     blast(&net.a, &net.addr_b, 6000);
     blast(&net.a, "239.8.8.9", 5000);
-    let ping = net.a.cmd("ping").args(["-c", "3", "-i", "0.2", "-W", "2", &net.addr_b]).output().unwrap();
-    assert!(ping.status.success(), "ping during the transfer: {}", String::from_utf8_lossy(&ping.stdout));
-    assert_eq!(received(unicast), 20, "unicast UDP to the receiver must reach the kernel");
-    assert_eq!(received(other_group), 20, "another multicast group must not be captured");
+    let ping = net
+        .a
+        .cmd("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", &net.addr_b])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping during the transfer: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(
+        received(unicast),
+        20,
+        "unicast UDP to the receiver must reach the kernel"
+    );
+    assert_eq!(
+        received(other_group),
+        20,
+        "another multicast group must not be captured"
+    );
 
     let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
-    assert!(tx_out.status.success(), "{}", String::from_utf8_lossy(&tx_out.stderr));
+    assert!(
+        tx_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx_out.stderr)
+    );
     let out = wait_output(rx, Duration::from_secs(120), "receiver");
     assert!(
         out.status.success(),
@@ -116,7 +146,7 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
     );
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
 
-    let s = StatusReader::open(&dir.join("xdpcast.xdp")).unwrap().read().unwrap();
+    let s = read_page(&dir.0, "xdp");
     assert_eq!(s.state, State::Success);
     assert_eq!(s.error, ErrorCode::None);
     assert_eq!(s.mode, PathMode::XdpNative);
@@ -125,14 +155,23 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
     let queues: Vec<u64> = s.workers.iter().map(|w| w.queue).collect();
     assert_eq!(queues, vec![0, 1]);
     let frames: u64 = s.workers.iter().map(|w| w.packets).sum();
-    assert!(frames >= s.block_count, "every block came through AF_XDP ({frames} frames)");
-    assert_eq!(s.workers.iter().map(|w| w.blocks).sum::<u64>(), s.block_count);
+    assert!(
+        frames >= s.block_count,
+        "every block came through AF_XDP ({frames} frames)"
+    );
+    assert_eq!(
+        s.workers.iter().map(|w| w.blocks).sum::<u64>(),
+        s.block_count
+    );
     assert!(
         s.workers.iter().all(|w| w.packets > 0),
         "both queues carried frames: {:?}",
         s.workers
     );
-    assert!(!net.xdp_attached_b(), "no XDP program may remain after the receiver exits");
+    assert!(
+        !net.xdp_attached_b(),
+        "no XDP program may remain after the receiver exits"
+    );
 }
 
 #[test]
@@ -142,17 +181,31 @@ fn killed_receiver_leaves_no_program_behind() {
     }
     let net = VethPair::new(2, 1500);
     let dir = TempDir::new("xdpc-kill");
-    let mut rx = receiver(&net, &dir.0, "kill", &dir.join("dst.img"), &["--mode", "xdp"]);
+    let mut rx = receiver(
+        &net,
+        &dir.0,
+        "kill",
+        &dir.join("dst.img"),
+        &["--mode", "xdp"],
+    );
     assert!(net.xdp_attached_b());
     // `ip netns exec` execs the receiver, so this is the receiver's pid.
     rx.kill().unwrap();
     rx.wait().unwrap();
-    wait_for(Duration::from_secs(5), "XDP detach", || (!net.xdp_attached_b()).then_some(()));
-    let out = xdpcast(&net.b).args(["cleanup", "--iface", &net.if_b]).output().unwrap();
+    wait_for(Duration::from_secs(5), "XDP detach", || {
+        (!net.xdp_attached_b()).then_some(())
+    });
+    let out = xdpcast(&net.b)
+        .args(["cleanup", "--iface", &net.if_b])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no XDP program"));
-    let s = StatusReader::open(&dir.join("xdpcast.kill")).unwrap().read().unwrap();
-    assert!(s.is_stale(Duration::from_secs(60)), "a killed writer leaves a stale page");
+    let s = read_page(&dir.0, "kill");
+    assert!(
+        s.is_stale(Duration::from_secs(60)),
+        "a killed writer leaves a stale page"
+    );
 }
 
 #[test]
@@ -162,13 +215,19 @@ fn sigterm_cancels_and_detaches() {
     }
     let net = VethPair::new(1, 1500);
     let dir = TempDir::new("xdpc-term");
-    let rx = receiver(&net, &dir.0, "term", &dir.join("dst.img"), &["--mode", "xdp"]);
+    let rx = receiver(
+        &net,
+        &dir.0,
+        "term",
+        &dir.join("dst.img"),
+        &["--mode", "xdp"],
+    );
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);
     let out = wait_output(rx, Duration::from_secs(20), "receiver");
     assert_eq!(out.status.code(), Some(100 + ErrorCode::Cancelled as i32));
     assert!(!net.xdp_attached_b());
-    let s = StatusReader::open(&dir.join("xdpcast.term")).unwrap().read().unwrap();
+    let s = read_page(&dir.0, "term");
     assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Cancelled));
 }
 
@@ -184,18 +243,25 @@ fn unprivileged_auto_mode_falls_back_to_sockets_and_says_why() {
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 8 * MIB, 12);
     let mut c = net.b.cmd("setpriv");
-    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", env!("CARGO_BIN_EXE_xdpcast")])
-        .env("XDPCAST_STATUS_DIR", &dir.0)
-        .args(["receive", "--group", GROUP, "--iface", &net.if_b, "--name", "user", "--keep-status"])
-        .args(["--out", dst.to_str().unwrap()]);
-    let rx = spawn(c);
-    let page = dir.join("xdpcast.user");
-    wait_for(Duration::from_secs(20), "receiver start", || {
-        let s = StatusReader::open(&page).ok()?.read().ok()?;
-        (s.state == State::InProgress).then_some(())
-    });
+    c.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_xdpcast"),
+    ]);
+    let rx = start_receiver(
+        c,
+        &dir.0,
+        "user",
+        GROUP,
+        &["--iface", &net.if_b, "--out", dst.to_str().unwrap()],
+    );
     let tx = sender(&net, &src, &["--rate", "800M", "--passes", "3"]);
-    assert!(wait_output(tx, Duration::from_secs(60), "sender").status.success());
+    assert!(wait_output(tx, Duration::from_secs(60), "sender")
+        .status
+        .success());
     let out = wait_output(rx, Duration::from_secs(60), "receiver");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -204,7 +270,7 @@ fn unprivileged_auto_mode_falls_back_to_sockets_and_says_why() {
         "one clear line why: {stderr}"
     );
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
-    let s = StatusReader::open(&page).unwrap().read().unwrap();
+    let s = read_page(&dir.0, "user");
     assert_eq!(s.mode, PathMode::Socket);
     assert!(s.message.contains("XDP needs root") || s.message.contains("verified"));
 }

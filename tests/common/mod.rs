@@ -18,6 +18,35 @@ pub fn xdpcast(ns: &Netns) -> Command {
     ns.cmd(env!("CARGO_BIN_EXE_xdpcast"))
 }
 
+/// The status page of session `name` in directory `status`.
+pub fn read_page(status: &Path, name: &str) -> xdpcast::Snapshot {
+    xdpcast::StatusReader::open(&status.join(format!("xdpcast.{name}")))
+        .and_then(|r| r.read())
+        .unwrap_or_else(|e| panic!("status page {name}: {e}"))
+}
+
+/// Start `xdpcast receive` (the program of `cmd`, which may be wrapped in
+/// `ip netns exec` or `setpriv`) for `group` with a kept status page in
+/// `status`, and wait until the page says IN_PROGRESS.
+pub fn start_receiver(
+    mut cmd: Command,
+    status: &Path,
+    name: &str,
+    group: &str,
+    args: &[&str],
+) -> Child {
+    cmd.env("XDPCAST_STATUS_DIR", status)
+        .args(["receive", "--group", group, "--name", name, "--keep-status"])
+        .args(args);
+    let child = spawn(cmd);
+    let page = status.join(format!("xdpcast.{name}"));
+    wait_for(Duration::from_secs(20), "receiver start", || {
+        let s = xdpcast::StatusReader::open(&page).ok()?.read().ok()?;
+        (s.state == xdpcast::State::InProgress).then_some(())
+    });
+    child
+}
+
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
