@@ -1,0 +1,180 @@
+//! Hot-path micro-benchmarks, per block, against the floor of a bare memcpy
+//! of the same bytes; and the cost of one status-page update.
+//!
+//! Targets live in `/dev/shm` (or `$XDPCAST_BENCH_DIR`) so that the numbers
+//! are CPU and memory cost, not the disk's.
+//!
+//! - `block/<size>/parse`: wire header parse only.
+//! - `block/<size>/parse_bitmap_copy`: parse, claim the block in the bitmap,
+//!   copy it into a warm (already faulted) mapped target.
+//! - `block/<size>/ingest`: the receiver's full `Transfer::ingest`, into a
+//!   fresh transfer and mapping per lap over the image (pays first-touch
+//!   page faults like a real receive).
+//! - `block/<size>/ingest_frame`: the AF_XDP worker's per-frame work:
+//!   Ethernet/IP/UDP decapsulation, then `ingest`.
+//! - `block/<size>/memcpy`: `copy_nonoverlapping` of the block into a warm
+//!   buffer at the same offset: the floor.
+//! - `status/publish/<workers>` and `status/read`: one seqlock update of the
+//!   4 KiB status page, and one consistent read of it.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use xdpcast::bitmap::BlockBitmap;
+use xdpcast::frame;
+use xdpcast::status::{Snapshot, State, StatusReader, StatusWriter, WorkerStatus};
+use xdpcast::target::Target;
+use xdpcast::transfer::Transfer;
+use xdpcast::wire::{self, Packet};
+use xdpcast_bench::fixture;
+
+/// Image size per lap: large enough to leave the caches.
+const IMAGE: usize = 32 << 20;
+
+fn bench_dir() -> PathBuf {
+    let base = std::env::var_os("XDPCAST_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    let dir = base.join(format!("xdpcast-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create bench dir");
+    dir
+}
+
+/// Time `per_packet` over `iters` packets, cycling through `n` packets; at
+/// the start of every lap over them `lap` builds fresh state, untimed.
+fn laps<S>(
+    iters: u64,
+    n: usize,
+    mut lap: impl FnMut() -> S,
+    mut per_packet: impl FnMut(&S, usize),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let state = lap();
+        let count = left.min(n as u64) as usize;
+        let start = Instant::now();
+        for i in 0..count {
+            per_packet(&state, i);
+        }
+        total += start.elapsed();
+        left -= count as u64;
+    }
+    total
+}
+
+fn per_block(c: &mut Criterion) {
+    let dir = bench_dir();
+    let img = fixture::image(IMAGE);
+    for block_size in [1400u32, 8192] {
+        let (g, dgrams) = fixture::datagrams(&img, block_size);
+        let frames: Vec<Vec<u8>> = dgrams.iter().map(|d| fixture::eth_frame(d)).collect();
+        let n = dgrams.len();
+        let path = dir.join(format!("target-{block_size}"));
+        let warm = Target::open(&path, g.total_size).expect("open target");
+        warm.write_at(0, &img);
+        let mut floor = img.clone();
+
+        let mut group = c.benchmark_group(format!("block/{block_size}"));
+        group.throughput(Throughput::Bytes(u64::from(block_size)));
+        group.bench_function("parse", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % n;
+                black_box(wire::parse(black_box(&dgrams[i]))).is_ok()
+            })
+        });
+        group.bench_function("parse_bitmap_copy", |b| {
+            b.iter_custom(|iters| {
+                laps(
+                    iters,
+                    n,
+                    || BlockBitmap::new(g.block_count),
+                    |bitmap, i| {
+                        if let Ok(Packet::Data { index, payload, .. }) = wire::parse(&dgrams[i]) {
+                            if bitmap.insert(index) {
+                                warm.write_at(g.offset(index), payload);
+                            }
+                        }
+                    },
+                )
+            })
+        });
+        let fresh = || {
+            let t = Transfer::new(path.clone(), None, 1);
+            // The first packet opens the target: keep that out of the timing.
+            t.ingest(&dgrams[n - 1], t.counters(0));
+            t
+        };
+        group.bench_function("ingest", |b| {
+            b.iter_custom(|iters| {
+                laps(iters, n - 1, fresh, |t, i| {
+                    t.ingest(&dgrams[i], t.counters(0))
+                })
+            })
+        });
+        group.bench_function("ingest_frame", |b| {
+            b.iter_custom(|iters| {
+                laps(iters, n - 1, fresh, |t, i| {
+                    let c = t.counters(0);
+                    match frame::udp_payload(&frames[i]) {
+                        Ok(d) => t.ingest(d, c),
+                        Err(r) => c.drop_packet(r),
+                    }
+                })
+            })
+        });
+        group.bench_function("memcpy", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % n;
+                let src = &dgrams[i][wire::HEADER_LEN..];
+                let off = g.offset(i as u64) as usize;
+                // SAFETY: `off + src.len()` is inside `floor` (same geometry
+                // as the image it was cloned from); the buffers are distinct.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        floor.as_mut_ptr().add(off),
+                        src.len(),
+                    );
+                }
+                black_box(&floor);
+            })
+        });
+        group.finish();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn status_page(c: &mut Criterion) {
+    let dir = bench_dir();
+    let path = dir.join("status");
+    let w = StatusWriter::create(&path).expect("status page");
+    let mut group = c.benchmark_group("status");
+    for workers in [2usize, 32] {
+        let mut snap = Snapshot {
+            state: State::InProgress,
+            name: "bench".into(),
+            group: "239.77.0.1:5000".into(),
+            target: "/dev/shm/xdpcast-bench/target".into(),
+            workers: vec![WorkerStatus::default(); workers],
+            ..Snapshot::default()
+        };
+        group.bench_with_input(BenchmarkId::new("publish", workers), &workers, |b, _| {
+            b.iter(|| {
+                snap.blocks_done += 1;
+                w.publish(black_box(&snap));
+            })
+        });
+    }
+    let r = StatusReader::open(&path).expect("reader");
+    group.bench_function("read", |b| b.iter(|| black_box(r.read().is_ok())));
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, per_block, status_page);
+criterion_main!(benches);

@@ -1,0 +1,74 @@
+//! Deterministic images, and the datagrams and Ethernet frames that carry them.
+
+use xdpcast::wire::{self, Geometry};
+
+/// Session id used by every fixture packet.
+pub const SESSION: u32 = 0x00BE_4C00;
+
+/// `len` pseudo-random bytes (xorshift64*): reproducible and incompressible,
+/// so no layer can shortcut the copy.
+pub fn image(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in out.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    out
+}
+
+/// The data datagrams (UDP payloads) of `image` cut into `block_size` blocks.
+pub fn datagrams(image: &[u8], block_size: u32) -> (Geometry, Vec<Vec<u8>>) {
+    let g = Geometry::new(image.len() as u64, block_size);
+    let packets = (0..g.block_count)
+        .map(|i| {
+            let off = g.offset(i) as usize;
+            wire::encode_data(SESSION, &g, i, &image[off..off + g.block_len(i)])
+        })
+        .collect();
+    (g, packets)
+}
+
+/// An Ethernet/IPv4/UDP frame to 239.77.0.1:5000 around `datagram`, as an
+/// AF_XDP socket hands it to a worker (checksums left zero: nobody checks).
+pub fn eth_frame(datagram: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 28 + datagram.len());
+    f.extend_from_slice(&[0x01, 0x00, 0x5e, 0x4d, 0x00, 0x01]); // group MAC
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (20 + 8 + datagram.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&ip_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 1, 17, 0, 0]); // id, DF, ttl 1, UDP
+    f.extend_from_slice(&[10, 77, 0, 1, 239, 77, 0, 1]);
+    f.extend_from_slice(&40_000u16.to_be_bytes());
+    f.extend_from_slice(&5000u16.to_be_bytes());
+    f.extend_from_slice(&(ip_len - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(datagram);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decapsulate_to_parseable_blocks() {
+        let img = image(10_001);
+        let (g, dgrams) = datagrams(&img, 1400);
+        assert_eq!(dgrams.len() as u64, g.block_count);
+        let f = eth_frame(&dgrams[7]);
+        let d = xdpcast::frame::udp_payload(&f).unwrap();
+        match wire::parse(d).unwrap() {
+            wire::Packet::Data { index, payload, .. } => {
+                assert_eq!(index, 7);
+                assert_eq!(payload, &img[9800..]);
+            }
+            p => panic!("unexpected {p:?}"),
+        }
+    }
+}
