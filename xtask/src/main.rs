@@ -1,6 +1,8 @@
 //! Project tasks: `cargo xtask test | demo | build-ebpf | bench`.
 
+mod bench;
 mod demo;
+mod plot;
 mod test;
 
 use std::path::PathBuf;
@@ -30,6 +32,8 @@ enum Cmd {
         #[arg(long, default_value = "target/xdpcast.bpf.o")]
         out: PathBuf,
     },
+    /// End-to-end benchmark: xdpcast XDP path, socket path and udpcast over veth (needs root).
+    Bench(bench::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -67,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test => test::run_all(),
         Cmd::Demo { size_mib } => demo::run_demo(size_mib),
         Cmd::BuildEbpf { out } => build_ebpf(&out),
+        Cmd::Bench(args) => bench::run(args),
     }
 }

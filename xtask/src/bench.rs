@@ -1,0 +1,906 @@
+//! `cargo xtask bench`: the end-to-end benchmark.
+//!
+//! Two network namespaces joined by a veth pair (`xdpcast_bench::netns`,
+//! 10.99.x.0/24, multicast 239.77.0.0/24 only), a fresh pair per MTU. The sender is
+//! pinned to CPU 0, the receiver to CPU 1. In turn:
+//!
+//! - xdpcast, XDP path and socket path, fed by `xdpcast-bench blast` (UDP
+//!   GSO and sendmmsg, unpaced unless `--rate-mbps`, pass after pass until
+//!   the receiver is done);
+//! - udpcast's `udp-receiver`, fed by its own `udp-sender`.
+//!
+//! Times come from the receiver side: the start is when the target file
+//! appears, the end of the receive is when the last block lands (status
+//! page samples, interpolated) or the file reaches full size (udpcast), and
+//! the verified end is when the receiver exits (xdpcast verifies the SHA-256
+//! itself; udpcast's output is checked with `sha256sum`, whose time and CPU
+//! are added to udpcast's). CPU is `wait4` rusage of the pinned processes.
+//! Namespaces are removed on every exit path, Ctrl-C included.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use xdpcast::status::{now_ns, Snapshot, State, StatusReader};
+use xdpcast::wire;
+use xdpcast_bench::netns::VethPair;
+
+use crate::plot::{self, Panel};
+
+const GROUP: &str = "239.77.0.1:5000";
+const UDPCAST_RDV: &str = "239.77.0.2";
+const UDPCAST_DATA: &str = "239.77.0.3";
+const UDPCAST_PORTBASE: &str = "9000";
+const TX_CPU: &str = "0";
+const RX_CPU: &str = "1";
+const POLL: Duration = Duration::from_millis(2);
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A 256 MiB image and a 64 MiB latency replay: a few minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Image size in MiB (default: 256 with --quick, else 1024).
+    #[arg(long)]
+    size_mib: Option<u64>,
+    /// MTUs to test, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1500u32, 9000])]
+    mtu: Vec<u32>,
+    /// Pace both senders to this rate (default: xdpcast's blast unpaced, udpcast self-paced).
+    #[arg(long)]
+    rate_mbps: Option<u64>,
+    /// Directory for results.md and plot.png, relative to the workspace.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Scratch files on tmpfs (the disk is not what is measured); removed on drop.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy)]
+struct Exit {
+    status: libc::c_int,
+    cpu_s: f64,
+    at_ns: u64,
+}
+
+impl Exit {
+    fn success(&self) -> bool {
+        libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
+    }
+
+    fn describe(&self) -> String {
+        if libc::WIFEXITED(self.status) {
+            format!("exit {}", libc::WEXITSTATUS(self.status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(self.status))
+        }
+    }
+}
+
+/// A child pinned to one CPU (optionally inside a namespace), reaped with
+/// `wait4` for its rusage; killed on drop if still running.
+struct Proc {
+    pid: libc::pid_t,
+    log: PathBuf,
+    exit: Option<Exit>,
+}
+
+impl Proc {
+    fn spawn(
+        ns: Option<&str>,
+        cpu: &str,
+        argv: &[&str],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> Result<Proc> {
+        let f = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        // `ip netns exec` and `taskset` exec the program: the pid is its own.
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "taskset", "-c", cpu]);
+                c
+            }
+            None => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu]);
+                c
+            }
+        };
+        c.args(argv)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().with_context(|| format!("spawn {}", argv[0]))?;
+        Ok(Proc {
+            pid: child.id() as libc::pid_t,
+            log: log.to_path_buf(),
+            exit: None,
+        })
+    }
+
+    /// The exit, if the child has ended (never blocks).
+    fn poll(&mut self) -> Option<Exit> {
+        if self.exit.is_none() {
+            let mut status = 0;
+            // SAFETY: rusage is plain data; wait4 fills it for our own child.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: plain syscall on our own child's pid with valid out-pointers.
+            let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut ru) };
+            if rc == self.pid {
+                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+                self.exit = Some(Exit {
+                    status,
+                    cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+                    at_ns: now_ns(),
+                });
+            }
+        }
+        self.exit
+    }
+
+    /// Wait for the end; after `timeout`, SIGKILL.
+    fn wait(&mut self, timeout: Duration) -> Exit {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.poll() {
+                return e;
+            }
+            if Instant::now() >= deadline || INTERRUPTED.load(Ordering::Relaxed) {
+                self.signal(libc::SIGKILL);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a second.
+    fn stop(&mut self) -> Exit {
+        if self.poll().is_none() {
+            self.signal(libc::SIGTERM);
+        }
+        self.wait(Duration::from_secs(1))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall; the pid is our unreaped child.
+        unsafe { libc::kill(self.pid, sig) };
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn last_line(&self) -> String {
+        let out = self.output();
+        out.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.poll().is_none() {
+            self.signal(libc::SIGKILL);
+            self.wait(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Which receiver a run measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    Xdp,
+    Socket,
+    Udpcast,
+}
+
+impl Receiver {
+    const ALL: [Receiver; 3] = [Receiver::Xdp, Receiver::Socket, Receiver::Udpcast];
+
+    fn name(self) -> &'static str {
+        match self {
+            Receiver::Xdp => "xdpcast XDP",
+            Receiver::Socket => "xdpcast socket",
+            Receiver::Udpcast => "udpcast",
+        }
+    }
+}
+
+/// What one run measured.
+struct Metrics {
+    /// Data path as reported by the receiver.
+    path: String,
+    /// First block to last block, seconds.
+    receive_s: f64,
+    /// First block to verified image, seconds.
+    verified_s: f64,
+    /// Packets the receiver took in during the receive.
+    packets: u64,
+    /// Receiver CPU (user + system), seconds, verification included.
+    rx_cpu_s: f64,
+    /// Sender CPU seconds and wall seconds.
+    tx_cpu_s: f64,
+    tx_wall_s: f64,
+    /// What the sender offered, Gbit/s of image data (blast only).
+    offered_gbps: Option<f64>,
+    /// Softirq time over all CPUs during the run (/proc/stat), seconds.
+    softirq_s: f64,
+    /// Loss before repair, fraction, and how it was counted.
+    loss: f64,
+    /// Mean packets per worker batch (xdpcast).
+    batch: Option<f64>,
+}
+
+struct Outcome {
+    receiver: Receiver,
+    mtu: u32,
+    result: std::result::Result<Metrics, String>,
+}
+
+struct Ctx {
+    bin: PathBuf,
+    work: PathBuf,
+    image: PathBuf,
+    size: u64,
+    digest: String,
+    rate_mbps: Option<u64>,
+    timeout: Duration,
+}
+
+/// Softirq time of all CPUs, seconds (USER_HZ is 100 on Linux).
+fn softirq_s() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: f64 = line
+        .split_whitespace()
+        .nth(7)
+        .context("no softirq in /proc/stat")?
+        .parse()?;
+    Ok(ticks / 100.0)
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn rx_packets(net: &VethPair) -> Result<u64> {
+    let p = format!("/sys/class/net/{}/statistics/rx_packets", net.if_b);
+    Ok(cmd_ok("ip", &["netns", "exec", &net.b.name, "cat", &p])?
+        .trim()
+        .parse()?)
+}
+
+fn sha256sum(path: &Path, log: &Path) -> Result<(String, Exit)> {
+    let mut p = Proc::spawn(
+        None,
+        RX_CPU,
+        &["sha256sum", &path.to_string_lossy()],
+        &[],
+        log,
+    )?;
+    let e = p.wait(Duration::from_secs(600));
+    ensure!(e.success(), "sha256sum failed: {}", p.last_line());
+    let digest = p
+        .output()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    Ok((digest, e))
+}
+
+/// `key=value` from the last line of `text` that has it.
+fn field(text: &str, key: &str) -> Option<f64> {
+    text.lines().rev().find_map(|l| {
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// The instant (wall ns) and packet count at which `blocks_done` reached
+/// `count`, interpolated between the two page samples around it.
+fn completion(samples: &[(u64, u64, u64)], count: u64) -> Option<(u64, u64)> {
+    let b = samples.iter().position(|s| s.1 >= count)?;
+    let Some(a) = b.checked_sub(1).map(|a| samples[a]) else {
+        return Some((samples[b].0, samples[b].2));
+    };
+    let (t1, d1, p1) = samples[b];
+    let f = (count - a.1) as f64 / (d1 - a.1).max(1) as f64;
+    let at = a.0 + (f * (t1 - a.0) as f64) as u64;
+    let packets = a.2 + (f * (p1 - a.2) as f64) as u64;
+    Some((at, packets))
+}
+
+fn taken(s: &Snapshot) -> u64 {
+    s.workers.iter().map(|w| w.packets).sum()
+}
+
+fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
+    let out = ctx.work.join("out.img");
+    let _ = std::fs::remove_file(&out);
+    let status_dir = ctx.work.join("status");
+    std::fs::create_dir_all(&status_dir)?;
+    let name = format!("bench-{mode}");
+    let page = status_dir.join(format!("xdpcast.{name}"));
+    let _ = std::fs::remove_file(&page);
+    let recv = ctx.bin.join("xdpcast");
+    let outs = out.to_string_lossy();
+    let mut rx = Proc::spawn(
+        Some(&net.b.name),
+        RX_CPU,
+        &[
+            &recv.to_string_lossy(),
+            "receive",
+            "--group",
+            GROUP,
+            "--iface",
+            &net.if_b,
+            "--out",
+            &outs,
+            "--mode",
+            mode,
+            "--name",
+            &name,
+            "--cores",
+            RX_CPU,
+            "--keep-status",
+            "--start-timeout",
+            "30",
+            "--idle-timeout",
+            "5",
+        ],
+        &[("XDPCAST_STATUS_DIR", &status_dir)],
+        &ctx.work.join(format!("rx-{mode}.log")),
+    )?;
+    let ready = Instant::now();
+    let reader = loop {
+        check_interrupt()?;
+        if let Some(e) = rx.poll() {
+            bail!(
+                "receiver ended before the sender started ({}): {}",
+                e.describe(),
+                rx.last_line()
+            );
+        }
+        if let Ok(r) = StatusReader::open(&page) {
+            if r.read().is_ok_and(|s| s.state == State::InProgress) {
+                break r;
+            }
+        }
+        ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "receiver did not start"
+        );
+        std::thread::sleep(POLL);
+    };
+    let soft0 = softirq_s()?;
+    let blast = ctx.bin.join("xdpcast-bench");
+    let rate = ctx.rate_mbps.map(|m| (m * 1_000_000).to_string());
+    let mut argv = vec![
+        blast.to_str().context("path")?,
+        "blast",
+        ctx.image.to_str().context("path")?,
+        "--group",
+        GROUP,
+        "--iface",
+        &net.if_a,
+        "--passes",
+        "1000",
+    ];
+    if let Some(r) = &rate {
+        argv.extend(["--rate-bps", r]);
+    }
+    let mut tx = Proc::spawn(
+        Some(&net.a.name),
+        TX_CPU,
+        &argv,
+        &[],
+        &ctx.work.join("tx.log"),
+    )?;
+    let tx_start = now_ns();
+    let mut first = None;
+    let mut samples: Vec<(u64, u64, u64)> = Vec::new();
+    let deadline = Instant::now() + ctx.timeout;
+    let exit = loop {
+        check_interrupt()?;
+        if first.is_none() && file_len(&out) > 0 {
+            first = Some(now_ns());
+        }
+        let s = reader.read()?;
+        if samples.last().is_none_or(|l| l.0 != s.heartbeat_ns) {
+            samples.push((s.heartbeat_ns, s.blocks_done, taken(&s)));
+        }
+        if let Some(e) = rx.poll() {
+            break e;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no verified image within {:?}",
+            ctx.timeout
+        );
+        std::thread::sleep(POLL);
+    };
+    let tx_exit = tx.stop();
+    let softirq_s = softirq_s()? - soft0;
+    let s = reader.read()?;
+    ensure!(
+        exit.success(),
+        "receiver failed ({}): {} [{} packets taken, {} dropped, {} ring drops]",
+        exit.describe(),
+        s.message,
+        taken(&s),
+        s.total_drops(),
+        s.workers.iter().map(|w| w.ring_drops).sum::<u64>()
+    );
+    let first = first.context("the target never appeared")?;
+    let (done_at, packets) =
+        completion(&samples, s.block_count).context("the page never showed all blocks")?;
+    let batches: u64 = s.workers.iter().map(|w| w.batches).sum();
+    let tx_log = tx.output();
+    let offered = field(&tx_log, "bytes")
+        .zip(field(&tx_log, "secs"))
+        .map(|(b, t)| b * 8.0 / t.max(1e-9) / 1e9);
+    Ok(Metrics {
+        path: s.mode.name().to_string(),
+        receive_s: (done_at.saturating_sub(first)) as f64 / 1e9,
+        verified_s: (exit.at_ns - first) as f64 / 1e9,
+        packets,
+        rx_cpu_s: exit.cpu_s,
+        tx_cpu_s: tx_exit.cpu_s,
+        tx_wall_s: (tx_exit.at_ns - tx_start) as f64 / 1e9,
+        offered_gbps: offered,
+        softirq_s,
+        loss: s.first_pass_missing as f64 / s.block_count.max(1) as f64,
+        batch: Some(taken(&s) as f64 / batches.max(1) as f64),
+    })
+}
+
+fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
+    let out = ctx.work.join("out.img");
+    let _ = std::fs::remove_file(&out);
+    let outs = out.to_string_lossy();
+    let pk0 = rx_packets(net)?;
+    let mut rx = Proc::spawn(
+        Some(&net.b.name),
+        RX_CPU,
+        &[
+            "udp-receiver",
+            "--file",
+            &outs,
+            "--interface",
+            &net.if_b,
+            "--portbase",
+            UDPCAST_PORTBASE,
+            "--mcast-rdv-address",
+            UDPCAST_RDV,
+            "--nokbd",
+        ],
+        &[],
+        &ctx.work.join("rx-udpcast.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let soft0 = softirq_s()?;
+    let rate = ctx.rate_mbps.map(|m| format!("{m}m"));
+    let mut argv = vec![
+        "udp-sender",
+        "--file",
+        ctx.image.to_str().context("path")?,
+        "--interface",
+        &net.if_a,
+        "--portbase",
+        UDPCAST_PORTBASE,
+        "--mcast-rdv-address",
+        UDPCAST_RDV,
+        "--mcast-data-address",
+        UDPCAST_DATA,
+        "--min-receivers",
+        "1",
+        "--nokbd",
+    ];
+    if let Some(r) = &rate {
+        argv.extend(["--max-bitrate", r]);
+    }
+    let mut tx = Proc::spawn(
+        Some(&net.a.name),
+        TX_CPU,
+        &argv,
+        &[],
+        &ctx.work.join("tx.log"),
+    )?;
+    let tx_start = now_ns();
+    let (mut first, mut full) = (None, None);
+    let deadline = Instant::now() + ctx.timeout;
+    let exit = loop {
+        check_interrupt()?;
+        let len = file_len(&out);
+        if first.is_none() && len > 0 {
+            first = Some(now_ns());
+        }
+        if full.is_none() && len >= ctx.size {
+            full = Some(now_ns());
+        }
+        if let Some(e) = rx.poll() {
+            break e;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no image within {:?}",
+            ctx.timeout
+        );
+        std::thread::sleep(POLL);
+    };
+    ensure!(
+        exit.success(),
+        "udp-receiver failed ({}): {}",
+        exit.describe(),
+        rx.last_line()
+    );
+    let packets = rx_packets(net)? - pk0;
+    let (digest, sha) = sha256sum(&out, &ctx.work.join("sha.log"))?;
+    ensure!(
+        digest == ctx.digest,
+        "udpcast image differs: sha256 {digest}"
+    );
+    let tx_exit = tx.wait(Duration::from_secs(10));
+    let softirq_s = softirq_s()? - soft0;
+    let first = first.context("the target never appeared")?;
+    let full = full.context("the target never reached full size")?;
+    // "re-xmits=0000662 (  1.4%)": blocks sent again, as a share of the image.
+    let log = tx.output();
+    let loss = log
+        .rsplit("re-xmits=")
+        .next()
+        .and_then(|t| t.split('(').nth(1))
+        .and_then(|t| t.split('%').next())
+        .and_then(|p| p.trim().parse::<f64>().ok())
+        .map_or(0.0, |p| p / 100.0);
+    Ok(Metrics {
+        path: "udpcast".into(),
+        receive_s: (full - first) as f64 / 1e9,
+        verified_s: (sha.at_ns - first) as f64 / 1e9,
+        packets,
+        rx_cpu_s: exit.cpu_s + sha.cpu_s,
+        tx_cpu_s: tx_exit.cpu_s,
+        tx_wall_s: (tx_exit.at_ns - tx_start) as f64 / 1e9,
+        offered_gbps: None,
+        softirq_s,
+        loss,
+        batch: None,
+    })
+}
+
+impl Metrics {
+    fn goodput_gbps(&self, size: u64) -> f64 {
+        size as f64 * 8.0 / self.receive_s.max(1e-9) / 1e9
+    }
+
+    fn cpu_per_gb(&self, size: u64) -> f64 {
+        self.rx_cpu_s / (size as f64 / 1e9)
+    }
+
+    /// Which side limited the run, and why we think so.
+    fn bottleneck(&self, size: u64) -> String {
+        let goodput = self.goodput_gbps(size);
+        let tx_util = self.tx_cpu_s / self.tx_wall_s.max(1e-9);
+        let rx_util = self.rx_cpu_s / self.verified_s.max(1e-9);
+        match self.offered_gbps {
+            Some(o) if o > 1.2 * goodput => format!("receiver (sender offered {o:.1} Gbit/s)"),
+            Some(o) => format!("sender ({o:.1} Gbit/s, CPU {:.0}%)", tx_util * 100.0),
+            None if tx_util.max(rx_util) < 0.8 => format!(
+                "protocol (sender CPU {:.0}%, receiver {:.0}%)",
+                tx_util * 100.0,
+                rx_util * 100.0
+            ),
+            None if tx_util >= rx_util => format!("sender (CPU {:.0}%)", tx_util * 100.0),
+            None => format!("receiver (CPU {:.0}%)", rx_util * 100.0),
+        }
+    }
+}
+
+fn table(outcomes: &[Outcome], size: u64) -> String {
+    let mut t = String::from(
+        "| MTU | receiver | path | goodput Gbit/s | kpkt/s | rx CPU s/GB | softirq s/GB | loss before repair | verified s | goodput vs XDP | CPU/GB vs XDP | avg batch | bottleneck |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let gb = size as f64 / 1e9;
+    for o in outcomes {
+        let xdp = outcomes
+            .iter()
+            .find(|x| x.mtu == o.mtu && x.receiver == Receiver::Xdp)
+            .and_then(|x| x.result.as_ref().ok());
+        let _ = match &o.result {
+            Ok(m) => {
+                let ratio = |v: f64, base: Option<f64>| {
+                    base.map_or("n/a".to_string(), |b| format!("{:.2}x", v / b))
+                };
+                writeln!(
+                    t,
+                    "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.2} | {} | {} | {} | {} |",
+                    o.mtu,
+                    o.receiver.name(),
+                    m.path,
+                    m.goodput_gbps(size),
+                    m.packets as f64 / m.receive_s.max(1e-9) / 1e3,
+                    m.cpu_per_gb(size),
+                    m.softirq_s / gb,
+                    m.loss * 100.0,
+                    m.verified_s,
+                    ratio(m.goodput_gbps(size), xdp.map(|x| x.goodput_gbps(size))),
+                    ratio(m.cpu_per_gb(size), xdp.map(|x| x.cpu_per_gb(size))),
+                    m.batch.map_or("-".into(), |b| format!("{b:.1}")),
+                    m.bottleneck(size),
+                )
+            }
+            Err(e) => writeln!(
+                t,
+                "| {} | {} | failed | - | - | - | - | - | - | - | - | - | {} |",
+                o.mtu,
+                o.receiver.name(),
+                e.replace('|', "/").replace('\n', " ")
+            ),
+        };
+    }
+    t
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = cmd_ok("uname", &["-r"]).unwrap_or_default();
+    format!("{cpu}, {ncpu} CPUs, kernel {}", kernel.trim())
+}
+
+/// Run the benchmark and write `results.md` and `plot.png` into `args.out`.
+pub fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmark needs root (namespaces, XDP)"
+    );
+    for tool in ["ip", "taskset", "sha256sum", "udp-sender", "udp-receiver"] {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()?
+                .success(),
+            "{tool} not found (udpcast comes from the Debian package `udpcast`)"
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    eprintln!("bench: building release binaries");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "xdpcast",
+            "-p",
+            "xdpcast-bench",
+            "--bins",
+        ])
+        .status()?;
+    ensure!(built.success(), "cargo build --release failed");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let work = WorkDir(PathBuf::from(format!(
+        "/dev/shm/xdpcast-bench-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&work.0)?;
+    let size = args.size_mib.unwrap_or(if args.quick { 256 } else { 1024 }) << 20;
+    let image = work.0.join("image");
+    eprintln!("bench: writing a {} MiB random image", size >> 20);
+    let mut src = std::io::Read::take(File::open("/dev/urandom")?, size);
+    std::io::copy(&mut src, &mut File::create(&image)?)?;
+    let (digest, _) = sha256sum(&image, &work.0.join("sha.log"))?;
+    let ctx = Ctx {
+        bin: target_dir.join("release"),
+        work: work.0.clone(),
+        image,
+        size,
+        digest,
+        rate_mbps: args.rate_mbps,
+        timeout: Duration::from_secs(if args.quick { 60 } else { 300 }),
+    };
+
+    let mut latency = String::from(
+        "| block size | frames/batch | batches | p50 µs | p99 µs | p99.9 µs | max µs |\n|---|---|---|---|---|---|---|\n",
+    );
+    for &mtu in &args.mtu {
+        check_interrupt()?;
+        let bs = wire::block_size_for_mtu(mtu);
+        eprintln!("bench: replaying worker batches, block size {bs}");
+        let mut p = Proc::spawn(
+            None,
+            RX_CPU,
+            &[
+                ctx.bin.join("xdpcast-bench").to_str().context("path")?,
+                "replay",
+                "--target",
+                ctx.work.join("replay.img").to_str().context("path")?,
+                "--block-size",
+                &bs.to_string(),
+                "--image-mib",
+                if args.quick { "64" } else { "256" },
+            ],
+            &[],
+            &ctx.work.join("replay.log"),
+        )?;
+        let e = p.wait(Duration::from_secs(120));
+        ensure!(e.success(), "replay failed: {}", p.last_line());
+        let out = p.output();
+        let us = |k: &str| field(&out, k).map_or(f64::NAN, |v| v / 1e3);
+        let _ = writeln!(
+            latency,
+            "| {bs} | 64 | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            field(&out, "batches").unwrap_or(0.0),
+            us("p50_ns"),
+            us("p99_ns"),
+            us("p999_ns"),
+            us("max_ns")
+        );
+    }
+
+    let mut outcomes = Vec::new();
+    for &mtu in &args.mtu {
+        let net = VethPair::new(1, mtu);
+        for r in Receiver::ALL {
+            check_interrupt()?;
+            eprintln!("bench: MTU {mtu}, {}", r.name());
+            let result = match r {
+                Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp"),
+                Receiver::Socket => run_xdpcast(&ctx, &net, "socket"),
+                Receiver::Udpcast => run_udpcast(&ctx, &net),
+            };
+            check_interrupt()?;
+            let result = result.map_err(|e| format!("{e:#}"));
+            if let Err(e) = &result {
+                eprintln!("bench:   failed: {e}");
+            }
+            outcomes.push(Outcome {
+                receiver: r,
+                mtu,
+                result,
+            });
+        }
+    }
+
+    let rate = args
+        .rate_mbps
+        .map_or("unpaced blast / udpcast self-paced".into(), |m| {
+            format!("both senders paced to {m} Mbit/s")
+        });
+    let mut md = format!(
+        "Machine: {}. Image {} MiB on tmpfs, {rate}, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}.\n\n",
+        machine(),
+        size >> 20
+    );
+    md += &table(&outcomes, size);
+    md += "\nWorker batch latency (replayed in process: decapsulate, parse, bitmap, copy; HDR histogram):\n\n";
+    md += &latency;
+    println!("\n{md}");
+    let out = root.join(&args.out);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.md"), &md)?;
+    let panel = |title: &str, f: &dyn Fn(&Metrics) -> f64| Panel {
+        title: title.into(),
+        groups: args.mtu.iter().map(|m| format!("MTU {m}")).collect(),
+        values: args
+            .mtu
+            .iter()
+            .map(|&mtu| {
+                Receiver::ALL
+                    .iter()
+                    .map(|&r| {
+                        outcomes
+                            .iter()
+                            .find(|o| o.mtu == mtu && o.receiver == r)
+                            .and_then(|o| o.result.as_ref().ok())
+                            .map(f)
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let names: Vec<&str> = Receiver::ALL.iter().map(|r| r.name()).collect();
+    plot::bar_chart(
+        &out.join("plot.png"),
+        [
+            &panel("GOODPUT (GBIT/S)", &|m| m.goodput_gbps(size)),
+            &panel("RECEIVER CPU (S/GB)", &|m| m.cpu_per_gb(size)),
+        ],
+        &names,
+    )?;
+    eprintln!(
+        "bench: wrote {} and plot.png",
+        out.join("results.md").display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_interpolates_between_samples() {
+        let s = [(1_000, 0, 0), (2_000, 50, 60), (3_000, 150, 180)];
+        assert_eq!(completion(&s, 100), Some((2_500, 120)));
+        assert_eq!(completion(&s[1..], 20), Some((2_000, 60)));
+        assert_eq!(completion(&s, 200), None);
+    }
+
+    #[test]
+    fn fields_come_from_the_last_line_that_has_them() {
+        let log = "blast packets=1 bytes=10 secs=1\nblast packets=2 bytes=20 secs=2\nnoise\n";
+        assert_eq!(field(log, "bytes"), Some(20.0));
+        assert_eq!(field(log, "nope"), None);
+    }
+}
