@@ -28,6 +28,7 @@ use xdpcast::status::{Snapshot, State, StatusReader, StatusWriter, WorkerStatus}
 use xdpcast::target::Target;
 use xdpcast::transfer::Transfer;
 use xdpcast::wire::{self, Packet};
+use xdpcast::workers::Sink;
 use xdpcast_bench::fixture;
 
 /// Image size per lap: large enough to leave the caches.

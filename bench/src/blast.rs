@@ -153,10 +153,12 @@ pub fn blast(
     };
     for pass in 0..o.passes {
         let control = Control {
-            digest,
-            pass,
-            passes: o.passes,
-            flags: 0,
+            flags: if pass + 1 == o.passes {
+                wire::FLAG_FINAL
+            } else {
+                0
+            },
+            ..Control::new(digest, pass, o.passes)
         };
         let announce = wire::encode_control(Kind::Announce, o.session, &g, &control);
         let mut since_announce = ANNOUNCE_EVERY;

@@ -76,7 +76,6 @@ impl Netns {
         c.args(["netns", "exec", &self.name, program]);
         c
     }
-
 }
 
 impl Drop for Netns {
@@ -114,9 +113,27 @@ impl VethPair {
         let if_b = format!("xb{}", unique(""));
         let q = queues.to_string();
         sh(&[
-            "ip", "link", "add", &if_a, "netns", &a.name, "numtxqueues", &q, "numrxqueues", &q,
-            "type", "veth", "peer", "name", &if_b, "netns", &b.name, "numtxqueues", &q,
-            "numrxqueues", &q,
+            "ip",
+            "link",
+            "add",
+            &if_a,
+            "netns",
+            &a.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &if_b,
+            "netns",
+            &b.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ]);
         let addr_a = format!("10.99.{n}.1");
         let addr_b = format!("10.99.{n}.2");
@@ -141,5 +158,61 @@ impl VethPair {
     pub fn xdp_attached_b(&self) -> bool {
         let out = self.b.ip(&["-d", "link", "show", "dev", &self.if_b]);
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+/// One host on a [`Lan`].
+pub struct Host {
+    /// The host's namespace.
+    pub ns: Netns,
+    /// Its interface.
+    pub iface: String,
+    /// Its address.
+    pub addr: String,
+}
+
+/// Hosts on one Ethernet segment: a bridge (multicast snooping off, so the
+/// group reaches every port) in a hub namespace, and one namespace per host
+/// joined to it by a veth pair. Host i is 10.98.N.(i+1).
+pub struct Lan {
+    /// The hosts, in order.
+    pub hosts: Vec<Host>,
+    _hub: Netns,
+}
+
+impl Lan {
+    /// A segment of `n` hosts (at most 250).
+    pub fn new(n: usize) -> Lan {
+        let hub = Netns::new("xdpc-hub");
+        hub.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        hub.ip(&["link", "set", "br0", "up"]);
+        let net = COUNTER.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let hosts = (0..n)
+            .map(|i| {
+                let ns = Netns::new("xdpc-h");
+                let iface = format!("h{}", unique(""));
+                let port = format!("p{}", unique(""));
+                sh(&[
+                    "ip", "link", "add", &iface, "netns", &ns.name, "type", "veth", "peer", "name",
+                    &port, "netns", &hub.name,
+                ]);
+                hub.ip(&["link", "set", &port, "master", "br0"]);
+                hub.ip(&["link", "set", &port, "up"]);
+                let addr = format!("10.98.{net}.{}", i + 1);
+                ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &iface]);
+                ns.ip(&["link", "set", &iface, "up"]);
+                ns.ip(&["route", "add", "224.0.0.0/4", "dev", &iface]);
+                Host { ns, iface, addr }
+            })
+            .collect();
+        Lan { hosts, _hub: hub }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{ensure, Result};
 use hdrhistogram::Histogram;
 use xdpcast::frame;
 use xdpcast::transfer::Transfer;
+use xdpcast::workers::Sink;
 
 use crate::fixture;
 

@@ -18,6 +18,36 @@ impl BlockBitmap {
         BlockBitmap { words, len }
     }
 
+    /// A bitmap of `len` blocks set from saved `words` (see [`Self::words`]).
+    pub fn from_words(len: u64, words: &[u64]) -> BlockBitmap {
+        let b = BlockBitmap::new(len);
+        for (dst, &w) in b.words.iter().zip(words) {
+            dst.store(w, Ordering::Relaxed);
+        }
+        // Bits past `len` in the last word must stay clear.
+        if len % 64 != 0 {
+            if let Some(last) = b.words.last() {
+                last.fetch_and((1u64 << (len % 64)) - 1, Ordering::Relaxed);
+            }
+        }
+        b
+    }
+
+    /// A copy of the bits, 64 blocks per word.
+    pub fn words(&self) -> Vec<u64> {
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Number of blocks set in `[first, end)`.
+    pub fn count_range(&self, first: u64, end: u64) -> u64 {
+        (first..end.min(self.len))
+            .filter(|&i| self.contains(i))
+            .count() as u64
+    }
+
     /// Number of blocks tracked.
     pub fn len(&self) -> u64 {
         self.len
@@ -89,6 +119,19 @@ mod tests {
         assert!(!b.contains(1000));
         assert_eq!(b.count(), 2);
         assert_eq!(b.missing_ranges(), vec![(1, 129)]);
+    }
+
+    #[test]
+    fn words_round_trip() {
+        let b = BlockBitmap::new(100);
+        b.insert(3);
+        b.insert(99);
+        let c = BlockBitmap::from_words(100, &b.words());
+        assert!(c.contains(3) && c.contains(99) && !c.contains(4));
+        assert_eq!(c.count(), 2);
+        assert_eq!(c.count_range(0, 50), 1);
+        let d = BlockBitmap::from_words(70, &[u64::MAX, u64::MAX]);
+        assert_eq!(d.count(), 70);
     }
 
     #[test]

@@ -37,11 +37,13 @@ pub enum ErrorCode {
     InvalidArgument = 12,
     /// An unexpected internal failure.
     Internal = 13,
+    /// The session was closed: its handle or object may not be used any more.
+    Closed = 14,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::None,
         ErrorCode::Cancelled,
         ErrorCode::Timeout,
@@ -56,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Network,
         ErrorCode::InvalidArgument,
         ErrorCode::Internal,
+        ErrorCode::Closed,
     ];
 
     /// The code with numeric value `v`, if any.
@@ -80,6 +83,7 @@ impl ErrorCode {
             ErrorCode::Network => "network",
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Internal => "internal",
+            ErrorCode::Closed => "closed",
         }
     }
 }

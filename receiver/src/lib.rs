@@ -13,10 +13,15 @@
 #![warn(missing_docs)]
 
 pub mod bitmap;
+pub mod datapath;
 pub mod error;
+pub mod fec;
+pub mod ffi;
 pub mod frame;
+pub mod monitor;
 pub mod net;
 pub mod report;
+pub mod resume;
 pub mod rings;
 pub mod sender;
 pub mod session;
@@ -24,6 +29,7 @@ pub mod status;
 pub mod steer;
 pub mod target;
 pub mod transfer;
+pub mod udpcast;
 pub mod wire;
 pub mod workers;
 

@@ -63,6 +63,44 @@ pub fn iface_index(name: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// The first IPv4 address of interface `name`.
+pub fn iface_ipv4(name: &str) -> Result<Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(net_err("getifaddrs".into(), io::Error::last_os_error()));
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs, alive
+        // until freeifaddrs; its name is a NUL-terminated string and its
+        // address, when not null and AF_INET, is a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let addr = ifa.ifa_addr;
+            if !addr.is_null()
+                && i32::from((*addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found.ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "interface {name} has no IPv4 address (needed for NACK repair; use --no-repair)"
+            ),
+        )
+    })
+}
+
 /// MTU of interface `name`.
 pub fn iface_mtu(name: &str) -> Result<u32> {
     let p = format!("/sys/class/net/{name}/mtu");
@@ -320,6 +358,7 @@ mod tests {
     fn interfaces() {
         assert!(iface_index("lo").unwrap() > 0);
         assert!(iface_mtu("lo").unwrap() > 0);
+        assert_eq!(iface_ipv4("lo").unwrap(), Ipv4Addr::LOCALHOST);
         assert_eq!(
             iface_index("no-such-if0").unwrap_err().code,
             ErrorCode::InvalidArgument

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::session::hex;
-use crate::status::{Snapshot, FLAG_DIGEST};
+use crate::status::{Snapshot, WorkerStatus, FLAG_DIGEST};
 use crate::wire::DropReason;
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -69,6 +69,13 @@ pub fn human(s: &Snapshot) -> String {
         s.passes_seen,
         s.first_pass_missing
     );
+    if s.fec_recovered + s.nacks_sent + s.resumed_blocks > 0 {
+        let _ = writeln!(
+            o,
+            "repair    {} blocks rebuilt by FEC, {} NACKs sent, {} blocks resumed from disk",
+            s.fec_recovered, s.nacks_sent, s.resumed_blocks
+        );
+    }
     let drops: Vec<String> = DropReason::ALL
         .iter()
         .filter(|r| s.drops_for(**r) > 0)
@@ -142,7 +149,7 @@ pub fn json(s: &Snapshot) -> String {
         "{{\"name\":{},\"group\":{},\"target\":{},\"state\":{},\"error_code\":{},\"error\":{},\"mode\":{},\
 \"session_id\":{},\"writer_pid\":{},\"heartbeat_ns\":{},\"block_size\":{},\"block_count\":{},\"total_bytes\":{},\
 \"blocks_done\":{},\"bytes_done\":{},\"packets\":{},\"start_ns\":{},\"end_ns\":{},\"rate_bps\":{},\"avg_rate_bps\":{},\
-\"passes_seen\":{},\"first_pass_missing\":{},\"sha256\":{},\"message\":{},\"drops\":{{{}}},\"workers\":[{}]}}",
+\"passes_seen\":{},\"first_pass_missing\":{},\"fec_recovered\":{},\"nacks_sent\":{},\"resumed_blocks\":{},\"sha256\":{},\"message\":{},\"drops\":{{{}}},\"workers\":[{}]}}",
         json_str(&s.name),
         json_str(&s.group),
         json_str(&s.target),
@@ -165,6 +172,9 @@ pub fn json(s: &Snapshot) -> String {
         s.avg_rate_bps,
         s.passes_seen,
         s.first_pass_missing,
+        s.fec_recovered,
+        s.nacks_sent,
+        s.resumed_blocks,
         digest,
         json_str(&s.message),
         drops.join(","),
@@ -172,10 +182,214 @@ pub fn json(s: &Snapshot) -> String {
     )
 }
 
+/// A Prometheus label value, quoted and escaped.
+fn prom_label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len() + 2);
+    o.push('"');
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One metric family: HELP and TYPE, then a sample per (labels, value).
+fn family(o: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(o, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e9)
+}
+
+/// Every page in Prometheus text exposition format (version 0.0.4), one
+/// family per metric with a sample per session (label `session`).
+pub fn prometheus(pages: &[Snapshot]) -> String {
+    let mut o = String::new();
+    let sess = |s: &Snapshot| format!("session={}", prom_label(&s.name));
+    let per = |f: &dyn Fn(&Snapshot) -> String| -> Vec<(String, String)> {
+        pages.iter().map(|s| (sess(s), f(s))).collect()
+    };
+    family(
+        &mut o,
+        "xdpcast_session_info",
+        "gauge",
+        "Session description; the value is always 1.",
+        pages
+            .iter()
+            .map(|s| {
+                let labels = format!(
+                    "{},group={},target={},mode={},state={},error={}",
+                    sess(s),
+                    prom_label(&s.group),
+                    prom_label(&s.target),
+                    prom_label(s.mode.name()),
+                    prom_label(s.state.name()),
+                    prom_label(s.error.name())
+                );
+                (labels, "1".to_string())
+            })
+            .collect(),
+    );
+    let gauges: [(&str, &str, &dyn Fn(&Snapshot) -> String); 12] = [
+        (
+            "xdpcast_session_state",
+            "State: 0 INITIALIZED, 1 IN_PROGRESS, 2 SUCCESS, 3 FAILURE.",
+            &|s| (s.state as u64).to_string(),
+        ),
+        (
+            "xdpcast_session_error_code",
+            "Error code (docs/status-page.md); 0 unless FAILURE.",
+            &|s| (s.error as u32).to_string(),
+        ),
+        (
+            "xdpcast_session_stale",
+            "1 if the writer died or has not updated the page for 5 s while running.",
+            &|s| u8::from(s.is_stale(std::time::Duration::from_secs(5))).to_string(),
+        ),
+        (
+            "xdpcast_session_writer_pid",
+            "Pid of the receiver writing the page.",
+            &|s| s.writer_pid.to_string(),
+        ),
+        (
+            "xdpcast_session_heartbeat_seconds",
+            "Last page update, Unix time.",
+            &|s| secs(s.heartbeat_ns),
+        ),
+        (
+            "xdpcast_session_start_seconds",
+            "Session start, Unix time.",
+            &|s| secs(s.start_ns),
+        ),
+        (
+            "xdpcast_session_end_seconds",
+            "Session end, Unix time (0 while running).",
+            &|s| secs(s.end_ns),
+        ),
+        (
+            "xdpcast_image_bytes",
+            "Image size in bytes (0 until known).",
+            &|s| s.total_bytes.to_string(),
+        ),
+        (
+            "xdpcast_image_blocks",
+            "Blocks in the image (0 until known).",
+            &|s| s.block_count.to_string(),
+        ),
+        (
+            "xdpcast_rate_bytes_per_second",
+            "Goodput over the last update interval.",
+            &|s| s.rate_bps.to_string(),
+        ),
+        (
+            "xdpcast_average_rate_bytes_per_second",
+            "Goodput since the first block.",
+            &|s| s.avg_rate_bps.to_string(),
+        ),
+        (
+            "xdpcast_first_pass_missing_blocks",
+            "Blocks missing when the sender's first pass ended (loss before repair).",
+            &|s| s.first_pass_missing.to_string(),
+        ),
+    ];
+    for (name, help, f) in gauges {
+        family(&mut o, name, "gauge", help, per(f));
+    }
+    let counters: [(&str, &str, &dyn Fn(&Snapshot) -> String); 4] = [
+        (
+            "xdpcast_received_bytes_total",
+            "Image bytes written to the target.",
+            &|s| s.bytes_done.to_string(),
+        ),
+        (
+            "xdpcast_received_blocks_total",
+            "Blocks written to the target.",
+            &|s| s.blocks_done.to_string(),
+        ),
+        (
+            "xdpcast_packets_total",
+            "Valid packets of the session received.",
+            &|s| s.packets.to_string(),
+        ),
+        (
+            "xdpcast_passes_seen_total",
+            "Ends of sender passes seen.",
+            &|s| s.passes_seen.to_string(),
+        ),
+    ];
+    for (name, help, f) in counters {
+        family(&mut o, name, "counter", help, per(f));
+    }
+    family(
+        &mut o,
+        "xdpcast_dropped_packets_total",
+        "counter",
+        "Packets dropped, by reason.",
+        pages
+            .iter()
+            .flat_map(|s| {
+                DropReason::ALL.iter().map(move |r| {
+                    (
+                        format!("{},reason={}", sess(s), prom_label(r.name())),
+                        s.drops_for(*r).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    let workers: [(&str, &str, fn(&WorkerStatus) -> u64); 3] = [
+        (
+            "xdpcast_worker_packets_total",
+            "Frames or datagrams a worker took from its ring or socket.",
+            |w| w.packets,
+        ),
+        (
+            "xdpcast_worker_dropped_packets_total",
+            "Packets a worker dropped (any reason).",
+            |w| w.drops,
+        ),
+        (
+            "xdpcast_worker_ring_drops_total",
+            "Frames the kernel dropped because the worker's ring was full.",
+            |w| w.ring_drops,
+        ),
+    ];
+    for (name, help, f) in workers {
+        family(
+            &mut o,
+            name,
+            "counter",
+            help,
+            pages
+                .iter()
+                .flat_map(|s| {
+                    s.workers.iter().map(move |w| {
+                        (
+                            format!("{},queue=\"{}\"", sess(s), w.queue),
+                            f(w).to_string(),
+                        )
+                    })
+                })
+                .collect(),
+        );
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{State, WorkerStatus};
+    use crate::status::State;
 
     #[test]
     fn figures() {
@@ -207,5 +421,50 @@ mod tests {
         assert!(j.contains(r#""sha256":null"#));
         let h = human(&s);
         assert!(h.contains("SUCCESS") && h.contains("out_of_range=4"));
+    }
+
+    #[test]
+    fn prometheus_groups_families_and_escapes_labels() {
+        let mut a = Snapshot {
+            name: "lab\"1".into(),
+            state: State::InProgress,
+            bytes_done: 4096,
+            workers: vec![WorkerStatus {
+                queue: 3,
+                packets: 9,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        a.drops[DropReason::Duplicate as usize] = 2;
+        let b = Snapshot {
+            name: "lab-2".into(),
+            state: State::Failure,
+            error: crate::ErrorCode::DiskFull,
+            ..Default::default()
+        };
+        let text = prometheus(&[a, b]);
+        assert!(text.contains("xdpcast_received_bytes_total{session=\"lab\\\"1\"} 4096\n"));
+        assert!(text.contains("xdpcast_session_error_code{session=\"lab-2\"} 5\n"));
+        assert!(text.contains(
+            "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n"
+        ));
+        assert!(text.contains("xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n"));
+        // Each family is declared once, before all of its samples.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+            let first_sample = text.find(&format!("\n{name}{{"));
+            assert!(first_sample.is_none_or(|i| i > text.find(line).unwrap()));
+        }
+        assert!(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.starts_with("xdpcast_")
+                && l.rsplit(' ').next().unwrap().parse::<f64>().is_ok()));
     }
 }

@@ -1,8 +1,11 @@
 //! The sender: multicasts a file (or block device) as wire-format packets,
-//! in `sendmmsg` batches, at a limited rate, in one or more passes.
+//! in `sendmmsg` batches, at a limited rate, in one or more passes, with
+//! optional RaptorQ repair symbols, then repair rounds driven by the
+//! receivers' NACKs until a round passes with none.
 
 use std::fs::File;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,13 +14,16 @@ use sha2::{Digest, Sha256};
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::fec;
 use crate::net::{self, Group, MsgBatch};
-use crate::wire::{self, Control, Geometry, Kind, HEADER_LEN};
+use crate::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 32;
 /// Control packets are sent this many times (they are tiny; loss is cheap to beat).
 const CONTROL_REPEAT: usize = 3;
+/// Blocks sent between progress reports when there is no FEC grouping.
+const CHUNK: u32 = 1024;
 
 /// What to send and how.
 #[derive(Debug, Clone)]
@@ -28,7 +34,7 @@ pub struct SendOptions {
     pub iface: String,
     /// Rate limit in bits per second of UDP payload (None: as fast as possible).
     pub rate_bps: Option<u64>,
-    /// Passes over the image.
+    /// Full passes over the image.
     pub passes: u32,
     /// Block size; None picks the largest that fits the interface MTU.
     pub block_size: Option<u32>,
@@ -40,6 +46,19 @@ pub struct SendOptions {
     pub streams: usize,
     /// Send an announce packet every this many data packets.
     pub announce_every: u64,
+    /// Take NACKs and run repair rounds after the last full pass (IPv4 only).
+    pub repair: bool,
+    /// How long to collect NACKs after each end of pass.
+    pub repair_wait: Duration,
+    /// Most repair rounds.
+    pub max_repair_rounds: u32,
+    /// RaptorQ repair symbols per FEC group (0: no FEC).
+    pub fec_repair: u16,
+    /// Blocks per FEC group.
+    pub fec_group: u32,
+    /// Fraction of data and FEC packets deliberately not sent (loss
+    /// injection for tests; 0 in real use).
+    pub loss: f64,
 }
 
 impl SendOptions {
@@ -55,6 +74,12 @@ impl SendOptions {
             ttl: 1,
             streams: 1,
             announce_every: 4096,
+            repair: true,
+            repair_wait: Duration::from_millis(500),
+            max_repair_rounds: 50,
+            fec_repair: 0,
+            fec_group: 64,
+            loss: 0.0,
         }
     }
 }
@@ -70,18 +95,21 @@ pub struct SendReport {
     pub digest: [u8; 32],
     /// Datagrams sent (all kinds, all passes).
     pub packets: u64,
-    /// Data bytes sent (all passes).
+    /// Data bytes sent (all passes and repairs).
     pub bytes: u64,
+    /// Repair rounds run.
+    pub repair_rounds: u32,
+    /// NACK packets received.
+    pub nacks: u64,
     /// Wall time of the sending (after hashing).
     pub elapsed: Duration,
 }
 
-fn random_session() -> u32 {
-    let mut b = [0u8; 4];
-    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    match ok {
-        Ok(()) => u32::from_ne_bytes(b).max(1),
-        Err(_) => std::process::id(),
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(_) => u64::from(std::process::id()) << 32 | 0x9E37_79B9,
     }
 }
 
@@ -106,6 +134,31 @@ impl Pacer {
     }
 }
 
+/// Deterministic loss injection (xorshift64).
+struct Loss {
+    state: u64,
+    threshold: u64,
+}
+
+impl Loss {
+    fn new(fraction: f64, seed: u64) -> Loss {
+        Loss {
+            state: seed | 1,
+            threshold: (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+        }
+    }
+
+    fn drop_next(&mut self) -> bool {
+        if self.threshold == 0 {
+            return false;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state < self.threshold
+    }
+}
+
 struct Wire<'a> {
     socks: Vec<Socket>,
     batch: MsgBatch<2>,
@@ -113,11 +166,17 @@ struct Wire<'a> {
     geometry: Geometry,
     image: &'a [u8],
     packets: u64,
+    bytes: u64,
+    stream: usize,
+    pacer: Pacer,
+    loss: Loss,
 }
 
 impl Wire<'_> {
-    /// Send all of `msgs` on socket `s`, retrying on a full queue.
-    fn send_all(&mut self, s: usize, msgs: &[(&[u8], &[u8])]) -> Result<()> {
+    /// Send all of `msgs` on the next socket, retrying on a full queue.
+    fn send_all(&mut self, msgs: &[(&[u8], &[u8])]) -> Result<()> {
+        let s = self.stream;
+        self.stream = (self.stream + 1) % self.socks.len();
         let mut done = 0;
         while done < msgs.len() {
             match self.batch.send(&self.socks[s], &msgs[done..]) {
@@ -135,33 +194,120 @@ impl Wire<'_> {
     fn control(&mut self, kind: Kind, control: &Control) -> Result<()> {
         let pkt = wire::encode_control(kind, self.session, &self.geometry, control);
         for _ in 0..CONTROL_REPEAT {
-            self.send_all(0, &[(&pkt, &[])])?;
+            self.send_all(&[(&pkt, &[])])?;
         }
         Ok(())
     }
 
-    /// Send blocks `first..end` as data packets on socket `s`.
-    fn data(&mut self, s: usize, first: u64, end: u64) -> Result<u64> {
-        let mut headers = [[0u8; HEADER_LEN]; BATCH];
-        let mut bytes = 0;
+    /// Send blocks `first..end` as data packets, in batches, paced.
+    fn blocks(&mut self, first: u64, end: u64) -> Result<()> {
         let image = self.image;
-        let mut msgs: Vec<(&[u8], &[u8])> = Vec::with_capacity(BATCH);
-        for (h, idx) in headers.iter_mut().zip(first..end) {
-            wire::encode_data_header(h, self.session, &self.geometry, idx);
+        let g = self.geometry;
+        let mut headers = [[0u8; HEADER_LEN]; BATCH];
+        let mut next = first;
+        while next < end {
+            let stop = (next + BATCH as u64).min(end);
+            let mut msgs: Vec<(&[u8], &[u8])> = Vec::with_capacity(BATCH);
+            let mut bytes = 0;
+            for (h, idx) in headers.iter_mut().zip(next..stop) {
+                wire::encode_data_header(h, self.session, &g, idx);
+            }
+            for (h, idx) in headers.iter().zip(next..stop) {
+                if self.loss.drop_next() {
+                    continue;
+                }
+                let off = g.offset(idx) as usize;
+                let block = &image[off..off + g.block_len(idx)];
+                bytes += block.len() as u64;
+                msgs.push((h, block));
+            }
+            self.send_all(&msgs)?;
+            self.bytes += bytes;
+            self.pacer.wait(bytes);
+            next = stop;
         }
-        for (h, idx) in headers.iter().zip(first..end) {
-            let off = self.geometry.offset(idx) as usize;
-            let block = &image[off..off + self.geometry.block_len(idx)];
-            bytes += block.len() as u64;
-            msgs.push((h, block));
+        Ok(())
+    }
+
+    /// Send `count` repair symbols of FEC group `group`, from repair symbol `first`.
+    fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<()> {
+        let g = self.geometry;
+        for sym in fec::repair_symbols(&g, group_size, group, self.image, first, count) {
+            if self.loss.drop_next() {
+                continue;
+            }
+            let pkt = wire::encode_fec(self.session, &g, group, group_size, &sym);
+            self.send_all(&[(&pkt, &[])])?;
+            self.pacer.wait(pkt.len() as u64);
         }
-        self.send_all(s, &msgs)?;
-        Ok(bytes)
+        Ok(())
     }
 }
 
-/// Multicast the file at `path`. `progress` is called after each batch with
-/// (pass, blocks sent in this pass).
+/// The socket that takes NACKs and the address announced for it.
+struct Repair {
+    sock: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl Repair {
+    fn open(iface: &str) -> Result<Repair> {
+        let ip = net::iface_ipv4(iface)?;
+        let err =
+            |e: std::io::Error| Error::new(ErrorCode::Network, format!("NACK socket on {ip}: {e}"));
+        let sock = UdpSocket::bind((ip, 0)).map_err(err)?;
+        let addr = sock.local_addr().map_err(err)?;
+        Ok(Repair { sock, addr })
+    }
+
+    /// Collect NACKed ranges of `session` for `wait`; returns merged ranges
+    /// `[first, end)` and the number of NACK packets.
+    fn collect(&self, session: u32, g: &Geometry, wait: Duration) -> (Vec<(u64, u64)>, u64) {
+        let deadline = Instant::now() + wait;
+        let mut ranges = Vec::new();
+        let mut nacks = 0;
+        let mut buf = vec![0u8; 2048];
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            if self.sock.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            let Ok(n) = self.sock.recv(&mut buf) else {
+                continue;
+            };
+            if let Ok(Packet::Nack {
+                session: s,
+                geometry,
+                ranges: r,
+            }) = wire::parse(&buf[..n])
+            {
+                if s == session && geometry == *g {
+                    nacks += 1;
+                    ranges.extend(r.iter().map(|(a, c)| (a, a + u64::from(c))));
+                }
+            }
+        }
+        (merge(ranges), nacks)
+    }
+}
+
+/// Sort and merge overlapping or touching ranges.
+fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Multicast the file at `path`. `progress` is called with (pass, blocks
+/// sent in this pass) as the pass advances.
 pub fn send(
     path: &Path,
     opts: &SendOptions,
@@ -169,9 +315,9 @@ pub fn send(
 ) -> Result<SendReport> {
     let file =
         File::open(path).map_err(|e| Error::target_io(&format!("open {}", path.display()), &e))?;
-    // SAFETY: read-only mapping; the sender documents that the source must
-    // not be modified while it is sent (a concurrent writer would only
-    // corrupt the bytes sent, which the receivers' digest check catches).
+    // SAFETY: read-only mapping; the source must not be modified while it is
+    // sent (a concurrent writer would only corrupt the bytes sent, which the
+    // receivers' digest check catches).
     let map = unsafe { Mmap::map(&file) }
         .map_err(|e| Error::target_io(&format!("map {}", path.display()), &e))?;
     if map.is_empty() {
@@ -184,6 +330,12 @@ pub fn send(
         return Err(Error::new(
             ErrorCode::InvalidArgument,
             "passes and streams must be at least 1",
+        ));
+    }
+    if opts.fec_repair > 0 && !(1..=wire::MAX_FEC_GROUP).contains(&opts.fec_group) {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("FEC group must be 1..={} blocks", wire::MAX_FEC_GROUP),
         ));
     }
     let block_size = match opts.block_size {
@@ -202,57 +354,151 @@ pub fn send(
     }
     let geometry = Geometry::new(map.len() as u64, block_size);
     let digest: [u8; 32] = Sha256::digest(&map[..]).into();
+    let repair = match (opts.repair, opts.group.0) {
+        (true, SocketAddr::V4(_)) => Some(Repair::open(&opts.iface)?),
+        (true, SocketAddr::V6(_)) => {
+            log::warn!("NACK repair is IPv4 only; sending passes and FEC only");
+            None
+        }
+        (false, _) => None,
+    };
     let socks = (0..opts.streams)
         .map(|_| net::sender_socket(opts.group, &opts.iface, opts.ttl))
         .collect::<Result<Vec<_>>>()?;
+    let seed = random_u64();
+    let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
+    let start = Instant::now();
     let mut w = Wire {
         socks,
         batch: MsgBatch::new(BATCH),
-        session: opts.session.unwrap_or_else(random_session),
+        session,
         geometry,
         image: &map,
         packets: 0,
+        bytes: 0,
+        stream: 0,
+        pacer: Pacer {
+            start,
+            bits_per_sec: opts.rate_bps,
+            sent_bits: 0,
+        },
+        loss: Loss::new(opts.loss, seed),
     };
-    let start = Instant::now();
-    let mut pacer = Pacer {
-        start,
-        bits_per_sec: opts.rate_bps,
-        sent_bits: 0,
+    let base = Control {
+        flags: if repair.is_some() {
+            wire::FLAG_REPAIR
+        } else {
+            0
+        },
+        repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
+        repair_addr: match repair.as_ref().map(|r| r.addr.ip()) {
+            Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
+            Some(IpAddr::V6(v6)) => v6,
+            None => std::net::Ipv6Addr::UNSPECIFIED,
+        },
+        fec_repair: opts.fec_repair,
+        fec_group: if opts.fec_repair > 0 {
+            opts.fec_group
+        } else {
+            0
+        },
+        ..Control::new(digest, 0, opts.passes)
     };
-    let mut bytes = 0;
+    let chunk = if opts.fec_repair > 0 {
+        opts.fec_group
+    } else {
+        CHUNK
+    };
+    let chunks = fec::group_count(&geometry, chunk);
     for pass in 0..opts.passes {
+        let last = pass + 1 == opts.passes;
         let control = Control {
-            digest,
             pass,
-            passes: opts.passes,
-            flags: 0,
+            flags: base.flags
+                | if last && repair.is_none() {
+                    wire::FLAG_FINAL
+                } else {
+                    0
+                },
+            ..base
         };
         w.control(Kind::Announce, &control)?;
-        let mut next = 0u64;
         let mut since_announce = 0u64;
-        let mut stream = 0usize;
-        while next < geometry.block_count {
-            let end = (next + BATCH as u64).min(geometry.block_count);
-            let n = w.data(stream, next, end)?;
-            bytes += n;
-            pacer.wait(n);
-            since_announce += end - next;
+        for c in 0..chunks {
+            let (first, end) = fec::group_blocks(&geometry, chunk, c);
+            w.blocks(first, end)?;
+            if opts.fec_repair > 0 {
+                let r = u32::from(opts.fec_repair);
+                w.fec(chunk, c, pass * r, r)?;
+            }
+            since_announce += end - first;
             if since_announce >= opts.announce_every {
                 w.control(Kind::Announce, &control)?;
                 since_announce = 0;
             }
-            next = end;
-            stream = (stream + 1) % opts.streams;
-            progress(pass, next);
+            progress(pass, end);
         }
         w.control(Kind::End, &control)?;
     }
+    let mut rounds = 0;
+    let mut nacks = 0;
+    if let Some(r) = &repair {
+        let mut pass = opts.passes - 1;
+        loop {
+            let (wanted, n) = r.collect(session, &geometry, opts.repair_wait);
+            nacks += n;
+            if wanted.is_empty() || rounds == opts.max_repair_rounds {
+                break;
+            }
+            rounds += 1;
+            pass += 1;
+            log::info!(
+                "repair round {rounds}: {} ranges from {n} NACKs",
+                wanted.len()
+            );
+            for (first, end) in wanted {
+                w.blocks(first, end)?;
+            }
+            w.control(Kind::End, &Control { pass, ..base })?;
+        }
+        let fin = Control {
+            pass,
+            flags: base.flags | wire::FLAG_FINAL,
+            ..base
+        };
+        w.control(Kind::End, &fin)?;
+    }
     Ok(SendReport {
-        session: w.session,
+        session,
         geometry,
         digest,
         packets: w.packets,
-        bytes,
+        bytes: w.bytes,
+        repair_rounds: rounds,
+        nacks,
         elapsed: start.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_ranges() {
+        assert_eq!(
+            merge(vec![(5, 7), (0, 2), (2, 3), (6, 9), (20, 21)]),
+            vec![(0, 3), (5, 9), (20, 21)]
+        );
+        assert!(merge(vec![]).is_empty());
+    }
+
+    #[test]
+    fn loss_rate_is_close_to_asked() {
+        let mut l = Loss::new(0.2, 42);
+        let dropped = (0..100_000).filter(|_| l.drop_next()).count();
+        assert!((18_000..22_000).contains(&dropped), "{dropped}");
+        let mut none = Loss::new(0.0, 42);
+        assert!((0..1000).all(|_| !none.drop_next()));
+    }
 }

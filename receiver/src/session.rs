@@ -8,32 +8,142 @@
 //! timeouts and failures, verifies the image's SHA-256 and tears the data
 //! path down (the XDP program is always detached).
 
-use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::Socket;
-
+use crate::datapath::{self, DataPath};
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::{self, Group};
-use crate::rings::{self, XskConfig, XskQueue};
+use crate::rings::XskConfig;
 use crate::status::{
     now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
-    MAX_WORKERS,
 };
-use crate::steer::{AttachMode, AttachRequest, Steering};
+use crate::steer::AttachRequest;
 use crate::transfer::Transfer;
-use crate::wire::DropReason;
-use crate::workers::{self, Source, Worker};
+use crate::wire::{self, DropReason};
+use crate::workers::Sink;
 
 /// How often the control thread looks at the transfer and publishes the page.
 const TICK: Duration = Duration::from_millis(50);
 /// After the sender's last pass ended, how long to wait for late blocks.
 const LAST_PASS_GRACE: Duration = Duration::from_secs(1);
+/// How often the resume file is brought up to date.
+const RESUME_EVERY: Duration = Duration::from_secs(1);
+/// Longest random delay before a NACK, so that many receivers do not
+/// answer an end of pass at the same instant.
+const NACK_BACKOFF_MS: u64 = 100;
+/// Most missing ranges one receiver reports per round (64 packets).
+const NACK_MAX_RANGES: usize = 64 * crate::wire::MAX_NACK_RANGES;
+
+/// Keeps the resume file up to date from its own thread, so that syncing
+/// the target never delays status updates or NACKs.
+struct Persister {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Persister {
+    fn start(t: Arc<Transfer>) -> Persister {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("xdpcast-resume".into())
+            .spawn(move || {
+                let mut saved = 0;
+                let mut last = Instant::now();
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(TICK);
+                    let done = t.blocks_done();
+                    if done != saved && last.elapsed() >= RESUME_EVERY {
+                        if let Err(e) = t.save_resume() {
+                            t.fail(e);
+                        }
+                        saved = done;
+                        last = Instant::now();
+                    }
+                }
+            })
+            .ok();
+        Persister { stop, handle }
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends NACKs: after each end of pass from a sender that takes them, once
+/// no full pass is left, after a random backoff, the missing ranges go to the
+/// sender's repair address over unicast.
+#[derive(Default)]
+struct Repairer {
+    sock: Option<UdpSocket>,
+    answered_pass: u64,
+    due: Option<Instant>,
+    sent: u64,
+    rng: u64,
+}
+
+impl Repairer {
+    fn backoff(&mut self) -> Duration {
+        if self.rng == 0 {
+            self.rng = now_ns() ^ u64::from(std::process::id()) << 32 | 1;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        Duration::from_millis(self.rng % NACK_BACKOFF_MS)
+    }
+
+    fn tick(&mut self, t: &Transfer) -> std::io::Result<()> {
+        let Some(control) = t.last_control() else {
+            return Ok(());
+        };
+        let Some(to) = control.repair_to() else {
+            return Ok(());
+        };
+        let passes = t.passes_seen();
+        if passes > self.answered_pass
+            && passes >= u64::from(control.passes)
+            && !t.final_pass_ended()
+        {
+            self.answered_pass = passes;
+            self.due = Some(Instant::now() + self.backoff());
+        }
+        if self.due.is_none_or(|d| Instant::now() < d) {
+            return Ok(());
+        }
+        self.due = None;
+        let (Some(img), ranges) = (t.image(), t.missing_ranges(NACK_MAX_RANGES)) else {
+            return Ok(());
+        };
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if self.sock.is_none() {
+            let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .expect("literal address");
+            self.sock = Some(UdpSocket::bind(any)?);
+        }
+        if let Some(sock) = &self.sock {
+            for pkt in wire::encode_nacks(img.session, &img.geometry, &ranges) {
+                sock.send_to(&pkt, to)?;
+                self.sent += 1;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Which data path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +185,12 @@ pub struct SessionRequest {
     pub idle_timeout: Duration,
     /// Socket receive buffer on the socket path, bytes.
     pub rcvbuf: usize,
+    /// XDP path only: drop this many per million matched frames in the XDP
+    /// program (loss injection for tests and benchmarks).
+    pub inject_loss_ppm: u32,
+    /// Where to keep the received-block bitmap so that a restarted receiver
+    /// resumes (None: no resume).
+    pub resume_file: Option<PathBuf>,
 }
 
 impl SessionRequest {
@@ -94,6 +210,8 @@ impl SessionRequest {
             start_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
             rcvbuf: 64 << 20,
+            inject_loss_ppm: 0,
+            resume_file: None,
         }
     }
 }
@@ -188,7 +306,7 @@ impl Session {
     fn check_open(&self) -> Result<()> {
         if self.closed {
             return Err(Error::new(
-                ErrorCode::InvalidArgument,
+                ErrorCode::Closed,
                 format!("session {} is closed", self.req.name),
             ));
         }
@@ -219,7 +337,18 @@ impl Session {
                 "session already started",
             ));
         }
-        let path = match self.open_data_path() {
+        let path = match datapath::open(&self.req).and_then(|opened| {
+            self.note = opened.note.clone();
+            let transfer = Arc::new(
+                Transfer::new(
+                    self.req.target.clone(),
+                    self.req.session_id,
+                    opened.sources.len(),
+                )
+                .with_resume(self.req.resume_file.clone()),
+            );
+            DataPath::start(opened, transfer, self.req.cores.as_deref())
+        }) {
             Ok(p) => p,
             Err(e) => {
                 self.end_without_start(&e);
@@ -236,6 +365,7 @@ impl Session {
             callbacks: self.callbacks.take().unwrap_or_default(),
             start_timeout: self.req.start_timeout,
             idle_timeout: self.req.idle_timeout,
+            repair: Repairer::default(),
         };
         self.control = Some(
             std::thread::Builder::new()
@@ -257,83 +387,6 @@ impl Session {
         s.message = e.message.clone();
         s.end_ns = now_ns();
         self.writer.publish(&s);
-    }
-
-    fn open_data_path(&mut self) -> Result<DataPath> {
-        let why_not_xdp = match self.req.mode {
-            ModeRequest::Socket => return self.open_socket_path(),
-            ModeRequest::Xdp => return self.open_xdp_path(),
-            // SAFETY: geteuid has no preconditions.
-            ModeRequest::Auto if unsafe { libc::geteuid() } != 0 => format!(
-                "XDP needs root (CAP_NET_ADMIN and CAP_BPF); running as uid {}",
-                // SAFETY: as above.
-                unsafe { libc::geteuid() }
-            ),
-            ModeRequest::Auto => match self.open_xdp_path() {
-                Ok(p) => return Ok(p),
-                Err(e) => format!("XDP setup failed on {}: {}", self.req.iface, e.message),
-            },
-        };
-        self.note = format!("socket path: {why_not_xdp}");
-        log::warn!("{}", self.note);
-        self.open_socket_path()
-    }
-
-    fn open_socket_path(&mut self) -> Result<DataPath> {
-        let sock = net::join(self.req.group, &self.req.iface, self.req.rcvbuf)?;
-        DataPath::start(
-            PathMode::Socket,
-            None,
-            None,
-            vec![(0, Source::Socket(sock))],
-            &self.req,
-        )
-    }
-
-    fn open_xdp_path(&mut self) -> Result<DataPath> {
-        let steer_err =
-            |e: &dyn std::fmt::Display| Error::new(ErrorCode::SteeringFailed, e.to_string());
-        let queues = match &self.req.queues {
-            Some(q) if !q.is_empty() => q.clone(),
-            _ => {
-                let n = rings::rx_queue_count(&self.req.iface).map_err(|e| steer_err(&e))?;
-                (0..n).collect()
-            }
-        };
-        if queues.len() > MAX_WORKERS {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "{} queues: at most {MAX_WORKERS} are supported",
-                    queues.len()
-                ),
-            ));
-        }
-        // The kernel socket only keeps the group membership (IGMP/MLD) so
-        // switches keep forwarding the group; the frames go to AF_XDP.
-        let membership = net::join(self.req.group, &self.req.iface, 1 << 16)?;
-        let ip: IpAddr = self.req.group.0.ip();
-        let mut steering = Steering::attach(
-            &self.req.iface,
-            ip,
-            self.req.group.0.port(),
-            self.req.attach,
-        )
-        .map_err(|e| steer_err(&e))?;
-        let mut sources = Vec::with_capacity(queues.len());
-        for &q in &queues {
-            let xsk =
-                XskQueue::open(&self.req.iface, q, &self.req.xsk).map_err(|e| steer_err(&e))?;
-            steering
-                .register_socket(q, xsk.as_fd())
-                .map_err(|e| steer_err(&e))?;
-            sources.push((q, Source::Xsk(xsk)));
-        }
-        let mode = match steering.mode() {
-            AttachMode::Native => PathMode::XdpNative,
-            AttachMode::Generic => PathMode::XdpGeneric,
-        };
-        DataPath::start(mode, Some(steering), Some(membership), sources, &self.req)
     }
 
     /// The state and error code. Valid after completion, until `close`.
@@ -416,93 +469,16 @@ impl Drop for Session {
     }
 }
 
-/// A running data path.
-struct DataPath {
-    mode: PathMode,
-    transfer: Arc<Transfer>,
-    workers: Vec<Worker>,
-    /// (queue, cpu) of each worker, kept after the workers are joined.
-    slots: Vec<(u32, Option<usize>)>,
-    stop: Arc<AtomicBool>,
-    steering: Option<Steering>,
-    _membership: Option<Socket>,
-}
-
-impl DataPath {
-    fn start(
-        mode: PathMode,
-        steering: Option<Steering>,
-        membership: Option<Socket>,
-        sources: Vec<(u32, Source)>,
-        req: &SessionRequest,
-    ) -> Result<DataPath> {
-        let transfer = Arc::new(Transfer::new(
-            req.target.clone(),
-            req.session_id,
-            sources.len(),
-        ));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut path = DataPath {
-            mode,
-            transfer: transfer.clone(),
-            workers: Vec::new(),
-            slots: Vec::new(),
-            stop: stop.clone(),
-            steering,
-            _membership: membership,
-        };
-        for (i, (queue, source)) in sources.into_iter().enumerate() {
-            let cpu = match &req.cores {
-                Some(c) if !c.is_empty() => c[i % c.len()],
-                _ => i % ncpu,
-            };
-            path.slots.push((queue, Some(cpu)));
-            // On failure `path` drops: started workers are stopped, XDP detached.
-            path.workers.push(workers::spawn(
-                i,
-                queue,
-                Some(cpu),
-                source,
-                transfer.clone(),
-                stop.clone(),
-            )?);
-        }
-        Ok(path)
-    }
-
-    /// Stop the workers and detach XDP; the first worker error, if any.
-    fn shut_down(&mut self) -> Option<Error> {
-        self.stop.store(true, Ordering::Release);
-        let errors: Vec<Error> = self
-            .workers
-            .drain(..)
-            .filter_map(|w| w.join().err())
-            .collect();
-        if let Some(s) = self.steering.take() {
-            if let Err(e) = s.detach() {
-                log::warn!("detaching XDP: {e}");
-            }
-        }
-        errors.into_iter().next()
-    }
-}
-
-impl Drop for DataPath {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
 /// The control thread's state.
 struct Control {
     base: Snapshot,
-    path: DataPath,
+    path: DataPath<Transfer>,
     writer: Arc<StatusWriter>,
     shared: Arc<Shared>,
     callbacks: Callbacks,
     start_timeout: Duration,
     idle_timeout: Duration,
+    repair: Repairer,
 }
 
 /// Rate bookkeeping between ticks.
@@ -516,7 +492,7 @@ struct Meter {
 
 impl Control {
     fn snapshot(&self, state: State, meter: &mut Meter) -> Snapshot {
-        let t = &self.path.transfer;
+        let t = &self.path.sink;
         let mut s = Snapshot {
             state,
             start_ns: self.base.start_ns,
@@ -549,6 +525,9 @@ impl Control {
             s.digest = d;
         }
         s.passes_seen = t.passes_seen();
+        s.fec_recovered = t.fec_recovered();
+        s.nacks_sent = self.repair.sent;
+        s.resumed_blocks = t.resumed_blocks();
         s.first_pass_missing = t.first_pass_missing().unwrap_or(0);
         let now = Instant::now();
         let dt = now.duration_since(meter.last).as_secs_f64();
@@ -585,7 +564,7 @@ impl Control {
             if self.shared.cancel.load(Ordering::Acquire) {
                 return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
             }
-            let t = self.path.transfer.clone();
+            let t = self.path.sink.clone();
             if let Some(e) = t.failure() {
                 return Err(e);
             }
@@ -610,6 +589,9 @@ impl Control {
                 let missing = img.geometry.block_count - s.blocks_done;
                 if missing == 0 && t.digest().is_some() {
                     return Ok(());
+                }
+                if let Err(e) = self.repair.tick(&t) {
+                    log::warn!("NACK: {e}");
                 }
                 if missing > 0 && t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE
                 {
@@ -636,7 +618,7 @@ impl Control {
 
     /// Flush the target and compare its SHA-256 with the sender's.
     fn verify(&self) -> Result<()> {
-        let t = &self.path.transfer;
+        let t = &self.path.sink;
         let img = t
             .image()
             .ok_or_else(|| Error::new(ErrorCode::Internal, "no image"))?;
@@ -667,7 +649,9 @@ impl Control {
             last_bytes: 0,
             rate: 0,
         };
+        let persister = Persister::start(self.path.sink.clone());
         let mut outcome = self.watch(&mut meter);
+        drop(persister);
         if let Some(e) = self.path.shut_down() {
             outcome = outcome.and(Err(e));
         }
@@ -676,6 +660,16 @@ impl Control {
             s.message = "verifying SHA-256".into();
             self.publish(&s);
             outcome = self.verify();
+        }
+        // Keep what is on disk for a restart, unless it is complete (or wrong).
+        match &outcome {
+            Ok(()) => self.path.sink.drop_resume(),
+            Err(e) if e.code == ErrorCode::DigestMismatch => self.path.sink.drop_resume(),
+            Err(_) => {
+                if let Err(e) = self.path.sink.save_resume() {
+                    log::warn!("{e}");
+                }
+            }
         }
         let mut s = self.snapshot(State::InProgress, &mut meter);
         s.end_ns = now_ns();

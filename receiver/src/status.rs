@@ -63,6 +63,9 @@ pub mod offsets {
     pub const WORKER_COUNT: usize = 22;
     pub const FLAGS: usize = 23;
     pub const DIGEST: usize = 24; // 4 words
+    pub const FEC_RECOVERED: usize = 28;
+    pub const NACKS_SENT: usize = 29;
+    pub const RESUMED_BLOCKS: usize = 30;
     pub const DROPS: usize = 32; // 16 words
     pub const NAME: usize = 48; // 8 words
     pub const GROUP: usize = 56; // 8 words
@@ -244,6 +247,12 @@ pub struct Snapshot {
     pub passes_seen: u64,
     /// Blocks missing when the first pass ended (loss before repair).
     pub first_pass_missing: u64,
+    /// Blocks rebuilt from FEC repair symbols.
+    pub fec_recovered: u64,
+    /// NACK packets sent to the sender.
+    pub nacks_sent: u64,
+    /// Blocks taken from the resume file of an earlier run.
+    pub resumed_blocks: u64,
     /// FLAG_* bits.
     pub flags: u64,
     /// Sender's SHA-256 (valid with FLAG_DIGEST).
@@ -304,6 +313,9 @@ impl Snapshot {
             (AVG_RATE_BPS, self.avg_rate_bps),
             (PASSES_SEEN, self.passes_seen),
             (FIRST_PASS_MISSING, self.first_pass_missing),
+            (FEC_RECOVERED, self.fec_recovered),
+            (NACKS_SENT, self.nacks_sent),
+            (RESUMED_BLOCKS, self.resumed_blocks),
             (WORKER_COUNT, self.workers.len().min(MAX_WORKERS) as u64),
             (FLAGS, self.flags),
         ];
@@ -371,6 +383,9 @@ impl Snapshot {
             avg_rate_bps: w[AVG_RATE_BPS],
             passes_seen: w[PASSES_SEEN],
             first_pass_missing: w[FIRST_PASS_MISSING],
+            fec_recovered: w[FEC_RECOVERED],
+            nacks_sent: w[NACKS_SENT],
+            resumed_blocks: w[RESUMED_BLOCKS],
             flags: w[FLAGS],
             digest,
             drops,
@@ -579,6 +594,9 @@ impl StatusWriter {
     }
 }
 
+/// How long a reader retries a page whose writer seems stuck mid-update.
+pub const STUCK_AFTER: Duration = Duration::from_millis(500);
+
 /// The reading side: any process, no privileges beyond read access.
 pub struct StatusReader {
     page: Mapped,
@@ -606,22 +624,37 @@ impl StatusReader {
     }
 
     /// A consistent copy of the page (retries while the writer is mid-update).
+    ///
+    /// A writer killed in the middle of an update leaves `seq` odd for good:
+    /// after [`STUCK_AFTER`] the reader returns the page as it is if the
+    /// writer process is gone (the snapshot is then stale, possibly torn),
+    /// and a `Timeout` error if it still runs.
     pub fn read(&self) -> Result<Snapshot> {
         let w = self.page.words();
         let mut copy = [0u64; WORDS];
+        let start = std::time::Instant::now();
         loop {
             let s1 = w[offsets::SEQ].load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
             for (dst, src) in copy.iter_mut().zip(w.iter()) {
                 *dst = src.load(Ordering::Relaxed);
             }
             fence(Ordering::Acquire);
-            if w[offsets::SEQ].load(Ordering::Relaxed) == s1 {
+            if s1 & 1 == 0 && w[offsets::SEQ].load(Ordering::Relaxed) == s1 {
                 return Snapshot::from_words(&copy);
             }
+            if start.elapsed() >= STUCK_AFTER {
+                let pid = copy[offsets::WRITER_PID];
+                if !pid_alive(pid) {
+                    return Snapshot::from_words(&copy);
+                }
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the writer (pid {pid}) has been updating the page for {STUCK_AFTER:?}"
+                    ),
+                ));
+            }
+            std::hint::spin_loop();
         }
     }
 }
@@ -737,6 +770,26 @@ mod tests {
         assert!(page_path("../etc").is_err());
         assert!(page_path("").is_err());
         assert!(page_path("lab-1.img_2").is_ok());
+    }
+
+    #[test]
+    fn writer_killed_mid_update_does_not_hang_readers() {
+        let p = tmp_page("killed");
+        let w = StatusWriter::create(&p).unwrap();
+        w.publish(&Snapshot {
+            state: State::InProgress,
+            ..Default::default()
+        });
+        // What a writer killed between the two `seq` increments leaves behind.
+        let words = w.page.words();
+        words[offsets::SEQ].fetch_add(1, Ordering::Relaxed);
+        let r = StatusReader::open(&p).unwrap();
+        let e = r.read().unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout, "live writer: {e}");
+        words[offsets::WRITER_PID].store(u64::from(u32::MAX), Ordering::Relaxed);
+        let s = r.read().unwrap();
+        assert!(s.is_stale(Duration::from_secs(60)));
+        w.remove().unwrap();
     }
 
     #[test]

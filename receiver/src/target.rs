@@ -129,6 +129,28 @@ impl Target {
         }
     }
 
+    /// A copy of `len` bytes at `offset`. Callers only read ranges whose
+    /// writes have completed (the written bitmap says so).
+    ///
+    /// # Panics
+    /// If the range is outside the image.
+    pub fn read_at(&self, offset: u64, len: usize) -> Vec<u8> {
+        let end = offset.checked_add(len as u64).expect("offset overflow");
+        assert!(end <= self.len, "read past the end of the target");
+        let mut out = vec![0u8; len];
+        // SAFETY: the range lies inside the mapping (checked above), which
+        // lives as long as `self`; no thread writes it any more (the caller
+        // only reads written blocks), and `out` is a fresh buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset as usize),
+                out.as_mut_ptr(),
+                len,
+            );
+        }
+        out
+    }
+
     /// Write dirty pages back and wait for the device.
     pub fn flush(&self) -> Result<()> {
         self.map
@@ -202,6 +224,7 @@ mod tests {
         let t = Target::open(&p, 10).unwrap();
         t.write_at(0, b"hello");
         t.write_at(5, b"world");
+        assert_eq!(t.read_at(3, 4), b"lowo");
         t.flush().unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"helloworld");
         let want: [u8; 32] = Sha256::digest(b"helloworld").into();

@@ -16,6 +16,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::status::WorkerStatus;
 use crate::target::Target;
 use crate::wire::{self, Control, DropReason, Geometry, Packet};
+use crate::workers::Sink;
+use crate::{fec, resume};
 
 /// Counters of one worker. Each is written by its worker only and read by
 /// the status publisher.
@@ -31,6 +33,8 @@ pub struct WorkerCounters {
     pub batches: AtomicU64,
     /// Frames the kernel dropped for a full ring (AF_XDP statistics).
     pub ring_drops: AtomicU64,
+    /// Blocks rebuilt from FEC symbols (also counted in `blocks`).
+    pub fec_recovered: AtomicU64,
     /// Drops by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
 }
@@ -76,8 +80,35 @@ pub struct Image {
     pub geometry: Geometry,
     /// Mapped target.
     pub target: Target,
-    /// Blocks received.
-    pub bitmap: BlockBitmap,
+    /// Blocks handed to a worker for writing (one `fetch_or` decides who).
+    pub claimed: BlockBitmap,
+    /// Blocks whose bytes are in the mapping (set after the copy).
+    pub written: BlockBitmap,
+    /// Blocks already on disk from an earlier run (resume file).
+    pub resumed: u64,
+}
+
+impl Image {
+    /// Copy `payload` as block `index` if no one has claimed it yet; false
+    /// for a duplicate.
+    fn write_block(&self, index: u64, payload: &[u8], c: &WorkerCounters) -> bool {
+        if !self.claimed.insert(index) {
+            return false;
+        }
+        self.target.write_at(self.geometry.offset(index), payload);
+        self.written.insert(index);
+        bump(&c.bytes, payload.len() as u64);
+        c.blocks.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// Bytes of written block `index`.
+    fn read_block(&self, index: u64) -> Option<Vec<u8>> {
+        self.written.contains(index).then(|| {
+            self.target
+                .read_at(self.geometry.offset(index), self.geometry.block_len(index))
+        })
+    }
 }
 
 /// Shared state of one transfer.
@@ -92,6 +123,9 @@ pub struct Transfer {
     passes_seen: AtomicU64,
     final_pass_ended: AtomicBool,
     first_pass_missing: OnceLock<u64>,
+    last_control: Mutex<Option<Control>>,
+    fec: fec::Pending,
+    resume: Option<PathBuf>,
     workers: Vec<CachePadded<WorkerCounters>>,
 }
 
@@ -109,13 +143,70 @@ impl Transfer {
             passes_seen: AtomicU64::new(0),
             final_pass_ended: AtomicBool::new(false),
             first_pass_missing: OnceLock::new(),
+            last_control: Mutex::new(None),
+            fec: fec::Pending::default(),
+            resume: None,
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
         }
     }
 
-    /// Counters of worker `i`.
-    pub fn counters(&self, i: usize) -> &WorkerCounters {
-        &self.workers[i]
+    /// Keep the written-block bitmap in `path` (see [`crate::resume`]) and
+    /// pick up from it when it matches the session.
+    pub fn with_resume(mut self, path: Option<PathBuf>) -> Transfer {
+        self.resume = path;
+        self
+    }
+
+    /// The latest announce/end control block (digest, passes, repair address).
+    pub fn last_control(&self) -> Option<Control> {
+        *self.last_control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks not claimed yet, as `(first, count)` ranges, at most `max`.
+    pub fn missing_ranges(&self, max: usize) -> Vec<(u64, u32)> {
+        let Some(img) = self.image() else {
+            return Vec::new();
+        };
+        img.claimed
+            .missing_ranges()
+            .into_iter()
+            .flat_map(|(s, e)| {
+                (s..e)
+                    .step_by(u32::MAX as usize)
+                    .map(move |a| (a, (e - a).min(u64::from(u32::MAX)) as u32))
+            })
+            .take(max)
+            .collect()
+    }
+
+    /// Sync the target, then save the written bitmap to the resume file.
+    pub fn save_resume(&self) -> Result<()> {
+        let (Some(path), Some(img)) = (&self.resume, self.image()) else {
+            return Ok(());
+        };
+        let words = img.written.words();
+        img.target.flush()?;
+        resume::save(path, img.session, &img.geometry, &words)
+            .map_err(|e| Error::target_io(&format!("cannot save {}", path.display()), &e))
+    }
+
+    /// Remove the resume file (the image is complete and verified).
+    pub fn drop_resume(&self) {
+        if let Some(p) = &self.resume {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Blocks taken from the resume file.
+    pub fn resumed_blocks(&self) -> u64 {
+        self.image().map_or(0, |i| i.resumed)
+    }
+
+    /// Blocks rebuilt by FEC.
+    pub fn fec_recovered(&self) -> u64 {
+        self.all_counters()
+            .map(|c| c.fec_recovered.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Counters of every worker.
@@ -137,9 +228,11 @@ impl Transfer {
     /// Blocks written so far (sum over workers, Acquire: every counted block
     /// has been copied).
     pub fn blocks_done(&self) -> u64 {
-        self.all_counters()
-            .map(|c| c.blocks.load(Ordering::Acquire))
-            .sum()
+        self.resumed_blocks()
+            + self
+                .all_counters()
+                .map(|c| c.blocks.load(Ordering::Acquire))
+                .sum::<u64>()
     }
 
     /// Passes whose end packet was seen.
@@ -157,16 +250,6 @@ impl Transfer {
         self.first_pass_missing.get().copied()
     }
 
-    /// Record a fatal error; the first one wins.
-    pub fn fail(&self, err: Error) {
-        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            log::error!("{err}");
-            *f = Some(err);
-            self.failed.store(true, Ordering::Release);
-        }
-    }
-
     /// The fatal error, if any.
     pub fn failure(&self) -> Option<Error> {
         if !self.failed.load(Ordering::Acquire) {
@@ -178,11 +261,6 @@ impl Transfer {
             .clone()
     }
 
-    /// Whether the transfer has failed (cheap check for the hot path).
-    pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
-    }
-
     fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
         let target = Target::open(&self.target_path, geometry.total_size)?;
         log::info!(
@@ -192,11 +270,34 @@ impl Transfer {
             geometry.block_size,
             self.target_path.display()
         );
+        let saved = self
+            .resume
+            .as_deref()
+            .and_then(|p| resume::load(p, session, &geometry));
+        let (claimed, written) = match &saved {
+            Some(words) => (
+                BlockBitmap::from_words(geometry.block_count, words),
+                BlockBitmap::from_words(geometry.block_count, words),
+            ),
+            None => (
+                BlockBitmap::new(geometry.block_count),
+                BlockBitmap::new(geometry.block_count),
+            ),
+        };
+        let resumed = written.count();
+        if resumed > 0 {
+            log::warn!(
+                "resuming: {resumed} of {} blocks already on disk",
+                geometry.block_count
+            );
+        }
         Ok(Arc::new(Image {
             session,
             geometry,
             target,
-            bitmap: BlockBitmap::new(geometry.block_count),
+            claimed,
+            written,
+            resumed,
         }))
     }
 
@@ -223,32 +324,6 @@ impl Transfer {
         Ok(image)
     }
 
-    /// Take in one datagram (the UDP payload) on behalf of worker `c`.
-    pub fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
-        let outcome = wire::parse(datagram).and_then(|p| {
-            let image = self.image_for(&p)?;
-            match p {
-                Packet::Data { index, payload, .. } => {
-                    if !image.bitmap.insert(index) {
-                        return Err(DropReason::Duplicate);
-                    }
-                    image.target.write_at(image.geometry.offset(index), payload);
-                    bump(&c.bytes, payload.len() as u64);
-                    c.blocks.fetch_add(1, Ordering::Release);
-                }
-                Packet::Announce { control, .. } => self.learn_digest(&control),
-                Packet::End { control, .. } => {
-                    self.learn_digest(&control);
-                    self.end_of_pass(image, &control);
-                }
-            }
-            Ok(())
-        });
-        if let Err(r) = outcome {
-            c.drop_packet(r);
-        }
-    }
-
     fn learn_digest(&self, control: &Control) {
         let known = self.digest.get_or_init(|| control.digest);
         if *known != control.digest {
@@ -259,14 +334,109 @@ impl Transfer {
         }
     }
 
+    fn remember(&self, control: &Control) {
+        *self.last_control.lock().unwrap_or_else(|p| p.into_inner()) = Some(*control);
+    }
+
     fn end_of_pass(&self, image: &Image, control: &Control) {
-        self.passes_seen
-            .fetch_max(u64::from(control.pass) + 1, Ordering::Relaxed);
+        self.remember(control);
         self.first_pass_missing
-            .get_or_init(|| image.geometry.block_count - image.bitmap.count());
-        if control.pass + 1 == control.passes {
+            .get_or_init(|| image.geometry.block_count - image.claimed.count());
+        if control.flags & wire::FLAG_FINAL != 0 {
             self.final_pass_ended.store(true, Ordering::Relaxed);
         }
+        self.passes_seen
+            .fetch_max(u64::from(control.pass) + 1, Ordering::Release);
+    }
+
+    /// A repair symbol for `group`: keep it, and rebuild the group's missing
+    /// blocks once enough symbols are in.
+    fn fec_symbol(
+        &self,
+        image: &Image,
+        group: u64,
+        group_size: u32,
+        symbol: &[u8],
+        c: &WorkerCounters,
+    ) {
+        let g = &image.geometry;
+        let (first, end) = fec::group_blocks(g, group_size, group);
+        let have = image.written.count_range(first, end);
+        let k = end - first;
+        if have == k {
+            // Not needed: the group is complete.
+            self.fec.forget(group);
+            return;
+        }
+        let Some(symbols) = self.fec.add(group, symbol, have, k) else {
+            return;
+        };
+        match fec::decode(g, group_size, group, |i| image.read_block(i), &symbols) {
+            Some(data) => {
+                for (n, idx) in (first..end).enumerate() {
+                    let at = n * g.block_size as usize;
+                    if image.write_block(idx, &data[at..at + g.block_len(idx)], c) {
+                        bump(&c.fec_recovered, 1);
+                    }
+                }
+            }
+            None => self.fec.put_back(group, symbols),
+        }
+    }
+}
+
+impl Sink for Transfer {
+    /// Take in one datagram (the UDP payload) on behalf of worker `c`.
+    fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
+        let outcome = wire::parse(datagram).and_then(|p| {
+            let image = self.image_for(&p)?;
+            match p {
+                Packet::Data { index, payload, .. } => {
+                    if !image.write_block(index, payload, c) {
+                        return Err(DropReason::Duplicate);
+                    }
+                }
+                Packet::Announce { control, .. } => {
+                    self.learn_digest(&control);
+                    self.remember(&control);
+                }
+                Packet::End { control, .. } => {
+                    self.learn_digest(&control);
+                    self.end_of_pass(image, &control);
+                }
+                Packet::Fec {
+                    group,
+                    group_size,
+                    symbol,
+                    ..
+                } => self.fec_symbol(image, group, group_size, symbol, c),
+                // NACKs go to the sender; one on the group is misdirected.
+                Packet::Nack { .. } => return Err(DropReason::BadKind),
+            }
+            Ok(())
+        });
+        if let Err(r) = outcome {
+            c.drop_packet(r);
+        }
+    }
+
+    /// Record a fatal error; the first one wins.
+    fn fail(&self, err: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            log::error!("{err}");
+            *f = Some(err);
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    fn counters(&self, i: usize) -> &WorkerCounters {
+        &self.workers[i]
+    }
+
+    /// Whether the transfer has failed (cheap check for the hot path).
+    fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 }
 
@@ -274,6 +444,7 @@ impl Transfer {
 mod tests {
     use super::*;
     use crate::wire::{encode_control, encode_data, Kind};
+    use crate::workers::Sink;
 
     fn setup(name: &str, session: Option<u32>) -> (Transfer, PathBuf) {
         let dir = std::env::temp_dir().join(format!("xdpcast-transfer-{}", std::process::id()));
@@ -293,10 +464,8 @@ mod tests {
         let g = Geometry::new(data.len() as u64, 1000);
         let c = t.counters(0);
         let ctl = Control {
-            digest: [9; 32],
-            pass: 0,
-            passes: 1,
-            flags: 0,
+            flags: wire::FLAG_FINAL,
+            ..Control::new([9; 32], 0, 1)
         };
         t.ingest(&encode_control(Kind::Announce, 5, &g, &ctl), c);
         for i in 0..g.block_count {
@@ -342,12 +511,7 @@ mod tests {
             c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
             1
         );
-        let mut ctl = Control {
-            digest: [1; 32],
-            pass: 0,
-            passes: 2,
-            flags: 0,
-        };
+        let mut ctl = Control::new([1; 32], 0, 2);
         t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
         t.ingest(&encode_control(Kind::End, 7, &g, &ctl), c);
         assert!(!t.final_pass_ended());

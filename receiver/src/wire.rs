@@ -23,8 +23,22 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
 /// Size of the SHA-256 digest carried by announce and end packets.
 pub const DIGEST_LEN: usize = 32;
-/// Payload length of announce and end packets: digest, pass, pass count, flags.
-pub const CONTROL_PAYLOAD_LEN: usize = DIGEST_LEN + 4 + 4 + 4;
+/// Payload length of announce and end packets: digest, pass, passes, flags,
+/// repair port, FEC repair symbols, FEC group size, repair address.
+pub const CONTROL_PAYLOAD_LEN: usize = DIGEST_LEN + 4 + 4 + 4 + 2 + 2 + 4 + 16;
+/// Control flag: this end packet is the sender's last; no repair follows.
+pub const FLAG_FINAL: u32 = 1;
+/// Control flag: the sender takes NACKs at `repair_addr:repair_port`.
+pub const FLAG_REPAIR: u32 = 2;
+/// Largest number of ranges in one NACK packet.
+pub const MAX_NACK_RANGES: usize = 100;
+/// Bytes of one NACK range: first block (u64) and count (u32).
+pub const NACK_RANGE_LEN: usize = 12;
+/// Largest FEC group (source blocks per RaptorQ source block).
+pub const MAX_FEC_GROUP: u32 = 1024;
+/// FEC payload bytes in front of the symbol: group size (u32) and the
+/// RaptorQ payload id (4 bytes).
+pub const FEC_PREFIX_LEN: usize = 8;
 /// IPv4 (20) plus UDP (8) header bytes in front of our header.
 pub const IPV4_UDP_OVERHEAD: usize = 28;
 /// Largest block size accepted from the wire (fits a 9000-byte jumbo frame).
@@ -52,8 +66,12 @@ pub enum Kind {
     Data = 1,
     /// Session parameters and the image digest, sent before and during a pass.
     Announce = 2,
-    /// End of one pass over the image.
+    /// End of one pass (or repair round) over the image.
     End = 3,
+    /// Receiver to sender, unicast: ranges of missing blocks.
+    Nack = 4,
+    /// One RaptorQ repair symbol for a group of blocks.
+    Fec = 5,
 }
 
 impl Kind {
@@ -62,6 +80,8 @@ impl Kind {
             1 => Some(Kind::Data),
             2 => Some(Kind::Announce),
             3 => Some(Kind::End),
+            4 => Some(Kind::Nack),
+            5 => Some(Kind::Fec),
             _ => None,
         }
     }
@@ -187,12 +207,71 @@ impl Geometry {
 pub struct Control {
     /// SHA-256 of the whole image.
     pub digest: [u8; DIGEST_LEN],
-    /// Pass number (0-based) this packet belongs to.
+    /// Pass number (0-based); repair rounds continue after the full passes.
     pub pass: u32,
-    /// Number of passes the sender will make.
+    /// Number of full passes the sender makes.
     pub passes: u32,
-    /// Reserved, zero.
+    /// `FLAG_*` bits.
     pub flags: u32,
+    /// UDP port taking NACKs (with `FLAG_REPAIR`).
+    pub repair_port: u16,
+    /// RaptorQ repair symbols sent per FEC group (0: no FEC).
+    pub fec_repair: u16,
+    /// Blocks per FEC group.
+    pub fec_group: u32,
+    /// Address taking NACKs (IPv4-mapped for IPv4).
+    pub repair_addr: std::net::Ipv6Addr,
+}
+
+impl Control {
+    /// A control block for `passes` full passes, no repair, no FEC.
+    pub fn new(digest: [u8; DIGEST_LEN], pass: u32, passes: u32) -> Control {
+        Control {
+            digest,
+            pass,
+            passes,
+            flags: 0,
+            repair_port: 0,
+            fec_repair: 0,
+            fec_group: 0,
+            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
+        }
+    }
+
+    /// Where NACKs go, if the sender takes them.
+    pub fn repair_to(&self) -> Option<std::net::SocketAddr> {
+        if self.flags & FLAG_REPAIR == 0 || self.repair_port == 0 {
+            return None;
+        }
+        let ip = match self.repair_addr.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(self.repair_addr),
+        };
+        Some(std::net::SocketAddr::new(ip, self.repair_port))
+    }
+}
+
+/// The ranges of a NACK packet, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranges<'a>(&'a [u8]);
+
+impl<'a> Ranges<'a> {
+    /// `(first block, count)` of every range.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + 'a {
+        self.0
+            .chunks_exact(NACK_RANGE_LEN)
+            .map(|c| (be_u64(c, 0), be_u32(c, 8)))
+    }
+
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.0.len() / NACK_RANGE_LEN
+    }
+
+    /// True when there are no ranges.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A parsed packet, borrowing the datagram.
@@ -227,6 +306,28 @@ pub enum Packet<'a> {
         /// Digest and pass information.
         control: Control,
     },
+    /// Missing blocks of a receiver.
+    Nack {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Missing ranges, each inside the image.
+        ranges: Ranges<'a>,
+    },
+    /// A RaptorQ repair symbol.
+    Fec {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// FEC group index: blocks `group * group_size ..`.
+        group: u64,
+        /// Blocks per group.
+        group_size: u32,
+        /// RaptorQ payload id (4 bytes) followed by the symbol (`block_size` bytes).
+        symbol: &'a [u8],
+    },
 }
 
 impl Packet<'_> {
@@ -235,7 +336,9 @@ impl Packet<'_> {
         match *self {
             Packet::Data { session, .. }
             | Packet::Announce { session, .. }
-            | Packet::End { session, .. } => session,
+            | Packet::End { session, .. }
+            | Packet::Nack { session, .. }
+            | Packet::Fec { session, .. } => session,
         }
     }
 
@@ -244,7 +347,9 @@ impl Packet<'_> {
         match *self {
             Packet::Data { geometry, .. }
             | Packet::Announce { geometry, .. }
-            | Packet::End { geometry, .. } => geometry,
+            | Packet::End { geometry, .. }
+            | Packet::Nack { geometry, .. }
+            | Packet::Fec { geometry, .. } => geometry,
         }
     }
 }
@@ -320,13 +425,19 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
             }
             let mut digest = [0u8; DIGEST_LEN];
             digest.copy_from_slice(&payload[..DIGEST_LEN]);
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&payload[DIGEST_LEN + 20..DIGEST_LEN + 36]);
             let control = Control {
                 digest,
                 pass: be_u32(payload, DIGEST_LEN),
                 passes: be_u32(payload, DIGEST_LEN + 4),
                 flags: be_u32(payload, DIGEST_LEN + 8),
+                repair_port: be_u16(payload, DIGEST_LEN + 12),
+                fec_repair: be_u16(payload, DIGEST_LEN + 14),
+                fec_group: be_u32(payload, DIGEST_LEN + 16),
+                repair_addr: addr.into(),
             };
-            if control.passes == 0 || control.pass >= control.passes {
+            if control.passes == 0 || control.fec_group > MAX_FEC_GROUP {
                 return Err(DropReason::BadControl);
             }
             Ok(if kind == Kind::Announce {
@@ -341,6 +452,46 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                     geometry,
                     control,
                 }
+            })
+        }
+        Kind::Nack => {
+            let n = payload_len / NACK_RANGE_LEN;
+            if payload_len % NACK_RANGE_LEN != 0 || n == 0 || n > MAX_NACK_RANGES {
+                return Err(DropReason::BadControl);
+            }
+            let ranges = Ranges(payload);
+            let inside = ranges.iter().all(|(first, count)| {
+                count > 0
+                    && first
+                        .checked_add(u64::from(count))
+                        .is_some_and(|end| end <= geometry.block_count)
+            });
+            if !inside {
+                return Err(DropReason::OutOfRange);
+            }
+            Ok(Packet::Nack {
+                session,
+                geometry,
+                ranges,
+            })
+        }
+        Kind::Fec => {
+            if payload_len != FEC_PREFIX_LEN + geometry.block_size as usize {
+                return Err(DropReason::BadControl);
+            }
+            let group_size = be_u32(payload, 0);
+            if group_size == 0 || group_size > MAX_FEC_GROUP {
+                return Err(DropReason::BadControl);
+            }
+            if index.saturating_mul(u64::from(group_size)) >= geometry.block_count {
+                return Err(DropReason::OutOfRange);
+            }
+            Ok(Packet::Fec {
+                session,
+                geometry,
+                group: index,
+                group_size,
+                symbol: &payload[4..],
             })
         }
     }
@@ -387,9 +538,50 @@ pub fn encode_control(kind: Kind, session: u32, geometry: &Geometry, control: &C
     write_header(&mut out, kind, session, geometry, 0, CONTROL_PAYLOAD_LEN);
     let p = &mut out[HEADER_LEN..];
     p[..DIGEST_LEN].copy_from_slice(&control.digest);
-    p[DIGEST_LEN..DIGEST_LEN + 4].copy_from_slice(&control.pass.to_be_bytes());
-    p[DIGEST_LEN + 4..DIGEST_LEN + 8].copy_from_slice(&control.passes.to_be_bytes());
-    p[DIGEST_LEN + 8..DIGEST_LEN + 12].copy_from_slice(&control.flags.to_be_bytes());
+    let d = DIGEST_LEN;
+    p[d..d + 4].copy_from_slice(&control.pass.to_be_bytes());
+    p[d + 4..d + 8].copy_from_slice(&control.passes.to_be_bytes());
+    p[d + 8..d + 12].copy_from_slice(&control.flags.to_be_bytes());
+    p[d + 12..d + 14].copy_from_slice(&control.repair_port.to_be_bytes());
+    p[d + 14..d + 16].copy_from_slice(&control.fec_repair.to_be_bytes());
+    p[d + 16..d + 20].copy_from_slice(&control.fec_group.to_be_bytes());
+    p[d + 20..d + 36].copy_from_slice(&control.repair_addr.octets());
+    out
+}
+
+/// Encode NACK packets for `ranges` of missing blocks, at most
+/// `MAX_NACK_RANGES` ranges per packet.
+pub fn encode_nacks(session: u32, geometry: &Geometry, ranges: &[(u64, u32)]) -> Vec<Vec<u8>> {
+    ranges
+        .chunks(MAX_NACK_RANGES)
+        .map(|chunk| {
+            let len = chunk.len() * NACK_RANGE_LEN;
+            let mut out = vec![0u8; HEADER_LEN + len];
+            write_header(&mut out, Kind::Nack, session, geometry, 0, len);
+            for (i, (first, count)) in chunk.iter().enumerate() {
+                let at = HEADER_LEN + i * NACK_RANGE_LEN;
+                out[at..at + 8].copy_from_slice(&first.to_be_bytes());
+                out[at + 8..at + 12].copy_from_slice(&count.to_be_bytes());
+            }
+            out
+        })
+        .collect()
+}
+
+/// Encode a FEC packet: `symbol` is a serialized RaptorQ encoding packet
+/// (4-byte payload id and `block_size` bytes).
+pub fn encode_fec(
+    session: u32,
+    geometry: &Geometry,
+    group: u64,
+    group_size: u32,
+    symbol: &[u8],
+) -> Vec<u8> {
+    let len = 4 + symbol.len();
+    let mut out = vec![0u8; HEADER_LEN + len];
+    write_header(&mut out, Kind::Fec, session, geometry, group, len);
+    out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&group_size.to_be_bytes());
+    out[HEADER_LEN + 4..].copy_from_slice(symbol);
     out
 }
 
@@ -403,10 +595,12 @@ mod tests {
 
     fn control() -> Control {
         Control {
-            digest: [7; DIGEST_LEN],
-            pass: 1,
-            passes: 3,
-            flags: 0,
+            flags: FLAG_REPAIR,
+            repair_port: 7000,
+            fec_repair: 8,
+            fec_group: 64,
+            repair_addr: std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped(),
+            ..Control::new([7; DIGEST_LEN], 1, 3)
         }
     }
 
@@ -462,6 +656,47 @@ mod tests {
                 | (Kind::End, Packet::End { control: c, .. }) => assert_eq!(c, control()),
                 other => panic!("wrong kind {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn repair_address_and_flags() {
+        let c = control();
+        assert_eq!(c.repair_to(), Some("10.1.2.3:7000".parse().unwrap()));
+        assert_eq!(Control::new([0; 32], 0, 1).repair_to(), None);
+    }
+
+    #[test]
+    fn nack_and_fec_round_trip() {
+        let g = geo();
+        let ranges: Vec<(u64, u32)> = (0..150).map(|i| (i % 8, 1)).collect();
+        let pkts = encode_nacks(3, &g, &ranges);
+        assert_eq!(pkts.len(), 2);
+        let mut back = Vec::new();
+        for p in &pkts {
+            match parse(p).unwrap() {
+                Packet::Nack {
+                    session, ranges, ..
+                } => {
+                    assert_eq!(session, 3);
+                    back.extend(ranges.iter());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, ranges);
+        let sym = vec![5u8; 4 + 1400];
+        match parse(&encode_fec(3, &g, 1, 4, &sym)).unwrap() {
+            Packet::Fec {
+                group,
+                group_size,
+                symbol,
+                ..
+            } => {
+                assert_eq!((group, group_size), (1, 4));
+                assert_eq!(symbol, &sym[..]);
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -578,12 +813,23 @@ mod tests {
                     1,
                     &g,
                     &Control {
-                        pass: 3,
+                        passes: 0,
                         ..control()
                     },
                 ),
                 DropReason::BadControl,
             ),
+            (
+                encode_nacks(1, &g, &[(7, 2)]).remove(0),
+                DropReason::OutOfRange,
+            ),
+            (
+                encode_nacks(1, &g, &[(0, 0)]).remove(0),
+                DropReason::OutOfRange,
+            ),
+            (encode_fec(1, &g, 0, 64, &[0; 10]), DropReason::BadControl),
+            (encode_fec(1, &g, 2, 4, &[0; 1404]), DropReason::OutOfRange),
+            (encode_fec(1, &g, 0, 0, &[0; 1404]), DropReason::BadControl),
         ];
         for (i, (pkt, want)) in cases.iter().enumerate() {
             assert_eq!(parse(pkt), Err(*want), "case {i}");

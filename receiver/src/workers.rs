@@ -1,6 +1,6 @@
 //! Workers: one thread per AF_XDP socket (or one for the portable socket
 //! path), optionally pinned to a core, draining its source in batches into
-//! the shared [`Transfer`]. No locks on this path.
+//! the shared [`Sink`]. No locks on this path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::frame;
 use crate::net::MsgBatch;
 use crate::rings::XskQueue;
-use crate::transfer::{Transfer, WorkerCounters};
+use crate::transfer::WorkerCounters;
 
 /// How long a worker waits for packets before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -21,6 +21,19 @@ const POLL: Duration = Duration::from_millis(50);
 const SOCKET_BATCH: usize = 64;
 /// Receive buffer per datagram (largest jumbo frame).
 const SOCKET_BUF: usize = 9216;
+
+/// Where workers put what they receive: the xdpcast transfer, or another
+/// protocol's receiver. Called from several workers at once.
+pub trait Sink: Send + Sync + 'static {
+    /// Take one UDP payload on behalf of the worker counting into `c`.
+    fn ingest(&self, datagram: &[u8], c: &WorkerCounters);
+    /// Counters of worker `i`.
+    fn counters(&self, i: usize) -> &WorkerCounters;
+    /// Record a fatal error (the first one wins).
+    fn fail(&self, err: Error);
+    /// Whether a fatal error was recorded; workers stop then.
+    fn has_failed(&self) -> bool;
+}
 
 /// Where a worker gets its packets from.
 pub enum Source {
@@ -72,12 +85,12 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
 }
 
 /// Start worker `index` on `source`, pinned to `cpu` if given.
-pub fn spawn(
+pub fn spawn<S: Sink>(
     index: usize,
     queue: u32,
     cpu: Option<usize>,
     source: Source,
-    transfer: Arc<Transfer>,
+    sink: Arc<S>,
     stop: Arc<AtomicBool>,
 ) -> Result<Worker> {
     let handle = std::thread::Builder::new()
@@ -86,10 +99,10 @@ pub fn spawn(
             if let Some(c) = cpu {
                 pin_to_cpu(c)?;
             }
-            let counters = transfer.counters(index);
-            let r = run(source, &transfer, counters, &stop);
+            let counters = sink.counters(index);
+            let r = run(source, &*sink, counters, &stop);
             if let Err(e) = &r {
-                transfer.fail(e.clone());
+                sink.fail(e.clone());
             }
             r
         })
@@ -97,7 +110,7 @@ pub fn spawn(
     Ok(Worker { handle })
 }
 
-fn run(source: Source, t: &Transfer, c: &WorkerCounters, stop: &AtomicBool) -> Result<()> {
+fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> Result<()> {
     match source {
         Source::Xsk(mut q) => {
             let mut last_stats = Instant::now();
@@ -140,7 +153,7 @@ fn run(source: Source, t: &Transfer, c: &WorkerCounters, stop: &AtomicBool) -> R
 /// The loop every worker runs: take batches until told to stop or the
 /// transfer has failed.
 fn drive(
-    t: &Transfer,
+    t: &impl Sink,
     c: &WorkerCounters,
     stop: &AtomicBool,
     mut batch: impl FnMut() -> Result<usize>,

@@ -72,7 +72,16 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
         .b
         .cmd(bin.to_str().context("path")?)
         .env("XDPCAST_STATUS_DIR", &status_dir)
-        .args(["receive", "--group", GROUP, "--iface", &net.if_b, "--name", "demo", "--keep-status"])
+        .args([
+            "receive",
+            "--group",
+            GROUP,
+            "--iface",
+            &net.if_b,
+            "--name",
+            "demo",
+            "--keep-status",
+        ])
         .arg("--out")
         .arg(&dst)
         .stdout(Stdio::piped())
@@ -81,17 +90,30 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let reader = loop {
         if let Ok(r) = StatusReader::open(&page) {
-            if r.read().map(|s| s.state == State::InProgress).unwrap_or(false) {
+            if r.read()
+                .map(|s| s.state == State::InProgress)
+                .unwrap_or(false)
+            {
                 break r;
             }
         }
-        ensure!(started.elapsed() < Duration::from_secs(20), "receiver did not start");
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "receiver did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut tx = net
         .a
         .cmd(bin.to_str().context("path")?)
-        .args(["send", src.to_str().context("path")?, "--group", GROUP, "--iface", &net.if_a])
+        .args([
+            "send",
+            src.to_str().context("path")?,
+            "--group",
+            GROUP,
+            "--iface",
+            &net.if_a,
+        ])
         .args(["--rate", "1.5G", "--passes", "3", "--streams", "4"])
         .spawn()?;
     loop {
@@ -111,7 +133,10 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
     }
     ensure!(tx.wait()?.success(), "sender failed");
     let out = rx.wait_with_output()?;
-    println!("demo: receiver's final status:\n{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "demo: receiver's final status:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     run(Command::new(&bin)
         .env("XDPCAST_STATUS_DIR", &status_dir)
         .args(["close", "demo"]))?;

@@ -15,7 +15,8 @@ use xdpcast::sender::{self, SendOptions};
 use xdpcast::session::hex;
 use xdpcast::status::{self, StatusReader};
 use xdpcast::steer::{self, AttachRequest};
-use xdpcast::{report, Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
+use xdpcast::udpcast::{self, UdpcastRequest};
+use xdpcast::{monitor, report, Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
 
 /// Exit status of a failed session: this plus its error code.
 const EXIT_FAILURE_BASE: u8 = 100;
@@ -36,6 +37,12 @@ enum Mode {
     Auto,
     Xdp,
     Socket,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Protocol {
+    Xdpcast,
+    Udpcast,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,15 +89,24 @@ enum Cmd {
         /// Sockets with distinct source ports, to spread the flow over the receivers' RX queues.
         #[arg(long, default_value_t = 1)]
         streams: usize,
+        #[command(flatten)]
+        repair: SendRepair,
         /// Show a progress bar.
         #[arg(long)]
         progress: bool,
     },
     /// Receive an image into a file or block device.
     Receive {
-        /// Multicast group and port, e.g. 239.1.2.3:5000.
+        /// Multicast group and port, e.g. 239.1.2.3:5000 (udpcast: the data
+        /// group to expect, default: the one the sender announces).
         #[arg(long)]
-        group: Group,
+        group: Option<Group>,
+        /// Protocol of the sender: xdpcast, or udpcast's udp-sender.
+        #[arg(long, value_enum, default_value_t = Protocol::Xdpcast)]
+        protocol: Protocol,
+        /// udpcast port base: data and control to this port, replies to portbase+1.
+        #[arg(long, default_value_t = udpcast::DEFAULT_PORTBASE)]
+        portbase: u16,
         /// Interface to receive on.
         #[arg(long)]
         iface: String,
@@ -133,6 +149,8 @@ enum Cmd {
         /// Leave the status page after exit (remove it with `xdpcast close NAME`).
         #[arg(long)]
         keep_status: bool,
+        #[command(flatten)]
+        recovery: ReceiveRecovery,
         /// Show a progress bar.
         #[arg(long)]
         progress: bool,
@@ -153,12 +171,93 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Live progress bars for every session on this machine: rate, ETA, loss, drops.
+    Monitor {
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Serve every session's status page as Prometheus metrics over HTTP.
+    Metrics {
+        /// Address to listen on, e.g. 127.0.0.1:9470 (port 0: any free port).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Answer one request and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Remove any XDP program left on an interface.
     Cleanup {
         /// Interface.
         #[arg(long)]
         iface: String,
     },
+}
+
+/// Loss repair and FEC on the sending side.
+#[derive(clap::Args)]
+struct SendRepair {
+    /// Do not take NACKs (no back-channel: passes and FEC only).
+    #[arg(long)]
+    no_repair: bool,
+    /// Milliseconds to collect NACKs after each end of pass.
+    #[arg(long, default_value_t = 500)]
+    repair_wait: u64,
+    /// Most NACK-driven repair rounds.
+    #[arg(long, default_value_t = 50)]
+    max_repair_rounds: u32,
+    /// RaptorQ repair symbols per FEC group (0: no FEC).
+    #[arg(long, default_value_t = 0)]
+    fec: u16,
+    /// Blocks per FEC group.
+    #[arg(long, default_value_t = 64)]
+    fec_group: u32,
+    /// Test loss injection: fraction (0..1) of data and FEC packets not sent.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+}
+
+impl SendRepair {
+    fn apply(&self, o: &mut SendOptions) {
+        o.repair = !self.no_repair;
+        o.repair_wait = Duration::from_millis(self.repair_wait);
+        o.max_repair_rounds = self.max_repair_rounds;
+        o.fec_repair = self.fec;
+        o.fec_group = self.fec_group;
+        o.loss = self.loss;
+    }
+}
+
+/// Resume and test loss injection on the receiving side.
+#[derive(clap::Args)]
+struct ReceiveRecovery {
+    /// Where to keep the received-block bitmap for resuming after a crash
+    /// (default for a regular file: OUT.xdpcast-resume; block devices: none).
+    #[arg(long)]
+    resume_file: Option<PathBuf>,
+    /// Do not keep a resume file.
+    #[arg(long, conflicts_with = "resume_file")]
+    no_resume: bool,
+    /// Test loss injection on the XDP path: matched frames dropped per million.
+    #[arg(long, default_value_t = 0)]
+    inject_loss: u32,
+}
+
+impl ReceiveRecovery {
+    fn apply(&self, r: &mut SessionRequest) {
+        let block_device = std::fs::metadata(&r.target)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        r.resume_file = match (&self.resume_file, self.no_resume || block_device) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => None,
+            (None, false) => Some(xdpcast::resume::default_path(&r.target)),
+        };
+        r.inject_loss_ppm = self.inject_loss;
+    }
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -271,9 +370,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session,
             ttl,
             streams,
+            repair,
             progress,
         } => {
             let mut opts = SendOptions::new(group, &iface);
+            repair.apply(&mut opts);
             opts.rate_bps = rate;
             opts.passes = passes;
             opts.block_size = block_size;
@@ -292,9 +393,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let secs = r.elapsed.as_secs_f64().max(1e-6);
             println!(
-                "sent {} in {} packets ({passes} pass(es), session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; sha256 {}",
+                "sent {} in {} packets ({passes} pass(es), {} repair round(s) for {} NACKs, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; sha256 {}",
                 report::bytes(r.geometry.total_size),
                 r.packets,
+                r.repair_rounds,
+                r.nacks,
                 r.session,
                 r.geometry.block_count,
                 r.geometry.block_size,
@@ -305,6 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Receive {
             group,
+            protocol,
+            portbase,
             iface,
             out,
             name,
@@ -319,10 +424,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             start_timeout,
             idle_timeout,
             keep_status,
+            recovery,
             progress,
         } => {
+            let group = match (group, protocol) {
+                (Some(g), _) => g,
+                (None, Protocol::Udpcast) => udpcast::any_group(portbase),
+                (None, Protocol::Xdpcast) => bail!("--group is required with --protocol xdpcast"),
+            };
             let name = name.unwrap_or_else(|| default_name(&group));
             let mut req = SessionRequest::new(&name, group, &iface, out);
+            recovery.apply(&mut req);
             req.mode = match mode {
                 Mode::Auto => ModeRequest::Auto,
                 Mode::Xdp => ModeRequest::Xdp,
@@ -348,6 +460,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.session_id = session;
             req.start_timeout = Duration::from_secs(start_timeout);
             req.idle_timeout = Duration::from_secs(idle_timeout);
+            if protocol == Protocol::Udpcast {
+                let req = UdpcastRequest {
+                    session: req,
+                    portbase,
+                };
+                return receive_udpcast(&req, keep_status, progress);
+            }
             receive(req, keep_status, progress)
         }
         Cmd::Status { name, json } => {
@@ -387,6 +506,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Monitor { once, interval_ms } => {
+            monitor::monitor(Duration::from_millis(interval_ms.max(50)), once)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Metrics { listen, once } => {
+            let listener = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("listen on {listen}"))?;
+            println!(
+                "serving metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            monitor::serve_metrics(&listener, once)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cleanup { iface } => {
@@ -451,9 +584,43 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
     } else {
         session.close()?;
     }
-    Ok(if state == State::Success {
+    Ok(exit_code(state, code))
+}
+
+fn exit_code(state: State, code: ErrorCode) -> ExitCode {
+    if state == State::Success {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE_BASE + code as u8)
-    })
+    }
+}
+
+/// `receive --protocol udpcast`: the handshake, transfer and status page
+/// all run in `udpcast::receive` on this thread.
+fn receive_udpcast(
+    req: &UdpcastRequest,
+    keep_status: bool,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    install_signal_handlers();
+    let page = status::page_path(&req.session.name)?;
+    eprintln!(
+        "xdpcast: udpcast receiver on port {}; status page {}",
+        req.portbase,
+        page.display()
+    );
+    let pb = progress.then(|| bar(0, "receive"));
+    let snap = udpcast::receive(req, &SIGNALLED, &mut |s| {
+        if let Some(pb) = &pb {
+            pb.set_position(s.bytes_done);
+        }
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    print!("{}", report::human(&snap));
+    if !keep_status {
+        std::fs::remove_file(&page).with_context(|| format!("remove {}", page.display()))?;
+    }
+    Ok(exit_code(snap.state, snap.error))
 }
