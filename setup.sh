@@ -3,7 +3,8 @@
 #   clang, llvm, libbpf-dev  compile the XDP program (ebpf/xdpcast.bpf.c)
 #   iproute2, iputils-ping    network namespaces, veth and checks in tests and the demo
 #   util-linux (setpriv)      unprivileged-reader and fallback tests
-#   udpcast                   the comparison receiver in `cargo xtask bench`
+#   udpcast                   the comparison receiver in `cargo xtask bench`; udp-sender
+#                             and udp-receiver in tests/udpcast.rs
 #   python3, gcc              the status-page reader examples and the C ABI test
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,0 +1,1242 @@
+//! A drop-in receiver for udpcast's `udp-sender` (the Debian 20120424
+//! protocol, as used by Clonezilla). docs/udpcast.md describes the subset.
+//!
+//! The conversation with the sender (connect request, hello, disconnect)
+//! runs on a kernel UDP socket bound to the receiver port (`portbase`). The
+//! data blocks (CMD_DATA) and the sender's acknowledgement requests
+//! (CMD_REQACK) go to the multicast data group on the same port: they take
+//! the common data path ([`datapath`]: XDP steering and AF_XDP workers, or a
+//! joined socket) into a [`Stream`], the [`Sink`] that writes each block into
+//! the target and answers REQACKs with CMD_OK or CMD_RETRANSMIT.
+//!
+//! udpcast does not announce the image size: slices follow one another
+//! until an empty one ends the transfer. A slice starts where the previous
+//! one ended, so blocks are written with `pwrite` at (start of the slice +
+//! block × block size); a regular file grows as it is written and is cut to
+//! the received length at the end. udpcast has no checksum either: the
+//! SHA-256 of what was received is published on the status page.
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::fs::{File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::datapath::{self, DataPath};
+use crate::error::{Error, ErrorCode, Result};
+use crate::net::{self, Group};
+use crate::session::{hex, SessionRequest};
+use crate::status::{
+    now_ns, page_path, Snapshot, State, StatusWriter, WorkerStatus, FLAG_DIGEST, FLAG_GEOMETRY,
+};
+use crate::target::sha256_prefix;
+use crate::transfer::WorkerCounters;
+use crate::wire::DropReason;
+use crate::workers::Sink;
+
+/// udpcast's default port base: receivers use it, the sender `portbase + 1`.
+pub const DEFAULT_PORTBASE: u16 = 9000;
+/// Most blocks in one slice (udpcast's MAX_SLICE_SIZE).
+pub const MAX_SLICE_BLOCKS: usize = 1024;
+/// Most clients of one sender (bits of the REQACK ready map).
+const MAX_CLIENTS: u32 = 1024;
+/// Bytes of a slice's block map in CMD_RETRANSMIT.
+const MAP_BYTES: usize = MAX_SLICE_BLOCKS / 8;
+/// Header of CMD_DATA, CMD_FEC and CMD_REQACK.
+const DATA_HEADER: usize = 16;
+/// How far ahead of the oldest unfinished slice the sender may be; udpcast
+/// keeps two slices in flight, so more means it has dropped us.
+const MAX_AHEAD: u32 = 4;
+/// Connect requests are repeated this often until the sender answers.
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
+/// Receive timeout of the control socket: the control loop's tick.
+const POLL: Duration = Duration::from_millis(50);
+/// How often the status page is published.
+const PUBLISH: Duration = Duration::from_millis(200);
+/// Where hellos and connect requests go when the interface has no broadcast
+/// address (udp-sender does the same).
+const ALL_HOSTS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+
+/// Opcodes (udpcast's `enum opCode`, plus the out-of-sequence CMD_HELLO).
+mod op {
+    pub const OK: u16 = 0;
+    pub const RETRANSMIT: u16 = 1;
+    pub const CONNECT_REQ: u16 = 3;
+    pub const DISCONNECT: u16 = 4;
+    pub const REQACK: u16 = 6;
+    pub const CONNECT_REPLY: u16 = 7;
+    pub const DATA: u16 = 8;
+    pub const FEC: u16 = 9;
+    pub const HELLO_NEW: u16 = 10;
+    pub const HELLO_STREAMING: u16 = 11;
+    pub const HELLO: u16 = 0x0500;
+}
+
+/// The sender speaks the "new generation" protocol (capabilities, multicast).
+const CAP_NEW_GEN: u32 = 0x01;
+/// Network byte order.
+const CAP_BIG_ENDIAN: u32 = 0x08;
+/// Asynchronous transfer: receivers never answer.
+const CAP_ASYNC: u32 = 0x20;
+/// What this receiver announces, as udp-receiver does.
+const RECEIVER_CAPS: u32 = CAP_NEW_GEN | CAP_BIG_ENDIAN;
+
+const POINT_TO_POINT: &str = "udp-sender is in point-to-point mode (a single receiver): \
+     the data comes by unicast through the kernel socket; run it with --nopointopoint \
+     for the XDP path";
+
+const FEC_REFUSED: &str = "the sender uses forward error correction (udp-sender --fec), \
+     which the xdpcast udpcast receiver does not implement; run udp-sender without --fec";
+
+/// A datagram from the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// CMD_DATA: block `block` of slice `slice`, which holds `bytes` bytes.
+    Data {
+        /// Slice number.
+        slice: u32,
+        /// Block within the slice.
+        block: u16,
+        /// Bytes in the whole slice.
+        bytes: u32,
+        /// The block (the last one of the last slice may be short).
+        payload: &'a [u8],
+    },
+    /// CMD_FEC: a forward-error-correction block (not supported).
+    Fec,
+    /// CMD_REQACK: the sender asks who has slice `slice` complete.
+    ReqAck {
+        /// Slice number.
+        slice: u32,
+        /// Bytes in the slice; 0 marks the end of the transfer.
+        bytes: u32,
+        /// Retransmission round, echoed in CMD_RETRANSMIT.
+        rxmit: u32,
+        /// Bit map of the clients that already answered OK.
+        ready: &'a [u8],
+    },
+    /// CMD_HELLO / CMD_HELLO_NEW / CMD_HELLO_STREAMING: the sender is up.
+    Hello {
+        /// Sender capabilities.
+        caps: u32,
+    },
+    /// CMD_CONNECT_REPLY: our client number and the session parameters.
+    ConnectReply {
+        /// Client number (`u32::MAX`: refused).
+        client: u32,
+        /// Block size in bytes.
+        block_size: u32,
+        /// Sender capabilities.
+        caps: u32,
+        /// Multicast address the data goes to.
+        data_addr: Ipv4Addr,
+    },
+    /// Any other opcode.
+    Other(u16),
+}
+
+fn be16(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+fn be32(d: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// Parse one datagram from the sender.
+pub fn parse(d: &[u8]) -> std::result::Result<Message<'_>, DropReason> {
+    let need = |n: usize| {
+        if d.len() < n {
+            Err(DropReason::Truncated)
+        } else {
+            Ok(())
+        }
+    };
+    need(2)?;
+    Ok(match be16(d, 0) {
+        op::DATA => {
+            need(DATA_HEADER)?;
+            Message::Data {
+                slice: be32(d, 4),
+                block: be16(d, 8),
+                bytes: be32(d, 12),
+                payload: &d[DATA_HEADER..],
+            }
+        }
+        op::FEC => Message::Fec,
+        op::REQACK => {
+            need(DATA_HEADER)?;
+            Message::ReqAck {
+                slice: be32(d, 4),
+                bytes: be32(d, 8),
+                rxmit: be32(d, 12),
+                ready: &d[DATA_HEADER..],
+            }
+        }
+        op::HELLO | op::HELLO_NEW | op::HELLO_STREAMING => {
+            need(8)?;
+            Message::Hello { caps: be32(d, 4) }
+        }
+        op::CONNECT_REPLY => {
+            need(20)?;
+            Message::ConnectReply {
+                client: be32(d, 4),
+                block_size: be32(d, 8),
+                caps: be32(d, 12),
+                data_addr: Ipv4Addr::new(d[16], d[17], d[18], d[19]),
+            }
+        }
+        other => Message::Other(other),
+    })
+}
+
+/// CMD_CONNECT_REQ with our capabilities and receive buffer size.
+pub fn connect_req(rcvbuf: u32) -> [u8; 12] {
+    let mut m = [0u8; 12];
+    m[..2].copy_from_slice(&op::CONNECT_REQ.to_be_bytes());
+    m[4..8].copy_from_slice(&RECEIVER_CAPS.to_be_bytes());
+    m[8..].copy_from_slice(&rcvbuf.to_be_bytes());
+    m
+}
+
+/// CMD_OK for slice `slice`.
+pub fn ok(slice: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 8];
+    m[..2].copy_from_slice(&op::OK.to_be_bytes());
+    m[4..].copy_from_slice(&slice.to_be_bytes());
+    m
+}
+
+/// CMD_RETRANSMIT for slice `slice`, round `rxmit`; `got` has a bit set for
+/// every block received (bit i%8 of byte i/8).
+pub fn retransmit(slice: u32, rxmit: u32, got: &[u8; MAP_BYTES]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + MAP_BYTES);
+    m.extend_from_slice(&op::RETRANSMIT.to_be_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&slice.to_be_bytes());
+    m.extend_from_slice(&rxmit.to_be_bytes());
+    m.extend_from_slice(got);
+    m
+}
+
+/// CMD_DISCONNECT.
+pub fn disconnect() -> [u8; 4] {
+    let [a, b] = op::DISCONNECT.to_be_bytes();
+    [a, b, 0, 0]
+}
+
+/// Bit `i` of a udpcast bit map (LSB first in each byte); false past its end.
+fn bit(map: &[u8], i: usize) -> bool {
+    map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// One slice not yet complete.
+#[derive(Debug, Clone)]
+struct Slice {
+    /// Bytes in the slice, once a packet told.
+    bytes: Option<u32>,
+    /// Blocks received.
+    got: [u8; MAP_BYTES],
+    /// Number of bits set in `got`.
+    count: u32,
+}
+
+impl Slice {
+    fn new() -> Slice {
+        Slice {
+            bytes: None,
+            got: [0; MAP_BYTES],
+            count: 0,
+        }
+    }
+
+    fn complete(&self, block_size: u64) -> bool {
+        self.bytes
+            .is_some_and(|b| u64::from(self.count) == u64::from(b).div_ceil(block_size))
+    }
+}
+
+/// Where every slice goes: the unfinished ones and the offset of the first.
+#[derive(Debug)]
+struct Ledger {
+    /// Number of `open[0]`; all earlier slices are complete.
+    first: u32,
+    /// Offset of `open[0]` in the target: bytes of all complete slices.
+    base: u64,
+    open: VecDeque<Slice>,
+    /// Number of the empty slice that ends the transfer, once seen.
+    end: Option<u32>,
+    /// Blocks taken for writing.
+    accepted: u64,
+}
+
+impl Ledger {
+    /// Index of slice `no` in `open` (opened if new), or None for a slice
+    /// already complete.
+    fn open_slice(&mut self, no: u32) -> Result<Option<usize>> {
+        if no < self.first {
+            return Ok(None);
+        }
+        let i = no - self.first;
+        if i >= MAX_AHEAD {
+            return Err(Error::new(
+                ErrorCode::SenderGone,
+                format!(
+                    "the sender is at slice {no} while slice {} is unfinished: it has dropped this receiver",
+                    self.first
+                ),
+            ));
+        }
+        while self.open.len() <= i as usize {
+            self.open.push_back(Slice::new());
+        }
+        Ok(Some(i as usize))
+    }
+
+    fn set_bytes(
+        &mut self,
+        i: usize,
+        bytes: u32,
+        block_size: u64,
+    ) -> std::result::Result<(), DropReason> {
+        if u64::from(bytes) > MAX_SLICE_BLOCKS as u64 * block_size {
+            return Err(DropReason::Oversize);
+        }
+        let s = &mut self.open[i];
+        match s.bytes {
+            Some(b) if b != bytes => return Err(DropReason::Inconsistent),
+            Some(_) => {}
+            None => {
+                s.bytes = Some(bytes);
+                if bytes == 0 {
+                    self.end = Some(self.first + i as u32);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Offset of `open[i]`, if the sizes of the slices before it are known.
+    fn offset(&self, i: usize) -> Option<u64> {
+        self.open
+            .iter()
+            .take(i)
+            .try_fold(self.base, |o, s| Some(o + u64::from(s.bytes?)))
+    }
+
+    /// Drop the complete slices at the front.
+    fn retire(&mut self, block_size: u64) {
+        while let Some(s) = self.open.front().filter(|s| s.complete(block_size)) {
+            self.base += u64::from(s.bytes.unwrap_or(0));
+            self.first += 1;
+            self.open.pop_front();
+        }
+    }
+
+    /// Whether every slice up to and including the end marker is complete.
+    fn finished(&self) -> bool {
+        self.end.is_some_and(|e| self.first > e)
+    }
+}
+
+/// The receiving side of one udpcast transfer, shared by the workers and the
+/// control thread (which feeds it what arrives on the control socket: data
+/// and REQACKs in point-to-point mode).
+pub struct Stream {
+    file: File,
+    block_size: u64,
+    client: u32,
+    replies: UdpSocket,
+    sender: SocketAddr,
+    ledger: Mutex<Ledger>,
+    counters: Vec<CachePadded<WorkerCounters>>,
+    failure: OnceLock<Error>,
+}
+
+impl Stream {
+    fn new(file: File, connected: &Connected, replies: UdpSocket, counter_slots: usize) -> Stream {
+        Stream {
+            file,
+            block_size: u64::from(connected.block_size),
+            client: connected.client,
+            replies,
+            sender: SocketAddr::V4(connected.sender),
+            ledger: Mutex::new(Ledger {
+                first: 0,
+                base: 0,
+                open: VecDeque::new(),
+                end: None,
+                accepted: 0,
+            }),
+            counters: (0..counter_slots).map(|_| CachePadded::default()).collect(),
+            failure: OnceLock::new(),
+        }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fatal error, if any.
+    pub fn failure(&self) -> Option<Error> {
+        self.failure.get().cloned()
+    }
+
+    fn written(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.blocks.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Length of the image once the transfer is complete and every block
+    /// taken has been written.
+    pub fn complete_len(&self) -> Option<u64> {
+        let l = self.ledger();
+        (l.finished() && self.written() == l.accepted).then_some(l.base)
+    }
+
+    fn opened(
+        &self,
+        no: u32,
+    ) -> std::result::Result<(MutexGuard<'_, Ledger>, Option<usize>), DropReason> {
+        let mut l = self.ledger();
+        match l.open_slice(no) {
+            Ok(i) => Ok((l, i)),
+            Err(e) => {
+                drop(l);
+                self.fail(e);
+                Err(DropReason::Inconsistent)
+            }
+        }
+    }
+
+    fn data(
+        &self,
+        slice: u32,
+        block: u16,
+        bytes: u32,
+        payload: &[u8],
+        c: &WorkerCounters,
+    ) -> std::result::Result<(), DropReason> {
+        let bs = self.block_size;
+        let (offset, len) = {
+            let (mut l, i) = self.opened(slice)?;
+            let i = i.ok_or(DropReason::Duplicate)?;
+            l.set_bytes(i, bytes, bs)?;
+            let start = u64::from(block) * bs;
+            if start >= u64::from(bytes) {
+                return Err(DropReason::OutOfRange);
+            }
+            if bit(&l.open[i].got, usize::from(block)) {
+                return Err(DropReason::Duplicate);
+            }
+            let len = (u64::from(bytes) - start).min(bs) as usize;
+            if payload.len() < len {
+                return Err(DropReason::Truncated);
+            }
+            // A slice whose predecessor's size is still unknown cannot be
+            // placed: drop the block, the next REQACK asks for it again.
+            let at = l.offset(i).ok_or(DropReason::Inconsistent)? + start;
+            let s = &mut l.open[i];
+            s.got[usize::from(block) / 8] |= 1 << (block % 8);
+            s.count += 1;
+            l.accepted += 1;
+            l.retire(bs);
+            (at, len)
+        };
+        match self.file.write_all_at(&payload[..len], offset) {
+            Ok(()) => {
+                c.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                c.blocks.fetch_add(1, Ordering::Release);
+            }
+            Err(e) => self.fail(Error::target_io("cannot write target", &e)),
+        }
+        Ok(())
+    }
+
+    fn reqack(
+        &self,
+        slice: u32,
+        bytes: u32,
+        rxmit: u32,
+        ready: &[u8],
+    ) -> std::result::Result<(), DropReason> {
+        if bit(ready, self.client as usize) {
+            return Ok(());
+        }
+        let reply = {
+            let (mut l, i) = self.opened(slice)?;
+            match i {
+                None => ok(slice),
+                Some(i) => {
+                    l.set_bytes(i, bytes, self.block_size)?;
+                    let s = &l.open[i];
+                    let reply = if s.complete(self.block_size) {
+                        ok(slice)
+                    } else {
+                        retransmit(slice, rxmit, &s.got)
+                    };
+                    l.retire(self.block_size);
+                    reply
+                }
+            }
+        };
+        if let Err(e) = self.replies.send_to(&reply, self.sender) {
+            log::warn!("answering the sender's REQACK for slice {slice}: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Stream {
+    fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
+        let outcome = parse(datagram).and_then(|m| match m {
+            Message::Data {
+                slice,
+                block,
+                bytes,
+                payload,
+            } => self.data(slice, block, bytes, payload, c),
+            Message::ReqAck {
+                slice,
+                bytes,
+                rxmit,
+                ready,
+            } => self.reqack(slice, bytes, rxmit, ready),
+            Message::Fec => {
+                self.fail(Error::new(ErrorCode::ProtocolError, FEC_REFUSED));
+                Ok(())
+            }
+            // Repeated hellos announce the sender to late receivers.
+            Message::Hello { .. } => Ok(()),
+            Message::ConnectReply { .. } | Message::Other(_) => Err(DropReason::BadKind),
+        });
+        if let Err(r) = outcome {
+            c.drop_packet(r);
+        }
+    }
+
+    fn counters(&self, i: usize) -> &WorkerCounters {
+        &self.counters[i]
+    }
+
+    fn fail(&self, err: Error) {
+        if self.failure.set(err.clone()).is_ok() {
+            log::error!("{err}");
+        }
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failure.get().is_some()
+    }
+}
+
+/// What to receive. `session` gives the name, interface, target, data path
+/// and timeouts. Its `group` is the data group to expect: with an
+/// unspecified address (`0.0.0.0`) the group the sender announces is taken,
+/// otherwise the sender must announce this one. Its port must be `portbase`.
+#[derive(Debug, Clone)]
+pub struct UdpcastRequest {
+    /// Everything the xdpcast protocol also needs.
+    pub session: SessionRequest,
+    /// udpcast port base: this receiver uses it, the sender `portbase + 1`.
+    pub portbase: u16,
+}
+
+/// The "take the announced group" placeholder for [`UdpcastRequest`].
+pub fn any_group(portbase: u16) -> Group {
+    Group(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), portbase))
+}
+
+/// The result of the handshake.
+#[derive(Debug, Clone, Copy)]
+struct Connected {
+    sender: SocketAddrV4,
+    client: u32,
+    block_size: u32,
+    data_addr: Ipv4Addr,
+}
+
+/// Broadcast address of IPv4 interface `iface` (None if it has none).
+fn broadcast_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs stores a list head in `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(Error::new(
+            ErrorCode::Network,
+            format!("getifaddrs: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    let v4 = |sa: *const libc::sockaddr| {
+        // SAFETY: callers pass a non-null AF_INET address of the live list,
+        // which is a sockaddr_in.
+        let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+    };
+    let mut found = None;
+    let mut p = list;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list, valid until freeifaddrs.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        // SAFETY: ifa_name is a NUL-terminated string of the live list;
+        // ifa_addr is only read when non-null.
+        let matches = unsafe {
+            !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                && CStr::from_ptr(ifa.ifa_name).to_bytes() == iface.as_bytes()
+        };
+        if matches {
+            // An address configured without one reports itself (or 0.0.0.0).
+            let own = v4(ifa.ifa_addr);
+            let flags = ifa.ifa_flags as libc::c_int;
+            let bcast = (flags & libc::IFF_BROADCAST != 0 && !ifa.ifa_ifu.is_null())
+                .then(|| v4(ifa.ifa_ifu))
+                .filter(|b| !b.is_unspecified() && *b != own);
+            found = Some(bcast);
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(list) };
+    found.ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            format!("{iface} has no IPv4 address: udpcast needs one to reach the sender"),
+        )
+    })
+}
+
+/// The control socket: bound to the receiver port on `iface` (which also
+/// picks the interface for what it sends), broadcast allowed, and deaf to multicast groups it has not joined itself (the data
+/// group belongs to the data path).
+fn control_socket(req: &UdpcastRequest, control: Ipv4Addr) -> Result<UdpSocket> {
+    let iface = &req.session.iface;
+    let err = |what: &str, e: std::io::Error| {
+        Error::new(
+            ErrorCode::Network,
+            format!("udpcast control socket: {what}: {e}"),
+        )
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| err("socket", e))?;
+    s.set_reuse_address(true)
+        .map_err(|e| err("SO_REUSEADDR", e))?;
+    s.set_broadcast(true).map_err(|e| err("SO_BROADCAST", e))?;
+    s.bind_device(Some(iface.as_bytes()))
+        .map_err(|e| err(&format!("bind to {iface}"), e))?;
+    s.set_multicast_all_v4(false)
+        .map_err(|e| err("IP_MULTICAST_ALL", e))?;
+    if control.is_multicast() {
+        let ifindex = net::iface_index(iface)?;
+        s.join_multicast_v4_n(&control, &socket2::InterfaceIndexOrAddress::Index(ifindex))
+            .map_err(|e| err(&format!("join {control}"), e))?;
+    }
+    s.set_read_timeout(Some(POLL))
+        .map_err(|e| err("SO_RCVTIMEO", e))?;
+    let at = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), req.portbase);
+    s.bind(&at.into())
+        .map_err(|e| err(&format!("bind port {}", req.portbase), e))?;
+    Ok(s.into())
+}
+
+/// One datagram from the control socket, or None after the poll timeout.
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> Result<Option<(usize, SocketAddr)>> {
+    match sock.recv_from(buf) {
+        Ok(r) => Ok(Some(r)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::new(
+            ErrorCode::Network,
+            format!("udpcast control socket: {e}"),
+        )),
+    }
+}
+
+fn cancelled() -> Error {
+    Error::new(ErrorCode::Cancelled, "cancelled")
+}
+
+/// Find the sender: connect requests to the control address (and to any
+/// sender whose hello we hear) until one answers with CMD_CONNECT_REPLY.
+fn connect(
+    sock: &UdpSocket,
+    req: &UdpcastRequest,
+    control: SocketAddr,
+    cancel: &AtomicBool,
+) -> Result<Connected> {
+    let sender_port = req.portbase.wrapping_add(1);
+    let request = connect_req(req.session.rcvbuf.min(u32::MAX as usize) as u32);
+    let send = |to: SocketAddr| {
+        sock.send_to(&request, to)
+            .map_err(|e| Error::new(ErrorCode::Network, format!("connect request to {to}: {e}")))
+    };
+    let start = Instant::now();
+    let mut last_request: Option<Instant> = None;
+    let mut buf = [0u8; 2048];
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        if start.elapsed() >= req.session.start_timeout {
+            return Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no udp-sender answered on port {sender_port} within {:?}",
+                    req.session.start_timeout
+                ),
+            ));
+        }
+        if last_request.is_none_or(|t| t.elapsed() >= CONNECT_RETRY) {
+            send(control)?;
+            last_request = Some(Instant::now());
+        }
+        let Some((n, SocketAddr::V4(from))) = recv(sock, &mut buf)? else {
+            continue;
+        };
+        if from.port() != sender_port {
+            continue;
+        }
+        match parse(&buf[..n]) {
+            Ok(Message::Hello { caps }) if caps & CAP_ASYNC != 0 => {
+                return Err(Error::new(
+                    ErrorCode::ProtocolError,
+                    "the sender runs in asynchronous mode (udp-sender --async), which the xdpcast udpcast receiver does not implement",
+                ));
+            }
+            Ok(Message::Hello { .. }) => {
+                send(SocketAddr::V4(from))?;
+            }
+            Ok(Message::ConnectReply {
+                client,
+                block_size,
+                caps,
+                data_addr,
+            }) => {
+                if client == u32::MAX {
+                    return Err(Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("udp-sender at {from} refused this receiver (too many receivers, or point-to-point mode)"),
+                    ));
+                }
+                if caps & CAP_NEW_GEN == 0 || client >= MAX_CLIENTS {
+                    return Err(Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("udp-sender at {from} speaks an older udpcast protocol (capabilities {caps:#x})"),
+                    ));
+                }
+                if block_size == 0 || block_size as usize > 65_507 - DATA_HEADER {
+                    return Err(Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("udp-sender at {from} announced block size {block_size}"),
+                    ));
+                }
+                return Ok(Connected {
+                    sender: from,
+                    client,
+                    block_size,
+                    data_addr,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The data group the sender announced, checked against the request.
+fn data_group(req: &UdpcastRequest, c: &Connected) -> Result<Group> {
+    let announced = SocketAddr::new(c.data_addr.into(), req.portbase);
+    let wanted = req.session.group.0;
+    if !wanted.ip().is_unspecified() && wanted != announced {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("the sender announced data group {announced}, not {wanted}"),
+        ));
+    }
+    if !c.data_addr.is_multicast() {
+        return Err(Error::new(
+            ErrorCode::ProtocolError,
+            format!(
+                "the sender sends data to {}, not to a multicast group: use udp-sender --mcast-data-address",
+                c.data_addr
+            ),
+        ));
+    }
+    Ok(Group(announced))
+}
+
+fn open_target(path: &Path) -> Result<(File, bool)> {
+    let io =
+        |e: std::io::Error| Error::target_io(&format!("cannot open target {}", path.display()), &e);
+    let block_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(!block_device)
+        .truncate(false)
+        .open(path)
+        .map_err(io)?;
+    Ok((file, block_device))
+}
+
+/// The control thread's view of a running transfer.
+struct Run {
+    path: DataPath<Stream>,
+    /// Counter slot of the control socket (point-to-point data).
+    control_slot: usize,
+    start: Instant,
+    first_data: Option<Instant>,
+    last: (Instant, u64),
+}
+
+impl Run {
+    fn snapshot(&mut self, base: &Snapshot) -> Snapshot {
+        let t = &self.path.sink;
+        let mut s = base.clone();
+        s.workers = self
+            .path
+            .slots
+            .iter()
+            .zip(t.counters.iter())
+            .map(|(&(queue, cpu), c)| c.snapshot(u64::from(queue), cpu))
+            .collect();
+        let all: Vec<WorkerStatus> = t.counters.iter().map(|c| c.snapshot(0, None)).collect();
+        for c in t.counters.iter() {
+            for (total, d) in s.drops.iter_mut().zip(c.drops.iter()) {
+                *total += d.load(Ordering::Relaxed);
+            }
+        }
+        s.packets = all.iter().map(|w| w.packets).sum::<u64>() - s.total_drops();
+        s.blocks_done = all.iter().map(|w| w.blocks).sum();
+        s.bytes_done = all.iter().map(|w| w.bytes).sum();
+        s.block_size = t.block_size;
+        s.session_id = u64::from(t.client);
+        let now = Instant::now();
+        if s.bytes_done > 0 {
+            let first = *self.first_data.get_or_insert(now);
+            s.avg_rate_bps =
+                (s.bytes_done as f64 / now.duration_since(first).as_secs_f64().max(1e-3)) as u64;
+        }
+        let dt = now.duration_since(self.last.0).as_secs_f64();
+        if dt > 0.0 {
+            s.rate_bps = (s.bytes_done.saturating_sub(self.last.1) as f64 / dt) as u64;
+        }
+        self.last = (now, s.bytes_done);
+        s
+    }
+
+    /// Receive until the transfer is complete (its length) or fails.
+    fn watch(
+        &mut self,
+        sock: &UdpSocket,
+        req: &UdpcastRequest,
+        base: &mut Snapshot,
+        cancel: &AtomicBool,
+        publish: &mut dyn FnMut(&Snapshot),
+    ) -> Result<u64> {
+        let sender = self.path.sink.sender;
+        let mut buf = vec![0u8; 65_536];
+        let mut last_publish = Instant::now();
+        let mut last_packets = 0;
+        let mut last_activity = Instant::now();
+        let mut unicast_data = false;
+        loop {
+            if let Some((n, from)) = recv(sock, &mut buf)? {
+                // Point-to-point mode: the sender sends data and REQACKs to
+                // our unicast address, which the kernel delivers here.
+                if from == sender {
+                    if !unicast_data {
+                        unicast_data = true;
+                        log::warn!("{POINT_TO_POINT}");
+                        base.message = POINT_TO_POINT.into();
+                    }
+                    let c = self.path.sink.counters(self.control_slot);
+                    c.batch(1);
+                    self.path.sink.ingest(&buf[..n], c);
+                }
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            if let Some(e) = self.path.sink.failure() {
+                return Err(e);
+            }
+            if let Some(len) = self.path.sink.complete_len() {
+                return Ok(len);
+            }
+            if last_publish.elapsed() < PUBLISH {
+                continue;
+            }
+            last_publish = Instant::now();
+            let s = self.snapshot(base);
+            publish(&s);
+            let seen = s.packets + s.total_drops();
+            if seen != last_packets {
+                last_packets = seen;
+                last_activity = Instant::now();
+            }
+            if seen == 0 && self.start.elapsed() >= req.session.start_timeout {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "connected, but no data from the sender within {:?}",
+                        req.session.start_timeout
+                    ),
+                ));
+            }
+            if seen > 0 && last_activity.elapsed() >= req.session.idle_timeout {
+                return Err(Error::new(
+                    ErrorCode::SenderGone,
+                    format!(
+                        "no packet from the sender for {:?}",
+                        req.session.idle_timeout
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Cut a regular file to the image, flush, and hash what was received.
+fn finish_target(file: &File, block_device: bool, len: u64) -> Result<[u8; 32]> {
+    let io = |what: &str, e: std::io::Error| Error::target_io(what, &e);
+    if !block_device {
+        file.set_len(len).map_err(|e| io("cannot size target", e))?;
+    }
+    file.sync_all().map_err(|e| io("cannot sync target", e))?;
+    let mut f = file
+        .try_clone()
+        .map_err(|e| io("cannot reopen target", e))?;
+    std::io::Seek::rewind(&mut f).map_err(|e| io("cannot reread target", e))?;
+    sha256_prefix(&mut f, len).map_err(|e| io("cannot read target", e))
+}
+
+/// Receive one udpcast transfer, publishing progress on the status page
+/// (and to `on_progress`) until SUCCESS or FAILURE. Returns the final
+/// snapshot; the page stays in place (remove it with [`StatusWriter::remove`]
+/// or `xdpcast close`). Fails only if the page cannot be created.
+pub fn receive(
+    req: &UdpcastRequest,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(&Snapshot),
+) -> Result<Snapshot> {
+    let writer = StatusWriter::create(&page_path(&req.session.name)?)?;
+    let mut base = Snapshot {
+        state: State::InProgress,
+        name: req.session.name.clone(),
+        group: req.session.group.to_string(),
+        target: req.session.target.display().to_string(),
+        message: format!(
+            "udpcast: looking for udp-sender on port {}",
+            req.portbase.wrapping_add(1)
+        ),
+        start_ns: now_ns(),
+        ..Snapshot::default()
+    };
+    writer.publish(&base);
+    on_progress(&base);
+    let mut last = base.clone();
+    let outcome = run(req, cancel, &mut base, &mut |s: &Snapshot| {
+        writer.publish(s);
+        on_progress(s);
+        last = s.clone();
+    });
+    let mut s = last;
+    s.end_ns = now_ns();
+    s.rate_bps = 0;
+    match outcome {
+        Ok((len, digest)) => {
+            s.state = State::Success;
+            s.flags |= FLAG_GEOMETRY | FLAG_DIGEST;
+            s.total_bytes = len;
+            s.block_count = s.blocks_done;
+            s.digest = digest;
+            s.message = format!(
+                "udpcast transfer complete: {len} bytes, SHA-256 {} (udpcast sends no checksum)",
+                hex(&digest)
+            );
+        }
+        Err(e) => {
+            s.state = State::Failure;
+            s.error = e.code;
+            s.message = e.message;
+        }
+    }
+    writer.publish(&s);
+    on_progress(&s);
+    Ok(s)
+}
+
+/// The whole transfer: handshake, data path, completion, target check.
+fn run(
+    req: &UdpcastRequest,
+    cancel: &AtomicBool,
+    base: &mut Snapshot,
+    publish: &mut dyn FnMut(&Snapshot),
+) -> Result<(u64, [u8; 32])> {
+    if req.session.target.as_os_str().is_empty() {
+        return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
+    }
+    let port = req.session.group.0.port();
+    if port != req.portbase {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "udpcast data arrives on the port base {}, not on port {port}",
+                req.portbase
+            ),
+        ));
+    }
+    let control_ip = broadcast_addr(&req.session.iface)?.unwrap_or(ALL_HOSTS);
+    let sock = control_socket(req, control_ip)?;
+    let control = SocketAddr::new(control_ip.into(), req.portbase.wrapping_add(1));
+    let connected = connect(&sock, req, control, cancel)?;
+    let group = data_group(req, &connected)?;
+    base.group = group.to_string();
+    base.message = format!(
+        "udpcast client #{} of udp-sender {}",
+        connected.client, connected.sender
+    );
+    publish(base);
+    let (file, block_device) = open_target(&req.session.target)?;
+    let mut data_req = req.session.clone();
+    data_req.group = group;
+    let outcome = datapath::open(&data_req).and_then(|opened| {
+        base.mode = opened.mode;
+        if !opened.note.is_empty() {
+            base.message = format!("{}; {}", base.message, opened.note);
+        }
+        let replies = sock
+            .try_clone()
+            .map_err(|e| Error::new(ErrorCode::Network, format!("control socket: {e}")))?;
+        let slots = opened.sources.len();
+        let stream = Arc::new(Stream::new(
+            file.try_clone()
+                .map_err(|e| Error::target_io("cannot reopen target", &e))?,
+            &connected,
+            replies,
+            slots + 1,
+        ));
+        let path = DataPath::start(opened, stream, req.session.cores.as_deref())?;
+        let mut r = Run {
+            path,
+            control_slot: slots,
+            start: Instant::now(),
+            first_data: None,
+            last: (Instant::now(), 0),
+        };
+        let watched = r.watch(&sock, req, base, cancel, publish);
+        let stopped = r.path.shut_down();
+        publish(&r.snapshot(base));
+        match stopped {
+            Some(e) if watched.is_ok() => Err(e),
+            _ => watched,
+        }
+    });
+    // Leave the sender's participant list either way, so it never waits for
+    // this receiver again.
+    if let Err(e) = sock.send_to(&disconnect(), connected.sender) {
+        log::warn!("disconnecting from {}: {e}", connected.sender);
+    }
+    let len = outcome?;
+    let digest = finish_target(&file, block_device, len)?;
+    Ok((len, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datagrams as udp-sender 20120424 sent them (tcpdump between two
+    /// namespaces), headers only.
+    const HELLO: [u8; 28] = [
+        0x05, 0, 0, 0, 0, 0, 0, 0x09, 239, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x05, 0xb0,
+        0, 0,
+    ];
+    const CONNECT_REPLY: [u8; 32] = [
+        0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0x05, 0xb0, 0, 0, 0, 0x09, 239, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0,
+    ];
+    const DATA: [u8; 16] = [0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0x7d, 0];
+    const REQACK: [u8; 16] = [0, 6, 0, 0, 0, 0, 0, 0x12, 0, 0, 0xfa, 0x40, 0, 0, 0, 1];
+
+    #[test]
+    fn parses_what_udp_sender_sends() {
+        assert_eq!(parse(&HELLO), Ok(Message::Hello { caps: 9 }));
+        assert_eq!(
+            parse(&CONNECT_REPLY),
+            Ok(Message::ConnectReply {
+                client: 0,
+                block_size: 1456,
+                caps: 9,
+                data_addr: Ipv4Addr::new(239, 9, 9, 9),
+            })
+        );
+        let mut data = DATA.to_vec();
+        data.extend_from_slice(&[7; 1456]);
+        assert_eq!(
+            parse(&data),
+            Ok(Message::Data {
+                slice: 0,
+                block: 1,
+                bytes: 163_072,
+                payload: &[7; 1456],
+            })
+        );
+        let mut reqack = REQACK.to_vec();
+        reqack.extend_from_slice(&[0; 128]);
+        assert_eq!(
+            parse(&reqack),
+            Ok(Message::ReqAck {
+                slice: 0x12,
+                bytes: 64_064,
+                rxmit: 1,
+                ready: &[0; 128],
+            })
+        );
+        assert_eq!(parse(&[0, 9, 0, 4]), Ok(Message::Fec));
+        assert_eq!(parse(&[0, 2, 0, 0]), Ok(Message::Other(2)));
+        assert_eq!(parse(&DATA[..15]), Err(DropReason::Truncated));
+        assert_eq!(parse(&[0]), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn encodes_what_udp_receiver_sends() {
+        assert_eq!(
+            connect_req(212_992),
+            [0, 3, 0, 0, 0, 0, 0, 9, 0, 3, 0x40, 0]
+        );
+        assert_eq!(ok(0x11), [0, 0, 0, 0, 0, 0, 0, 0x11]);
+        assert_eq!(disconnect(), [0, 4, 0, 0]);
+        let mut got = [0u8; MAP_BYTES];
+        got[0] = 0b0000_0101;
+        let r = retransmit(2, 3, &got);
+        assert_eq!(r.len(), 140);
+        assert_eq!(&r[..13], &[0, 1, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3, 5]);
+        assert!(bit(&got, 0) && !bit(&got, 1) && bit(&got, 2) && !bit(&got, 4000));
+    }
+
+    /// A stream into a scratch file whose replies go to a local socket
+    /// standing in for the sender, with block size 4.
+    fn stream(name: &str) -> (Stream, UdpSocket, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("xdpcast-udpcast-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let (file, _) = open_target(&path).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let SocketAddr::V4(at) = sender.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let connected = Connected {
+            sender: at,
+            client: 3,
+            block_size: 4,
+            data_addr: Ipv4Addr::new(239, 1, 1, 1),
+        };
+        let replies = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (Stream::new(file, &connected, replies, 1), sender, path)
+    }
+
+    fn data(slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
+        let mut d = vec![0u8; DATA_HEADER];
+        d[..2].copy_from_slice(&op::DATA.to_be_bytes());
+        d[4..8].copy_from_slice(&slice.to_be_bytes());
+        d[8..10].copy_from_slice(&block.to_be_bytes());
+        d[12..16].copy_from_slice(&bytes.to_be_bytes());
+        d.extend_from_slice(payload);
+        d
+    }
+
+    fn reqack(slice: u32, bytes: u32, ready: &[u8]) -> Vec<u8> {
+        let mut d = vec![0u8; DATA_HEADER];
+        d[..2].copy_from_slice(&op::REQACK.to_be_bytes());
+        d[4..8].copy_from_slice(&slice.to_be_bytes());
+        d[8..12].copy_from_slice(&bytes.to_be_bytes());
+        d[12..16].copy_from_slice(&7u32.to_be_bytes());
+        d.extend_from_slice(ready);
+        d
+    }
+
+    fn reply(sender: &UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 512];
+        let n = sender.recv(&mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn slices_land_one_after_another_and_reqacks_are_answered() {
+        let (s, sender, path) = stream("slices");
+        let c = s.counters(0);
+        let drops = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
+        // Slice 1 (8 bytes) before slice 0's size is known: cannot be placed.
+        s.ingest(&data(1, 0, 8, b"IJKL"), c);
+        assert_eq!(drops(DropReason::Inconsistent), 1);
+        // Slice 0: 10 bytes in blocks of 4, 4 and a short 2.
+        s.ingest(&data(0, 2, 10, b"EF"), c);
+        s.ingest(&data(0, 0, 10, b"ABCD"), c);
+        s.ingest(&data(0, 0, 10, b"xxxx"), c);
+        assert_eq!(drops(DropReason::Duplicate), 1);
+        s.ingest(&data(0, 3, 10, b"xxxx"), c);
+        assert_eq!(drops(DropReason::OutOfRange), 1);
+        s.ingest(&data(0, 1, 12, b"xxxx"), c);
+        assert_eq!(drops(DropReason::Inconsistent), 2);
+        // REQACK for slice 0: block 1 missing, blocks 0 and 2 received.
+        s.ingest(&reqack(0, 10, &[0; 128]), c);
+        let r = reply(&sender);
+        assert_eq!(&r[..13], &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0b101]);
+        // Already answered OK by this client (bit 3): no reply.
+        s.ingest(&reqack(0, 10, &[0b1000]), c);
+        s.ingest(&data(0, 1, 10, b"0123"), c);
+        s.ingest(&reqack(0, 10, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(0));
+        s.ingest(&data(1, 1, 8, b"MNOP"), c);
+        s.ingest(&data(1, 0, 8, b"IJKL"), c);
+        assert_eq!(s.complete_len(), None, "no end marker yet");
+        // The empty slice 2 ends the transfer; a late REQACK for slice 1 is OK.
+        s.ingest(&reqack(2, 0, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(2));
+        s.ingest(&reqack(1, 8, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(1));
+        assert_eq!(s.complete_len(), Some(18));
+        let digest = finish_target(&s.file, false, 18).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ABCD0123EFIJKLMNOP");
+        let want: [u8; 32] = sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(b"ABCD0123EFIJKLMNOP"),
+        )
+        .into();
+        assert_eq!(digest, want);
+        assert!(!s.has_failed());
+    }
+
+    #[test]
+    fn fec_and_being_dropped_by_the_sender_fail_the_transfer() {
+        let (s, _sender, _) = stream("fec");
+        s.ingest(&[0, 9, 0, 4, 0, 0, 0, 0], s.counters(0));
+        let e = s.failure().unwrap();
+        assert_eq!(e.code, ErrorCode::ProtocolError);
+        assert!(e.message.contains("--fec"));
+        let (s, _sender, _) = stream("dropped");
+        s.ingest(&data(0, 0, 8, b"ABCD"), s.counters(0));
+        s.ingest(&data(MAX_AHEAD, 0, 8, b"ABCD"), s.counters(0));
+        assert_eq!(s.failure().unwrap().code, ErrorCode::SenderGone);
+    }
+}

@@ -1,0 +1,180 @@
+//! `xdpcast receive --protocol udpcast` against Debian's real udpcast
+//! package (`udp-sender`, `udp-receiver`, installed by setup.sh): the data
+//! goes through XDP steering and AF_XDP, the image arrives intact, and a
+//! udpcast receiver in the same session finishes too.
+//!
+//! These tests need root. They run in CI; they are skipped only when
+//! `XDPCAST_SKIP_NETNS=1` says the machine cannot run them.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Output};
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::{PathMode, State, FLAG_DIGEST};
+use xdpcast::ErrorCode;
+
+const MIB: usize = 1 << 20;
+const PORTBASE: &str = "9000";
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// Debian's udpcast binaries; panics (CI must have them) unless skipping.
+fn udpcast_installed() -> bool {
+    if !netns_allowed() {
+        return false;
+    }
+    for bin in ["/usr/bin/udp-sender", "/usr/bin/udp-receiver"] {
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: install Debian's udpcast package (./setup.sh)"
+        );
+    }
+    true
+}
+
+/// The real udp-sender in `ns`, multicasting `file` to `group` and waiting
+/// for `receivers` receivers. `--nopointopoint`: with a single receiver it
+/// would otherwise send the data by unicast.
+fn udp_sender(ns: &Netns, iface: &str, file: &Path, group: &str, receivers: u32) -> Child {
+    let mut c = ns.cmd("udp-sender");
+    c.args(["--interface", iface, "--file", file.to_str().unwrap()])
+        .args(["--portbase", PORTBASE, "--mcast-data-address", group])
+        .args(["--min-receivers", &receivers.to_string()])
+        .args(["--nokbd", "--nopointopoint"]);
+    spawn(c)
+}
+
+/// `xdpcast receive --protocol udpcast --mode xdp` in `ns`, expecting data
+/// group `group`, with a kept status page.
+fn xdpcast_udpcast(ns: &Netns, iface: &str, status: &Path, out: &Path, group: &str) -> Child {
+    let args = [
+        "--protocol",
+        "udpcast",
+        "--portbase",
+        PORTBASE,
+        "--mode",
+        "xdp",
+        "--iface",
+        iface,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    start_receiver(
+        xdpcast(ns),
+        status,
+        "udpc",
+        &format!("{group}:{PORTBASE}"),
+        &args,
+    )
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The xdpcast receiver's page after a successful transfer of `src` over
+/// XDP in native mode, every datagram through AF_XDP.
+fn assert_page(status: &Path, src: &Path) {
+    let s = read_page(status, "udpc");
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    assert_eq!(s.mode, PathMode::XdpNative);
+    let len = std::fs::metadata(src).unwrap().len();
+    assert_eq!(s.total_bytes, len);
+    assert_eq!(s.bytes_done, len);
+    assert_ne!(s.flags & FLAG_DIGEST, 0);
+    assert_eq!(xdpcast::session::hex(&s.digest), sha256_hex(src));
+    assert!(!s.workers.is_empty());
+    let via_xdp: u64 = s.workers.iter().map(|w| w.blocks).sum();
+    assert_eq!(
+        via_xdp, s.blocks_done,
+        "every block came through AF_XDP: {:?}",
+        s.workers
+    );
+    assert!(s.workers.iter().map(|w| w.packets).sum::<u64>() >= s.blocks_done);
+}
+
+#[test]
+fn udp_sender_to_xdpcast_over_af_xdp() {
+    if !udpcast_installed() {
+        return;
+    }
+    // VethPair configures no broadcast address: udp-sender and xdpcast
+    // then meet on 224.0.0.1, as udpcast does.
+    let net = VethPair::new(1, 1500);
+    let dir = TempDir::new("xdpc-udpc");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    // Not a multiple of udpcast's block size: the last block is short.
+    make_image(&src, 64 * MIB + 1000, 21);
+    let group = "239.77.0.1";
+    let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, &dst, group);
+    let tx = udp_sender(&net.a, &net.if_a, &src, group, 1);
+    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    assert_page(&dir.0, &src);
+    assert!(
+        !net.xdp_attached_b(),
+        "no XDP program may remain after the receiver exits"
+    );
+}
+
+/// udp-receiver finds the sender through the interface's broadcast
+/// address, which `Lan` does not configure.
+fn with_broadcast(h: &Host) {
+    let addr = format!("{}/24", h.addr);
+    h.ns.ip(&["addr", "del", &addr, "dev", &h.iface]);
+    h.ns.ip(&["addr", "add", &addr, "brd", "+", "dev", &h.iface]);
+    h.ns.ip(&["route", "replace", "224.0.0.0/4", "dev", &h.iface]);
+}
+
+#[test]
+fn xdpcast_and_udp_receiver_finish_the_same_session() {
+    if !udpcast_installed() {
+        return;
+    }
+    // The sender, the xdpcast receiver and a udpcast receiver on one segment.
+    let lan = Lan::new(3);
+    for h in &lan.hosts {
+        with_broadcast(h);
+    }
+    let [a, b, c] = &lan.hosts[..] else {
+        unreachable!()
+    };
+    let dir = TempDir::new("xdpc-udpc2");
+    let (src, dst, dst2) = (
+        dir.join("src.img"),
+        dir.join("dst.img"),
+        dir.join("dst2.img"),
+    );
+    make_image(&src, 64 * MIB, 22);
+    let group = "239.77.0.2";
+    let rx = xdpcast_udpcast(&b.ns, &b.iface, &dir.0, &dst, group);
+    let mut other = c.ns.cmd("udp-receiver");
+    other
+        .args(["--interface", &c.iface, "--file", dst2.to_str().unwrap()])
+        .args(["--portbase", PORTBASE, "--nokbd"]);
+    let other = spawn(other);
+    let tx = udp_sender(&a.ns, &a.iface, &src, group, 2);
+    let tx_out = wait_output(tx, LIMIT, "udp-sender");
+    assert_ok(&tx_out, "udp-sender");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&tx_out.stdout),
+        String::from_utf8_lossy(&tx_out.stderr)
+    );
+    assert!(said.contains("Transfer complete"), "{said}");
+    assert_ok(&wait_output(other, LIMIT, "udp-receiver"), "udp-receiver");
+    assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
+    let want = sha256_hex(&src);
+    assert_eq!(sha256_hex(&dst), want, "xdpcast's copy");
+    assert_eq!(sha256_hex(&dst2), want, "udp-receiver's copy");
+    assert_page(&dir.0, &src);
+}
