@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Read xdpcast status pages (layout version 1) with the standard library only.
+
+    status_reader.py [NAME ...]          # default: every session
+    status_reader.py --path FILE
+
+Prints one JSON object per page, one per line, with the same keys as
+`xdpcast status --json`. The page is mapped read-only and copied under the
+writer's sequence lock (docs/status-page.md): read `seq`; if odd, retry;
+copy the page; if `seq` changed, retry. The writer is never blocked.
+
+CPython has no memory fences; the copy of the page and the two reads of
+`seq` are separate C calls, which is enough on x86-64 (loads are ordered)
+and in practice elsewhere; the C header has the strict version.
+"""
+
+import json
+import mmap
+import os
+import struct
+import sys
+import time
+
+MAGIC = int.from_bytes(b"XDPCSTAT", "little")
+LAYOUT_VERSION = 1
+PAGE_SIZE = 4096
+WORDS = PAGE_SIZE // 8
+PREFIX = "xdpcast."
+
+# Word indices (byte offset = 8 * index).
+W = dict(
+    magic=0, version=1, page_size=2, seq=3, writer_pid=4, heartbeat_ns=5,
+    state=6, error_code=7, mode=8, session_id=9, block_size=10,
+    block_count=11, total_bytes=12, blocks_done=13, bytes_done=14,
+    packets=15, start_ns=16, end_ns=17, rate_bps=18, avg_rate_bps=19,
+    passes_seen=20, first_pass_missing=21, worker_count=22, flags=23,
+    digest=24, drops=32, name=48, group=56, target=64, message=96,
+    workers=128,
+)
+WORKER_WORDS = 8
+MAX_WORKERS = 32
+FLAG_DIGEST = 2
+
+STATES = ["INITIALIZED", "IN_PROGRESS", "SUCCESS", "FAILURE"]
+MODES = ["unknown", "socket", "xdp-native", "xdp-generic"]
+ERRORS = [
+    "none", "cancelled", "timeout", "target_io", "target_too_small",
+    "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
+    "incomplete", "steering_failed", "network", "invalid_argument",
+    "internal", "closed",
+]
+DROPS = [
+    "truncated", "bad_magic", "bad_version", "bad_kind", "foreign_session",
+    "length_mismatch", "oversize", "out_of_range", "inconsistent", "not_udp",
+    "duplicate", "bad_control",
+]
+WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
+                 "batches", "ring_drops"]
+U64_MAX = 2**64 - 1
+SEQ_OFF = 8 * W["seq"]
+
+
+class NotAPage(Exception):
+    pass
+
+
+def read_words(mm, timeout=0.5):
+    """A consistent copy of the page as 512 ints (seqlock reader)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (s1,) = struct.unpack_from("<Q", mm, SEQ_OFF)
+        raw = mm[:PAGE_SIZE]
+        (s2,) = struct.unpack_from("<Q", mm, SEQ_OFF)
+        if s1 % 2 == 0 and s1 == s2:
+            return struct.unpack("<%dQ" % WORDS, raw)
+        if time.monotonic() > deadline:
+            words = struct.unpack("<%dQ" % WORDS, raw)
+            if not os.path.exists("/proc/%d" % words[W["writer_pid"]]):
+                return words  # the writer died mid-update: stale page
+            raise TimeoutError("writer pid %d is stuck mid-update"
+                               % words[W["writer_pid"]])
+
+
+def text(words, first, nbytes):
+    b = struct.pack("<%dQ" % (nbytes // 8), *words[first:first + nbytes // 8])
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode(w):
+    if w[W["magic"]] != MAGIC:
+        raise NotAPage("not a status page: bad magic")
+    if w[W["version"]] != LAYOUT_VERSION:
+        raise NotAPage("not a status page: layout version %d" % w[W["version"]])
+    digest = struct.pack("<4Q", *w[W["digest"]:W["digest"] + 4]).hex()
+    nworkers = min(w[W["worker_count"]], MAX_WORKERS)
+    workers = []
+    for i in range(nworkers):
+        base = W["workers"] + i * WORKER_WORDS
+        wk = dict(zip(WORKER_FIELDS, w[base:base + WORKER_WORDS]))
+        if wk["cpu"] == U64_MAX:
+            wk["cpu"] = None
+        workers.append(wk)
+    err = w[W["error_code"]]
+    mode = w[W["mode"]]
+    keys = ["session_id", "writer_pid", "heartbeat_ns", "block_size",
+            "block_count", "total_bytes", "blocks_done", "bytes_done",
+            "packets", "start_ns", "end_ns", "rate_bps", "avg_rate_bps",
+            "passes_seen", "first_pass_missing"]
+    out = {
+        "name": text(w, W["name"], 64),
+        "group": text(w, W["group"], 64),
+        "target": text(w, W["target"], 256),
+        "state": STATES[w[W["state"]]],
+        "error_code": err,
+        "error": ERRORS[err] if err < len(ERRORS) else "internal",
+        "mode": MODES[mode] if mode < len(MODES) else "unknown",
+    }
+    out.update((k, w[W[k]]) for k in keys)
+    out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None
+    out["message"] = text(w, W["message"], 256)
+    out["drops"] = {n: w[W["drops"] + i] for i, n in enumerate(DROPS)}
+    out["workers"] = workers
+    return out
+
+
+def read_page(path):
+    with open(path, "rb") as f:
+        with mmap.mmap(f.fileno(), PAGE_SIZE, prot=mmap.PROT_READ) as mm:
+            return decode(read_words(mm))
+
+
+def main(argv):
+    directory = os.environ.get("XDPCAST_STATUS_DIR", "/dev/shm")
+    if argv[:1] == ["--path"]:
+        paths = argv[1:]
+    elif argv:
+        paths = [os.path.join(directory, PREFIX + n) for n in argv]
+    else:
+        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                       if f.startswith(PREFIX))
+    status = 0
+    for p in paths:
+        try:
+            print(json.dumps(read_page(p), separators=(",", ":")))
+        except (OSError, ValueError, NotAPage, TimeoutError) as e:
+            print("%s: %s" % (p, e), file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,208 @@
+/*
+ * xdpcast_status.h - the xdpcast status page, layout version 1.
+ *
+ * A receiver publishes each session in a 4096-byte file
+ * $XDPCAST_STATUS_DIR/xdpcast.<name> (default /dev/shm/xdpcast.<name>),
+ * mode 0644. The page is 512 little-endian uint64_t words; XDPCAST_W_* are
+ * word indices (byte offset = 8 * index). docs/status-page.md describes
+ * every field. Map the file read-only and copy it with
+ * xdpcast_status_read(), which follows the writer's sequence lock and never
+ * blocks it.
+ *
+ * Only the header's own types and <stdint.h> are needed; no library.
+ */
+#ifndef XDPCAST_STATUS_H
+#define XDPCAST_STATUS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* "XDPCSTAT" read as a little-endian uint64_t. */
+#define XDPCAST_STATUS_MAGIC 0x5441545343504458ULL
+#define XDPCAST_STATUS_LAYOUT_VERSION 1u
+#define XDPCAST_STATUS_PAGE_SIZE 4096u
+#define XDPCAST_STATUS_WORDS 512u
+#define XDPCAST_STATUS_FILE_PREFIX "xdpcast."
+#define XDPCAST_STATUS_DEFAULT_DIR "/dev/shm"
+
+/* Word indices. */
+#define XDPCAST_W_MAGIC 0
+#define XDPCAST_W_VERSION 1
+#define XDPCAST_W_PAGE_SIZE 2
+#define XDPCAST_W_SEQ 3
+#define XDPCAST_W_WRITER_PID 4
+#define XDPCAST_W_HEARTBEAT_NS 5
+#define XDPCAST_W_STATE 6
+#define XDPCAST_W_ERROR_CODE 7
+#define XDPCAST_W_MODE 8
+#define XDPCAST_W_SESSION_ID 9
+#define XDPCAST_W_BLOCK_SIZE 10
+#define XDPCAST_W_BLOCK_COUNT 11
+#define XDPCAST_W_TOTAL_BYTES 12
+#define XDPCAST_W_BLOCKS_DONE 13
+#define XDPCAST_W_BYTES_DONE 14
+#define XDPCAST_W_PACKETS 15
+#define XDPCAST_W_START_NS 16
+#define XDPCAST_W_END_NS 17
+#define XDPCAST_W_RATE_BPS 18
+#define XDPCAST_W_AVG_RATE_BPS 19
+#define XDPCAST_W_PASSES_SEEN 20
+#define XDPCAST_W_FIRST_PASS_MISSING 21
+#define XDPCAST_W_WORKER_COUNT 22
+#define XDPCAST_W_FLAGS 23
+#define XDPCAST_W_DIGEST 24   /* 4 words: 32 bytes of SHA-256 */
+#define XDPCAST_W_DROPS 32    /* 16 words, indexed by XDPCAST_DROP_* */
+#define XDPCAST_W_NAME 48     /* 8 words: NUL-padded text, 64 bytes */
+#define XDPCAST_W_GROUP 56    /* 8 words: NUL-padded text, 64 bytes */
+#define XDPCAST_W_TARGET 64   /* 32 words: NUL-padded text, 256 bytes */
+#define XDPCAST_W_MESSAGE 96  /* 32 words: NUL-padded text, 256 bytes */
+#define XDPCAST_W_WORKERS 128 /* 32 slots of XDPCAST_WORKER_WORDS words */
+#define XDPCAST_WORKER_WORDS 8
+#define XDPCAST_MAX_WORKERS 32
+#define XDPCAST_DROP_SLOTS 16
+#define XDPCAST_NAME_LEN 64
+#define XDPCAST_TEXT_LEN 256
+
+/* Word index i as a byte offset. */
+#define XDPCAST_BYTE_OFFSET(i) ((i) * 8u)
+
+/* Words of one worker slot, relative to its first word. */
+#define XDPCAST_WK_QUEUE 0
+#define XDPCAST_WK_CPU 1 /* UINT64_MAX: not pinned */
+#define XDPCAST_WK_PACKETS 2
+#define XDPCAST_WK_BYTES 3
+#define XDPCAST_WK_BLOCKS 4
+#define XDPCAST_WK_DROPS 5
+#define XDPCAST_WK_BATCHES 6
+#define XDPCAST_WK_RING_DROPS 7
+
+/* XDPCAST_W_FLAGS bits. */
+#define XDPCAST_FLAG_GEOMETRY 1ULL
+#define XDPCAST_FLAG_DIGEST 2ULL
+
+/* XDPCAST_W_STATE values. */
+enum xdpcast_state {
+    XDPCAST_STATE_INITIALIZED = 0,
+    XDPCAST_STATE_IN_PROGRESS = 1,
+    XDPCAST_STATE_SUCCESS = 2,
+    XDPCAST_STATE_FAILURE = 3,
+};
+
+/* XDPCAST_W_MODE values. */
+enum xdpcast_path_mode {
+    XDPCAST_PATH_UNKNOWN = 0,
+    XDPCAST_PATH_SOCKET = 1,
+    XDPCAST_PATH_XDP_NATIVE = 2,
+    XDPCAST_PATH_XDP_GENERIC = 3,
+};
+
+/* Error codes: XDPCAST_W_ERROR_CODE, C ABI return values, and (plus 100)
+ * the exit status of `xdpcast receive`. Stable; new codes are appended. */
+enum xdpcast_error {
+    XDPCAST_OK = 0,
+    XDPCAST_ERR_CANCELLED = 1,
+    XDPCAST_ERR_TIMEOUT = 2,
+    XDPCAST_ERR_TARGET_IO = 3,
+    XDPCAST_ERR_TARGET_TOO_SMALL = 4,
+    XDPCAST_ERR_DISK_FULL = 5,
+    XDPCAST_ERR_DIGEST_MISMATCH = 6,
+    XDPCAST_ERR_SENDER_GONE = 7,
+    XDPCAST_ERR_PROTOCOL_ERROR = 8,
+    XDPCAST_ERR_INCOMPLETE = 9,
+    XDPCAST_ERR_STEERING_FAILED = 10,
+    XDPCAST_ERR_NETWORK = 11,
+    XDPCAST_ERR_INVALID_ARGUMENT = 12,
+    XDPCAST_ERR_INTERNAL = 13,
+    XDPCAST_ERR_CLOSED = 14,
+};
+
+/* Drop counters: XDPCAST_W_DROPS + reason. */
+enum xdpcast_drop_reason {
+    XDPCAST_DROP_TRUNCATED = 0,
+    XDPCAST_DROP_BAD_MAGIC = 1,
+    XDPCAST_DROP_BAD_VERSION = 2,
+    XDPCAST_DROP_BAD_KIND = 3,
+    XDPCAST_DROP_FOREIGN_SESSION = 4,
+    XDPCAST_DROP_LENGTH_MISMATCH = 5,
+    XDPCAST_DROP_OVERSIZE = 6,
+    XDPCAST_DROP_OUT_OF_RANGE = 7,
+    XDPCAST_DROP_INCONSISTENT = 8,
+    XDPCAST_DROP_NOT_UDP = 9,
+    XDPCAST_DROP_DUPLICATE = 10,
+    XDPCAST_DROP_BAD_CONTROL = 11,
+    XDPCAST_DROP_COUNT = 12,
+};
+
+/* Snake-case name of an error code, as in `xdpcast status --json`. */
+static inline const char *xdpcast_error_name(uint32_t code)
+{
+    static const char *const names[] = {
+        "none", "cancelled", "timeout", "target_io", "target_too_small",
+        "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
+        "incomplete", "steering_failed", "network", "invalid_argument",
+        "internal", "closed",
+    };
+    return code < sizeof names / sizeof names[0] ? names[code] : "unknown";
+}
+
+/* Upper-case name of a state. */
+static inline const char *xdpcast_state_name(uint64_t state)
+{
+    static const char *const names[] = {
+        "INITIALIZED", "IN_PROGRESS", "SUCCESS", "FAILURE",
+    };
+    return state < 4 ? names[state] : "UNKNOWN";
+}
+
+/* Results of xdpcast_status_read. */
+#define XDPCAST_READ_OK 0
+#define XDPCAST_READ_NOT_A_PAGE (-1) /* bad magic, version or size */
+#define XDPCAST_READ_BUSY (-2)       /* still mid-update after max_tries */
+
+/*
+ * Copy a consistent snapshot of the page at `page` (a read-only mapping of
+ * at least 4096 bytes) into `out`, following the sequence lock:
+ *
+ *   1. s1 = seq (acquire); if s1 is odd the writer is mid-update: retry;
+ *   2. copy all 512 words (relaxed atomic loads);
+ *   3. acquire fence; if seq != s1 the copy may be torn: retry.
+ *
+ * Gives up with XDPCAST_READ_BUSY after `max_tries` attempts (0 means
+ * 1000000, well over a second): a writer killed mid-update leaves seq odd
+ * for good; the caller should then check writer_pid (out holds the last,
+ * possibly torn, copy). The writer is never blocked.
+ */
+static inline int xdpcast_status_read(const volatile uint64_t *page,
+                                      uint64_t out[XDPCAST_STATUS_WORDS],
+                                      unsigned long max_tries)
+{
+    const uint64_t *p = (const uint64_t *)page;
+    unsigned long tries;
+    if (max_tries == 0)
+        max_tries = 1000000;
+    for (tries = 0; tries < max_tries; tries++) {
+        uint64_t s1 = __atomic_load_n(&p[XDPCAST_W_SEQ], __ATOMIC_ACQUIRE);
+        unsigned i;
+        for (i = 0; i < XDPCAST_STATUS_WORDS; i++)
+            out[i] = __atomic_load_n(&p[i], __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if ((s1 & 1) == 0 &&
+            __atomic_load_n(&p[XDPCAST_W_SEQ], __ATOMIC_RELAXED) == s1) {
+            if (out[XDPCAST_W_MAGIC] != XDPCAST_STATUS_MAGIC ||
+                out[XDPCAST_W_VERSION] != XDPCAST_STATUS_LAYOUT_VERSION ||
+                out[XDPCAST_W_PAGE_SIZE] != XDPCAST_STATUS_PAGE_SIZE)
+                return XDPCAST_READ_NOT_A_PAGE;
+            return XDPCAST_READ_OK;
+        }
+    }
+    return XDPCAST_READ_BUSY;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XDPCAST_STATUS_H */
