@@ -53,7 +53,7 @@ enum Attach {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Copy {
+enum XskCopy {
     Auto,
     Zerocopy,
     Copy,
@@ -123,8 +123,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Attach::Auto)]
         attach: Attach,
         /// AF_XDP copy mode.
-        #[arg(long = "xsk-copy", value_enum, default_value_t = Copy::Auto)]
-        xsk_copy: Copy,
+        #[arg(long = "xsk-copy", value_enum, default_value_t = XskCopy::Auto)]
+        xsk_copy: XskCopy,
         /// RX queues to serve, comma separated (default: all).
         #[arg(long, value_delimiter = ',')]
         queues: Option<Vec<u32>>,
@@ -449,9 +449,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 frame_count: frames,
                 ring_size,
                 copy_mode: match xsk_copy {
-                    Copy::Auto => CopyMode::Auto,
-                    Copy::Zerocopy => CopyMode::ZeroCopy,
-                    Copy::Copy => CopyMode::Copy,
+                    XskCopy::Auto => CopyMode::Auto,
+                    XskCopy::Zerocopy => CopyMode::ZeroCopy,
+                    XskCopy::Copy => CopyMode::Copy,
                 },
                 ..XskConfig::default()
             };

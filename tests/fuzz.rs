@@ -1,0 +1,104 @@
+//! Bounded property-based fuzzing of everything that parses bytes from the
+//! network: arbitrary and mutated datagrams and frames never panic, and
+//! whatever parses is internally consistent (so it can be written safely).
+
+use proptest::prelude::*;
+use xdpcast::frame::udp_payload;
+use xdpcast::wire::{self, Control, Geometry, Kind, Packet};
+
+fn valid_packets() -> Vec<Vec<u8>> {
+    let g = Geometry::new(100_000, 1400);
+    let ctl = Control {
+        flags: wire::FLAG_REPAIR,
+        repair_port: 9,
+        ..Control::new([3; 32], 0, 2)
+    };
+    vec![
+        wire::encode_data(7, &g, 3, &[1; 1400]),
+        wire::encode_data(7, &g, g.block_count - 1, &vec![2; g.block_len(g.block_count - 1)]),
+        wire::encode_control(Kind::Announce, 7, &g, &ctl),
+        wire::encode_control(Kind::End, 7, &g, &ctl),
+        wire::encode_nacks(7, &g, &[(0, 5), (60, 2)]).remove(0),
+        wire::encode_fec(7, &g, 1, 64, &[4; 1404]),
+    ]
+}
+
+/// Whatever `parse` accepts must be safe to act on.
+fn check(pkt: &[u8]) {
+    if let Ok(p) = wire::parse(pkt) {
+        let g = p.geometry();
+        assert!(g.block_count > 0 && g.block_count == g.total_size.div_ceil(u64::from(g.block_size)));
+        match p {
+            Packet::Data { index, payload, .. } => {
+                assert!(index < g.block_count);
+                assert_eq!(payload.len(), g.block_len(index));
+                assert!(g.offset(index) + payload.len() as u64 <= g.total_size);
+            }
+            Packet::Nack { ranges, .. } => {
+                for (first, count) in ranges.iter() {
+                    assert!(count > 0 && first + u64::from(count) <= g.block_count);
+                }
+            }
+            Packet::Fec { group, group_size, symbol, .. } => {
+                assert!(group * u64::from(group_size) < g.block_count);
+                assert_eq!(symbol.len(), 4 + g.block_size as usize);
+            }
+            Packet::Announce { control, .. } | Packet::End { control, .. } => {
+                assert!(control.passes > 0);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        check(&bytes);
+        let _ = udp_payload(&bytes);
+    }
+
+    #[test]
+    fn mutated_packets_never_panic(
+        which in 0usize..6,
+        flips in proptest::collection::vec((0usize..1500, any::<u8>()), 1..8),
+        cut in 0usize..1500,
+    ) {
+        let mut pkt = valid_packets()[which].clone();
+        let n = pkt.len();
+        for (at, v) in flips {
+            pkt[at % n] = v;
+        }
+        check(&pkt);
+        pkt.truncate(cut.min(pkt.len()));
+        check(&pkt);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(
+        flips in proptest::collection::vec((0usize..1500, any::<u8>()), 1..8),
+        cut in 0usize..1600,
+    ) {
+        let payload = &valid_packets()[0];
+        let mut f = vec![0u8; 14];
+        f[12] = 0x08;
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 1, 17, 0, 0, 10, 0, 0, 1, 239, 1, 1, 1];
+        let total = (20 + 8 + payload.len()) as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x13, 0x88, 0x13, 0x88]);
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        prop_assert_eq!(udp_payload(&f).ok(), Some(&payload[..]));
+        for (at, v) in flips {
+            let n = f.len();
+            f[at % n] = v;
+        }
+        f.truncate(cut.min(f.len()));
+        if let Ok(d) = udp_payload(&f) {
+            check(d);
+        }
+    }
+}
