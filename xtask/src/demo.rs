@@ -114,7 +114,7 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
             "--iface",
             &net.if_a,
         ])
-        .args(["--rate", "1.5G", "--passes", "3", "--streams", "4"])
+        .args(["--rate", "1.5G", "--streams", "4"])
         .spawn()?;
     loop {
         let s = reader.read()?;
