@@ -34,7 +34,8 @@ W = dict(
     block_count=11, total_bytes=12, blocks_done=13, bytes_done=14,
     packets=15, start_ns=16, end_ns=17, rate_bps=18, avg_rate_bps=19,
     passes_seen=20, first_pass_missing=21, worker_count=22, flags=23,
-    digest=24, drops=32, name=48, group=56, target=64, message=96,
+    digest=24, fec_recovered=28, nacks_sent=29,
+    resumed_blocks=30, drops=32, name=48, group=56, target=64, message=96,
     workers=128,
 )
 WORKER_WORDS = 8
@@ -105,7 +106,8 @@ def decode(w):
     keys = ["session_id", "writer_pid", "heartbeat_ns", "block_size",
             "block_count", "total_bytes", "blocks_done", "bytes_done",
             "packets", "start_ns", "end_ns", "rate_bps", "avg_rate_bps",
-            "passes_seen", "first_pass_missing"]
+            "passes_seen", "first_pass_missing", "fec_recovered", "nacks_sent",
+            "resumed_blocks"]
     out = {
         "name": text(w, W["name"], 64),
         "group": text(w, W["group"], 64),

@@ -54,6 +54,10 @@ extern "C" {
 #define XDPCAST_W_WORKER_COUNT 22
 #define XDPCAST_W_FLAGS 23
 #define XDPCAST_W_DIGEST 24   /* 4 words: 32 bytes of SHA-256 */
+#define XDPCAST_W_FEC_RECOVERED 28
+#define XDPCAST_W_NACKS_SENT 29
+#define XDPCAST_W_RESUMED_BLOCKS 30
+/* word 31 is reserved (zero) */
 #define XDPCAST_W_DROPS 32    /* 16 words, indexed by XDPCAST_DROP_* */
 #define XDPCAST_W_NAME 48     /* 8 words: NUL-padded text, 64 bytes */
 #define XDPCAST_W_GROUP 56    /* 8 words: NUL-padded text, 64 bytes */

@@ -68,6 +68,9 @@ int main(int argc, char **argv)
     FIELD("avg_rate_bps", XDPCAST_W_AVG_RATE_BPS);
     FIELD("passes_seen", XDPCAST_W_PASSES_SEEN);
     FIELD("first_pass_missing", XDPCAST_W_FIRST_PASS_MISSING);
+    FIELD("fec_recovered", XDPCAST_W_FEC_RECOVERED);
+    FIELD("nacks_sent", XDPCAST_W_NACKS_SENT);
+    FIELD("resumed_blocks", XDPCAST_W_RESUMED_BLOCKS);
     FIELD("worker_count", XDPCAST_W_WORKER_COUNT);
     FIELD("flags", XDPCAST_W_FLAGS);
     printf("sha256=");
