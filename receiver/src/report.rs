@@ -211,12 +211,17 @@ fn secs(ns: u64) -> String {
     format!("{:.3}", ns as f64 / 1e9)
 }
 
+/// Name, help text and value of a per-session metric.
+type PageMetric = (&'static str, &'static str, fn(&Snapshot) -> String);
+/// Name, help text and value of a per-worker metric.
+type WorkerMetric = (&'static str, &'static str, fn(&WorkerStatus) -> u64);
+
 /// Every page in Prometheus text exposition format (version 0.0.4), one
 /// family per metric with a sample per session (label `session`).
 pub fn prometheus(pages: &[Snapshot]) -> String {
     let mut o = String::new();
     let sess = |s: &Snapshot| format!("session={}", prom_label(&s.name));
-    let per = |f: &dyn Fn(&Snapshot) -> String| -> Vec<(String, String)> {
+    let per = |f: fn(&Snapshot) -> String| -> Vec<(String, String)> {
         pages.iter().map(|s| (sess(s), f(s))).collect()
     };
     family(
@@ -240,91 +245,106 @@ pub fn prometheus(pages: &[Snapshot]) -> String {
             })
             .collect(),
     );
-    let gauges: [(&str, &str, &dyn Fn(&Snapshot) -> String); 12] = [
+    let gauges: [PageMetric; 12] = [
         (
             "xdpcast_session_state",
             "State: 0 INITIALIZED, 1 IN_PROGRESS, 2 SUCCESS, 3 FAILURE.",
-            &|s| (s.state as u64).to_string(),
+            |s| (s.state as u64).to_string(),
         ),
         (
             "xdpcast_session_error_code",
             "Error code (docs/status-page.md); 0 unless FAILURE.",
-            &|s| (s.error as u32).to_string(),
+            |s| (s.error as u32).to_string(),
         ),
         (
             "xdpcast_session_stale",
             "1 if the writer died or has not updated the page for 5 s while running.",
-            &|s| u8::from(s.is_stale(std::time::Duration::from_secs(5))).to_string(),
+            |s| u8::from(s.is_stale(std::time::Duration::from_secs(5))).to_string(),
         ),
         (
             "xdpcast_session_writer_pid",
             "Pid of the receiver writing the page.",
-            &|s| s.writer_pid.to_string(),
+            |s| s.writer_pid.to_string(),
         ),
         (
             "xdpcast_session_heartbeat_seconds",
             "Last page update, Unix time.",
-            &|s| secs(s.heartbeat_ns),
+            |s| secs(s.heartbeat_ns),
         ),
         (
             "xdpcast_session_start_seconds",
             "Session start, Unix time.",
-            &|s| secs(s.start_ns),
+            |s| secs(s.start_ns),
         ),
         (
             "xdpcast_session_end_seconds",
             "Session end, Unix time (0 while running).",
-            &|s| secs(s.end_ns),
+            |s| secs(s.end_ns),
         ),
         (
             "xdpcast_image_bytes",
             "Image size in bytes (0 until known).",
-            &|s| s.total_bytes.to_string(),
+            |s| s.total_bytes.to_string(),
         ),
         (
             "xdpcast_image_blocks",
             "Blocks in the image (0 until known).",
-            &|s| s.block_count.to_string(),
+            |s| s.block_count.to_string(),
         ),
         (
             "xdpcast_rate_bytes_per_second",
             "Goodput over the last update interval.",
-            &|s| s.rate_bps.to_string(),
+            |s| s.rate_bps.to_string(),
         ),
         (
             "xdpcast_average_rate_bytes_per_second",
             "Goodput since the first block.",
-            &|s| s.avg_rate_bps.to_string(),
+            |s| s.avg_rate_bps.to_string(),
         ),
         (
             "xdpcast_first_pass_missing_blocks",
             "Blocks missing when the sender's first pass ended (loss before repair).",
-            &|s| s.first_pass_missing.to_string(),
+            |s| s.first_pass_missing.to_string(),
         ),
     ];
     for (name, help, f) in gauges {
         family(&mut o, name, "gauge", help, per(f));
     }
-    let counters: [(&str, &str, &dyn Fn(&Snapshot) -> String); 4] = [
+    let counters: [PageMetric; 7] = [
         (
             "xdpcast_received_bytes_total",
             "Image bytes written to the target.",
-            &|s| s.bytes_done.to_string(),
+            |s| s.bytes_done.to_string(),
         ),
         (
             "xdpcast_received_blocks_total",
             "Blocks written to the target.",
-            &|s| s.blocks_done.to_string(),
+            |s| s.blocks_done.to_string(),
         ),
         (
             "xdpcast_packets_total",
             "Valid packets of the session received.",
-            &|s| s.packets.to_string(),
+            |s| s.packets.to_string(),
         ),
         (
             "xdpcast_passes_seen_total",
             "Ends of sender passes seen.",
-            &|s| s.passes_seen.to_string(),
+            |s| s.passes_seen.to_string(),
+        ),
+        (
+            "xdpcast_fec_recovered_blocks_total",
+            "Blocks rebuilt from FEC repair symbols.",
+            |s| s.fec_recovered.to_string(),
+        ),
+        (
+            "xdpcast_nacks_sent_total",
+            "NACK packets sent to the sender.",
+            |s| s.nacks_sent.to_string(),
+        ),
+        (
+            "xdpcast_resumed_blocks_total",
+            "Blocks taken from the resume file of an earlier run.",
+            |s| s.resumed_blocks.to_string(),
         ),
     ];
     for (name, help, f) in counters {
@@ -347,7 +367,7 @@ pub fn prometheus(pages: &[Snapshot]) -> String {
             })
             .collect(),
     );
-    let workers: [(&str, &str, fn(&WorkerStatus) -> u64); 3] = [
+    let workers: [WorkerMetric; 3] = [
         (
             "xdpcast_worker_packets_total",
             "Frames or datagrams a worker took from its ring or socket.",
