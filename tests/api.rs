@@ -444,7 +444,11 @@ fn image_larger_than_a_small_tmpfs_fails_with_disk_full() {
     assert!(tx.status.success(), "{}", text(&tx));
     let s = assert_failed(&out, &dir.0, "df", ErrorCode::DiskFull);
     assert!(s.message.contains(dst.to_str().unwrap()), "{}", s.message);
-    assert!(s.message.contains("No space left on device"), "{}", s.message);
+    assert!(
+        s.message.contains("No space left on device"),
+        "{}",
+        s.message
+    );
     assert_eq!(
         s.bytes_done, 0,
         "nothing was written into the full filesystem"
@@ -584,6 +588,9 @@ fn expected_c_fields(s: &Snapshot) -> Vec<(String, String)> {
             "first_pass_missing".into(),
             s.first_pass_missing.to_string(),
         ),
+        ("fec_recovered".into(), s.fec_recovered.to_string()),
+        ("nacks_sent".into(), s.nacks_sent.to_string()),
+        ("resumed_blocks".into(), s.resumed_blocks.to_string()),
         ("worker_count".into(), s.workers.len().to_string()),
         ("flags".into(), s.flags.to_string()),
         ("sha256".into(), hex(&s.digest)),
@@ -853,7 +860,9 @@ impl Watchdog {
             let start = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 if start.elapsed() > limit {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -905,7 +914,10 @@ fn c_abi_session_lifecycle() {
     compile_c("session_test.c", &bin, true);
     let (group_a, group_b) = ("239.44.0.12:5000", "239.44.0.13:5000");
     let mut c = ns.cmd(bin.to_str().unwrap());
-    c.env("XDPCAST_STATUS_DIR", &dir.0)
+    // cargo's LD_LIBRARY_PATH may name a stale target/<profile>/libxdpcast.so
+    // and would win over the RUNPATH set at link time.
+    c.env_remove("LD_LIBRARY_PATH")
+        .env("XDPCAST_STATUS_DIR", &dir.0)
         .args([
             "c-a",
             dst_a.to_str().unwrap(),
@@ -951,6 +963,7 @@ fn c_abi_session_lifecycle() {
     let s = read_page(&dir.0, "c-b");
     assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Cancelled));
     assert!(s.blocks_done < s.block_count);
+    child.stdin.as_mut().unwrap().write_all(b"close\n").unwrap();
     expect_line(&mut lines, "ALL OK", &mut child);
     let _ = tx.kill();
     let _ = tx.wait();
@@ -1035,6 +1048,9 @@ fn headers_and_python_reader_match_the_rust_constants() {
         ("AVG_RATE_BPS", AVG_RATE_BPS),
         ("PASSES_SEEN", PASSES_SEEN),
         ("FIRST_PASS_MISSING", FIRST_PASS_MISSING),
+        ("FEC_RECOVERED", FEC_RECOVERED),
+        ("NACKS_SENT", NACKS_SENT),
+        ("RESUMED_BLOCKS", RESUMED_BLOCKS),
         ("WORKER_COUNT", WORKER_COUNT),
         ("FLAGS", FLAGS),
         ("DIGEST", DIGEST),

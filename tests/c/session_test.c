@@ -8,8 +8,9 @@
  * Session A: prints "A started", waits for the image, checks SUCCESS and
  * that query_status answers until close and fails with CLOSED after it.
  * Session B: prints "B started", reads a line from stdin (sent once blocks
- * arrive), cancels mid-transfer and checks FAILURE + CANCELLED. Prints
- * "ALL OK" and exits 0 when every check passed.
+ * arrive), cancels mid-transfer, checks FAILURE + CANCELLED, prints
+ * "B cancelled" and reads another line before closing (so the driver can
+ * look at the page). Prints "ALL OK" and exits 0 when every check passed.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -149,6 +150,11 @@ static void session_b(const char *name, const char *target, const char *group)
     EXPECT_EQ(st, XDPCAST_STATE_FAILURE);
     EXPECT_EQ(err, XDPCAST_ERR_CANCELLED);
     say("B cancelled");
+    /* The driver checks the page, then lets us close. */
+    if (!fgets(line, sizeof line, stdin)) {
+        fprintf(stderr, "no close on stdin\n");
+        failures++;
+    }
     EXPECT_EQ(xdpcast_session_close(h), XDPCAST_OK);
     EXPECT_EQ(xdpcast_session_query_status(h, &st, &err), XDPCAST_ERR_CLOSED);
 }
