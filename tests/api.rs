@@ -41,13 +41,6 @@ fn page_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("xdpcast.{name}"))
 }
 
-fn read_page(dir: &Path, name: &str) -> Snapshot {
-    StatusReader::open(&page_of(dir, name))
-        .unwrap()
-        .read()
-        .unwrap()
-}
-
 fn try_read(dir: &Path, name: &str) -> Option<Snapshot> {
     StatusReader::open(&page_of(dir, name)).ok()?.read().ok()
 }
@@ -81,17 +74,7 @@ fn running_receiver(
 }
 
 fn sender(ns: &Netns, file: &Path, group: &str, extra: &[&str]) -> Child {
-    let mut c = ns.cmd(env!("CARGO_BIN_EXE_xdpcast"));
-    c.args([
-        "send",
-        file.to_str().unwrap(),
-        "--group",
-        group,
-        "--iface",
-        "lo",
-    ])
-    .args(extra);
-    spawn(c)
+    start_sender(ns, "lo", group, file, extra)
 }
 
 fn text(out: &Output) -> String {

@@ -15,7 +15,12 @@ fn valid_packets() -> Vec<Vec<u8>> {
     };
     vec![
         wire::encode_data(7, &g, 3, &[1; 1400]),
-        wire::encode_data(7, &g, g.block_count - 1, &vec![2; g.block_len(g.block_count - 1)]),
+        wire::encode_data(
+            7,
+            &g,
+            g.block_count - 1,
+            &vec![2; g.block_len(g.block_count - 1)],
+        ),
         wire::encode_control(Kind::Announce, 7, &g, &ctl),
         wire::encode_control(Kind::End, 7, &g, &ctl),
         wire::encode_nacks(7, &g, &[(0, 5), (60, 2)]).remove(0),
@@ -27,7 +32,9 @@ fn valid_packets() -> Vec<Vec<u8>> {
 fn check(pkt: &[u8]) {
     if let Ok(p) = wire::parse(pkt) {
         let g = p.geometry();
-        assert!(g.block_count > 0 && g.block_count == g.total_size.div_ceil(u64::from(g.block_size)));
+        assert!(
+            g.block_count > 0 && g.block_count == g.total_size.div_ceil(u64::from(g.block_size))
+        );
         match p {
             Packet::Data { index, payload, .. } => {
                 assert!(index < g.block_count);
@@ -39,7 +46,12 @@ fn check(pkt: &[u8]) {
                     assert!(count > 0 && first + u64::from(count) <= g.block_count);
                 }
             }
-            Packet::Fec { group, group_size, symbol, .. } => {
+            Packet::Fec {
+                group,
+                group_size,
+                symbol,
+                ..
+            } => {
                 assert!(group * u64::from(group_size) < g.block_count);
                 assert_eq!(symbol.len(), 4 + g.block_size as usize);
             }

@@ -17,17 +17,7 @@ const MIB: usize = 1 << 20;
 const GROUP: &str = "239.6.6.6:5000";
 
 fn sender(ns: &Netns, iface: &str, src: &Path, extra: &[&str]) -> Child {
-    let mut c = xdpcast(ns);
-    c.args([
-        "send",
-        src.to_str().unwrap(),
-        "--group",
-        GROUP,
-        "--iface",
-        iface,
-    ])
-    .args(extra);
-    spawn(c)
+    start_sender(ns, iface, GROUP, src, extra)
 }
 
 fn receiver(
@@ -59,9 +49,7 @@ fn repaired_by_nacks(loss: f64) {
         return;
     }
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-loss");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 64 * MIB, (loss * 100.0) as u64);
+    let Images { dir, src, dst } = Images::new("xdpc-loss", 64 * MIB, (loss * 100.0) as u64);
     let rx = receiver(&net.b, &net.if_b, &dir.0, "loss", &dst, &["--mode", "xdp"]);
     let tx = sender(
         &net.a,
@@ -112,9 +100,7 @@ fn fec_rebuilds_blocks_without_a_back_channel() {
         return;
     }
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-fec");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 64 * MIB, 21);
+    let Images { dir, src, dst } = Images::new("xdpc-fec", 64 * MIB, 21);
     let rx = receiver(
         &net.b,
         &net.if_b,
@@ -220,10 +206,8 @@ fn killed_receiver_resumes_where_it_stopped() {
         return;
     }
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-resume");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    let Images { dir, src, dst } = Images::new("xdpc-resume", 64 * MIB, 41);
     let resume = dir.join("dst.img.xdpcast-resume");
-    make_image(&src, 64 * MIB, 41);
     let mut rx = receiver(
         &net.b,
         &net.if_b,
@@ -275,9 +259,7 @@ fn sender_gone_fails_with_its_code() {
         return;
     }
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-gone");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 32 * MIB, 51);
+    let Images { dir, src, dst } = Images::new("xdpc-gone", 32 * MIB, 51);
     let rx = receiver(
         &net.b,
         &net.if_b,

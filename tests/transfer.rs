@@ -15,22 +15,14 @@ use xdpcast::ErrorCode;
 const MIB: usize = 1 << 20;
 const GROUP: &str = "239.7.7.7:5000";
 
-fn receiver(ns: &Netns, status: &Path, name: &str, args: &[&str]) -> std::process::Child {
-    start_receiver(xdpcast(ns), status, name, GROUP, args)
+/// A socket-path receiver on `iface` writing to `out`.
+fn receiver(ns: &Netns, iface: &str, status: &Path, name: &str, out: &str) -> std::process::Child {
+    let args = ["--iface", iface, "--mode", "socket", "--out", out];
+    start_receiver(xdpcast(ns), status, name, GROUP, &args)
 }
 
 fn send(ns: &Netns, iface: &str, file: &Path, extra: &[&str]) -> std::process::Child {
-    let mut c = xdpcast(ns);
-    c.args([
-        "send",
-        file.to_str().unwrap(),
-        "--group",
-        GROUP,
-        "--iface",
-        iface,
-    ])
-    .args(extra);
-    spawn(c)
+    start_sender(ns, iface, GROUP, file, extra)
 }
 
 fn finish(rx: std::process::Child, tx: std::process::Child) -> std::process::Output {
@@ -89,22 +81,8 @@ fn socket_path_on_loopback_64mib() {
     }
     let ns = Netns::new("xdpc-lo");
     ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
-    let dir = TempDir::new("xdpc-lo");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 64 * MIB, 1);
-    let rx = receiver(
-        &ns,
-        &dir.0,
-        "lo",
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let Images { dir, src, dst } = Images::new("xdpc-lo", 64 * MIB, 1);
+    let rx = receiver(&ns, "lo", &dir.0, "lo", dst.to_str().unwrap());
     let tx = send(
         &ns,
         "lo",
@@ -121,22 +99,8 @@ fn socket_path_between_namespaces_64mib() {
         return;
     }
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-veth");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 64 * MIB + 123, 2);
-    let rx = receiver(
-        &net.b,
-        &dir.0,
-        "veth",
-        &[
-            "--iface",
-            &net.if_b,
-            "--mode",
-            "socket",
-            "--out",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let Images { dir, src, dst } = Images::new("xdpc-veth", 64 * MIB + 123, 2);
+    let rx = receiver(&net.b, &net.if_b, &dir.0, "veth", dst.to_str().unwrap());
     let tx = send(&net.a, &net.if_a, &src, &["--rate", "1G", "--passes", "3"]);
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "veth", &src, &dst, PathMode::Socket);
@@ -168,23 +132,9 @@ fn bad_packets_mid_transfer_are_counted_not_written() {
     }
     let ns = Netns::new("xdpc-bad");
     ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
-    let dir = TempDir::new("xdpc-bad");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     let len = 16 * MIB;
-    make_image(&src, len, 3);
-    let rx = receiver(
-        &ns,
-        &dir.0,
-        "bad",
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let Images { dir, src, dst } = Images::new("xdpc-bad", len, 3);
+    let rx = receiver(&ns, "lo", &dir.0, "bad", dst.to_str().unwrap());
     // Slow enough that the injection lands mid-transfer (about 1.3 s per pass).
     let tx = send(
         &ns,
@@ -244,19 +194,7 @@ fn missing_target_directory_fails_with_code() {
     let dir = TempDir::new("xdpc-tgt");
     let src = dir.join("src.img");
     make_image(&src, MIB, 4);
-    let rx = receiver(
-        &ns,
-        &dir.0,
-        "tgt",
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            "/nonexistent-xdpcast/dst.img",
-        ],
-    );
+    let rx = receiver(&ns, "lo", &dir.0, "tgt", "/nonexistent-xdpcast/dst.img");
     let tx = send(&ns, "lo", &src, &["--block-size", "1400"]);
     let out = finish(rx, tx);
     assert_eq!(out.status.code(), Some(100 + ErrorCode::TargetIo as i32));

@@ -109,10 +109,8 @@ fn udp_sender_to_xdpcast_over_af_xdp() {
     // VethPair configures no broadcast address: udp-sender and xdpcast
     // then meet on 224.0.0.1, as udpcast does.
     let net = VethPair::new(1, 1500);
-    let dir = TempDir::new("xdpc-udpc");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     // Not a multiple of udpcast's block size: the last block is short.
-    make_image(&src, 64 * MIB + 1000, 21);
+    let Images { dir, src, dst } = Images::new("xdpc-udpc", 64 * MIB + 1000, 21);
     let group = "239.77.0.1";
     let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, &dst, group);
     let tx = udp_sender(&net.a, &net.if_a, &src, group, 1);

@@ -25,17 +25,7 @@ fn receiver(net: &VethPair, status: &Path, name: &str, out: &Path, extra: &[&str
 }
 
 fn sender(net: &VethPair, src: &Path, extra: &[&str]) -> Child {
-    let mut c = xdpcast(&net.a);
-    c.args([
-        "send",
-        src.to_str().unwrap(),
-        "--group",
-        GROUP,
-        "--iface",
-        &net.if_a,
-    ])
-    .args(extra);
-    spawn(c)
+    start_sender(&net.a, &net.if_a, GROUP, src, extra)
 }
 
 /// A UDP listener in `ns` (python, standard library) that counts the
@@ -90,9 +80,7 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
         return;
     }
     let net = VethPair::new(2, 1500);
-    let dir = TempDir::new("xdpc-xdp");
-    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
-    make_image(&src, 64 * MIB, 11);
+    let Images { dir, src, dst } = Images::new("xdpc-xdp", 64 * MIB, 11);
     let rx = receiver(&net, &dir.0, "xdp", &dst, &["--mode", "xdp"]);
     assert!(
         net.xdp_attached_b(),

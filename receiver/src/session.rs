@@ -510,7 +510,12 @@ impl Control {
                 *d += v.load(Ordering::Relaxed);
             }
         }
-        s.packets = s.workers.iter().map(|w| w.packets).sum::<u64>() - s.total_drops();
+        s.packets = s
+            .workers
+            .iter()
+            .map(|w| w.packets)
+            .sum::<u64>()
+            .saturating_sub(s.total_drops());
         s.blocks_done = t.blocks_done();
         s.bytes_done = s.workers.iter().map(|w| w.bytes).sum();
         if let Some(img) = t.image() {

@@ -47,6 +47,39 @@ pub fn start_receiver(
     child
 }
 
+/// `xdpcast send SRC --group GROUP --iface IFACE EXTRA...` in `ns`.
+pub fn start_sender(ns: &Netns, iface: &str, group: &str, src: &Path, extra: &[&str]) -> Child {
+    let mut c = xdpcast(ns);
+    c.args([
+        "send",
+        src.to_str().unwrap(),
+        "--group",
+        group,
+        "--iface",
+        iface,
+    ])
+    .args(extra);
+    spawn(c)
+}
+
+/// A scratch directory holding a source image `src.img` and the path
+/// `dst.img` for the receiver to write.
+pub struct Images {
+    pub dir: TempDir,
+    pub src: PathBuf,
+    pub dst: PathBuf,
+}
+
+impl Images {
+    /// A source image of `len` pseudo-random bytes from `seed`.
+    pub fn new(prefix: &str, len: usize, seed: u64) -> Images {
+        let dir = TempDir::new(prefix);
+        let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+        make_image(&src, len, seed);
+        Images { dir, src, dst }
+    }
+}
+
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
