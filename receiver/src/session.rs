@@ -36,6 +36,9 @@ const RESUME_EVERY: Duration = Duration::from_secs(1);
 /// Longest random delay before a NACK, so that many receivers do not
 /// answer an end of pass at the same instant.
 const NACK_BACKOFF_MS: u64 = 100;
+/// A receiver that NACKed and got nothing new for this long asks again
+/// (well inside the sender's 500 ms collection window).
+const NACK_AGAIN: Duration = Duration::from_millis(250);
 /// Most missing ranges one receiver reports per round (64 packets).
 const NACK_MAX_RANGES: usize = 64 * crate::wire::MAX_NACK_RANGES;
 
@@ -89,6 +92,9 @@ struct Repairer {
     sock: Option<UdpSocket>,
     answered_pass: u64,
     due: Option<Instant>,
+    last_sent: Option<Instant>,
+    blocks: u64,
+    progress: Option<Instant>,
     sent: u64,
     rng: u64,
 }
@@ -104,20 +110,32 @@ impl Repairer {
         Duration::from_millis(self.rng % NACK_BACKOFF_MS)
     }
 
-    fn tick(&mut self, t: &Transfer) -> std::io::Result<()> {
+    fn tick(&mut self, t: &Transfer, blocks_done: u64) -> std::io::Result<()> {
         let Some(control) = t.last_control() else {
             return Ok(());
         };
         let Some(to) = control.repair_to() else {
             return Ok(());
         };
+        let now = Instant::now();
+        if blocks_done != self.blocks || self.progress.is_none() {
+            self.blocks = blocks_done;
+            self.progress = Some(now);
+        }
         let passes = t.passes_seen();
-        if passes > self.answered_pass
-            && passes >= u64::from(control.passes)
-            && !t.final_pass_ended()
-        {
+        let repairing = passes >= u64::from(control.passes) && !t.final_pass_ended();
+        let stalled = |at: Option<Instant>| at.is_some_and(|at| now - at >= NACK_AGAIN);
+        if repairing && passes > self.answered_pass {
             self.answered_pass = passes;
-            self.due = Some(Instant::now() + self.backoff());
+            self.due = Some(now + self.backoff());
+        } else if repairing
+            && self.due.is_none()
+            && stalled(self.last_sent)
+            && stalled(self.progress)
+        {
+            // The end of the last round may have been lost: ask again
+            // rather than wait for a sender that thinks everyone is done.
+            self.due = Some(now + self.backoff());
         }
         if self.due.is_none_or(|d| Instant::now() < d) {
             return Ok(());
@@ -135,6 +153,7 @@ impl Repairer {
                 .expect("literal address");
             self.sock = Some(UdpSocket::bind(any)?);
         }
+        self.last_sent = Some(Instant::now());
         if let Some(sock) = &self.sock {
             for pkt in wire::encode_nacks(img.session, &img.geometry, &ranges) {
                 sock.send_to(&pkt, to)?;
@@ -595,7 +614,7 @@ impl Control {
                 if missing == 0 && t.digest().is_some() {
                     return Ok(());
                 }
-                if let Err(e) = self.repair.tick(&t) {
+                if let Err(e) = self.repair.tick(&t, s.blocks_done) {
                     log::warn!("NACK: {e}");
                 }
                 if missing > 0 && t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE
