@@ -17,6 +17,6 @@ pub fn run_all() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(Command::new("cargo").args(["test", "--workspace", "--all-targets"]))?;
-    run(Command::new("cargo").args(["test", "--workspace", "--doc"]))
+    run(Command::new("cargo").args(["test", "--workspace", "--doc"]))?;
+    run(Command::new("cargo").args(["test", "--workspace", "--all-targets"]))
 }
