@@ -207,3 +207,76 @@ fn missing_target_directory_fails_with_code() {
         s.message
     );
 }
+
+#[test]
+fn jumbo_blocks_on_the_socket_path() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 9000);
+    let Images { dir, src, dst } = Images::new("xdpc-jumbo", 64 * MIB, 5);
+    let rx = receiver(&net.b, &net.if_b, &dir.0, "jumbo", dst.to_str().unwrap());
+    let tx = send(&net.a, &net.if_a, &src, &["--mtu", "9000", "--rate", "1G"]);
+    let out = finish(rx, tx);
+    assert_success(&out, &dir.0, "jumbo", &src, &dst, PathMode::Socket);
+    assert_eq!(read_page(&dir.0, "jumbo").block_size, 8192);
+}
+
+/// A loop block device over a file, detached on drop.
+struct LoopDev(String);
+
+impl LoopDev {
+    fn new(backing: &Path, len: u64) -> LoopDev {
+        std::fs::File::create(backing)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let out = sh(&["losetup", "--find", "--show", backing.to_str().unwrap()]);
+        LoopDev(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn block_device_targets_are_written_in_place_or_refused_when_small() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = Netns::new("xdpc-blk");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let Images { dir, src, .. } = Images::new("xdpc-blk", 16 * MIB, 6);
+    let big = LoopDev::new(&dir.join("big.backing"), 24 * MIB as u64);
+    let rx = receiver(&ns, "lo", &dir.0, "blk", &big.0);
+    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--rate", "1G"]);
+    let out = finish(rx, tx);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let device = std::fs::read(&big.0).unwrap();
+    assert_eq!(device.len(), 24 * MIB, "a block device is never resized");
+    assert_eq!(&device[..16 * MIB], &std::fs::read(&src).unwrap()[..]);
+    assert!(!Path::new(&format!("{}.xdpcast-resume", big.0)).exists());
+
+    let small = LoopDev::new(&dir.join("small.backing"), 8 * MIB as u64);
+    let rx = receiver(&ns, "lo", &dir.0, "small", &small.0);
+    let tx = send(&ns, "lo", &src, &["--block-size", "1400", "--no-repair"]);
+    let out = finish(rx, tx);
+    assert_eq!(
+        out.status.code(),
+        Some(100 + ErrorCode::TargetTooSmall as i32)
+    );
+    let s = read_page(&dir.0, "small");
+    assert_eq!(
+        (s.state, s.error),
+        (State::Failure, ErrorCode::TargetTooSmall)
+    );
+}

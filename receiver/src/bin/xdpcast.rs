@@ -80,6 +80,9 @@ enum Cmd {
         /// Block size in bytes (default: the largest that fits the interface MTU).
         #[arg(long)]
         block_size: Option<u32>,
+        /// Size blocks for this MTU instead of the interface's (e.g. 9000 for jumbo frames).
+        #[arg(long, conflicts_with = "block_size")]
+        mtu: Option<u32>,
         /// Session id (default: random).
         #[arg(long)]
         session: Option<u32>,
@@ -367,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             passes,
             block_size,
+            mtu,
             session,
             ttl,
             streams,
@@ -377,7 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repair.apply(&mut opts);
             opts.rate_bps = rate;
             opts.passes = passes;
-            opts.block_size = block_size;
+            opts.block_size = block_size.or(mtu.map(xdpcast::wire::block_size_for_mtu));
             opts.session = session;
             opts.ttl = ttl;
             opts.streams = streams;
