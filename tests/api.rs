@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use xdpcast::session::hex;
 use xdpcast::status::{self, offsets, Snapshot, State, StatusReader};
 use xdpcast::wire::{self, Control, DropReason, Geometry, Kind};
 use xdpcast::ErrorCode;
@@ -99,10 +100,6 @@ fn interrupt(child: &Child) {
         .status()
         .unwrap();
     assert!(ok.success());
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Exit status of `xdpcast receive` for a failure with `code`.

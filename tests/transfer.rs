@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use xdpcast::session::hex;
 use xdpcast::status::{PathMode, State};
 use xdpcast::wire::{self, DropReason, Geometry};
 use xdpcast::ErrorCode;
@@ -64,13 +65,7 @@ fn assert_success(
     assert_eq!(s.blocks_done, s.block_count);
     assert_eq!(s.block_count, len.div_ceil(s.block_size));
     assert!(s.end_ns >= s.start_ns && s.start_ns > 0);
-    assert_eq!(
-        s.digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-        sha256_hex(src)
-    );
+    assert_eq!(hex(&s.digest), sha256_hex(src));
     assert!(s.workers.iter().map(|w| w.blocks).sum::<u64>() == s.block_count);
 }
 
@@ -108,10 +103,7 @@ fn socket_path_between_namespaces_64mib() {
 
 /// Python one-liner run in the namespace that sends the given datagrams.
 fn inject(ns: &Netns, datagrams: &[Vec<u8>]) {
-    let hexes: Vec<String> = datagrams
-        .iter()
-        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let hexes: Vec<String> = datagrams.iter().map(|d| hex(d)).collect();
     let script = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
          s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_LOOP,1)\n\

@@ -8,8 +8,13 @@ pub const SESSION: u32 = 0x00BE_4C00;
 /// `len` pseudo-random bytes (xorshift64*): reproducible and incompressible,
 /// so no layer can shortcut the copy.
 pub fn image(len: usize) -> Vec<u8> {
+    seeded_image(len, 0)
+}
+
+/// Like [`image`], a different image for each `seed` (tests use several).
+pub fn seeded_image(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut x: u64 = (seed ^ 0x9E37_79B9_7F4A_7C15) | 1;
     for chunk in out.chunks_mut(8) {
         x ^= x >> 12;
         x ^= x << 25;

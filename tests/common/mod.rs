@@ -103,22 +103,12 @@ impl Drop for TempDir {
 
 /// Write a deterministic pseudo-random image of `len` bytes.
 pub fn make_image(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    buf.truncate(len);
-    std::fs::write(path, buf).unwrap();
+    std::fs::write(path, xdpcast_bench::fixture::seeded_image(len, seed)).unwrap();
 }
 
 /// SHA-256 of a file, hex.
 pub fn sha256_hex(path: &Path) -> String {
-    let d = Sha256::digest(std::fs::read(path).unwrap());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    xdpcast::session::hex(&Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 /// Wait for a child up to `limit`; kill it and panic if it takes longer.

@@ -6,43 +6,24 @@
 //! the other, shows progress from the status page, and ends with the final
 //! status and a SHA-256 comparison. Everything is removed afterwards.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use sha2::{Digest, Sha256};
+use xdpcast::session::hex;
 use xdpcast::status::{State, StatusReader};
-use xdpcast_bench::netns::VethPair;
+use xdpcast_bench::{fixture, netns::VethPair};
 
 use crate::{root, run};
 
 const GROUP: &str = "239.9.9.9:5000";
 
 fn sha256_hex(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Write `mib` MiB of pseudo-random bytes (an incompressible stand-in for a disk image).
-fn make_image(path: &Path, mib: usize) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut chunk = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for word in chunk.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&chunk)?;
-    }
-    f.flush()?;
-    Ok(())
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(hex(&h.finalize()))
 }
 
 /// Run the demo with an image of `size_mib` MiB.
@@ -59,7 +40,8 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
     let (src, dst) = (dir.join("source.img"), dir.join("received.img"));
     let _ = std::fs::remove_file(&dst);
     println!("demo: generating a {size_mib} MiB image");
-    make_image(&src, size_mib)?;
+    // An incompressible stand-in for a disk image.
+    std::fs::write(&src, fixture::image(size_mib << 20))?;
     let want = sha256_hex(&src)?;
     println!("demo: source SHA-256 {want}");
 
