@@ -96,7 +96,9 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
             "--iface",
             &net.if_a,
         ])
-        .args(["--rate", "1.5G", "--streams", "4"])
+        // Many source ports, so that the flow hash spreads frames over both
+        // RX queues and both workers show up in the status.
+        .args(["--rate", "1.5G", "--streams", "32"])
         .spawn()?;
     loop {
         let s = reader.read()?;
