@@ -22,6 +22,8 @@ use crate::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 const BATCH: usize = 32;
 /// Control packets are sent this many times (they are tiny; loss is cheap to beat).
 const CONTROL_REPEAT: usize = 3;
+/// NACK windows in a row that must pass without a NACK before the final end.
+const QUIET_WINDOWS: u32 = 2;
 /// Blocks sent between progress reports when there is no FEC grouping.
 const CHUNK: u32 = 1024;
 
@@ -261,16 +263,38 @@ impl Repair {
     }
 
     /// Collect NACKed ranges of `session` for `wait`; returns merged ranges
-    /// `[first, end)` and the number of NACK packets.
-    fn collect(&self, session: u32, g: &Geometry, wait: Duration) -> (Vec<(u64, u64)>, u64) {
-        let deadline = Instant::now() + wait;
+    /// `[first, end)` and the number of NACK packets. `remind` is called at
+    /// a quarter and at half of the window, to repeat the end packet that
+    /// opened it: the copies sent right after a burst of data are the ones
+    /// a receiver's full ring drops, and a receiver that misses every end
+    /// packet of a round never asks for its missing blocks.
+    fn collect(
+        &self,
+        session: u32,
+        g: &Geometry,
+        wait: Duration,
+        mut remind: impl FnMut() -> Result<()>,
+    ) -> Result<(Vec<(u64, u64)>, u64)> {
+        let start = Instant::now();
+        let deadline = start + wait;
+        let mut reminders = vec![start + wait / 2, start + wait / 4];
         let mut ranges = Vec::new();
         let mut nacks = 0;
         let mut buf = vec![0u8; 2048];
-        while let Some(left) = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        {
+        loop {
+            let now = Instant::now();
+            if reminders.last().is_some_and(|&at| at <= now) {
+                reminders.pop();
+                remind()?;
+                continue;
+            }
+            let until = reminders.last().copied().unwrap_or(deadline);
+            let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+                if until == deadline {
+                    break;
+                }
+                continue;
+            };
             if self.sock.set_read_timeout(Some(left)).is_err() {
                 break;
             }
@@ -289,7 +313,7 @@ impl Repair {
                 }
             }
         }
-        (merge(ranges), nacks)
+        Ok((merge(ranges), nacks))
     }
 }
 
@@ -444,12 +468,21 @@ pub fn send(
     let mut nacks = 0;
     if let Some(r) = &repair {
         let mut pass = opts.passes - 1;
-        loop {
-            let (wanted, n) = r.collect(session, &geometry, opts.repair_wait);
+        // The sender stops after QUIET_WINDOWS windows in a row without a
+        // NACK, so that one lost NACK or one late receiver does not end the
+        // session for everyone.
+        let mut quiet = 0;
+        while quiet < QUIET_WINDOWS && rounds < opts.max_repair_rounds {
+            let end = Control { pass, ..base };
+            let (wanted, n) = r.collect(session, &geometry, opts.repair_wait, || {
+                w.control(Kind::End, &end)
+            })?;
             nacks += n;
-            if wanted.is_empty() || rounds == opts.max_repair_rounds {
-                break;
+            if wanted.is_empty() {
+                quiet += 1;
+                continue;
             }
+            quiet = 0;
             rounds += 1;
             pass += 1;
             log::info!(
