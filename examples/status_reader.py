@@ -36,9 +36,10 @@ W = dict(
     passes_seen=20, first_pass_missing=21, worker_count=22, flags=23,
     digest=24, fec_recovered=28, nacks_sent=29,
     resumed_blocks=30, drops=32, name=48, group=56, target=64, message=96,
-    workers=128,
+    workers=128, worker_latency=384,
 )
 WORKER_WORDS = 8
+LATENCY_WORDS = 3
 MAX_WORKERS = 32
 FLAG_DIGEST = 2
 
@@ -98,6 +99,8 @@ def decode(w):
     for i in range(nworkers):
         base = W["workers"] + i * WORKER_WORDS
         wk = dict(zip(WORKER_FIELDS, w[base:base + WORKER_WORDS]))
+        lat = W["worker_latency"] + i * LATENCY_WORDS
+        wk["batch_ns"] = list(w[lat:lat + LATENCY_WORDS])
         if wk["cpu"] == U64_MAX:
             wk["cpu"] = None
         workers.append(wk)

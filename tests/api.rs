@@ -1040,10 +1040,12 @@ fn headers_and_python_reader_match_the_rust_constants() {
         ("TARGET", TARGET),
         ("MESSAGE", MESSAGE),
         ("WORKERS", WORKERS),
+        ("WORKER_LATENCY", WORKER_LATENCY),
     ] {
         assert_eq!(num(&format!("XDPCAST_W_{k}")), v as u64, "XDPCAST_W_{k}");
     }
     assert_eq!(num("XDPCAST_WORKER_WORDS"), WORKER_WORDS as u64);
+    assert_eq!(num("XDPCAST_LATENCY_WORDS"), LATENCY_WORDS as u64);
     for s in [
         State::Initialized,
         State::InProgress,
@@ -1093,6 +1095,9 @@ fn headers_and_python_reader_match_the_rust_constants() {
         }
     }
     assert!(
-        py.contains(&format!("workers={}", WORKERS)) && py.contains(&format!("drops={}", DROPS))
+        py.contains(&format!("workers={}", WORKERS))
+            && py.contains(&format!("worker_latency={}", WORKER_LATENCY))
+            && py.contains(&format!("LATENCY_WORDS = {}", LATENCY_WORDS))
+            && py.contains(&format!("drops={}", DROPS))
     );
 }

@@ -160,6 +160,15 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
         "both queues carried frames: {:?}",
         s.workers
     );
+    // Each worker timed its batches and published the percentiles.
+    assert!(
+        s.workers.iter().all(|w| {
+            let [p50, p99, p999] = w.batch_ns;
+            0 < p50 && p50 <= p99 && p99 <= p999
+        }),
+        "batch latency percentiles: {:?}",
+        s.workers
+    );
     assert!(
         !net.xdp_attached_b(),
         "no XDP program may remain after the receiver exits"

@@ -1,9 +1,7 @@
 //! `xdpcast-bench`: the release-built tools `cargo xtask bench` runs.
 //!
-//! - `blast`: send an image with the fast GSO sender (see `blast.rs`).
-//! - `replay`: per-batch latency of the worker hot path (see `replay.rs`).
-//!
-//! Both print one line of `key=value` pairs for the harness to parse.
+//! - `blast`: send an image with the fast GSO sender (see `blast.rs`); it
+//!   prints a line of `key=value` pairs per pass for the harness to parse.
 
 use std::path::PathBuf;
 
@@ -12,7 +10,7 @@ use clap::{Parser, Subcommand};
 use xdpcast::net::{self, Group};
 use xdpcast::wire;
 use xdpcast_bench::blast::{self, BlastOptions};
-use xdpcast_bench::{fixture, replay};
+use xdpcast_bench::fixture;
 
 #[derive(Parser)]
 #[command(name = "xdpcast-bench", about = "Benchmark tools for xdpcast")]
@@ -45,24 +43,6 @@ enum Cmd {
         /// Pace to this many bits/s of image data (default: unpaced).
         #[arg(long)]
         rate_bps: Option<u64>,
-    },
-    /// Time the worker's work per batch of frames (decapsulate, parse, bitmap, copy).
-    Replay {
-        /// Target file for the replayed image (put it on tmpfs to leave the disk out).
-        #[arg(long)]
-        target: PathBuf,
-        /// Block size.
-        #[arg(long, default_value_t = 1400)]
-        block_size: u32,
-        /// Image size, MiB.
-        #[arg(long, default_value_t = 64)]
-        image_mib: usize,
-        /// Frames per batch (the AF_XDP worker's default is 64).
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Full transfers to replay.
-        #[arg(long, default_value_t = 3)]
-        laps: u32,
     },
 }
 
@@ -102,24 +82,6 @@ fn main() -> Result<()> {
                 );
             };
             blast::blast(&file, &o, line)?;
-        }
-        Cmd::Replay {
-            target,
-            block_size,
-            image_mib,
-            batch,
-            laps,
-        } => {
-            let h = replay::batch_latency(&target, block_size, image_mib << 20, batch, laps)?;
-            let _ = std::fs::remove_file(&target);
-            println!(
-                "replay batches={} p50_ns={} p99_ns={} p999_ns={} max_ns={}",
-                h.len(),
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max()
-            );
         }
     }
     Ok(())

@@ -65,6 +65,8 @@ extern "C" {
 #define XDPCAST_W_MESSAGE 96  /* 32 words: NUL-padded text, 256 bytes */
 #define XDPCAST_W_WORKERS 128 /* 32 slots of XDPCAST_WORKER_WORDS words */
 #define XDPCAST_WORKER_WORDS 8
+#define XDPCAST_W_WORKER_LATENCY 384 /* 32 slots of XDPCAST_LATENCY_WORDS words */
+#define XDPCAST_LATENCY_WORDS 3
 #define XDPCAST_MAX_WORKERS 32
 #define XDPCAST_DROP_SLOTS 16
 #define XDPCAST_NAME_LEN 64
@@ -82,6 +84,12 @@ extern "C" {
 #define XDPCAST_WK_DROPS 5
 #define XDPCAST_WK_BATCHES 6
 #define XDPCAST_WK_RING_DROPS 7
+
+/* Words of one latency slot (batch wall time in ns, 0 before the first
+ * batch), relative to XDPCAST_W_WORKER_LATENCY + i * XDPCAST_LATENCY_WORDS. */
+#define XDPCAST_LAT_P50 0
+#define XDPCAST_LAT_P99 1
+#define XDPCAST_LAT_P999 2
 
 /* XDPCAST_W_FLAGS bits. */
 #define XDPCAST_FLAG_GEOMETRY 1ULL

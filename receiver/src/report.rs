@@ -93,11 +93,16 @@ pub fn human(s: &Snapshot) -> String {
         } else {
             w.cpu.to_string()
         };
-        let _ = writeln!(
+        let _ = write!(
             o,
             "worker    queue {} cpu {cpu}: {} packets, {} blocks, {} drops, {} batches, {} ring drops",
             w.queue, w.packets, w.blocks, w.drops, w.batches, w.ring_drops
         );
+        if w.batch_ns[0] > 0 {
+            let [p50, p99, p999] = w.batch_ns.map(|ns| ns as f64 / 1e3);
+            let _ = write!(o, "; batch p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs");
+        }
+        o.push('\n');
     }
     if !s.message.is_empty() {
         let _ = writeln!(o, "message   {}", s.message);
@@ -133,10 +138,11 @@ pub fn json(s: &Snapshot) -> String {
         .iter()
         .map(|w| {
             format!(
-                "{{\"queue\":{},\"cpu\":{},\"packets\":{},\"bytes\":{},\"blocks\":{},\"drops\":{},\"batches\":{},\"ring_drops\":{}}}",
+                "{{\"queue\":{},\"cpu\":{},\"packets\":{},\"bytes\":{},\"blocks\":{},\"drops\":{},\"batches\":{},\"ring_drops\":{},\"batch_ns\":[{},{},{}]}}",
                 w.queue,
                 if w.cpu == u64::MAX { "null".to_string() } else { w.cpu.to_string() },
-                w.packets, w.bytes, w.blocks, w.drops, w.batches, w.ring_drops
+                w.packets, w.bytes, w.blocks, w.drops, w.batches, w.ring_drops,
+                w.batch_ns[0], w.batch_ns[1], w.batch_ns[2]
             )
         })
         .collect();
@@ -403,6 +409,28 @@ pub fn prometheus(pages: &[Snapshot]) -> String {
                 .collect(),
         );
     }
+    family(
+        &mut o,
+        "xdpcast_worker_batch_latency_seconds",
+        "gauge",
+        "Wall time of a worker's batch: percentiles since the worker started.",
+        pages
+            .iter()
+            .flat_map(|s| {
+                s.workers.iter().flat_map(move |w| {
+                    ["0.5", "0.99", "0.999"]
+                        .into_iter()
+                        .zip(w.batch_ns)
+                        .map(move |(q, ns)| {
+                            (
+                                format!("{},queue=\"{}\",quantile=\"{q}\"", sess(s), w.queue),
+                                format!("{:.9}", ns as f64 / 1e9),
+                            )
+                        })
+                })
+            })
+            .collect(),
+    );
     o
 }
 
@@ -427,6 +455,7 @@ mod tests {
             state: State::Success,
             workers: vec![WorkerStatus {
                 cpu: u64::MAX,
+                batch_ns: [1_500, 20_000, 95_000],
                 ..Default::default()
             }],
             ..Default::default()
@@ -440,7 +469,9 @@ mod tests {
         assert!(j.contains(r#""cpu":null"#));
         assert!(j.contains(r#""sha256":null"#));
         let h = human(&s);
+        assert!(j.contains(r#""batch_ns":[1500,20000,95000]"#));
         assert!(h.contains("SUCCESS") && h.contains("out_of_range=4"));
+        assert!(h.contains("batch p50 1.5 p99 20.0 p99.9 95.0 µs"), "{h}");
     }
 
     #[test]
@@ -452,6 +483,7 @@ mod tests {
             workers: vec![WorkerStatus {
                 queue: 3,
                 packets: 9,
+                batch_ns: [2_000, 40_000, 120_000],
                 ..Default::default()
             }],
             ..Default::default()
@@ -470,6 +502,9 @@ mod tests {
             "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n"
         ));
         assert!(text.contains("xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n"));
+        assert!(text.contains(
+            "xdpcast_worker_batch_latency_seconds{session=\"lab\\\"1\",queue=\"3\",quantile=\"0.99\"} 0.000040000\n"
+        ));
         // Each family is declared once, before all of its samples.
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split(' ').nth(2).unwrap();

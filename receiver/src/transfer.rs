@@ -37,6 +37,8 @@ pub struct WorkerCounters {
     pub fec_recovered: AtomicU64,
     /// Drops by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Batch latency percentiles (p50, p99, p99.9, ns), set by the worker.
+    pub batch_ns: [AtomicU64; 3],
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -67,6 +69,7 @@ impl WorkerCounters {
             drops: self.drops.iter().map(get).sum(),
             batches: get(&self.batches),
             ring_drops: get(&self.ring_drops),
+            batch_ns: self.batch_ns.each_ref().map(get),
         }
     }
 }

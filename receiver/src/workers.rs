@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
@@ -21,6 +22,10 @@ const POLL: Duration = Duration::from_millis(50);
 const SOCKET_BATCH: usize = 64;
 /// Receive buffer per datagram (largest jumbo frame).
 const SOCKET_BUF: usize = 9216;
+/// Batch latency percentiles published on the status page.
+const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
+/// How often a worker publishes them (walking the histogram is not free).
+const PUBLISH: Duration = Duration::from_millis(100);
 
 /// Where workers put what they receive: the xdpcast transfer, or another
 /// protocol's receiver. Called from several workers at once.
@@ -115,10 +120,14 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
         Source::Xsk(mut q) => {
             let mut last_stats = Instant::now();
             drive(t, c, stop, || {
+                let mut started = None;
                 let n = q
-                    .poll_batch(POLL, |f| match frame::udp_payload(f) {
-                        Ok(d) => t.ingest(d, c),
-                        Err(r) => c.drop_packet(r),
+                    .poll_batch(POLL, |f| {
+                        started.get_or_insert_with(Instant::now);
+                        match frame::udp_payload(f) {
+                            Ok(d) => t.ingest(d, c),
+                            Err(r) => c.drop_packet(r),
+                        }
                     })
                     .map_err(|e| {
                         Error::new(ErrorCode::SteeringFailed, format!("AF_XDP receive: {e}"))
@@ -130,7 +139,7 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                             .store(s.rx_dropped + s.rx_ring_full, Ordering::Relaxed);
                     }
                 }
-                Ok(n)
+                Ok(started.map(|at| (n, at)))
             })
         }
         Source::Socket(sock) => {
@@ -141,28 +150,67 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                 batch
                     .recv(&sock, &mut bufs, &mut lens)
                     .map_err(|e| Error::new(ErrorCode::Network, format!("recvmmsg: {e}")))?;
+                let started = Instant::now();
                 for (buf, &len) in bufs.iter().zip(lens.iter()) {
                     t.ingest(&buf[..len], c);
                 }
-                Ok(lens.len())
+                Ok((!lens.is_empty()).then_some((lens.len(), started)))
             })
         }
     }
 }
 
+/// Wall times of one worker's batches, kept by the worker alone and
+/// published into its counters every [`PUBLISH`].
+struct Latency {
+    hist: Histogram<u64>,
+    published: Instant,
+}
+
+impl Latency {
+    fn new() -> Result<Latency> {
+        // 1 ns to 60 s at 3 significant digits: about 200 KiB per worker.
+        let hist = Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("latency histogram: {e}")))?;
+        Ok(Latency {
+            hist,
+            published: Instant::now(),
+        })
+    }
+
+    fn record(&mut self, started: Instant, c: &WorkerCounters) {
+        let now = Instant::now();
+        self.hist
+            .saturating_record((now - started).as_nanos().max(1) as u64);
+        if now - self.published >= PUBLISH {
+            self.publish(c, now);
+        }
+    }
+
+    fn publish(&mut self, c: &WorkerCounters, now: Instant) {
+        self.published = now;
+        for (slot, q) in c.batch_ns.iter().zip(QUANTILES) {
+            slot.store(self.hist.value_at_quantile(q), Ordering::Relaxed);
+        }
+    }
+}
+
 /// The loop every worker runs: take batches until told to stop or the
-/// transfer has failed.
+/// transfer has failed. `batch` returns how many packets it took and when
+/// it had the first one in hand, or None when there were none.
 fn drive(
     t: &impl Sink,
     c: &WorkerCounters,
     stop: &AtomicBool,
-    mut batch: impl FnMut() -> Result<usize>,
+    mut batch: impl FnMut() -> Result<Option<(usize, Instant)>>,
 ) -> Result<()> {
+    let mut latency = Latency::new()?;
     while !stop.load(Ordering::Relaxed) && !t.has_failed() {
-        let n = batch()?;
-        if n > 0 {
+        if let Some((n, started)) = batch()? {
             c.batch(n);
+            latency.record(started, c);
         }
     }
+    latency.publish(c, Instant::now());
     Ok(())
 }

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use xdpcast::status::{now_ns, Snapshot, State, StatusReader};
-use xdpcast::wire;
 use xdpcast_bench::netns::VethPair;
 
 use crate::plot::{self, Panel};
@@ -42,7 +41,7 @@ const POLL: Duration = Duration::from_millis(2);
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A 256 MiB image and a 64 MiB latency replay: a few minutes on 2 cores.
+    /// A 256 MiB image: a few minutes on 2 cores.
     #[arg(long)]
     quick: bool,
     /// Image size in MiB (default: 256 with --quick, else 1024).
@@ -276,6 +275,9 @@ struct Metrics {
     loss: f64,
     /// Mean packets per worker batch (xdpcast).
     batch: Option<f64>,
+    /// Batch wall time p50, p99, p99.9 in ns, from the live workers'
+    /// histograms on the status page (xdpcast; the slowest worker's).
+    batch_ns: Option<[u64; 3]>,
 }
 
 struct Outcome {
@@ -500,6 +502,7 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
         softirq_s,
         loss: s.first_pass_missing as f64 / s.block_count.max(1) as f64,
         batch: Some(taken(&s) as f64 / batches.max(1) as f64),
+        batch_ns: s.workers.iter().map(|w| w.batch_ns).max_by_key(|l| l[1]),
     })
 }
 
@@ -614,6 +617,7 @@ fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
         softirq_s,
         loss,
         batch: None,
+        batch_ns: None,
     })
 }
 
@@ -647,8 +651,8 @@ impl Metrics {
 
 fn table(outcomes: &[Outcome], size: u64) -> String {
     let mut t = String::from(
-        "| MTU | receiver | path | goodput Gbit/s | kpkt/s | rx CPU s/GB | softirq s/GB | loss before repair | verified s | goodput vs XDP | CPU/GB vs XDP | avg batch | bottleneck |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| MTU | receiver | path | goodput Gbit/s | kpkt/s | rx CPU s/GB | softirq s/GB | loss before repair | verified s | goodput vs XDP | CPU/GB vs XDP | avg batch | batch p50/p99/p99.9 µs | bottleneck |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let gb = size as f64 / 1e9;
     for o in outcomes {
@@ -663,7 +667,7 @@ fn table(outcomes: &[Outcome], size: u64) -> String {
                 };
                 writeln!(
                     t,
-                    "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.2} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.2} | {} | {} | {} | {} | {} |",
                     o.mtu,
                     o.receiver.name(),
                     m.path,
@@ -676,12 +680,16 @@ fn table(outcomes: &[Outcome], size: u64) -> String {
                     ratio(m.goodput_gbps(size), xdp.map(|x| x.goodput_gbps(size))),
                     ratio(m.cpu_per_gb(size), xdp.map(|x| x.cpu_per_gb(size))),
                     m.batch.map_or("-".into(), |b| format!("{b:.1}")),
+                    m.batch_ns.map_or("-".into(), |l| {
+                        let [a, b, c] = l.map(|ns| ns as f64 / 1e3);
+                        format!("{a:.1} / {b:.1} / {c:.1}")
+                    }),
                     m.bottleneck(size),
                 )
             }
             Err(e) => writeln!(
                 t,
-                "| {} | {} | failed | - | - | - | - | - | - | - | - | - | {} |",
+                "| {} | {} | failed | - | - | - | - | - | - | - | - | - | - | {} |",
                 o.mtu,
                 o.receiver.name(),
                 e.replace('|', "/").replace('\n', " ")
@@ -770,44 +778,6 @@ pub fn run(args: Args) -> Result<()> {
         timeout: Duration::from_secs(if args.quick { 60 } else { 300 }),
     };
 
-    let mut latency = String::from(
-        "| block size | frames/batch | batches | p50 µs | p99 µs | p99.9 µs | max µs |\n|---|---|---|---|---|---|---|\n",
-    );
-    for &mtu in &args.mtu {
-        check_interrupt()?;
-        let bs = wire::block_size_for_mtu(mtu);
-        eprintln!("bench: replaying worker batches, block size {bs}");
-        let mut p = Proc::spawn(
-            None,
-            RX_CPU,
-            &[
-                ctx.bin.join("xdpcast-bench").to_str().context("path")?,
-                "replay",
-                "--target",
-                ctx.work.join("replay.img").to_str().context("path")?,
-                "--block-size",
-                &bs.to_string(),
-                "--image-mib",
-                if args.quick { "64" } else { "256" },
-            ],
-            &[],
-            &ctx.work.join("replay.log"),
-        )?;
-        let e = p.wait(Duration::from_secs(120));
-        ensure!(e.success(), "replay failed: {}", p.last_line());
-        let out = p.output();
-        let us = |k: &str| field(&out, k).map_or(f64::NAN, |v| v / 1e3);
-        let _ = writeln!(
-            latency,
-            "| {bs} | 64 | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            field(&out, "batches").unwrap_or(0.0),
-            us("p50_ns"),
-            us("p99_ns"),
-            us("p999_ns"),
-            us("max_ns")
-        );
-    }
-
     let mut outcomes = Vec::new();
     for &mtu in &args.mtu {
         let net = VethPair::new(1, mtu);
@@ -843,8 +813,6 @@ pub fn run(args: Args) -> Result<()> {
         size >> 20
     );
     md += &table(&outcomes, size);
-    md += "\nWorker batch latency (replayed in process: decapsulate, parse, bitmap, copy; HDR histogram):\n\n";
-    md += &latency;
     println!("\n{md}");
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
