@@ -23,6 +23,7 @@ pub mod net;
 pub mod report;
 pub mod resume;
 pub mod rings;
+mod rng;
 pub mod sender;
 pub mod session;
 pub mod status;

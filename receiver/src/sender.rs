@@ -4,7 +4,6 @@
 //! receivers' NACKs until a round passes with none.
 
 use std::fs::File;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use socket2::Socket;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fec;
 use crate::net::{self, Group, MsgBatch};
+use crate::rng::XorShift;
 use crate::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 
 /// Datagrams per `sendmmsg` call.
@@ -107,14 +107,6 @@ pub struct SendReport {
     pub elapsed: Duration,
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
-        Ok(()) => u64::from_ne_bytes(b),
-        Err(_) => u64::from(std::process::id()) << 32 | 0x9E37_79B9,
-    }
-}
-
 /// Paces sending to a rate by sleeping when ahead of schedule.
 struct Pacer {
     start: Instant,
@@ -136,28 +128,22 @@ impl Pacer {
     }
 }
 
-/// Deterministic loss injection (xorshift64).
+/// Deterministic loss injection.
 struct Loss {
-    state: u64,
+    rng: XorShift,
     threshold: u64,
 }
 
 impl Loss {
     fn new(fraction: f64, seed: u64) -> Loss {
         Loss {
-            state: seed | 1,
+            rng: XorShift::new(seed),
             threshold: (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
         }
     }
 
     fn drop_next(&mut self) -> bool {
-        if self.threshold == 0 {
-            return false;
-        }
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        self.state < self.threshold
+        self.threshold != 0 && self.rng.next_u64() < self.threshold
     }
 }
 
@@ -389,7 +375,7 @@ pub fn send(
     let socks = (0..opts.streams)
         .map(|_| net::sender_socket(opts.group, &opts.iface, opts.ttl))
         .collect::<Result<Vec<_>>>()?;
-    let seed = random_u64();
+    let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
     let start = Instant::now();
     let mut w = Wire {

@@ -19,6 +19,7 @@ use crate::datapath::{self, DataPath};
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::{self, Group};
 use crate::rings::XskConfig;
+use crate::rng::XorShift;
 use crate::status::{
     now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
 };
@@ -96,18 +97,13 @@ struct Repairer {
     blocks: u64,
     progress: Option<Instant>,
     sent: u64,
-    rng: u64,
+    rng: Option<XorShift>,
 }
 
 impl Repairer {
     fn backoff(&mut self) -> Duration {
-        if self.rng == 0 {
-            self.rng = now_ns() ^ u64::from(std::process::id()) << 32 | 1;
-        }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        Duration::from_millis(self.rng % NACK_BACKOFF_MS)
+        let rng = self.rng.get_or_insert_with(XorShift::from_entropy);
+        Duration::from_millis(rng.next_u64() % NACK_BACKOFF_MS)
     }
 
     fn tick(&mut self, t: &Transfer, blocks_done: u64) -> std::io::Result<()> {
