@@ -1,6 +1,7 @@
 //! `xdpcast receive --protocol udpcast` against Debian's real udpcast
 //! package (`udp-sender`, `udp-receiver`, installed by setup.sh): the data
-//! goes through XDP steering and AF_XDP, the image arrives intact, and a
+//! goes through XDP steering and AF_XDP, the image arrives intact (also
+//! with `udp-sender --fec`, lost blocks rebuilt from FEC blocks), and a
 //! udpcast receiver in the same session finishes too.
 //!
 //! These tests need root. They run in CI; they are skipped only when
@@ -35,21 +36,36 @@ fn udpcast_installed() -> bool {
 }
 
 /// The real udp-sender in `ns`, multicasting `file` to `group` and waiting
-/// for `receivers` receivers. `--nopointopoint`: with a single receiver it
-/// would otherwise send the data by unicast.
-fn udp_sender(ns: &Netns, iface: &str, file: &Path, group: &str, receivers: u32) -> Child {
+/// for `receivers` receivers, with `extra` arguments. `--nopointopoint`:
+/// with a single receiver it would otherwise send the data by unicast.
+fn udp_sender(
+    ns: &Netns,
+    iface: &str,
+    file: &Path,
+    group: &str,
+    receivers: u32,
+    extra: &[&str],
+) -> Child {
     let mut c = ns.cmd("udp-sender");
     c.args(["--interface", iface, "--file", file.to_str().unwrap()])
         .args(["--portbase", PORTBASE, "--mcast-data-address", group])
         .args(["--min-receivers", &receivers.to_string()])
-        .args(["--nokbd", "--nopointopoint"]);
+        .args(["--nokbd", "--nopointopoint"])
+        .args(extra);
     spawn(c)
 }
 
 /// `xdpcast receive --protocol udpcast --mode xdp` in `ns`, expecting data
-/// group `group`, with a kept status page.
-fn xdpcast_udpcast(ns: &Netns, iface: &str, status: &Path, out: &Path, group: &str) -> Child {
-    let args = [
+/// group `group`, with a kept status page and `extra` arguments.
+fn xdpcast_udpcast(
+    ns: &Netns,
+    iface: &str,
+    status: &Path,
+    out: &Path,
+    group: &str,
+    extra: &[&str],
+) -> Child {
+    let mut args = vec![
         "--protocol",
         "udpcast",
         "--portbase",
@@ -61,6 +77,7 @@ fn xdpcast_udpcast(ns: &Netns, iface: &str, status: &Path, out: &Path, group: &s
         "--out",
         out.to_str().unwrap(),
     ];
+    args.extend_from_slice(extra);
     start_receiver(
         xdpcast(ns),
         status,
@@ -112,8 +129,8 @@ fn udp_sender_to_xdpcast_over_af_xdp() {
     // Not a multiple of udpcast's block size: the last block is short.
     let Images { dir, src, dst } = Images::new("xdpc-udpc", 64 * MIB + 1000, 21);
     let group = "239.77.0.1";
-    let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, &dst, group);
-    let tx = udp_sender(&net.a, &net.if_a, &src, group, 1);
+    let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, &dst, group, &[]);
+    let tx = udp_sender(&net.a, &net.if_a, &src, group, 1, &[]);
     assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
     assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
@@ -122,6 +139,58 @@ fn udp_sender_to_xdpcast_over_af_xdp() {
         !net.xdp_attached_b(),
         "no XDP program may remain after the receiver exits"
     );
+}
+
+/// udp-sender with `--fec FEC` to xdpcast over XDP, whose XDP program
+/// drops `loss_ppm` of the data group's frames (data, FEC blocks and
+/// REQACKs alike): the image arrives intact and FEC rebuilt some blocks.
+fn fec_transfer(fec: &str, loss_ppm: u32, len: usize, seed: u64, group: &str) {
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-udpc-fec", len, seed);
+    let loss = loss_ppm.to_string();
+    let rx = xdpcast_udpcast(
+        &net.b,
+        &net.if_b,
+        &dir.0,
+        &dst,
+        group,
+        &["--inject-loss", &loss],
+    );
+    let tx = udp_sender(&net.a, &net.if_a, &src, group, 1, &["--fec", fec]);
+    let tx_out = wait_output(tx, LIMIT, "udp-sender");
+    assert_ok(&tx_out, "udp-sender");
+    let said = String::from_utf8_lossy(&tx_out.stderr);
+    assert!(said.contains("stripes="), "udp-sender took --fec: {said}");
+    assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    assert_page(&dir.0, &src);
+    let s = read_page(&dir.0, "udpc");
+    assert!(
+        s.fec_recovered > 0,
+        "lost blocks were rebuilt from FEC blocks: {s:?}"
+    );
+    assert!(s.fec_recovered < s.blocks_done);
+    assert!(!net.xdp_attached_b());
+}
+
+#[test]
+fn udp_sender_with_fec_to_xdpcast_rebuilds_lost_blocks() {
+    if !udpcast_installed() {
+        return;
+    }
+    // Slices of 8 stripes × 64 blocks, 8 FEC blocks per stripe; 0.5% loss
+    // is about one block in a slice: FEC rebuilds them all.
+    fec_transfer("8x8/64", 5_000, 32 * MIB + 1000, 23, "239.77.0.3");
+}
+
+#[test]
+fn udp_sender_with_little_fec_and_more_loss_also_retransmits() {
+    if !udpcast_installed() {
+        return;
+    }
+    // 4 stripes × 32 blocks, 2 FEC blocks per stripe, 3% loss: some
+    // stripes lose more than 2 blocks and need CMD_RETRANSMIT on top.
+    fec_transfer("4x2/32", 30_000, 16 * MIB + 333, 24, "239.77.0.4");
 }
 
 /// udp-receiver finds the sender through the interface's broadcast
@@ -154,13 +223,13 @@ fn xdpcast_and_udp_receiver_finish_the_same_session() {
     );
     make_image(&src, 64 * MIB, 22);
     let group = "239.77.0.2";
-    let rx = xdpcast_udpcast(&b.ns, &b.iface, &dir.0, &dst, group);
+    let rx = xdpcast_udpcast(&b.ns, &b.iface, &dir.0, &dst, group, &[]);
     let mut other = c.ns.cmd("udp-receiver");
     other
         .args(["--interface", &c.iface, "--file", dst2.to_str().unwrap()])
         .args(["--portbase", PORTBASE, "--nokbd"]);
     let other = spawn(other);
-    let tx = udp_sender(&a.ns, &a.iface, &src, group, 2);
+    let tx = udp_sender(&a.ns, &a.iface, &src, group, 2, &[]);
     let tx_out = wait_output(tx, LIMIT, "udp-sender");
     assert_ok(&tx_out, "udp-sender");
     let said = format!(

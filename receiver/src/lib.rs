@@ -31,6 +31,7 @@ pub mod steer;
 pub mod target;
 pub mod transfer;
 pub mod udpcast;
+pub mod udpcast_fec;
 pub mod wire;
 pub mod workers;
 

@@ -9,6 +9,12 @@
 //! joined socket) into a [`Stream`], the [`Sink`] that writes each block into
 //! the target and answers REQACKs with CMD_OK or CMD_RETRANSMIT.
 //!
+//! With `udp-sender --fec`, each slice is followed by FEC blocks (CMD_FEC):
+//! the slice's blocks are dealt round-robin into stripes, and each stripe
+//! has its own Reed-Solomon blocks ([`udpcast_fec`]). As soon as a stripe
+//! holds as many FEC blocks as it lacks data blocks, the lost ones are
+//! rebuilt and written like received ones.
+//!
 //! udpcast does not announce the image size: slices follow one another
 //! until an empty one ends the transfer. A slice starts where the previous
 //! one ended, so blocks are written with `pwrite` at (start of the slice +
@@ -38,6 +44,7 @@ use crate::status::{
 };
 use crate::target::sha256_prefix;
 use crate::transfer::WorkerCounters;
+use crate::udpcast_fec::{self, FecError};
 use crate::wire::DropReason;
 use crate::workers::Sink;
 
@@ -47,6 +54,8 @@ pub const DEFAULT_PORTBASE: u16 = 9000;
 pub const MAX_SLICE_BLOCKS: usize = 1024;
 /// Most clients of one sender (bits of the REQACK ready map).
 const MAX_CLIENTS: u32 = 1024;
+/// Most FEC stripes of one slice (udpcast's MAX_FEC_INTERLEAVE).
+const MAX_STRIPES: usize = 256;
 /// Bytes of a slice's block map in CMD_RETRANSMIT.
 const MAP_BYTES: usize = MAX_SLICE_BLOCKS / 8;
 /// Header of CMD_DATA, CMD_FEC and CMD_REQACK.
@@ -85,15 +94,14 @@ const CAP_NEW_GEN: u32 = 0x01;
 const CAP_BIG_ENDIAN: u32 = 0x08;
 /// Asynchronous transfer: receivers never answer.
 const CAP_ASYNC: u32 = 0x20;
-/// What this receiver announces, as udp-receiver does.
+/// What this receiver announces, as udp-receiver does. udpcast defines a
+/// CAP_FEC bit (0x04) but neither side announces it: the sender decides on
+/// FEC alone (`--fec`), and every receiver must handle CMD_FEC.
 const RECEIVER_CAPS: u32 = CAP_NEW_GEN | CAP_BIG_ENDIAN;
 
 const POINT_TO_POINT: &str = "udp-sender is in point-to-point mode (a single receiver): \
      the data comes by unicast through the kernel socket; run it with --nopointopoint \
      for the XDP path";
-
-const FEC_REFUSED: &str = "the sender uses forward error correction (udp-sender --fec), \
-     which the xdpcast udpcast receiver does not implement; run udp-sender without --fec";
 
 /// A datagram from the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +117,20 @@ pub enum Message<'a> {
         /// The block (the last one of the last slice may be short).
         payload: &'a [u8],
     },
-    /// CMD_FEC: a forward-error-correction block (not supported).
-    Fec,
+    /// CMD_FEC: forward-error-correction block `block` of slice `slice`:
+    /// row `block / stripes` of stripe `block % stripes`.
+    Fec {
+        /// Stripes the slice is dealt into.
+        stripes: u16,
+        /// Slice number.
+        slice: u32,
+        /// FEC block number within the slice.
+        block: u16,
+        /// Bytes in the whole slice.
+        bytes: u32,
+        /// The FEC block (a full block).
+        payload: &'a [u8],
+    },
     /// CMD_REQACK: the sender asks who has slice `slice` complete.
     ReqAck {
         /// Slice number.
@@ -170,7 +190,16 @@ pub fn parse(d: &[u8]) -> std::result::Result<Message<'_>, DropReason> {
                 payload: &d[DATA_HEADER..],
             }
         }
-        op::FEC => Message::Fec,
+        op::FEC => {
+            need(DATA_HEADER)?;
+            Message::Fec {
+                stripes: be16(d, 2),
+                slice: be32(d, 4),
+                block: be16(d, 8),
+                bytes: be32(d, 12),
+                payload: &d[DATA_HEADER..],
+            }
+        }
         op::REQACK => {
             need(DATA_HEADER)?;
             Message::ReqAck {
@@ -242,10 +271,19 @@ fn bit(map: &[u8], i: usize) -> bool {
 struct Slice {
     /// Bytes in the slice, once a packet told.
     bytes: Option<u32>,
-    /// Blocks received.
+    /// Blocks received (or rebuilt from FEC blocks).
     got: [u8; MAP_BYTES],
     /// Number of bits set in `got`.
     count: u32,
+    /// Copies of the blocks received, block b at b × block size (a short
+    /// last block zero-padded): what FEC decoding needs besides the FEC
+    /// blocks. Allocated with the first block.
+    copies: Vec<u8>,
+    /// FEC stripes, once a CMD_FEC told (0: none yet).
+    stripes: u16,
+    /// FEC blocks kept per stripe, as (row, block); never more than the
+    /// stripe lacks data blocks.
+    fec: Vec<Vec<(usize, Box<[u8]>)>>,
 }
 
 impl Slice {
@@ -254,12 +292,98 @@ impl Slice {
             bytes: None,
             got: [0; MAP_BYTES],
             count: 0,
+            copies: Vec::new(),
+            stripes: 0,
+            fec: Vec::new(),
         }
+    }
+
+    /// Blocks in the slice (0 while its size is unknown).
+    fn blocks(&self, block_size: u64) -> usize {
+        self.bytes
+            .map_or(0, |b| u64::from(b).div_ceil(block_size) as usize)
     }
 
     fn complete(&self, block_size: u64) -> bool {
         self.bytes
             .is_some_and(|b| u64::from(self.count) == u64::from(b).div_ceil(block_size))
+    }
+
+    /// Mark `block` received.
+    fn mark(&mut self, block: usize) {
+        self.got[block / 8] |= 1 << (block % 8);
+        self.count += 1;
+    }
+
+    /// Keep a copy of received `block` for FEC decoding.
+    fn keep(&mut self, block: usize, data: &[u8], block_size: u64) {
+        let bs = block_size as usize;
+        let want = self.blocks(block_size) * bs;
+        if self.copies.len() < want {
+            self.copies.resize(want, 0);
+        }
+        if let Some(to) = self.copies.get_mut(block * bs..block * bs + data.len()) {
+            to.copy_from_slice(data);
+        }
+    }
+
+    /// The data blocks of `stripe`: stripe, stripe + stripes, ...
+    fn stripe_blocks(
+        &self,
+        stripe: usize,
+        block_size: u64,
+    ) -> std::iter::StepBy<std::ops::Range<usize>> {
+        (stripe..self.blocks(block_size)).step_by(usize::from(self.stripes).max(1))
+    }
+
+    /// Data blocks of `stripe` neither received nor rebuilt.
+    fn missing(&self, stripe: usize, block_size: u64) -> usize {
+        self.stripe_blocks(stripe, block_size)
+            .filter(|&b| !bit(&self.got, b))
+            .count()
+    }
+
+    /// If `stripe` holds as many FEC blocks as it lacks data blocks, rebuild
+    /// those and mark them received; returns them as (block, data). A
+    /// stripe with nothing missing forgets its FEC blocks.
+    fn rebuild(
+        &mut self,
+        stripe: usize,
+        block_size: u64,
+    ) -> std::result::Result<Vec<(usize, Vec<u8>)>, FecError> {
+        let kept = self.fec.get(stripe).map_or(0, Vec::len);
+        let lost: Vec<usize> = self
+            .stripe_blocks(stripe, block_size)
+            .filter(|&b| !bit(&self.got, b))
+            .collect();
+        if lost.is_empty() || kept < lost.len() {
+            if lost.is_empty() && kept > 0 {
+                self.fec[stripe] = Vec::new();
+            }
+            return Ok(Vec::new());
+        }
+        let bs = block_size as usize;
+        let want = self.blocks(block_size) * bs;
+        if self.copies.len() < want {
+            self.copies.resize(want, 0);
+        }
+        let rebuilt = {
+            let data: Vec<Option<&[u8]>> = self
+                .stripe_blocks(stripe, block_size)
+                .map(|b| bit(&self.got, b).then(|| &self.copies[b * bs..(b + 1) * bs]))
+                .collect();
+            let fec: Vec<(usize, &[u8])> = self.fec[stripe]
+                .iter()
+                .map(|(row, block)| (*row, &block[..]))
+                .collect();
+            udpcast_fec::decode(&data, &fec, bs)
+        };
+        self.fec[stripe] = Vec::new();
+        let rebuilt = rebuilt?;
+        for &b in &lost {
+            self.mark(b);
+        }
+        Ok(lost.into_iter().zip(rebuilt).collect())
     }
 }
 
@@ -338,6 +462,38 @@ impl Ledger {
             self.first += 1;
             self.open.pop_front();
         }
+    }
+
+    /// Rebuild what stripe `stripe` of `open[i]` lacks, if its FEC blocks
+    /// suffice: the blocks are marked received and taken for writing, and
+    /// returned with their offsets in the target (cut to their length).
+    fn repair(&mut self, i: usize, stripe: usize, block_size: u64) -> Vec<(u64, Vec<u8>)> {
+        let Some(start) = self.offset(i) else {
+            return Vec::new();
+        };
+        let s = &mut self.open[i];
+        let bytes = u64::from(s.bytes.unwrap_or(0));
+        let rebuilt = match s.rebuild(stripe, block_size) {
+            Ok(r) => r,
+            Err(e) => {
+                // Cannot happen with the checks on the way in; the next
+                // REQACK asks for the data blocks instead.
+                log::warn!(
+                    "udpcast FEC, stripe {stripe} of slice {}: {e}",
+                    self.first + i as u32
+                );
+                return Vec::new();
+            }
+        };
+        self.accepted += rebuilt.len() as u64;
+        rebuilt
+            .into_iter()
+            .map(|(b, mut data)| {
+                let at = b as u64 * block_size;
+                data.truncate((bytes - at).min(block_size) as usize);
+                (start + at, data)
+            })
+            .collect()
     }
 
     /// Whether every slice up to and including the end marker is complete.
@@ -427,7 +583,7 @@ impl Stream {
         c: &WorkerCounters,
     ) -> std::result::Result<(), DropReason> {
         let bs = self.block_size;
-        let (offset, len) = {
+        let (offset, len, rebuilt) = {
             let (mut l, i) = self.opened(slice)?;
             let i = i.ok_or(DropReason::Duplicate)?;
             l.set_bytes(i, bytes, bs)?;
@@ -446,19 +602,110 @@ impl Stream {
             // placed: drop the block, the next REQACK asks for it again.
             let at = l.offset(i).ok_or(DropReason::Inconsistent)? + start;
             let s = &mut l.open[i];
-            s.got[usize::from(block) / 8] |= 1 << (block % 8);
-            s.count += 1;
+            s.mark(usize::from(block));
+            s.keep(usize::from(block), &payload[..len], bs);
             l.accepted += 1;
+            // One block less to rebuild may let the stripe's FEC blocks do it.
+            let s = &l.open[i];
+            let stripe = usize::from(block) % usize::from(s.stripes).max(1);
+            let rebuilt = if s.fec.get(stripe).is_some_and(|f| !f.is_empty()) {
+                l.repair(i, stripe, bs)
+            } else {
+                Vec::new()
+            };
             l.retire(bs);
-            (at, len)
+            (at, len, rebuilt)
         };
-        match self.file.write_all_at(&payload[..len], offset) {
+        self.write(&payload[..len], offset, c);
+        self.write_rebuilt(rebuilt, c);
+        Ok(())
+    }
+
+    /// Write one block taken for writing and count it.
+    fn write(&self, block: &[u8], offset: u64, c: &WorkerCounters) -> bool {
+        match self.file.write_all_at(block, offset) {
             Ok(()) => {
-                c.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
                 c.blocks.fetch_add(1, Ordering::Release);
+                true
             }
-            Err(e) => self.fail(Error::target_io("cannot write target", &e)),
+            Err(e) => {
+                self.fail(Error::target_io("cannot write target", &e));
+                false
+            }
         }
+    }
+
+    /// Write blocks rebuilt from FEC blocks.
+    fn write_rebuilt(&self, rebuilt: Vec<(u64, Vec<u8>)>, c: &WorkerCounters) {
+        for (offset, block) in rebuilt {
+            if self.write(&block, offset, c) {
+                c.fec_recovered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A FEC block: keep it if its stripe lacks data blocks, and rebuild
+    /// them once the stripe has as many FEC blocks as it lacks.
+    fn fec(
+        &self,
+        stripes: u16,
+        slice: u32,
+        block: u16,
+        bytes: u32,
+        payload: &[u8],
+        c: &WorkerCounters,
+    ) -> std::result::Result<(), DropReason> {
+        let bs = self.block_size;
+        let n_stripes = usize::from(stripes);
+        if n_stripes == 0 || n_stripes > MAX_STRIPES {
+            return Err(DropReason::Inconsistent);
+        }
+        let (stripe, row) = (
+            usize::from(block) % n_stripes,
+            usize::from(block) / n_stripes,
+        );
+        if row >= udpcast_fec::MAX_ROWS {
+            return Err(DropReason::OutOfRange);
+        }
+        if (payload.len() as u64) < bs {
+            return Err(DropReason::Truncated);
+        }
+        let rebuilt = {
+            let (mut l, i) = self.opened(slice)?;
+            // A late FEC block of a slice already complete is not needed.
+            let Some(i) = i else {
+                return Ok(());
+            };
+            l.set_bytes(i, bytes, bs)?;
+            // The code covers at most 128 data blocks per stripe.
+            if l.open[i].blocks(bs) > n_stripes * udpcast_fec::MAX_DATA {
+                return Err(DropReason::Inconsistent);
+            }
+            // As for data blocks: a slice that cannot be placed yet waits
+            // for the next REQACK.
+            l.offset(i).ok_or(DropReason::Inconsistent)?;
+            let s = &mut l.open[i];
+            if s.stripes == 0 {
+                s.stripes = stripes;
+                s.fec = vec![Vec::new(); n_stripes];
+            } else if s.stripes != stripes {
+                return Err(DropReason::Inconsistent);
+            }
+            if s.fec[stripe].iter().any(|(r, _)| *r == row) {
+                return Err(DropReason::Duplicate);
+            }
+            // Not needed (nothing lost in the stripe, or enough FEC blocks
+            // already): ignored, as udp-receiver does, and not a drop.
+            if s.missing(stripe, bs) <= s.fec[stripe].len() {
+                return Ok(());
+            }
+            s.fec[stripe].push((row, payload[..bs as usize].into()));
+            let rebuilt = l.repair(i, stripe, bs);
+            l.retire(bs);
+            rebuilt
+        };
+        self.write_rebuilt(rebuilt, c);
         Ok(())
     }
 
@@ -511,10 +758,13 @@ impl Sink for Stream {
                 rxmit,
                 ready,
             } => self.reqack(slice, bytes, rxmit, ready),
-            Message::Fec => {
-                self.fail(Error::new(ErrorCode::ProtocolError, FEC_REFUSED));
-                Ok(())
-            }
+            Message::Fec {
+                stripes,
+                slice,
+                block,
+                bytes,
+                payload,
+            } => self.fec(stripes, slice, block, bytes, payload, c),
             // Repeated hellos announce the sender to late receivers.
             Message::Hello { .. } => Ok(()),
             Message::ConnectReply { .. } | Message::Other(_) => Err(DropReason::BadKind),
@@ -824,6 +1074,11 @@ impl Run {
         }
         s.packets = all.iter().map(|w| w.packets).sum::<u64>() - s.total_drops();
         s.blocks_done = all.iter().map(|w| w.blocks).sum();
+        s.fec_recovered = t
+            .counters
+            .iter()
+            .map(|c| c.fec_recovered.load(Ordering::Relaxed))
+            .sum();
         s.bytes_done = all.iter().map(|w| w.bytes).sum();
         s.block_size = t.block_size;
         s.session_id = u64::from(t.client);
@@ -1075,6 +1330,9 @@ mod tests {
     ];
     const DATA: [u8; 16] = [0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0x7d, 0];
     const REQACK: [u8; 16] = [0, 6, 0, 0, 0, 0, 0, 0x12, 0, 0, 0xfa, 0x40, 0, 0, 0, 1];
+    /// CMD_FEC of `udp-sender --fec 8x8/64`: 8 stripes, slice 3, FEC block
+    /// 13 (row 1 of stripe 5), 512 blocks of 1456 bytes in the slice.
+    const FEC: [u8; 16] = [0, 9, 0, 8, 0, 0, 0, 3, 0, 13, 0, 0, 0, 0x0b, 0x60, 0];
 
     #[test]
     fn parses_what_udp_sender_sends() {
@@ -1110,7 +1368,19 @@ mod tests {
                 ready: &[0; 128],
             })
         );
-        assert_eq!(parse(&[0, 9, 0, 4]), Ok(Message::Fec));
+        let mut fec = FEC.to_vec();
+        fec.extend_from_slice(&[9; 1456]);
+        assert_eq!(
+            parse(&fec),
+            Ok(Message::Fec {
+                stripes: 8,
+                slice: 3,
+                block: 13,
+                bytes: 745_472,
+                payload: &[9; 1456],
+            })
+        );
+        assert_eq!(parse(&FEC[..12]), Err(DropReason::Truncated));
         assert_eq!(parse(&[0, 2, 0, 0]), Ok(Message::Other(2)));
         assert_eq!(parse(&DATA[..15]), Err(DropReason::Truncated));
         assert_eq!(parse(&[0]), Err(DropReason::Truncated));
@@ -1227,13 +1497,140 @@ mod tests {
         assert!(!s.has_failed());
     }
 
+    fn fec(stripes: u16, slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
+        let mut d = vec![0u8; DATA_HEADER];
+        d[..2].copy_from_slice(&op::FEC.to_be_bytes());
+        d[2..4].copy_from_slice(&stripes.to_be_bytes());
+        d[4..8].copy_from_slice(&slice.to_be_bytes());
+        d[8..10].copy_from_slice(&block.to_be_bytes());
+        d[12..16].copy_from_slice(&bytes.to_be_bytes());
+        d.extend_from_slice(payload);
+        d
+    }
+
+    /// The FEC blocks udp-sender sends for a slice of `image` in blocks of
+    /// 4 bytes, dealt into `stripes` stripes with `rows` FEC blocks each:
+    /// FEC block number stripe + row × stripes.
+    fn fec_blocks(image: &[u8], stripes: usize, rows: usize) -> Vec<Vec<u8>> {
+        let blocks: Vec<Vec<u8>> = image
+            .chunks(4)
+            .map(|b| {
+                let mut b = b.to_vec();
+                b.resize(4, 0);
+                b
+            })
+            .collect();
+        let mut out = vec![Vec::new(); stripes * rows];
+        for stripe in 0..stripes {
+            let data: Vec<&[u8]> = blocks
+                .iter()
+                .skip(stripe)
+                .step_by(stripes)
+                .map(|b| &b[..])
+                .collect();
+            for (row, f) in udpcast_fec::encode(&data, rows, 4)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+            {
+                out[stripe + row * stripes] = f;
+            }
+        }
+        out
+    }
+
     #[test]
-    fn fec_and_being_dropped_by_the_sender_fail_the_transfer() {
-        let (s, _sender, _) = stream("fec");
-        s.ingest(&[0, 9, 0, 4, 0, 0, 0, 0], s.counters(0));
-        let e = s.failure().unwrap();
-        assert_eq!(e.code, ErrorCode::ProtocolError);
-        assert!(e.message.contains("--fec"));
+    fn fec_blocks_rebuild_lost_data_blocks() {
+        let (s, sender, path) = stream("fec");
+        let c = s.counters(0);
+        let drops = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
+        // Slice 0: 26 bytes, 7 blocks (the last one short) in 2 stripes
+        // (blocks 0, 2, 4, 6 and 1, 3, 5), 2 FEC blocks per stripe.
+        let image = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let bytes = image.len() as u32;
+        let f = fec_blocks(image, 2, 2);
+        let block = |b: usize| &image[b * 4..(b * 4 + 4).min(image.len())];
+        // Blocks 1 and 3 (stripe 1) and 6 (stripe 0, short) are lost.
+        for b in [0, 2, 4, 5] {
+            s.ingest(&data(0, b as u16, bytes, block(b)), c);
+        }
+        // Before the FEC blocks: a retransmission request for 1, 3 and 6.
+        s.ingest(&reqack(0, bytes, &[0; 128]), c);
+        let r = reply(&sender);
+        assert_eq!(&r[..13], &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0b0011_0101]);
+        // Stripe 0 lacks one block: its first FEC block (number 0) rebuilds it.
+        s.ingest(&fec(2, 0, 0, bytes, &f[0]), c);
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 1);
+        // The second one (number 2) is not needed: ignored, not a drop.
+        s.ingest(&fec(2, 0, 2, bytes, &f[2]), c);
+        // Stripe 1 lacks two: FEC blocks 3 (row 1) then 1 (row 0).
+        s.ingest(&fec(2, 0, 3, bytes, &f[3]), c);
+        s.ingest(&fec(2, 0, 3, bytes, &f[3]), c);
+        assert_eq!(drops(DropReason::Duplicate), 1);
+        s.ingest(&fec(4, 0, 1, bytes, &f[1]), c);
+        assert_eq!(drops(DropReason::Inconsistent), 1, "stripe count changed");
+        s.ingest(&fec(2, 0, 1, bytes, &f[1][..3]), c);
+        assert_eq!(drops(DropReason::Truncated), 1);
+        s.ingest(&fec(0, 0, 1, bytes, &f[1]), c);
+        assert_eq!(drops(DropReason::Inconsistent), 2, "no stripes");
+        s.ingest(&fec(2, 0, 256, bytes, &f[1]), c);
+        assert_eq!(drops(DropReason::OutOfRange), 1, "row 128");
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 1);
+        s.ingest(&fec(2, 0, 1, bytes, &f[1]), c);
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 3);
+        // The slice is complete: OK, and a late data block is a duplicate.
+        s.ingest(&reqack(0, bytes, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(0));
+        s.ingest(&data(0, 1, bytes, block(1)), c);
+        assert_eq!(drops(DropReason::Duplicate), 2);
+        // Slice 1 (one block, one stripe): its FEC block comes first and
+        // rebuilds the block; the data block is then a duplicate.
+        let f1 = fec_blocks(b"!?", 1, 1);
+        s.ingest(&fec(1, 1, 0, 2, &f1[0]), c);
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 4);
+        s.ingest(&data(1, 0, 2, b"!?"), c);
+        assert_eq!(drops(DropReason::Duplicate), 3);
+        s.ingest(&reqack(2, 0, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(2));
+        assert_eq!(s.complete_len(), Some(28));
+        finish_target(&s.file, false, 28).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ!?"
+        );
+        assert_eq!(c.blocks.load(Ordering::Relaxed), 8);
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 28);
+        assert!(!s.has_failed());
+    }
+
+    #[test]
+    fn fec_blocks_that_arrive_first_wait_for_the_data() {
+        let (s, sender, path) = stream("fec-first");
+        let c = s.counters(0);
+        // One stripe of 3 blocks, 2 FEC rows; FEC block 1 first: the stripe
+        // lacks all 3 blocks, one FEC block is not enough.
+        let image = b"0123456789AB";
+        let f = fec_blocks(image, 1, 2);
+        s.ingest(&fec(1, 0, 1, 12, &f[1]), c);
+        s.ingest(&data(0, 2, 12, b"89AB"), c);
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 0);
+        s.ingest(&reqack(0, 12, &[0; 128]), c);
+        assert_eq!(
+            &reply(&sender)[..13],
+            &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0b100]
+        );
+        // Block 0 arrives: one lost block, one FEC block kept: rebuilt.
+        s.ingest(&data(0, 0, 12, b"0123"), c);
+        assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 1);
+        s.ingest(&reqack(1, 0, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(1));
+        assert_eq!(s.complete_len(), Some(12));
+        finish_target(&s.file, false, 12).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), image);
+    }
+
+    #[test]
+    fn being_dropped_by_the_sender_fails_the_transfer() {
         let (s, _sender, _) = stream("dropped");
         s.ingest(&data(0, 0, 8, b"ABCD"), s.counters(0));
         s.ingest(&data(MAX_AHEAD, 0, 8, b"ABCD"), s.counters(0));
