@@ -132,8 +132,7 @@ static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
 	return 0;
 }
 
-SEC("xdp")
-int xdpcast(struct xdp_md *ctx)
+static __always_inline int steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -173,6 +172,23 @@ int xdpcast(struct xdp_md *ctx)
 	long act = bpf_redirect_map(&XDPCAST_XSKS, ctx->rx_queue_index, XDP_PASS);
 	count(act == XDP_REDIRECT ? STAT_REDIRECTED : STAT_NO_SOCKET);
 	return act;
+}
+
+// Multi-buffer aware: a frame larger than one buffer (jumbo frames on veth
+// or on a driver with multi-buffer XDP) arrives as a first buffer with the
+// headers plus fragments, and is redirected whole; only the headers in the
+// first buffer are read. Kernels before 5.18 refuse such a program; the
+// loader then takes xdpcast_linear, the same code without the frags flag.
+SEC("xdp.frags")
+int xdpcast(struct xdp_md *ctx)
+{
+	return steer(ctx);
+}
+
+SEC("xdp")
+int xdpcast_linear(struct xdp_md *ctx)
+{
+	return steer(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

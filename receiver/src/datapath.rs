@@ -11,7 +11,7 @@ use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::net;
-use crate::rings::{self, XskQueue};
+use crate::rings::{self, XskConfig, XskQueue};
 use crate::session::{ModeRequest, SessionRequest};
 use crate::status::{PathMode, MAX_WORKERS};
 use crate::steer::{AttachMode, Steering};
@@ -92,9 +92,13 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
             .set_drop_per_million(req.inject_loss_ppm)
             .map_err(|e| steer_err(&e))?;
     }
+    let xsk_config = XskConfig {
+        multi_buffer: steering.multi_buffer(),
+        ..req.xsk.clone()
+    };
     let mut sources = Vec::with_capacity(queues.len());
     for &q in &queues {
-        let xsk = XskQueue::open(&req.iface, q, &req.xsk).map_err(|e| steer_err(&e))?;
+        let xsk = XskQueue::open(&req.iface, q, &xsk_config).map_err(|e| steer_err(&e))?;
         steering
             .register_socket(q, xsk.as_fd())
             .map_err(|e| steer_err(&e))?;

@@ -27,6 +27,12 @@ const SOL_XDP: libc::c_int = 283;
 const XDP_OPTIONS: libc::c_int = 8;
 /// `XDP_OPTIONS_ZEROCOPY` flag in `struct xdp_options`.
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+/// `XDP_USE_SG` bind flag: frames larger than a UMEM frame arrive in several.
+const XDP_USE_SG: u16 = 1 << 4;
+/// `XDP_PKT_CONTD` descriptor option: more fragments of this packet follow.
+const XDP_PKT_CONTD: u32 = 1;
+/// Largest packet reassembled from fragments (IPv4's 64 KiB plus headers).
+const MAX_PACKET: usize = 65_536 + 256;
 
 /// How the socket is bound to the device queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +60,10 @@ pub struct XskConfig {
     pub batch: u32,
     /// Zero-copy or copy mode.
     pub copy_mode: CopyMode,
+    /// Bind with `XDP_USE_SG`, so that frames larger than a UMEM frame come
+    /// as fragments (needs a multi-buffer XDP program, kernel 6.6+). If the
+    /// kernel or driver refuses, the socket is bound without it.
+    pub multi_buffer: bool,
 }
 
 impl Default for XskConfig {
@@ -64,6 +74,7 @@ impl Default for XskConfig {
             ring_size: 2048,
             batch: 64,
             copy_mode: CopyMode::Auto,
+            multi_buffer: false,
         }
     }
 }
@@ -144,6 +155,11 @@ pub struct XskQueue {
     device: DeviceQueue,
     /// UMEM frame addresses owned by user space, waiting to go to the fill ring.
     free: Vec<u64>,
+    /// The fragments so far of a packet whose last fragment has not come
+    /// yet (multi-buffer sockets); may span calls to `poll_batch`.
+    partial: Vec<u8>,
+    /// The packet being gathered had a bad fragment: drop it whole.
+    partial_bad: bool,
     /// Clears the offset-within-frame bits of a descriptor address.
     frame_mask: u64,
     batch: u32,
@@ -206,6 +222,29 @@ impl XskQueue {
     /// [`crate::steer::Steering::register_socket`] for the same queue.
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
+        if !cfg.multi_buffer {
+            return Self::open_with(iface, queue_id, cfg);
+        }
+        match Self::open_with(iface, queue_id, cfg) {
+            Err(RingError::Os {
+                op: "bind", source, ..
+            }) if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                log::warn!(
+                    "{iface} queue {queue_id}: AF_XDP multi-buffer refused ({source}); \
+                     frames larger than {} bytes will be dropped",
+                    cfg.frame_size - 256
+                );
+                let single = XskConfig {
+                    multi_buffer: false,
+                    ..cfg.clone()
+                };
+                Self::open_with(iface, queue_id, &single)
+            }
+            r => r,
+        }
+    }
+
+    fn open_with(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         let os_err = |op: &'static str, e: xdpilone::Errno| {
             let errno = e.get_raw().abs();
             match errno {
@@ -277,6 +316,9 @@ impl XskQueue {
             CopyMode::ZeroCopy => bind_flags |= SocketConfig::XDP_BIND_ZEROCOPY,
             CopyMode::Copy => bind_flags |= SocketConfig::XDP_BIND_COPY,
         }
+        if cfg.multi_buffer {
+            bind_flags |= XDP_USE_SG;
+        }
         let user = umem
             .rx_tx(
                 &sock,
@@ -323,6 +365,8 @@ impl XskQueue {
             rx,
             device,
             free,
+            partial: Vec::new(),
+            partial_bad: false,
             frame_mask: !(frame_size - 1),
             batch: cfg.batch,
             zero_copy,
@@ -365,16 +409,17 @@ impl XskQueue {
         let mut done = 0usize;
         let mut read = self.rx.receive(self.batch);
         while let Some(desc) = read.read() {
+            self.free.push(desc.addr & self.frame_mask);
             let start = usize::try_from(desc.addr).unwrap_or(usize::MAX);
             let len = desc.len as usize;
-            if start.checked_add(len).is_some_and(|end| end <= umem_len) {
+            let more = desc.options & XDP_PKT_CONTD != 0;
+            let frame = if start.checked_add(len).is_some_and(|end| end <= umem_len) {
                 // SAFETY: `start..start + len` lies inside the UMEM mapping (checked
                 // above), which lives as long as `self`. The kernel handed this frame
                 // to user space through the rx ring and will not write to it until
-                // we put it back on the fill ring, which happens after `f` returns.
-                let frame = unsafe { std::slice::from_raw_parts(base.add(start), len) };
-                f(frame);
-                done += 1;
+                // we put it back on the fill ring, which happens in `refill` after
+                // this loop, when `frame` is gone.
+                Some(unsafe { std::slice::from_raw_parts(base.add(start), len) })
             } else {
                 log::warn!(
                     "{} queue {}: ignoring out-of-range rx descriptor {}+{}",
@@ -383,8 +428,28 @@ impl XskQueue {
                     desc.addr,
                     desc.len
                 );
+                None
+            };
+            match frame {
+                // A whole packet in one frame: the common case, no copy.
+                Some(frame) if !more && self.partial.is_empty() && !self.partial_bad => {
+                    f(frame);
+                    done += 1;
+                    continue;
+                }
+                Some(frame) if self.partial.len() + frame.len() <= MAX_PACKET => {
+                    self.partial.extend_from_slice(frame);
+                }
+                _ => self.partial_bad = true,
             }
-            self.free.push(desc.addr & self.frame_mask);
+            if !more {
+                if !self.partial_bad {
+                    f(&self.partial);
+                    done += 1;
+                }
+                self.partial.clear();
+                self.partial_bad = false;
+            }
         }
         read.release();
         drop(read);

@@ -31,7 +31,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// The compiled XDP object (see `build.rs`); aligned as required by the ELF parser.
 static XDPCAST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpcast.bpf.o"));
 
+/// The multi-buffer aware program (`xdp.frags`), and the same code without
+/// the frags flag for kernels that refuse it.
 const PROGRAM_NAME: &str = "xdpcast";
+const LINEAR_PROGRAM_NAME: &str = "xdpcast_linear";
 const MAP_CONFIG: &str = "XDPCAST_CONFIG";
 const MAP_XSKS: &str = "XDPCAST_XSKS";
 const MAP_STATS: &str = "XDPCAST_STATS";
@@ -240,6 +243,7 @@ pub struct Steering {
     link: Option<aya::programs::xdp::XdpLink>,
     iface: String,
     mode: AttachMode,
+    multi_buffer: bool,
     config: Array<MapData, XdpcastConfig>,
     config_value: XdpcastConfig,
     xsks: XskMap<MapData>,
@@ -312,20 +316,25 @@ impl Steering {
             .set(0, config_value, 0)
             .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
 
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(SteerError::MissingItem(PROGRAM_NAME))?
-            .try_into()
-            .map_err(|_| SteerError::MissingItem(PROGRAM_NAME))?;
-        program.load().map_err(|e| {
-            if is_eperm(&e) {
-                SteerError::PermissionDenied {
-                    op: "loading the XDP program",
-                }
-            } else {
-                SteerError::LoadProgram(e)
+        let multi_buffer = match load_program(&mut ebpf, PROGRAM_NAME) {
+            Ok(()) => true,
+            Err(SteerError::LoadProgram(e)) => {
+                log::warn!(
+                    "the kernel refused the multi-buffer XDP program ({}); using the \
+                     single-buffer one, so frames larger than a UMEM frame cannot be received",
+                    error_chain(&e)
+                );
+                load_program(&mut ebpf, LINEAR_PROGRAM_NAME)?;
+                false
             }
-        })?;
+            Err(e) => return Err(e),
+        };
+        let name = if multi_buffer {
+            PROGRAM_NAME
+        } else {
+            LINEAR_PROGRAM_NAME
+        };
+        let program = xdp_program(&mut ebpf, name)?;
 
         let (link_id, mode) = match req {
             AttachRequest::Native => (
@@ -368,6 +377,7 @@ impl Steering {
             link: Some(link),
             iface: iface.to_string(),
             mode,
+            multi_buffer,
             config,
             config_value,
             xsks,
@@ -379,6 +389,12 @@ impl Steering {
     /// The mode the program is attached in.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Whether the program hands frames larger than one buffer to AF_XDP
+    /// (as fragments; the sockets must then be bound with `XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// Directs matched frames received on rx queue `queue` to the AF_XDP socket `fd`
@@ -465,6 +481,26 @@ fn map_err(map: &'static str, op: &'static str, source: MapError) -> SteerError 
     } else {
         SteerError::Map { map, op, source }
     }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteerError> {
+    ebpf.program_mut(name)
+        .ok_or(SteerError::MissingItem(name))?
+        .try_into()
+        .map_err(|_| SteerError::MissingItem(name))
+}
+
+/// Load program `name` of the object into the kernel.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SteerError> {
+    xdp_program(ebpf, name)?.load().map_err(|e| {
+        if is_eperm(&e) {
+            SteerError::PermissionDenied {
+                op: "loading the XDP program",
+            }
+        } else {
+            SteerError::LoadProgram(e)
+        }
+    })
 }
 
 fn attach_mode(
