@@ -28,6 +28,25 @@ fn sender(net: &VethPair, src: &Path, extra: &[&str]) -> Child {
     start_sender(&net.a, &net.if_a, GROUP, src, extra)
 }
 
+/// Wait for the sender, then the receiver; both must succeed and the image
+/// on disk must match the source.
+fn finish(tx: Child, rx: Child, src: &Path, dst: &Path) {
+    let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
+    assert!(
+        tx_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx_out.stderr)
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "receiver");
+    assert!(
+        out.status.success(),
+        "receiver: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_hex(src), sha256_hex(dst));
+}
+
 /// A UDP listener in `ns` (python, standard library) that counts the
 /// datagrams it gets on `bind:port`, joining `group` if given.
 fn listener(ns: &Netns, bind: &str, port: u16, group: Option<&str>) -> Child {
@@ -123,20 +142,7 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
         "another multicast group must not be captured"
     );
 
-    let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
-    assert!(
-        tx_out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tx_out.stderr)
-    );
-    let out = wait_output(rx, Duration::from_secs(120), "receiver");
-    assert!(
-        out.status.success(),
-        "receiver: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    finish(tx, rx, &src, &dst);
 
     let s = read_page(&dir.0, "xdp");
     assert_eq!(s.state, State::Success);
@@ -292,20 +298,7 @@ fn jumbo_frames_reach_af_xdp_in_fragments() {
         &src,
         &["--mtu", "9000", "--rate", "1G", "--streams", "32"],
     );
-    let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
-    assert!(
-        tx_out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tx_out.stderr)
-    );
-    let out = wait_output(rx, Duration::from_secs(120), "receiver");
-    assert!(
-        out.status.success(),
-        "receiver: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    finish(tx, rx, &src, &dst);
     let s = read_page(&dir.0, "xjumbo");
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
     assert_eq!(s.mode, PathMode::XdpNative);
