@@ -139,6 +139,15 @@ impl VethPair {
         let addr_b = format!("10.99.{n}.2");
         let mtu = mtu.to_string();
         for (ns, ifc, addr) in [(&a, &if_a, &addr_a), (&b, &if_b, &addr_b)] {
+            // No duplicate address detection: the IPv6 link-local address is
+            // usable as soon as the link is up (where IPv6 is enabled).
+            let _ = ns
+                .cmd("sh")
+                .args([
+                    "-c",
+                    &format!("echo 0 > /proc/sys/net/ipv6/conf/{ifc}/accept_dad"),
+                ])
+                .status();
             ns.ip(&["link", "set", ifc, "mtu", &mtu]);
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifc]);
             ns.ip(&["link", "set", ifc, "up"]);

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::time::Duration;
@@ -63,39 +63,73 @@ pub fn iface_index(name: &str) -> Result<u32> {
     Ok(idx)
 }
 
-/// The first IPv4 address of interface `name`.
-pub fn iface_ipv4(name: &str) -> Result<Ipv4Addr> {
+/// Whether `ip` is an IPv6 link-local unicast address (fe80::/10), which
+/// is only meaningful together with an interface (its scope id).
+pub fn is_link_local(ip: &Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The address a NACK socket on interface `name` binds to, port 0: its
+/// first IPv4 address, or with `v6` its first global IPv6 address, else its
+/// link-local one (scoped to the interface).
+pub fn iface_addr(name: &str, v6: bool) -> Result<SocketAddr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(net_err("getifaddrs".into(), io::Error::last_os_error()));
     }
-    let mut found = None;
+    let mut best: Option<SocketAddr> = None;
     let mut cur = head;
-    while !cur.is_null() && found.is_none() {
+    while !cur.is_null() {
         // SAFETY: `cur` is a node of the list returned by getifaddrs, alive
         // until freeifaddrs; its name is a NUL-terminated string and its
-        // address, when not null and AF_INET, is a sockaddr_in.
+        // address, when not null, is a sockaddr_in for AF_INET and a
+        // sockaddr_in6 for AF_INET6.
         unsafe {
             let ifa = &*cur;
             let addr = ifa.ifa_addr;
-            if !addr.is_null()
-                && i32::from((*addr).sa_family) == libc::AF_INET
-                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
-            {
-                let sin = &*(addr as *const libc::sockaddr_in);
-                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
             cur = ifa.ifa_next;
+            if addr.is_null()
+                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes()
+            {
+                continue;
+            }
+            let family = i32::from((*addr).sa_family);
+            let found = if family == libc::AF_INET && !v6 {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                SocketAddr::new(ip.into(), 0)
+            } else if family == libc::AF_INET6 && v6 {
+                let sin6 = &*(addr as *const libc::sockaddr_in6);
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                let scope = if is_link_local(&ip) {
+                    sin6.sin6_scope_id
+                } else {
+                    0
+                };
+                SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, scope))
+            } else {
+                continue;
+            };
+            // The first address wins, except that a global IPv6 address
+            // beats a link-local one.
+            let rank = |a: &SocketAddr| match a {
+                SocketAddr::V6(a) if is_link_local(a.ip()) => 0,
+                _ => 1,
+            };
+            if best.as_ref().is_none_or(|b| rank(&found) > rank(b)) {
+                best = Some(found);
+            }
         }
     }
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
-    found.ok_or_else(|| {
+    best.ok_or_else(|| {
         Error::new(
             ErrorCode::InvalidArgument,
             format!(
-                "interface {name} has no IPv4 address (needed for NACK repair; use --no-repair)"
+                "interface {name} has no IPv{} address (needed for NACK repair; use --no-repair)",
+                if v6 { 6 } else { 4 }
             ),
         )
     })
@@ -358,7 +392,12 @@ mod tests {
     fn interfaces() {
         assert!(iface_index("lo").unwrap() > 0);
         assert!(iface_mtu("lo").unwrap() > 0);
-        assert_eq!(iface_ipv4("lo").unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            iface_addr("lo", false).unwrap(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+        );
+        assert!(is_link_local(&"fe80::1".parse().unwrap()));
+        assert!(!is_link_local(&"fd00::1".parse().unwrap()));
         assert_eq!(
             iface_index("no-such-if0").unwrap_err().code,
             ErrorCode::InvalidArgument

@@ -48,7 +48,7 @@ pub struct SendOptions {
     pub streams: usize,
     /// Send an announce packet every this many data packets.
     pub announce_every: u64,
-    /// Take NACKs and run repair rounds after the last full pass (IPv4 only).
+    /// Take NACKs and run repair rounds after the last full pass.
     pub repair: bool,
     /// How long to collect NACKs after each end of pass.
     pub repair_wait: Duration,
@@ -239,11 +239,16 @@ struct Repair {
 }
 
 impl Repair {
-    fn open(iface: &str) -> Result<Repair> {
-        let ip = net::iface_ipv4(iface)?;
-        let err =
-            |e: std::io::Error| Error::new(ErrorCode::Network, format!("NACK socket on {ip}: {e}"));
-        let sock = UdpSocket::bind((ip, 0)).map_err(err)?;
+    /// A NACK socket on `iface`, of the group's address family.
+    fn open(iface: &str, group: SocketAddr) -> Result<Repair> {
+        let at = net::iface_addr(iface, group.is_ipv6())?;
+        let err = |e: std::io::Error| {
+            Error::new(
+                ErrorCode::Network,
+                format!("NACK socket on {}: {e}", at.ip()),
+            )
+        };
+        let sock = UdpSocket::bind(at).map_err(err)?;
         let addr = sock.local_addr().map_err(err)?;
         Ok(Repair { sock, addr })
     }
@@ -364,13 +369,10 @@ pub fn send(
     }
     let geometry = Geometry::new(map.len() as u64, block_size);
     let digest: [u8; 32] = Sha256::digest(&map[..]).into();
-    let repair = match (opts.repair, opts.group.0) {
-        (true, SocketAddr::V4(_)) => Some(Repair::open(&opts.iface)?),
-        (true, SocketAddr::V6(_)) => {
-            log::warn!("NACK repair is IPv4 only; sending passes and FEC only");
-            None
-        }
-        (false, _) => None,
+    let repair = if opts.repair {
+        Some(Repair::open(&opts.iface, opts.group.0)?)
+    } else {
+        None
     };
     let socks = (0..opts.streams)
         .map(|_| net::sender_socket(opts.group, &opts.iface, opts.ttl))

@@ -98,6 +98,9 @@ struct Repairer {
     progress: Option<Instant>,
     sent: u64,
     rng: Option<XorShift>,
+    /// Index of the receiving interface: the scope of a link-local repair
+    /// address.
+    scope: u32,
 }
 
 impl Repairer {
@@ -110,9 +113,14 @@ impl Repairer {
         let Some(control) = t.last_control() else {
             return Ok(());
         };
-        let Some(to) = control.repair_to() else {
+        let Some(mut to) = control.repair_to() else {
             return Ok(());
         };
+        if let SocketAddr::V6(v6) = &mut to {
+            if net::is_link_local(v6.ip()) {
+                v6.set_scope_id(self.scope);
+            }
+        }
         let now = Instant::now();
         if blocks_done != self.blocks || self.progress.is_none() {
             self.blocks = blocks_done;
@@ -380,7 +388,10 @@ impl Session {
             callbacks: self.callbacks.take().unwrap_or_default(),
             start_timeout: self.req.start_timeout,
             idle_timeout: self.req.idle_timeout,
-            repair: Repairer::default(),
+            repair: Repairer {
+                scope: net::iface_index(&self.req.iface).unwrap_or(0),
+                ..Repairer::default()
+            },
         };
         self.control = Some(
             std::thread::Builder::new()
