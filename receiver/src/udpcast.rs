@@ -315,13 +315,18 @@ impl Slice {
         self.count += 1;
     }
 
-    /// Keep a copy of received `block` for FEC decoding.
-    fn keep(&mut self, block: usize, data: &[u8], block_size: u64) {
-        let bs = block_size as usize;
-        let want = self.blocks(block_size) * bs;
+    /// Grow `copies` to the whole slice (zero-padded) once its size is known.
+    fn size_copies(&mut self, block_size: u64) {
+        let want = self.blocks(block_size) * block_size as usize;
         if self.copies.len() < want {
             self.copies.resize(want, 0);
         }
+    }
+
+    /// Keep a copy of received `block` for FEC decoding.
+    fn keep(&mut self, block: usize, data: &[u8], block_size: u64) {
+        let bs = block_size as usize;
+        self.size_copies(block_size);
         if let Some(to) = self.copies.get_mut(block * bs..block * bs + data.len()) {
             to.copy_from_slice(data);
         }
@@ -337,10 +342,9 @@ impl Slice {
     }
 
     /// Data blocks of `stripe` neither received nor rebuilt.
-    fn missing(&self, stripe: usize, block_size: u64) -> usize {
+    fn lost(&self, stripe: usize, block_size: u64) -> impl Iterator<Item = usize> + '_ {
         self.stripe_blocks(stripe, block_size)
             .filter(|&b| !bit(&self.got, b))
-            .count()
     }
 
     /// If `stripe` holds as many FEC blocks as it lacks data blocks, rebuild
@@ -352,10 +356,7 @@ impl Slice {
         block_size: u64,
     ) -> std::result::Result<Vec<(usize, Vec<u8>)>, FecError> {
         let kept = self.fec.get(stripe).map_or(0, Vec::len);
-        let lost: Vec<usize> = self
-            .stripe_blocks(stripe, block_size)
-            .filter(|&b| !bit(&self.got, b))
-            .collect();
+        let lost: Vec<usize> = self.lost(stripe, block_size).collect();
         if lost.is_empty() || kept < lost.len() {
             if lost.is_empty() && kept > 0 {
                 self.fec[stripe] = Vec::new();
@@ -363,10 +364,7 @@ impl Slice {
             return Ok(Vec::new());
         }
         let bs = block_size as usize;
-        let want = self.blocks(block_size) * bs;
-        if self.copies.len() < want {
-            self.copies.resize(want, 0);
-        }
+        self.size_copies(block_size);
         let rebuilt = {
             let data: Vec<Option<&[u8]>> = self
                 .stripe_blocks(stripe, block_size)
@@ -697,7 +695,7 @@ impl Stream {
             }
             // Not needed (nothing lost in the stripe, or enough FEC blocks
             // already): ignored, as udp-receiver does, and not a drop.
-            if s.missing(stripe, bs) <= s.fec[stripe].len() {
+            if s.lost(stripe, bs).count() <= s.fec[stripe].len() {
                 return Ok(());
             }
             s.fec[stripe].push((row, payload[..bs as usize].into()));
@@ -1427,8 +1425,21 @@ mod tests {
     }
 
     fn data(slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
+        block_packet(op::DATA, 0, slice, block, bytes, payload)
+    }
+
+    /// A CMD_DATA or CMD_FEC datagram (`stripes` 0 for data).
+    fn block_packet(
+        opcode: u16,
+        stripes: u16,
+        slice: u32,
+        block: u16,
+        bytes: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut d = vec![0u8; DATA_HEADER];
-        d[..2].copy_from_slice(&op::DATA.to_be_bytes());
+        d[..2].copy_from_slice(&opcode.to_be_bytes());
+        d[2..4].copy_from_slice(&stripes.to_be_bytes());
         d[4..8].copy_from_slice(&slice.to_be_bytes());
         d[8..10].copy_from_slice(&block.to_be_bytes());
         d[12..16].copy_from_slice(&bytes.to_be_bytes());
@@ -1498,14 +1509,7 @@ mod tests {
     }
 
     fn fec(stripes: u16, slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
-        let mut d = vec![0u8; DATA_HEADER];
-        d[..2].copy_from_slice(&op::FEC.to_be_bytes());
-        d[2..4].copy_from_slice(&stripes.to_be_bytes());
-        d[4..8].copy_from_slice(&slice.to_be_bytes());
-        d[8..10].copy_from_slice(&block.to_be_bytes());
-        d[12..16].copy_from_slice(&bytes.to_be_bytes());
-        d.extend_from_slice(payload);
-        d
+        block_packet(op::FEC, stripes, slice, block, bytes, payload)
     }
 
     /// The FEC blocks udp-sender sends for a slice of `image` in blocks of
