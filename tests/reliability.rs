@@ -28,9 +28,22 @@ fn receiver(
     out: &Path,
     extra: &[&str],
 ) -> Child {
+    receiver_of(GROUP, ns, iface, status, name, out, extra)
+}
+
+/// A receiver of `group` on `iface` in `ns`, writing to `out`.
+fn receiver_of(
+    group: &str,
+    ns: &Netns,
+    iface: &str,
+    status: &Path,
+    name: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Child {
     let mut args = vec!["--iface", iface, "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
-    start_receiver(xdpcast(ns), status, name, GROUP, &args)
+    start_receiver(xdpcast(ns), status, name, group, &args)
 }
 
 fn ok(out: &std::process::Output, what: &str) {
@@ -51,13 +64,14 @@ fn repaired_by_nacks(group: &str, mib: usize, loss: f64) {
     }
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-loss", mib * MIB, (loss * 100.0) as u64);
-    let out_arg = dst.to_str().unwrap();
-    let rx = start_receiver(
-        xdpcast(&net.b),
+    let rx = receiver_of(
+        group,
+        &net.b,
+        &net.if_b,
         &dir.0,
         "loss",
-        group,
-        &["--iface", &net.if_b, "--out", out_arg, "--mode", "xdp"],
+        &dst,
+        &["--mode", "xdp"],
     );
     let tx = start_sender(
         &net.a,

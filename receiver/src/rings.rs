@@ -222,13 +222,12 @@ impl XskQueue {
     /// [`crate::steer::Steering::register_socket`] for the same queue.
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
-        if !cfg.multi_buffer {
-            return Self::open_with(iface, queue_id, cfg);
-        }
         match Self::open_with(iface, queue_id, cfg) {
             Err(RingError::Os {
                 op: "bind", source, ..
-            }) if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            }) if cfg.multi_buffer
+                && matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+            {
                 log::warn!(
                     "{iface} queue {queue_id}: AF_XDP multi-buffer refused ({source}); \
                      frames larger than {} bytes will be dropped",

@@ -316,8 +316,8 @@ impl Steering {
             .set(0, config_value, 0)
             .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
 
-        let multi_buffer = match load_program(&mut ebpf, PROGRAM_NAME) {
-            Ok(()) => true,
+        let name = match load_program(&mut ebpf, PROGRAM_NAME) {
+            Ok(()) => PROGRAM_NAME,
             Err(SteerError::LoadProgram(e)) => {
                 log::warn!(
                     "the kernel refused the multi-buffer XDP program ({}); using the \
@@ -325,15 +325,11 @@ impl Steering {
                     error_chain(&e)
                 );
                 load_program(&mut ebpf, LINEAR_PROGRAM_NAME)?;
-                false
+                LINEAR_PROGRAM_NAME
             }
             Err(e) => return Err(e),
         };
-        let name = if multi_buffer {
-            PROGRAM_NAME
-        } else {
-            LINEAR_PROGRAM_NAME
-        };
+        let multi_buffer = name == PROGRAM_NAME;
         let program = xdp_program(&mut ebpf, name)?;
 
         let (link_id, mode) = match req {
