@@ -12,7 +12,7 @@
 //   clang -O2 -g -target bpf -c xdpcast.bpf.c -o xdpcast.bpf.o
 //
 // The layout of `struct xdpcast_config` is mirrored by `XdpcastConfig` in
-// receiver/src/steer.rs; keep them in sync.
+// receiver/src/net/steer.rs; keep them in sync.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use xdpcast::session::hex;
-use xdpcast::status::{self, offsets, Snapshot, State, StatusReader};
-use xdpcast::wire::{self, Control, DropReason, Geometry, Kind};
+use xdpcast::proto::wire::hex;
+use xdpcast::proto::wire::{self, Control, DropReason, Geometry, Kind};
+use xdpcast::status::page::{self, offsets, Snapshot, State, StatusReader};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
@@ -681,7 +681,7 @@ fn c_and_python_readers_agree_with_rust_on_live_and_final_pages() {
     // Final page with every field filled in: geometry, digest, workers.
     let s = read_page(&dir.0, "rd");
     assert_eq!(s.state, State::Success);
-    assert!(s.flags & status::FLAG_DIGEST != 0 && !s.workers.is_empty());
+    assert!(s.flags & page::FLAG_DIGEST != 0 && !s.workers.is_empty());
     assert_readers_agree(&dir.0, "rd", &dump, None);
 }
 
@@ -995,15 +995,15 @@ fn headers_and_python_reader_match_the_rust_constants() {
             None => v.parse().unwrap_or_else(|_| panic!("{k} = {v}")),
         }
     };
-    assert_eq!(num("XDPCAST_STATUS_MAGIC"), status::PAGE_MAGIC);
-    assert_eq!(num("XDPCAST_STATUS_LAYOUT_VERSION"), status::LAYOUT_VERSION);
-    assert_eq!(num("XDPCAST_STATUS_PAGE_SIZE"), status::PAGE_SIZE as u64);
-    assert_eq!(num("XDPCAST_MAX_WORKERS"), status::MAX_WORKERS as u64);
-    assert_eq!(num("XDPCAST_DROP_SLOTS"), status::DROP_SLOTS as u64);
-    assert_eq!(num("XDPCAST_NAME_LEN"), status::NAME_LEN as u64);
-    assert_eq!(num("XDPCAST_TEXT_LEN"), status::TEXT_LEN as u64);
-    assert_eq!(num("XDPCAST_FLAG_GEOMETRY"), status::FLAG_GEOMETRY);
-    assert_eq!(num("XDPCAST_FLAG_DIGEST"), status::FLAG_DIGEST);
+    assert_eq!(num("XDPCAST_STATUS_MAGIC"), page::PAGE_MAGIC);
+    assert_eq!(num("XDPCAST_STATUS_LAYOUT_VERSION"), page::LAYOUT_VERSION);
+    assert_eq!(num("XDPCAST_STATUS_PAGE_SIZE"), page::PAGE_SIZE as u64);
+    assert_eq!(num("XDPCAST_MAX_WORKERS"), page::MAX_WORKERS as u64);
+    assert_eq!(num("XDPCAST_DROP_SLOTS"), page::DROP_SLOTS as u64);
+    assert_eq!(num("XDPCAST_NAME_LEN"), page::NAME_LEN as u64);
+    assert_eq!(num("XDPCAST_TEXT_LEN"), page::TEXT_LEN as u64);
+    assert_eq!(num("XDPCAST_FLAG_GEOMETRY"), page::FLAG_GEOMETRY);
+    assert_eq!(num("XDPCAST_FLAG_DIGEST"), page::FLAG_DIGEST);
     use offsets::*;
     for (k, v) in [
         ("MAGIC", MAGIC),
@@ -1070,7 +1070,7 @@ fn headers_and_python_reader_match_the_rust_constants() {
     assert_eq!(num("XDPCAST_DROP_COUNT"), DropReason::COUNT as u64);
     // The C ABI header's constants.
     let a = header_values(&inc.join("xdpcast.h"));
-    use xdpcast::ffi::*;
+    use xdpcast::api::ffi::*;
     for (k, v) in [
         ("XDPCAST_MODE_AUTO", XDPCAST_MODE_AUTO),
         ("XDPCAST_MODE_XDP", XDPCAST_MODE_XDP),

@@ -3,8 +3,8 @@
 //! whatever parses is internally consistent (so it can be written safely).
 
 use proptest::prelude::*;
-use xdpcast::frame::udp_payload;
-use xdpcast::wire::{self, Control, Geometry, Kind, Packet};
+use xdpcast::proto::frame::udp_payload;
+use xdpcast::proto::wire::{self, Control, Geometry, Kind, Packet};
 
 fn valid_packets() -> Vec<Vec<u8>> {
     let g = Geometry::new(100_000, 1400);

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::session::hex;
-use xdpcast::status::{PathMode, State};
-use xdpcast::wire::{self, DropReason, Geometry};
+use xdpcast::proto::wire::hex;
+use xdpcast::proto::wire::{self, DropReason, Geometry};
+use xdpcast::status::page::{PathMode, State};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;

@@ -14,7 +14,7 @@ use std::process::{Child, Output};
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::{PathMode, State, FLAG_DIGEST};
+use xdpcast::status::page::{PathMode, State, FLAG_DIGEST};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
@@ -107,7 +107,7 @@ fn assert_page(status: &Path, src: &Path) {
     assert_eq!(s.total_bytes, len);
     assert_eq!(s.bytes_done, len);
     assert_ne!(s.flags & FLAG_DIGEST, 0);
-    assert_eq!(xdpcast::session::hex(&s.digest), sha256_hex(src));
+    assert_eq!(xdpcast::proto::wire::hex(&s.digest), sha256_hex(src));
     assert!(!s.workers.is_empty());
     let via_xdp: u64 = s.workers.iter().map(|w| w.blocks).sum();
     assert_eq!(

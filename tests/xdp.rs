@@ -12,7 +12,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::{PathMode, State};
+use xdpcast::status::page::{PathMode, State};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;

@@ -22,13 +22,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use xdpcast::bitmap::BlockBitmap;
-use xdpcast::frame;
-use xdpcast::status::{Snapshot, State, StatusReader, StatusWriter, WorkerStatus};
-use xdpcast::target::Target;
-use xdpcast::transfer::Transfer;
-use xdpcast::wire::{self, Packet};
-use xdpcast::workers::Sink;
+use xdpcast::proto::frame;
+use xdpcast::proto::wire::{self, Packet};
+use xdpcast::receive::bitmap::BlockBitmap;
+use xdpcast::receive::transfer::Transfer;
+use xdpcast::receive::workers::Sink;
+use xdpcast::status::page::{Snapshot, State, StatusReader, StatusWriter, WorkerStatus};
+use xdpcast::store::target::Target;
 use xdpcast_bench::fixture;
 
 /// Image size per lap: large enough to leave the caches.

@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use socket2::Socket;
-use xdpcast::net::{self, Group};
-use xdpcast::wire::{self, Control, Geometry, Kind, HEADER_LEN};
+use xdpcast::net::socket::{self, Group};
+use xdpcast::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
 
 /// `SOL_UDP` and `UDP_SEGMENT` from <linux/udp.h> (not in the libc crate).
 const SOL_UDP: libc::c_int = 17;
@@ -130,7 +130,7 @@ pub fn blast(
     }
     let g = Geometry::new(map.len() as u64, o.block_size);
     let digest: [u8; 32] = Sha256::digest(&map[..]).into();
-    let sock = net::sender_socket(o.group, &o.iface, 1)?;
+    let sock = socket::sender_socket(o.group, &o.iface, 1)?;
     let seg = HEADER_LEN + o.block_size as usize;
     let mut segs = (MAX_GSO_BYTES / seg).clamp(1, MAX_SEGS);
     if !o.gso || segs == 1 || set_gso(&sock, seg).is_err() {

@@ -1,6 +1,6 @@
 //! Deterministic images, and the datagrams and Ethernet frames that carry them.
 
-use xdpcast::wire::{self, Geometry};
+use xdpcast::proto::wire::{self, Geometry};
 
 /// Session id used by every fixture packet.
 pub const SESSION: u32 = 0x00BE_4C00;
@@ -67,7 +67,7 @@ mod tests {
         let (g, dgrams) = datagrams(&img, 1400);
         assert_eq!(dgrams.len() as u64, g.block_count);
         let f = eth_frame(&dgrams[7]);
-        let d = xdpcast::frame::udp_payload(&f).unwrap();
+        let d = xdpcast::proto::frame::udp_payload(&f).unwrap();
         match wire::parse(d).unwrap() {
             wire::Packet::Data { index, payload, .. } => {
                 assert_eq!(index, 7);

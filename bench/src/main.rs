@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xdpcast::net::{self, Group};
-use xdpcast::wire;
+use xdpcast::net::socket::{self, Group};
+use xdpcast::proto::wire;
 use xdpcast_bench::blast::{self, BlastOptions};
 use xdpcast_bench::fixture;
 
@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         } => {
             let block_size = match block_size {
                 Some(b) => b,
-                None => wire::block_size_for_mtu(net::iface_mtu(&iface)?),
+                None => wire::block_size_for_mtu(socket::iface_mtu(&iface)?),
             };
             let o = BlastOptions {
                 group,

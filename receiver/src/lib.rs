@@ -1,40 +1,35 @@
 //! xdpcast: a kernel-bypass multicast receiver for mass deployment of files
 //! and disk images.
 //!
-//! A packet passes these stages, one module each:
-//! [`steer`] (XDP program on the NIC) → [`rings`] (AF_XDP sockets) →
-//! [`workers`] (pinned threads) → [`frame`]/[`wire`] (decapsulation and
-//! parsing) → [`transfer`] (session checks, bitmap) → [`target`] (the
-//! memory-mapped file or block device). [`status`] publishes progress in
-//! shared memory and [`session`] ties it together behind a
-//! WdsTransportClient-style API. [`net`] holds the kernel-socket parts used by
-//! the portable path and by [`sender`].
+//! The modules follow the stages a packet passes, and imports flow one way,
+//! from the top of this list to the bottom:
+//!
+//! - [`api`]: the WdsTransportClient-style [`Session`] and its C ABI;
+//! - [`send`]: the sender (passes, pacing, repair);
+//! - [`receive`]: turning packets into blocks: the data path (XDP or
+//!   sockets), the pinned workers, the session's transfer state and the
+//!   udpcast-compatible sink;
+//! - [`store`]: turning blocks into bytes on a file or device, resume files;
+//! - [`status`]: the shared-memory status page and what reads it (reports,
+//!   monitor, metrics);
+//! - [`proto`]: what is on the wire (xdpcast packets, RaptorQ groups,
+//!   udpcast's erasure code), no I/O;
+//! - [`net`]: the kernel edge: the XDP program's loader, AF_XDP rings,
+//!   kernel sockets and frame decapsulation.
 
 #![warn(missing_docs)]
 
-pub mod bitmap;
-pub mod datapath;
+pub mod api;
 pub mod error;
-pub mod fec;
-pub mod ffi;
-pub mod frame;
-pub mod monitor;
 pub mod net;
-pub mod report;
-pub mod resume;
-pub mod rings;
+pub mod proto;
+pub mod receive;
 mod rng;
-pub mod sender;
-pub mod session;
+pub mod send;
 pub mod status;
-pub mod steer;
-pub mod target;
-pub mod transfer;
-pub mod udpcast;
-pub mod udpcast_fec;
-pub mod wire;
-pub mod workers;
+pub mod store;
 
+pub use api::session::{Callbacks, Session};
 pub use error::{Error, ErrorCode, Result};
-pub use session::{Callbacks, ModeRequest, Session, SessionRequest};
-pub use status::{PathMode, Snapshot, State, StatusReader};
+pub use receive::request::{ModeRequest, SessionRequest};
+pub use status::page::{PathMode, Snapshot, State, StatusReader};

@@ -21,7 +21,7 @@ impl XorShift {
         let mut b = [0u8; 8];
         let seed = match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
             Ok(()) => u64::from_ne_bytes(b),
-            Err(_) => crate::status::now_ns() ^ u64::from(std::process::id()) << 32,
+            Err(_) => clock_ns() ^ u64::from(std::process::id()) << 32,
         };
         XorShift::new(seed)
     }
@@ -33,6 +33,13 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+fn clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ pub fn make_image(path: &Path, len: usize, seed: u64) {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_hex(path: &Path) -> String {
-    xdpcast::session::hex(&Sha256::digest(std::fs::read(path).unwrap()))
+    xdpcast::proto::wire::hex(&Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 /// Wait for a child up to `limit`; kill it and panic if it takes longer.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use xdpcast::status::{now_ns, Snapshot, State, StatusReader};
+use xdpcast::status::page::{now_ns, Snapshot, State, StatusReader};
 use xdpcast_bench::netns::VethPair;
 
 use crate::plot::{self, Panel};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use sha2::{Digest, Sha256};
-use xdpcast::session::hex;
-use xdpcast::status::{State, StatusReader};
+use xdpcast::proto::wire::hex;
+use xdpcast::status::page::{State, StatusReader};
 use xdpcast_bench::{fixture, netns::VethPair};
 
 use crate::{root, run};
@@ -109,7 +109,7 @@ pub fn run_demo(size_mib: usize) -> anyhow::Result<()> {
             println!(
                 "demo: {:5.1}%  {}  via {}",
                 s.blocks_done as f64 * 100.0 / s.block_count as f64,
-                xdpcast::report::rate(s.rate_bps),
+                xdpcast::status::report::rate(s.rate_bps),
                 s.mode.name()
             );
         }

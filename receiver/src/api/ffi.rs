@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::api::session::{Callbacks, Session};
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::Group;
-use crate::session::{Callbacks, ModeRequest, Session, SessionRequest};
-use crate::status::State;
+use crate::net::socket::Group;
+use crate::receive::request::{ModeRequest, SessionRequest};
+use crate::status::page::State;
 
 /// `xdpcast_request.mode`: XDP when possible, else sockets.
 pub const XDPCAST_MODE_AUTO: u32 = 0;

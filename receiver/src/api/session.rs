@@ -9,24 +9,22 @@
 //! path down (the XDP program is always detached).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::datapath::{self, DataPath};
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::{self, Group};
-use crate::rings::XskConfig;
+use crate::net::socket;
+use crate::proto::wire::{self, hex, DropReason};
+use crate::receive::datapath::{self, DataPath};
+use crate::receive::request::SessionRequest;
+use crate::receive::transfer::Transfer;
+use crate::receive::workers::Sink;
 use crate::rng::XorShift;
-use crate::status::{
+use crate::status::page::{
     now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
 };
-use crate::steer::AttachRequest;
-use crate::transfer::Transfer;
-use crate::wire::{self, DropReason};
-use crate::workers::Sink;
 
 /// How often the control thread looks at the transfer and publishes the page.
 const TICK: Duration = Duration::from_millis(50);
@@ -41,7 +39,7 @@ const NACK_BACKOFF_MS: u64 = 100;
 /// (well inside the sender's 500 ms collection window).
 const NACK_AGAIN: Duration = Duration::from_millis(250);
 /// Most missing ranges one receiver reports per round (64 packets).
-const NACK_MAX_RANGES: usize = 64 * crate::wire::MAX_NACK_RANGES;
+const NACK_MAX_RANGES: usize = 64 * crate::proto::wire::MAX_NACK_RANGES;
 
 /// Keeps the resume file up to date from its own thread, so that syncing
 /// the target never delays status updates or NACKs.
@@ -117,7 +115,7 @@ impl Repairer {
             return Ok(());
         };
         if let SocketAddr::V6(v6) = &mut to {
-            if net::is_link_local(v6.ip()) {
+            if socket::is_link_local(v6.ip()) {
                 v6.set_scope_id(self.scope);
             }
         }
@@ -165,77 +163,6 @@ impl Repairer {
             }
         }
         Ok(())
-    }
-}
-
-/// Which data path to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModeRequest {
-    /// XDP when privileges and the kernel allow, else sockets (with a note why).
-    Auto,
-    /// XDP only; failure to set it up fails the session.
-    Xdp,
-    /// Plain UDP sockets only.
-    Socket,
-}
-
-/// Everything needed to receive one image.
-#[derive(Debug, Clone)]
-pub struct SessionRequest {
-    /// Session name: the status page is `<status dir>/xdpcast.<name>`.
-    pub name: String,
-    /// Multicast group and port.
-    pub group: Group,
-    /// Interface to receive on.
-    pub iface: String,
-    /// Target file or block device.
-    pub target: PathBuf,
-    /// Accept only this session id (default: the first one heard).
-    pub session_id: Option<u32>,
-    /// Data path.
-    pub mode: ModeRequest,
-    /// XDP attach mode.
-    pub attach: AttachRequest,
-    /// RX queues to serve on the XDP path (default: all).
-    pub queues: Option<Vec<u32>>,
-    /// Cores to pin workers to, in order (default: worker i on core i mod ncpu).
-    pub cores: Option<Vec<usize>>,
-    /// AF_XDP socket and UMEM sizes.
-    pub xsk: XskConfig,
-    /// Fail with `Timeout` when no packet of the session arrives this long after start.
-    pub start_timeout: Duration,
-    /// Fail with `SenderGone` when packets stop arriving this long before completion.
-    pub idle_timeout: Duration,
-    /// Socket receive buffer on the socket path, bytes.
-    pub rcvbuf: usize,
-    /// XDP path only: drop this many per million matched frames in the XDP
-    /// program (loss injection for tests and benchmarks).
-    pub inject_loss_ppm: u32,
-    /// Where to keep the received-block bitmap so that a restarted receiver
-    /// resumes (None: no resume).
-    pub resume_file: Option<PathBuf>,
-}
-
-impl SessionRequest {
-    /// A request with defaults for the rest.
-    pub fn new(name: &str, group: Group, iface: &str, target: PathBuf) -> SessionRequest {
-        SessionRequest {
-            name: name.to_owned(),
-            group,
-            iface: iface.to_owned(),
-            target,
-            session_id: None,
-            mode: ModeRequest::Auto,
-            attach: AttachRequest::Auto,
-            queues: None,
-            cores: None,
-            xsk: XskConfig::default(),
-            start_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(10),
-            rcvbuf: 64 << 20,
-            inject_loss_ppm: 0,
-            resume_file: None,
-        }
     }
 }
 
@@ -292,7 +219,7 @@ pub struct Session {
 impl Session {
     /// Validate the request and create the status page (state INITIALIZED).
     pub fn initialize(req: SessionRequest, callbacks: Callbacks) -> Result<Session> {
-        net::iface_index(&req.iface)?;
+        socket::iface_index(&req.iface)?;
         let path = page_path(&req.name)?;
         if req.target.as_os_str().is_empty() {
             return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
@@ -389,7 +316,7 @@ impl Session {
             start_timeout: self.req.start_timeout,
             idle_timeout: self.req.idle_timeout,
             repair: Repairer {
-                scope: net::iface_index(&self.req.iface).unwrap_or(0),
+                scope: socket::iface_index(&self.req.iface).unwrap_or(0),
                 ..Repairer::default()
             },
         };
@@ -722,9 +649,4 @@ impl Control {
             cb(s.state, s.error);
         }
     }
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -9,14 +9,15 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use xdpcast::net::Group;
-use xdpcast::rings::{CopyMode, XskConfig};
-use xdpcast::sender::{self, SendOptions};
-use xdpcast::session::hex;
-use xdpcast::status::{self, StatusReader};
-use xdpcast::steer::{self, AttachRequest};
-use xdpcast::udpcast::{self, UdpcastRequest};
-use xdpcast::{monitor, report, Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
+use xdpcast::net::rings::{CopyMode, XskConfig};
+use xdpcast::net::socket::Group;
+use xdpcast::net::steer::{self, AttachRequest};
+use xdpcast::proto::wire::hex;
+use xdpcast::receive::udpcast::{self, UdpcastRequest};
+use xdpcast::send::sender::{self, SendOptions};
+use xdpcast::status::page::{self, StatusReader};
+use xdpcast::status::{monitor, report};
+use xdpcast::{Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
 
 /// Exit status of a failed session: this plus its error code.
 const EXIT_FAILURE_BASE: u8 = 100;
@@ -257,7 +258,7 @@ impl ReceiveRecovery {
         r.resume_file = match (&self.resume_file, self.no_resume || block_device) {
             (Some(p), _) => Some(p.clone()),
             (None, true) => None,
-            (None, false) => Some(xdpcast::resume::default_path(&r.target)),
+            (None, false) => Some(xdpcast::store::resume::default_path(&r.target)),
         };
         r.inject_loss_ppm = self.inject_loss;
     }
@@ -381,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repair.apply(&mut opts);
             opts.rate_bps = rate;
             opts.passes = passes;
-            opts.block_size = block_size.or(mtu.map(xdpcast::wire::block_size_for_mtu));
+            opts.block_size = block_size.or(mtu.map(xdpcast::proto::wire::block_size_for_mtu));
             opts.session = session;
             opts.ttl = ttl;
             opts.streams = streams;
@@ -476,10 +477,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status { name, json } => {
             let names = match name {
                 Some(n) => vec![n],
-                None => status::list_sessions(),
+                None => page::list_sessions(),
             };
             if names.is_empty() {
-                println!("no sessions in {}", status::status_dir().display());
+                println!("no sessions in {}", page::status_dir().display());
             }
             for n in names {
                 let s = StatusReader::open_session(&n)?.read()?;
@@ -500,7 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Close { name, force } => {
-            let path = status::page_path(&name)?;
+            let path = page::page_path(&name)?;
             let s = StatusReader::open(&path)?.read()?;
             if !s.state.is_final() && !s.is_stale(Duration::from_secs(5)) && !force {
                 bail!(
@@ -565,7 +566,7 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
     eprintln!(
         "xdpcast: receiving on the {} path; status page {}",
         session.mode().name(),
-        status::page_path(&name)?.display()
+        page::page_path(&name)?.display()
     );
     let (state, code) = loop {
         match session.wait_for_completion(Some(Duration::from_millis(100))) {
@@ -607,7 +608,7 @@ fn receive_udpcast(
     progress: bool,
 ) -> anyhow::Result<ExitCode> {
     install_signal_handlers();
-    let page = status::page_path(&req.session.name)?;
+    let page = page::page_path(&req.session.name)?;
     eprintln!(
         "xdpcast: udpcast receiver on port {}; status page {}",
         req.portbase,

@@ -2,9 +2,9 @@
 //!
 //! Built on the pure-Rust `xdpilone` crate rather than `xsk-rs`: it needs no
 //! libbpf/libxdp C build and never loads an XDP program of its own, so the
-//! only program on the interface is ours (see [`crate::steer`]). Frames are
+//! only program on the interface is ours (see [`crate::net::steer`]). Frames are
 //! steered into a socket by registering its fd in the XSKMAP with
-//! [`crate::steer::Steering::register_socket`].
+//! [`crate::net::steer::Steering::register_socket`].
 //!
 //! Each [`XskQueue`] owns an anonymous mmap'd UMEM of `frame_count` frames of
 //! `frame_size` bytes, an rx ring and a fill ring (plus the mandatory, unused
@@ -219,7 +219,7 @@ impl XskQueue {
     /// of `iface` (with `XDP_USE_NEED_WAKEUP`).
     ///
     /// Frames only arrive once the socket is registered with
-    /// [`crate::steer::Steering::register_socket`] for the same queue.
+    /// [`crate::net::steer::Steering::register_socket`] for the same queue.
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
         match Self::open_with(iface, queue_id, cfg) {
@@ -519,7 +519,7 @@ impl XskQueue {
 }
 
 impl AsRawFd for XskQueue {
-    /// The AF_XDP socket fd, for [`crate::steer::Steering::register_socket`].
+    /// The AF_XDP socket fd, for [`crate::net::steer::Steering::register_socket`].
     fn as_raw_fd(&self) -> RawFd {
         self.device.as_raw_fd()
     }

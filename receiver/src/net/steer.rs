@@ -394,7 +394,7 @@ impl Steering {
     }
 
     /// Directs matched frames received on rx queue `queue` to the AF_XDP socket `fd`
-    /// (an [`crate::rings::XskQueue`] bound to the same interface and queue).
+    /// (an [`crate::net::rings::XskQueue`] bound to the same interface and queue).
     pub fn register_socket(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), SteerError> {
         let max = self.xsks.len();
         if queue >= max {

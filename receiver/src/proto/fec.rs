@@ -15,7 +15,7 @@ use raptorq::{
     SourceBlockEncoder,
 };
 
-use crate::wire::Geometry;
+use crate::proto::wire::Geometry;
 
 /// Blocks `[first, end)` of group `group`.
 pub fn group_blocks(g: &Geometry, group_size: u32, group: u64) -> (u64, u64) {

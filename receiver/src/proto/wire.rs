@@ -585,6 +585,11 @@ pub fn encode_fec(
     out
 }
 
+/// Lower-case hex of a digest.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

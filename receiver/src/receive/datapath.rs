@@ -10,12 +10,12 @@ use std::sync::Arc;
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::net;
-use crate::rings::{self, XskConfig, XskQueue};
-use crate::session::{ModeRequest, SessionRequest};
-use crate::status::{PathMode, MAX_WORKERS};
-use crate::steer::{AttachMode, Steering};
-use crate::workers::{self, Sink, Source, Worker};
+use crate::net::rings::{self, XskConfig, XskQueue};
+use crate::net::socket;
+use crate::net::steer::{AttachMode, Steering};
+use crate::receive::request::{ModeRequest, SessionRequest};
+use crate::receive::workers::{self, Sink, Source, Worker};
+use crate::status::page::{PathMode, MAX_WORKERS};
 
 /// A data path that is set up but whose workers have not started.
 pub struct Opened {
@@ -52,7 +52,7 @@ pub fn open(req: &SessionRequest) -> Result<Opened> {
 }
 
 fn open_socket(req: &SessionRequest) -> Result<Opened> {
-    let sock = net::join(req.group, &req.iface, req.rcvbuf)?;
+    let sock = socket::join(req.group, &req.iface, req.rcvbuf)?;
     Ok(Opened {
         mode: PathMode::Socket,
         note: String::new(),
@@ -83,7 +83,7 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
     }
     // The kernel socket only keeps the group membership (IGMP/MLD) so
     // switches keep forwarding the group; the frames go to AF_XDP.
-    let membership = net::join(req.group, &req.iface, 1 << 16)?;
+    let membership = socket::join(req.group, &req.iface, 1 << 16)?;
     let ip: IpAddr = req.group.0.ip();
     let mut steering = Steering::attach(&req.iface, ip, req.group.0.port(), req.attach)
         .map_err(|e| steer_err(&e))?;

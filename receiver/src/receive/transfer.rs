@@ -3,7 +3,8 @@
 //!
 //! A [`Transfer`] is shared by all workers. The hot path takes no lock: the
 //! bitmap hands each block to exactly one worker (atomic `fetch_or`), and each
-//! worker counts into its own cache-padded [`WorkerCounters`].
+//! worker counts into its own cache-padded
+//! [`WorkerCounters`](crate::receive::workers::WorkerCounters).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,68 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
-use crate::bitmap::BlockBitmap;
 use crate::error::{Error, ErrorCode, Result};
-use crate::status::WorkerStatus;
-use crate::target::Target;
-use crate::wire::{self, Control, DropReason, Geometry, Packet};
-use crate::workers::Sink;
-use crate::{fec, resume};
-
-/// Counters of one worker. Each is written by its worker only and read by
-/// the status publisher.
-#[derive(Debug, Default)]
-pub struct WorkerCounters {
-    /// Packets taken in (valid or not).
-    pub packets: AtomicU64,
-    /// Block bytes written.
-    pub bytes: AtomicU64,
-    /// Blocks written (incremented after the copy, with Release).
-    pub blocks: AtomicU64,
-    /// Non-empty batches.
-    pub batches: AtomicU64,
-    /// Frames the kernel dropped for a full ring (AF_XDP statistics).
-    pub ring_drops: AtomicU64,
-    /// Blocks rebuilt from FEC symbols (also counted in `blocks`).
-    pub fec_recovered: AtomicU64,
-    /// Drops by reason.
-    pub drops: [AtomicU64; DropReason::COUNT],
-    /// Batch latency percentiles (p50, p99, p99.9, ns), set by the worker.
-    pub batch_ns: [AtomicU64; 3],
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-impl WorkerCounters {
-    /// Count a dropped packet.
-    pub fn drop_packet(&self, r: DropReason) {
-        bump(&self.drops[r as usize], 1);
-    }
-
-    /// Count one non-empty batch of `n` packets.
-    pub fn batch(&self, n: usize) {
-        bump(&self.batches, 1);
-        bump(&self.packets, n as u64);
-    }
-
-    /// The counters as published on the status page.
-    pub fn snapshot(&self, queue: u64, cpu: Option<usize>) -> WorkerStatus {
-        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
-        WorkerStatus {
-            queue,
-            cpu: cpu.map_or(u64::MAX, |c| c as u64),
-            packets: get(&self.packets),
-            bytes: get(&self.bytes),
-            blocks: get(&self.blocks),
-            drops: self.drops.iter().map(get).sum(),
-            batches: get(&self.batches),
-            ring_drops: get(&self.ring_drops),
-            batch_ns: self.batch_ns.each_ref().map(get),
-        }
-    }
-}
+use crate::proto::fec;
+use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
+use crate::receive::bitmap::BlockBitmap;
+use crate::receive::workers::{bump, Sink, WorkerCounters};
+use crate::store::resume;
+use crate::store::target::Target;
 
 /// The image being received, known from the first valid packet.
 #[derive(Debug)]
@@ -153,7 +99,7 @@ impl Transfer {
         }
     }
 
-    /// Keep the written-block bitmap in `path` (see [`crate::resume`]) and
+    /// Keep the written-block bitmap in `path` (see [`crate::store::resume`]) and
     /// pick up from it when it matches the session.
     pub fn with_resume(mut self, path: Option<PathBuf>) -> Transfer {
         self.resume = path;
@@ -446,8 +392,7 @@ impl Sink for Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{encode_control, encode_data, Kind};
-    use crate::workers::Sink;
+    use crate::proto::wire::{encode_control, encode_data, Kind};
 
     fn setup(name: &str, session: Option<u32>) -> (Transfer, PathBuf) {
         let dir = std::env::temp_dir().join(format!("xdpcast-transfer-{}", std::process::id()));

@@ -35,18 +35,19 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::datapath::{self, DataPath};
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::{self, Group};
-use crate::session::{hex, SessionRequest};
-use crate::status::{
+use crate::net::socket::{self, Group};
+use crate::proto::udpcast_fec::{self, FecError};
+use crate::proto::wire::hex;
+use crate::proto::wire::DropReason;
+use crate::receive::datapath::{self, DataPath};
+use crate::receive::request::SessionRequest;
+use crate::receive::workers::Sink;
+use crate::receive::workers::WorkerCounters;
+use crate::status::page::{
     now_ns, page_path, Snapshot, State, StatusWriter, WorkerStatus, FLAG_DIGEST, FLAG_GEOMETRY,
 };
-use crate::target::sha256_prefix;
-use crate::transfer::WorkerCounters;
-use crate::udpcast_fec::{self, FecError};
-use crate::wire::DropReason;
-use crate::workers::Sink;
+use crate::store::target::sha256_prefix;
 
 /// udpcast's default port base: receivers use it, the sender `portbase + 1`.
 pub const DEFAULT_PORTBASE: u16 = 9000;
@@ -884,7 +885,7 @@ fn control_socket(req: &UdpcastRequest, control: Ipv4Addr) -> Result<UdpSocket> 
     s.set_multicast_all_v4(false)
         .map_err(|e| err("IP_MULTICAST_ALL", e))?;
     if control.is_multicast() {
-        let ifindex = net::iface_index(iface)?;
+        let ifindex = socket::iface_index(iface)?;
         s.join_multicast_v4_n(&control, &socket2::InterfaceIndexOrAddress::Index(ifindex))
             .map_err(|e| err(&format!("join {control}"), e))?;
     }

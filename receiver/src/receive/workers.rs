@@ -2,7 +2,7 @@
 //! path), optionally pinned to a core, draining its source in batches into
 //! the shared [`Sink`]. No locks on this path.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,10 +11,11 @@ use hdrhistogram::Histogram;
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::frame;
-use crate::net::MsgBatch;
-use crate::rings::XskQueue;
-use crate::transfer::WorkerCounters;
+use crate::net::rings::XskQueue;
+use crate::net::socket::MsgBatch;
+use crate::proto::frame;
+use crate::proto::wire::DropReason;
+use crate::status::page::WorkerStatus;
 
 /// How long a worker waits for packets before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -26,6 +27,61 @@ const SOCKET_BUF: usize = 9216;
 const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 /// How often a worker publishes them (walking the histogram is not free).
 const PUBLISH: Duration = Duration::from_millis(100);
+
+/// Counters of one worker. Each is written by its worker only and read by
+/// the status publisher.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Packets taken in (valid or not).
+    pub packets: AtomicU64,
+    /// Block bytes written.
+    pub bytes: AtomicU64,
+    /// Blocks written (incremented after the copy, with Release).
+    pub blocks: AtomicU64,
+    /// Non-empty batches.
+    pub batches: AtomicU64,
+    /// Frames the kernel dropped for a full ring (AF_XDP statistics).
+    pub ring_drops: AtomicU64,
+    /// Blocks rebuilt from FEC symbols (also counted in `blocks`).
+    pub fec_recovered: AtomicU64,
+    /// Drops by reason.
+    pub drops: [AtomicU64; DropReason::COUNT],
+    /// Batch latency percentiles (p50, p99, p99.9, ns), set by the worker.
+    pub batch_ns: [AtomicU64; 3],
+}
+
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl WorkerCounters {
+    /// Count a dropped packet.
+    pub fn drop_packet(&self, r: DropReason) {
+        bump(&self.drops[r as usize], 1);
+    }
+
+    /// Count one non-empty batch of `n` packets.
+    pub fn batch(&self, n: usize) {
+        bump(&self.batches, 1);
+        bump(&self.packets, n as u64);
+    }
+
+    /// The counters as published on the status page.
+    pub fn snapshot(&self, queue: u64, cpu: Option<usize>) -> WorkerStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
+        WorkerStatus {
+            queue,
+            cpu: cpu.map_or(u64::MAX, |c| c as u64),
+            packets: get(&self.packets),
+            bytes: get(&self.bytes),
+            blocks: get(&self.blocks),
+            drops: self.drops.iter().map(get).sum(),
+            batches: get(&self.batches),
+            ring_drops: get(&self.ring_drops),
+            batch_ns: self.batch_ns.each_ref().map(get),
+        }
+    }
+}
 
 /// Where workers put what they receive: the xdpcast transfer, or another
 /// protocol's receiver. Called from several workers at once.

@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::fec;
-use crate::net::{self, Group, MsgBatch};
+use crate::net::socket::{self, Group, MsgBatch};
+use crate::proto::fec;
+use crate::proto::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 use crate::rng::XorShift;
-use crate::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 32;
@@ -241,7 +241,7 @@ struct Repair {
 impl Repair {
     /// A NACK socket on `iface`, of the group's address family.
     fn open(iface: &str, group: SocketAddr) -> Result<Repair> {
-        let at = net::iface_addr(iface, group.is_ipv6())?;
+        let at = socket::iface_addr(iface, group.is_ipv6())?;
         let err = |e: std::io::Error| {
             Error::new(
                 ErrorCode::Network,
@@ -355,7 +355,7 @@ pub fn send(
     }
     let block_size = match opts.block_size {
         Some(b) => b,
-        None => wire::block_size_for_mtu(net::iface_mtu(&opts.iface)?),
+        None => wire::block_size_for_mtu(socket::iface_mtu(&opts.iface)?),
     };
     if !(wire::MIN_BLOCK_SIZE..=wire::MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(Error::new(
@@ -375,7 +375,7 @@ pub fn send(
         None
     };
     let socks = (0..opts.streams)
-        .map(|_| net::sender_socket(opts.group, &opts.iface, opts.ttl))
+        .map(|_| socket::sender_socket(opts.group, &opts.iface, opts.ttl))
         .collect::<Result<Vec<_>>>()?;
     let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);

@@ -1,7 +1,7 @@
 //! `xdpcast monitor` and `xdpcast metrics`: every session page on the
 //! machine as live progress bars, and as Prometheus text over HTTP.
 //!
-//! Both only read the pages (the seqlock protocol of [`crate::status`]), so
+//! Both only read the pages (the seqlock protocol of [`crate::status::page`]), so
 //! they run unprivileged and never slow a receiver down.
 
 use std::collections::BTreeMap;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::Result;
-use crate::report;
-use crate::status::{self, Snapshot, State, StatusReader};
+use crate::status::page::{self, Snapshot, State, StatusReader};
+use crate::status::report;
 
 /// How long a running session may go without a heartbeat before it is
 /// shown as stale.
@@ -31,7 +31,7 @@ pub struct Entry {
 
 /// Read every page in the status directory, sorted by name.
 pub fn scan() -> Vec<Entry> {
-    status::list_sessions()
+    page::list_sessions()
         .into_iter()
         .map(|name| Entry {
             page: StatusReader::open_session(&name).and_then(|r| r.read()),
@@ -111,7 +111,7 @@ fn percent(s: &Snapshot) -> f64 {
 /// One line per session, as `xdpcast monitor --once` prints it.
 pub fn frame(entries: &[Entry]) -> String {
     if entries.is_empty() {
-        return format!("no sessions in {}\n", status::status_dir().display());
+        return format!("no sessions in {}\n", page::status_dir().display());
     }
     let mut o = String::new();
     for e in entries {
@@ -176,7 +176,7 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
         if entries.is_empty() && !said_empty {
             multi.println(format!(
                 "no sessions in {} (waiting)",
-                status::status_dir().display()
+                page::status_dir().display()
             ))?;
         }
         said_empty = entries.is_empty();
@@ -257,7 +257,7 @@ mod tests {
         Snapshot {
             state: State::InProgress,
             writer_pid: u64::from(std::process::id()),
-            heartbeat_ns: status::now_ns(),
+            heartbeat_ns: page::now_ns(),
             total_bytes: 10 << 20,
             bytes_done: 4 << 20,
             block_count: 10,

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::wire::DropReason;
+use crate::proto::wire::DropReason;
 
 /// `"XDPCSTAT"` read as a little-endian u64.
 pub const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"XDPCSTAT");

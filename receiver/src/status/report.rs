@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::session::hex;
-use crate::status::{Snapshot, WorkerStatus, FLAG_DIGEST};
-use crate::wire::DropReason;
+use crate::proto::wire::hex;
+use crate::proto::wire::DropReason;
+use crate::status::page::{Snapshot, WorkerStatus, FLAG_DIGEST};
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
@@ -437,7 +437,7 @@ pub fn prometheus(pages: &[Snapshot]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::State;
+    use crate::status::page::State;
 
     #[test]
     fn figures() {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::wire::Geometry;
+use crate::proto::wire::Geometry;
 
 const MAGIC: &[u8; 8] = b"XDPCRSM1";
 const HEADER: usize = 8 + 4 + 4 + 8 + 8;

@@ -4,7 +4,7 @@
 //! The XDP program has already matched group and port, so this only has to
 //! find where the datagram starts and check that every length is sound.
 
-use crate::wire::DropReason;
+use crate::proto::wire::DropReason;
 
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;

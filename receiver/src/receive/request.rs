@@ -1,0 +1,80 @@
+//! What a receiver is asked to do: the request shared by the session API,
+//! the data path and the udpcast receiver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::net::rings::XskConfig;
+use crate::net::socket::Group;
+use crate::net::steer::AttachRequest;
+
+/// Which data path to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// XDP when privileges and the kernel allow, else sockets (with a note why).
+    Auto,
+    /// XDP only; failure to set it up fails the session.
+    Xdp,
+    /// Plain UDP sockets only.
+    Socket,
+}
+
+/// Everything needed to receive one image.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// Session name: the status page is `<status dir>/xdpcast.<name>`.
+    pub name: String,
+    /// Multicast group and port.
+    pub group: Group,
+    /// Interface to receive on.
+    pub iface: String,
+    /// Target file or block device.
+    pub target: PathBuf,
+    /// Accept only this session id (default: the first one heard).
+    pub session_id: Option<u32>,
+    /// Data path.
+    pub mode: ModeRequest,
+    /// XDP attach mode.
+    pub attach: AttachRequest,
+    /// RX queues to serve on the XDP path (default: all).
+    pub queues: Option<Vec<u32>>,
+    /// Cores to pin workers to, in order (default: worker i on core i mod ncpu).
+    pub cores: Option<Vec<usize>>,
+    /// AF_XDP socket and UMEM sizes.
+    pub xsk: XskConfig,
+    /// Fail with `Timeout` when no packet of the session arrives this long after start.
+    pub start_timeout: Duration,
+    /// Fail with `SenderGone` when packets stop arriving this long before completion.
+    pub idle_timeout: Duration,
+    /// Socket receive buffer on the socket path, bytes.
+    pub rcvbuf: usize,
+    /// XDP path only: drop this many per million matched frames in the XDP
+    /// program (loss injection for tests and benchmarks).
+    pub inject_loss_ppm: u32,
+    /// Where to keep the received-block bitmap so that a restarted receiver
+    /// resumes (None: no resume).
+    pub resume_file: Option<PathBuf>,
+}
+
+impl SessionRequest {
+    /// A request with defaults for the rest.
+    pub fn new(name: &str, group: Group, iface: &str, target: PathBuf) -> SessionRequest {
+        SessionRequest {
+            name: name.to_owned(),
+            group,
+            iface: iface.to_owned(),
+            target,
+            session_id: None,
+            mode: ModeRequest::Auto,
+            attach: AttachRequest::Auto,
+            queues: None,
+            cores: None,
+            xsk: XskConfig::default(),
+            start_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(10),
+            rcvbuf: 64 << 20,
+            inject_loss_ppm: 0,
+            resume_file: None,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The sender side.
+
+pub mod sender;

@@ -1,0 +1,4 @@
+//! Turning blocks into bytes on a file or block device, and the resume file.
+
+pub mod resume;
+pub mod target;
