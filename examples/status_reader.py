@@ -22,8 +22,8 @@ import sys
 import time
 
 MAGIC = int.from_bytes(b"XDPCSTAT", "little")
-LAYOUT_VERSION = 1
-PAGE_SIZE = 4096
+LAYOUT_VERSION = 2
+PAGE_SIZE = 8192
 WORDS = PAGE_SIZE // 8
 PREFIX = "xdpcast."
 
@@ -37,6 +37,9 @@ W = dict(
     digest=24, fec_recovered=28, nacks_sent=29,
     resumed_blocks=30, drops=32, name=48, group=56, target=64, message=96,
     workers=128, worker_latency=384,
+    # layout 2: one 16-word region per subsystem, per-worker extension
+    trust=512, storage=528, repair=544, stream=560, sparse=576, diag=592,
+    worker_ext=768,
 )
 WORKER_WORDS = 8
 LATENCY_WORDS = 3
@@ -67,7 +70,7 @@ class NotAPage(Exception):
 
 
 def read_words(mm, timeout=0.5):
-    """A consistent copy of the page as 512 ints (seqlock reader)."""
+    """A consistent copy of the page as WORDS ints (seqlock reader)."""
     deadline = time.monotonic() + timeout
     while True:
         (s1,) = struct.unpack_from("<Q", mm, SEQ_OFF)

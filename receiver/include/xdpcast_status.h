@@ -1,9 +1,9 @@
 /*
  * xdpcast_status.h - the xdpcast status page, layout version 1.
  *
- * A receiver publishes each session in a 4096-byte file
+ * A receiver publishes each session in an 8192-byte file
  * $XDPCAST_STATUS_DIR/xdpcast.<name> (default /dev/shm/xdpcast.<name>),
- * mode 0644. The page is 512 little-endian uint64_t words; XDPCAST_W_* are
+ * mode 0644. The page is 1024 little-endian uint64_t words; XDPCAST_W_* are
  * word indices (byte offset = 8 * index). docs/status-page.md describes
  * every field. Map the file read-only and copy it with
  * xdpcast_status_read(), which follows the writer's sequence lock and never
@@ -22,9 +22,9 @@ extern "C" {
 
 /* "XDPCSTAT" read as a little-endian uint64_t. */
 #define XDPCAST_STATUS_MAGIC 0x5441545343504458ULL
-#define XDPCAST_STATUS_LAYOUT_VERSION 1u
-#define XDPCAST_STATUS_PAGE_SIZE 4096u
-#define XDPCAST_STATUS_WORDS 512u
+#define XDPCAST_STATUS_LAYOUT_VERSION 2u
+#define XDPCAST_STATUS_PAGE_SIZE 8192u
+#define XDPCAST_STATUS_WORDS 1024u
 #define XDPCAST_STATUS_FILE_PREFIX "xdpcast."
 #define XDPCAST_STATUS_DEFAULT_DIR "/dev/shm"
 
@@ -67,6 +67,16 @@ extern "C" {
 #define XDPCAST_WORKER_WORDS 8
 #define XDPCAST_W_WORKER_LATENCY 384 /* 32 slots of XDPCAST_LATENCY_WORDS words */
 #define XDPCAST_LATENCY_WORDS 3
+/* Layout 2: one 16-word region per subsystem, and a per-worker extension. */
+#define XDPCAST_W_TRUST 512   /* page owner, manifest, authentication */
+#define XDPCAST_W_STORAGE 528 /* storage writer and buffer */
+#define XDPCAST_W_REPAIR 544  /* repair, suppression, progress reports */
+#define XDPCAST_W_STREAM 560  /* output stream */
+#define XDPCAST_W_SPARSE 576  /* sparse images */
+#define XDPCAST_W_DIAG 592    /* data-path diagnostics */
+#define XDPCAST_REGION_WORDS 16
+#define XDPCAST_W_WORKER_EXT 768 /* 32 slots of XDPCAST_WORKER_EXT_WORDS words */
+#define XDPCAST_WORKER_EXT_WORDS 8
 #define XDPCAST_MAX_WORKERS 32
 #define XDPCAST_DROP_SLOTS 16
 #define XDPCAST_NAME_LEN 64
@@ -176,10 +186,10 @@ static inline const char *xdpcast_state_name(uint64_t state)
 
 /*
  * Copy a consistent snapshot of the page at `page` (a read-only mapping of
- * at least 4096 bytes) into `out`, following the sequence lock:
+ * at least XDPCAST_STATUS_PAGE_SIZE bytes) into `out`, following the sequence lock:
  *
  *   1. s1 = seq (acquire); if s1 is odd the writer is mid-update: retry;
- *   2. copy all 512 words (relaxed atomic loads);
+ *   2. copy all XDPCAST_STATUS_WORDS words (relaxed atomic loads);
  *   3. acquire fence; if seq != s1 the copy may be torn: retry.
  *
  * Gives up with XDPCAST_READ_BUSY after `max_tries` attempts (0 means

@@ -1,7 +1,7 @@
-//! The status page: a 4096-byte file in shared memory (`/dev/shm` by
+//! The status page: an 8192-byte file in shared memory (`/dev/shm` by
 //! default) that any process may map read-only to follow a session.
 //!
-//! The page is an array of 512 little-endian `u64` words at fixed offsets
+//! The page is an array of 1024 little-endian `u64` words at fixed offsets
 //! (docs/status-page.md and `receiver/include/xdpcast_status.h` give every
 //! one). One writer per page updates it under a sequence lock: it makes
 //! `seq` odd, writes the words, then makes `seq` even again. A reader copies
@@ -22,9 +22,9 @@ use crate::proto::wire::DropReason;
 /// `"XDPCSTAT"` read as a little-endian u64.
 pub const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"XDPCSTAT");
 /// Version of the layout below; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 /// Size of the page in bytes.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = 8192;
 const WORDS: usize = PAGE_SIZE / 8;
 /// Worker slots on the page.
 pub const MAX_WORKERS: usize = 32;
@@ -75,9 +75,30 @@ pub mod offsets {
     pub const WORKER_WORDS: usize = 8;
     pub const WORKER_LATENCY: usize = 384; // 32 slots of LATENCY_WORDS words
     pub const LATENCY_WORDS: usize = 3;
+    // Layout 2 added the second 4 KiB: one 16-word region per subsystem,
+    // each written only by that subsystem, and a per-worker extension.
+    /// Trust: page owner, manifest and authentication (16 words).
+    pub const TRUST: usize = 512;
+    /// Storage writer and buffer (16 words).
+    pub const STORAGE: usize = 528;
+    /// Repair, suppression and progress reports (16 words).
+    pub const REPAIR: usize = 544;
+    /// Output stream (16 words).
+    pub const STREAM: usize = 560;
+    /// Sparse images: runs skipped (16 words).
+    pub const SPARSE: usize = 576;
+    /// Diagnostics of the data path (16 words).
+    pub const DIAG: usize = 592;
+    /// Words of each region above.
+    pub const REGION_WORDS: usize = 16;
+    /// Per-worker extension: 32 slots of WORKER_EXT_WORDS words.
+    pub const WORKER_EXT: usize = 768;
+    pub const WORKER_EXT_WORDS: usize = 8;
     const _: () = assert!(
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY
-            && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= super::WORDS
+            && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= TRUST
+            && DIAG + REGION_WORDS <= WORKER_EXT
+            && WORKER_EXT + super::MAX_WORKERS * WORKER_EXT_WORDS <= super::WORDS
     );
 }
 
@@ -535,7 +556,7 @@ impl Mapped {
 
     fn words(&self) -> &[AtomicU64; WORDS] {
         // SAFETY: the mapping is PAGE_SIZE bytes and page aligned, so it is
-        // large and aligned enough for 512 AtomicU64 (same size and alignment
+        // large and aligned enough for 1024 AtomicU64 (same size and alignment
         // as u64); it lives as long as `self`; all access, here and in the
         // other processes following the documented protocol, is atomic.
         unsafe { &*(self.map.as_ptr() as *const [AtomicU64; WORDS]) }
