@@ -436,6 +436,132 @@ fn image_larger_than_a_small_tmpfs_fails_with_disk_full() {
     drop(fs);
 }
 
+#[test]
+fn resume_file_on_a_full_filesystem_only_warns() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = status_dir("xdpc-api-rf");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    make_image(&src, 8 * MIB, 15);
+    // The target has room; the resume file goes to a full filesystem.
+    let fs = Tmpfs::mount(dir.join("full"), "64k");
+    let filler = std::fs::write(fs.0.join("filler"), vec![0u8; 128 << 10]);
+    assert!(filler.is_err(), "the tmpfs is full");
+    let resume = fs.0.join("dst.resume");
+    let group = "239.44.0.17:5000";
+    let rx = running_receiver(
+        &ns,
+        &dir.0,
+        "rf",
+        group,
+        &dst,
+        &["--keep-status", "--resume-file", resume.to_str().unwrap()],
+    );
+    // 8 MiB at 24 Mbit/s: the sender needs about 3 s, past the first
+    // resume save (after 1 s).
+    let tx = sender(&ns, &src, group, &["--rate", "24M"]);
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    assert!(wait_output(tx, Duration::from_secs(60), "sender")
+        .status
+        .success());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot save the resume file"),
+        "one warning: {}",
+        text(&out)
+    );
+    assert_eq!(read_page(&dir.0, "rf").state, State::Success);
+    assert_eq!(sha256_hex(&dst), sha256_hex(&src));
+    drop(fs);
+}
+
+#[test]
+fn bad_arguments_are_refused_before_any_packet() {
+    if !netns_allowed() {
+        return;
+    }
+    let dir = status_dir("xdpc-api-args");
+    let invalid = exit_for(ErrorCode::InvalidArgument);
+    // No sender runs: a receiver that accepted its arguments would wait for
+    // the start timeout (2 s) and exit with `timeout` (102) instead.
+    let receive = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "receive",
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--group",
+            "239.44.0.8:5000",
+            "--start-timeout",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        xdpcast(&dir.0, &args)
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let too_many = (cpus + 62).to_string();
+    let o = receive(&dir.join("a.img"), &["--cores", &too_many]);
+    assert_eq!(o.status.code(), invalid, "{}", text(&o));
+    assert!(text(&o).contains("--cores"), "{}", text(&o));
+    // Setup errors exit with 100 + their code too.
+    let o = xdpcast(
+        &dir.0,
+        &[
+            "receive",
+            "--iface",
+            "nosuch0",
+            "--group",
+            "239.44.0.8:5000",
+            "--out",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), invalid, "{}", text(&o));
+    // A directory the receiver may not write: refused at once.
+    let ro = dir.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_xdpcast"))
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["receive", "--iface", "lo", "--mode", "socket"])
+        .args(["--group", "239.44.0.8:5000", "--start-timeout", "2"])
+        .args(["--out", ro.join("img").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        exit_for(ErrorCode::TargetIo),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // send --mtu: below the smallest frame or above any MTU is a usage
+    // error (2); above the interface's MTU is refused (112).
+    let src = dir.join("src.img");
+    make_image(&src, 1000, 16);
+    let send = |mtu: &str, iface: &str| {
+        let ns = netns();
+        ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+        ns.cmd(env!("CARGO_BIN_EXE_xdpcast"))
+            .args(["send", src.to_str().unwrap(), "--group", "239.44.0.8:5000"])
+            .args(["--iface", iface, "--mtu", mtu, "--no-repair"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(send("100", "lo").status.code(), Some(2));
+    assert_eq!(send("70000", "lo").status.code(), Some(2));
+    let o = send("9000", "lo");
+    assert_eq!(o.status.code(), invalid, "{}", text(&o));
+    assert!(text(&o).contains("fragmented"), "{}", text(&o));
+}
+
 /// Invariants that hold on every consistent page of a running transfer.
 fn check_consistent(s: &Snapshot) {
     assert_eq!(

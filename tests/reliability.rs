@@ -10,6 +10,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::*;
+use xdpcast::proto::wire::DropReason;
 use xdpcast::status::page::{PathMode, State};
 use xdpcast::ErrorCode;
 
@@ -281,6 +282,15 @@ fn killed_receiver_resumes_where_it_stopped() {
         "picked up {} blocks from disk",
         s.resumed_blocks
     );
+    // Resumed blocks count in the bytes too, and the sender's copies of
+    // them are duplicates, not drops.
+    assert_eq!(
+        (s.blocks_done, s.bytes_done),
+        (s.block_count, s.total_bytes)
+    );
+    assert!(s.drops_for(DropReason::Duplicate) > 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0 dropped"), "{text}");
     assert!(!resume.exists());
 }
 

@@ -224,6 +224,7 @@ impl Session {
         if req.target.as_os_str().is_empty() {
             return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
         }
+        req.validate()?;
         let writer = Arc::new(StatusWriter::create(&path)?);
         let s = Session {
             writer,
@@ -470,7 +471,10 @@ impl Control {
             .sum::<u64>()
             .saturating_sub(s.total_drops());
         s.blocks_done = t.blocks_done();
-        s.bytes_done = s.workers.iter().map(|w| w.bytes).sum();
+        // What this run received, for the rates; bytes_done also counts
+        // the blocks a resume file says are on disk already.
+        let received: u64 = s.workers.iter().map(|w| w.bytes).sum();
+        s.bytes_done = received + t.resumed_bytes();
         if let Some(img) = t.image() {
             s.flags |= FLAG_GEOMETRY;
             s.session_id = u64::from(img.session);
@@ -490,14 +494,14 @@ impl Control {
         let now = Instant::now();
         let dt = now.duration_since(meter.last).as_secs_f64();
         if dt >= 0.2 {
-            meter.rate = ((s.bytes_done - meter.last_bytes) as f64 / dt) as u64;
+            meter.rate = ((received - meter.last_bytes) as f64 / dt) as u64;
             meter.last = now;
-            meter.last_bytes = s.bytes_done;
+            meter.last_bytes = received;
         }
-        if s.blocks_done > 0 {
+        if received > 0 {
             let first = *meter.first_block.get_or_insert(now);
             let secs = now.duration_since(first).as_secs_f64().max(1e-3);
-            s.avg_rate_bps = (s.bytes_done as f64 / secs) as u64;
+            s.avg_rate_bps = (received as f64 / secs) as u64;
         }
         s.rate_bps = meter.rate;
         s

@@ -21,6 +21,10 @@ use xdpcast::{Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State}
 
 /// Exit status of a failed session: this plus its error code.
 const EXIT_FAILURE_BASE: u8 = 100;
+/// Smallest `send --mtu`: the smallest block with its IPv4, UDP and xdpcast headers.
+const MIN_MTU: i64 = (xdpcast::proto::wire::MIN_BLOCK_SIZE as usize
+    + xdpcast::proto::wire::IPV4_UDP_OVERHEAD
+    + xdpcast::proto::wire::HEADER_LEN) as i64;
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +85,11 @@ enum Cmd {
         /// Block size in bytes (default: the largest that fits the interface MTU).
         #[arg(long)]
         block_size: Option<u32>,
-        /// Size blocks for this MTU instead of the interface's (e.g. 9000 for jumbo frames).
-        #[arg(long, conflicts_with = "block_size")]
+        /// Size blocks for this MTU instead of the interface's (e.g. 9000 for jumbo
+        /// frames); at least 132 (the smallest block and its headers), at most
+        /// the interface's MTU (larger frames would be fragmented).
+        #[arg(long, conflicts_with = "block_size",
+              value_parser = clap::value_parser!(u32).range(MIN_MTU..=65535))]
         mtu: Option<u32>,
         /// Session id (default: random).
         #[arg(long)]
@@ -332,9 +339,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xdpcast: {e:#}");
-            ExitCode::FAILURE
+            error_exit_code(&e)
         }
     }
+}
+
+/// The exit status of a command that failed before or outside a session:
+/// 100 + the code when the error carries one (a receiver that cannot set
+/// up, an invalid argument), as for a failed session; else 1.
+fn error_exit_code(e: &anyhow::Error) -> ExitCode {
+    match e.chain().find_map(|c| c.downcast_ref::<xdpcast::Error>()) {
+        Some(x) => ExitCode::from(EXIT_FAILURE_BASE + x.code as u8),
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// An invalid command line, with the `InvalidArgument` code (exit 112).
+fn invalid(message: String) -> anyhow::Error {
+    xdpcast::Error::new(ErrorCode::InvalidArgument, message).into()
 }
 
 struct StderrLog;
@@ -378,6 +400,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repair,
             progress,
         } => {
+            if let Some(mtu) = mtu {
+                let have = xdpcast::net::socket::iface_mtu(&iface)?;
+                if mtu > have {
+                    return Err(invalid(format!(
+                        "--mtu {mtu} is larger than the MTU of {iface} ({have}): the frames would be fragmented, which receivers drop"
+                    )));
+                }
+            }
             let mut opts = SendOptions::new(group, &iface);
             repair.apply(&mut opts);
             opts.rate_bps = rate;
@@ -435,7 +465,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let group = match (group, protocol) {
                 (Some(g), _) => g,
                 (None, Protocol::Udpcast) => udpcast::any_group(portbase),
-                (None, Protocol::Xdpcast) => bail!("--group is required with --protocol xdpcast"),
+                (None, Protocol::Xdpcast) => {
+                    return Err(invalid(
+                        "--group is required with --protocol xdpcast".into(),
+                    ))
+                }
             };
             let name = name.unwrap_or_else(|| default_name(&group));
             let mut req = SessionRequest::new(&name, group, &iface, out);
@@ -553,7 +587,7 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
         on_progress: Some(Box::new(move |s| {
             if let Some(pb) = &pb3 {
                 pb.set_position(s.bytes_done);
-                pb.set_message(format!("{} drops", s.total_drops()));
+                pb.set_message(format!("{} drops", s.rejected()));
             }
         })),
         on_complete: None,

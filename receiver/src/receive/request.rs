@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::Result;
 use crate::net::rings::XskConfig;
 use crate::net::socket::Group;
 use crate::net::steer::AttachRequest;
+use crate::receive::workers;
+use crate::store::target;
 
 /// Which data path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,5 +79,15 @@ impl SessionRequest {
             inject_loss_ppm: 0,
             resume_file: None,
         }
+    }
+
+    /// Refuse what cannot work before anything is set up or a packet
+    /// arrives: cores this process may not run on, a target that cannot be
+    /// written (read-only directory or filesystem).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(cores) = &self.cores {
+            workers::check_cores(cores)?;
+        }
+        target::check_writable(&self.target)
     }
 }

@@ -35,6 +35,8 @@ pub struct Image {
     pub written: BlockBitmap,
     /// Blocks already on disk from an earlier run (resume file).
     pub resumed: u64,
+    /// Bytes of those blocks.
+    pub resumed_bytes: u64,
 }
 
 impl Image {
@@ -75,6 +77,7 @@ pub struct Transfer {
     last_control: Mutex<Option<Control>>,
     fec: fec::Pending,
     resume: Option<PathBuf>,
+    resume_failed: AtomicBool,
     workers: Vec<CachePadded<WorkerCounters>>,
 }
 
@@ -95,6 +98,7 @@ impl Transfer {
             last_control: Mutex::new(None),
             fec: fec::Pending::default(),
             resume: None,
+            resume_failed: AtomicBool::new(false),
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
         }
     }
@@ -129,14 +133,31 @@ impl Transfer {
     }
 
     /// Sync the target, then save the written bitmap to the resume file.
+    ///
+    /// Only a failing target is an error. A resume file that cannot be
+    /// written (typically a full filesystem: the target's space was
+    /// reserved up front, the resume file's was not) costs only the
+    /// ability to resume: it is warned about once and the image goes on.
     pub fn save_resume(&self) -> Result<()> {
         let (Some(path), Some(img)) = (&self.resume, self.image()) else {
             return Ok(());
         };
         let words = img.written.words();
         img.target.flush()?;
-        resume::save(path, img.session, &img.geometry, &words)
-            .map_err(|e| Error::target_io(&format!("cannot save {}", path.display()), &e))
+        if let Err(e) = resume::save(path, img.session, &img.geometry, &words) {
+            if !self.resume_failed.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "cannot save the resume file {}: {e}; receiving on without it (a restart would begin again)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether saving the resume file has failed (the session goes on).
+    pub fn resume_failed(&self) -> bool {
+        self.resume_failed.load(Ordering::Relaxed)
     }
 
     /// Remove the resume file (the image is complete and verified).
@@ -149,6 +170,11 @@ impl Transfer {
     /// Blocks taken from the resume file.
     pub fn resumed_blocks(&self) -> u64 {
         self.image().map_or(0, |i| i.resumed)
+    }
+
+    /// Bytes of the blocks taken from the resume file.
+    pub fn resumed_bytes(&self) -> u64 {
+        self.image().map_or(0, |i| i.resumed_bytes)
     }
 
     /// Blocks rebuilt by FEC.
@@ -234,6 +260,13 @@ impl Transfer {
             ),
         };
         let resumed = written.count();
+        let last = geometry.block_count - 1;
+        let resumed_bytes = resumed * u64::from(geometry.block_size)
+            - if written.contains(last) {
+                u64::from(geometry.block_size) - geometry.block_len(last) as u64
+            } else {
+                0
+            };
         if resumed > 0 {
             log::warn!(
                 "resuming: {resumed} of {} blocks already on disk",
@@ -247,6 +280,7 @@ impl Transfer {
             claimed,
             written,
             resumed,
+            resumed_bytes,
         }))
     }
 
@@ -467,6 +501,33 @@ mod tests {
         ctl.digest = [2; 32];
         t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
         assert_eq!(t.failure().unwrap().code, ErrorCode::ProtocolError);
+    }
+
+    #[test]
+    fn resumed_blocks_count_in_bytes_and_an_unwritable_resume_file_only_warns() {
+        let (_, path) = setup("resumed", None);
+        let data = image_bytes(2500);
+        let g = Geometry::new(data.len() as u64, 1000);
+        let resume = resume::default_path(&path);
+        // Blocks 0 and 2 (the short last one, 500 bytes) are on disk already.
+        resume::save(&resume, 3, &g, &[0b101]).unwrap();
+        let t = Transfer::new(path.clone(), None, 1).with_resume(Some(resume.clone()));
+        let c = t.counters(0);
+        t.ingest(&encode_data(3, &g, 1, &data[1000..2000]), c);
+        assert_eq!((t.resumed_blocks(), t.resumed_bytes()), (2, 1500));
+        assert_eq!(t.blocks_done(), 3);
+        std::fs::remove_file(&resume).unwrap();
+        drop(t);
+
+        // A resume file that cannot be written (here: its directory is
+        // gone; a full filesystem takes the same path) degrades with a
+        // warning; the transfer goes on.
+        let t = Transfer::new(path, None, 1)
+            .with_resume(Some(PathBuf::from("/nonexistent-dir/img.xdpcast-resume")));
+        t.ingest(&encode_data(3, &g, 0, &data[..1000]), t.counters(0));
+        assert!(t.save_resume().is_ok());
+        assert!(t.resume_failed());
+        assert!(t.failure().is_none());
     }
 
     #[test]

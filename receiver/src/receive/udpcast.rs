@@ -1114,7 +1114,7 @@ impl Run {
             if let Some((n, from)) = recv(sock, &mut buf)? {
                 // Point-to-point mode: the sender sends data and REQACKs to
                 // our unicast address, which the kernel delivers here.
-                if from == sender {
+                if from == sender && point_to_point(&buf[..n]) {
                     if !unicast_data {
                         unicast_data = true;
                         log::warn!("{POINT_TO_POINT}");
@@ -1165,6 +1165,17 @@ impl Run {
             }
         }
     }
+}
+
+/// Whether a datagram from the sender on the control socket is transfer
+/// data (CMD_DATA, CMD_FEC, CMD_REQACK: point-to-point mode). Hellos and
+/// late CMD_CONNECT_REPLYs (the answers to repeated connect requests) are
+/// not: they are ignored, neither drops nor a sign of point-to-point mode.
+fn point_to_point(datagram: &[u8]) -> bool {
+    matches!(
+        parse(datagram),
+        Ok(Message::Data { .. } | Message::Fec { .. } | Message::ReqAck { .. })
+    )
 }
 
 /// Cut a regular file to the image, flush, and hash what was received.
@@ -1247,6 +1258,7 @@ fn run(
     if req.session.target.as_os_str().is_empty() {
         return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
     }
+    req.session.validate()?;
     let port = req.session.group.0.port();
     if port != req.portbase {
         return Err(Error::new(
@@ -1383,6 +1395,21 @@ mod tests {
         assert_eq!(parse(&[0, 2, 0, 0]), Ok(Message::Other(2)));
         assert_eq!(parse(&DATA[..15]), Err(DropReason::Truncated));
         assert_eq!(parse(&[0]), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn only_transfer_data_on_the_control_socket_means_point_to_point() {
+        // A late CMD_CONNECT_REPLY (the answer to a repeated connect
+        // request) once raised a false point-to-point warning and a
+        // `bad_kind` drop in sessions sent with --nopointopoint.
+        assert!(!point_to_point(&CONNECT_REPLY));
+        assert!(!point_to_point(&HELLO));
+        assert!(!point_to_point(&[0, 2, 0, 0]));
+        let mut data = DATA.to_vec();
+        data.extend_from_slice(&[7; 1456]);
+        assert!(point_to_point(&data));
+        assert!(point_to_point(&REQACK));
+        assert!(point_to_point(&FEC));
     }
 
     #[test]

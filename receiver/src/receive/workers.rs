@@ -145,6 +145,33 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Check that every core of `cores` is one this process may run on (its
+/// affinity mask, e.g. `--cores 64` on a 2-CPU machine is refused).
+pub fn check_cores(cores: &[usize]) -> Result<()> {
+    // SAFETY: cpu_set_t is a plain bit set, zero is a valid empty set that
+    // sched_getaffinity fills; CPU_ISSET is only asked about indices below
+    // CPU_SETSIZE.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("sched_getaffinity: {}", std::io::Error::last_os_error()),
+            ));
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    };
+    match cores.iter().find(|c| !allowed.contains(c)) {
+        Some(c) => Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("--cores: cpu {c} is not available to this process (it may use {allowed:?})"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Start worker `index` on `source`, pinned to `cpu` if given.
 pub fn spawn<S: Sink>(
     index: usize,

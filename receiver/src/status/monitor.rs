@@ -96,7 +96,7 @@ pub fn summary(s: &Snapshot) -> String {
         }
         None => o.push_str("  loss -"),
     }
-    let _ = write!(o, "  drops {}", s.total_drops());
+    let _ = write!(o, "  drops {}", s.rejected());
     o
 }
 

@@ -326,6 +326,13 @@ impl Snapshot {
         self.drops.iter().sum()
     }
 
+    /// Drops other than duplicates: malformed, foreign or out-of-range
+    /// packets. Duplicates are expected with several passes, repair rounds
+    /// or a resumed session, and are not a sign of trouble.
+    pub fn rejected(&self) -> u64 {
+        self.total_drops() - self.drops_for(DropReason::Duplicate)
+    }
+
     /// Drops for one reason.
     pub fn drops_for(&self, r: DropReason) -> u64 {
         self.drops[r as usize]

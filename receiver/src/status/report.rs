@@ -63,9 +63,10 @@ pub fn human(s: &Snapshot) -> String {
     );
     let _ = writeln!(
         o,
-        "packets   {} accepted, {} dropped; passes seen {}, blocks missing after first pass {}",
+        "packets   {} accepted, {} duplicates, {} dropped; pass and repair round ends seen {}, blocks missing after first pass {}",
         s.packets,
-        s.total_drops(),
+        s.drops_for(DropReason::Duplicate),
+        s.rejected(),
         s.passes_seen,
         s.first_pass_missing
     );

@@ -170,6 +170,36 @@ impl Target {
     }
 }
 
+/// Whether `path` can be written: an existing file or device must be
+/// writable, else its directory must let us create it. Checked with
+/// `access(2)` (nothing is opened or created), so a read-only directory or
+/// filesystem is reported when the session starts, not at the first packet.
+pub fn check_writable(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let exists = std::fs::symlink_metadata(path).is_ok();
+    let (probe, mode, what) = if exists {
+        (path, libc::W_OK, "cannot write target")
+    } else {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (dir, libc::W_OK | libc::X_OK, "cannot create target in")
+    };
+    let c = std::ffi::CString::new(probe.as_os_str().as_bytes()).map_err(|_| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            "target path contains a NUL byte",
+        )
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    if unsafe { libc::access(c.as_ptr(), mode) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::target_io(&format!("{what} {}", probe.display()), &e));
+    }
+    Ok(())
+}
+
 /// SHA-256 of the first `len` bytes of a reader.
 pub fn sha256_prefix(r: &mut impl Read, len: u64) -> std::io::Result<[u8; 32]> {
     let mut h = Sha256::new();
@@ -250,6 +280,13 @@ mod tests {
         assert_eq!(e.code, ErrorCode::TargetIo);
         let e = Target::open(&tmp("empty"), 0).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn unwritable_targets_are_refused_up_front() {
+        assert!(check_writable(&tmp("new-file")).is_ok());
+        let e = check_writable(Path::new("/nonexistent-dir/x")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TargetIo);
     }
 
     #[test]
