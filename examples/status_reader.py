@@ -61,6 +61,8 @@ DROPS = [
 ]
 WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
                  "batches", "ring_drops"]
+LATENCY_FIELDS = ["batch_p50_ns", "batch_p99_ns", "batch_p999_ns"]
+STALE_AFTER_NS = 5 * 10**9
 U64_MAX = 2**64 - 1
 SEQ_OFF = 8 * W["seq"]
 
@@ -91,6 +93,16 @@ def text(words, first, nbytes):
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def stale(w):
+    """Not final, and the writer is gone or silent (docs/status-page.md)."""
+    if STATES[w[W["state"]]] in ("SUCCESS", "FAILURE"):
+        return False
+    pid = w[W["writer_pid"]]
+    if pid == 0 or not os.path.exists("/proc/%d" % pid):
+        return True
+    return time.time_ns() - w[W["heartbeat_ns"]] > STALE_AFTER_NS
+
+
 def decode(w):
     if w[W["magic"]] != MAGIC:
         raise NotAPage("not a status page: bad magic")
@@ -103,7 +115,7 @@ def decode(w):
         base = W["workers"] + i * WORKER_WORDS
         wk = dict(zip(WORKER_FIELDS, w[base:base + WORKER_WORDS]))
         lat = W["worker_latency"] + i * LATENCY_WORDS
-        wk["batch_ns"] = list(w[lat:lat + LATENCY_WORDS])
+        wk.update(zip(LATENCY_FIELDS, w[lat:lat + LATENCY_WORDS]))
         if wk["cpu"] == U64_MAX:
             wk["cpu"] = None
         workers.append(wk)
@@ -122,6 +134,7 @@ def decode(w):
         "error_code": err,
         "error": ERRORS[err] if err < len(ERRORS) else "internal",
         "mode": MODES[mode] if mode < len(MODES) else "unknown",
+        "stale": stale(w),
     }
     out.update((k, w[W[k]]) for k in keys)
     out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None

@@ -20,6 +20,7 @@ use common::*;
 use xdpcast::proto::wire::hex;
 use xdpcast::proto::wire::{self, Control, DropReason, Geometry, Kind};
 use xdpcast::status::page::{self, offsets, Snapshot, State, StatusReader};
+use xdpcast::status::report::SessionReport;
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
@@ -300,8 +301,11 @@ fn cancel_mid_transfer_gives_failure_cancelled() {
     assert!(s.blocks_done > 0 && s.blocks_done < s.block_count, "{s:?}");
     // The page still answers after the receiver is gone, until closed.
     let j = xdpcast(&dir.0, &["status", "--json", "cx"]);
-    assert!(String::from_utf8_lossy(&j.stdout)
-        .contains(r#""state":"FAILURE","error_code":1,"error":"cancelled""#));
+    let (r, _) = parse_report(&j.stdout);
+    assert_eq!(
+        (r.state.as_str(), r.error_code, r.error.as_str(), r.stale),
+        ("FAILURE", 1, "cancelled", false)
+    );
 }
 
 /// Send `datagrams` to `group` from inside `ns` (a UDP socket in Python).
@@ -717,13 +721,19 @@ fn expected_c_fields(s: &Snapshot) -> Vec<(String, String)> {
     v
 }
 
-/// Remove `"heartbeat_ns":N` from a JSON line, returning the rest and N.
-fn split_heartbeat(json: &str) -> (String, u64) {
-    let key = "\"heartbeat_ns\":";
-    let at = json.find(key).expect("heartbeat_ns key") + key.len();
-    let len = json[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
-    let n = json[at..at + len].parse().unwrap();
-    (format!("{}{}", &json[..at], &json[at + len..]), n)
+/// A JSON line of `xdpcast status --json` or the Python reader, parsed
+/// into the schema, and its heartbeat taken out.
+fn parse_report(json: &[u8]) -> (SessionReport, u64) {
+    let r: SessionReport = serde_json::from_slice(json)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(json)));
+    let beat = r.heartbeat_ns;
+    (
+        SessionReport {
+            heartbeat_ns: 0,
+            ..r
+        },
+        beat,
+    )
 }
 
 /// Rust (in-process and `xdpcast status --json`), C and Python readers on
@@ -765,9 +775,15 @@ fn assert_readers_agree(dir: &Path, name: &str, c_dump: &Path, as_user: Option<&
     );
     let after = read_page(dir, name);
 
-    let (rust_rest, rust_beat) = split_heartbeat(String::from_utf8_lossy(&rust_json.stdout).trim());
-    let (py_rest, py_beat) = split_heartbeat(String::from_utf8_lossy(&py.stdout).trim());
+    let (rust_rest, rust_beat) = parse_report(&rust_json.stdout);
+    let (py_rest, py_beat) = parse_report(&py.stdout);
     assert_eq!(py_rest, rust_rest, "Python and Rust JSON differ");
+    // The same keys, none extra.
+    let keys = |o: &Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&py), keys(&rust_json));
     let c = kv(&c.stdout);
     let c_beat: u64 = c["heartbeat_ns"].parse().unwrap();
     for beat in [rust_beat, py_beat, c_beat] {
@@ -782,7 +798,7 @@ fn assert_readers_agree(dir: &Path, name: &str, c_dump: &Path, as_user: Option<&
     for (k, v) in expected_c_fields(&before) {
         assert_eq!(c.get(&k), Some(&v), "C reader field {k}");
     }
-    assert!(rust_rest.contains(&format!("\"name\":\"{name}\"")));
+    assert_eq!(rust_rest.name, name);
 }
 
 #[test]

@@ -193,12 +193,16 @@ enum Cmd {
     },
     /// Serve every session's status page as Prometheus metrics over HTTP.
     Metrics {
-        /// Address to listen on, e.g. 127.0.0.1:9470 (port 0: any free port).
-        #[arg(long)]
+        /// Address to listen on (port 0: any free port). Keep it on
+        /// loopback unless a firewall or proxy guards it (docs/monitoring.md).
+        #[arg(long, default_value = "127.0.0.1:9470")]
         listen: std::net::SocketAddr,
         /// Answer one request and exit.
         #[arg(long)]
         once: bool,
+        /// Print the metrics page to stdout and exit, without serving.
+        #[arg(long, conflicts_with_all = ["listen", "once"])]
+        print: bool,
     },
     /// Remove any XDP program left on an interface.
     Cleanup {
@@ -521,7 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", report::json(&s));
                 } else {
-                    let stale = if s.is_stale(Duration::from_secs(5)) {
+                    let stale = if s.is_stale(page::STALE_AFTER) {
                         "  (STALE: the receiver is gone)"
                     } else {
                         ""
@@ -537,7 +541,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Close { name, force } => {
             let path = page::page_path(&name)?;
             let s = StatusReader::open(&path)?.read()?;
-            if !s.state.is_final() && !s.is_stale(Duration::from_secs(5)) && !force {
+            if !s.state.is_final() && !s.is_stale(page::STALE_AFTER) && !force {
                 bail!(
                     "session {name} is still {} (pid {}); use --force to remove its page anyway",
                     s.state.name(),
@@ -551,7 +555,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             monitor::monitor(Duration::from_millis(interval_ms.max(50)), once)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Metrics { listen, once } => {
+        Cmd::Metrics { print: true, .. } => {
+            print!("{}", monitor::metrics_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Metrics { listen, once, .. } => {
             let listener = std::net::TcpListener::bind(listen)
                 .with_context(|| format!("listen on {listen}"))?;
             println!(

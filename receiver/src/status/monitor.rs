@@ -16,9 +16,7 @@ use crate::error::Result;
 use crate::status::page::{self, Snapshot, State, StatusReader};
 use crate::status::report;
 
-/// How long a running session may go without a heartbeat before it is
-/// shown as stale.
-pub const STALE_AFTER: Duration = Duration::from_secs(5);
+pub use crate::status::page::STALE_AFTER;
 
 /// One status page found in the status directory.
 #[derive(Debug)]
@@ -189,15 +187,7 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
 pub fn metrics_text() -> String {
     let entries = scan();
     let pages: Vec<Snapshot> = entries.iter().filter_map(|e| e.page.clone().ok()).collect();
-    let mut text = report::prometheus(&pages);
-    let _ = write!(
-        text,
-        "# HELP xdpcast_unreadable_pages Status pages that could not be read.\n\
-         # TYPE xdpcast_unreadable_pages gauge\n\
-         xdpcast_unreadable_pages {}\n",
-        entries.len() - pages.len()
-    );
-    text
+    report::prometheus(&pages, entries.len() - pages.len())
 }
 
 /// Answer one HTTP request: `GET /metrics` (or `/`) gets [`metrics_text`].

@@ -641,6 +641,10 @@ impl StatusWriter {
     }
 }
 
+/// How long a running session may go without a heartbeat before readers
+/// call its page stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a reader retries a page whose writer seems stuck mid-update.
 pub const STUCK_AFTER: Duration = Duration::from_millis(500);
 

@@ -1,10 +1,18 @@
-//! Text renderings of a status page: for people, JSON and Prometheus.
+//! Renderings of a status page: for people ([`human`]), JSON ([`SessionReport`],
+//! through serde) and Prometheus text ([`prometheus`], written by an
+//! [`Exposition`]).
+//!
+//! Adding a page field to the outputs: a field of [`SessionReport`] (or
+//! [`WorkerReport`]) set in its `new`, and one line in [`SESSION_METRICS`]
+//! (or [`WORKER_METRICS`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::proto::wire::hex;
-use crate::proto::wire::DropReason;
-use crate::status::page::{Snapshot, WorkerStatus, FLAG_DIGEST};
+use serde::{Deserialize, Serialize};
+
+use crate::proto::wire::{hex, DropReason};
+use crate::status::page::{Snapshot, WorkerStatus, FLAG_DIGEST, STALE_AFTER};
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
@@ -111,328 +119,537 @@ pub fn human(s: &Snapshot) -> String {
     o
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// One session as `xdpcast status --json` prints it: this struct is the
+/// JSON schema (docs/status-page.md lists its keys). Built from a page by
+/// [`SessionReport::new`]; a new page field is a field here and a line there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    /// Session name.
+    pub name: String,
+    /// Multicast group and port.
+    pub group: String,
+    /// Target file or block device.
+    pub target: String,
+    /// `INITIALIZED`, `IN_PROGRESS`, `SUCCESS` or `FAILURE`.
+    pub state: String,
+    /// Error code number (0 unless FAILURE).
+    pub error_code: u32,
+    /// Error code name.
+    pub error: String,
+    /// Data path: `unknown`, `socket`, `xdp-native` or `xdp-generic`.
+    pub mode: String,
+    /// The receiver is gone or silent while the session is not final.
+    pub stale: bool,
+    /// Sender's session id.
+    pub session_id: u64,
+    /// Pid of the receiver writing the page.
+    pub writer_pid: u64,
+    /// Last page update, ns since the Unix epoch.
+    pub heartbeat_ns: u64,
+    /// Bytes per block (0 until known).
+    pub block_size: u64,
+    /// Blocks in the image (0 until known).
+    pub block_count: u64,
+    /// Image size (0 until known).
+    pub total_bytes: u64,
+    /// Distinct blocks written.
+    pub blocks_done: u64,
+    /// Image bytes written.
+    pub bytes_done: u64,
+    /// Valid packets of the session.
+    pub packets: u64,
+    /// Session start, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// Session end (0 while running).
+    pub end_ns: u64,
+    /// Goodput over the last update interval, bytes/s.
+    pub rate_bps: u64,
+    /// Goodput since the first block, bytes/s.
+    pub avg_rate_bps: u64,
+    /// Ends of sender passes seen.
+    pub passes_seen: u64,
+    /// Blocks missing when the first pass ended.
+    pub first_pass_missing: u64,
+    /// Blocks rebuilt from FEC symbols.
+    pub fec_recovered: u64,
+    /// NACK packets sent.
+    pub nacks_sent: u64,
+    /// Blocks taken from a resume file.
+    pub resumed_blocks: u64,
+    /// Sender's SHA-256 in hex, once known.
+    pub sha256: Option<String>,
+    /// Human-readable note (the error, on failure).
+    pub message: String,
+    /// Dropped packets by reason name.
+    pub drops: BTreeMap<String, u64>,
+    /// One entry per worker.
+    pub workers: Vec<WorkerReport>,
 }
 
-/// The page as one JSON object.
+/// One worker of a [`SessionReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// RX queue (XDP) or socket index.
+    pub queue: u64,
+    /// Core the worker is pinned to; `null` when not pinned.
+    pub cpu: Option<u64>,
+    /// Frames or datagrams taken in.
+    pub packets: u64,
+    /// Block bytes written.
+    pub bytes: u64,
+    /// Blocks written.
+    pub blocks: u64,
+    /// Packets dropped, any reason.
+    pub drops: u64,
+    /// Non-empty batches.
+    pub batches: u64,
+    /// Frames the kernel dropped for a full ring.
+    pub ring_drops: u64,
+    /// Median batch wall time, ns (0 before the first batch).
+    pub batch_p50_ns: u64,
+    /// 99th percentile batch wall time, ns.
+    pub batch_p99_ns: u64,
+    /// 99.9th percentile batch wall time, ns.
+    pub batch_p999_ns: u64,
+}
+
+impl SessionReport {
+    /// The report of page `s`; `stale` as of now ([`STALE_AFTER`]).
+    pub fn new(s: &Snapshot) -> SessionReport {
+        SessionReport {
+            name: s.name.clone(),
+            group: s.group.clone(),
+            target: s.target.clone(),
+            state: s.state.name().into(),
+            error_code: s.error as u32,
+            error: s.error.name().into(),
+            mode: s.mode.name().into(),
+            stale: s.is_stale(STALE_AFTER),
+            session_id: s.session_id,
+            writer_pid: s.writer_pid,
+            heartbeat_ns: s.heartbeat_ns,
+            block_size: s.block_size,
+            block_count: s.block_count,
+            total_bytes: s.total_bytes,
+            blocks_done: s.blocks_done,
+            bytes_done: s.bytes_done,
+            packets: s.packets,
+            start_ns: s.start_ns,
+            end_ns: s.end_ns,
+            rate_bps: s.rate_bps,
+            avg_rate_bps: s.avg_rate_bps,
+            passes_seen: s.passes_seen,
+            first_pass_missing: s.first_pass_missing,
+            fec_recovered: s.fec_recovered,
+            nacks_sent: s.nacks_sent,
+            resumed_blocks: s.resumed_blocks,
+            sha256: (s.flags & FLAG_DIGEST != 0).then(|| hex(&s.digest)),
+            message: s.message.clone(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), s.drops_for(*r)))
+                .collect(),
+            workers: s.workers.iter().map(WorkerReport::new).collect(),
+        }
+    }
+}
+
+impl WorkerReport {
+    /// The report of one worker slot.
+    pub fn new(w: &WorkerStatus) -> WorkerReport {
+        let [batch_p50_ns, batch_p99_ns, batch_p999_ns] = w.batch_ns;
+        WorkerReport {
+            queue: w.queue,
+            cpu: (w.cpu != u64::MAX).then_some(w.cpu),
+            packets: w.packets,
+            bytes: w.bytes,
+            blocks: w.blocks,
+            drops: w.drops,
+            batches: w.batches,
+            ring_drops: w.ring_drops,
+            batch_p50_ns,
+            batch_p99_ns,
+            batch_p999_ns,
+        }
+    }
+}
+
+/// The page as one line of JSON ([`SessionReport`]).
 pub fn json(s: &Snapshot) -> String {
-    let drops: Vec<String> = DropReason::ALL
+    serde_json::to_string(&SessionReport::new(s)).expect("string keys and plain values")
+}
+
+/// Type of a metric family (the `# TYPE` line), text format 0.0.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (name ends in `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Quantiles plus `_sum` and `_count`.
+    Summary,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Summary => "summary",
+        }
+    }
+}
+
+/// A counter or gauge read from one `T` (a page, a worker slot, a sender).
+pub struct Metric<T> {
+    /// Family name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// HELP text.
+    pub help: &'static str,
+    /// The value of the sample of `T`.
+    pub value: fn(&T) -> f64,
+}
+
+/// A counter (`name` must end in `_total`).
+pub const fn counter<T>(name: &'static str, help: &'static str, value: fn(&T) -> f64) -> Metric<T> {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        help,
+        value,
+    }
+}
+
+/// A gauge.
+pub const fn gauge<T>(name: &'static str, help: &'static str, value: fn(&T) -> f64) -> Metric<T> {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        help,
+        value,
+    }
+}
+
+/// Quantiles, sum and count of one summary sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// (quantile, value) pairs.
+    pub quantiles: Vec<(f64, f64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: f64,
+}
+
+/// Label names and values of one sample.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A Prometheus text exposition (format 0.0.4) being written. Families are
+/// written whole, `# HELP` and `# TYPE` first, so each is declared once
+/// before its samples; label values are escaped here and nowhere else.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Exposition {
+        Exposition::default()
+    }
+
+    fn header(&mut self, name: &str, kind: Kind, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {}", kind.name());
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, String)], value: f64) {
+        self.text.push_str(name);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            self.text.push(if i == 0 { '{' } else { ',' });
+            let _ = write!(self.text, "{k}=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => self.text.push_str("\\\\"),
+                    '"' => self.text.push_str("\\\""),
+                    '\n' => self.text.push_str("\\n"),
+                    c => self.text.push(c),
+                }
+            }
+            self.text.push('"');
+        }
+        if !labels.is_empty() {
+            self.text.push('}');
+        }
+        let _ = match value {
+            v if v.is_nan() => writeln!(self.text, " NaN"),
+            v if v.is_infinite() => writeln!(self.text, " {}Inf", if v > 0.0 { '+' } else { '-' }),
+            v => writeln!(self.text, " {v}"),
+        };
+    }
+
+    /// One family: a sample of `m` for each labelled item.
+    pub fn family<T>(&mut self, m: &Metric<T>, items: &[(Labels, &T)]) {
+        self.header(m.name, m.kind, m.help);
+        for (labels, item) in items {
+            self.sample(m.name, labels, (m.value)(item));
+        }
+    }
+
+    /// A family of each metric in `ms`, over the same items.
+    pub fn families<T>(&mut self, ms: &[Metric<T>], items: &[(Labels, &T)]) {
+        for m in ms {
+            self.family(m, items);
+        }
+    }
+
+    /// A family with its own samples: (labels, value) pairs.
+    pub fn samples(&mut self, name: &str, kind: Kind, help: &str, samples: &[(Labels, f64)]) {
+        self.header(name, kind, help);
+        for (labels, v) in samples {
+            self.sample(name, labels, *v);
+        }
+    }
+
+    /// A summary family: per labelled sample, its quantiles, `_sum` and `_count`.
+    pub fn summary(&mut self, name: &str, help: &str, samples: &[(Labels, Summary)]) {
+        self.header(name, Kind::Summary, help);
+        for (labels, s) in samples {
+            for (q, v) in &s.quantiles {
+                let mut l = labels.clone();
+                l.push(("quantile", q.to_string()));
+                self.sample(name, &l, *v);
+            }
+            self.sample(&format!("{name}_sum"), labels, s.sum);
+            self.sample(&format!("{name}_count"), labels, s.count);
+        }
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The per-session counters and gauges, one sample per page (label
+/// `session`). A new page field is one line here.
+pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
+    gauge(
+        "xdpcast_session_state",
+        "State: 0 INITIALIZED, 1 IN_PROGRESS, 2 SUCCESS, 3 FAILURE.",
+        |s| s.state as u64 as f64,
+    ),
+    gauge(
+        "xdpcast_session_error_code",
+        "Error code (docs/status-page.md); 0 unless FAILURE.",
+        |s| f64::from(s.error as u32),
+    ),
+    gauge(
+        "xdpcast_session_stale",
+        "1 if the receiver died or has not updated the page for 5 s while running.",
+        |s| f64::from(u8::from(s.is_stale(STALE_AFTER))),
+    ),
+    gauge(
+        "xdpcast_session_writer_pid",
+        "Pid of the receiver writing the page.",
+        |s| s.writer_pid as f64,
+    ),
+    gauge(
+        "xdpcast_session_heartbeat_seconds",
+        "Last page update, Unix time.",
+        |s| secs(s.heartbeat_ns),
+    ),
+    gauge(
+        "xdpcast_session_start_seconds",
+        "Session start, Unix time.",
+        |s| secs(s.start_ns),
+    ),
+    gauge(
+        "xdpcast_session_end_seconds",
+        "Session end, Unix time (0 while running).",
+        |s| secs(s.end_ns),
+    ),
+    gauge(
+        "xdpcast_image_bytes",
+        "Image size in bytes (0 until known).",
+        |s| s.total_bytes as f64,
+    ),
+    gauge(
+        "xdpcast_image_blocks",
+        "Blocks in the image (0 until known).",
+        |s| s.block_count as f64,
+    ),
+    gauge(
+        "xdpcast_rate_bytes_per_second",
+        "Goodput over the last update interval.",
+        |s| s.rate_bps as f64,
+    ),
+    gauge(
+        "xdpcast_average_rate_bytes_per_second",
+        "Goodput since the first block.",
+        |s| s.avg_rate_bps as f64,
+    ),
+    gauge(
+        "xdpcast_first_pass_missing_blocks",
+        "Blocks missing when the sender's first pass ended (loss before repair).",
+        |s| s.first_pass_missing as f64,
+    ),
+    counter(
+        "xdpcast_received_bytes_total",
+        "Image bytes written to the target.",
+        |s| s.bytes_done as f64,
+    ),
+    counter(
+        "xdpcast_received_blocks_total",
+        "Blocks written to the target.",
+        |s| s.blocks_done as f64,
+    ),
+    counter(
+        "xdpcast_packets_total",
+        "Valid packets of the session received.",
+        |s| s.packets as f64,
+    ),
+    counter(
+        "xdpcast_passes_seen_total",
+        "Ends of sender passes seen.",
+        |s| s.passes_seen as f64,
+    ),
+    counter(
+        "xdpcast_fec_recovered_blocks_total",
+        "Blocks rebuilt from FEC repair symbols.",
+        |s| s.fec_recovered as f64,
+    ),
+    counter(
+        "xdpcast_nacks_sent_total",
+        "NACK packets sent to the sender.",
+        |s| s.nacks_sent as f64,
+    ),
+    counter(
+        "xdpcast_resumed_blocks_total",
+        "Blocks taken from the resume file of an earlier run.",
+        |s| s.resumed_blocks as f64,
+    ),
+];
+
+/// The per-worker counters and gauges, one sample per worker slot (labels
+/// `session` and `queue`). A new worker field is one line here.
+pub const WORKER_METRICS: &[Metric<WorkerStatus>] = &[
+    counter(
+        "xdpcast_worker_packets_total",
+        "Frames or datagrams a worker took from its ring or socket.",
+        |w| w.packets as f64,
+    ),
+    counter(
+        "xdpcast_worker_dropped_packets_total",
+        "Packets a worker dropped (any reason).",
+        |w| w.drops as f64,
+    ),
+    counter(
+        "xdpcast_worker_ring_drops_total",
+        "Frames the kernel dropped because the worker's ring was full.",
+        |w| w.ring_drops as f64,
+    ),
+    counter(
+        "xdpcast_worker_batches_total",
+        "Non-empty batches a worker processed.",
+        |w| w.batches as f64,
+    ),
+];
+
+/// Quantiles of the batch latency published on the page.
+const BATCH_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
+
+/// Every page in Prometheus text exposition format (version 0.0.4), one
+/// family per metric with a sample per session (label `session`), plus
+/// `unreadable` pages that could not be read.
+pub fn prometheus(pages: &[Snapshot], unreadable: usize) -> String {
+    let mut o = Exposition::new();
+    let session = |s: &Snapshot| -> Labels { vec![("session", s.name.clone())] };
+    let info: Vec<(Labels, f64)> = pages
         .iter()
-        .map(|r| format!("{}:{}", json_str(r.name()), s.drops_for(*r)))
+        .map(|s| {
+            let mut l = session(s);
+            l.extend([
+                ("group", s.group.clone()),
+                ("target", s.target.clone()),
+                ("mode", s.mode.name().into()),
+                ("state", s.state.name().into()),
+                ("error", s.error.name().into()),
+            ]);
+            (l, 1.0)
+        })
         .collect();
-    let workers: Vec<String> = s
-        .workers
+    o.samples(
+        "xdpcast_session_info",
+        Kind::Gauge,
+        "Session description; the value is always 1.",
+        &info,
+    );
+    let per_page: Vec<(Labels, &Snapshot)> = pages.iter().map(|s| (session(s), s)).collect();
+    o.families(SESSION_METRICS, &per_page);
+    let drops: Vec<(Labels, f64)> = pages
         .iter()
-        .map(|w| {
-            format!(
-                "{{\"queue\":{},\"cpu\":{},\"packets\":{},\"bytes\":{},\"blocks\":{},\"drops\":{},\"batches\":{},\"ring_drops\":{},\"batch_ns\":[{},{},{}]}}",
-                w.queue,
-                if w.cpu == u64::MAX { "null".to_string() } else { w.cpu.to_string() },
-                w.packets, w.bytes, w.blocks, w.drops, w.batches, w.ring_drops,
-                w.batch_ns[0], w.batch_ns[1], w.batch_ns[2]
+        .flat_map(|s| {
+            DropReason::ALL.iter().map(move |r| {
+                let mut l = session(s);
+                l.push(("reason", r.name().into()));
+                (l, s.drops_for(*r) as f64)
+            })
+        })
+        .collect();
+    o.samples(
+        "xdpcast_dropped_packets_total",
+        Kind::Counter,
+        "Packets dropped, by reason.",
+        &drops,
+    );
+    let per_worker: Vec<(Labels, &WorkerStatus)> = pages
+        .iter()
+        .flat_map(|s| {
+            s.workers.iter().map(move |w| {
+                let mut l = session(s);
+                l.push(("queue", w.queue.to_string()));
+                (l, w)
+            })
+        })
+        .collect();
+    o.families(WORKER_METRICS, &per_worker);
+    let latency: Vec<(Labels, Summary)> = per_worker
+        .iter()
+        .map(|(l, w)| {
+            let quantiles = BATCH_QUANTILES
+                .into_iter()
+                .zip(w.batch_ns.map(secs))
+                .collect();
+            (
+                l.clone(),
+                Summary {
+                    quantiles,
+                    sum: 0.0,
+                    count: w.batches as f64,
+                },
             )
         })
         .collect();
-    let digest = if s.flags & FLAG_DIGEST != 0 {
-        json_str(&hex(&s.digest))
-    } else {
-        "null".into()
-    };
-    format!(
-        "{{\"name\":{},\"group\":{},\"target\":{},\"state\":{},\"error_code\":{},\"error\":{},\"mode\":{},\
-\"session_id\":{},\"writer_pid\":{},\"heartbeat_ns\":{},\"block_size\":{},\"block_count\":{},\"total_bytes\":{},\
-\"blocks_done\":{},\"bytes_done\":{},\"packets\":{},\"start_ns\":{},\"end_ns\":{},\"rate_bps\":{},\"avg_rate_bps\":{},\
-\"passes_seen\":{},\"first_pass_missing\":{},\"fec_recovered\":{},\"nacks_sent\":{},\"resumed_blocks\":{},\"sha256\":{},\"message\":{},\"drops\":{{{}}},\"workers\":[{}]}}",
-        json_str(&s.name),
-        json_str(&s.group),
-        json_str(&s.target),
-        json_str(s.state.name()),
-        s.error as u32,
-        json_str(s.error.name()),
-        json_str(s.mode.name()),
-        s.session_id,
-        s.writer_pid,
-        s.heartbeat_ns,
-        s.block_size,
-        s.block_count,
-        s.total_bytes,
-        s.blocks_done,
-        s.bytes_done,
-        s.packets,
-        s.start_ns,
-        s.end_ns,
-        s.rate_bps,
-        s.avg_rate_bps,
-        s.passes_seen,
-        s.first_pass_missing,
-        s.fec_recovered,
-        s.nacks_sent,
-        s.resumed_blocks,
-        digest,
-        json_str(&s.message),
-        drops.join(","),
-        workers.join(",")
-    )
-}
-
-/// A Prometheus label value, quoted and escaped.
-fn prom_label(v: &str) -> String {
-    let mut o = String::with_capacity(v.len() + 2);
-    o.push('"');
-    for c in v.chars() {
-        match c {
-            '\\' => o.push_str("\\\\"),
-            '"' => o.push_str("\\\""),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// One metric family: HELP and TYPE, then a sample per (labels, value).
-fn family(o: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(o, "{name}{{{labels}}} {value}");
-    }
-}
-
-fn secs(ns: u64) -> String {
-    format!("{:.3}", ns as f64 / 1e9)
-}
-
-/// Name, help text and value of a per-session metric.
-type PageMetric = (&'static str, &'static str, fn(&Snapshot) -> String);
-/// Name, help text and value of a per-worker metric.
-type WorkerMetric = (&'static str, &'static str, fn(&WorkerStatus) -> u64);
-
-/// Every page in Prometheus text exposition format (version 0.0.4), one
-/// family per metric with a sample per session (label `session`).
-pub fn prometheus(pages: &[Snapshot]) -> String {
-    let mut o = String::new();
-    let sess = |s: &Snapshot| format!("session={}", prom_label(&s.name));
-    let per = |f: fn(&Snapshot) -> String| -> Vec<(String, String)> {
-        pages.iter().map(|s| (sess(s), f(s))).collect()
-    };
-    family(
-        &mut o,
-        "xdpcast_session_info",
-        "gauge",
-        "Session description; the value is always 1.",
-        pages
-            .iter()
-            .map(|s| {
-                let labels = format!(
-                    "{},group={},target={},mode={},state={},error={}",
-                    sess(s),
-                    prom_label(&s.group),
-                    prom_label(&s.target),
-                    prom_label(s.mode.name()),
-                    prom_label(s.state.name()),
-                    prom_label(s.error.name())
-                );
-                (labels, "1".to_string())
-            })
-            .collect(),
-    );
-    let gauges: [PageMetric; 12] = [
-        (
-            "xdpcast_session_state",
-            "State: 0 INITIALIZED, 1 IN_PROGRESS, 2 SUCCESS, 3 FAILURE.",
-            |s| (s.state as u64).to_string(),
-        ),
-        (
-            "xdpcast_session_error_code",
-            "Error code (docs/status-page.md); 0 unless FAILURE.",
-            |s| (s.error as u32).to_string(),
-        ),
-        (
-            "xdpcast_session_stale",
-            "1 if the writer died or has not updated the page for 5 s while running.",
-            |s| u8::from(s.is_stale(std::time::Duration::from_secs(5))).to_string(),
-        ),
-        (
-            "xdpcast_session_writer_pid",
-            "Pid of the receiver writing the page.",
-            |s| s.writer_pid.to_string(),
-        ),
-        (
-            "xdpcast_session_heartbeat_seconds",
-            "Last page update, Unix time.",
-            |s| secs(s.heartbeat_ns),
-        ),
-        (
-            "xdpcast_session_start_seconds",
-            "Session start, Unix time.",
-            |s| secs(s.start_ns),
-        ),
-        (
-            "xdpcast_session_end_seconds",
-            "Session end, Unix time (0 while running).",
-            |s| secs(s.end_ns),
-        ),
-        (
-            "xdpcast_image_bytes",
-            "Image size in bytes (0 until known).",
-            |s| s.total_bytes.to_string(),
-        ),
-        (
-            "xdpcast_image_blocks",
-            "Blocks in the image (0 until known).",
-            |s| s.block_count.to_string(),
-        ),
-        (
-            "xdpcast_rate_bytes_per_second",
-            "Goodput over the last update interval.",
-            |s| s.rate_bps.to_string(),
-        ),
-        (
-            "xdpcast_average_rate_bytes_per_second",
-            "Goodput since the first block.",
-            |s| s.avg_rate_bps.to_string(),
-        ),
-        (
-            "xdpcast_first_pass_missing_blocks",
-            "Blocks missing when the sender's first pass ended (loss before repair).",
-            |s| s.first_pass_missing.to_string(),
-        ),
-    ];
-    for (name, help, f) in gauges {
-        family(&mut o, name, "gauge", help, per(f));
-    }
-    let counters: [PageMetric; 7] = [
-        (
-            "xdpcast_received_bytes_total",
-            "Image bytes written to the target.",
-            |s| s.bytes_done.to_string(),
-        ),
-        (
-            "xdpcast_received_blocks_total",
-            "Blocks written to the target.",
-            |s| s.blocks_done.to_string(),
-        ),
-        (
-            "xdpcast_packets_total",
-            "Valid packets of the session received.",
-            |s| s.packets.to_string(),
-        ),
-        (
-            "xdpcast_passes_seen_total",
-            "Ends of sender passes seen.",
-            |s| s.passes_seen.to_string(),
-        ),
-        (
-            "xdpcast_fec_recovered_blocks_total",
-            "Blocks rebuilt from FEC repair symbols.",
-            |s| s.fec_recovered.to_string(),
-        ),
-        (
-            "xdpcast_nacks_sent_total",
-            "NACK packets sent to the sender.",
-            |s| s.nacks_sent.to_string(),
-        ),
-        (
-            "xdpcast_resumed_blocks_total",
-            "Blocks taken from the resume file of an earlier run.",
-            |s| s.resumed_blocks.to_string(),
-        ),
-    ];
-    for (name, help, f) in counters {
-        family(&mut o, name, "counter", help, per(f));
-    }
-    family(
-        &mut o,
-        "xdpcast_dropped_packets_total",
-        "counter",
-        "Packets dropped, by reason.",
-        pages
-            .iter()
-            .flat_map(|s| {
-                DropReason::ALL.iter().map(move |r| {
-                    (
-                        format!("{},reason={}", sess(s), prom_label(r.name())),
-                        s.drops_for(*r).to_string(),
-                    )
-                })
-            })
-            .collect(),
-    );
-    let workers: [WorkerMetric; 3] = [
-        (
-            "xdpcast_worker_packets_total",
-            "Frames or datagrams a worker took from its ring or socket.",
-            |w| w.packets,
-        ),
-        (
-            "xdpcast_worker_dropped_packets_total",
-            "Packets a worker dropped (any reason).",
-            |w| w.drops,
-        ),
-        (
-            "xdpcast_worker_ring_drops_total",
-            "Frames the kernel dropped because the worker's ring was full.",
-            |w| w.ring_drops,
-        ),
-    ];
-    for (name, help, f) in workers {
-        family(
-            &mut o,
-            name,
-            "counter",
-            help,
-            pages
-                .iter()
-                .flat_map(|s| {
-                    s.workers.iter().map(move |w| {
-                        (
-                            format!("{},queue=\"{}\"", sess(s), w.queue),
-                            f(w).to_string(),
-                        )
-                    })
-                })
-                .collect(),
-        );
-    }
-    family(
-        &mut o,
+    o.summary(
         "xdpcast_worker_batch_latency_seconds",
-        "gauge",
-        "Wall time of a worker's batch: percentiles since the worker started.",
-        pages
-            .iter()
-            .flat_map(|s| {
-                s.workers.iter().flat_map(move |w| {
-                    ["0.5", "0.99", "0.999"]
-                        .into_iter()
-                        .zip(w.batch_ns)
-                        .map(move |(q, ns)| {
-                            (
-                                format!("{},queue=\"{}\",quantile=\"{q}\"", sess(s), w.queue),
-                                format!("{:.9}", ns as f64 / 1e9),
-                            )
-                        })
-                })
-            })
-            .collect(),
+        "Wall time of a worker's batches: quantiles since the worker started.",
+        &latency,
     );
-    o
+    o.samples(
+        "xdpcast_unreadable_pages",
+        Kind::Gauge,
+        "Status pages that could not be read.",
+        &[(vec![], unreadable as f64)],
+    );
+    o.finish()
 }
 
 #[cfg(test)]
@@ -448,29 +665,55 @@ mod tests {
         assert_eq!(rate(1_250_000), "10.0 Mbit/s");
     }
 
-    #[test]
-    fn json_escapes_and_lists_everything() {
+    fn sample() -> Snapshot {
         let mut s = Snapshot {
             name: "a\"b".into(),
             message: "line\nnext".into(),
             state: State::Success,
-            workers: vec![WorkerStatus {
-                cpu: u64::MAX,
-                batch_ns: [1_500, 20_000, 95_000],
-                ..Default::default()
-            }],
+            flags: FLAG_DIGEST,
+            digest: [0xAB; 32],
+            workers: vec![
+                WorkerStatus {
+                    cpu: u64::MAX,
+                    batch_ns: [1_500, 20_000, 95_000],
+                    ..Default::default()
+                },
+                WorkerStatus {
+                    queue: 1,
+                    cpu: 3,
+                    batches: 7,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         s.drops[DropReason::OutOfRange as usize] = 4;
+        s
+    }
+
+    #[test]
+    fn json_round_trips_and_names_every_field() {
+        let s = sample();
         let j = json(&s);
-        assert!(j.contains(r#""name":"a\"b""#));
-        assert!(j.contains(r#""message":"line\u000anext""#));
-        assert!(j.contains(r#""state":"SUCCESS""#));
-        assert!(j.contains(r#""out_of_range":4"#));
-        assert!(j.contains(r#""cpu":null"#));
-        assert!(j.contains(r#""sha256":null"#));
+        let back: SessionReport = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, SessionReport::new(&s));
+        assert_eq!(back.name, "a\"b");
+        assert_eq!(back.message, "line\nnext");
+        assert_eq!(back.state, "SUCCESS");
+        assert!(!back.stale, "final pages are never stale");
+        assert_eq!(back.drops["out_of_range"], 4);
+        assert_eq!(back.drops.len(), DropReason::COUNT);
+        assert_eq!(back.sha256, Some("ab".repeat(32)));
+        assert_eq!(back.workers[0].cpu, None);
+        assert_eq!(back.workers[1].cpu, Some(3));
+        assert_eq!(back.workers[0].batch_p99_ns, 20_000);
+        // Keys by name; optional values are explicit nulls.
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["workers"][0]["cpu"], serde_json::Value::Null);
+        assert_eq!(v["workers"][0]["batch_p999_ns"], 95_000);
+        let none = json(&Snapshot::default());
+        assert!(none.contains(r#""sha256":null"#), "{none}");
         let h = human(&s);
-        assert!(j.contains(r#""batch_ns":[1500,20000,95000]"#));
         assert!(h.contains("SUCCESS") && h.contains("out_of_range=4"));
         assert!(h.contains("batch p50 1.5 p99 20.0 p99.9 95.0 µs"), "{h}");
     }
@@ -484,6 +727,7 @@ mod tests {
             workers: vec![WorkerStatus {
                 queue: 3,
                 packets: 9,
+                batches: 5,
                 batch_ns: [2_000, 40_000, 120_000],
                 ..Default::default()
             }],
@@ -491,22 +735,25 @@ mod tests {
         };
         a.drops[DropReason::Duplicate as usize] = 2;
         let b = Snapshot {
-            name: "lab-2".into(),
+            name: "lab-2\n".into(),
             state: State::Failure,
             error: crate::ErrorCode::DiskFull,
             ..Default::default()
         };
-        let text = prometheus(&[a, b]);
-        assert!(text.contains("xdpcast_received_bytes_total{session=\"lab\\\"1\"} 4096\n"));
-        assert!(text.contains("xdpcast_session_error_code{session=\"lab-2\"} 5\n"));
-        assert!(text.contains(
-            "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n"
-        ));
-        assert!(text.contains("xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n"));
-        assert!(text.contains(
-            "xdpcast_worker_batch_latency_seconds{session=\"lab\\\"1\",queue=\"3\",quantile=\"0.99\"} 0.000040000\n"
-        ));
-        // Each family is declared once, before all of its samples.
+        let text = prometheus(&[a, b], 1);
+        for want in [
+            "xdpcast_received_bytes_total{session=\"lab\\\"1\"} 4096\n",
+            "xdpcast_session_error_code{session=\"lab-2\\n\"} 5\n",
+            "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n",
+            "xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n",
+            "# TYPE xdpcast_worker_batch_latency_seconds summary\n",
+            "xdpcast_worker_batch_latency_seconds{session=\"lab\\\"1\",queue=\"3\",quantile=\"0.99\"} 0.00004\n",
+            "xdpcast_worker_batch_latency_seconds_count{session=\"lab\\\"1\",queue=\"3\"} 5\n",
+            "xdpcast_unreadable_pages 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // Each family is declared once, with HELP, before all of its samples.
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split(' ').nth(2).unwrap();
             assert_eq!(
@@ -514,8 +761,12 @@ mod tests {
                 1,
                 "{name}"
             );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
             let first_sample = text.find(&format!("\n{name}{{"));
             assert!(first_sample.is_none_or(|i| i > text.find(line).unwrap()));
+            if line.ends_with(" counter") {
+                assert!(name.ends_with("_total"), "{name}");
+            }
         }
         assert!(text
             .lines()
