@@ -36,7 +36,7 @@ W = dict(
     passes_seen=20, first_pass_missing=21, worker_count=22, flags=23,
     digest=24, fec_recovered=28, nacks_sent=29,
     resumed_blocks=30, drops=32, name=48, group=56, target=64, message=96,
-    workers=128, worker_latency=384,
+    workers=128, worker_latency=384, worker_batch_sum=480,
     # layout 2: one 16-word region per subsystem, per-worker extension
     trust=512, storage=528, repair=544, stream=560, sparse=576, diag=592,
     worker_ext=768,
@@ -116,6 +116,7 @@ def decode(w):
         wk = dict(zip(WORKER_FIELDS, w[base:base + WORKER_WORDS]))
         lat = W["worker_latency"] + i * LATENCY_WORDS
         wk.update(zip(LATENCY_FIELDS, w[lat:lat + LATENCY_WORDS]))
+        wk["batch_sum_ns"] = w[W["worker_batch_sum"] + i]
         if wk["cpu"] == U64_MAX:
             wk["cpu"] = None
         workers.append(wk)

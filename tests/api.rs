@@ -1183,6 +1183,7 @@ fn headers_and_python_reader_match_the_rust_constants() {
         ("MESSAGE", MESSAGE),
         ("WORKERS", WORKERS),
         ("WORKER_LATENCY", WORKER_LATENCY),
+        ("WORKER_BATCH_SUM", WORKER_BATCH_SUM),
     ] {
         assert_eq!(num(&format!("XDPCAST_W_{k}")), v as u64, "XDPCAST_W_{k}");
     }
@@ -1240,6 +1241,7 @@ fn headers_and_python_reader_match_the_rust_constants() {
         py.contains(&format!("workers={}", WORKERS))
             && py.contains(&format!("worker_latency={}", WORKER_LATENCY))
             && py.contains(&format!("LATENCY_WORDS = {}", LATENCY_WORDS))
+            && py.contains(&format!("worker_batch_sum={}", WORKER_BATCH_SUM))
             && py.contains(&format!("drops={}", DROPS))
     );
 }

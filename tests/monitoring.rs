@@ -25,6 +25,7 @@ fn sample_pages(dir: &TempDir) -> Vec<StatusWriter> {
         batches: 40,
         ring_drops: 1,
         batch_ns: [2_000, 30_000, 90_000],
+        batch_sum_ns: 1_500_000,
     };
     let mut live = Snapshot {
         state: State::InProgress,

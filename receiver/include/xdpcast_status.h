@@ -67,6 +67,7 @@ extern "C" {
 #define XDPCAST_WORKER_WORDS 8
 #define XDPCAST_W_WORKER_LATENCY 384 /* 32 slots of XDPCAST_LATENCY_WORDS words */
 #define XDPCAST_LATENCY_WORDS 3
+#define XDPCAST_W_WORKER_BATCH_SUM 480 /* 32 words: worker i's sum of batch wall times, ns */
 /* Layout 2: one 16-word region per subsystem, and a per-worker extension. */
 #define XDPCAST_W_TRUST 512   /* page owner, manifest, authentication */
 #define XDPCAST_W_STORAGE 528 /* storage writer and buffer */

@@ -48,6 +48,8 @@ pub struct WorkerCounters {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Batch latency percentiles (p50, p99, p99.9, ns), set by the worker.
     pub batch_ns: [AtomicU64; 3],
+    /// Sum of the batch wall times, ns, added by the worker per batch.
+    pub batch_sum_ns: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -79,6 +81,7 @@ impl WorkerCounters {
             batches: get(&self.batches),
             ring_drops: get(&self.ring_drops),
             batch_ns: self.batch_ns.each_ref().map(get),
+            batch_sum_ns: get(&self.batch_sum_ns),
         }
     }
 }
@@ -263,8 +266,9 @@ impl Latency {
 
     fn record(&mut self, started: Instant, c: &WorkerCounters) {
         let now = Instant::now();
-        self.hist
-            .saturating_record((now - started).as_nanos().max(1) as u64);
+        let ns = (now - started).as_nanos().max(1) as u64;
+        self.hist.saturating_record(ns);
+        bump(&c.batch_sum_ns, ns);
         if now - self.published >= PUBLISH {
             self.publish(c, now);
         }

@@ -75,6 +75,8 @@ pub mod offsets {
     pub const WORKER_WORDS: usize = 8;
     pub const WORKER_LATENCY: usize = 384; // 32 slots of LATENCY_WORDS words
     pub const LATENCY_WORDS: usize = 3;
+    /// Sum of each worker's batch wall times, ns: one word per worker slot.
+    pub const WORKER_BATCH_SUM: usize = 480;
     // Layout 2 added the second 4 KiB: one 16-word region per subsystem,
     // each written only by that subsystem, and a per-worker extension.
     /// Trust: page owner, manifest and authentication (16 words).
@@ -96,7 +98,8 @@ pub mod offsets {
     pub const WORKER_EXT_WORDS: usize = 8;
     const _: () = assert!(
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY
-            && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= TRUST
+            && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= WORKER_BATCH_SUM
+            && WORKER_BATCH_SUM + super::MAX_WORKERS <= TRUST
             && DIAG + REGION_WORDS <= WORKER_EXT
             && WORKER_EXT + super::MAX_WORKERS * WORKER_EXT_WORDS <= super::WORDS
     );
@@ -209,10 +212,13 @@ pub struct WorkerStatus {
     /// (XDP) or the last datagram written (sockets), in ns: 50th, 99th and
     /// 99.9th percentile since the worker started; 0 before the first batch.
     pub batch_ns: [u64; 3],
+    /// Sum of the wall times of all its batches, ns (with `batches`, the
+    /// mean).
+    pub batch_sum_ns: u64,
 }
 
 impl WorkerStatus {
-    /// The words of worker slot `i`: counters and batch latency.
+    /// The words of worker slot `i`: counters, batch latency and its sum.
     fn words(self, i: usize) -> impl Iterator<Item = (usize, u64)> {
         use offsets::*;
         let counters = [
@@ -236,6 +242,7 @@ impl WorkerStatus {
                 .enumerate()
                 .map(at(WORKER_LATENCY + i * LATENCY_WORDS)),
         )
+        .chain([(WORKER_BATCH_SUM + i, self.batch_sum_ns)])
     }
 
     /// Worker slot `i` of the page.
@@ -253,6 +260,7 @@ impl WorkerStatus {
             batches: c[6],
             ring_drops: c[7],
             batch_ns: [l[0], l[1], l[2]],
+            batch_sum_ns: w[WORKER_BATCH_SUM + i],
         }
     }
 }
@@ -743,6 +751,7 @@ mod tests {
                     cpu: 0,
                     packets: 5,
                     batch_ns: [900, 4_000, 31_000],
+                    batch_sum_ns: 77_000,
                     ..Default::default()
                 };
                 2

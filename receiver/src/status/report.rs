@@ -211,6 +211,8 @@ pub struct WorkerReport {
     pub batch_p99_ns: u64,
     /// 99.9th percentile batch wall time, ns.
     pub batch_p999_ns: u64,
+    /// Sum of all batch wall times, ns.
+    pub batch_sum_ns: u64,
 }
 
 impl SessionReport {
@@ -270,6 +272,7 @@ impl WorkerReport {
             batch_p50_ns,
             batch_p99_ns,
             batch_p999_ns,
+            batch_sum_ns: w.batch_sum_ns,
         }
     }
 }
@@ -632,7 +635,7 @@ pub fn prometheus(pages: &[Snapshot], unreadable: usize) -> String {
                 l.clone(),
                 Summary {
                     quantiles,
-                    sum: 0.0,
+                    sum: secs(w.batch_sum_ns),
                     count: w.batches as f64,
                 },
             )
@@ -729,6 +732,7 @@ mod tests {
                 packets: 9,
                 batches: 5,
                 batch_ns: [2_000, 40_000, 120_000],
+                batch_sum_ns: 250_000,
                 ..Default::default()
             }],
             ..Default::default()
@@ -749,6 +753,7 @@ mod tests {
             "# TYPE xdpcast_worker_batch_latency_seconds summary\n",
             "xdpcast_worker_batch_latency_seconds{session=\"lab\\\"1\",queue=\"3\",quantile=\"0.99\"} 0.00004\n",
             "xdpcast_worker_batch_latency_seconds_count{session=\"lab\\\"1\",queue=\"3\"} 5\n",
+            "xdpcast_worker_batch_latency_seconds_sum{session=\"lab\\\"1\",queue=\"3\"} 0.00025\n",
             "xdpcast_unreadable_pages 1\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
