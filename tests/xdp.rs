@@ -272,9 +272,10 @@ fn unprivileged_auto_mode_falls_back_to_sockets_and_says_why() {
     let out = wait_output(rx, Duration::from_secs(60), "receiver");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("socket path: XDP needs root"),
-        "one clear line why: {stderr}"
+    assert_eq!(
+        stderr.matches("socket path: XDP needs root").count(),
+        1,
+        "one clear line why, once: {stderr}"
     );
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "user");
@@ -308,5 +309,39 @@ fn jumbo_frames_reach_af_xdp_in_fragments() {
         s.block_count,
         "every block came through AF_XDP"
     );
+    assert!(!net.xdp_attached_b());
+}
+
+/// A link-local IPv6 group (as IPv6-only labs use) takes its scope from
+/// `--iface` on both sides, over AF_XDP and over sockets.
+#[test]
+fn link_local_ipv6_group_over_xdp_and_sockets() {
+    if !netns_allowed() {
+        return;
+    }
+    const LINK_LOCAL: &str = "[ff12::204:1]:6000";
+    let net = VethPair::new(1, 1500);
+    for (mode, path) in [("xdp", PathMode::XdpNative), ("socket", PathMode::Socket)] {
+        let Images { dir, src, dst } = Images::new("xdpc-ll", 4 * MIB, 23);
+        let rx = start_receiver(
+            xdpcast(&net.b),
+            &dir.0,
+            mode,
+            LINK_LOCAL,
+            &[
+                "--iface",
+                &net.if_b,
+                "--out",
+                dst.to_str().unwrap(),
+                "--mode",
+                mode,
+            ],
+        );
+        let tx = start_sender(&net.a, &net.if_a, LINK_LOCAL, &src, &["--rate", "400M"]);
+        finish(tx, rx, &src, &dst);
+        let s = read_page(&dir.0, mode);
+        assert_eq!((s.state, s.mode), (State::Success, path), "{mode}");
+        assert_eq!(s.group, LINK_LOCAL);
+    }
     assert!(!net.xdp_attached_b());
 }

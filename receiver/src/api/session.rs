@@ -111,14 +111,10 @@ impl Repairer {
         let Some(control) = t.last_control() else {
             return Ok(());
         };
-        let Some(mut to) = control.repair_to() else {
+        let Some(to) = control.repair_to() else {
             return Ok(());
         };
-        if let SocketAddr::V6(v6) = &mut to {
-            if socket::is_link_local(v6.ip()) {
-                v6.set_scope_id(self.scope);
-            }
-        }
+        let to = socket::scoped(to, self.scope);
         let now = Instant::now();
         if blocks_done != self.blocks || self.progress.is_none() {
             self.blocks = blocks_done;

@@ -70,7 +70,8 @@ enum Cmd {
     Send {
         /// File or block device to send.
         file: PathBuf,
-        /// Multicast group and port, e.g. 239.1.2.3:5000.
+        /// Multicast group and port, e.g. 239.1.2.3:5000 or [ff15::1]:5000; a
+        /// link-local IPv6 group (ff02::, ff12::) is sent on --iface.
         #[arg(long)]
         group: Group,
         /// Interface to send on.
@@ -108,8 +109,10 @@ enum Cmd {
     },
     /// Receive an image into a file or block device.
     Receive {
-        /// Multicast group and port, e.g. 239.1.2.3:5000 (udpcast: the data
-        /// group to expect, default: the one the sender announces).
+        /// Multicast group and port, e.g. 239.1.2.3:5000 or [ff15::1]:5000; a
+        /// link-local IPv6 group (ff02::, ff12::) is joined on --iface
+        /// (udpcast: the data group to expect, default: the one the sender
+        /// announces).
         #[arg(long)]
         group: Option<Group>,
         /// Protocol of the sender: xdpcast, or udpcast's udp-sender.
@@ -601,10 +604,8 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
         on_complete: None,
     };
     let mut session = Session::initialize(req, callbacks)?;
+    // Why auto mode did not take XDP was logged where it was decided.
     session.start()?;
-    if !session.mode_note().is_empty() {
-        eprintln!("xdpcast: {}", session.mode_note());
-    }
     eprintln!(
         "xdpcast: receiving on the {} path; status page {}",
         session.mode().name(),

@@ -69,6 +69,26 @@ pub fn is_link_local(ip: &Ipv6Addr) -> bool {
     ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
+/// Whether `ip` only means something together with an interface: a
+/// link-local unicast address, or a multicast group of interface-local
+/// (ff.1::) or link-local (ff.2::) scope. Linux refuses to bind or connect
+/// to such an address without a scope id (EINVAL).
+pub fn needs_scope(ip: &Ipv6Addr) -> bool {
+    is_link_local(ip) || (ip.is_multicast() && matches!(ip.octets()[1] & 0x0f, 1 | 2))
+}
+
+/// `addr` with the scope id `ifindex` when its address needs one
+/// ([`needs_scope`]), else unchanged.
+pub fn scoped(addr: SocketAddr, ifindex: u32) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(mut a) if needs_scope(a.ip()) => {
+            a.set_scope_id(ifindex);
+            SocketAddr::V6(a)
+        }
+        other => other,
+    }
+}
+
 /// The address a NACK socket on interface `name` binds to, port 0: its
 /// first IPv4 address, or with `v6` its first global IPv6 address, else its
 /// link-local one (scoped to the interface).
@@ -102,12 +122,7 @@ pub fn iface_addr(name: &str, v6: bool) -> Result<SocketAddr> {
             } else if family == libc::AF_INET6 && v6 {
                 let sin6 = &*(addr as *const libc::sockaddr_in6);
                 let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                let scope = if is_link_local(&ip) {
-                    sin6.sin6_scope_id
-                } else {
-                    0
-                };
-                SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, scope))
+                scoped(SocketAddrV6::new(ip, 0, 0, 0).into(), sin6.sin6_scope_id)
             } else {
                 continue;
             };
@@ -146,10 +161,11 @@ pub fn iface_mtu(name: &str) -> Result<u32> {
 
 /// A UDP socket bound to the group's port that has joined the group on
 /// `iface`. On the XDP path it only keeps the membership (IGMP/MLD reports),
-/// on the socket path it also receives.
+/// on the socket path it also receives. A link-local (or interface-local)
+/// IPv6 group is bound with `iface` as its scope.
 pub fn join(group: Group, iface: &str, rcvbuf: usize) -> Result<Socket> {
     let ifindex = iface_index(iface)?;
-    let addr = group.0;
+    let addr = scoped(group.0, ifindex);
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| net_err("cannot open UDP socket".into(), e))?;
     sock.set_reuse_address(true)
@@ -208,10 +224,11 @@ fn setsockopt<T: Copy>(
 }
 
 /// A UDP socket that sends to `group` out of `iface` with the given TTL,
-/// looping copies back to local receivers.
+/// looping copies back to local receivers. A link-local (or
+/// interface-local) IPv6 group is connected with `iface` as its scope.
 pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
     let ifindex = iface_index(iface)?;
-    let addr = group.0;
+    let addr = scoped(group.0, ifindex);
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| net_err("cannot open UDP socket".into(), e))?;
     let _ = sock.set_send_buffer_size(8 << 20);
@@ -398,6 +415,27 @@ mod tests {
         );
         assert!(is_link_local(&"fe80::1".parse().unwrap()));
         assert!(!is_link_local(&"fd00::1".parse().unwrap()));
+        for (ip, scope) in [
+            ("fe80::1", true),
+            ("ff02::1:2", true),
+            ("ff12::204:1", true),
+            ("ff31::1", true),
+            ("ff05::1", false),
+            ("ff15::1", false),
+            ("ff0e::1", false),
+            ("fd00::1", false),
+        ] {
+            assert_eq!(needs_scope(&ip.parse().unwrap()), scope, "{ip}");
+        }
+        let g: SocketAddr = "[ff12::204:1]:6000".parse().unwrap();
+        assert_eq!(
+            scoped(g, 7),
+            "[ff12::204:1%7]:6000".parse::<SocketAddr>().unwrap()
+        );
+        let site: SocketAddr = "[ff15::1]:6000".parse().unwrap();
+        assert_eq!(scoped(site, 7), site);
+        let v4: SocketAddr = "239.1.2.3:5000".parse().unwrap();
+        assert_eq!(scoped(v4, 7), v4);
         assert_eq!(
             iface_index("no-such-if0").unwrap_err().code,
             ErrorCode::InvalidArgument

@@ -65,37 +65,149 @@ fn clock(d: Duration) -> String {
     format!("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
 }
 
-/// State, rate, ETA, loss and drops of a session on one line (without the
-/// name and progress, which the bar shows).
-pub fn summary(s: &Snapshot) -> String {
-    let mut o = String::new();
-    let state = if s.is_stale(STALE_AFTER) {
-        format!("{} (STALE)", s.state.name())
-    } else {
-        s.state.name().to_string()
-    };
-    let _ = write!(o, "{state}");
+/// Width of the name column (names are padded to it, and cut to it when
+/// the terminal is narrow).
+const NAME_WIDTH: usize = 24;
+/// Narrowest progress bar worth drawing (inside its brackets).
+const MIN_BAR: usize = 10;
+/// Widest progress bar.
+const MAX_BAR: usize = 30;
+/// Rank of the progress bar among the fields (see [`Field`]; the others
+/// have their own).
+const BAR_RANK: u8 = 4;
+
+/// One piece of a session's line, and how much it matters: when the
+/// terminal is too narrow, the fields of lowest rank are left out first,
+/// whole, so that no figure is ever cut in two.
+struct Field {
+    text: String,
+    rank: u8,
+}
+
+/// The fields of a session's line after its name, in display order.
+fn fields(s: &Snapshot) -> Vec<Field> {
+    let f = |rank, text| Field { text, rank };
+    let mut state = s.state.name().to_string();
+    if s.is_stale(STALE_AFTER) {
+        state.push_str(" (STALE)");
+    }
     if s.state == State::Failure {
-        let _ = write!(o, " {}", s.error);
+        let _ = write!(state, " {}", s.error);
     }
-    let _ = write!(
-        o,
-        "  {} of {}  {}",
-        report::bytes(s.bytes_done),
-        report::bytes(s.total_bytes),
-        report::rate(s.rate_bps)
-    );
+    let mut v = vec![
+        f(9, format!("{:>5.1}%", percent(s))),
+        f(8, state),
+        f(
+            3,
+            format!(
+                "{} of {}",
+                report::bytes(s.bytes_done),
+                report::bytes(s.total_bytes)
+            ),
+        ),
+        f(6, report::rate(s.rate_bps)),
+    ];
     if let Some(eta) = eta(s) {
-        let _ = write!(o, "  eta {}", clock(eta));
+        v.push(f(5, format!("eta {}", clock(eta))));
     }
-    match loss_percent(s) {
-        Some(l) => {
-            let _ = write!(o, "  loss {l:.2}%");
+    v.push(f(
+        2,
+        match loss_percent(s) {
+            Some(l) => format!("loss {l:.2}%"),
+            None => "loss -".into(),
+        },
+    ));
+    v.push(f(1, format!("drops {}", s.rejected())));
+    v
+}
+
+/// Columns taken by `s` on a terminal (names and figures are plain
+/// text; a character is a column).
+fn columns(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// `s` cut to `width` columns.
+fn cut(s: &str, width: usize) -> String {
+    s.chars().take(width).collect()
+}
+
+/// A progress bar `inner` columns wide inside its brackets.
+fn progress_bar(fraction: f64, inner: usize) -> String {
+    let done = ((fraction * inner as f64) as usize).min(inner);
+    let head = if done < inner { ">" } else { "" };
+    format!(
+        "[{}{head}{}]",
+        "=".repeat(done),
+        " ".repeat(inner - done - head.len())
+    )
+}
+
+/// A session's line. With `width` (the terminal's columns) it fits in
+/// `width - 1` columns (the last one is left free, so that no terminal
+/// wraps): the name column shrinks, the least important fields are left
+/// out whole, and a progress bar (when `bar` asks for one) takes the room
+/// that is left, up to a limit. Without `width` every field is there and
+/// no bar.
+pub fn line(name: &str, page: &Result<Snapshot>, width: Option<usize>, bar: bool) -> String {
+    let budget = width.map_or(usize::MAX, |w| w.saturating_sub(1));
+    let name_width = NAME_WIDTH.min(budget / 4).max(1);
+    let mut name = match width {
+        Some(_) => cut(name, name_width),
+        None => name.to_string(),
+    };
+    name.extend(std::iter::repeat_n(
+        ' ',
+        name_width.saturating_sub(columns(&name)),
+    ));
+    let s = match page {
+        Ok(s) => s,
+        Err(err) => return cut(&format!("{name} unreadable: {err}"), budget),
+    };
+    let mut fields = fields(s);
+    // The bar is a field too, as wide as its narrowest form until the
+    // others are chosen; it ranks below the figures that say how far and
+    // how fast, above the byte counts, loss and drops.
+    let with_bar = bar && width.is_some();
+    if with_bar {
+        fields.insert(
+            0,
+            Field {
+                text: progress_bar(0.0, MIN_BAR),
+                rank: BAR_RANK,
+            },
+        );
+    }
+    // A space after the name and the bar, two between other fields.
+    let sep = |fields: &[Field], i: usize| {
+        if i == 0 || fields[i - 1].rank == BAR_RANK {
+            " "
+        } else {
+            "  "
         }
-        None => o.push_str("  loss -"),
+    };
+    let used = |fields: &[Field]| {
+        columns(&name)
+            + (0..fields.len())
+                .map(|i| sep(fields, i).len() + columns(&fields[i].text))
+                .sum::<usize>()
+    };
+    while used(&fields) > budget && fields.len() > 1 {
+        let lowest = (0..fields.len())
+            .min_by_key(|&i| fields[i].rank)
+            .expect("not empty");
+        fields.remove(lowest);
     }
-    let _ = write!(o, "  drops {}", s.rejected());
-    o
+    if with_bar && fields[0].rank == BAR_RANK {
+        let room = budget.saturating_sub(used(&fields));
+        fields[0].text = progress_bar(percent(s) / 100.0, MIN_BAR + room.min(MAX_BAR - MIN_BAR));
+    }
+    let mut o = name;
+    for (i, f) in fields.iter().enumerate() {
+        o.push_str(sep(&fields, i));
+        o.push_str(&f.text);
+    }
+    cut(&o, budget)
 }
 
 fn percent(s: &Snapshot) -> f64 {
@@ -106,23 +218,24 @@ fn percent(s: &Snapshot) -> f64 {
     }
 }
 
-/// One line per session, as `xdpcast monitor --once` prints it.
-pub fn frame(entries: &[Entry]) -> String {
+/// One line per session, as `xdpcast monitor --once` prints it, each
+/// fitting `width` columns when given (see [`line`]).
+pub fn frame(entries: &[Entry], width: Option<usize>) -> String {
     if entries.is_empty() {
         return format!("no sessions in {}\n", page::status_dir().display());
     }
     let mut o = String::new();
     for e in entries {
-        match &e.page {
-            Ok(s) => {
-                let _ = writeln!(o, "{:<24} {:>5.1}%  {}", e.name, percent(s), summary(s));
-            }
-            Err(err) => {
-                let _ = writeln!(o, "{:<24} unreadable: {err}", e.name);
-            }
-        }
+        let _ = writeln!(o, "{}", line(&e.name, &e.page, width, false));
     }
     o
+}
+
+/// The columns of the terminal on stdout, if it is one.
+fn terminal_width() -> Option<usize> {
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
 }
 
 /// Live progress bars for every session, refreshed every `interval`, until
@@ -132,7 +245,7 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
     let mut out = io::stdout();
     if once || !out.is_terminal() {
         loop {
-            out.write_all(frame(&scan()).as_bytes())?;
+            out.write_all(frame(&scan(), terminal_width()).as_bytes())?;
             out.flush()?;
             if once {
                 return Ok(());
@@ -141,13 +254,15 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
         }
     }
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-    let style = ProgressStyle::with_template("{prefix:<24} [{bar:30}] {percent:>3}% {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    // The whole line is ours (see `line`): it is measured against the
+    // terminal's width at every refresh, so it follows a resize.
+    let style =
+        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut said_empty = false;
     loop {
         let entries = scan();
+        let width = terminal_width();
         bars.retain(|name, bar| {
             let keep = entries.iter().any(|e| &e.name == name);
             if !keep {
@@ -157,19 +272,10 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
             keep
         });
         for e in &entries {
-            let bar = bars.entry(e.name.clone()).or_insert_with(|| {
-                let b = multi.add(ProgressBar::new(1).with_style(style.clone()));
-                b.set_prefix(e.name.clone());
-                b
-            });
-            match &e.page {
-                Ok(s) => {
-                    bar.set_length(s.block_count.max(1));
-                    bar.set_position(s.blocks_done);
-                    bar.set_message(summary(s));
-                }
-                Err(err) => bar.set_message(format!("unreadable: {err}")),
-            }
+            let bar = bars
+                .entry(e.name.clone())
+                .or_insert_with(|| multi.add(ProgressBar::new(1).with_style(style.clone())));
+            bar.set_message(line(&e.name, &e.page, width, true));
         }
         if entries.is_empty() && !said_empty {
             multi.println(format!(
@@ -259,19 +365,23 @@ mod tests {
         }
     }
 
+    fn ok(s: Snapshot) -> Result<Snapshot> {
+        Ok(s)
+    }
+
     #[test]
-    fn eta_loss_and_summary() {
+    fn eta_loss_and_full_line() {
         let s = running();
         assert_eq!(eta(&s), Some(Duration::from_secs(6)));
         assert_eq!(loss_percent(&s), Some(10.0));
-        let line = summary(&s);
-        assert!(
-            line.starts_with("IN_PROGRESS  4.0 MiB of 10.0 MiB"),
-            "{line}"
-        );
-        assert!(
-            line.contains("eta 0:00:06") && line.contains("loss 10.00%"),
-            "{line}"
+        let l = line("img", &ok(s.clone()), None, true);
+        assert_eq!(
+            l,
+            format!(
+                "img{} 40.0%  IN_PROGRESS  4.0 MiB of 10.0 MiB  8.4 Mbit/s  eta 0:00:06  \
+                 loss 10.00%  drops 0",
+                " ".repeat(22)
+            )
         );
         let done = Snapshot {
             state: State::Failure,
@@ -279,12 +389,52 @@ mod tests {
             ..s
         };
         assert_eq!(eta(&done), None);
-        assert!(summary(&done).starts_with("FAILURE cancelled (1)"));
+        assert!(line("x", &ok(done), None, false).contains("  FAILURE cancelled (1)  "));
         let dead = Snapshot {
             writer_pid: u64::from(u32::MAX),
             ..running()
         };
-        assert!(summary(&dead).starts_with("IN_PROGRESS (STALE)"));
+        assert!(line("x", &ok(dead), None, false).contains("  IN_PROGRESS (STALE)  "));
+    }
+
+    #[test]
+    fn line_fits_any_width_and_drops_whole_fields() {
+        let name = "a-rather-long-session-name-for-lab-7";
+        let page = ok(running());
+        let full = line(name, &page, None, false);
+        for width in 0..=240 {
+            let l = line(name, &page, Some(width), true);
+            assert!(
+                columns(&l) < width.max(1),
+                "{width} columns: {l:?} is {} wide",
+                columns(&l)
+            );
+            // Every figure shown is whole: the line without its bar is
+            // the name followed by some of the fields of the full line.
+            let text = match (l.find(" ["), l.find(']')) {
+                (Some(a), Some(b)) => format!("{}{}", &l[..a], &l[b + 1..]),
+                _ => l.clone(),
+            };
+            let fields: Vec<&str> = text.split("  ").skip(1).collect();
+            for f in &fields {
+                assert!(full.contains(f), "{width} columns: {f:?} cut in {l:?}");
+            }
+        }
+        // At 80 columns: the name, a bar, and the figures that matter most.
+        let l80 = line(name, &page, Some(80), true);
+        assert!(l80.starts_with("a-rather-long-sessi ["), "{l80}");
+        for want in ["40.0%", "IN_PROGRESS", "Mbit/s", "eta 0:00:06"] {
+            assert!(l80.contains(want), "{l80}");
+        }
+        assert!(!l80.contains("drops"), "{l80}");
+        // At 200 columns every field and a full bar.
+        let l200 = line(name, &page, Some(200), true);
+        assert!(l200.contains(&format!("[{}>", "=".repeat(12))), "{l200}");
+        assert!(l200.ends_with("loss 10.00%  drops 0"), "{l200}");
+        // At 40 the name column shrinks and the bar goes.
+        let l40 = line(name, &page, Some(40), true);
+        assert!(!l40.contains('['), "{l40}");
+        assert!(l40.contains("40.0%  IN_PROGRESS"), "{l40}");
     }
 
     #[test]
@@ -302,12 +452,14 @@ mod tests {
                 )),
             },
         ];
-        let f = frame(&entries);
+        let f = frame(&entries, None);
         assert!(f.lines().next().unwrap().starts_with("a "), "{f}");
         assert!(f.contains(" 40.0%  IN_PROGRESS"), "{f}");
         assert!(
             f.contains("b                        unreadable: bad magic"),
             "{f}"
         );
+        let narrow = frame(&entries, Some(30));
+        assert!(narrow.lines().all(|l| columns(l) < 30), "{narrow}");
     }
 }
