@@ -57,7 +57,8 @@ ERRORS = [
 DROPS = [
     "truncated", "bad_magic", "bad_version", "bad_kind", "foreign_session",
     "length_mismatch", "oversize", "out_of_range", "inconsistent", "not_udp",
-    "duplicate", "bad_control",
+    "duplicate", "bad_control", "unauthenticated", "bad_chunk",
+    "foreign_source",
 ]
 WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
                  "batches", "ring_drops"]

@@ -2,7 +2,9 @@
 //! package (`udp-sender`, `udp-receiver`, installed by setup.sh): the data
 //! goes through XDP steering and AF_XDP, the image arrives intact (also
 //! with `udp-sender --fec`, lost blocks rebuilt from FEC blocks), and a
-//! udpcast receiver in the same session finishes too.
+//! udpcast receiver in the same session finishes too. Forged udpcast
+//! packets from another host, or from one spoofing the sender's address,
+//! neither land nor end the transfer early.
 //!
 //! These tests need root. They run in CI; they are skipped only when
 //! `XDPCAST_SKIP_NETNS=1` says the machine cannot run them.
@@ -10,10 +12,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use common::*;
+use xdpcast::proto::wire::DropReason;
 use xdpcast::status::page::{PathMode, State, FLAG_DIGEST};
 use xdpcast::ErrorCode;
 
@@ -65,13 +68,26 @@ fn xdpcast_udpcast(
     group: &str,
     extra: &[&str],
 ) -> Child {
+    xdpcast_udpcast_in(ns, iface, status, out, group, "xdp", extra)
+}
+
+/// The same with data path `mode`.
+fn xdpcast_udpcast_in(
+    ns: &Netns,
+    iface: &str,
+    status: &Path,
+    out: &Path,
+    group: &str,
+    mode: &str,
+    extra: &[&str],
+) -> Child {
     let mut args = vec![
         "--protocol",
         "udpcast",
         "--portbase",
         PORTBASE,
         "--mode",
-        "xdp",
+        mode,
         "--iface",
         iface,
         "--out",
@@ -244,4 +260,102 @@ fn xdpcast_and_udp_receiver_finish_the_same_session() {
     assert_eq!(sha256_hex(&dst), want, "xdpcast's copy");
     assert_eq!(sha256_hex(&dst2), want, "udp-receiver's copy");
     assert_page(&dir.0, &src);
+}
+
+/// A process killed (and reaped) when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Forged udpcast packets, from `ns` bound to `src`, to the data group
+/// until killed: end markers (REQACK with 0 bytes) for slices 0-63 and,
+/// with `data`, a block of 0xEE bytes at the start of each of those slices.
+const FORGER: &str = r#"
+import socket, struct, sys, time
+group, port, src, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+s.bind((src, port + 1))
+while True:
+    for k in range(64):
+        s.sendto(struct.pack(">HHIII", 6, 0, k, 0, 0) + bytes(128), (group, port))
+        if data:
+            s.sendto(struct.pack(">HHIHHI", 8, 0, k, 0, 0, 1456) + b"\xee" * 1456, (group, port))
+    time.sleep(0.01)
+"#;
+
+fn forger(ns: &Netns, group: &str, src: &str, data: bool) -> KillOnDrop {
+    let mut c: Command = ns.cmd("python3");
+    c.args([
+        "-c",
+        FORGER,
+        group,
+        PORTBASE,
+        src,
+        if data { "1" } else { "0" },
+    ]);
+    KillOnDrop(spawn(c))
+}
+
+/// udp-sender on host a to xdpcast on host b (data path `mode`), while host
+/// c sends forged data blocks and end markers from its own address and
+/// forged end markers from the sender's address. The image still arrives
+/// whole, with SUCCESS; the forgeries are counted as drops.
+fn forged_packets_neither_land_nor_end_the_transfer(mode: &str, group: &str, seed: u64) {
+    let lan = Lan::new(3);
+    let [a, b, c] = &lan.hosts[..] else {
+        unreachable!()
+    };
+    // c also holds the sender's address (spoofing), without answering ARP
+    // for it so that b still reaches the real sender.
+    c.ns.ip(&["link", "set", "dev", &c.iface, "arp", "off"]);
+    c.ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", a.addr),
+        "dev",
+        &c.iface,
+        "nodad",
+    ]);
+    let Images { dir, src, dst } = Images::new("xdpc-udpc-forged", 8 * MIB + 555, seed);
+    let rx = xdpcast_udpcast_in(&b.ns, &b.iface, &dir.0, &dst, group, mode, &[]);
+    let _foreign = forger(&c.ns, group, &c.addr, true);
+    let _spoofed = forger(&c.ns, group, &a.addr, false);
+    let tx = udp_sender(&a.ns, &a.iface, &src, group, 1, &[]);
+    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst), "nothing forged landed");
+    let s = read_page(&dir.0, "udpc");
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    let len = std::fs::metadata(&src).unwrap().len();
+    assert_eq!((s.total_bytes, s.bytes_done), (len, len), "{s:?}");
+    assert!(
+        s.drops_for(DropReason::ForeignSource) > 0,
+        "packets from c counted: {s:?}"
+    );
+    assert!(
+        s.drops_for(DropReason::Inconsistent) > 0,
+        "spoofed end markers counted: {s:?}"
+    );
+}
+
+#[test]
+fn forged_udpcast_packets_do_not_land_or_end_the_transfer_over_xdp() {
+    if !udpcast_installed() {
+        return;
+    }
+    forged_packets_neither_land_nor_end_the_transfer("xdp", "239.77.0.5", 25);
+}
+
+#[test]
+fn forged_udpcast_packets_do_not_land_or_end_the_transfer_over_sockets() {
+    if !udpcast_installed() {
+        return;
+    }
+    forged_packets_neither_land_nor_end_the_transfer("socket", "239.77.0.6", 26);
 }

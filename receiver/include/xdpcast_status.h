@@ -156,7 +156,10 @@ enum xdpcast_drop_reason {
     XDPCAST_DROP_NOT_UDP = 9,
     XDPCAST_DROP_DUPLICATE = 10,
     XDPCAST_DROP_BAD_CONTROL = 11,
-    XDPCAST_DROP_COUNT = 12,
+    XDPCAST_DROP_UNAUTHENTICATED = 12,
+    XDPCAST_DROP_BAD_CHUNK = 13,
+    XDPCAST_DROP_FOREIGN_SOURCE = 14,
+    XDPCAST_DROP_COUNT = 15,
 };
 
 /* Snake-case name of an error code, as in `xdpcast status --json`. */

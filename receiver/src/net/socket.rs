@@ -272,6 +272,8 @@ pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
 pub struct MsgBatch<const IOVS: usize> {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<[libc::iovec; IOVS]>,
+    /// Source address of each received message.
+    names: Vec<libc::sockaddr_storage>,
 }
 
 // SAFETY: the raw pointers inside are only set and used within one call of
@@ -289,9 +291,12 @@ impl<const IOVS: usize> MsgBatch<IOVS> {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; IOVS];
+        // SAFETY: as above, sockaddr_storage is a plain C struct.
+        let zero_name: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
         MsgBatch {
             hdrs: vec![zero_hdr; n],
             iovs: vec![zero_iov; n],
+            names: vec![zero_name; n],
         }
     }
 
@@ -308,15 +313,36 @@ impl<const IOVS: usize> MsgBatch<IOVS> {
     }
 }
 
+/// The IP address in a `sockaddr_storage` filled in by the kernel.
+fn ip_of(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+    let len = len as usize;
+    match i32::from(name.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which
+            // is smaller than sockaddr_storage and less strictly aligned.
+            let sin = unsafe { &*(name as *const _ as *const libc::sockaddr_in) };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(name as *const _ as *const libc::sockaddr_in6) };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
 impl MsgBatch<1> {
     /// Receive up to `bufs.len()` datagrams (blocking for the first one up to
-    /// the socket's read timeout). Returns the length of each datagram; an
-    /// empty vector on timeout.
+    /// the socket's read timeout). Returns the length and the source address
+    /// of each datagram; an empty vector on timeout.
     pub fn recv(
         &mut self,
         sock: &Socket,
         bufs: &mut [Vec<u8>],
-        lens: &mut Vec<usize>,
+        got: &mut Vec<(usize, Option<IpAddr>)>,
     ) -> io::Result<()> {
         let n = bufs.len().min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
@@ -325,10 +351,14 @@ impl MsgBatch<1> {
                 iov_len: b.len(),
             };
             self.point(i, 1);
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         // SAFETY: the first `n` headers point at iovecs that point at `n`
-        // live, writable buffers of the given lengths, all borrowed for the
-        // duration of the call.
+        // live, writable buffers of the given lengths, and at `n` address
+        // buffers of the given size, all borrowed for the duration of the
+        // call.
         let rc = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -338,7 +368,7 @@ impl MsgBatch<1> {
                 std::ptr::null_mut(),
             )
         };
-        lens.clear();
+        got.clear();
         if rc < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -348,7 +378,12 @@ impl MsgBatch<1> {
                 _ => Err(e),
             };
         }
-        lens.extend(self.hdrs[..rc as usize].iter().map(|h| h.msg_len as usize));
+        got.extend(
+            self.hdrs[..rc as usize]
+                .iter()
+                .zip(&self.names)
+                .map(|(h, name)| (h.msg_len as usize, ip_of(name, h.msg_hdr.msg_namelen))),
+        );
         Ok(())
     }
 }
@@ -462,8 +497,13 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < 2 {
             batch.recv(&rx, &mut bufs, &mut lens).unwrap();
-            got.extend(lens.iter().enumerate().map(|(i, &l)| bufs[i][..l].to_vec()));
+            got.extend(
+                lens.iter()
+                    .enumerate()
+                    .map(|(i, &(l, from))| (bufs[i][..l].to_vec(), from)),
+            );
         }
-        assert_eq!(got, vec![b"abcd".to_vec(), b"e".to_vec()]);
+        let from = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(got, vec![(b"abcd".to_vec(), from), (b"e".to_vec(), from)]);
     }
 }

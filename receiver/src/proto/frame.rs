@@ -2,7 +2,10 @@
 //! a raw frame (Ethernet, optional 802.1Q tag, IPv4 or IPv6, UDP).
 //!
 //! The XDP program has already matched group and port, so this only has to
-//! find where the datagram starts and check that every length is sound.
+//! find where the datagram starts, check that every length is sound, and
+//! tell who sent it (for source filtering).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::proto::wire::DropReason;
 
@@ -22,6 +25,11 @@ fn be16(b: &[u8], at: usize) -> u16 {
 /// Return the UDP payload of an Ethernet frame, bounded by the UDP length
 /// field (Ethernet padding is cut off).
 pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
+    udp_datagram(frame).map(|(_, payload)| payload)
+}
+
+/// The IP source address and the UDP payload of an Ethernet frame.
+pub fn udp_datagram(frame: &[u8]) -> Result<(IpAddr, &[u8]), DropReason> {
     if frame.len() < ETH_LEN {
         return Err(DropReason::Truncated);
     }
@@ -35,7 +43,7 @@ pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
         l3 += VLAN_LEN;
     }
     let ip = &frame[l3..];
-    let (proto, l4) = match ethertype {
+    let (proto, l4, source) = match ethertype {
         ETH_P_IPV4 => {
             if ip.len() < 20 {
                 return Err(DropReason::Truncated);
@@ -45,13 +53,15 @@ pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
             if ip[0] >> 4 != 4 || ihl < 20 || frag & 0x1fff != 0 || frag & 0x2000 != 0 {
                 return Err(DropReason::NotUdp);
             }
-            (ip[9], ihl)
+            let src: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+            (ip[9], ihl, IpAddr::V4(Ipv4Addr::from(src)))
         }
         ETH_P_IPV6 => {
             if ip.len() < IPV6_LEN {
                 return Err(DropReason::Truncated);
             }
-            (ip[6], IPV6_LEN)
+            let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+            (ip[6], IPV6_LEN, IpAddr::V6(Ipv6Addr::from(src)))
         }
         _ => return Err(DropReason::NotUdp),
     };
@@ -66,7 +76,8 @@ pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
     if udp_len < UDP_LEN {
         return Err(DropReason::Truncated);
     }
-    udp.get(UDP_LEN..udp_len).ok_or(DropReason::Truncated)
+    let payload = udp.get(UDP_LEN..udp_len).ok_or(DropReason::Truncated)?;
+    Ok((source, payload))
 }
 
 #[cfg(test)]
@@ -83,6 +94,7 @@ pub(crate) mod tests {
         ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         ip[8] = 1;
         ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 7]);
         ip[16..20].copy_from_slice(&[239, 1, 2, 3]);
         f.extend_from_slice(&ip);
         let mut udp = [0u8; UDP_LEN];
@@ -98,6 +110,10 @@ pub(crate) mod tests {
         let mut f = ipv4_frame(b"hello");
         f.extend_from_slice(&[0; 20]); // Ethernet minimum-size padding
         assert_eq!(udp_payload(&f), Ok(&b"hello"[..]));
+        assert_eq!(
+            udp_datagram(&f),
+            Ok((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), &b"hello"[..]))
+        );
     }
 
     #[test]
@@ -114,9 +130,14 @@ pub(crate) mod tests {
         let mut ip = [0u8; IPV6_LEN];
         ip[0] = 0x60;
         ip[6] = IPPROTO_UDP;
+        ip[8] = 0xfe;
+        ip[9] = 0x80;
+        ip[23] = 9;
         v6.extend_from_slice(&ip);
         v6.extend_from_slice(&[0, 1, 0, 2, 0, 10, 0, 0, b'x', b'y']);
         assert_eq!(udp_payload(&v6), Ok(&b"xy"[..]));
+        let src: Ipv6Addr = "fe80::9".parse().unwrap();
+        assert_eq!(udp_datagram(&v6), Ok((IpAddr::V6(src), &b"xy"[..])));
     }
 
     #[test]

@@ -116,11 +116,21 @@ pub enum DropReason {
     Duplicate = 10,
     /// An announce or end packet with a malformed payload.
     BadControl = 11,
+    /// With `--trust`: a packet not covered by the verified manifest (a
+    /// manifest or signed end whose signature fails or whose key is not
+    /// trusted, a page off the signed root, plain announce/end packets,
+    /// data before the manifest, FEC parameters other than the signed ones).
+    Unauthenticated = 12,
+    /// With `--trust`: a complete chunk whose hash differs from the signed
+    /// one; counted once per chunk, its blocks are requested again.
+    BadChunk = 13,
+    /// Data from another source address than the session's sender.
+    ForeignSource = 14,
 }
 
 impl DropReason {
     /// Number of reasons (size of the counter array on the status page).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 15;
     /// All reasons in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -135,6 +145,9 @@ impl DropReason {
         DropReason::NotUdp,
         DropReason::Duplicate,
         DropReason::BadControl,
+        DropReason::Unauthenticated,
+        DropReason::BadChunk,
+        DropReason::ForeignSource,
     ];
 
     /// Stable snake_case name used in CLI output, JSON and metrics.
@@ -152,6 +165,9 @@ impl DropReason {
             DropReason::NotUdp => "not_udp",
             DropReason::Duplicate => "duplicate",
             DropReason::BadControl => "bad_control",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::BadChunk => "bad_chunk",
+            DropReason::ForeignSource => "foreign_source",
         }
     }
 }

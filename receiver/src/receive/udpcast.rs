@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +64,17 @@ const DATA_HEADER: usize = 16;
 /// How far ahead of the oldest unfinished slice the sender may be; udpcast
 /// keeps two slices in flight, so more means it has dropped us.
 const MAX_AHEAD: u32 = 4;
+/// How long the sender must send nothing but its end marker before the
+/// marker is answered and taken. udp-sender sends the end marker (a REQACK
+/// for an empty slice) only once every receiver has answered OK for the
+/// slice before it, and then nothing else; a forged one is followed by the
+/// real sender's next slice (or its REQACKs for the one before), which
+/// discards it. udp-sender repeats an unanswered REQACK (about every 10 ms,
+/// then every second; it gives up after 200), so waiting costs it nothing.
+const END_QUIET: Duration = Duration::from_secs(1);
+/// Sizes of complete slices kept to check late packets against: udp-sender
+/// never goes back further than the two slices it keeps in flight.
+const KEEP_SIZES: usize = 16;
 /// Connect requests are repeated this often until the sender answers.
 const CONNECT_RETRY: Duration = Duration::from_secs(1);
 /// Receive timeout of the control socket: the control loop's tick.
@@ -394,13 +405,156 @@ struct Ledger {
     /// Offset of `open[0]` in the target: bytes of all complete slices.
     base: u64,
     open: VecDeque<Slice>,
-    /// Number of the empty slice that ends the transfer, once seen.
+    /// Number of the empty slice that ends the transfer, once taken.
     end: Option<u32>,
+    /// An end marker not yet taken: its slice, and since when the sender
+    /// has sent nothing else.
+    pending_end: Option<(u32, Instant)>,
+    /// How long that must last ([`END_QUIET`]).
+    end_quiet: Duration,
+    /// Highest slice answered CMD_OK.
+    acked: Option<u32>,
+    /// Sizes of the last [`KEEP_SIZES`] complete slices, the last one
+    /// being slice `first - 1`.
+    sizes: VecDeque<u32>,
     /// Blocks taken for writing.
     accepted: u64,
 }
 
+/// Why a datagram is not taken: a counted drop, or packets that contradict
+/// each other, which only forged ones do, and which end the transfer.
+#[derive(Debug)]
+enum Refusal {
+    Drop(DropReason),
+    Fatal(Error),
+}
+
+impl From<DropReason> for Refusal {
+    fn from(r: DropReason) -> Refusal {
+        Refusal::Drop(r)
+    }
+}
+
+/// Slice `no` seen with two sizes.
+fn conflict(no: u32, had: u32, got: u32) -> Refusal {
+    Refusal::Fatal(Error::new(
+        ErrorCode::ProtocolError,
+        format!(
+            "slice {no} came with {had} and with {got} bytes from the sender's address: \
+             udp-sender never changes a slice, so some packets were forged"
+        ),
+    ))
+}
+
 impl Ledger {
+    fn new() -> Ledger {
+        Ledger {
+            first: 0,
+            base: 0,
+            open: VecDeque::new(),
+            end: None,
+            pending_end: None,
+            end_quiet: END_QUIET,
+            acked: None,
+            sizes: VecDeque::new(),
+            accepted: 0,
+        }
+    }
+
+    /// A data, FEC or REQACK packet says slice `no` holds `bytes` (> 0)
+    /// bytes: its index in `open` (opened and sized if new), or None for a
+    /// complete slice. It also shows whether an end marker held back was
+    /// the sender's: a packet of that slice or a later one shows it was not
+    /// (dropped and counted in `c`), one of an earlier slice restarts the
+    /// wait.
+    fn locate(
+        &mut self,
+        no: u32,
+        bytes: u32,
+        block_size: u64,
+        now: Instant,
+        c: &WorkerCounters,
+    ) -> std::result::Result<Option<usize>, Refusal> {
+        if bytes == 0 {
+            return Err(DropReason::Inconsistent.into());
+        }
+        if let Some((end, since)) = &mut self.pending_end {
+            if no >= *end {
+                log::warn!(
+                    "udpcast: end marker for slice {end} dropped: the sender is still sending slice {no} (forged?)"
+                );
+                self.pending_end = None;
+                c.drop_packet(DropReason::Inconsistent);
+            } else {
+                *since = now;
+            }
+        }
+        if self.end.is_some_and(|e| no >= e) {
+            // Nothing comes after the end.
+            return Err(DropReason::Inconsistent.into());
+        }
+        if no < self.first {
+            let back = (self.first - no) as usize;
+            if let Some(&had) = self.sizes.iter().rev().nth(back - 1) {
+                if had != bytes {
+                    return Err(conflict(no, had, bytes));
+                }
+            }
+            return Ok(None);
+        }
+        let Some(i) = self.open_slice(no).map_err(Refusal::Fatal)? else {
+            return Ok(None);
+        };
+        self.set_bytes(i, bytes, block_size)?;
+        Ok(Some(i))
+    }
+
+    /// A REQACK for the empty slice `no` (the end marker): whether to
+    /// answer it CMD_OK now. It is taken only where udp-sender sends it
+    /// (right after the last complete slice, which this receiver has
+    /// answered OK, with nothing heard of slice `no`), and only once the
+    /// sender has sent nothing else for `end_quiet`; until then it is not
+    /// answered. An end marker for slice 0 (an empty image) is never taken:
+    /// before the first slice nothing shows the sender has started, so a
+    /// forged one could not be told from it.
+    fn end_marker(
+        &mut self,
+        no: u32,
+        block_size: u64,
+        now: Instant,
+    ) -> std::result::Result<bool, DropReason> {
+        if self.end == Some(no) {
+            return Ok(true);
+        }
+        let after_last_ok = self.acked.is_some_and(|a| a.checked_add(1) == Some(no));
+        let nothing_of_it = self.open.len() <= 1
+            && self
+                .open
+                .front()
+                .is_none_or(|s| s.bytes.is_none() && s.count == 0 && s.stripes == 0);
+        if self.end.is_some() || no != self.first || !after_last_ok || !nothing_of_it {
+            return Err(DropReason::Inconsistent);
+        }
+        match self.pending_end {
+            Some((n, since)) if n == no => {
+                if now.duration_since(since) < self.end_quiet {
+                    return Ok(false);
+                }
+                self.pending_end = None;
+                if self.open.is_empty() {
+                    self.open.push_back(Slice::new());
+                }
+                self.open[0].bytes = Some(0);
+                self.end = Some(no);
+                self.retire(block_size);
+                Ok(true)
+            }
+            _ => {
+                self.pending_end = Some((no, now));
+                Ok(false)
+            }
+        }
+    }
     /// Index of slice `no` in `open` (opened if new), or None for a slice
     /// already complete.
     fn open_slice(&mut self, no: u32) -> Result<Option<usize>> {
@@ -428,20 +582,15 @@ impl Ledger {
         i: usize,
         bytes: u32,
         block_size: u64,
-    ) -> std::result::Result<(), DropReason> {
+    ) -> std::result::Result<(), Refusal> {
         if u64::from(bytes) > MAX_SLICE_BLOCKS as u64 * block_size {
-            return Err(DropReason::Oversize);
+            return Err(DropReason::Oversize.into());
         }
         let s = &mut self.open[i];
         match s.bytes {
-            Some(b) if b != bytes => return Err(DropReason::Inconsistent),
+            Some(had) if had != bytes => return Err(conflict(self.first + i as u32, had, bytes)),
             Some(_) => {}
-            None => {
-                s.bytes = Some(bytes);
-                if bytes == 0 {
-                    self.end = Some(self.first + i as u32);
-                }
-            }
+            None => s.bytes = Some(bytes),
         }
         Ok(())
     }
@@ -457,9 +606,14 @@ impl Ledger {
     /// Drop the complete slices at the front.
     fn retire(&mut self, block_size: u64) {
         while let Some(s) = self.open.front().filter(|s| s.complete(block_size)) {
-            self.base += u64::from(s.bytes.unwrap_or(0));
+            let bytes = s.bytes.unwrap_or(0);
+            self.base += u64::from(bytes);
             self.first += 1;
             self.open.pop_front();
+            if self.sizes.len() == KEEP_SIZES {
+                self.sizes.pop_front();
+            }
+            self.sizes.push_back(bytes);
         }
     }
 
@@ -509,6 +663,7 @@ pub struct Stream {
     block_size: u64,
     client: u32,
     replies: UdpSocket,
+    /// The sender that answered our connect request: the only source taken.
     sender: SocketAddr,
     ledger: Mutex<Ledger>,
     counters: Vec<CachePadded<WorkerCounters>>,
@@ -523,13 +678,7 @@ impl Stream {
             client: connected.client,
             replies,
             sender: SocketAddr::V4(connected.sender),
-            ledger: Mutex::new(Ledger {
-                first: 0,
-                base: 0,
-                open: VecDeque::new(),
-                end: None,
-                accepted: 0,
-            }),
+            ledger: Mutex::new(Ledger::new()),
             counters: (0..counter_slots).map(|_| CachePadded::default()).collect(),
             failure: OnceLock::new(),
         }
@@ -558,19 +707,17 @@ impl Stream {
         (l.finished() && self.written() == l.accepted).then_some(l.base)
     }
 
+    /// The ledger, locked, and slice `no` of `bytes` bytes in it (see
+    /// [`Ledger::locate`]).
     fn opened(
         &self,
         no: u32,
-    ) -> std::result::Result<(MutexGuard<'_, Ledger>, Option<usize>), DropReason> {
+        bytes: u32,
+        c: &WorkerCounters,
+    ) -> std::result::Result<(MutexGuard<'_, Ledger>, Option<usize>), Refusal> {
         let mut l = self.ledger();
-        match l.open_slice(no) {
-            Ok(i) => Ok((l, i)),
-            Err(e) => {
-                drop(l);
-                self.fail(e);
-                Err(DropReason::Inconsistent)
-            }
-        }
+        let i = l.locate(no, bytes, self.block_size, Instant::now(), c)?;
+        Ok((l, i))
     }
 
     fn data(
@@ -580,22 +727,21 @@ impl Stream {
         bytes: u32,
         payload: &[u8],
         c: &WorkerCounters,
-    ) -> std::result::Result<(), DropReason> {
+    ) -> std::result::Result<(), Refusal> {
         let bs = self.block_size;
         let (offset, len, rebuilt) = {
-            let (mut l, i) = self.opened(slice)?;
+            let (mut l, i) = self.opened(slice, bytes, c)?;
             let i = i.ok_or(DropReason::Duplicate)?;
-            l.set_bytes(i, bytes, bs)?;
             let start = u64::from(block) * bs;
             if start >= u64::from(bytes) {
-                return Err(DropReason::OutOfRange);
+                return Err(DropReason::OutOfRange.into());
             }
             if bit(&l.open[i].got, usize::from(block)) {
-                return Err(DropReason::Duplicate);
+                return Err(DropReason::Duplicate.into());
             }
             let len = (u64::from(bytes) - start).min(bs) as usize;
             if payload.len() < len {
-                return Err(DropReason::Truncated);
+                return Err(DropReason::Truncated.into());
             }
             // A slice whose predecessor's size is still unknown cannot be
             // placed: drop the block, the next REQACK asks for it again.
@@ -654,32 +800,31 @@ impl Stream {
         bytes: u32,
         payload: &[u8],
         c: &WorkerCounters,
-    ) -> std::result::Result<(), DropReason> {
+    ) -> std::result::Result<(), Refusal> {
         let bs = self.block_size;
         let n_stripes = usize::from(stripes);
         if n_stripes == 0 || n_stripes > MAX_STRIPES {
-            return Err(DropReason::Inconsistent);
+            return Err(DropReason::Inconsistent.into());
         }
         let (stripe, row) = (
             usize::from(block) % n_stripes,
             usize::from(block) / n_stripes,
         );
         if row >= udpcast_fec::MAX_ROWS {
-            return Err(DropReason::OutOfRange);
+            return Err(DropReason::OutOfRange.into());
         }
         if (payload.len() as u64) < bs {
-            return Err(DropReason::Truncated);
+            return Err(DropReason::Truncated.into());
         }
         let rebuilt = {
-            let (mut l, i) = self.opened(slice)?;
+            let (mut l, i) = self.opened(slice, bytes, c)?;
             // A late FEC block of a slice already complete is not needed.
             let Some(i) = i else {
                 return Ok(());
             };
-            l.set_bytes(i, bytes, bs)?;
             // The code covers at most 128 data blocks per stripe.
             if l.open[i].blocks(bs) > n_stripes * udpcast_fec::MAX_DATA {
-                return Err(DropReason::Inconsistent);
+                return Err(DropReason::Inconsistent.into());
             }
             // As for data blocks: a slice that cannot be placed yet waits
             // for the next REQACK.
@@ -689,10 +834,10 @@ impl Stream {
                 s.stripes = stripes;
                 s.fec = vec![Vec::new(); n_stripes];
             } else if s.stripes != stripes {
-                return Err(DropReason::Inconsistent);
+                return Err(DropReason::Inconsistent.into());
             }
             if s.fec[stripe].iter().any(|(r, _)| *r == row) {
-                return Err(DropReason::Duplicate);
+                return Err(DropReason::Duplicate.into());
             }
             // Not needed (nothing lost in the stripe, or enough FEC blocks
             // already): ignored, as udp-receiver does, and not a drop.
@@ -714,24 +859,38 @@ impl Stream {
         bytes: u32,
         rxmit: u32,
         ready: &[u8],
-    ) -> std::result::Result<(), DropReason> {
-        if bit(ready, self.client as usize) {
-            return Ok(());
-        }
+        c: &WorkerCounters,
+    ) -> std::result::Result<(), Refusal> {
+        let bs = self.block_size;
+        let answered = bit(ready, self.client as usize);
         let reply = {
-            let (mut l, i) = self.opened(slice)?;
-            match i {
-                None => ok(slice),
-                Some(i) => {
-                    l.set_bytes(i, bytes, self.block_size)?;
-                    let s = &l.open[i];
-                    let reply = if s.complete(self.block_size) {
-                        ok(slice)
-                    } else {
-                        retransmit(slice, rxmit, &s.got)
-                    };
-                    l.retire(self.block_size);
-                    reply
+            let mut l = self.ledger();
+            let missing = if bytes == 0 {
+                if !l.end_marker(slice, bs, Instant::now())? || answered {
+                    return Ok(());
+                }
+                None
+            } else {
+                // Checked even when already answered: a REQACK is the one
+                // packet of every slice the sender is sure to send.
+                let i = l.locate(slice, bytes, bs, Instant::now(), c)?;
+                if answered {
+                    return Ok(());
+                }
+                let got = i
+                    .map(|i| &l.open[i])
+                    .filter(|s| !s.complete(bs))
+                    .map(|s| s.got);
+                l.retire(bs);
+                got
+            };
+            match missing {
+                Some(got) => retransmit(slice, rxmit, &got),
+                None => {
+                    if l.acked.is_none_or(|a| a < slice) {
+                        l.acked = Some(slice);
+                    }
+                    ok(slice)
                 }
             }
         };
@@ -744,32 +903,39 @@ impl Stream {
 
 impl Sink for Stream {
     fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
-        let outcome = parse(datagram).and_then(|m| match m {
-            Message::Data {
-                slice,
-                block,
-                bytes,
-                payload,
-            } => self.data(slice, block, bytes, payload, c),
-            Message::ReqAck {
-                slice,
-                bytes,
-                rxmit,
-                ready,
-            } => self.reqack(slice, bytes, rxmit, ready),
-            Message::Fec {
-                stripes,
-                slice,
-                block,
-                bytes,
-                payload,
-            } => self.fec(stripes, slice, block, bytes, payload, c),
-            // Repeated hellos announce the sender to late receivers.
-            Message::Hello { .. } => Ok(()),
-            Message::ConnectReply { .. } | Message::Other(_) => Err(DropReason::BadKind),
-        });
-        if let Err(r) = outcome {
-            c.drop_packet(r);
+        let outcome = parse(datagram)
+            .map_err(Refusal::from)
+            .and_then(|m| match m {
+                Message::Data {
+                    slice,
+                    block,
+                    bytes,
+                    payload,
+                } => self.data(slice, block, bytes, payload, c),
+                Message::ReqAck {
+                    slice,
+                    bytes,
+                    rxmit,
+                    ready,
+                } => self.reqack(slice, bytes, rxmit, ready, c),
+                Message::Fec {
+                    stripes,
+                    slice,
+                    block,
+                    bytes,
+                    payload,
+                } => self.fec(stripes, slice, block, bytes, payload, c),
+                // Repeated hellos announce the sender to late receivers.
+                Message::Hello { .. } => Ok(()),
+                Message::ConnectReply { .. } | Message::Other(_) => Err(DropReason::BadKind.into()),
+            });
+        match outcome {
+            Ok(()) => {}
+            Err(Refusal::Drop(r)) => c.drop_packet(r),
+            Err(Refusal::Fatal(e)) => {
+                c.drop_packet(DropReason::Inconsistent);
+                self.fail(e);
+            }
         }
     }
 
@@ -785,6 +951,10 @@ impl Sink for Stream {
 
     fn has_failed(&self) -> bool {
         self.failure.get().is_some()
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        Some(self.sender.ip())
     }
 }
 
@@ -1114,13 +1284,18 @@ impl Run {
             if let Some((n, from)) = recv(sock, &mut buf)? {
                 // Point-to-point mode: the sender sends data and REQACKs to
                 // our unicast address, which the kernel delivers here.
-                if from == sender && point_to_point(&buf[..n]) {
+                // Control comes only from the sender that answered our
+                // connect request; anything else is counted and dropped.
+                let c = self.path.sink.counters(self.control_slot);
+                if from != sender {
+                    c.batch(1);
+                    c.drop_packet(DropReason::ForeignSource);
+                } else if point_to_point(&buf[..n]) {
                     if !unicast_data {
                         unicast_data = true;
                         log::warn!("{POINT_TO_POINT}");
                         base.message = POINT_TO_POINT.into();
                     }
-                    let c = self.path.sink.counters(self.control_slot);
                     c.batch(1);
                     self.path.sink.ingest(&buf[..n], c);
                 }
@@ -1491,6 +1666,29 @@ mod tests {
         buf[..n].to_vec()
     }
 
+    /// Nothing to read from the stand-in sender.
+    fn no_reply(sender: &UdpSocket) {
+        sender.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let r = sender.recv(&mut buf);
+        sender.set_nonblocking(false).unwrap();
+        assert!(
+            r.is_err(),
+            "unexpected reply {:?}",
+            r.map(|n| buf[..n].to_vec())
+        );
+    }
+
+    /// The sender's end marker for slice `no`, sent twice as udp-sender
+    /// does when the first goes unanswered: the first is held back, the
+    /// second is taken and answered OK (the test streams wait for nothing).
+    fn end(s: &Stream, sender: &UdpSocket, no: u32) {
+        s.ingest(&reqack(no, 0, &[0; 128]), s.counters(0));
+        no_reply(sender);
+        s.ingest(&reqack(no, 0, &[0; 128]), s.counters(0));
+        assert_eq!(reply(sender), ok(no));
+    }
+
     #[test]
     fn slices_land_one_after_another_and_reqacks_are_answered() {
         let (s, sender, path) = stream("slices");
@@ -1506,8 +1704,6 @@ mod tests {
         assert_eq!(drops(DropReason::Duplicate), 1);
         s.ingest(&data(0, 3, 10, b"xxxx"), c);
         assert_eq!(drops(DropReason::OutOfRange), 1);
-        s.ingest(&data(0, 1, 12, b"xxxx"), c);
-        assert_eq!(drops(DropReason::Inconsistent), 2);
         // REQACK for slice 0: block 1 missing, blocks 0 and 2 received.
         s.ingest(&reqack(0, 10, &[0; 128]), c);
         let r = reply(&sender);
@@ -1520,12 +1716,22 @@ mod tests {
         s.ingest(&data(1, 1, 8, b"MNOP"), c);
         s.ingest(&data(1, 0, 8, b"IJKL"), c);
         assert_eq!(s.complete_len(), None, "no end marker yet");
-        // The empty slice 2 ends the transfer; a late REQACK for slice 1 is OK.
+        // The end marker (empty slice 2) before slice 1 was answered OK is
+        // not where udp-sender sends it.
         s.ingest(&reqack(2, 0, &[0; 128]), c);
-        assert_eq!(reply(&sender), ok(2));
+        assert_eq!(drops(DropReason::Inconsistent), 2);
         s.ingest(&reqack(1, 8, &[0; 128]), c);
         assert_eq!(reply(&sender), ok(1));
+        // Now it is taken once it stands alone (no wait in this test), and
+        // answered again if repeated.
+        s.ledger().end_quiet = Duration::ZERO;
+        end(&s, &sender, 2);
+        s.ingest(&reqack(2, 0, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(2));
         assert_eq!(s.complete_len(), Some(18));
+        // Nothing is taken after the end.
+        s.ingest(&data(3, 0, 4, b"late"), c);
+        assert_eq!(drops(DropReason::Inconsistent), 3);
         let digest = finish_target(&s.file, false, 18).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"ABCD0123EFIJKLMNOP");
         let want: [u8; 32] = sha2::Digest::finalize(
@@ -1622,8 +1828,10 @@ mod tests {
         assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 4);
         s.ingest(&data(1, 0, 2, b"!?"), c);
         assert_eq!(drops(DropReason::Duplicate), 3);
-        s.ingest(&reqack(2, 0, &[0; 128]), c);
-        assert_eq!(reply(&sender), ok(2));
+        s.ingest(&reqack(1, 2, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(1));
+        s.ledger().end_quiet = Duration::ZERO;
+        end(&s, &sender, 2);
         assert_eq!(s.complete_len(), Some(28));
         finish_target(&s.file, false, 28).unwrap();
         assert_eq!(
@@ -1654,11 +1862,111 @@ mod tests {
         // Block 0 arrives: one lost block, one FEC block kept: rebuilt.
         s.ingest(&data(0, 0, 12, b"0123"), c);
         assert_eq!(c.fec_recovered.load(Ordering::Relaxed), 1);
-        s.ingest(&reqack(1, 0, &[0; 128]), c);
-        assert_eq!(reply(&sender), ok(1));
+        s.ingest(&reqack(0, 12, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(0));
+        s.ledger().end_quiet = Duration::ZERO;
+        end(&s, &sender, 1);
         assert_eq!(s.complete_len(), Some(12));
         finish_target(&s.file, false, 12).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), image);
+    }
+
+    #[test]
+    fn a_forged_end_marker_does_not_end_the_transfer() {
+        let (s, sender, path) = stream("forged-end");
+        let c = s.counters(0);
+        let drops = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
+        // Before anything arrived (the sender may not have started): never
+        // an end, even after a wait.
+        s.ledger().end_quiet = Duration::ZERO;
+        s.ingest(&reqack(0, 0, &[0; 128]), c);
+        s.ingest(&reqack(0, 0, &[0; 128]), c);
+        no_reply(&sender);
+        assert_eq!(drops(DropReason::Inconsistent), 2);
+        s.ledger().end_quiet = END_QUIET;
+        s.ingest(&data(0, 0, 4, b"ABCD"), c);
+        s.ingest(&reqack(0, 4, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(0));
+        // A forged end marker for slice 1 where the real one would be: held
+        // back, not answered. The sender's slice 1 then shows it was not
+        // the sender's: it is dropped, and the transfer goes on.
+        s.ingest(&reqack(1, 0, &[0; 128]), c);
+        no_reply(&sender);
+        assert_eq!(s.complete_len(), None);
+        s.ingest(&data(1, 0, 8, b"EFGH"), c);
+        assert_eq!(drops(DropReason::Inconsistent), 3);
+        // End markers anywhere else are dropped at once: a slice already
+        // complete, one with data, one further on.
+        for no in [0, 1, 2] {
+            s.ingest(&reqack(no, 0, &[0; 128]), c);
+        }
+        assert_eq!(drops(DropReason::Inconsistent), 6);
+        no_reply(&sender);
+        s.ingest(&data(1, 1, 8, b"IJKL"), c);
+        s.ingest(&reqack(1, 8, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(1));
+        s.ledger().end_quiet = Duration::ZERO;
+        end(&s, &sender, 2);
+        assert_eq!(s.complete_len(), Some(12));
+        finish_target(&s.file, false, 12).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ABCDEFGHIJKL");
+        assert!(!s.has_failed());
+    }
+
+    #[test]
+    fn the_end_marker_waits_until_the_sender_sends_nothing_else() {
+        let c = WorkerCounters::default();
+        let mut l = Ledger::new();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Slice 0 (one block of 4) complete and answered OK.
+        assert_eq!(l.locate(0, 4, 4, at(0), &c).unwrap(), Some(0));
+        l.open[0].mark(0);
+        l.retire(4);
+        l.acked = Some(0);
+        assert!(!l.end_marker(1, 4, at(0)).unwrap());
+        assert!(!l.end_marker(1, 4, at(900)).unwrap());
+        // A REQACK of slice 0 (the sender still waits for other receivers)
+        // starts the wait again.
+        assert_eq!(l.locate(0, 4, 4, at(950), &c).unwrap(), None);
+        assert!(!l.end_marker(1, 4, at(1900)).unwrap());
+        assert!(l.end_marker(1, 4, at(1950)).unwrap());
+        assert!(l.finished());
+        assert_eq!(l.base, 4);
+        assert_eq!(
+            c.drops[DropReason::Inconsistent as usize].load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[test]
+    fn slices_seen_with_two_sizes_fail_the_transfer() {
+        for late in [false, true] {
+            let (s, sender, _) = stream(&format!("conflict-{late}"));
+            let c = s.counters(0);
+            s.ingest(&data(0, 0, 10, b"ABCD"), c);
+            if late {
+                // Slice 0 complete, then its REQACK with another size,
+                // even one saying this receiver already answered.
+                s.ingest(&data(0, 1, 10, b"EFGH"), c);
+                s.ingest(&data(0, 2, 10, b"IJ"), c);
+                s.ingest(&reqack(0, 10, &[0; 128]), c);
+                assert_eq!(reply(&sender), ok(0));
+                assert!(!s.has_failed());
+                s.ingest(&reqack(0, 12, &[0xff; 128]), c);
+            } else {
+                s.ingest(&data(0, 1, 12, b"EFGH"), c);
+            }
+            let e = s.failure().expect("conflict fails the transfer");
+            assert_eq!(e.code, ErrorCode::ProtocolError, "{e}");
+            assert!(e.message.contains("forged"), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_the_sender_is_a_source() {
+        let (s, _sender, _) = stream("source");
+        assert_eq!(s.source(), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     }
 
     #[test]

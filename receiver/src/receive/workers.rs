@@ -2,6 +2,7 @@
 //! path), optionally pinned to a core, draining its source in batches into
 //! the shared [`Sink`]. No locks on this path.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -97,6 +98,20 @@ pub trait Sink: Send + Sync + 'static {
     fn fail(&self, err: Error);
     /// Whether a fatal error was recorded; workers stop then.
     fn has_failed(&self) -> bool;
+    /// The only source address whose datagrams are taken, once known; the
+    /// workers drop the others as [`DropReason::ForeignSource`]. None: any.
+    fn source(&self) -> Option<IpAddr> {
+        None
+    }
+}
+
+/// Hand one datagram from `from` to the sink, unless it comes from another
+/// address than the sink's source.
+fn take(t: &impl Sink, from: Option<IpAddr>, datagram: &[u8], c: &WorkerCounters) {
+    match t.source() {
+        Some(want) if from != Some(want) => c.drop_packet(DropReason::ForeignSource),
+        _ => t.ingest(datagram, c),
+    }
 }
 
 /// Where a worker gets its packets from.
@@ -210,8 +225,8 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                 let n = q
                     .poll_batch(POLL, |f| {
                         started.get_or_insert_with(Instant::now);
-                        match frame::udp_payload(f) {
-                            Ok(d) => t.ingest(d, c),
+                        match frame::udp_datagram(f) {
+                            Ok((from, d)) => take(t, Some(from), d, c),
                             Err(r) => c.drop_packet(r),
                         }
                     })
@@ -237,8 +252,8 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                     .recv(&sock, &mut bufs, &mut lens)
                     .map_err(|e| Error::new(ErrorCode::Network, format!("recvmmsg: {e}")))?;
                 let started = Instant::now();
-                for (buf, &len) in bufs.iter().zip(lens.iter()) {
-                    t.ingest(&buf[..len], c);
+                for (buf, &(len, from)) in bufs.iter().zip(lens.iter()) {
+                    take(t, from, &buf[..len], c);
                 }
                 Ok((!lens.is_empty()).then_some((lens.len(), started)))
             })
