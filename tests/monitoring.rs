@@ -1,10 +1,15 @@
 //! Monitoring through the ecosystem's own tools: `promtool check metrics`
-//! on the exposition of `xdpcast metrics`.
+//! on the exposition of `xdpcast metrics`, its HTTP endpoint under slow
+//! clients.
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::*;
 use xdpcast::proto::wire::DropReason;
@@ -99,4 +104,155 @@ fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&verdict.stdout),
         String::from_utf8_lossy(&verdict.stderr)
     );
+}
+
+/// `xdpcast metrics` on a free loopback port, killed on drop.
+struct MetricsServer {
+    child: Child,
+    addr: String,
+}
+
+impl MetricsServer {
+    fn start(status: &Path) -> MetricsServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+            .env("XDPCAST_STATUS_DIR", status)
+            .args(["metrics", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addr = first
+            .trim()
+            .strip_prefix("serving metrics on http://")
+            .and_then(|s| s.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        MetricsServer { child, addr }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection with a read timeout that only stops a hung test.
+fn connect(addr: &str) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c
+}
+
+/// Send `request` on a new connection and read the reply until the server
+/// closes it: (status line, whole reply).
+fn exchange(addr: &str, request: &str) -> (String, String) {
+    let mut c = connect(addr);
+    c.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("{request:?}: {e}; got {reply:?}"));
+    let status = reply.lines().next().unwrap_or("").to_string();
+    (status, reply)
+}
+
+fn scrape(addr: &str) -> String {
+    let (status, reply) = exchange(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{reply}");
+    reply
+}
+
+#[test]
+fn slow_clients_do_not_stop_scrapes() {
+    let dir = TempDir::new("xdpc-mon-slow");
+    let _pages = sample_pages(&dir);
+    let server = MetricsServer::start(&dir.0);
+    let addr = server.addr.as_str();
+    // Clients that send `GET /me` and then one byte every 2 s.
+    let mut slow: Vec<TcpStream> = (0..6).map(|_| connect(addr)).collect();
+    for c in &mut slow {
+        c.write_all(b"GET /me").unwrap();
+    }
+    let drips = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writers: Vec<TcpStream> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
+        s.spawn(|| {
+            let mut writers = writers;
+            for tick in 1.. {
+                std::thread::sleep(Duration::from_millis(100));
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                if tick % 20 != 0 {
+                    continue;
+                }
+                for w in &mut writers {
+                    // Fails once the server has closed the connection.
+                    let _ = w.write_all(b"t");
+                }
+                drips.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // A kept-alive connection left idle after its answer is closed by
+        // the server (read_to_string returns at its close).
+        let idle = s.spawn(|| exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        // Concurrent scrapes until the slow clients have dripped twice.
+        let mut rounds = 0;
+        while drips.load(Ordering::Relaxed) < 2 {
+            std::thread::scope(|t| {
+                for _ in 0..4 {
+                    t.spawn(|| {
+                        let reply = scrape(addr);
+                        assert!(reply.contains("xdpcast_session_state{session=\"lab-2\"} 3\n"));
+                    });
+                }
+            });
+            rounds += 1;
+        }
+        assert!(rounds > 0);
+        // Unknown paths and methods.
+        let (status, _) = exchange(
+            addr,
+            "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        let (status, reply) = exchange(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("\r\nallow: get, head\r\n"),
+            "{reply}"
+        );
+        let (status, reply) = exchange(
+            addr,
+            "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(reply.ends_with("\r\n\r\n"), "HEAD has no body: {reply}");
+        // The slow clients are cut off by the header timeout, none answered.
+        for c in &mut slow {
+            let mut rest = Vec::new();
+            match c.read_to_end(&mut rest) {
+                Ok(_) => {}
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            }
+            assert!(!rest.starts_with(b"HTTP/1.1 200"), "{rest:?}");
+        }
+        done.store(true, Ordering::Relaxed);
+        let (status, reply) = idle.join().unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK", "{reply}");
+    });
+    scrape(addr);
 }

@@ -1,5 +1,6 @@
 //! `xdpcast`: send and receive files and disk images over IP multicast.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use xdpcast::proto::wire::hex;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::send::sender::{self, SendOptions};
 use xdpcast::status::page::{self, StatusReader};
-use xdpcast::status::{monitor, report};
+use xdpcast::status::{monitor, report, serve};
 use xdpcast::{Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
 
 /// Exit status of a failed session: this plus its error code.
@@ -33,6 +34,13 @@ const MIN_MTU: i64 = (xdpcast::proto::wire::MIN_BLOCK_SIZE as usize
     about = "Kernel-bypass multicast receiver (XDP/AF_XDP) and sender for disk images and files"
 )]
 struct Cli {
+    /// Print only errors on stderr (not the receiver's notes or warnings).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, in
+    /// env_logger's syntax, filters by module).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -200,7 +208,7 @@ enum Cmd {
         /// loopback unless a firewall or proxy guards it (docs/monitoring.md).
         #[arg(long, default_value = "127.0.0.1:9470")]
         listen: std::net::SocketAddr,
-        /// Answer one request and exit.
+        /// Serve one connection (one request, no keep-alive) and exit.
         #[arg(long)]
         once: bool,
         /// Print the metrics page to stdout and exit, without serving.
@@ -337,12 +345,9 @@ fn default_name(group: &Group) -> String {
 }
 
 fn main() -> ExitCode {
-    if std::env::var_os("RUST_LOG").is_none() {
-        log_init(log::LevelFilter::Warn);
-    } else {
-        log_init(log::LevelFilter::Info);
-    }
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xdpcast: {e:#}");
@@ -366,29 +371,45 @@ fn invalid(message: String) -> anyhow::Error {
     xdpcast::Error::new(ErrorCode::InvalidArgument, message).into()
 }
 
-struct StderrLog;
+/// Log target of the receiver's notes to its operator (path chosen,
+/// status page): shown by default, hidden by `--quiet`.
+const NOTES: &str = "xdpcast::cli";
 
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!(
-                "xdpcast: {}: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
+/// Log records on stderr through env_logger, one line each: `xdpcast: NOTE`
+/// for notes, `xdpcast: LEVEL: MESSAGE` for the rest. The filter is
+/// `RUST_LOG` (env_logger's syntax) or by default warnings, errors and
+/// notes; `--quiet` (errors only) and `-v`/`-vv`/`-vvv` (info, debug,
+/// trace) set the level over either.
+fn init_logging(quiet: bool, verbose: u8) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Warn)
+        .filter_module(NOTES, log::LevelFilter::Info)
+        .parse_env(env_logger::Env::default())
+        .format(|out, r| {
+            if r.target() == NOTES {
+                writeln!(out, "xdpcast: {}", r.args())
+            } else {
+                let level = r.level().as_str().to_lowercase();
+                writeln!(out, "xdpcast: {level}: {}", r.args())
+            }
+        });
+    match (quiet, verbose) {
+        (true, _) => {
+            b.filter_level(log::LevelFilter::Error)
+                .filter_module(NOTES, log::LevelFilter::Error);
+        }
+        (false, 0) => {}
+        (false, 1) => {
+            b.filter_level(log::LevelFilter::Info);
+        }
+        (false, 2) => {
+            b.filter_level(log::LevelFilter::Debug);
+        }
+        (false, _) => {
+            b.filter_level(log::LevelFilter::Trace);
         }
     }
-    fn flush(&self) {}
-}
-
-fn log_init(level: log::LevelFilter) {
-    static LOGGER: StderrLog = StderrLog;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+    b.init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -559,7 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Metrics { print: true, .. } => {
-            print!("{}", monitor::metrics_text());
+            print!("{}", serve::metrics_text());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Metrics { listen, once, .. } => {
@@ -569,7 +590,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "serving metrics on http://{}/metrics",
                 listener.local_addr()?
             );
-            monitor::serve_metrics(&listener, once)?;
+            serve::serve_metrics(listener, serve::Limits::default(), once)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cleanup { iface } => {
@@ -606,8 +627,9 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
     let mut session = Session::initialize(req, callbacks)?;
     // Why auto mode did not take XDP was logged where it was decided.
     session.start()?;
-    eprintln!(
-        "xdpcast: receiving on the {} path; status page {}",
+    log::info!(
+        target: NOTES,
+        "receiving on the {} path; status page {}",
         session.mode().name(),
         page::page_path(&name)?.display()
     );
@@ -652,8 +674,9 @@ fn receive_udpcast(
 ) -> anyhow::Result<ExitCode> {
     install_signal_handlers();
     let page = page::page_path(&req.session.name)?;
-    eprintln!(
-        "xdpcast: udpcast receiver on port {}; status page {}",
+    log::info!(
+        target: NOTES,
+        "udpcast receiver on port {}; status page {}",
         req.portbase,
         page.display()
     );

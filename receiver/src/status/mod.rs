@@ -1,6 +1,7 @@
 //! What monitors read: the shared-memory status page, its text, JSON and
-//! Prometheus renderings, and the live monitor and metrics endpoint.
+//! Prometheus renderings, the live monitor and the metrics endpoint.
 
 pub mod monitor;
 pub mod page;
 pub mod report;
+pub mod serve;

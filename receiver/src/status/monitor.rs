@@ -1,13 +1,12 @@
-//! `xdpcast monitor` and `xdpcast metrics`: every session page on the
-//! machine as live progress bars, and as Prometheus text over HTTP.
+//! `xdpcast monitor`: every session page on the machine as live progress
+//! bars (`xdpcast metrics` serves them over HTTP: [`crate::status::serve`]).
 //!
 //! Both only read the pages (the seqlock protocol of [`crate::status::page`]), so
 //! they run unprivileged and never slow a receiver down.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -286,63 +285,6 @@ pub fn monitor(interval: Duration, once: bool) -> io::Result<()> {
         said_empty = entries.is_empty();
         std::thread::sleep(interval);
     }
-}
-
-/// The metrics page: every readable page in Prometheus text format, plus
-/// the number of pages that could not be read.
-pub fn metrics_text() -> String {
-    let entries = scan();
-    let pages: Vec<Snapshot> = entries.iter().filter_map(|e| e.page.clone().ok()).collect();
-    report::prometheus(&pages, entries.len() - pages.len())
-}
-
-/// Answer one HTTP request: `GET /metrics` (or `/`) gets [`metrics_text`].
-fn answer(mut conn: TcpStream) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut words = head.split_whitespace();
-    let method = words.next().unwrap_or("");
-    let path = words.next().unwrap_or("").split('?').next().unwrap_or("");
-    let (status, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics" | "/") => ("200 OK", metrics_text()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
-    };
-    let mut reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        reply.push_str(&body);
-    }
-    conn.write_all(reply.as_bytes())?;
-    conn.flush()
-}
-
-/// Serve the metrics page on `listener`, one request per connection, until
-/// killed; `once` returns after the first request.
-pub fn serve_metrics(listener: &TcpListener, once: bool) -> io::Result<()> {
-    for conn in listener.incoming() {
-        match conn.and_then(answer) {
-            Ok(()) => {}
-            Err(e) if once => return Err(e),
-            Err(e) => log::warn!("metrics request: {e}"),
-        }
-        if once {
-            break;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
