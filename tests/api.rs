@@ -918,22 +918,7 @@ fn monitor_and_metrics_show_every_session() {
         "{frame}"
     );
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_xdpcast"))
-        .env("XDPCAST_STATUS_DIR", &dir.0)
-        .args(["metrics", "--listen", "127.0.0.1:0", "--once"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("serving metrics on http://")
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let (server, addr) = start_metrics(&dir.0, &["--once"]);
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();

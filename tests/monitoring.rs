@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -114,22 +114,7 @@ struct MetricsServer {
 
 impl MetricsServer {
     fn start(status: &Path) -> MetricsServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xdpcast"))
-            .env("XDPCAST_STATUS_DIR", status)
-            .args(["metrics", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("serving metrics on http://")
-            .and_then(|s| s.strip_suffix("/metrics"))
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
+        let (child, addr) = start_metrics(status, &[]);
         MetricsServer { child, addr }
     }
 }
