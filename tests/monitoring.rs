@@ -1,6 +1,7 @@
 //! Monitoring through the ecosystem's own tools: `promtool check metrics`
 //! on the exposition of `xdpcast metrics`, its HTTP endpoint under slow
-//! clients.
+//! clients, and the Grafana dashboard's queries on a real Prometheus
+//! server scraping live receivers.
 
 mod common;
 
@@ -240,4 +241,164 @@ fn slow_clients_do_not_stop_scrapes() {
         assert_eq!(status, "HTTP/1.1 200 OK", "{reply}");
     });
     scrape(addr);
+}
+
+/// A child process killed (and reaped) on drop, even when the test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Percent-encode a URL query value.
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// GET `path` from the Prometheus server at `addr` (HTTP/1.0: the body
+/// runs to the close); None if it does not answer 200 yet.
+fn prometheus_get(addr: &str, path: &str) -> Option<String> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+/// The PromQL of every panel of docs/grafana-dashboard.json, with the
+/// `$session` variable set to all sessions: (panel title, query).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap().replace("$session", ".*");
+            out.push((p["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_queries_return_data_from_prometheus() {
+    if !netns_allowed() {
+        return;
+    }
+    let queries = dashboard_queries();
+    let wanted = [
+        "Progress",
+        "Receive rate",
+        "Loss before repair",
+        "Drops by reason",
+        "Ring drops",
+        "Batch latency per worker (p99)",
+        "Sessions in FAILURE",
+    ];
+    for w in wanted {
+        assert!(queries.iter().any(|(t, _)| t == w), "no panel {w}");
+    }
+    let ns = Netns::new("xdpc-mon-");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    let dir = TempDir::new("xdpc-mon-prom");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    make_image(&src, 4 << 20, 21);
+    let receive = |name: &str, group: &str, extra: &[&str]| {
+        let mut c = xdpcast(&ns);
+        c.env("XDPCAST_STATUS_DIR", &dir.0)
+            .args([
+                "receive",
+                "--iface",
+                "lo",
+                "--mode",
+                "socket",
+                "--keep-status",
+            ])
+            .args(["--group", group, "--name", name, "--out"])
+            .arg(&dst)
+            .args(extra);
+        spawn(c)
+    };
+    // One session that failed (nothing sent), one receiving a slow sender.
+    let failed = receive("prom-failed", "239.44.1.1:5000", &["--start-timeout", "1"]);
+    let out = wait_output(failed, Duration::from_secs(30), "failing receiver");
+    assert_eq!(out.status.code(), Some(102), "timeout exit status");
+    let _live = Killed(receive("prom-live", "239.44.1.2:5000", &[]));
+    let _tx = Killed(start_sender(
+        &ns,
+        "lo",
+        "239.44.1.2:5000",
+        &src,
+        &["--rate", "8M"],
+    ));
+    wait_for(Duration::from_secs(30), "first blocks", || {
+        let page = xdpcast::StatusReader::open(&dir.join("xdpcast.prom-live"));
+        let s = page.and_then(|p| p.read()).ok()?;
+        (s.blocks_done > 0).then_some(())
+    });
+
+    let (metrics, metrics_addr) = start_metrics(&dir.0, &[]);
+    let _metrics = Killed(metrics);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let prom_addr = format!("127.0.0.1:{port}");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: xdpcast\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+        ),
+    )
+    .unwrap();
+    // Debian's Prometheus server (setup.sh installs the package).
+    let _prom = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (apt install prometheus; see setup.sh)"),
+    );
+    wait_for(Duration::from_secs(60), "Prometheus ready", || {
+        prometheus_get(&prom_addr, "/-/ready")
+    });
+    for (title, expr) in &queries {
+        let path = format!("/api/v1/query?query={}", query_escape(expr));
+        let result = wait_for(Duration::from_secs(60), title, || {
+            let body = prometheus_get(&prom_addr, &path)?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["status"], "success", "{title}: {expr}: {body}");
+            let r = v["data"]["result"].as_array().unwrap().clone();
+            (!r.is_empty()).then_some(r)
+        });
+        if title == "Sessions in FAILURE" {
+            assert_eq!(result[0]["value"][1], "1", "{expr}: {result:?}");
+        }
+    }
 }
