@@ -68,17 +68,34 @@ struct {
 	__type(value, __u64);
 } XDPCAST_STATS SEC(".maps");
 
+// Matched frames per RX queue that had no socket in XDPCAST_XSKS (queues
+// 0..63, the XSKMAP's range; higher ones count in STAT_NO_SOCKET only), so
+// that the receiver can name the queues it should also serve.
+#define XDPCAST_QUEUE_SLOTS 64
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPCAST_QUEUE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} XDPCAST_UNSERVED SEC(".maps");
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;
 };
 
-static __always_inline void count(__u32 idx)
+static __always_inline void count_in(void *map, __u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&XDPCAST_STATS, &idx);
+	__u64 *v = bpf_map_lookup_elem(map, &idx);
 
 	if (v)
 		*v += 1; // per-CPU slot: no atomic needed
+}
+
+static __always_inline void count(__u32 idx)
+{
+	count_in(&XDPCAST_STATS, idx);
 }
 
 static __always_inline int pass(void)
@@ -170,7 +187,12 @@ static __always_inline int steer(struct xdp_md *ctx)
 
 	// Lower bits of flags = action when the queue has no socket in the map.
 	long act = bpf_redirect_map(&XDPCAST_XSKS, ctx->rx_queue_index, XDP_PASS);
-	count(act == XDP_REDIRECT ? STAT_REDIRECTED : STAT_NO_SOCKET);
+	if (act == XDP_REDIRECT) {
+		count(STAT_REDIRECTED);
+	} else {
+		count(STAT_NO_SOCKET);
+		count_in(&XDPCAST_UNSERVED, ctx->rx_queue_index); // no-op past the last slot
+	}
 	return act;
 }
 

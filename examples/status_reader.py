@@ -143,6 +143,8 @@ def decode(w):
     out["message"] = text(w, W["message"], 256)
     out["drops"] = {n: w[W["drops"] + i] for i, n in enumerate(DROPS)}
     out["workers"] = workers
+    out["unserved_frames"] = w[W["diag"]]
+    out["unserved_queues"] = [q for q in range(64) if w[W["diag"] + 1] >> q & 1]
     return out
 
 

@@ -100,7 +100,13 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
     }
     let net = VethPair::new(2, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-xdp", 64 * MIB, 11);
-    let rx = receiver(&net, &dir.0, "xdp", &dst, &["--mode", "xdp"]);
+    let rx = receiver(
+        &net,
+        &dir.0,
+        "xdp",
+        &dst,
+        &["--mode", "xdp", "--queues", "all"],
+    );
     assert!(
         net.xdp_attached_b(),
         "XDP program must be attached while receiving"
@@ -161,6 +167,7 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
         s.workers.iter().map(|w| w.blocks).sum::<u64>(),
         s.block_count
     );
+    assert_eq!(s.diag.unserved_frames, 0, "every queue has a socket");
     assert!(
         s.workers.iter().all(|w| w.packets > 0),
         "both queues carried frames: {:?}",
@@ -342,6 +349,89 @@ fn link_local_ipv6_group_over_xdp_and_sockets() {
         let s = read_page(&dir.0, mode);
         assert_eq!((s.state, s.mode), (State::Success, path), "{mode}");
         assert_eq!(s.group, LINK_LOCAL);
+    }
+    assert!(!net.xdp_attached_b());
+}
+
+/// `--queues 0` on a two-queue veth: the frames the sender's flow hash puts
+/// on queue 1 reach no socket. The XDP program counts them; the page, the
+/// warning, `xdpcast status` and the metrics say how many, on which queue,
+/// and what to do.
+#[test]
+fn frames_on_a_queue_without_a_socket_are_reported() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(2, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-unserved", 8 * MIB, 29);
+    let rx = receiver(
+        &net,
+        &dir.0,
+        "unserved",
+        &dst,
+        &["--mode", "xdp", "--queues", "0"],
+    );
+    // 32 streams: each lands on queue 1 with even odds (see the first
+    // test), so some do but with probability 2^-32.
+    let mut tx = sender(
+        &net,
+        &src,
+        &["--rate", "200M", "--passes", "3", "--streams", "32"],
+    );
+    let s = wait_for(
+        Duration::from_secs(60),
+        "unserved frames on the page",
+        || {
+            let s = read_page(&dir.0, "unserved");
+            (s.diag.unserved_frames > 0).then_some(s)
+        },
+    );
+    assert_eq!(s.diag.queues().collect::<Vec<_>>(), vec![1], "{:?}", s.diag);
+    assert_eq!(s.workers.len(), 1, "only queue 0 is served");
+
+    let status = xdpcast(&net.b)
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["status", "unserved"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("on RX queue 1 without an AF_XDP socket") && text.contains("--queues all"),
+        "{text}"
+    );
+    let metrics = xdpcast(&net.b)
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["metrics", "--print"])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let count: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xdpcast_unserved_frames_total{session=\"unserved\"} "))
+        .unwrap_or_else(|| panic!("no unserved count in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(count > 0.0, "{metrics}");
+
+    let _ = tx.kill();
+    let _ = tx.wait();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);
+    let out = wait_output(rx, Duration::from_secs(20), "receiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("RX queue")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for queue 1: {stderr}");
+    for want in [
+        "on RX queue 1 without an AF_XDP socket",
+        &format!("warn: {}: ", net.if_b),
+        "--queues all",
+        &format!(
+            "ethtool -N {} flow-type udp4 dst-ip 239.8.8.8 dst-port 5000 action 0",
+            net.if_b
+        ),
+        &format!("ethtool -X {} equal 1", net.if_b),
+    ] {
+        assert!(warnings[0].contains(want), "{want:?} in {}", warnings[0]);
     }
     assert!(!net.xdp_attached_b());
 }

@@ -102,6 +102,10 @@ extern "C" {
 #define XDPCAST_LAT_P99 1
 #define XDPCAST_LAT_P999 2
 
+/* Words of the diag region, relative to XDPCAST_W_DIAG. */
+#define XDPCAST_DIAG_UNSERVED_FRAMES 0 /* session frames on RX queues without an AF_XDP socket */
+#define XDPCAST_DIAG_UNSERVED_QUEUES 1 /* bit q: RX queue q (0..63) had such frames */
+
 /* XDPCAST_W_FLAGS bits. */
 #define XDPCAST_FLAG_GEOMETRY 1ULL
 #define XDPCAST_FLAG_DIGEST 2ULL

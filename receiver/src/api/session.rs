@@ -441,11 +441,13 @@ struct Meter {
 }
 
 impl Control {
-    fn snapshot(&self, state: State, meter: &mut Meter) -> Snapshot {
+    fn snapshot(&mut self, state: State, meter: &mut Meter) -> Snapshot {
+        let diag = self.path.diag();
         let t = &self.path.sink;
         let mut s = Snapshot {
             state,
             start_ns: self.base.start_ns,
+            diag,
             ..self.base.clone()
         };
         s.workers = self
@@ -562,7 +564,10 @@ impl Control {
             if last_packets == 0 && meter.start.elapsed() >= self.start_timeout {
                 return Err(Error::new(
                     ErrorCode::Timeout,
-                    format!("no packet of the session within {:?}", self.start_timeout),
+                    self.path.explain_silence(format!(
+                        "no packet of the session within {:?}",
+                        self.start_timeout
+                    )),
                 ));
             }
             if last_packets > 0 && last_activity.elapsed() >= self.idle_timeout {

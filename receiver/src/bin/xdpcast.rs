@@ -147,9 +147,11 @@ enum Cmd {
         /// AF_XDP copy mode.
         #[arg(long = "xsk-copy", value_enum, default_value_t = XskCopy::Auto)]
         xsk_copy: XskCopy,
-        /// RX queues to serve, comma separated (default: all).
-        #[arg(long, value_delimiter = ',')]
-        queues: Option<Vec<u32>>,
+        /// RX queues to serve: `all` (the default) or numbers, comma
+        /// separated. Frames of the session on a queue left out are counted
+        /// on the status page (unserved) and named in a warning.
+        #[arg(long, value_parser = parse_queues)]
+        queues: Option<Queues>,
         /// Cores to pin the workers to, comma separated.
         #[arg(long, value_delimiter = ',')]
         cores: Option<Vec<usize>>,
@@ -284,6 +286,24 @@ impl ReceiveRecovery {
         };
         r.inject_loss_ppm = self.inject_loss;
     }
+}
+
+/// `--queues`: every RX queue (`None`), or these.
+#[derive(Clone)]
+struct Queues(Option<Vec<u32>>);
+
+fn parse_queues(s: &str) -> Result<Queues, String> {
+    if s == "all" {
+        return Ok(Queues(None));
+    }
+    s.split(',')
+        .map(|q| {
+            q.trim()
+                .parse()
+                .map_err(|_| format!("bad queue {q:?}: use all, or numbers such as 0,2"))
+        })
+        .collect::<Result<Vec<u32>, String>>()
+        .map(|v| Queues(Some(v)))
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -522,7 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 ..XskConfig::default()
             };
-            req.queues = queues;
+            req.queues = queues.and_then(|q| q.0);
             req.cores = cores;
             req.session_id = session;
             req.start_timeout = Duration::from_secs(start_timeout);

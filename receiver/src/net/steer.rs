@@ -38,6 +38,9 @@ const LINEAR_PROGRAM_NAME: &str = "xdpcast_linear";
 const MAP_CONFIG: &str = "XDPCAST_CONFIG";
 const MAP_XSKS: &str = "XDPCAST_XSKS";
 const MAP_STATS: &str = "XDPCAST_STATS";
+const MAP_UNSERVED: &str = "XDPCAST_UNSERVED";
+/// RX queues with a slot in `XDPCAST_UNSERVED` (and in the XSKMAP).
+pub const QUEUE_SLOTS: u32 = 64;
 
 /// Indices into `XDPCAST_STATS` (must match `enum xdpcast_stat` in the C source).
 const STAT_MATCHED: u32 = 0;
@@ -248,6 +251,7 @@ pub struct Steering {
     config_value: XdpcastConfig,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    unserved: PerCpuArray<MapData, u64>,
     /// Owns the loaded program (the maps above were taken out of it).
     _ebpf: Ebpf,
 }
@@ -312,6 +316,7 @@ impl Steering {
         let mut config: Array<MapData, XdpcastConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
         let xsks: XskMap<MapData> = take_map(&mut ebpf, MAP_XSKS)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_STATS)?;
+        let unserved: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_UNSERVED)?;
         config
             .set(0, config_value, 0)
             .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
@@ -378,6 +383,7 @@ impl Steering {
             config_value,
             xsks,
             stats,
+            unserved,
             _ebpf: ebpf,
         })
     }
@@ -419,13 +425,7 @@ impl Steering {
 
     /// Reads the program's counters, summed over all CPUs.
     pub fn stats(&self) -> Result<SteerStats, SteerError> {
-        let sum = |idx: u32| -> Result<u64, SteerError> {
-            let values = self
-                .stats
-                .get(&idx, 0)
-                .map_err(|source| map_err(MAP_STATS, "lookup", source))?;
-            Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
-        };
+        let sum = |idx: u32| per_cpu_sum(&self.stats, MAP_STATS, idx);
         Ok(SteerStats {
             matched: sum(STAT_MATCHED)?,
             redirected: sum(STAT_REDIRECTED)?,
@@ -433,6 +433,22 @@ impl Steering {
             passed: sum(STAT_PASSED)?,
             injected_drops: sum(STAT_INJECTED_DROP)?,
         })
+    }
+
+    /// Matched frames that arrived on RX queues without a registered socket
+    /// (passed to the kernel), per queue: `(queue, frames)` for every queue
+    /// below [`QUEUE_SLOTS`] that had any. Frames on higher queues are only
+    /// in [`SteerStats::no_socket`]. One map lookup per slot: call it when
+    /// `no_socket` has moved, not on every tick.
+    pub fn unserved_queues(&self) -> Result<Vec<(u32, u64)>, SteerError> {
+        let mut out = Vec::new();
+        for q in 0..QUEUE_SLOTS {
+            let n = per_cpu_sum(&self.unserved, MAP_UNSERVED, q)?;
+            if n > 0 {
+                out.push((q, n));
+            }
+        }
+        Ok(out)
     }
 
     /// Detaches the program from the interface (also done by `Drop`, which only logs errors).
@@ -459,6 +475,18 @@ impl Drop for Steering {
             }
         }
     }
+}
+
+/// Slot `idx` of a per-CPU counter map, summed over all CPUs.
+fn per_cpu_sum(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    idx: u32,
+) -> Result<u64, SteerError> {
+    let values = map
+        .get(&idx, 0)
+        .map_err(|source| map_err(name, "lookup", source))?;
+    Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, SteerError>

@@ -6,16 +6,18 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::rings::{self, XskConfig, XskQueue};
-use crate::net::socket;
-use crate::net::steer::{AttachMode, Steering};
+use crate::net::socket::{self, Group};
+use crate::net::steer::{AttachMode, Steering, QUEUE_SLOTS};
 use crate::receive::request::{ModeRequest, SessionRequest};
 use crate::receive::workers::{self, Sink, Source, Worker};
-use crate::status::page::{PathMode, MAX_WORKERS};
+use crate::status::page::{DiagStatus, PathMode, MAX_WORKERS};
+use crate::status::report;
 
 /// A data path that is set up but whose workers have not started.
 pub struct Opened {
@@ -25,6 +27,7 @@ pub struct Opened {
     pub note: String,
     steering: Option<Steering>,
     membership: Option<Socket>,
+    unserved: Option<Unserved>,
     /// One source per worker, with its RX queue (or socket index).
     pub sources: Vec<(u32, Source)>,
 }
@@ -58,6 +61,7 @@ fn open_socket(req: &SessionRequest) -> Result<Opened> {
         note: String::new(),
         steering: None,
         membership: None,
+        unserved: None,
         sources: vec![(0, Source::Socket(sock))],
     })
 }
@@ -108,13 +112,135 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
         AttachMode::Native => PathMode::XdpNative,
         AttachMode::Generic => PathMode::XdpGeneric,
     };
+    let unserved = Unserved::new(&steering, req, queues).map_err(|e| steer_err(&e))?;
     Ok(Opened {
         mode,
         note: String::new(),
         steering: Some(steering),
         membership: Some(membership),
+        unserved: Some(unserved),
         sources,
     })
+}
+
+/// Least time between two reads of the per-queue counters (one map lookup
+/// per queue slot) while frames keep arriving on queues without a socket.
+const UNSERVED_READ_EVERY: Duration = Duration::from_millis(500);
+
+/// Watches the XDP program's count of session frames that arrived on RX
+/// queues without an AF_XDP socket (passed to the kernel, so never
+/// received): the most common AF_XDP setup mistake on a real NIC, where
+/// RSS spreads the flow over queues that were not opened or an ntuple rule
+/// is missing. Counts from the moment every socket is registered; warns
+/// once for each new set of queues, naming them and the fix.
+struct Unserved {
+    iface: String,
+    group: Group,
+    served: Vec<u32>,
+    /// The program's counters when the last socket was registered: total,
+    /// and per queue slot.
+    base: (u64, Vec<(u32, u64)>),
+    status: DiagStatus,
+    /// When the per-queue counters were last read, and the count then.
+    last_read: Option<Instant>,
+    queues_read_at: u64,
+    /// Queues named in a warning so far.
+    warned: Option<u64>,
+}
+
+impl Unserved {
+    fn new(
+        steering: &Steering,
+        req: &SessionRequest,
+        served: Vec<u32>,
+    ) -> std::result::Result<Unserved, crate::net::steer::SteerError> {
+        Ok(Unserved {
+            iface: req.iface.clone(),
+            group: req.group,
+            served,
+            base: (steering.stats()?.no_socket, steering.unserved_queues()?),
+            status: DiagStatus::default(),
+            last_read: None,
+            queues_read_at: 0,
+            warned: None,
+        })
+    }
+
+    /// Bring the counts up to date (cheap unless they moved) and warn
+    /// about queues not named before.
+    fn update(&mut self, steering: &Steering) {
+        let Ok(stats) = steering.stats() else {
+            return;
+        };
+        let total = stats.no_socket.wrapping_sub(self.base.0);
+        self.status.unserved_frames = total;
+        // The queues, when the count has moved since they were last read.
+        if total == self.queues_read_at
+            || self
+                .last_read
+                .is_some_and(|t| t.elapsed() < UNSERVED_READ_EVERY)
+        {
+            return;
+        }
+        let Ok(per_queue) = steering.unserved_queues() else {
+            return;
+        };
+        self.last_read = Some(Instant::now());
+        self.queues_read_at = total;
+        let before = |q: u32| {
+            self.base
+                .1
+                .iter()
+                .find(|&&(b, _)| b == q)
+                .map_or(0, |&(_, n)| n)
+        };
+        self.status.unserved_queues = per_queue
+            .iter()
+            .filter(|&&(q, n)| n > before(q))
+            .fold(0, |mask, &(q, _)| mask | 1 << q);
+        if self
+            .warned
+            .is_some_and(|w| self.status.unserved_queues & !w == 0)
+        {
+            return;
+        }
+        self.warned = Some(self.status.unserved_queues | self.warned.unwrap_or(0));
+        log::warn!("{}", self.advice());
+    }
+
+    /// The warning: how many frames went where, and the ways to fix it.
+    fn advice(&self) -> String {
+        let iface = &self.iface;
+        let (ip, port) = (self.group.0.ip(), self.group.0.port());
+        let flow = if ip.is_ipv4() { "udp4" } else { "udp6" };
+        let first = self.served.first().copied().unwrap_or(0);
+        // RSS over the served queues only: `equal N` when they are the
+        // first N, else a weight per queue.
+        let contiguous = self.served.iter().enumerate().all(|(i, &q)| q == i as u32);
+        let rss = if contiguous {
+            format!("equal {}", self.served.len())
+        } else {
+            let top = self
+                .served
+                .iter()
+                .copied()
+                .chain(self.status.queues())
+                .max()
+                .unwrap_or(0)
+                .min(QUEUE_SLOTS - 1);
+            let weights: Vec<&str> = (0..=top)
+                .map(|q| if self.served.contains(&q) { "1" } else { "0" })
+                .collect();
+            format!("weight {}", weights.join(" "))
+        };
+        format!(
+            "{iface}: {}; the kernel stack got them instead. Serve every queue with \
+             --queues all (or leave --queues out), or steer the flow to a served queue with \
+             an ntuple rule (`ethtool -N {iface} flow-type {flow} dst-ip {ip} dst-port {port} \
+             action {first}`) or RSS (`ethtool -X {iface} {rss}`)",
+            report::unserved(&self.status)
+        )
+    }
 }
 
 /// A running data path feeding sink `S`. Dropping it stops the workers and
@@ -129,6 +255,7 @@ pub struct DataPath<S: Sink> {
     pub slots: Vec<(u32, Option<usize>)>,
     stop: Arc<AtomicBool>,
     steering: Option<Steering>,
+    unserved: Option<Unserved>,
     _membership: Option<Socket>,
 }
 
@@ -145,6 +272,7 @@ impl<S: Sink> DataPath<S> {
             slots: Vec::new(),
             stop: stop.clone(),
             steering: opened.steering,
+            unserved: opened.unserved,
             _membership: opened.membership,
         };
         for (i, (queue, source)) in opened.sources.into_iter().enumerate() {
@@ -171,6 +299,35 @@ impl<S: Sink> DataPath<S> {
         self.steering.as_ref()
     }
 
+    /// Diagnostics for the status page, brought up to date while XDP is
+    /// attached (and kept after); logs a warning, naming the queues and
+    /// the fix, when session frames arrive on queues without a socket.
+    pub fn diag(&mut self) -> DiagStatus {
+        match (&mut self.unserved, &self.steering) {
+            (Some(u), Some(s)) => {
+                u.update(s);
+                u.status
+            }
+            (Some(u), None) => u.status,
+            _ => DiagStatus::default(),
+        }
+    }
+
+    /// `msg`, followed by why nothing arrived when session frames went to
+    /// queues without a socket: for the error of a receiver that saw none.
+    pub fn explain_silence(&self, msg: String) -> String {
+        match &self.unserved {
+            Some(u) if u.status.unserved_frames > 0 => {
+                format!(
+                    "{msg}; {} ({})",
+                    report::unserved(&u.status),
+                    report::UNSERVED_FIX
+                )
+            }
+            _ => msg,
+        }
+    }
+
     /// Stop the workers and detach XDP; the first worker error, if any.
     pub fn shut_down(&mut self) -> Option<Error> {
         self.stop.store(true, Ordering::Release);
@@ -191,5 +348,53 @@ impl<S: Sink> DataPath<S> {
 impl<S: Sink> Drop for DataPath<S> {
     fn drop(&mut self) {
         self.shut_down();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(group: &str, served: Vec<u32>, frames: u64, queues: u64) -> Unserved {
+        Unserved {
+            iface: "eth1".into(),
+            group: group.parse().unwrap(),
+            served,
+            base: (0, Vec::new()),
+            status: DiagStatus {
+                unserved_frames: frames,
+                unserved_queues: queues,
+            },
+            last_read: None,
+            queues_read_at: 0,
+            warned: None,
+        }
+    }
+
+    #[test]
+    fn advice_names_the_queues_and_the_fixes() {
+        let first_queue = watch("239.1.2.3:5000", vec![0], 40, 0b10).advice();
+        assert!(
+            first_queue.starts_with(
+                "eth1: 40 frames of the session on RX queue 1 without an AF_XDP socket"
+            ),
+            "{first_queue}"
+        );
+        for want in [
+            "--queues all",
+            "`ethtool -N eth1 flow-type udp4 dst-ip 239.1.2.3 dst-port 5000 action 0`",
+            "`ethtool -X eth1 equal 1`",
+        ] {
+            assert!(first_queue.contains(want), "{want} in {first_queue}");
+        }
+        // Served queues that are not the first N: RSS weights per queue.
+        let gaps = watch("[ff12::204:1]:6000", vec![0, 2], 7, 0b1010).advice();
+        for want in [
+            "on RX queues 1,3 without",
+            "flow-type udp6 dst-ip ff12::204:1 dst-port 6000 action 0",
+            "`ethtool -X eth1 weight 1 0 1 0`",
+        ] {
+            assert!(gaps.contains(want), "{want} in {gaps}");
+        }
     }
 }

@@ -1226,8 +1226,12 @@ struct Run {
 
 impl Run {
     fn snapshot(&mut self, base: &Snapshot) -> Snapshot {
+        let diag = self.path.diag();
         let t = &self.path.sink;
-        let mut s = base.clone();
+        let mut s = Snapshot {
+            diag,
+            ..base.clone()
+        };
         s.workers = self
             .path
             .slots
@@ -1323,10 +1327,10 @@ impl Run {
             if seen == 0 && self.start.elapsed() >= req.session.start_timeout {
                 return Err(Error::new(
                     ErrorCode::Timeout,
-                    format!(
+                    self.path.explain_silence(format!(
                         "connected, but no data from the sender within {:?}",
                         req.session.start_timeout
-                    ),
+                    )),
                 ));
             }
             if seen > 0 && last_activity.elapsed() >= req.session.idle_timeout {

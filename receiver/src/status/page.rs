@@ -265,6 +265,40 @@ impl WorkerStatus {
     }
 }
 
+/// Diagnostics of the data path (region [`offsets::DIAG`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiagStatus {
+    /// Frames of the session that the XDP program saw on RX queues without
+    /// an AF_XDP socket: passed to the kernel, never received (`--queues`
+    /// leaves out a queue the NIC hashes the flow to).
+    pub unserved_frames: u64,
+    /// Bit `q` set: RX queue `q` (0..63) had such frames.
+    pub unserved_queues: u64,
+}
+
+impl DiagStatus {
+    fn words(self) -> [(usize, u64); 2] {
+        use offsets::DIAG;
+        [
+            (DIAG, self.unserved_frames),
+            (DIAG + 1, self.unserved_queues),
+        ]
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> DiagStatus {
+        use offsets::DIAG;
+        DiagStatus {
+            unserved_frames: w[DIAG],
+            unserved_queues: w[DIAG + 1],
+        }
+    }
+
+    /// The queues of `unserved_queues`, in order.
+    pub fn queues(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..64).filter(|q| self.unserved_queues & (1 << q) != 0)
+    }
+}
+
 /// Everything on the page, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
@@ -326,6 +360,8 @@ pub struct Snapshot {
     pub message: String,
     /// Per-worker counters.
     pub workers: Vec<WorkerStatus>,
+    /// Data-path diagnostics.
+    pub diag: DiagStatus,
 }
 
 impl Snapshot {
@@ -397,6 +433,7 @@ impl Snapshot {
         for (i, ws) in self.workers.iter().take(MAX_WORKERS).enumerate() {
             w.extend(ws.words(i));
         }
+        w.extend(self.diag.words());
         w
     }
 
@@ -454,6 +491,7 @@ impl Snapshot {
             workers: (0..workers)
                 .map(|i| WorkerStatus::from_page(w, i))
                 .collect(),
+            diag: DiagStatus::from_page(w),
         })
     }
 }
@@ -756,6 +794,10 @@ mod tests {
                 };
                 2
             ],
+            diag: DiagStatus {
+                unserved_frames: 12,
+                unserved_queues: 0b1010 | 1 << 63,
+            },
             ..Default::default()
         };
         s.drops[DropReason::BadMagic as usize] = 3;
@@ -780,6 +822,7 @@ mod tests {
         };
         assert_eq!(got, want);
         assert_eq!(got.drops_for(DropReason::BadMagic), 3);
+        assert_eq!(got.diag.queues().collect::<Vec<_>>(), vec![1, 3, 63]);
         assert!(
             !got.is_stale(Duration::from_secs(1)),
             "final pages are never stale"

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
-use crate::status::page::{Snapshot, WorkerStatus, FLAG_DIGEST, STALE_AFTER};
+use crate::status::page::{DiagStatus, Snapshot, WorkerStatus, FLAG_DIGEST, STALE_AFTER};
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
@@ -93,6 +93,9 @@ pub fn human(s: &Snapshot) -> String {
     if !drops.is_empty() {
         let _ = writeln!(o, "drops     {}", drops.join(" "));
     }
+    if s.diag.unserved_frames > 0 {
+        let _ = writeln!(o, "unserved  {} ({UNSERVED_FIX})", unserved(&s.diag));
+    }
     if s.flags & FLAG_DIGEST != 0 {
         let _ = writeln!(o, "sha256    {}", hex(&s.digest));
     }
@@ -118,6 +121,27 @@ pub fn human(s: &Snapshot) -> String {
     }
     o
 }
+
+/// `N frames of the session on RX queue(s) Q without an AF_XDP socket`:
+/// what the XDP program passed to the kernel for want of a socket on the
+/// queue (see [`UNSERVED_FIX`]).
+pub fn unserved(d: &DiagStatus) -> String {
+    let queues: Vec<String> = d.queues().map(|q| q.to_string()).collect();
+    format!(
+        "{} frames of the session on RX queue{} {} without an AF_XDP socket, not received",
+        d.unserved_frames,
+        if queues.len() == 1 { "" } else { "s" },
+        if queues.is_empty() {
+            "above 63".into()
+        } else {
+            queues.join(",")
+        }
+    )
+}
+
+/// The way out of [`unserved`] frames, in short.
+pub const UNSERVED_FIX: &str =
+    "use --queues all, or steer the flow to the served queues with ethtool";
 
 /// One session as `xdpcast status --json` prints it: this struct is the
 /// JSON schema (docs/status-page.md lists its keys). Built from a page by
@@ -184,6 +208,10 @@ pub struct SessionReport {
     pub drops: BTreeMap<String, u64>,
     /// One entry per worker.
     pub workers: Vec<WorkerReport>,
+    /// Frames of the session on RX queues without an AF_XDP socket.
+    pub unserved_frames: u64,
+    /// Those RX queues (0..63).
+    pub unserved_queues: Vec<u32>,
 }
 
 /// One worker of a [`SessionReport`].
@@ -252,6 +280,8 @@ impl SessionReport {
                 .map(|r| (r.name().to_string(), s.drops_for(*r)))
                 .collect(),
             workers: s.workers.iter().map(WorkerReport::new).collect(),
+            unserved_frames: s.diag.unserved_frames,
+            unserved_queues: s.diag.queues().collect(),
         }
     }
 }
@@ -539,6 +569,11 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "Blocks taken from the resume file of an earlier run.",
         |s| s.resumed_blocks as f64,
     ),
+    counter(
+        "xdpcast_unserved_frames_total",
+        "Frames of the session on RX queues without an AF_XDP socket (passed to the kernel, not received).",
+        |s| s.diag.unserved_frames as f64,
+    ),
 ];
 
 /// The per-worker counters and gauges, one sample per worker slot (labels
@@ -688,6 +723,10 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            diag: DiagStatus {
+                unserved_frames: 30,
+                unserved_queues: 0b110,
+            },
             ..Default::default()
         };
         s.drops[DropReason::OutOfRange as usize] = 4;
@@ -719,6 +758,17 @@ mod tests {
         let h = human(&s);
         assert!(h.contains("SUCCESS") && h.contains("out_of_range=4"));
         assert!(h.contains("batch p50 1.5 p99 20.0 p99.9 95.0 µs"), "{h}");
+        assert_eq!(
+            (back.unserved_frames, &back.unserved_queues[..]),
+            (30, &[1, 2][..])
+        );
+        assert!(
+            h.contains(
+                "unserved  30 frames of the session on RX queues 1,2 without an AF_XDP socket"
+            ),
+            "{h}"
+        );
+        assert!(!human(&Snapshot::default()).contains("unserved"));
     }
 
     #[test]
@@ -727,6 +777,10 @@ mod tests {
             name: "lab\"1".into(),
             state: State::InProgress,
             bytes_done: 4096,
+            diag: DiagStatus {
+                unserved_frames: 17,
+                unserved_queues: 2,
+            },
             workers: vec![WorkerStatus {
                 queue: 3,
                 packets: 9,
@@ -755,6 +809,7 @@ mod tests {
             "xdpcast_worker_batch_latency_seconds_count{session=\"lab\\\"1\",queue=\"3\"} 5\n",
             "xdpcast_worker_batch_latency_seconds_sum{session=\"lab\\\"1\",queue=\"3\"} 0.00025\n",
             "xdpcast_unreadable_pages 1\n",
+            "xdpcast_unserved_frames_total{session=\"lab\\\"1\"} 17\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
