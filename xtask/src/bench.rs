@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
 use xdpcast::status::page::{now_ns, Snapshot, State, StatusReader};
 use xdpcast_bench::netns::VethPair;
 
@@ -53,7 +54,7 @@ pub struct Args {
     /// Pace both senders to this rate (default: xdpcast's blast unpaced, udpcast self-paced).
     #[arg(long)]
     rate_mbps: Option<u64>,
-    /// Directory for results.md and plot.png, relative to the workspace.
+    /// Directory for results.md, results.json and plot.png, relative to the workspace.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
 }
@@ -252,7 +253,8 @@ impl Receiver {
     }
 }
 
-/// What one run measured.
+/// What one run measured (in `results.json` under these names).
+#[derive(Debug, Serialize)]
 struct Metrics {
     /// Data path as reported by the receiver.
     path: String,
@@ -699,6 +701,66 @@ fn table(outcomes: &[Outcome], size: u64) -> String {
     t
 }
 
+/// `results.json`: the machine-readable twin of `results.md`, one entry per
+/// run.
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    /// CPU, CPU count and kernel.
+    machine: String,
+    /// Image size in bytes.
+    image_bytes: u64,
+    /// Pacing of the senders, Mbit/s (None: unpaced blast).
+    rate_mbps: Option<u64>,
+    runs: Vec<Run<'a>>,
+}
+
+/// One run of `results.json`: what it measured, or why it failed.
+#[derive(Debug, Serialize)]
+struct Run<'a> {
+    mtu: u32,
+    receiver: &'static str,
+    /// The measurements, None when the run failed.
+    metrics: Option<&'a Metrics>,
+    /// Image bits per second of receive time, Gbit/s.
+    goodput_gbps: Option<f64>,
+    /// Receiver CPU seconds per GB of image.
+    rx_cpu_s_per_gb: Option<f64>,
+    /// Which side limited the run.
+    bottleneck: Option<String>,
+    /// Why the run failed.
+    error: Option<&'a str>,
+}
+
+fn results_json(
+    outcomes: &[Outcome],
+    size: u64,
+    rate_mbps: Option<u64>,
+    machine: String,
+) -> String {
+    let runs = outcomes
+        .iter()
+        .map(|o| {
+            let m = o.result.as_ref().ok();
+            Run {
+                mtu: o.mtu,
+                receiver: o.receiver.name(),
+                metrics: m,
+                goodput_gbps: m.map(|m| m.goodput_gbps(size)),
+                rx_cpu_s_per_gb: m.map(|m| m.cpu_per_gb(size)),
+                bottleneck: m.map(|m| m.bottleneck(size)),
+                error: o.result.as_ref().err().map(String::as_str),
+            }
+        })
+        .collect();
+    let r = Results {
+        machine,
+        image_bytes: size,
+        rate_mbps,
+        runs,
+    };
+    serde_json::to_string_pretty(&r).expect("plain values") + "\n"
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -714,7 +776,8 @@ fn machine() -> String {
     format!("{cpu}, {ncpu} CPUs, kernel {}", kernel.trim())
 }
 
-/// Run the benchmark and write `results.md` and `plot.png` into `args.out`.
+/// Run the benchmark and write `results.md`, `results.json` and `plot.png`
+/// into `args.out`.
 pub fn run(args: Args) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
@@ -807,9 +870,9 @@ pub fn run(args: Args) -> Result<()> {
         .map_or("unpaced blast / udpcast self-paced".into(), |m| {
             format!("both senders paced to {m} Mbit/s")
         });
+    let machine = machine();
     let mut md = format!(
-        "Machine: {}. Image {} MiB on tmpfs, {rate}, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}.\n\n",
-        machine(),
+        "Machine: {machine}. Image {} MiB on tmpfs, {rate}, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}.\n\n",
         size >> 20
     );
     md += &table(&outcomes, size);
@@ -817,6 +880,10 @@ pub fn run(args: Args) -> Result<()> {
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(
+        out.join("results.json"),
+        results_json(&outcomes, size, args.rate_mbps, machine),
+    )?;
     let panel = |title: &str, f: &dyn Fn(&Metrics) -> f64| Panel {
         title: title.into(),
         groups: args.mtu.iter().map(|m| format!("MTU {m}")).collect(),
@@ -847,7 +914,7 @@ pub fn run(args: Args) -> Result<()> {
         &names,
     )?;
     eprintln!(
-        "bench: wrote {} and plot.png",
+        "bench: wrote {}, results.json and plot.png",
         out.join("results.md").display()
     );
     Ok(())
@@ -863,6 +930,49 @@ mod tests {
         assert_eq!(completion(&s, 100), Some((2_500, 120)));
         assert_eq!(completion(&s[1..], 20), Some((2_000, 60)));
         assert_eq!(completion(&s, 200), None);
+    }
+
+    #[test]
+    fn results_json_names_every_measurement() {
+        let m = Metrics {
+            path: "xdp-native".into(),
+            receive_s: 2.0,
+            verified_s: 2.5,
+            packets: 1000,
+            rx_cpu_s: 1.0,
+            tx_cpu_s: 1.0,
+            tx_wall_s: 2.0,
+            offered_gbps: None,
+            softirq_s: 0.5,
+            loss: 0.01,
+            batch: Some(32.0),
+            batch_ns: Some([1_000, 2_000, 3_000]),
+        };
+        let outcomes = [
+            Outcome {
+                receiver: Receiver::Xdp,
+                mtu: 1500,
+                result: Ok(m),
+            },
+            Outcome {
+                receiver: Receiver::Udpcast,
+                mtu: 1500,
+                result: Err("udp-receiver exited".into()),
+            },
+        ];
+        let j = results_json(&outcomes, 1 << 30, Some(2000), "test machine".into());
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["image_bytes"], 1u64 << 30);
+        assert_eq!(v["rate_mbps"], 2000);
+        let ok = &v["runs"][0];
+        assert_eq!(ok["receiver"], "xdpcast XDP");
+        assert_eq!(ok["metrics"]["path"], "xdp-native");
+        assert_eq!(ok["metrics"]["batch_ns"][1], 2_000);
+        assert_eq!(ok["error"], serde_json::Value::Null);
+        assert!((ok["goodput_gbps"].as_f64().unwrap() - 4.294_967_296).abs() < 1e-9);
+        let failed = &v["runs"][1];
+        assert_eq!(failed["metrics"], serde_json::Value::Null);
+        assert_eq!(failed["error"], "udp-receiver exited");
     }
 
     #[test]
