@@ -60,6 +60,9 @@ DROPS = [
     "duplicate", "bad_control", "unauthenticated", "bad_chunk",
     "foreign_source",
 ]
+# Signed sessions: words of the trust region after its first (owner) word.
+TRUST_FIELDS = ["flags", "chunk_count", "chunks_verified", "rejected_blocks",
+                "pages", "issued_at"]
 WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
                  "batches", "ring_drops"]
 LATENCY_FIELDS = ["batch_p50_ns", "batch_p99_ns", "batch_p999_ns"]
@@ -145,6 +148,11 @@ def decode(w):
     out["workers"] = workers
     out["unserved_frames"] = w[W["diag"]]
     out["unserved_queues"] = [q for q in range(64) if w[W["diag"] + 1] >> q & 1]
+    t = W["trust"] + 1
+    trust = dict(zip(TRUST_FIELDS, w[t:t + len(TRUST_FIELDS)]))
+    s = t + len(TRUST_FIELDS)
+    trust["signer"] = struct.pack("<4Q", *w[s:s + 4]).hex()
+    out["trust"] = trust
     return out
 
 

@@ -4,7 +4,36 @@
 
 use proptest::prelude::*;
 use xdpcast::proto::frame::udp_payload;
+use xdpcast::proto::manifest::{ChunkTree, Manifest};
 use xdpcast::proto::wire::{self, Control, Geometry, Kind, Packet};
+
+fn key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[5; 32])
+}
+
+/// A signed manifest of a 100 000-byte image and its tree.
+fn manifest() -> (Manifest, ChunkTree) {
+    let g = Geometry::new(100_000, 1400);
+    let image: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let tree = ChunkTree::build(&image, 1400);
+    let m = Manifest {
+        session: 7,
+        geometry: g,
+        digest: [3; 32],
+        passes: 2,
+        flags: wire::FLAG_REPAIR,
+        repair_addr: std::net::Ipv6Addr::LOCALHOST,
+        repair_port: 9,
+        fec_repair: 0,
+        fec_group: 0,
+        source: std::net::Ipv6Addr::LOCALHOST,
+        chunk_blocks: 1,
+        issued_at: 1,
+        root: tree.root(),
+        zero_runs: [0; 32],
+    };
+    (m, tree)
+}
 
 fn valid_packets() -> Vec<Vec<u8>> {
     let g = Geometry::new(100_000, 1400);
@@ -25,6 +54,15 @@ fn valid_packets() -> Vec<Vec<u8>> {
         wire::encode_control(Kind::End, 7, &g, &ctl),
         wire::encode_nacks(7, &g, &[(0, 5), (60, 2)]).remove(0),
         wire::encode_fec(7, &g, 1, 64, &[4; 1404]),
+        wire::encode_raw(Kind::Manifest, 7, &g, 0, &manifest().0.sign(&key())),
+        wire::encode_raw(Kind::Manifest, 7, &g, 3, &manifest().1.page(3)),
+        wire::encode_raw(
+            Kind::SignedEnd,
+            7,
+            &g,
+            0,
+            &manifest().0.sign_end(&key(), 1, 0),
+        ),
     ]
 }
 
@@ -58,6 +96,21 @@ fn check(pkt: &[u8]) {
             Packet::Announce { control, .. } | Packet::End { control, .. } => {
                 assert!(control.passes > 0);
             }
+            // Whatever verifies is the real thing, untouched.
+            Packet::Manifest { index, payload, .. } => {
+                let (m, tree) = manifest();
+                if let Ok((got, _)) = Manifest::verify(payload, &[key().verifying_key()]) {
+                    assert_eq!(got, m);
+                }
+                if m.verify_page(index, payload).is_ok() {
+                    assert_eq!(payload, &tree.page(index)[..]);
+                }
+            }
+            Packet::SignedEnd { payload, .. } => {
+                if let Ok(v) = manifest().0.verify_end(&key().verifying_key(), payload) {
+                    assert_eq!(v, (1, 0));
+                }
+            }
         }
     }
 }
@@ -73,7 +126,7 @@ proptest! {
 
     #[test]
     fn mutated_packets_never_panic(
-        which in 0usize..6,
+        which in 0usize..9,
         flips in proptest::collection::vec((0usize..1500, any::<u8>()), 1..8),
         cut in 0usize..1500,
     ) {

@@ -110,6 +110,18 @@ extern "C" {
 #define XDPCAST_FLAG_GEOMETRY 1ULL
 #define XDPCAST_FLAG_DIGEST 2ULL
 
+/* Signed sessions: words of the trust region (XDPCAST_W_TRUST + n). */
+#define XDPCAST_TR_FLAGS 1           /* XDPCAST_TRUST_* bits */
+#define XDPCAST_TR_CHUNK_COUNT 2     /* chunks in the verified manifest */
+#define XDPCAST_TR_CHUNKS_VERIFIED 3 /* chunks whose hash verified */
+#define XDPCAST_TR_REJECTED_BLOCKS 4 /* blocks discarded with a failed chunk */
+#define XDPCAST_TR_PAGES 5           /* pages of chunk hashes verified */
+#define XDPCAST_TR_ISSUED_AT 6       /* manifest signing time, Unix seconds */
+#define XDPCAST_TR_SIGNER 7          /* 4 words: the signer's Ed25519 public key */
+#define XDPCAST_TRUST_REQUIRED 1ULL     /* receive --trust */
+#define XDPCAST_TRUST_MANIFEST 2ULL     /* a manifest verified */
+#define XDPCAST_TRUST_NO_READ_BACK 4ULL /* SUCCESS from the last chunk, no read-back */
+
 /* XDPCAST_W_STATE values. */
 enum xdpcast_state {
     XDPCAST_STATE_INITIALIZED = 0,

@@ -24,6 +24,7 @@ use crate::receive::workers::Sink;
 use crate::rng::XorShift;
 use crate::status::page::{
     now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
+    TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
 };
 
 /// How often the control thread looks at the transfer and publishes the page.
@@ -284,6 +285,12 @@ impl Session {
                 "session already started",
             ));
         }
+        if self.req.trust.is_empty() {
+            log::warn!(
+                "session {} is not authenticated: anyone on the network can change what is written (sign it: send --sign, receive --trust)",
+                self.req.name
+            );
+        }
         let path = match datapath::open(&self.req).and_then(|opened| {
             self.note = opened.note.clone();
             let transfer = Arc::new(
@@ -292,7 +299,8 @@ impl Session {
                     self.req.session_id,
                     opened.sources.len(),
                 )
-                .with_resume(self.req.resume_file.clone()),
+                .with_resume(self.req.resume_file.clone())
+                .with_trust(self.req.trust.clone(), self.req.expect_sha256),
             );
             DataPath::start(opened, transfer, self.req.cores.as_deref())
         }) {
@@ -489,6 +497,18 @@ impl Control {
         s.nacks_sent = self.repair.sent;
         s.resumed_blocks = t.resumed_blocks();
         s.first_pass_missing = t.first_pass_missing().unwrap_or(0);
+        if t.is_signed() {
+            s.trust.flags |= TRUST_REQUIRED;
+        }
+        if let Some(sg) = t.signed() {
+            s.trust.flags |= TRUST_MANIFEST;
+            s.trust.chunk_count = sg.manifest.chunk_count();
+            s.trust.chunks_verified = sg.verified_chunks();
+            s.trust.rejected_blocks = sg.rejected_blocks();
+            s.trust.pages = sg.pages();
+            s.trust.issued_at = sg.manifest.issued_at;
+            s.trust.signer = *sg.key.as_bytes();
+        }
         let now = Instant::now();
         let dt = now.duration_since(meter.last).as_secs_f64();
         if dt >= 0.2 {
@@ -546,18 +566,25 @@ impl Control {
                         cb(img.geometry.total_size, img.geometry.block_size);
                     }
                 }
-                let missing = img.geometry.block_count - s.blocks_done;
-                if missing == 0 && t.digest().is_some() {
+                if t.complete() {
                     return Ok(());
                 }
+                let missing = img.geometry.block_count.saturating_sub(s.blocks_done);
                 if let Err(e) = self.repair.tick(&t, s.blocks_done) {
                     log::warn!("NACK: {e}");
                 }
-                if missing > 0 && t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE
-                {
+                if t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE {
                     return Err(Error::new(
                         ErrorCode::Incomplete,
-                        format!("{missing} blocks still missing after the sender's last pass"),
+                        match t.signed() {
+                            Some(sg) if missing == 0 => format!(
+                                "{} chunks unverified after the sender's last pass",
+                                sg.manifest.chunk_count() - sg.verified_chunks()
+                            ),
+                            _ => format!(
+                                "{missing} blocks still missing after the sender's last pass"
+                            ),
+                        },
                     ));
                 }
             }
@@ -579,17 +606,25 @@ impl Control {
         }
     }
 
-    /// Flush the target and compare its SHA-256 with the sender's.
-    fn verify(&self) -> Result<()> {
-        let t = &self.path.sink;
-        let img = t
+    /// Flush the target (msync and fsync); returns it.
+    fn flush(&self) -> Result<&crate::store::target::Target> {
+        let img = self
+            .path
+            .sink
             .image()
             .ok_or_else(|| Error::new(ErrorCode::Internal, "no image"))?;
-        let want = t
+        img.target.flush()?;
+        Ok(&img.target)
+    }
+
+    /// Flush the target and compare its SHA-256 with the sender's.
+    fn verify(&self) -> Result<()> {
+        let want = self
+            .path
+            .sink
             .digest()
             .ok_or_else(|| Error::new(ErrorCode::Internal, "no digest"))?;
-        img.target.flush()?;
-        let got = img.target.sha256()?;
+        let got = self.flush()?.sha256()?;
         if got != want {
             return Err(Error::new(
                 ErrorCode::DigestMismatch,
@@ -618,11 +653,17 @@ impl Control {
         if let Some(e) = self.path.shut_down() {
             outcome = outcome.and(Err(e));
         }
+        // A signed session is complete when its last chunk verified: the
+        // target is not read again. Others read it back and compare SHA-256.
         if outcome.is_ok() {
-            let mut s = self.snapshot(State::InProgress, &mut meter);
-            s.message = "verifying SHA-256".into();
-            self.publish(&s);
-            outcome = self.verify();
+            outcome = if self.path.sink.is_signed() {
+                self.flush().map(|_| ())
+            } else {
+                let mut s = self.snapshot(State::InProgress, &mut meter);
+                s.message = "verifying SHA-256".into();
+                self.publish(&s);
+                self.verify()
+            };
         }
         // Keep what is on disk for a restart, unless it is complete (or wrong).
         match &outcome {
@@ -640,7 +681,18 @@ impl Control {
         match &outcome {
             Ok(()) => {
                 s.state = State::Success;
-                s.message = format!("SHA-256 {} verified", hex(&s.digest));
+                if self.path.sink.is_signed() {
+                    s.trust.flags |= TRUST_NO_READ_BACK;
+                }
+                s.message = match self.path.sink.signed() {
+                    Some(sg) => format!(
+                        "{} chunks verified against the manifest signed by {} (SHA-256 {})",
+                        sg.verified_chunks(),
+                        hex(sg.key.as_bytes()),
+                        hex(&s.digest)
+                    ),
+                    None => format!("SHA-256 {} verified", hex(&s.digest)),
+                };
             }
             Err(e) => {
                 s.state = State::Failure;

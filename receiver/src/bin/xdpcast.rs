@@ -111,6 +111,10 @@ enum Cmd {
         streams: usize,
         #[command(flatten)]
         repair: SendRepair,
+        /// Sign the session with this secret key (from `xdpcast keygen`):
+        /// receivers with `--trust` then verify every chunk of the image.
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
         /// Show a progress bar.
         #[arg(long)]
         progress: bool,
@@ -175,9 +179,21 @@ enum Cmd {
         keep_status: bool,
         #[command(flatten)]
         recovery: ReceiveRecovery,
+        #[command(flatten)]
+        trust: ReceiveTrust,
         /// Show a progress bar.
         #[arg(long)]
         progress: bool,
+    },
+    /// Make an Ed25519 key pair for signed sessions: KEYFILE (secret, mode
+    /// 0600) and KEYFILE.pub (give it to receivers' --trust).
+    Keygen {
+        /// Where to write the secret key (must not exist).
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
+        /// Comment stored in the public key file.
+        #[arg(long, default_value = "")]
+        comment: String,
     },
     /// Print the status page of one session, or of all sessions.
     Status {
@@ -237,6 +253,11 @@ struct SendRepair {
     /// Most NACK-driven repair rounds.
     #[arg(long, default_value_t = 50)]
     max_repair_rounds: u32,
+    /// Most blocks resent over all repair rounds, as a multiple of the
+    /// image (bounds what forged NACKs can cost; repairs are also paced at
+    /// the data rate, and each address may send 64 NACKs per window).
+    #[arg(long, default_value_t = 1.0)]
+    max_repair: f64,
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     #[arg(long, default_value_t = 0)]
     fec: u16,
@@ -253,6 +274,7 @@ impl SendRepair {
         o.repair = !self.no_repair;
         o.repair_wait = Duration::from_millis(self.repair_wait);
         o.max_repair_rounds = self.max_repair_rounds;
+        o.max_repair = self.max_repair;
         o.fec_repair = self.fec;
         o.fec_group = self.fec_group;
         o.loss = self.loss;
@@ -272,6 +294,34 @@ struct ReceiveRecovery {
     /// Test loss injection on the XDP path: matched frames dropped per million.
     #[arg(long, default_value_t = 0)]
     inject_loss: u32,
+}
+
+/// Signed sessions and image pinning on the receiving side.
+#[derive(clap::Args)]
+struct ReceiveTrust {
+    /// Accept only sessions whose manifest is signed by this key: a public
+    /// key file, a directory of *.pub files, or 64 hex digits (repeatable).
+    /// Nothing is written before the manifest verifies; every chunk is
+    /// checked as it completes; SUCCESS needs no read-back.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    /// Accept only the image with this SHA-256 (64 hex digits).
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    expect_sha256: Option<[u8; 32]>,
+}
+
+impl ReceiveTrust {
+    fn apply(&self, r: &mut SessionRequest) -> anyhow::Result<()> {
+        for spec in &self.trust {
+            r.trust.extend(xdpcast::store::keys::load_trusted(spec)?);
+        }
+        r.expect_sha256 = self.expect_sha256;
+        Ok(())
+    }
+}
+
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    xdpcast::proto::wire::from_hex::<32>(s).ok_or_else(|| format!("{s:?} is not 64 hex digits"))
 }
 
 impl ReceiveRecovery {
@@ -446,6 +496,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl,
             streams,
             repair,
+            sign,
             progress,
         } => {
             if let Some(mtu) = mtu {
@@ -458,6 +509,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut opts = SendOptions::new(group, &iface);
             repair.apply(&mut opts);
+            opts.sign = sign
+                .as_deref()
+                .map(xdpcast::store::keys::load_signing)
+                .transpose()?;
             opts.rate_bps = rate;
             opts.passes = passes;
             opts.block_size = block_size.or(mtu.map(xdpcast::proto::wire::block_size_for_mtu));
@@ -487,6 +542,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report::rate((r.bytes as f64 / secs) as u64),
                 hex(&r.digest)
             );
+            if r.nacks + r.nacks_ignored > 0 {
+                println!(
+                    "repair: {} blocks resent, {} asked for but not resent (--max-repair budget spent), {} NACK datagrams ignored (malformed, foreign, outside the image, or over 64 per address per window)",
+                    r.repair_blocks, r.repair_refused, r.nacks_ignored
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Receive {
@@ -508,6 +569,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_timeout,
             keep_status,
             recovery,
+            trust,
             progress,
         } => {
             let group = match (group, protocol) {
@@ -522,6 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let name = name.unwrap_or_else(|| default_name(&group));
             let mut req = SessionRequest::new(&name, group, &iface, out);
             recovery.apply(&mut req);
+            trust.apply(&mut req)?;
             req.mode = match mode {
                 Mode::Auto => ModeRequest::Auto,
                 Mode::Xdp => ModeRequest::Xdp,
@@ -548,6 +611,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.start_timeout = Duration::from_secs(start_timeout);
             req.idle_timeout = Duration::from_secs(idle_timeout);
             if protocol == Protocol::Udpcast {
+                if !req.trust.is_empty() {
+                    bail!("--trust needs a signed xdpcast sender: udpcast has no signatures");
+                }
                 let req = UdpcastRequest {
                     session: req,
                     portbase,
@@ -555,6 +621,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return receive_udpcast(&req, keep_status, progress);
             }
             receive(req, keep_status, progress)
+        }
+        Cmd::Keygen { out, comment } => {
+            let public = xdpcast::store::keys::generate(&out, &comment)?;
+            println!(
+                "secret key {} (keep it private), public key {}: {}",
+                out.display(),
+                xdpcast::store::keys::public_path(&out).display(),
+                hex(public.as_bytes())
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name, json } => {
             let names = match name {

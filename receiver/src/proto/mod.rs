@@ -3,5 +3,6 @@
 
 pub mod fec;
 pub mod frame;
+pub mod manifest;
 pub mod udpcast_fec;
 pub mod wire;

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use crate::proto::manifest;
+
 /// `"XDPC"` in network byte order.
 pub const MAGIC: u32 = 0x5844_5043;
 /// The only version this crate speaks.
@@ -72,6 +74,11 @@ pub enum Kind {
     Nack = 4,
     /// One RaptorQ repair symbol for a group of blocks.
     Fec = 5,
+    /// Signed sessions: the signed manifest head or one page of chunk
+    /// hashes (see [`crate::proto::manifest`]).
+    Manifest = 6,
+    /// Signed sessions: an end of pass signed by the manifest's key.
+    SignedEnd = 7,
 }
 
 impl Kind {
@@ -82,6 +89,8 @@ impl Kind {
             3 => Some(Kind::End),
             4 => Some(Kind::Nack),
             5 => Some(Kind::Fec),
+            6 => Some(Kind::Manifest),
+            7 => Some(Kind::SignedEnd),
             _ => None,
         }
     }
@@ -211,7 +220,7 @@ impl Geometry {
         index * u64::from(self.block_size)
     }
 
-    fn is_consistent(&self) -> bool {
+    pub(crate) fn is_consistent(&self) -> bool {
         (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
             && self.total_size > 0
             && self.block_count == self.total_size.div_ceil(u64::from(self.block_size))
@@ -344,6 +353,26 @@ pub enum Packet<'a> {
         /// RaptorQ payload id (4 bytes) followed by the symbol (`block_size` bytes).
         symbol: &'a [u8],
     },
+    /// A manifest head (index 0) or page (index = page number), unverified.
+    Manifest {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Page number (0 for the head).
+        index: u64,
+        /// Sub-type byte and body.
+        payload: &'a [u8],
+    },
+    /// A signed end of pass, unverified.
+    SignedEnd {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Pass, flags, signature.
+        payload: &'a [u8],
+    },
 }
 
 impl Packet<'_> {
@@ -354,7 +383,9 @@ impl Packet<'_> {
             | Packet::Announce { session, .. }
             | Packet::End { session, .. }
             | Packet::Nack { session, .. }
-            | Packet::Fec { session, .. } => session,
+            | Packet::Fec { session, .. }
+            | Packet::Manifest { session, .. }
+            | Packet::SignedEnd { session, .. } => session,
         }
     }
 
@@ -365,20 +396,22 @@ impl Packet<'_> {
             | Packet::Announce { geometry, .. }
             | Packet::End { geometry, .. }
             | Packet::Nack { geometry, .. }
-            | Packet::Fec { geometry, .. } => geometry,
+            | Packet::Fec { geometry, .. }
+            | Packet::Manifest { geometry, .. }
+            | Packet::SignedEnd { geometry, .. } => geometry,
         }
     }
 }
 
-fn be_u16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_u64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn be_u64(b: &[u8], at: usize) -> u64 {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(v)
@@ -510,7 +543,50 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                 symbol: &payload[4..],
             })
         }
+        Kind::Manifest => {
+            if payload_len == 0 || payload_len > MAX_MANIFEST_PAYLOAD {
+                return Err(DropReason::BadControl);
+            }
+            Ok(Packet::Manifest {
+                session,
+                geometry,
+                index,
+                payload,
+            })
+        }
+        Kind::SignedEnd => {
+            if payload_len != manifest::SIGNED_END_LEN {
+                return Err(DropReason::BadControl);
+            }
+            Ok(Packet::SignedEnd {
+                session,
+                geometry,
+                payload,
+            })
+        }
     }
+}
+
+/// Largest manifest packet payload (a head or a page).
+pub const MAX_MANIFEST_PAYLOAD: usize = if manifest::MAX_PAGE_LEN > 1 + manifest::HEAD_LEN {
+    manifest::MAX_PAGE_LEN
+} else {
+    1 + manifest::HEAD_LEN
+};
+
+/// Encode a packet of `kind` with header index `index` and `payload` as is
+/// (manifest and signed end packets).
+pub fn encode_raw(
+    kind: Kind,
+    session: u32,
+    geometry: &Geometry,
+    index: u64,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN + payload.len()];
+    write_header(&mut out, kind, session, geometry, index, payload.len());
+    out[HEADER_LEN..].copy_from_slice(payload);
+    out
 }
 
 fn write_header(
@@ -604,6 +680,20 @@ pub fn encode_fec(
 /// Lower-case hex of a digest.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The `N` bytes written as 2N hex digits in `s` (either case), if it is that.
+pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -855,6 +945,15 @@ mod tests {
         for (i, (pkt, want)) in cases.iter().enumerate() {
             assert_eq!(parse(pkt), Err(*want), "case {i}");
         }
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let b = [0u8, 1, 0xab, 0xFF];
+        assert_eq!(from_hex::<4>(&hex(&b)), Some(b));
+        assert_eq!(from_hex::<4>("0001ABff"), Some(b));
+        assert_eq!(from_hex::<4>("0001abf"), None);
+        assert_eq!(from_hex::<4>("0001abfg"), None);
     }
 
     #[test]

@@ -68,6 +68,15 @@ impl BlockBitmap {
         self.words[(index / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
+    /// Clear blocks `[first, end)`, so they can be claimed again (a chunk
+    /// that failed verification). Release: a worker that claims a cleared
+    /// block afterwards sees every store made before the clear.
+    pub fn remove_range(&self, first: u64, end: u64) {
+        for i in first..end.min(self.len) {
+            self.words[(i / 64) as usize].fetch_and(!(1u64 << (i % 64)), Ordering::Release);
+        }
+    }
+
     /// Whether block `index` has been received.
     pub fn contains(&self, index: u64) -> bool {
         index < self.len

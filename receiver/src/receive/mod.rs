@@ -4,6 +4,7 @@
 pub mod bitmap;
 pub mod datapath;
 pub mod request;
+pub mod signed;
 pub mod transfer;
 pub mod udpcast;
 pub mod workers;

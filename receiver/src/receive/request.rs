@@ -57,6 +57,11 @@ pub struct SessionRequest {
     /// Where to keep the received-block bitmap so that a restarted receiver
     /// resumes (None: no resume).
     pub resume_file: Option<PathBuf>,
+    /// Signed session: accept only a manifest signed by one of these keys
+    /// (empty: unsigned session, with a warning).
+    pub trust: Vec<ed25519_dalek::VerifyingKey>,
+    /// Accept only the image with this SHA-256.
+    pub expect_sha256: Option<[u8; 32]>,
 }
 
 impl SessionRequest {
@@ -78,6 +83,8 @@ impl SessionRequest {
             rcvbuf: 64 << 20,
             inject_loss_ppm: 0,
             resume_file: None,
+            trust: Vec::new(),
+            expect_sha256: None,
         }
     }
 

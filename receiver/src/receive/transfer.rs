@@ -13,9 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crossbeam_utils::CachePadded;
 
 use crate::error::{Error, ErrorCode, Result};
+use ed25519_dalek::VerifyingKey;
+
 use crate::proto::fec;
+use crate::proto::manifest::{Manifest, SUB_HEAD};
 use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
 use crate::receive::bitmap::BlockBitmap;
+use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
 use crate::store::resume;
 use crate::store::target::Target;
@@ -42,7 +46,13 @@ pub struct Image {
 impl Image {
     /// Copy `payload` as block `index` if no one has claimed it yet; false
     /// for a duplicate.
-    fn write_block(&self, index: u64, payload: &[u8], c: &WorkerCounters) -> bool {
+    fn write_block(
+        &self,
+        index: u64,
+        payload: &[u8],
+        c: &WorkerCounters,
+        signed: Option<&Signed>,
+    ) -> bool {
         if !self.claimed.insert(index) {
             return false;
         }
@@ -50,7 +60,19 @@ impl Image {
         self.written.insert(index);
         bump(&c.bytes, payload.len() as u64);
         c.blocks.fetch_add(1, Ordering::Release);
+        if let Some(s) = signed {
+            s.block_written(self.slots(), index, c);
+        }
         true
+    }
+
+    /// The target and bitmaps, for chunk checks.
+    fn slots(&self) -> Slots<'_> {
+        Slots {
+            target: &self.target,
+            claimed: &self.claimed,
+            written: &self.written,
+        }
     }
 
     /// Bytes of written block `index`.
@@ -79,6 +101,11 @@ pub struct Transfer {
     resume: Option<PathBuf>,
     resume_failed: AtomicBool,
     workers: Vec<CachePadded<WorkerCounters>>,
+    /// Keys a manifest must be signed with (empty: unsigned session).
+    trusted: Vec<VerifyingKey>,
+    /// `--expect-sha256`: the only image accepted.
+    pinned: Option<[u8; wire::DIGEST_LEN]>,
+    signed: OnceLock<Signed>,
 }
 
 impl Transfer {
@@ -100,6 +127,47 @@ impl Transfer {
             resume: None,
             resume_failed: AtomicBool::new(false),
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
+            trusted: Vec::new(),
+            pinned: None,
+            signed: OnceLock::new(),
+        }
+    }
+
+    /// Accept only a manifest signed by one of `keys` (none: an unsigned
+    /// session), and only the image whose SHA-256 is `pinned`, if given.
+    pub fn with_trust(
+        mut self,
+        keys: Vec<VerifyingKey>,
+        pinned: Option<[u8; wire::DIGEST_LEN]>,
+    ) -> Transfer {
+        self.trusted = keys;
+        self.pinned = pinned;
+        if let Some(d) = pinned {
+            let _ = self.digest.set(d);
+        }
+        self
+    }
+
+    /// Whether this is a signed session (`--trust`).
+    pub fn is_signed(&self) -> bool {
+        !self.trusted.is_empty()
+    }
+
+    /// The verified manifest and chunk state, once a manifest verified.
+    pub fn signed(&self) -> Option<&Signed> {
+        self.signed.get()
+    }
+
+    /// Whether the image is complete and known right: every chunk verified
+    /// (signed session), or every block in and the digest known (then the
+    /// caller reads the target back to compare digests).
+    pub fn complete(&self) -> bool {
+        match (self.is_signed(), self.image()) {
+            (true, _) => self.signed().is_some_and(Signed::complete),
+            (false, Some(img)) => {
+                self.blocks_done() == img.geometry.block_count && self.digest().is_some()
+            }
+            (false, None) => false,
         }
     }
 
@@ -120,8 +188,11 @@ impl Transfer {
         let Some(img) = self.image() else {
             return Vec::new();
         };
-        img.claimed
-            .missing_ranges()
+        let mut ranges = img.claimed.missing_ranges();
+        if let Some(s) = self.signed() {
+            ranges.extend(s.waiting_for_pages(max));
+        }
+        ranges
             .into_iter()
             .flat_map(|(s, e)| {
                 (s..e)
@@ -203,11 +274,13 @@ impl Transfer {
     /// Blocks written so far (sum over workers, Acquire: every counted block
     /// has been copied).
     pub fn blocks_done(&self) -> u64 {
-        self.resumed_blocks()
+        let rejected = self.signed().map_or(0, Signed::rejected_blocks);
+        (self.resumed_blocks()
             + self
                 .all_counters()
                 .map(|c| c.blocks.load(Ordering::Acquire))
-                .sum::<u64>()
+                .sum::<u64>())
+        .saturating_sub(rejected)
     }
 
     /// Passes whose end packet was seen.
@@ -290,13 +363,13 @@ impl Transfer {
         if self.expected_session.is_some_and(|s| s != p.session()) {
             return Err(DropReason::ForeignSession);
         }
-        let image = self.image.get_or_init(|| {
-            let r = self.open_image(p.session(), p.geometry());
-            if let Err(e) = &r {
-                self.fail(e.clone());
-            }
-            r
-        });
+        let image = if self.is_signed() {
+            // Nothing is opened for a session before its manifest verifies.
+            self.image.get().ok_or(DropReason::Unauthenticated)?
+        } else {
+            self.image
+                .get_or_init(|| self.open_or_fail(p.session(), p.geometry()))
+        };
         let image = image.as_ref().map_err(|_| DropReason::Inconsistent)?;
         if image.session != p.session() {
             return Err(DropReason::ForeignSession);
@@ -307,14 +380,84 @@ impl Transfer {
         Ok(image)
     }
 
-    fn learn_digest(&self, control: &Control) {
-        let known = self.digest.get_or_init(|| control.digest);
-        if *known != control.digest {
-            self.fail(Error::new(
-                ErrorCode::ProtocolError,
-                "the sender announced two different digests in one session",
-            ));
+    fn open_or_fail(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
+        let r = self.open_image(session, geometry);
+        if let Err(e) = &r {
+            self.fail(e.clone());
         }
+        r
+    }
+
+    /// A manifest head: verify it; the first that verifies (and matches
+    /// `--session` and `--expect-sha256`) fixes the session and opens the
+    /// target.
+    fn manifest_head(&self, p: &Packet<'_>, payload: &[u8]) -> std::result::Result<(), DropReason> {
+        let (m, key) =
+            Manifest::verify(payload, &self.trusted).map_err(|_| DropReason::Unauthenticated)?;
+        if m.session != p.session() || m.geometry != p.geometry() {
+            return Err(DropReason::Inconsistent);
+        }
+        if let Some(s) = self.signed() {
+            return Err(if s.manifest == m {
+                DropReason::Duplicate
+            } else {
+                DropReason::ForeignSession
+            });
+        }
+        if self.pinned.is_some_and(|d| d != m.digest) {
+            return Err(DropReason::ForeignSession);
+        }
+        let mut first = false;
+        let signed = self.signed.get_or_init(|| {
+            first = true;
+            Signed::new(m, key)
+        });
+        if !first {
+            return Err(DropReason::Duplicate);
+        }
+        log::info!(
+            "session {:#010x}: manifest verified (key {}), SHA-256 {}",
+            m.session,
+            wire::hex(key.as_bytes()),
+            wire::hex(&m.digest)
+        );
+        let _ = self.digest.set(m.digest);
+        self.remember(&signed.control(0, 0));
+        let image = self
+            .image
+            .get_or_init(|| self.open_or_fail(m.session, m.geometry));
+        if let Ok(img) = image {
+            signed.resumed(img.slots());
+        }
+        Ok(())
+    }
+
+    /// A signed end of pass, verified with the manifest's key.
+    fn signed_end(&self, image: &Image, payload: &[u8]) -> std::result::Result<(), DropReason> {
+        let s = self.signed().ok_or(DropReason::Unauthenticated)?;
+        let (pass, flags) = s
+            .manifest
+            .verify_end(&s.key, payload)
+            .map_err(|_| DropReason::Unauthenticated)?;
+        self.end_of_pass(image, &s.control(pass, flags));
+        Ok(())
+    }
+
+    /// Learn the digest of an unsigned session; false (drop the packet)
+    /// when it differs from `--expect-sha256`.
+    fn learn_digest(&self, control: &Control) -> bool {
+        let known = self.digest.get_or_init(|| control.digest);
+        if *known == control.digest {
+            return true;
+        }
+        if self.pinned.is_some() {
+            return false;
+        }
+        self.fail(Error::new(
+            ErrorCode::ProtocolError,
+            "the sender announced two different digests in one session",
+        ));
+        true
     }
 
     fn remember(&self, control: &Control) {
@@ -358,7 +501,7 @@ impl Transfer {
             Some(data) => {
                 for (n, idx) in (first..end).enumerate() {
                     let at = n * g.block_size as usize;
-                    if image.write_block(idx, &data[at..at + g.block_len(idx)], c) {
+                    if image.write_block(idx, &data[at..at + g.block_len(idx)], c, self.signed()) {
                         bump(&c.fec_recovered, 1);
                     }
                 }
@@ -372,27 +515,62 @@ impl Sink for Transfer {
     /// Take in one datagram (the UDP payload) on behalf of worker `c`.
     fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
         let outcome = wire::parse(datagram).and_then(|p| {
+            let signed = self.is_signed();
+            if let Packet::Manifest { payload, .. } = p {
+                if !signed {
+                    return Err(DropReason::BadKind);
+                }
+                if payload[0] == SUB_HEAD {
+                    return self.manifest_head(&p, payload);
+                }
+            }
             let image = self.image_for(&p)?;
             match p {
                 Packet::Data { index, payload, .. } => {
-                    if !image.write_block(index, payload, c) {
+                    if !image.write_block(index, payload, c, self.signed()) {
                         return Err(DropReason::Duplicate);
                     }
                 }
+                // With --trust only the signed manifest and signed ends count.
+                Packet::Announce { .. } | Packet::End { .. } if signed => {
+                    return Err(DropReason::Unauthenticated)
+                }
                 Packet::Announce { control, .. } => {
-                    self.learn_digest(&control);
+                    if !self.learn_digest(&control) {
+                        return Err(DropReason::ForeignSession);
+                    }
                     self.remember(&control);
                 }
                 Packet::End { control, .. } => {
-                    self.learn_digest(&control);
+                    if !self.learn_digest(&control) {
+                        return Err(DropReason::ForeignSession);
+                    }
                     self.end_of_pass(image, &control);
+                }
+                Packet::Manifest { index, payload, .. } => {
+                    let s = self.signed().ok_or(DropReason::Unauthenticated)?;
+                    s.page(image.slots(), index, payload, c)?;
+                }
+                Packet::SignedEnd { payload, .. } => {
+                    if !signed {
+                        return Err(DropReason::BadKind);
+                    }
+                    self.signed_end(image, payload)?;
                 }
                 Packet::Fec {
                     group,
                     group_size,
                     symbol,
                     ..
-                } => self.fec_symbol(image, group, group_size, symbol, c),
+                } => {
+                    if let Some(s) = self.signed() {
+                        let m = &s.manifest;
+                        if m.fec_repair == 0 || m.fec_group != group_size {
+                            return Err(DropReason::Unauthenticated);
+                        }
+                    }
+                    self.fec_symbol(image, group, group_size, symbol, c)
+                }
                 // NACKs go to the sender; one on the group is misdirected.
                 Packet::Nack { .. } => return Err(DropReason::BadKind),
             }
@@ -528,6 +706,114 @@ mod tests {
         assert!(t.save_resume().is_ok());
         assert!(t.resume_failed());
         assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
+        use crate::proto::manifest::{ChunkTree, Manifest};
+        use ed25519_dalek::SigningKey;
+        let (t, path) = setup("signed", None);
+        let _ = std::fs::remove_file(&path);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let t = t.with_trust(vec![key.verifying_key()], None);
+        let data = image_bytes(10 * 100 - 30);
+        let g = Geometry::new(data.len() as u64, 100);
+        let tree = ChunkTree::build(&data, 200);
+        let m = Manifest {
+            session: 5,
+            geometry: g,
+            digest: [4; 32],
+            passes: 1,
+            flags: 0,
+            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
+            repair_port: 0,
+            fec_repair: 0,
+            fec_group: 0,
+            source: std::net::Ipv6Addr::UNSPECIFIED,
+            chunk_blocks: 2,
+            issued_at: 0,
+            root: tree.root(),
+            zero_runs: [0; 32],
+        };
+        let c = t.counters(0);
+        let d = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
+        let block = |i: u64| {
+            let o = g.offset(i) as usize;
+            encode_data(5, &g, i, &data[o..o + g.block_len(i)])
+        };
+        let raw = |kind, index, payload: &[u8]| wire::encode_raw(kind, 5, &g, index, payload);
+        // Before a verified manifest: nothing is opened, whatever arrives.
+        t.ingest(&block(0), c);
+        t.ingest(
+            &encode_control(Kind::Announce, 5, &g, &Control::new([1; 32], 0, 1)),
+            c,
+        );
+        let forger = SigningKey::from_bytes(&[7; 32]);
+        t.ingest(&raw(Kind::Manifest, 0, &m.sign(&forger)), c);
+        assert!(t.image().is_none() && !path.exists());
+        assert_eq!(d(DropReason::Unauthenticated), 3);
+        t.ingest(&raw(Kind::Manifest, 0, &m.sign(&key)), c);
+        assert!(t.image().is_some());
+        assert_eq!(t.digest(), Some([4; 32]));
+        // Unsigned control and forged ends are ignored.
+        let fin = Control {
+            flags: wire::FLAG_FINAL,
+            ..Control::new([1; 32], 0, 1)
+        };
+        t.ingest(&encode_control(Kind::End, 5, &g, &fin), c);
+        t.ingest(
+            &raw(
+                Kind::SignedEnd,
+                0,
+                &m.sign_end(&forger, 0, wire::FLAG_FINAL),
+            ),
+            c,
+        );
+        assert!(!t.final_pass_ended());
+        assert_eq!(d(DropReason::Unauthenticated), 5);
+        // A forged block lands first in chunk 1 (blocks 2, 3).
+        t.ingest(&encode_data(5, &g, 3, &[0xEE; 100]), c);
+        for i in 0..g.block_count {
+            t.ingest(&block(i), c);
+        }
+        // Pages arrive after the blocks: chunks are checked then.
+        for p in 0..m.page_count() {
+            t.ingest(&raw(Kind::Manifest, p, &tree.page(p)), c);
+        }
+        assert_eq!(d(DropReason::BadChunk), 1);
+        assert!(!t.complete());
+        assert_eq!(t.missing_ranges(10), vec![(2, 2)]);
+        assert_eq!(t.blocks_done(), g.block_count - 2);
+        t.ingest(&block(2), c);
+        t.ingest(&block(3), c);
+        assert!(t.complete());
+        assert_eq!(t.blocks_done(), g.block_count);
+        t.ingest(
+            &raw(Kind::SignedEnd, 0, &m.sign_end(&key, 0, wire::FLAG_FINAL)),
+            c,
+        );
+        assert!(t.final_pass_ended());
+        t.image().unwrap().target.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn pinned_digest_drops_other_announces_instead_of_failing() {
+        let (t, _) = setup("pinned", None);
+        let t = t.with_trust(Vec::new(), Some([1; 32]));
+        let g = Geometry::new(100, 100);
+        let c = t.counters(0);
+        t.ingest(
+            &encode_control(Kind::Announce, 7, &g, &Control::new([2; 32], 0, 1)),
+            c,
+        );
+        assert_eq!(t.digest(), Some([1; 32]));
+        assert!(t.failure().is_none());
+        assert_eq!(
+            c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

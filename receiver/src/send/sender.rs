@@ -15,6 +15,7 @@ use socket2::Socket;
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::socket::{self, Group, MsgBatch};
 use crate::proto::fec;
+use crate::proto::manifest::{self, ChunkTree, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 use crate::rng::XorShift;
 
@@ -26,6 +27,9 @@ const CONTROL_REPEAT: usize = 3;
 const QUIET_WINDOWS: u32 = 2;
 /// Blocks sent between progress reports when there is no FEC grouping.
 const CHUNK: u32 = 1024;
+/// NACK packets taken from one source address per collection window: a
+/// receiver sends at most 64 (6400 ranges); more come from a flood.
+const NACKS_PER_SOURCE: u32 = 64;
 
 /// What to send and how.
 #[derive(Debug, Clone)]
@@ -61,6 +65,13 @@ pub struct SendOptions {
     /// Fraction of data and FEC packets deliberately not sent (loss
     /// injection for tests; 0 in real use).
     pub loss: f64,
+    /// Most blocks resent over all repair rounds, as a multiple of the
+    /// image's block count (NACKs cannot be authenticated: this bounds what
+    /// forged ones can cost).
+    pub max_repair: f64,
+    /// Sign the session with this key (`--sign`): a manifest with chunk
+    /// hashes and signed end packets go out besides the plain ones.
+    pub sign: Option<ed25519_dalek::SigningKey>,
 }
 
 impl SendOptions {
@@ -82,6 +93,8 @@ impl SendOptions {
             fec_repair: 0,
             fec_group: 64,
             loss: 0.0,
+            max_repair: 1.0,
+            sign: None,
         }
     }
 }
@@ -101,8 +114,17 @@ pub struct SendReport {
     pub bytes: u64,
     /// Repair rounds run.
     pub repair_rounds: u32,
-    /// NACK packets received.
+    /// NACK packets taken into account.
     pub nacks: u64,
+    /// Datagrams on the NACK socket that were ignored: malformed, of
+    /// another session or geometry, with ranges outside the image, or over
+    /// the per-source limit.
+    pub nacks_ignored: u64,
+    /// Blocks resent in repair rounds.
+    pub repair_blocks: u64,
+    /// Blocks asked for but not resent because the repair budget
+    /// (`max_repair`) was spent.
+    pub repair_refused: u64,
     /// Wall time of the sending (after hashing).
     pub elapsed: Duration,
 }
@@ -115,6 +137,14 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Start a new schedule now at `bits_per_sec`: no credit is carried
+    /// over from idle time, so a burst never exceeds the rate.
+    fn restart(&mut self, bits_per_sec: Option<u64>) {
+        self.start = Instant::now();
+        self.sent_bits = 0;
+        self.bits_per_sec = bits_per_sec;
+    }
+
     fn wait(&mut self, bytes: u64) {
         let Some(rate) = self.bits_per_sec else {
             return;
@@ -147,8 +177,22 @@ impl Loss {
     }
 }
 
+/// What a signed session sends besides the plain packets.
+struct Signer {
+    key: ed25519_dalek::SigningKey,
+    manifest: Manifest,
+    head: Vec<u8>,
+    tree: ChunkTree,
+    next_page: u64,
+}
+
+/// Pages sent with each announce (round robin), so a receiver that lost
+/// some gets them again within the pass.
+const PAGES_PER_ANNOUNCE: u64 = 16;
+
 struct Wire<'a> {
     socks: Vec<Socket>,
+    signer: Option<Signer>,
     batch: MsgBatch<2>,
     session: u32,
     geometry: Geometry,
@@ -181,10 +225,59 @@ impl Wire<'_> {
 
     fn control(&mut self, kind: Kind, control: &Control) -> Result<()> {
         let pkt = wire::encode_control(kind, self.session, &self.geometry, control);
+        let signed = self.signer.as_ref().map(|s| match kind {
+            Kind::End => wire::encode_raw(
+                Kind::SignedEnd,
+                self.session,
+                &self.geometry,
+                0,
+                &s.manifest.sign_end(&s.key, control.pass, control.flags),
+            ),
+            _ => wire::encode_raw(Kind::Manifest, self.session, &self.geometry, 0, &s.head),
+        });
         for _ in 0..CONTROL_REPEAT {
             self.send_all(&[(&pkt, &[])])?;
+            if let Some(p) = &signed {
+                self.send_all(&[(p, &[])])?;
+            }
+        }
+        if kind == Kind::Announce {
+            self.pages(PAGES_PER_ANNOUNCE)?;
         }
         Ok(())
+    }
+
+    /// Send the next `count` pages of chunk hashes (round robin), at most
+    /// one round of them.
+    fn pages(&mut self, count: u64) -> Result<()> {
+        let Some(s) = self.signer.as_mut() else {
+            return Ok(());
+        };
+        let n = s.tree.page_count();
+        let pkts: Vec<Vec<u8>> = (0..count.min(n))
+            .map(|_| {
+                let i = s.next_page;
+                s.next_page = (i + 1) % n;
+                wire::encode_raw(
+                    Kind::Manifest,
+                    self.session,
+                    &self.geometry,
+                    i,
+                    &s.tree.page(i),
+                )
+            })
+            .collect();
+        for p in &pkts {
+            self.send_all(&[(p, &[])])?;
+            self.pacer.wait(p.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Send every page once.
+    fn all_pages(&mut self) -> Result<()> {
+        let n = self.signer.as_ref().map_or(0, |s| s.tree.page_count());
+        self.pages(n)
     }
 
     /// Send blocks `first..end` as data packets, in batches, paced.
@@ -232,6 +325,16 @@ impl Wire<'_> {
     }
 }
 
+/// What one NACK collection window brought.
+struct Collected {
+    /// Merged ranges `[first, end)` asked for.
+    ranges: Vec<(u64, u64)>,
+    /// NACK packets taken.
+    nacks: u64,
+    /// Datagrams ignored.
+    ignored: u64,
+}
+
 /// The socket that takes NACKs and the address announced for it.
 struct Repair {
     sock: UdpSocket,
@@ -254,7 +357,9 @@ impl Repair {
     }
 
     /// Collect NACKed ranges of `session` for `wait`; returns merged ranges
-    /// `[first, end)` and the number of NACK packets. `remind` is called at
+    /// `[first, end)`, the number of NACK packets taken and the number
+    /// ignored (malformed, foreign, out of range, or over
+    /// [`NACKS_PER_SOURCE`] from one address). `remind` is called at
     /// a quarter and at half of the window, to repeat the end packet that
     /// opened it: the copies sent right after a burst of data are the ones
     /// a receiver's full ring drops, and a receiver that misses every end
@@ -265,12 +370,14 @@ impl Repair {
         g: &Geometry,
         wait: Duration,
         mut remind: impl FnMut() -> Result<()>,
-    ) -> Result<(Vec<(u64, u64)>, u64)> {
+    ) -> Result<Collected> {
         let start = Instant::now();
         let deadline = start + wait;
         let mut reminders = vec![start + wait / 2, start + wait / 4];
         let mut ranges = Vec::new();
         let mut nacks = 0;
+        let mut ignored = 0;
+        let mut per_source: std::collections::HashMap<IpAddr, u32> = Default::default();
         let mut buf = vec![0u8; 2048];
         loop {
             let now = Instant::now();
@@ -289,23 +396,51 @@ impl Repair {
             if self.sock.set_read_timeout(Some(left)).is_err() {
                 break;
             }
-            let Ok(n) = self.sock.recv(&mut buf) else {
+            let Ok((n, from)) = self.sock.recv_from(&mut buf) else {
                 continue;
             };
-            if let Ok(Packet::Nack {
-                session: s,
-                geometry,
-                ranges: r,
-            }) = wire::parse(&buf[..n])
-            {
-                if s == session && geometry == *g {
+            let seen = per_source.entry(from.ip()).or_default();
+            *seen += 1;
+            match wire::parse(&buf[..n]) {
+                Ok(Packet::Nack {
+                    session: s,
+                    geometry,
+                    ranges: r,
+                }) if s == session && geometry == *g && *seen <= NACKS_PER_SOURCE => {
                     nacks += 1;
                     ranges.extend(r.iter().map(|(a, c)| (a, a + u64::from(c))));
                 }
+                _ => ignored += 1,
             }
         }
-        Ok((merge(ranges), nacks))
+        Ok(Collected {
+            ranges: merge(ranges),
+            nacks,
+            ignored,
+        })
     }
+}
+
+/// An address as IPv6, IPv4 mapped.
+fn mapped(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// Cut `ranges` to at most `budget` blocks in total; returns the blocks cut.
+fn clip(ranges: &mut Vec<(u64, u64)>, budget: u64) -> u64 {
+    let mut left = budget;
+    let mut cut = 0;
+    ranges.retain_mut(|(a, b)| {
+        let take = (*b - *a).min(left);
+        cut += *b - *a - take;
+        left -= take;
+        *b = *a + take;
+        take > 0
+    });
+    cut
 }
 
 /// Sort and merge overlapping or touching ranges.
@@ -379,9 +514,53 @@ pub fn send(
         .collect::<Result<Vec<_>>>()?;
     let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
+    let source = match &repair {
+        Some(r) => r.addr.ip(),
+        None => socket::iface_addr(&opts.iface, opts.group.0.is_ipv6())?.ip(),
+    };
+    let signer = opts.sign.as_ref().map(|key| {
+        let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count);
+        let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
+        let manifest = Manifest {
+            session,
+            geometry,
+            digest,
+            passes: opts.passes,
+            flags: if repair.is_some() {
+                wire::FLAG_REPAIR
+            } else {
+                0
+            },
+            repair_addr: repair
+                .as_ref()
+                .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
+            repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
+            fec_repair: opts.fec_repair,
+            fec_group: if opts.fec_repair > 0 {
+                opts.fec_group
+            } else {
+                0
+            },
+            source: mapped(source),
+            chunk_blocks,
+            issued_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            root: tree.root(),
+            zero_runs: [0; manifest::HASH_LEN],
+        };
+        Signer {
+            head: manifest.sign(key),
+            key: key.clone(),
+            manifest,
+            tree,
+            next_page: 0,
+        }
+    });
     let start = Instant::now();
     let mut w = Wire {
         socks,
+        signer,
         batch: MsgBatch::new(BATCH),
         session,
         geometry,
@@ -403,11 +582,9 @@ pub fn send(
             0
         },
         repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
-        repair_addr: match repair.as_ref().map(|r| r.addr.ip()) {
-            Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
-            Some(IpAddr::V6(v6)) => v6,
-            None => std::net::Ipv6Addr::UNSPECIFIED,
-        },
+        repair_addr: repair
+            .as_ref()
+            .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
         fec_repair: opts.fec_repair,
         fec_group: if opts.fec_repair > 0 {
             opts.fec_group
@@ -435,6 +612,7 @@ pub fn send(
             ..base
         };
         w.control(Kind::Announce, &control)?;
+        w.all_pages()?;
         let mut since_announce = 0u64;
         for c in 0..chunks {
             let (first, end) = fec::group_blocks(&geometry, chunk, c);
@@ -454,6 +632,16 @@ pub fn send(
     }
     let mut rounds = 0;
     let mut nacks = 0;
+    let mut ignored = 0;
+    let mut repair_blocks = 0;
+    let mut refused = 0;
+    // Repairs go at most at the data rate: the one asked for, else the
+    // one the passes reached.
+    let data_rate = opts.rate_bps.or_else(|| {
+        let secs = start.elapsed().as_secs_f64();
+        (secs > 0.0).then(|| ((w.bytes * 8) as f64 / secs) as u64 + 1)
+    });
+    let mut budget = (opts.max_repair.max(0.0) * geometry.block_count as f64).ceil() as u64;
     if let Some(r) = &repair {
         let mut pass = opts.passes - 1;
         // The sender stops after QUIET_WINDOWS windows in a row without a
@@ -462,14 +650,28 @@ pub fn send(
         let mut quiet = 0;
         while quiet < QUIET_WINDOWS && rounds < opts.max_repair_rounds {
             let end = Control { pass, ..base };
-            let (wanted, n) = r.collect(session, &geometry, opts.repair_wait, || {
+            let got = r.collect(session, &geometry, opts.repair_wait, || {
                 w.control(Kind::End, &end)
             })?;
+            let (mut wanted, n) = (got.ranges, got.nacks);
             nacks += n;
+            ignored += got.ignored;
             if wanted.is_empty() {
                 quiet += 1;
                 continue;
             }
+            let cut = clip(&mut wanted, budget);
+            if cut > 0 {
+                refused += cut;
+                log::warn!("repair budget spent: {cut} blocks asked for are not resent");
+            }
+            if wanted.is_empty() {
+                break;
+            }
+            let blocks: u64 = wanted.iter().map(|(a, b)| b - a).sum();
+            budget -= blocks;
+            repair_blocks += blocks;
+            w.pacer.restart(data_rate);
             quiet = 0;
             rounds += 1;
             pass += 1;
@@ -477,6 +679,9 @@ pub fn send(
                 "repair round {rounds}: {} ranges from {n} NACKs",
                 wanted.len()
             );
+            // Pages again: a receiver whose chunk waits for a lost page
+            // NACKs that chunk to get here.
+            w.all_pages()?;
             for (first, end) in wanted {
                 w.blocks(first, end)?;
             }
@@ -497,6 +702,9 @@ pub fn send(
         bytes: w.bytes,
         repair_rounds: rounds,
         nacks,
+        nacks_ignored: ignored,
+        repair_blocks,
+        repair_refused: refused,
         elapsed: start.elapsed(),
     })
 }
@@ -512,6 +720,16 @@ mod tests {
             vec![(0, 3), (5, 9), (20, 21)]
         );
         assert!(merge(vec![]).is_empty());
+    }
+
+    #[test]
+    fn clips_ranges_to_the_budget() {
+        let mut r = vec![(0, 10), (20, 30), (40, 50)];
+        assert_eq!(clip(&mut r, 15), 15);
+        assert_eq!(r, vec![(0, 10), (20, 25)]);
+        let mut r = vec![(0, 10)];
+        assert_eq!(clip(&mut r, 0), 10);
+        assert!(r.is_empty());
     }
 
     #[test]

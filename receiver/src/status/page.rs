@@ -297,6 +297,66 @@ impl DiagStatus {
     pub fn queues(&self) -> impl Iterator<Item = u32> + '_ {
         (0..64).filter(|q| self.unserved_queues & (1 << q) != 0)
     }
+/// Signed-session words of the trust region (words 513..527; word 512,
+/// the page owner, belongs to the local hardening).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrustStatus {
+    /// `TRUST_*` bits.
+    pub flags: u64,
+    /// Chunks of the image (from the verified manifest).
+    pub chunk_count: u64,
+    /// Chunks whose hash verified.
+    pub chunks_verified: u64,
+    /// Blocks written then discarded because their chunk failed its hash.
+    pub rejected_blocks: u64,
+    /// Pages of chunk hashes verified against the signed root.
+    pub pages: u64,
+    /// When the manifest was signed, seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Public key that signed the manifest.
+    pub signer: [u8; 32],
+}
+
+/// Trust flag: the receiver requires a signed manifest (`--trust`).
+pub const TRUST_REQUIRED: u64 = 1;
+/// Trust flag: a manifest verified against a trusted key.
+pub const TRUST_MANIFEST: u64 = 2;
+/// Trust flag: SUCCESS came from the last chunk verifying, no read-back.
+pub const TRUST_NO_READ_BACK: u64 = 4;
+
+impl TrustStatus {
+    fn words(self) -> impl Iterator<Item = (usize, u64)> {
+        let base = offsets::TRUST + 1;
+        [
+            self.flags,
+            self.chunk_count,
+            self.chunks_verified,
+            self.rejected_blocks,
+            self.pages,
+            self.issued_at,
+        ]
+        .into_iter()
+        .chain((0..4).map(move |i| {
+            u64::from_le_bytes(self.signer[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        }))
+        .enumerate()
+        .map(move |(i, v)| (base + i, v))
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> TrustStatus {
+        let t = &w[offsets::TRUST + 1..][..10];
+        let mut signer = [0u8; 32];
+        signer.copy_from_slice(&bytes_of(&t[6..10]));
+        TrustStatus {
+            flags: t[0],
+            chunk_count: t[1],
+            chunks_verified: t[2],
+            rejected_blocks: t[3],
+            pages: t[4],
+            issued_at: t[5],
+            signer,
+        }
+    }
 }
 
 /// Everything on the page, as plain values.
@@ -362,6 +422,8 @@ pub struct Snapshot {
     pub workers: Vec<WorkerStatus>,
     /// Data-path diagnostics.
     pub diag: DiagStatus,
+    /// Signed session state.
+    pub trust: TrustStatus,
 }
 
 impl Snapshot {
@@ -434,6 +496,7 @@ impl Snapshot {
             w.extend(ws.words(i));
         }
         w.extend(self.diag.words());
+        w.extend(self.trust.words());
         w
     }
 
@@ -492,6 +555,7 @@ impl Snapshot {
                 .map(|i| WorkerStatus::from_page(w, i))
                 .collect(),
             diag: DiagStatus::from_page(w),
+            trust: TrustStatus::from_page(w),
         })
     }
 }
@@ -797,6 +861,14 @@ mod tests {
             diag: DiagStatus {
                 unserved_frames: 12,
                 unserved_queues: 0b1010 | 1 << 63,
+            trust: TrustStatus {
+                flags: TRUST_REQUIRED | TRUST_MANIFEST,
+                chunk_count: 12,
+                chunks_verified: 11,
+                rejected_blocks: 256,
+                pages: 1,
+                issued_at: 1_800_000_000,
+                signer: [0x5A; 32],
             },
             ..Default::default()
         };

@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
-use crate::status::page::{DiagStatus, Snapshot, WorkerStatus, FLAG_DIGEST, STALE_AFTER};
+use crate::status::page::{
+    DiagStatus, Snapshot, TrustStatus, WorkerStatus, FLAG_DIGEST, STALE_AFTER,
+};
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
@@ -212,6 +214,42 @@ pub struct SessionReport {
     pub unserved_frames: u64,
     /// Those RX queues (0..63).
     pub unserved_queues: Vec<u32>,
+    /// Signed-session state.
+    pub trust: TrustReport,
+}
+
+/// The signed-session words of a [`SessionReport`] (docs/status-page.md,
+/// "Trust region").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustReport {
+    /// `TRUST_*` bits.
+    pub flags: u64,
+    /// Chunks in the verified manifest.
+    pub chunk_count: u64,
+    /// Chunks whose hash verified.
+    pub chunks_verified: u64,
+    /// Blocks discarded with a chunk that failed its hash.
+    pub rejected_blocks: u64,
+    /// Pages of chunk hashes verified.
+    pub pages: u64,
+    /// When the manifest was signed, Unix seconds.
+    pub issued_at: u64,
+    /// The signer's public key, hex.
+    pub signer: String,
+}
+
+impl TrustReport {
+    fn new(t: &TrustStatus) -> TrustReport {
+        TrustReport {
+            flags: t.flags,
+            chunk_count: t.chunk_count,
+            chunks_verified: t.chunks_verified,
+            rejected_blocks: t.rejected_blocks,
+            pages: t.pages,
+            issued_at: t.issued_at,
+            signer: hex(&t.signer),
+        }
+    }
 }
 
 /// One worker of a [`SessionReport`].
@@ -282,6 +320,7 @@ impl SessionReport {
             workers: s.workers.iter().map(WorkerReport::new).collect(),
             unserved_frames: s.diag.unserved_frames,
             unserved_queues: s.diag.queues().collect(),
+            trust: TrustReport::new(&s.trust),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Turning blocks into bytes on a file or block device, and the resume file.
 
+pub mod keys;
 pub mod resume;
 pub mod target;

@@ -1,0 +1,211 @@
+//! The receiving side of a signed session (`--trust`): the verified
+//! manifest, the chunk hashes learnt from verified pages, and the check of
+//! every chunk as its last block lands.
+//!
+//! A chunk moves OPEN -> CHECKING -> VERIFIED, or back to OPEN with its
+//! blocks unclaimed when its hash differs from the signed one (a forged
+//! block took a slot), so that the real blocks are requested again. Only
+//! one thread holds a chunk in CHECKING; whoever releases it looks again
+//! whether the chunk became ready meanwhile, so a page and a last block
+//! arriving at once on two workers never leave a chunk unchecked. These
+//! transitions are rare (once per chunk), so they use SeqCst throughout:
+//! the "is it ready" reads after a release must see the other worker's
+//! write that made its own CAS fail.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::OnceLock;
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::proto::manifest::{chunk_hash, Manifest, HASH_LEN, LEAVES_PER_PAGE};
+use crate::proto::wire::{Control, DropReason, FLAG_FINAL};
+use crate::receive::bitmap::BlockBitmap;
+use crate::receive::workers::WorkerCounters;
+use crate::store::target::Target;
+
+/// Where a session's blocks are: the target and the two block bitmaps of
+/// the transfer's image.
+#[derive(Debug, Clone, Copy)]
+pub struct Slots<'a> {
+    /// The mapped target.
+    pub target: &'a Target,
+    /// Blocks handed to a worker.
+    pub claimed: &'a BlockBitmap,
+    /// Blocks whose bytes are in the target.
+    pub written: &'a BlockBitmap,
+}
+
+const OPEN: u8 = 0;
+const CHECKING: u8 = 1;
+const VERIFIED: u8 = 2;
+
+/// A verified manifest and the state of its chunks.
+#[derive(Debug)]
+pub struct Signed {
+    /// The manifest, verified against a trusted key.
+    pub manifest: Manifest,
+    /// The key that signed it (signed end packets must verify with it).
+    pub key: VerifyingKey,
+    leaves: Vec<OnceLock<[u8; HASH_LEN]>>,
+    written: Vec<AtomicU32>,
+    state: Vec<AtomicU8>,
+    verified: AtomicU64,
+    rejected_blocks: AtomicU64,
+    pages: AtomicU64,
+}
+
+impl Signed {
+    /// State for `manifest`, signed by `key`, nothing verified yet.
+    pub fn new(manifest: Manifest, key: VerifyingKey) -> Signed {
+        let n = manifest.chunk_count() as usize;
+        Signed {
+            manifest,
+            key,
+            leaves: (0..n).map(|_| OnceLock::new()).collect(),
+            written: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            state: (0..n).map(|_| AtomicU8::new(OPEN)).collect(),
+            verified: AtomicU64::new(0),
+            rejected_blocks: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+        }
+    }
+
+    /// The control block the rest of the receiver acts on (repair
+    /// address, passes, FEC), taken from the manifest; `pass` and the
+    /// FINAL bit of `flags` come from a verified signed end.
+    pub fn control(&self, pass: u32, flags: u32) -> Control {
+        let m = &self.manifest;
+        Control {
+            digest: m.digest,
+            pass,
+            passes: m.passes,
+            flags: m.flags | (flags & FLAG_FINAL),
+            repair_port: m.repair_port,
+            fec_repair: m.fec_repair,
+            fec_group: m.fec_group,
+            repair_addr: m.repair_addr,
+        }
+    }
+
+    /// Count the blocks a resume file brought in, so that their chunks are
+    /// checked (read back, hashed) once their page arrives like any other.
+    pub fn resumed(&self, image: Slots<'_>) {
+        for (c, n) in self.written.iter().enumerate() {
+            let (first, end) = self.manifest.chunk_range(c as u64);
+            n.store(image.written.count_range(first, end) as u32, SeqCst);
+        }
+    }
+
+    /// Chunks verified so far.
+    pub fn verified_chunks(&self) -> u64 {
+        self.verified.load(SeqCst)
+    }
+
+    /// Whether every chunk has verified: the image is complete and right.
+    pub fn complete(&self) -> bool {
+        self.verified_chunks() == self.manifest.chunk_count()
+    }
+
+    /// Blocks written and then unclaimed because their chunk failed.
+    pub fn rejected_blocks(&self) -> u64 {
+        self.rejected_blocks.load(SeqCst)
+    }
+
+    /// Pages of chunk hashes learnt (each counted once).
+    pub fn pages(&self) -> u64 {
+        self.pages.load(SeqCst)
+    }
+
+    /// Take in page `index`: dropped unless its Merkle path leads to the
+    /// signed root; then check the chunks that were waiting for it.
+    pub fn page(
+        &self,
+        image: Slots<'_>,
+        index: u64,
+        payload: &[u8],
+        c: &WorkerCounters,
+    ) -> Result<(), DropReason> {
+        let leaves = self
+            .manifest
+            .verify_page(index, payload)
+            .map_err(|_| DropReason::Unauthenticated)?;
+        let first = index as usize * LEAVES_PER_PAGE;
+        if self.leaves[first].get().is_some() {
+            return Err(DropReason::Duplicate);
+        }
+        for (slot, leaf) in self.leaves[first..].iter().zip(leaves) {
+            let _ = slot.set(leaf);
+        }
+        self.pages.fetch_add(1, SeqCst);
+        for chunk in first..(first + LEAVES_PER_PAGE).min(self.leaves.len()) {
+            self.try_verify(image, chunk as u64, c);
+        }
+        Ok(())
+    }
+
+    /// Block `index` has been written: check its chunk if that was the last one.
+    pub fn block_written(&self, image: Slots<'_>, index: u64, c: &WorkerCounters) {
+        let chunk = index / u64::from(self.manifest.chunk_blocks);
+        let (first, end) = self.manifest.chunk_range(chunk);
+        if u64::from(self.written[chunk as usize].fetch_add(1, SeqCst)) + 1 == end - first {
+            self.try_verify(image, chunk, c);
+        }
+    }
+
+    /// Chunks whose blocks are all in but whose hash page has not arrived,
+    /// as block ranges: asked for again so that the sender runs another
+    /// round, in which it repeats the pages.
+    pub fn waiting_for_pages(&self, max: usize) -> Vec<(u64, u64)> {
+        (0..self.leaves.len() as u64)
+            .filter(|&c| self.ready_blocks(c) && self.leaves[c as usize].get().is_none())
+            .map(|c| self.manifest.chunk_range(c))
+            .take(max)
+            .collect()
+    }
+
+    fn ready_blocks(&self, chunk: u64) -> bool {
+        let (first, end) = self.manifest.chunk_range(chunk);
+        u64::from(self.written[chunk as usize].load(SeqCst)) == end - first
+    }
+
+    fn try_verify(&self, image: Slots<'_>, chunk: u64, c: &WorkerCounters) {
+        let i = chunk as usize;
+        loop {
+            let Some(want) = self.leaves[i].get() else {
+                return;
+            };
+            if !self.ready_blocks(chunk) {
+                return;
+            }
+            if self.state[i]
+                .compare_exchange(OPEN, CHECKING, SeqCst, SeqCst)
+                .is_err()
+            {
+                // Verified, or another thread checks it and looks again
+                // after it lets go.
+                return;
+            }
+            if !self.ready_blocks(chunk) {
+                self.state[i].store(OPEN, SeqCst);
+                continue;
+            }
+            let (a, b) = self.manifest.chunk_bytes(chunk);
+            let got = chunk_hash(&image.target.read_at(a, (b - a) as usize));
+            if got == *want {
+                self.state[i].store(VERIFIED, SeqCst);
+                self.verified.fetch_add(1, SeqCst);
+                return;
+            }
+            // A forged block is in this chunk: forget all of its blocks so
+            // that they are claimed again by the next copies and NACKed.
+            let (first, end) = self.manifest.chunk_range(chunk);
+            log::warn!("chunk {chunk} (blocks {first}..{end}) failed its hash: asking again");
+            c.drop_packet(DropReason::BadChunk);
+            self.written[i].store(0, SeqCst);
+            image.written.remove_range(first, end);
+            self.rejected_blocks.fetch_add(end - first, SeqCst);
+            image.claimed.remove_range(first, end);
+            self.state[i].store(OPEN, SeqCst);
+        }
+    }
+}
