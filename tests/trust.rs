@@ -382,10 +382,9 @@ fn forged_nack_flood_is_bounded_and_reported() {
         .collect();
     let (resent, refused, ignored) = (nums[0], nums[1], nums[2]);
     assert!(sent >= 1000, "the flood ran: {sent} NACKs");
-    assert!(
-        resent <= g.block_count,
-        "repairs bounded by one image: {line}"
-    );
+    // The default budget: two images' worth (a receiver that lost half of
+    // the first pass under load needs about one).
+    assert!(resent <= 2 * g.block_count, "repairs bounded: {line}");
     assert!(refused > 0, "the budget stopped the flood: {line}");
     assert!(
         ignored > 0,

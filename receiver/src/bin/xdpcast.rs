@@ -256,7 +256,7 @@ struct SendRepair {
     /// Most blocks resent over all repair rounds, as a multiple of the
     /// image (bounds what forged NACKs can cost; repairs are also paced at
     /// the data rate, and each address may send 64 NACKs per window).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 2.0)]
     max_repair: f64,
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     #[arg(long, default_value_t = 0)]

@@ -93,7 +93,7 @@ impl SendOptions {
             fec_repair: 0,
             fec_group: 64,
             loss: 0.0,
-            max_repair: 1.0,
+            max_repair: 2.0,
             sign: None,
         }
     }
