@@ -297,6 +297,8 @@ impl DiagStatus {
     pub fn queues(&self) -> impl Iterator<Item = u32> + '_ {
         (0..64).filter(|q| self.unserved_queues & (1 << q) != 0)
     }
+}
+
 /// Signed-session words of the trust region (words 513..527; word 512,
 /// the page owner, belongs to the local hardening).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -861,6 +863,7 @@ mod tests {
             diag: DiagStatus {
                 unserved_frames: 12,
                 unserved_queues: 0b1010 | 1 << 63,
+            },
             trust: TrustStatus {
                 flags: TRUST_REQUIRED | TRUST_MANIFEST,
                 chunk_count: 12,
