@@ -181,23 +181,20 @@ fn missing_target_directory_fails_with_code() {
     if !netns_allowed() {
         return;
     }
+    // The target is checked before the first packet: the receiver refuses
+    // to start, with the target_io code as exit status and the path named.
     let ns = Netns::new("xdpc-tgt");
-    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
     let dir = TempDir::new("xdpc-tgt");
-    let src = dir.join("src.img");
-    make_image(&src, MIB, 4);
-    let rx = receiver(&ns, "lo", &dir.0, "tgt", "/nonexistent-xdpcast/dst.img");
-    let tx = send(&ns, "lo", &src, &["--block-size", "1400"]);
-    let out = finish(rx, tx);
+    let out = xdpcast(&ns)
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["receive", "--group", "239.9.9.9:5000", "--iface", "lo"])
+        .args(["--name", "tgt", "--out", "/nonexistent-xdpcast/dst.img"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(100 + ErrorCode::TargetIo as i32));
-    let s = read_page(&dir.0, "tgt");
-    assert_eq!(s.state, State::Failure);
-    assert_eq!(s.error, ErrorCode::TargetIo);
-    assert!(
-        s.message.contains("/nonexistent-xdpcast/dst.img"),
-        "{}",
-        s.message
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent-xdpcast"), "{err}");
+    assert!(err.contains("target_io"), "{err}");
 }
 
 #[test]
