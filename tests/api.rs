@@ -872,6 +872,103 @@ fn unprivileged_process_reads_the_live_page_of_a_root_receiver() {
     assert_failed(&out, &dir.0, "up", ErrorCode::Cancelled);
 }
 
+/// A tmux server of our own (its own socket), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Tmux {
+        Tmux(unique("xdpc-tmux"))
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("tmux (setup.sh installs it)")
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `xdpcast monitor` in a real terminal (tmux) of 80 and of 200 columns
+/// during a transfer: one line per session that never wraps, the least
+/// important fields left out whole on the narrow one, all of them and a
+/// bar on the wide one.
+#[test]
+fn monitor_fits_80_and_200_column_terminals() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = status_dir("xdpc-api-tm");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    make_image(&src, 8 * MIB, 41);
+    let name = "lab-7-room-204-a-rather-long-session-name-to-cut";
+    let group = "239.44.0.12:5000";
+    let rx = running_receiver(&ns, &dir.0, name, group, &dst, &["--keep-status"]);
+    let mut tx = sender(&ns, &src, group, &["--rate", "8M"]);
+    wait_for(Duration::from_secs(30), "first blocks", || {
+        try_read(&dir.0, name).filter(|s| s.blocks_done > 0 && s.rate_bps > 0)
+    });
+    let tmux = Tmux::new();
+    let monitor = format!(
+        "env XDPCAST_STATUS_DIR={} {} monitor --interval-ms 100",
+        dir.0.display(),
+        env!("CARGO_BIN_EXE_xdpcast")
+    );
+    for width in ["80", "200"] {
+        let out = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            width,
+            "-x",
+            width,
+            "-y",
+            "10",
+            &monitor,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let screen = |width: &str| {
+        wait_for(Duration::from_secs(20), "a monitor line", || {
+            let out = tmux.cmd(&["capture-pane", "-p", "-t", width]);
+            let screen = String::from_utf8_lossy(&out.stdout).to_string();
+            screen.contains("eta ").then_some(screen)
+        })
+    };
+    let (narrow, wide) = (screen("80"), screen("200"));
+    for (screen, width) in [(&narrow, 80), (&wide, 200)] {
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line per session, not wrapped:\n{screen}"
+        );
+        assert!(lines[0].chars().count() < width, "{width}: {}", lines[0]);
+        for want in ["IN_PROGRESS", "Mbit/s", "eta 0:", "%"] {
+            assert!(lines[0].contains(want), "{want} at {width}: {}", lines[0]);
+        }
+    }
+    assert!(narrow.starts_with("lab-7-room-204-a-ra"), "{narrow}");
+    assert!(!narrow.contains("drops"), "{narrow}");
+    assert!(wide.starts_with(&name[..24]), "{wide}");
+    for want in [" [", "] ", " of 8.0 MiB", "loss -", "drops 0"] {
+        assert!(wide.contains(want), "{want} in {wide}");
+    }
+    drop(tmux);
+    let _ = tx.kill();
+    let _ = tx.wait();
+    interrupt(&rx);
+    let out = wait_output(rx, Duration::from_secs(20), "receiver");
+    assert_failed(&out, &dir.0, name, ErrorCode::Cancelled);
+}
+
 #[test]
 fn monitor_and_metrics_show_every_session() {
     if !netns_allowed() {

@@ -152,6 +152,7 @@ pub fn iface_addr(name: &str, v6: bool) -> Result<SocketAddr> {
 
 /// MTU of interface `name`.
 pub fn iface_mtu(name: &str) -> Result<u32> {
+    iface_index(name)?;
     let p = format!("/sys/class/net/{name}/mtu");
     std::fs::read_to_string(&p)
         .ok()
@@ -471,10 +472,13 @@ mod tests {
         assert_eq!(scoped(site, 7), site);
         let v4: SocketAddr = "239.1.2.3:5000".parse().unwrap();
         assert_eq!(scoped(v4, 7), v4);
-        assert_eq!(
-            iface_index("no-such-if0").unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
+        for e in [
+            iface_index("no-such-if0").unwrap_err(),
+            iface_mtu("no-such-if0").unwrap_err(),
+        ] {
+            assert_eq!(e.code, ErrorCode::InvalidArgument);
+            assert_eq!(e.message, "no such network interface: no-such-if0");
+        }
     }
 
     #[test]
