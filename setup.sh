@@ -8,12 +8,14 @@
 #   python3, gcc              the status-page reader examples and the C ABI test
 #   prometheus                promtool and the Prometheus server for tests/monitoring.rs
 #                             (the exposition check and the dashboard queries)
+#   ethtool                   one TX queue on a veth in tests/xdp.rs (frames on a queue
+#                             without a socket)
 #   tmux                      a real terminal of 80 and 200 columns for `xdpcast monitor`
 #                             in tests/api.rs
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux)
+pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

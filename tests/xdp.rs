@@ -353,41 +353,83 @@ fn link_local_ipv6_group_over_xdp_and_sockets() {
     assert!(!net.xdp_attached_b());
 }
 
-/// `--queues 0` on a two-queue veth: the frames the sender's flow hash puts
-/// on queue 1 reach no socket. The XDP program counts them; the page, the
-/// warning, `xdpcast status` and the metrics say how many, on which queue,
-/// and what to do.
+/// The receiver serves RX queue 1 of a two-queue veth while every frame
+/// arrives on queue 0 (the sender's side has one TX queue left, and veth
+/// delivers on the RX queue of the TX queue a frame left by). The XDP
+/// program counts the session's frames there; the warning, the page, the
+/// timeout's message, `xdpcast status` and the metrics say how many, on
+/// which queue, and what to do.
 #[test]
 fn frames_on_a_queue_without_a_socket_are_reported() {
     if !netns_allowed() {
         return;
     }
     let net = VethPair::new(2, 1500);
+    let out = net
+        .a
+        .cmd("ethtool")
+        .args(["-L", &net.if_a, "tx", "1"])
+        .output()
+        .expect("ethtool (setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let Images { dir, src, dst } = Images::new("xdpc-unserved", 8 * MIB, 29);
+    // Sending before the receiver starts, for longer than it waits.
+    let mut tx = sender(
+        &net,
+        &src,
+        &["--rate", "20M", "--passes", "2", "--streams", "4"],
+    );
     let rx = receiver(
         &net,
         &dir.0,
         "unserved",
         &dst,
-        &["--mode", "xdp", "--queues", "0"],
+        &["--mode", "xdp", "--queues", "1", "--start-timeout", "2"],
     );
-    // 32 streams: each lands on queue 1 with even odds (see the first
-    // test), so some do but with probability 2^-32.
-    let mut tx = sender(
-        &net,
-        &src,
-        &["--rate", "200M", "--passes", "3", "--streams", "32"],
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    let _ = tx.kill();
+    let _ = tx.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(100 + ErrorCode::Timeout as i32),
+        "{stderr}"
     );
-    let s = wait_for(
-        Duration::from_secs(60),
-        "unserved frames on the page",
-        || {
-            let s = read_page(&dir.0, "unserved");
-            (s.diag.unserved_frames > 0).then_some(s)
-        },
+    let s = read_page(&dir.0, "unserved");
+    assert!(s.diag.unserved_frames > 0, "{:?}", s.diag);
+    assert_eq!(s.diag.queues().collect::<Vec<_>>(), vec![0], "{:?}", s.diag);
+    assert_eq!(
+        (s.packets, s.workers.len()),
+        (0, 1),
+        "only queue 1 is served"
     );
-    assert_eq!(s.diag.queues().collect::<Vec<_>>(), vec![1], "{:?}", s.diag);
-    assert_eq!(s.workers.len(), 1, "only queue 0 is served");
+    assert!(
+        s.message
+            .starts_with("no packet of the session within 2s; ")
+            && s.message.contains("on RX queue 0 without an AF_XDP socket")
+            && s.message.contains("--queues all"),
+        "{}",
+        s.message
+    );
+
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("RX queue")).collect();
+    assert_eq!(warnings.len(), 1, "one warning for queue 0: {stderr}");
+    for want in [
+        &format!("warn: {}: ", net.if_b),
+        "frames of the session on RX queue 0 without an AF_XDP socket",
+        "--queues all",
+        &format!(
+            "`ethtool -N {} flow-type udp4 dst-ip 239.8.8.8 dst-port 5000 action 1`",
+            net.if_b
+        ),
+        &format!("`ethtool -X {} weight 0 1`", net.if_b),
+    ] {
+        assert!(warnings[0].contains(want), "{want:?} in {}", warnings[0]);
+    }
 
     let status = xdpcast(&net.b)
         .env("XDPCAST_STATUS_DIR", &dir.0)
@@ -396,7 +438,10 @@ fn frames_on_a_queue_without_a_socket_are_reported() {
         .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
-        text.contains("on RX queue 1 without an AF_XDP socket") && text.contains("--queues all"),
+        text.contains(&format!(
+            "unserved  {} frames of the session on RX queue 0 without an AF_XDP socket",
+            s.diag.unserved_frames
+        )),
         "{text}"
     );
     let metrics = xdpcast(&net.b)
@@ -405,33 +450,12 @@ fn frames_on_a_queue_without_a_socket_are_reported() {
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let count: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("xdpcast_unserved_frames_total{session=\"unserved\"} "))
-        .unwrap_or_else(|| panic!("no unserved count in\n{metrics}"))
-        .parse()
-        .unwrap();
-    assert!(count > 0.0, "{metrics}");
-
-    let _ = tx.kill();
-    let _ = tx.wait();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);
-    let out = wait_output(rx, Duration::from_secs(20), "receiver");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("RX queue")).collect();
-    assert_eq!(warnings.len(), 1, "one warning for queue 1: {stderr}");
-    for want in [
-        "on RX queue 1 without an AF_XDP socket",
-        &format!("warn: {}: ", net.if_b),
-        "--queues all",
-        &format!(
-            "ethtool -N {} flow-type udp4 dst-ip 239.8.8.8 dst-port 5000 action 0",
-            net.if_b
-        ),
-        &format!("ethtool -X {} equal 1", net.if_b),
-    ] {
-        assert!(warnings[0].contains(want), "{want:?} in {}", warnings[0]);
-    }
+    assert!(
+        metrics.contains(&format!(
+            "xdpcast_unserved_frames_total{{session=\"unserved\"}} {}\n",
+            s.diag.unserved_frames
+        )),
+        "{metrics}"
+    );
     assert!(!net.xdp_attached_b());
 }
