@@ -67,12 +67,13 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
     spawn_in_netns(ns, f).join().unwrap()
 }
 
-/// Multicast `packets` to GROUP from `ns` on `iface`.
-fn inject(ns: &Netns, iface: &str, packets: Vec<Vec<u8>>) {
+/// Multicast `packets` to GROUP from `ns` on `iface`, from address `from`
+/// (None: the interface's).
+fn inject(ns: &Netns, iface: &str, from: Option<std::net::IpAddr>, packets: Vec<Vec<u8>>) {
     let iface = iface.to_owned();
     in_netns(ns, move || {
         let group: xdpcast::net::socket::Group = GROUP.parse().unwrap();
-        let sock = xdpcast::net::socket::sender_socket(group, &iface, 1).unwrap();
+        let sock = xdpcast::net::socket::sender_socket(group, &iface, 1, from).unwrap();
         let to: socket2::SockAddr = group.0.into();
         for p in &packets {
             while sock.send_to(p, &to).is_err() {
@@ -80,6 +81,15 @@ fn inject(ns: &Netns, iface: &str, packets: Vec<Vec<u8>>) {
             }
         }
     })
+}
+
+/// Another address on the sender side's interface, for an attacker that
+/// does not spoof.
+fn second_address(net: &VethPair) -> std::net::IpAddr {
+    let ip = format!("{}3", net.addr_a.trim_end_matches('1'));
+    net.a
+        .ip(&["addr", "add", &format!("{ip}/24"), "dev", &net.if_a]);
+    ip.parse().unwrap()
 }
 
 fn receiver(net: &VethPair, dir: &Path, dst: &Path, extra: &[&str]) -> std::process::Child {
@@ -286,7 +296,15 @@ fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
     });
     let g = Geometry::new(16 * MIB as u64, 1400);
     let attacker = ed25519_dalek::SigningKey::from_bytes(&[0xA7; 32]);
-    inject(&net.a, &net.if_a, forgeries(session, g, &attacker));
+    // Spoofing the sender's address, then from an address of its own.
+    inject(&net.a, &net.if_a, None, forgeries(session, g, &attacker));
+    let other = second_address(&net);
+    inject(
+        &net.a,
+        &net.if_a,
+        Some(other),
+        forgeries(session, g, &attacker),
+    );
     ok(
         &wait_output(tx, Duration::from_secs(120), "sender"),
         "sender",
@@ -301,6 +319,11 @@ fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
     // the huge geometry); forged blocks: whole chunks rejected.
     assert!(s.drops_for(wire::DropReason::Unauthenticated) >= 3, "{s:?}");
     assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
+    // The signed manifest names the sender's address: the rest is foreign.
+    assert!(
+        s.drops_for(wire::DropReason::ForeignSource) >= g.block_count,
+        "{s:?}"
+    );
     assert!(s.trust.rejected_blocks > 0);
 }
 
@@ -333,7 +356,7 @@ fn forged_nack_flood_is_bounded_and_reported() {
     // id, then floods NACKs for the whole image (and some outside it).
     let attacker = spawn_in_netns(&net.b, move || {
         let group: xdpcast::net::socket::Group = GROUP.parse().unwrap();
-        let sock = xdpcast::net::socket::join(group, &iface, 1 << 20).unwrap();
+        let sock = xdpcast::net::socket::join(group, &iface, 1 << 20, None).unwrap();
         let sock: std::net::UdpSocket = sock.into();
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
@@ -389,5 +412,51 @@ fn forged_nack_flood_is_bounded_and_reported() {
     assert!(
         ignored > 0,
         "over-limit and out-of-image NACKs ignored: {line}"
+    );
+}
+
+#[test]
+fn source_filter_ignores_a_forged_sender_that_starts_first() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-source", 4 * MIB, 14);
+    // Unsigned, but only from the sender's address (source-specific join).
+    let rx = receiver(&net, &dir.0, &dst, &["--source", &net.addr_a]);
+    let g = Geometry::new(4 * MIB as u64, 1400);
+    let fake = vec![0xEE; g.block_size as usize];
+    let mut forged = vec![wire::encode_control(
+        Kind::Announce,
+        77,
+        &g,
+        &Control::new([0xEE; 32], 0, 1),
+    )];
+    forged
+        .extend((0..g.block_count).map(|i| wire::encode_data(77, &g, i, &fake[..g.block_len(i)])));
+    let other = second_address(&net);
+    inject(&net.a, &net.if_a, Some(other), forged);
+    std::thread::sleep(Duration::from_millis(200));
+    let s = read_page(&dir.0, "trust");
+    assert_eq!(
+        s.flags & FLAG_GEOMETRY,
+        0,
+        "the forged session was not taken up"
+    );
+    assert!(!dst.exists());
+    let tx = start_sender(&net.a, &net.if_a, GROUP, &src, &["--rate", "1G"]);
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+    ok(
+        &wait_output(rx, Duration::from_secs(60), "receiver"),
+        "receiver",
+    );
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    let s = read_page(&dir.0, "trust");
+    assert!(
+        s.drops_for(wire::DropReason::ForeignSource) > g.block_count / 2,
+        "{s:?}"
     );
 }

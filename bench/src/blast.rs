@@ -130,7 +130,7 @@ pub fn blast(
     }
     let g = Geometry::new(map.len() as u64, o.block_size);
     let digest: [u8; 32] = Sha256::digest(&map[..]).into();
-    let sock = socket::sender_socket(o.group, &o.iface, 1)?;
+    let sock = socket::sender_socket(o.group, &o.iface, 1, None)?;
     let seg = HEADER_LEN + o.block_size as usize;
     let mut segs = (MAX_GSO_BYTES / seg).clamp(1, MAX_SEGS);
     if !o.gso || segs == 1 || set_gso(&sock, seg).is_err() {

@@ -300,7 +300,8 @@ impl Session {
                     opened.sources.len(),
                 )
                 .with_resume(self.req.resume_file.clone())
-                .with_trust(self.req.trust.clone(), self.req.expect_sha256),
+                .with_trust(self.req.trust.clone(), self.req.expect_sha256)
+                .with_source(self.req.source),
             );
             DataPath::start(opened, transfer, self.req.cores.as_deref())
         }) {

@@ -308,6 +308,11 @@ struct ReceiveTrust {
     /// Accept only the image with this SHA-256 (64 hex digits).
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     expect_sha256: Option<[u8; 32]>,
+    /// Take data only from this sender address: source-specific join
+    /// (IGMPv3/MLDv2) and every other source dropped (foreign_source).
+    /// A signed manifest names its sender's address too.
+    #[arg(long, value_name = "IP")]
+    source: Option<std::net::IpAddr>,
 }
 
 impl ReceiveTrust {
@@ -316,6 +321,7 @@ impl ReceiveTrust {
             r.trust.extend(xdpcast::store::keys::load_trusted(spec)?);
         }
         r.expect_sha256 = self.expect_sha256;
+        r.source = self.source;
         Ok(())
     }
 }

@@ -164,7 +164,7 @@ pub fn iface_mtu(name: &str) -> Result<u32> {
 /// `iface`. On the XDP path it only keeps the membership (IGMP/MLD reports),
 /// on the socket path it also receives. A link-local (or interface-local)
 /// IPv6 group is bound with `iface` as its scope.
-pub fn join(group: Group, iface: &str, rcvbuf: usize) -> Result<Socket> {
+pub fn join(group: Group, iface: &str, rcvbuf: usize, source: Option<IpAddr>) -> Result<Socket> {
     let ifindex = iface_index(iface)?;
     let addr = scoped(group.0, ifindex);
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
@@ -179,6 +179,19 @@ pub fn join(group: Group, iface: &str, rcvbuf: usize) -> Result<Socket> {
         .map_err(|e| net_err("SO_RCVTIMEO".into(), e))?;
     sock.bind(&SockAddr::from(addr))
         .map_err(|e| net_err(format!("cannot bind {addr}"), e))?;
+    if let Some(src) = source {
+        join_source_group(&sock, addr.ip(), src, ifindex).map_err(|e| {
+            net_err(
+                format!("cannot join {} from {src} on {iface}", addr.ip()),
+                e,
+            )
+        })?;
+        if addr.is_ipv4() {
+            sock.set_multicast_all_v4(false)
+                .map_err(|e| net_err("IP_MULTICAST_ALL".into(), e))?;
+        }
+        return Ok(sock);
+    }
     match addr.ip() {
         IpAddr::V4(g) => {
             sock.join_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(ifindex))
@@ -191,6 +204,38 @@ pub fn join(group: Group, iface: &str, rcvbuf: usize) -> Result<Socket> {
             .map_err(|e| net_err(format!("cannot join {g} on {iface}"), e))?,
     }
     Ok(sock)
+}
+
+/// Source-specific join (`MCAST_JOIN_SOURCE_GROUP`, IGMPv3/MLDv2): the
+/// kernel passes this socket only `group` traffic from `source`.
+fn join_source_group(sock: &Socket, group: IpAddr, source: IpAddr, ifindex: u32) -> io::Result<()> {
+    if group.is_ipv4() != source.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "source and group are of different address families",
+        ));
+    }
+    // SAFETY: group_source_req is a plain C struct; all-zero is valid.
+    let mut req: libc::group_source_req = unsafe { MaybeUninit::zeroed().assume_init() };
+    req.gsr_interface = ifindex;
+    for (dst, ip) in [(&mut req.gsr_group, group), (&mut req.gsr_source, source)] {
+        let a = SockAddr::from(SocketAddr::new(ip, 0));
+        // SAFETY: `a` holds `a.len()` bytes of a sockaddr_in/in6, which is
+        // no longer than the sockaddr_storage it is copied into.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                a.as_ptr().cast::<u8>(),
+                (dst as *mut libc::sockaddr_storage).cast::<u8>(),
+                a.len() as usize,
+            );
+        }
+    }
+    let level = if group.is_ipv4() {
+        libc::IPPROTO_IP
+    } else {
+        libc::IPPROTO_IPV6
+    };
+    setsockopt(sock, level, libc::MCAST_JOIN_SOURCE_GROUP, &req)
 }
 
 fn force_rcvbuf(sock: &Socket, bytes: usize) {
@@ -227,7 +272,9 @@ fn setsockopt<T: Copy>(
 /// A UDP socket that sends to `group` out of `iface` with the given TTL,
 /// looping copies back to local receivers. A link-local (or
 /// interface-local) IPv6 group is connected with `iface` as its scope.
-pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
+/// With `from`, datagrams leave from that address (the one a signed
+/// manifest names, so that receivers can filter on it).
+pub fn sender_socket(group: Group, iface: &str, ttl: u32, from: Option<IpAddr>) -> Result<Socket> {
     let ifindex = iface_index(iface)?;
     let addr = scoped(group.0, ifindex);
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
@@ -246,11 +293,6 @@ pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
                 .map_err(|e| net_err("IP_MULTICAST_TTL".into(), e))?;
             sock.set_multicast_loop_v4(true)
                 .map_err(|e| net_err("IP_MULTICAST_LOOP".into(), e))?;
-            sock.bind(&SockAddr::from(SocketAddr::new(
-                Ipv4Addr::UNSPECIFIED.into(),
-                0,
-            )))
-            .map_err(|e| net_err("bind".into(), e))?;
         }
         IpAddr::V6(_) => {
             sock.set_multicast_if_v6(ifindex)
@@ -260,6 +302,10 @@ pub fn sender_socket(group: Group, iface: &str, ttl: u32) -> Result<Socket> {
             sock.set_multicast_loop_v6(true)
                 .map_err(|e| net_err("IPV6_MULTICAST_LOOP".into(), e))?;
         }
+    }
+    if let Some(ip) = from.or(addr.is_ipv4().then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))) {
+        sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+            .map_err(|e| net_err(format!("bind {ip}"), e))?;
     }
     sock.connect(&SockAddr::from(addr))
         .map_err(|e| net_err(format!("connect {addr}"), e))?;

@@ -55,7 +55,7 @@ pub fn open(req: &SessionRequest) -> Result<Opened> {
 }
 
 fn open_socket(req: &SessionRequest) -> Result<Opened> {
-    let sock = socket::join(req.group, &req.iface, req.rcvbuf)?;
+    let sock = socket::join(req.group, &req.iface, req.rcvbuf, req.source)?;
     Ok(Opened {
         mode: PathMode::Socket,
         note: String::new(),
@@ -87,7 +87,7 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
     }
     // The kernel socket only keeps the group membership (IGMP/MLD) so
     // switches keep forwarding the group; the frames go to AF_XDP.
-    let membership = socket::join(req.group, &req.iface, 1 << 16)?;
+    let membership = socket::join(req.group, &req.iface, 1 << 16, req.source)?;
     let ip: IpAddr = req.group.0.ip();
     let mut steering = Steering::attach(&req.iface, ip, req.group.0.port(), req.attach)
         .map_err(|e| steer_err(&e))?;

@@ -62,6 +62,10 @@ pub struct SessionRequest {
     pub trust: Vec<ed25519_dalek::VerifyingKey>,
     /// Accept only the image with this SHA-256.
     pub expect_sha256: Option<[u8; 32]>,
+    /// Take data only from this sender address (`--source`): source-specific
+    /// join, other sources dropped as `foreign_source`. A verified manifest
+    /// names the source too.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl SessionRequest {
@@ -85,6 +89,7 @@ impl SessionRequest {
             resume_file: None,
             trust: Vec::new(),
             expect_sha256: None,
+            source: None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! the "is it ready" reads after a release must see the other worker's
 //! write that made its own CAS fail.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::OnceLock;
 
@@ -46,6 +47,8 @@ pub struct Signed {
     pub manifest: Manifest,
     /// The key that signed it (signed end packets must verify with it).
     pub key: VerifyingKey,
+    /// The sender's address from the manifest, if it names one.
+    pub source: Option<IpAddr>,
     leaves: Vec<OnceLock<[u8; HASH_LEN]>>,
     written: Vec<AtomicU32>,
     state: Vec<AtomicU8>,
@@ -59,6 +62,10 @@ impl Signed {
     pub fn new(manifest: Manifest, key: VerifyingKey) -> Signed {
         let n = manifest.chunk_count() as usize;
         Signed {
+            source: match manifest.source {
+                a if a.is_unspecified() => None,
+                a => Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)),
+            },
             manifest,
             key,
             leaves: (0..n).map(|_| OnceLock::new()).collect(),

@@ -6,6 +6,7 @@
 //! worker counts into its own cache-padded
 //! [`WorkerCounters`](crate::receive::workers::WorkerCounters).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -106,6 +107,8 @@ pub struct Transfer {
     /// `--expect-sha256`: the only image accepted.
     pinned: Option<[u8; wire::DIGEST_LEN]>,
     signed: OnceLock<Signed>,
+    /// `--source`: the only sender address taken.
+    source: Option<IpAddr>,
 }
 
 impl Transfer {
@@ -130,7 +133,14 @@ impl Transfer {
             trusted: Vec::new(),
             pinned: None,
             signed: OnceLock::new(),
+            source: None,
         }
+    }
+
+    /// Take data only from `source` (`--source`), when given.
+    pub fn with_source(mut self, source: Option<IpAddr>) -> Transfer {
+        self.source = source;
+        self
     }
 
     /// Accept only a manifest signed by one of `keys` (none: an unsigned
@@ -598,6 +608,11 @@ impl Sink for Transfer {
     /// Whether the transfer has failed (cheap check for the hot path).
     fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// `--source`, else the address the verified manifest names.
+    fn source(&self) -> Option<IpAddr> {
+        self.source.or_else(|| self.signed().and_then(|s| s.source))
     }
 }
 

@@ -509,15 +509,20 @@ pub fn send(
     } else {
         None
     };
+    // A signed session names the address its data comes from, so that
+    // receivers drop everything else; the data sockets are bound to it. A
+    // link-local IPv6 address is left out (it needs the scope to bind).
+    let source = match (&opts.sign, &repair) {
+        (None, _) => None,
+        (Some(_), Some(r)) => Some(r.addr.ip()),
+        (Some(_), None) => Some(socket::iface_addr(&opts.iface, opts.group.0.is_ipv6())?.ip()),
+    }
+    .filter(|ip| !matches!(ip, IpAddr::V6(v6) if socket::is_link_local(v6)));
     let socks = (0..opts.streams)
-        .map(|_| socket::sender_socket(opts.group, &opts.iface, opts.ttl))
+        .map(|_| socket::sender_socket(opts.group, &opts.iface, opts.ttl, source))
         .collect::<Result<Vec<_>>>()?;
     let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
-    let source = match &repair {
-        Some(r) => r.addr.ip(),
-        None => socket::iface_addr(&opts.iface, opts.group.0.is_ipv6())?.ip(),
-    };
     let signer = opts.sign.as_ref().map(|key| {
         let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count);
         let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
@@ -541,7 +546,7 @@ pub fn send(
             } else {
                 0
             },
-            source: mapped(source),
+            source: source.map_or(std::net::Ipv6Addr::UNSPECIFIED, mapped),
             chunk_blocks,
             issued_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
