@@ -297,6 +297,54 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Debian's Prometheus server (setup.sh installs the package) on a free
+/// loopback port, keeping its data in `dir`, scraping `target` every
+/// second; ready to answer queries. A port taken between our probe and
+/// its bind makes it exit: then it is started again on another.
+fn start_prometheus(dir: &TempDir, target: &str) -> (Killed, String) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: xdpcast\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("prometheus.log");
+    for _ in 0..3 {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap().to_string();
+        drop(free);
+        let mut prom = Killed(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("prometheus (apt install prometheus; see setup.sh)"),
+        );
+        let ready = wait_for(Duration::from_secs(60), "Prometheus ready or gone", || {
+            if prom.0.try_wait().unwrap().is_some() {
+                return Some(false);
+            }
+            prometheus_get(&addr, "/-/ready").map(|_| true)
+        });
+        if ready {
+            return (prom, addr);
+        }
+    }
+    panic!(
+        "prometheus did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn dashboard_queries_return_data_from_prometheus() {
     if !netns_allowed() {
@@ -356,38 +404,7 @@ fn dashboard_queries_return_data_from_prometheus() {
 
     let (metrics, metrics_addr) = start_metrics(&dir.0, &[]);
     let _metrics = Killed(metrics);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let prom_addr = format!("127.0.0.1:{port}");
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: xdpcast\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
-        ),
-    )
-    .unwrap();
-    // Debian's Prometheus server (setup.sh installs the package).
-    let _prom = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (apt install prometheus; see setup.sh)"),
-    );
-    wait_for(Duration::from_secs(60), "Prometheus ready", || {
-        prometheus_get(&prom_addr, "/-/ready")
-    });
+    let (_prom, prom_addr) = start_prometheus(&dir, &metrics_addr);
     for (title, expr) in &queries {
         let path = format!("/api/v1/query?query={}", query_escape(expr));
         let result = wait_for(Duration::from_secs(60), title, || {
