@@ -107,7 +107,7 @@ def stale(w):
     return time.time_ns() - w[W["heartbeat_ns"]] > STALE_AFTER_NS
 
 
-def decode(w):
+def decode(w, owner_uid):
     if w[W["magic"]] != MAGIC:
         raise NotAPage("not a status page: bad magic")
     if w[W["version"]] != LAYOUT_VERSION:
@@ -140,6 +140,9 @@ def decode(w):
         "error": ERRORS[err] if err < len(ERRORS) else "internal",
         "mode": MODES[mode] if mode < len(MODES) else "unknown",
         "stale": stale(w),
+        "owner_uid": owner_uid,
+        # Neither root nor this user wrote the page: it may be forged.
+        "foreign_owner": owner_uid not in (0, os.geteuid()),
     }
     out.update((k, w[W[k]]) for k in keys)
     out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None
@@ -157,13 +160,17 @@ def decode(w):
 
 
 def read_page(path):
-    with open(path, "rb") as f:
+    # Not through a symbolic link; the owner is the file's, which the
+    # writer cannot choose.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        owner = os.fstat(f.fileno()).st_uid
         with mmap.mmap(f.fileno(), PAGE_SIZE, prot=mmap.PROT_READ) as mm:
-            return decode(read_words(mm))
+            return decode(read_words(mm), owner)
 
 
 def main(argv):
-    directory = os.environ.get("XDPCAST_STATUS_DIR", "/dev/shm")
+    directory = os.environ.get("XDPCAST_STATUS_DIR", "/run/xdpcast")
     if argv[:1] == ["--path"]:
         paths = argv[1:]
     elif argv:

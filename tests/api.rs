@@ -678,6 +678,7 @@ fn kv(out: &[u8]) -> std::collections::BTreeMap<String, String> {
 fn expected_c_fields(s: &Snapshot) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = vec![
         ("writer_pid".into(), s.writer_pid.to_string()),
+        ("owner_uid".into(), s.owner_uid.to_string()),
         ("state".into(), s.state.name().into()),
         ("error_code".into(), (s.error as u32).to_string()),
         ("error".into(), s.error.name().into()),

@@ -252,22 +252,18 @@ fn unprivileged_auto_mode_falls_back_to_sockets_and_says_why() {
     }
     let net = VethPair::new(1, 1500);
     let dir = TempDir::new("xdpc-user");
-    // nobody must be able to write the target and the status page.
+    // nobody must be able to write the target; its status pages go in a
+    // directory of its own (one others can write is refused).
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let pages = dir.join("pages");
+    std::fs::create_dir(&pages).unwrap();
+    std::os::unix::fs::chown(&pages, Some(NOBODY), Some(NOBODY)).unwrap();
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 8 * MIB, 12);
-    let mut c = net.b.cmd("setpriv");
-    c.args([
-        "--reuid",
-        "nobody",
-        "--regid",
-        "nogroup",
-        "--clear-groups",
-        env!("CARGO_BIN_EXE_xdpcast"),
-    ]);
+    let c = as_nobody(net.b.cmd("setpriv"), env!("CARGO_BIN_EXE_xdpcast"));
     let rx = start_receiver(
         c,
-        &dir.0,
+        &pages,
         "user",
         GROUP,
         &["--iface", &net.if_b, "--out", dst.to_str().unwrap()],
@@ -285,7 +281,9 @@ fn unprivileged_auto_mode_falls_back_to_sockets_and_says_why() {
         "one clear line why, once: {stderr}"
     );
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
-    let s = read_page(&dir.0, "user");
+    let s = read_page(&pages, "user");
+    assert_eq!(s.owner_uid, NOBODY);
+    assert!(s.foreign_owner(), "root reads a page of nobody's");
     assert_eq!(s.mode, PathMode::Socket);
     assert!(s.message.contains("XDP needs root") || s.message.contains("verified"));
 }

@@ -2,19 +2,24 @@
  * xdpcast_status.h - the xdpcast status page, layout version 1.
  *
  * A receiver publishes each session in an 8192-byte file
- * $XDPCAST_STATUS_DIR/xdpcast.<name> (default /dev/shm/xdpcast.<name>),
- * mode 0644. The page is 1024 little-endian uint64_t words; XDPCAST_W_* are
+ * $XDPCAST_STATUS_DIR/xdpcast.<name> (default /run/xdpcast/xdpcast.<name>),
+ * mode 0644, in a directory only the receiver's user can write. Open it with
+ * O_NOFOLLOW and check its owner with xdpcast_status_owner_trusted(): a page
+ * of neither root nor your own user may have been written by anyone. The page is 1024 little-endian uint64_t words; XDPCAST_W_* are
  * word indices (byte offset = 8 * index). docs/status-page.md describes
  * every field. Map the file read-only and copy it with
  * xdpcast_status_read(), which follows the writer's sequence lock and never
  * blocks it.
  *
- * Only the header's own types and <stdint.h> are needed; no library.
+ * Only the header's own types, <stdint.h> and POSIX <sys/stat.h> and
+ * <unistd.h> are needed; no library.
  */
 #ifndef XDPCAST_STATUS_H
 #define XDPCAST_STATUS_H
 
 #include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -26,7 +31,7 @@ extern "C" {
 #define XDPCAST_STATUS_PAGE_SIZE 8192u
 #define XDPCAST_STATUS_WORDS 1024u
 #define XDPCAST_STATUS_FILE_PREFIX "xdpcast."
-#define XDPCAST_STATUS_DEFAULT_DIR "/dev/shm"
+#define XDPCAST_STATUS_DEFAULT_DIR "/run/xdpcast"
 
 /* Word indices. */
 #define XDPCAST_W_MAGIC 0
@@ -70,6 +75,7 @@ extern "C" {
 #define XDPCAST_W_WORKER_BATCH_SUM 480 /* 32 words: worker i's sum of batch wall times, ns */
 /* Layout 2: one 16-word region per subsystem, and a per-worker extension. */
 #define XDPCAST_W_TRUST 512   /* page owner, manifest, authentication */
+#define XDPCAST_W_OWNER_UID 512 /* the writer's euid (the file's owner counts) */
 #define XDPCAST_W_STORAGE 528 /* storage writer and buffer */
 #define XDPCAST_W_REPAIR 544  /* repair, suppression, progress reports */
 #define XDPCAST_W_STREAM 560  /* output stream */
@@ -241,6 +247,20 @@ static inline int xdpcast_status_read(const volatile uint64_t *page,
         }
     }
     return XDPCAST_READ_BUSY;
+}
+
+/*
+ * Whether the page open on `fd` belongs to root or to this process's
+ * effective user (1), or to someone else (0: flag it, any of its contents
+ * may be forged), or -1 if fstat fails. The file's owner counts, not
+ * XDPCAST_W_OWNER_UID, which whoever wrote the page chose.
+ */
+static inline int xdpcast_status_owner_trusted(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -1;
+    return st.st_uid == 0 || st.st_uid == geteuid();
 }
 
 #ifdef __cplusplus

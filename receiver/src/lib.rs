@@ -16,6 +16,9 @@
 //!   udpcast's erasure code), no I/O;
 //! - [`net`]: the kernel edge: the XDP program's loader, AF_XDP rings,
 //!   kernel sockets and frame decapsulation.
+//!
+//! [`safe_fs`] (opening paths in directories other users may write) and
+//! [`error`] serve every stage.
 
 #![warn(missing_docs)]
 
@@ -25,6 +28,7 @@ pub mod net;
 pub mod proto;
 pub mod receive;
 mod rng;
+pub mod safe_fs;
 pub mod send;
 pub mod status;
 pub mod store;

@@ -33,7 +33,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s PAGE_FILE\n", argv[0]);
         return 2;
     }
-    fd = open(argv[1], O_RDONLY);
+    fd = open(argv[1], O_RDONLY | O_NOFOLLOW);
     if (fd < 0) {
         perror(argv[1]);
         return 1;
@@ -47,6 +47,15 @@ int main(int argc, char **argv)
     if (rc != XDPCAST_READ_OK) {
         fprintf(stderr, "xdpcast_status_read: %d\n", rc);
         return 1;
+    }
+    {
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            perror("fstat");
+            return 1;
+        }
+        printf("owner_uid=%u\n", (unsigned)st.st_uid);
+        printf("foreign_owner=%d\n", xdpcast_status_owner_trusted(fd) == 0);
     }
 #define FIELD(key, idx) printf("%s=%" PRIu64 "\n", key, w[idx])
     FIELD("writer_pid", XDPCAST_W_WRITER_PID);

@@ -18,6 +18,23 @@ pub fn xdpcast(ns: &Netns) -> Command {
     ns.cmd(env!("CARGO_BIN_EXE_xdpcast"))
 }
 
+/// uid and gid of nobody and nogroup on Debian.
+pub const NOBODY: u32 = 65534;
+
+/// `setpriv` (a `Command` for it, possibly inside a namespace) running
+/// `program` as nobody:nogroup with no supplementary groups.
+pub fn as_nobody(mut setpriv: Command, program: &str) -> Command {
+    setpriv.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        program,
+    ]);
+    setpriv
+}
+
 /// The status page of session `name` in directory `status`.
 pub fn read_page(status: &Path, name: &str) -> xdpcast::Snapshot {
     xdpcast::StatusReader::open(&status.join(format!("xdpcast.{name}")))

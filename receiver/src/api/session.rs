@@ -23,7 +23,7 @@ use crate::receive::transfer::Transfer;
 use crate::receive::workers::Sink;
 use crate::rng::XorShift;
 use crate::status::page::{
-    now_ns, page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
+    now_ns, writer_page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
     TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
 };
 
@@ -217,7 +217,7 @@ impl Session {
     /// Validate the request and create the status page (state INITIALIZED).
     pub fn initialize(req: SessionRequest, callbacks: Callbacks) -> Result<Session> {
         socket::iface_index(&req.iface)?;
-        let path = page_path(&req.name)?;
+        let path = writer_page_path(&req.name)?;
         if req.target.as_os_str().is_empty() {
             return Err(Error::new(ErrorCode::InvalidArgument, "no target given"));
         }

@@ -733,7 +733,7 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
         target: NOTES,
         "receiving on the {} path; status page {}",
         session.mode().name(),
-        page::page_path(&name)?.display()
+        page::writer_page_path(&name)?.display()
     );
     let (state, code) = loop {
         match session.wait_for_completion(Some(Duration::from_millis(100))) {
@@ -749,7 +749,7 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let snap = StatusReader::open_session(&name)?.read()?;
+    let snap = StatusReader::open(&page::writer_page_path(&name)?)?.read()?;
     print!("{}", report::human(&snap));
     if keep_status {
         session.detach_status_page();
@@ -775,7 +775,7 @@ fn receive_udpcast(
     progress: bool,
 ) -> anyhow::Result<ExitCode> {
     install_signal_handlers();
-    let page = page::page_path(&req.session.name)?;
+    let page = page::writer_page_path(&req.session.name)?;
     log::info!(
         target: NOTES,
         "udpcast receiver on port {}; status page {}",

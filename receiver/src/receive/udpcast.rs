@@ -24,10 +24,9 @@
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -45,9 +44,10 @@ use crate::receive::request::SessionRequest;
 use crate::receive::workers::Sink;
 use crate::receive::workers::WorkerCounters;
 use crate::status::page::{
-    now_ns, page_path, Snapshot, State, StatusWriter, WorkerStatus, FLAG_DIGEST, FLAG_GEOMETRY,
+    now_ns, writer_page_path, Snapshot, State, StatusWriter, WorkerStatus, FLAG_DIGEST,
+    FLAG_GEOMETRY,
 };
-use crate::store::target::sha256_prefix;
+use crate::store::target::{open_out, sha256_prefix};
 
 /// udpcast's default port base: receivers use it, the sender `portbase + 1`.
 pub const DEFAULT_PORTBASE: u16 = 9000;
@@ -1200,20 +1200,6 @@ fn data_group(req: &UdpcastRequest, c: &Connected) -> Result<Group> {
     Ok(Group(announced))
 }
 
-fn open_target(path: &Path) -> Result<(File, bool)> {
-    let io =
-        |e: std::io::Error| Error::target_io(&format!("cannot open target {}", path.display()), &e);
-    let block_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(!block_device)
-        .truncate(false)
-        .open(path)
-        .map_err(io)?;
-    Ok((file, block_device))
-}
-
 /// The control thread's view of a running transfer.
 struct Run {
     path: DataPath<Stream>,
@@ -1380,7 +1366,7 @@ pub fn receive(
     cancel: &AtomicBool,
     on_progress: &mut dyn FnMut(&Snapshot),
 ) -> Result<Snapshot> {
-    let writer = StatusWriter::create(&page_path(&req.session.name)?)?;
+    let writer = StatusWriter::create(&writer_page_path(&req.session.name)?)?;
     let mut base = Snapshot {
         state: State::InProgress,
         name: req.session.name.clone(),
@@ -1459,7 +1445,7 @@ fn run(
         connected.client, connected.sender
     );
     publish(base);
-    let (file, block_device) = open_target(&req.session.target)?;
+    let (file, block_device) = open_out(&req.session.target)?;
     let mut data_req = req.session.clone();
     data_req.group = group;
     let outcome = datapath::open(&data_req).and_then(|opened| {
@@ -1613,7 +1599,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xdpcast-udpcast-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
-        let (file, _) = open_target(&path).unwrap();
+        let (file, _) = open_out(&path).unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender
             .set_read_timeout(Some(Duration::from_secs(2)))

@@ -90,6 +90,9 @@ fn fields(s: &Snapshot) -> Vec<Field> {
     if s.is_stale(STALE_AFTER) {
         state.push_str(" (STALE)");
     }
+    if s.foreign_owner() {
+        let _ = write!(state, " (FOREIGN uid {})", s.owner_uid);
+    }
     if s.state == State::Failure {
         let _ = write!(state, " {}", s.error);
     }

@@ -1,4 +1,4 @@
-//! The status page: an 8192-byte file in shared memory (`/dev/shm` by
+//! The status page: an 8192-byte file in shared memory (`/run/xdpcast` by
 //! default) that any process may map read-only to follow a session.
 //!
 //! The page is an array of 1024 little-endian `u64` words at fixed offsets
@@ -7,9 +7,15 @@
 //! `seq` odd, writes the words, then makes `seq` even again. A reader copies
 //! the words and retries while `seq` was odd or changed; it never blocks the
 //! writer. `writer_pid` and `heartbeat_ns` tell a live page from a stale one.
+//!
+//! Pages live in a directory only their writer can write ([`PrivateDir`]);
+//! a page is created with `O_EXCL | O_NOFOLLOW`, a page of a live writer is
+//! never taken over, and a stale one is removed and created anew. Readers
+//! report who owns the file they read (`owner_uid`, from `fstat`), so a page
+//! that neither root nor the reader wrote is flagged (docs/security.md).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +24,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::wire::DropReason;
+use crate::safe_fs::{self, PrivateDir};
 
 /// `"XDPCSTAT"` read as a little-endian u64.
 pub const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"XDPCSTAT");
@@ -81,6 +88,9 @@ pub mod offsets {
     // each written only by that subsystem, and a per-worker extension.
     /// Trust: page owner, manifest and authentication (16 words).
     pub const TRUST: usize = 512;
+    /// Effective uid of the writer (first word of the trust region); readers
+    /// go by the file's owner, which the writer cannot choose.
+    pub const OWNER_UID: usize = TRUST;
     /// Storage writer and buffer (16 words).
     pub const STORAGE: usize = 528;
     /// Repair, suppression and progress reports (16 words).
@@ -366,6 +376,9 @@ impl TrustStatus {
 pub struct Snapshot {
     /// Pid of the writing process.
     pub writer_pid: u64,
+    /// Owner of the page file (as read: `fstat`; as written: the writer's
+    /// effective uid, also in word `OWNER_UID`).
+    pub owner_uid: u32,
     /// Last update by the writer, ns since the Unix epoch.
     pub heartbeat_ns: u64,
     /// Session state.
@@ -444,6 +457,18 @@ impl Snapshot {
     /// Drops for one reason.
     pub fn drops_for(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
+    }
+
+    /// Whether the page belongs to neither root nor this process's user:
+    /// another local user wrote it, and all of it may be made up.
+    pub fn foreign_owner(&self) -> bool {
+        self.owner_uid != 0 && self.owner_uid != safe_fs::euid()
+    }
+
+    /// Whether a live process still writes the page: its writer runs and
+    /// the session is not over. Such a page is not taken over.
+    fn held(&self) -> bool {
+        !self.state.is_final() && pid_alive(self.writer_pid)
     }
 
     /// Whether the writer process is gone or has not updated the page for
@@ -526,6 +551,7 @@ impl Snapshot {
         drops.copy_from_slice(&w[DROPS..DROPS + DropReason::COUNT]);
         Ok(Snapshot {
             writer_pid: w[WRITER_PID],
+            owner_uid: w[OWNER_UID] as u32,
             heartbeat_ns: w[HEARTBEAT_NS],
             state: State::from_u64(w[STATE]).ok_or_else(|| bad("unknown state"))?,
             error: ErrorCode::from_u32(w[ERROR_CODE] as u32).unwrap_or(ErrorCode::Internal),
@@ -597,11 +623,34 @@ fn pid_alive(pid: u64) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Directory holding status pages: `$XDPCAST_STATUS_DIR` or `/dev/shm`.
+/// Where root's receivers keep their pages unless `$XDPCAST_STATUS_DIR`
+/// says otherwise: under `/run`, where no other user can create it first.
+pub const DEFAULT_DIR: &str = "/run/xdpcast";
+
+/// Directory holding status pages: `$XDPCAST_STATUS_DIR` or
+/// [`DEFAULT_DIR`]. Readers look there; so do writers running as root.
 pub fn status_dir() -> PathBuf {
     std::env::var_os("XDPCAST_STATUS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// Directory a writer puts its pages in: [`status_dir`], except for a user
+/// other than root without `$XDPCAST_STATUS_DIR`, who cannot create
+/// [`DEFAULT_DIR`] and gets `/dev/shm/xdpcast-UID` (readers then need
+/// `XDPCAST_STATUS_DIR` set to it).
+fn writer_dir() -> PathBuf {
+    let uid = safe_fs::euid();
+    if uid != 0 && std::env::var_os("XDPCAST_STATUS_DIR").is_none() {
+        return PathBuf::from(format!("/dev/shm/xdpcast-{uid}"));
+    }
+    status_dir()
+}
+
+/// Path of the page a writer creates for session `name`.
+pub fn writer_page_path(name: &str) -> Result<PathBuf> {
+    let p = page_path(name)?;
+    Ok(writer_dir().join(p.file_name().expect("a page has a file name")))
 }
 
 /// File name prefix of status pages.
@@ -686,10 +735,17 @@ impl Mapped {
 pub struct StatusWriter {
     page: Mapped,
     path: PathBuf,
+    /// The page's directory and the page file, to remove exactly this file.
+    dir: PrivateDir,
+    file: File,
 }
 
 impl StatusWriter {
-    /// Create (or take over) the page at `path`, readable by everyone.
+    /// Create the page at `path`, readable by everyone, in a directory
+    /// only this user may write (created if missing, see [`PrivateDir`]).
+    /// A page already there is replaced if it is a stale or finished page
+    /// of this user; a page whose writer still runs, a file of another
+    /// user or a symbolic link is refused.
     pub fn create(path: &Path) -> Result<StatusWriter> {
         let err = |e: std::io::Error| {
             Error::new(
@@ -697,17 +753,20 @@ impl StatusWriter {
                 format!("status page {}: {e}", path.display()),
             )
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map_err(err)?;
-        // The umask may have narrowed the mode; monitors run unprivileged.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(err)?;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(err(std::io::ErrorKind::InvalidInput.into()));
+        };
+        let dir = PrivateDir::open(dir).map_err(err)?;
+        let file = match dir.create(name, 0o644) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Self::check_replaceable(&dir, name, path)?;
+                dir.remove(name).map_err(err)?;
+                // Another writer may have got there in between: refused too.
+                dir.create(name, 0o644).map_err(err)?
+            }
+            r => r.map_err(err)?,
+        };
         file.set_len(PAGE_SIZE as u64).map_err(err)?;
         let page = Mapped::map(&file, path, true)?;
         let w = page.words();
@@ -716,11 +775,54 @@ impl StatusWriter {
         }
         w[offsets::VERSION].store(LAYOUT_VERSION, Ordering::Relaxed);
         w[offsets::PAGE_SIZE].store(PAGE_SIZE as u64, Ordering::Relaxed);
+        w[offsets::OWNER_UID].store(u64::from(safe_fs::euid()), Ordering::Relaxed);
         w[offsets::MAGIC].store(PAGE_MAGIC, Ordering::Release);
         Ok(StatusWriter {
             page,
             path: path.to_path_buf(),
+            dir,
+            file,
         })
+    }
+
+    /// Whether the file `name` found in the page directory may be replaced.
+    fn check_replaceable(dir: &PrivateDir, name: &str, path: &Path) -> Result<()> {
+        let refuse = |why: String| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("status page {}: {why}; not taken over", path.display()),
+            )
+        };
+        let f = dir
+            .open_file(name)
+            .map_err(|e| refuse(format!("{e} (a symbolic link?)")))?;
+        let m = f.metadata().map_err(|e| refuse(e.to_string()))?;
+        if !m.is_file() || m.uid() != safe_fs::euid() {
+            return Err(refuse(format!(
+                "not a page file of this user (uid {}, {:?})",
+                m.uid(),
+                m.file_type()
+            )));
+        }
+        // Not a page at all (or torn beyond reading): nobody's, replaced.
+        let old = Mapped::map(&f, path, false).and_then(|p| {
+            StatusReader {
+                page: p,
+                owner_uid: m.uid(),
+            }
+            .read()
+        });
+        if let Ok(s) = old {
+            if s.held() {
+                return Err(refuse(format!(
+                    "session {} is {} in live receiver pid {} (xdpcast close --force removes its page)",
+                    s.name,
+                    s.state.name(),
+                    s.writer_pid
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Path of the page.
@@ -742,9 +844,15 @@ impl StatusWriter {
         seq.fetch_add(1, Ordering::Release);
     }
 
-    /// Remove the page (the session is closed).
+    /// Remove the page (the session is closed), if it is still this
+    /// writer's: a page created since under the same name stays.
     pub fn remove(&self) -> Result<()> {
-        std::fs::remove_file(&self.path).map_err(|e| {
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        self.dir.remove_if_same(name, &self.file).map_err(|e| {
             Error::new(
                 ErrorCode::TargetIo,
                 format!("remove {}: {e}", self.path.display()),
@@ -763,21 +871,38 @@ pub const STUCK_AFTER: Duration = Duration::from_millis(500);
 /// The reading side: any process, no privileges beyond read access.
 pub struct StatusReader {
     page: Mapped,
+    /// Owner of the page file.
+    owner_uid: u32,
 }
 
 impl StatusReader {
-    /// Map the page at `path` read-only.
+    /// Map the page at `path` read-only (not through a symbolic link).
     pub fn open(path: &Path) -> Result<StatusReader> {
-        let file = File::open(path).map_err(|e| {
+        let err = |e: std::io::Error| {
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 ErrorCode::InvalidArgument
             } else {
                 ErrorCode::TargetIo
             };
             Error::new(code, format!("status page {}: {e}", path.display()))
-        })?;
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(err)?;
+        let owner_uid = file.metadata().map_err(err)?.uid();
         Ok(StatusReader {
             page: Mapped::map(&file, path, false)?,
+            owner_uid,
+        })
+    }
+
+    /// The snapshot of `words`, with the owner of the file.
+    fn snapshot(&self, words: &[u64; WORDS]) -> Result<Snapshot> {
+        Ok(Snapshot {
+            owner_uid: self.owner_uid,
+            ..Snapshot::from_words(words)?
         })
     }
 
@@ -803,12 +928,12 @@ impl StatusReader {
             }
             fence(Ordering::Acquire);
             if s1 & 1 == 0 && w[offsets::SEQ].load(Ordering::Relaxed) == s1 {
-                return Snapshot::from_words(&copy);
+                return self.snapshot(&copy);
             }
             if start.elapsed() >= STUCK_AFTER {
                 let pid = copy[offsets::WRITER_PID];
                 if !pid_alive(pid) {
-                    return Snapshot::from_words(&copy);
+                    return self.snapshot(&copy);
                 }
                 return Err(Error::new(
                     ErrorCode::Timeout,
@@ -902,7 +1027,7 @@ mod tests {
             !got.is_stale(Duration::from_secs(1)),
             "final pages are never stale"
         );
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&p).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o644);
         w.remove().unwrap();
         assert!(!p.exists());

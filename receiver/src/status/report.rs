@@ -55,6 +55,13 @@ pub fn human(s: &Snapshot) -> String {
         "session   {} ({}, id {:#010x})",
         s.name, s.group, s.session_id
     );
+    if s.foreign_owner() {
+        let _ = writeln!(
+            o,
+            "WARNING   page owned by uid {}, neither root nor you: another user may have written all of it",
+            s.owner_uid
+        );
+    }
     let _ = writeln!(o, "state     {}  error {}", s.state.name(), s.error);
     let _ = writeln!(o, "path      {}  target {}", s.mode.name(), s.target);
     let _ = writeln!(
@@ -166,6 +173,11 @@ pub struct SessionReport {
     pub mode: String,
     /// The receiver is gone or silent while the session is not final.
     pub stale: bool,
+    /// Owner of the page file.
+    pub owner_uid: u32,
+    /// The page belongs to neither root nor the reader's user: another
+    /// local user wrote it and all of it may be made up.
+    pub foreign_owner: bool,
     /// Sender's session id.
     pub session_id: u64,
     /// Pid of the receiver writing the page.
@@ -293,6 +305,8 @@ impl SessionReport {
             error: s.error.name().into(),
             mode: s.mode.name().into(),
             stale: s.is_stale(STALE_AFTER),
+            owner_uid: s.owner_uid,
+            foreign_owner: s.foreign_owner(),
             session_id: s.session_id,
             writer_pid: s.writer_pid,
             heartbeat_ns: s.heartbeat_ns,
@@ -527,6 +541,11 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "xdpcast_session_stale",
         "1 if the receiver died or has not updated the page for 5 s while running.",
         |s| f64::from(u8::from(s.is_stale(STALE_AFTER))),
+    ),
+    gauge(
+        "xdpcast_session_foreign_owner",
+        "1 if the page belongs to neither root nor the reader's user (it may be forged).",
+        |s| f64::from(u8::from(s.foreign_owner())),
     ),
     gauge(
         "xdpcast_session_writer_pid",

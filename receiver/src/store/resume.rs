@@ -7,12 +7,18 @@
 //! Layout (little-endian): magic `XDPCRSM1`, session id u32, block size
 //! u32, block count u64, total size u64, then `ceil(block_count / 64)` u64
 //! words of the bitmap.
+//!
+//! Both files are opened only if they are this user's own, never through a
+//! symbolic link: an older file of someone else is ignored, and a link at
+//! the temporary name makes saving fail (with a warning) rather than
+//! write through it.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::proto::wire::Geometry;
+use crate::safe_fs;
 
 const MAGIC: &[u8; 8] = b"XDPCRSM1";
 const HEADER: usize = 8 + 4 + 4 + 8 + 8;
@@ -37,7 +43,7 @@ fn header(session: u32, g: &Geometry) -> Vec<u8> {
 /// The bitmap words saved for this session and geometry, if any.
 pub fn load(path: &Path, session: u32, g: &Geometry) -> Option<Vec<u64>> {
     let mut buf = Vec::new();
-    File::open(path).ok()?.read_to_end(&mut buf).ok()?;
+    safe_fs::open_own(path)?.read_to_end(&mut buf).ok()?;
     let words = g.block_count.div_ceil(64) as usize;
     if buf.len() != HEADER + words * 8 || buf[..HEADER] != header(session, g)[..] {
         return None;
@@ -57,10 +63,10 @@ pub fn save(path: &Path, session: u32, g: &Geometry, words: &[u64]) -> std::io::
     let tmp = PathBuf::from(tmp);
     let mut buf = header(session, g);
     buf.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(&buf)?;
-        f.sync_all()
-    });
+    // Created anew, never through a symbolic link; rename replaces what is
+    // at `path` (a link there included) without following it.
+    let mut f = safe_fs::create_fresh(&tmp, 0o600)?;
+    let written = f.write_all(&buf).and_then(|()| f.sync_all());
     if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         // A full disk leaves a partial file: do not let it take more room.
         let _ = std::fs::remove_file(&tmp);

@@ -6,7 +6,7 @@
 //! [`ErrorCode::DiskFull`] up front instead of a `SIGBUS` on a page fault in
 //! the middle of the transfer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -16,6 +16,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::safe_fs;
 
 /// A writable shared mapping of the first `len` bytes of the target.
 #[derive(Debug)]
@@ -39,16 +40,7 @@ impl Target {
         let io = |what: &str, e: std::io::Error| {
             Error::target_io(&format!("{what} {}", path.display()), &e)
         };
-        let block_device = std::fs::metadata(path)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(!block_device)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io("cannot open target", e))?;
+        let (mut file, block_device) = open_out(path)?;
         if block_device {
             let size = file
                 .seek(SeekFrom::End(0))
@@ -176,6 +168,7 @@ impl Target {
 /// filesystem is reported when the session starts, not at the first packet.
 pub fn check_writable(path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
+    safe_fs::check_out(path).map_err(|e| Error::target_io("refusing target", &e))?;
     let exists = std::fs::symlink_metadata(path).is_ok();
     let (probe, mode, what) = if exists {
         (path, libc::W_OK, "cannot write target")
@@ -198,6 +191,18 @@ pub fn check_writable(path: &Path) -> Result<()> {
         return Err(Error::target_io(&format!("{what} {}", probe.display()), &e));
     }
     Ok(())
+}
+
+/// Open the target `path` for reading and writing: an existing file or
+/// block device, or a new file, never through a symbolic link another user
+/// planted ([`safe_fs::open_out`]). Returns it and whether it is a block
+/// device.
+pub fn open_out(path: &Path) -> Result<(File, bool)> {
+    let io =
+        |e: std::io::Error| Error::target_io(&format!("cannot open target {}", path.display()), &e);
+    let file = safe_fs::open_out(path).map_err(io)?;
+    let block_device = file.metadata().map_err(io)?.file_type().is_block_device();
+    Ok((file, block_device))
 }
 
 /// SHA-256 of the first `len` bytes of a reader.

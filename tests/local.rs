@@ -1,0 +1,319 @@
+//! A local unprivileged user (nobody, through `setpriv`) against a root
+//! receiver on the same machine (docs/security.md): symbolic links planted
+//! at the status page, at the resume file's temporary name and at `--out`
+//! in a sticky directory are not followed and nothing is clobbered; a page
+//! of another user is not taken over; a page held by a live receiver is
+//! refused and a stale one replaced; readers flag a page another user owns.
+//!
+//! These tests need root; they are skipped only when
+//! `XDPCAST_SKIP_NETNS=1` says the machine cannot run them.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::page::State;
+use xdpcast::ErrorCode;
+
+const MIB: usize = 1 << 20;
+
+/// `program args...` as nobody.
+fn nobody(program: &str) -> Command {
+    as_nobody(Command::new("setpriv"), program)
+}
+
+/// nobody plants a symbolic link at `link` pointing to `to`.
+fn plant_link(to: &Path, link: &Path) {
+    let out = nobody("ln")
+        .args(["-s", to.to_str().unwrap(), link.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ln: {}", text(&out));
+    assert_eq!(std::fs::symlink_metadata(link).unwrap().uid(), NOBODY);
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A directory like /tmp: sticky, writable by everyone.
+fn sticky_dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// A root-owned file with known content and mode 0600.
+fn victim(dir: &Path) -> PathBuf {
+    let v = dir.join("victim");
+    std::fs::write(&v, b"root's secret").unwrap();
+    std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o600)).unwrap();
+    v
+}
+
+fn assert_untouched(v: &Path) {
+    assert_eq!(std::fs::read(v).unwrap(), b"root's secret");
+    let m = std::fs::metadata(v).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o600));
+}
+
+/// `xdpcast receive` on lo (socket path) with status directory `status`,
+/// giving up after `wait` seconds without packets; run to its end.
+fn receive(ns: &Netns, status: &Path, name: &str, out: &Path, wait: &str) -> Output {
+    xdpcast(ns)
+        .env("XDPCAST_STATUS_DIR", status)
+        .args(["receive", "--group", "239.45.0.1:5000", "--iface", "lo"])
+        .args(["--mode", "socket", "--name", name, "--keep-status"])
+        .args(["--start-timeout", wait, "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn assert_exit(o: &Output, code: ErrorCode, says: &str) {
+    assert_eq!(o.status.code(), Some(100 + code as i32), "{}", text(o));
+    assert!(text(o).contains(says), "{says:?} not in: {}", text(o));
+}
+
+fn netns() -> Netns {
+    let ns = Netns::new("xdpc-local");
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    ns
+}
+
+#[test]
+fn status_pages_only_in_a_directory_of_the_receivers_own() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-page");
+    let v = victim(&dir.0);
+    let out = dir.join("out.img");
+    // A world-writable status directory (like /dev/shm), where nobody has
+    // planted a link at the page name and a page of its own: refused.
+    let shared = sticky_dir(&dir.0, "shm");
+    plant_link(&v, &shared.join("xdpcast.a"));
+    let o = receive(&ns, &shared, "a", &out, "1");
+    assert_exit(
+        &o,
+        ErrorCode::InvalidArgument,
+        "writable by group or others",
+    );
+    assert_untouched(&v);
+    // The status directory itself a link (to a directory of root's): refused.
+    let real = dir.join("real");
+    std::fs::create_dir(&real).unwrap();
+    let linked = dir.join("linked");
+    std::os::unix::fs::symlink(&real, &linked).unwrap();
+    let o = receive(&ns, &linked, "a", &out, "1");
+    assert_exit(&o, ErrorCode::InvalidArgument, "O_NOFOLLOW");
+    // A directory of nobody's: refused to root too.
+    let theirs = dir.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let o = receive(&ns, &theirs, "a", &out, "1");
+    assert_exit(&o, ErrorCode::InvalidArgument, "belongs to uid 65534");
+    // In root's own directory, a file of nobody's (as if planted earlier)
+    // or a link at the page name is not taken over.
+    let own = dir.join("pages");
+    std::fs::create_dir(&own).unwrap();
+    let planted = own.join("xdpcast.b");
+    std::fs::write(&planted, vec![0u8; 8192]).unwrap();
+    std::os::unix::fs::chown(&planted, Some(NOBODY), Some(NOBODY)).unwrap();
+    let o = receive(&ns, &own, "b", &out, "1");
+    assert_exit(&o, ErrorCode::InvalidArgument, "not taken over");
+    assert_eq!(std::fs::metadata(&planted).unwrap().uid(), NOBODY);
+    std::os::unix::fs::symlink(&v, own.join("xdpcast.c")).unwrap();
+    let o = receive(&ns, &own, "c", &out, "1");
+    assert_exit(&o, ErrorCode::InvalidArgument, "not taken over");
+    assert_untouched(&v);
+    // The directory is created when missing, private to root.
+    let fresh = dir.join("fresh");
+    let o = receive(&ns, &fresh, "d", &out, "1");
+    assert_exit(&o, ErrorCode::Timeout, "");
+    let m = std::fs::metadata(&fresh).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o755));
+    assert_eq!(read_page(&fresh, "d").owner_uid, 0);
+}
+
+#[test]
+fn a_live_receivers_page_is_refused_and_a_stale_one_replaced() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-live");
+    let out = dir.join("out.img");
+    let mut first = start_receiver(
+        xdpcast(&ns),
+        &dir.0,
+        "held",
+        "239.45.0.2:5000",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--start-timeout",
+            "120",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let page = read_page(&dir.0, "held");
+    assert_eq!(page.state, State::InProgress);
+    let o = receive(&ns, &dir.0, "held", &out, "1");
+    assert_exit(&o, ErrorCode::InvalidArgument, "live receiver pid");
+    assert_eq!(read_page(&dir.0, "held").writer_pid, page.writer_pid);
+    // Killed: its page is stale and the next receiver takes the name.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = receive(&ns, &dir.0, "held", &out, "1");
+    assert_exit(&o, ErrorCode::Timeout, "");
+    let s = read_page(&dir.0, "held");
+    assert_ne!(s.writer_pid, page.writer_pid);
+    assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Timeout));
+}
+
+#[test]
+fn readers_flag_a_page_owned_by_another_user() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-flag");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pages = dir.join("pages");
+    std::fs::create_dir(&pages).unwrap();
+    std::os::unix::fs::chown(&pages, Some(NOBODY), Some(NOBODY)).unwrap();
+    // nobody's receiver writes its page (FAILURE, nothing arrived).
+    let mut c = nobody(env!("CARGO_BIN_EXE_xdpcast"));
+    let o = c
+        .env("XDPCAST_STATUS_DIR", &pages)
+        .args(["receive", "--group", "239.45.0.3:5000", "--iface", "lo"])
+        .args(["--mode", "socket", "--name", "theirs", "--keep-status"])
+        .args(["--start-timeout", "1", "--out"])
+        .arg(dir.join("out.img"))
+        .output()
+        .unwrap();
+    assert_exit(&o, ErrorCode::Timeout, "");
+    drop(ns);
+    let s = read_page(&pages, "theirs");
+    assert_eq!(s.owner_uid, NOBODY);
+    assert!(s.foreign_owner());
+    let status = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xdpcast"));
+        c.env("XDPCAST_STATUS_DIR", &pages).arg("status");
+        if json {
+            c.arg("--json");
+        }
+        let o = c.arg("theirs").output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(status(false).contains("WARNING   page owned by uid 65534"));
+    let json = status(true);
+    assert!(
+        json.contains("\"owner_uid\":65534,\"foreign_owner\":true"),
+        "{json}"
+    );
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/status_reader.py"))
+        .arg("theirs")
+        .env("XDPCAST_STATUS_DIR", &pages)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", text(&py));
+    assert!(String::from_utf8_lossy(&py.stdout).contains("\"foreign_owner\":true"));
+    // nobody reading its own page: not flagged.
+    let o = nobody(env!("CARGO_BIN_EXE_xdpcast"))
+        .env("XDPCAST_STATUS_DIR", &pages)
+        .args(["status", "--json", "theirs"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("\"foreign_owner\":false"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn planted_links_at_out_and_at_the_resume_file_are_not_followed() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-out");
+    let pages = dir.join("pages");
+    let tmp = sticky_dir(&dir.0, "tmp");
+    let v = victim(&dir.0);
+    // --out: nobody's link in a sticky directory: refused before anything.
+    let out = tmp.join("out.img");
+    plant_link(&v, &out);
+    let o = receive(&ns, &pages, "out", &out, "1");
+    assert_exit(&o, ErrorCode::TargetIo, "protected_symlinks");
+    assert_untouched(&v);
+    // A file nobody put there first is not written either.
+    let theirs = tmp.join("theirs.img");
+    nobody("touch").arg(&theirs).status().unwrap();
+    let o = receive(&ns, &pages, "out", &theirs, "1");
+    assert_exit(&o, ErrorCode::TargetIo, "protected_regular");
+    // root's own link there (like /dev/disk/by-id/...): followed.
+    let target = dir.join("by-id-target.img");
+    let by_id = tmp.join("by-id.img");
+    std::os::unix::fs::symlink(&target, &by_id).unwrap();
+    std::fs::write(&target, b"").unwrap();
+    // A link at the resume file's temporary name: the transfer goes on,
+    // the resume file is not saved through it.
+    let resume_tmp = tmp.join("by-id.img.xdpcast-resume.tmp");
+    plant_link(&v, &resume_tmp);
+    let src = dir.join("src.img");
+    make_image(&src, 4 * MIB + 3, 31);
+    let rx = start_receiver(
+        xdpcast(&ns),
+        &pages,
+        "resume",
+        "239.45.0.4:5000",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            by_id.to_str().unwrap(),
+        ],
+    );
+    let tx = start_sender(
+        &ns,
+        "lo",
+        "239.45.0.4:5000",
+        &src,
+        &["--rate", "12M", "--block-size", "1400"],
+    );
+    assert!(wait_output(tx, Duration::from_secs(60), "sender")
+        .status
+        .success());
+    let o = wait_output(rx, Duration::from_secs(60), "receiver");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot save the resume file"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(sha256_hex(&src), sha256_hex(&target));
+    assert_untouched(&v);
+    assert!(std::fs::symlink_metadata(&resume_tmp)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
