@@ -196,6 +196,10 @@ enum Cmd {
         comment: String,
     },
     /// Print the status page of one session, or of all sessions.
+    ///
+    /// Pages are read from $XDPCAST_STATUS_DIR (default /run/xdpcast); a page
+    /// owned by neither root nor you is flagged with a WARNING line (JSON:
+    /// "foreign_owner": true), as another user may have written it.
     Status {
         /// Session name (default: every session on this machine).
         name: Option<String>,
