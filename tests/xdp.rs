@@ -442,6 +442,16 @@ fn frames_on_a_queue_without_a_socket_are_reported() {
         )),
         "{text}"
     );
+    let monitor = xdpcast(&net.b)
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["monitor", "--once"])
+        .output()
+        .unwrap();
+    let monitor = String::from_utf8_lossy(&monitor.stdout);
+    assert!(
+        monitor.contains(&format!("UNSERVED {} on queue 0", s.diag.unserved_frames)),
+        "{monitor}"
+    );
     let metrics = xdpcast(&net.b)
         .env("XDPCAST_STATUS_DIR", &dir.0)
         .args(["metrics", "--print"])

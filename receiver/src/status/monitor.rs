@@ -96,9 +96,19 @@ fn fields(s: &Snapshot) -> Vec<Field> {
     if s.state == State::Failure {
         let _ = write!(state, " {}", s.error);
     }
-    let mut v = vec![
-        f(9, format!("{:>5.1}%", percent(s))),
-        f(8, state),
+    let mut v = vec![f(9, format!("{:>5.1}%", percent(s))), f(8, state)];
+    if s.diag.unserved_frames > 0 {
+        // A setup mistake that loses frames: shown before the figures.
+        v.push(f(
+            7,
+            format!(
+                "UNSERVED {} on queue {}",
+                s.diag.unserved_frames,
+                s.diag.queue_list()
+            ),
+        ));
+    }
+    v.extend([
         f(
             3,
             format!(
@@ -108,7 +118,7 @@ fn fields(s: &Snapshot) -> Vec<Field> {
             ),
         ),
         f(6, report::rate(s.rate_bps)),
-    ];
+    ]);
     if let Some(eta) = eta(s) {
         v.push(f(5, format!("eta {}", clock(eta))));
     }
@@ -380,6 +390,18 @@ mod tests {
         let l40 = line(name, &page, Some(40), true);
         assert!(!l40.contains('['), "{l40}");
         assert!(l40.contains("40.0%  IN_PROGRESS"), "{l40}");
+    }
+
+    #[test]
+    fn unserved_frames_come_right_after_the_state() {
+        let mut s = running();
+        s.diag.unserved_frames = 99;
+        s.diag.unserved_queues = 0b110;
+        let page = ok(s);
+        let l = line("img", &page, Some(80), true);
+        assert!(l.contains("IN_PROGRESS  UNSERVED 99 on queue 1,2  "), "{l}");
+        assert!(columns(&l) < 80, "{l}");
+        assert!(line("img", &page, None, false).contains("UNSERVED 99 on queue 1,2"));
     }
 
     #[test]

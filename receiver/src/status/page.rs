@@ -307,6 +307,17 @@ impl DiagStatus {
     pub fn queues(&self) -> impl Iterator<Item = u32> + '_ {
         (0..64).filter(|q| self.unserved_queues & (1 << q) != 0)
     }
+
+    /// Those queues for people: `1,3`, or `above 63` when the frames came
+    /// only on queues past the mask.
+    pub fn queue_list(&self) -> String {
+        let queues: Vec<String> = self.queues().map(|q| q.to_string()).collect();
+        if queues.is_empty() {
+            "above 63".into()
+        } else {
+            queues.join(",")
+        }
+    }
 }
 
 /// Signed-session words of the trust region (words 513..527; word 512,

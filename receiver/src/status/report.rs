@@ -135,16 +135,11 @@ pub fn human(s: &Snapshot) -> String {
 /// what the XDP program passed to the kernel for want of a socket on the
 /// queue (see [`UNSERVED_FIX`]).
 pub fn unserved(d: &DiagStatus) -> String {
-    let queues: Vec<String> = d.queues().map(|q| q.to_string()).collect();
     format!(
         "{} frames of the session on RX queue{} {} without an AF_XDP socket, not received",
         d.unserved_frames,
-        if queues.len() == 1 { "" } else { "s" },
-        if queues.is_empty() {
-            "above 63".into()
-        } else {
-            queues.join(",")
-        }
+        if d.queues().count() == 1 { "" } else { "s" },
+        d.queue_list()
     )
 }
 
