@@ -304,7 +304,8 @@ pub fn sender_socket(group: Group, iface: &str, ttl: u32, from: Option<IpAddr>) 
         }
     }
     if let Some(ip) = from.or(addr.is_ipv4().then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))) {
-        sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+        // A link-local source (fe80::) is scoped to `iface` like the group.
+        sock.bind(&SockAddr::from(scoped(SocketAddr::new(ip, 0), ifindex)))
             .map_err(|e| net_err(format!("bind {ip}"), e))?;
     }
     sock.connect(&SockAddr::from(addr))
