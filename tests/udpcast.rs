@@ -262,13 +262,22 @@ fn xdpcast_and_udp_receiver_finish_the_same_session() {
     assert_page(&dir.0, &src);
 }
 
-/// A process killed (and reaped) when the test ends, however it ends.
-struct KillOnDrop(Child);
+/// A process killed (and reaped) when the test ends, however it ends,
+/// unless taken back to be waited for.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> Child {
+        self.0.take().expect("a process")
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -299,7 +308,7 @@ fn forger(ns: &Netns, group: &str, src: &str, data: bool) -> KillOnDrop {
         src,
         if data { "1" } else { "0" },
     ]);
-    KillOnDrop(spawn(c))
+    KillOnDrop(Some(spawn(c)))
 }
 
 /// udp-sender on host a to xdpcast on host b (data path `mode`), while host
@@ -326,10 +335,12 @@ fn forged_packets_neither_land_nor_end_the_transfer(mode: &str, group: &str, see
     let rx = xdpcast_udpcast_in(&b.ns, &b.iface, &dir.0, &dst, group, mode, &[]);
     let _foreign = forger(&c.ns, group, &c.addr, true);
     let _spoofed = forger(&c.ns, group, &a.addr, false);
-    let tx = udp_sender(&a.ns, &a.iface, &src, group, 1, &[]);
-    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    let tx = KillOnDrop(Some(udp_sender(&a.ns, &a.iface, &src, group, 1, &[])));
+    // The receiver first: one that took a forged end marker stops early
+    // and leaves the sender waiting.
     assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
     assert_eq!(sha256_hex(&src), sha256_hex(&dst), "nothing forged landed");
+    assert_ok(&wait_output(tx.take(), LIMIT, "udp-sender"), "udp-sender");
     let s = read_page(&dir.0, "udpc");
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
     let len = std::fs::metadata(&src).unwrap().len();
