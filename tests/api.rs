@@ -873,17 +873,19 @@ fn unprivileged_process_reads_the_live_page_of_a_root_receiver() {
     assert_failed(&out, &dir.0, "up", ErrorCode::Cancelled);
 }
 
-/// A tmux server of our own (its own socket), killed on drop.
-struct Tmux(String);
+/// A tmux server of our own, on a socket in a test directory; killed and
+/// its socket removed on drop.
+struct Tmux(PathBuf);
 
 impl Tmux {
-    fn new() -> Tmux {
-        Tmux(unique("xdpc-tmux"))
+    fn new(dir: &Path) -> Tmux {
+        Tmux(dir.join("tmux.sock"))
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
         Command::new("tmux")
-            .args(["-L", &self.0])
+            .arg("-S")
+            .arg(&self.0)
             .args(args)
             .output()
             .expect("tmux (setup.sh installs it)")
@@ -893,6 +895,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -916,7 +919,7 @@ fn monitor_fits_80_and_200_column_terminals() {
     wait_for(Duration::from_secs(30), "first blocks", || {
         try_read(&dir.0, name).filter(|s| s.blocks_done > 0 && s.rate_bps > 0)
     });
-    let tmux = Tmux::new();
+    let tmux = Tmux::new(&dir.0);
     let monitor = format!(
         "env XDPCAST_STATUS_DIR={} {} monitor --interval-ms 100",
         dir.0.display(),
