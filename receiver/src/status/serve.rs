@@ -6,7 +6,8 @@
 //! connection, never the others. hyper parses the requests (no HTTP parsing
 //! here), closes a connection whose request head is not complete within
 //! [`Limits::header_timeout`], and applies the same timeout to a kept-alive
-//! connection waiting for its next request (idle timeout). At most
+//! connection waiting for its next request (idle timeout); no connection
+//! lasts beyond [`Limits::max_connection_time`] plus that timeout. At most
 //! [`Limits::max_connections`] are open at once; further ones wait in the
 //! listen backlog. Pages are read on tokio's blocking pool, as a reader may
 //! wait up to [`crate::status::page::STUCK_AFTER`] for a stuck writer.
@@ -17,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{service_fn, HttpService};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
@@ -41,6 +42,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Time a connection is served, however busy; then it is closed after
+    /// the request in hand (clients reconnect).
+    pub max_connection_time: Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +52,7 @@ impl Default for Limits {
         Limits {
             header_timeout: Duration::from_secs(5),
             max_connections: 256,
+            max_connection_time: Duration::from_secs(60),
         }
     }
 }
@@ -106,6 +111,30 @@ async fn answer(req: Request<Incoming>) -> std::result::Result<Response<Full<Byt
     })
 }
 
+/// Drive one connection for at most [`Limits::max_connection_time`]; then
+/// finish the request in hand (graceful shutdown) and close, cutting off
+/// after another [`Limits::header_timeout`] a client that does not read
+/// its answer.
+async fn serve_for<I, S>(conn: http1::Connection<I, S>, limits: Limits) -> hyper::Result<()>
+where
+    S: HttpService<Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let mut conn = std::pin::pin!(conn);
+    match tokio::time::timeout(limits.max_connection_time, conn.as_mut()).await {
+        Ok(done) => done,
+        Err(_) => {
+            conn.as_mut().graceful_shutdown();
+            // Elapsed again: dropping the connection closes the socket.
+            tokio::time::timeout(limits.header_timeout, conn)
+                .await
+                .unwrap_or(Ok(()))
+        }
+    }
+}
+
 /// Serve the metrics on `listener` until the process is killed; with
 /// `once`, serve the first connection (one request, no keep-alive) and
 /// return.
@@ -143,17 +172,71 @@ pub fn serve_metrics(listener: TcpListener, limits: Limits, once: bool) -> Resul
                 }
             };
             let conn = http.serve_connection(TokioIo::new(stream), service_fn(answer));
+            let served = serve_for(conn, limits);
             if once {
-                return conn
+                return served
                     .await
                     .map_err(|e| Error::new(ErrorCode::Network, format!("metrics request: {e}")));
             }
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                if let Err(e) = served.await {
                     log::debug!("metrics connection from {peer}: {e}");
                 }
                 drop(slot);
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A client that asks for a large answer and never reads it holds the
+    /// connection (hyper waits to write) only until the connection's time
+    /// is up and the graceful shutdown's grace has passed.
+    #[test]
+    fn a_client_that_does_not_read_is_cut_off() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(500),
+            max_connections: 1,
+            max_connection_time: Duration::from_millis(500),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (served_tx, served_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            // Read nothing until the server is done with the connection.
+            served_rx.recv().unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            got.len()
+        });
+        const BODY: usize = 64 << 20;
+        let result = rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let big = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; BODY]))))
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), big);
+            // Only a guard against hanging the test suite.
+            tokio::time::timeout(Duration::from_secs(120), serve_for(conn, limits)).await
+        });
+        assert!(result.is_ok(), "the connection was never cut off");
+        served_tx.send(()).unwrap();
+        let received = client.join().unwrap();
+        assert!(received < BODY, "the whole answer went out: {received}");
+    }
 }
