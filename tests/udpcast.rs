@@ -315,7 +315,12 @@ fn forger(ns: &Netns, group: &str, src: &str, data: bool) -> KillOnDrop {
 /// c sends forged data blocks and end markers from its own address and
 /// forged end markers from the sender's address. The image still arrives
 /// whole, with SUCCESS; the forgeries are counted as drops.
-fn forged_packets_neither_land_nor_end_the_transfer(mode: &str, group: &str, seed: u64) {
+fn forged_packets_neither_land_nor_end_the_transfer(
+    mode: &str,
+    group: &str,
+    seed: u64,
+    source: bool,
+) {
     let lan = Lan::new(3);
     let [a, b, c] = &lan.hosts[..] else {
         unreachable!()
@@ -332,7 +337,9 @@ fn forged_packets_neither_land_nor_end_the_transfer(mode: &str, group: &str, see
         "nodad",
     ]);
     let Images { dir, src, dst } = Images::new("xdpc-udpc-forged", 8 * MIB + 555, seed);
-    let rx = xdpcast_udpcast_in(&b.ns, &b.iface, &dir.0, &dst, group, mode, &[]);
+    let only = ["--source", a.addr.as_str()];
+    let extra: &[&str] = if source { &only } else { &[] };
+    let rx = xdpcast_udpcast_in(&b.ns, &b.iface, &dir.0, &dst, group, mode, extra);
     let _foreign = forger(&c.ns, group, &c.addr, true);
     let _spoofed = forger(&c.ns, group, &a.addr, false);
     let tx = KillOnDrop(Some(udp_sender(&a.ns, &a.iface, &src, group, 1, &[])));
@@ -360,7 +367,9 @@ fn forged_udpcast_packets_do_not_land_or_end_the_transfer_over_xdp() {
     if !udpcast_installed() {
         return;
     }
-    forged_packets_neither_land_nor_end_the_transfer("xdp", "239.77.0.5", 25);
+    // With --source as well: connect reply from the sender's address only,
+    // and a source-specific join.
+    forged_packets_neither_land_nor_end_the_transfer("xdp", "239.77.0.5", 25, true);
 }
 
 #[test]
@@ -368,5 +377,5 @@ fn forged_udpcast_packets_do_not_land_or_end_the_transfer_over_sockets() {
     if !udpcast_installed() {
         return;
     }
-    forged_packets_neither_land_nor_end_the_transfer("socket", "239.77.0.6", 26);
+    forged_packets_neither_land_nor_end_the_transfer("socket", "239.77.0.6", 26, false);
 }

@@ -1129,7 +1129,13 @@ fn connect(
         let Some((n, SocketAddr::V4(from))) = recv(sock, &mut buf)? else {
             continue;
         };
-        if from.port() != sender_port {
+        // With `--source`, only that sender is heard: a forged hello or
+        // connect reply from anywhere else is not the sender we lock onto.
+        let wrong_host = req
+            .session
+            .source
+            .is_some_and(|s| s != IpAddr::V4(*from.ip()));
+        if from.port() != sender_port || wrong_host {
             continue;
         }
         match parse(&buf[..n]) {
