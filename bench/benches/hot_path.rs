@@ -74,7 +74,8 @@ fn per_block(c: &mut Criterion) {
         let frames: Vec<Vec<u8>> = dgrams.iter().map(|d| fixture::eth_frame(d)).collect();
         let n = dgrams.len();
         let path = dir.join(format!("target-{block_size}"));
-        let warm = Target::open(&path, g.total_size).expect("open target");
+        let warm = Target::open(&path, g.total_size, block_size, &Default::default())
+            .expect("open target");
         warm.write_at(0, &img);
         let mut floor = img.clone();
 

@@ -300,6 +300,7 @@ impl Session {
                     opened.sources.len(),
                 )
                 .with_resume(self.req.resume_file.clone())
+                .with_store(self.req.store)
                 .with_trust(self.req.trust.clone(), self.req.expect_sha256)
                 .with_source(self.req.source),
             );

@@ -18,6 +18,7 @@ use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::send::sender::{self, SendOptions};
 use xdpcast::status::page::{self, StatusReader};
 use xdpcast::status::{monitor, report, serve};
+use xdpcast::store::writer::StoreConfig;
 use xdpcast::{Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
 
 /// Exit status of a failed session: this plus its error code.
@@ -159,12 +160,17 @@ enum Cmd {
         /// Cores to pin the workers to, comma separated.
         #[arg(long, value_delimiter = ',')]
         cores: Option<Vec<usize>>,
-        /// UMEM frames per queue.
-        #[arg(long, default_value_t = 4096)]
+        /// UMEM frames per queue (4 KiB each).
+        #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_FRAMES)]
         frames: u32,
         /// AF_XDP ring size (power of two).
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_RING)]
         ring_size: u32,
+        /// Staging buffer between the workers and the target, MiB. The
+        /// default, 256, absorbs a storage stall of about 215 ms at 10 GbE
+        /// line rate.
+        #[arg(long, default_value_t = xdpcast::store::writer::DEFAULT_BUFFER >> 20)]
+        buffer_mib: u64,
         /// Accept only this session id.
         #[arg(long)]
         session: Option<u32>,
@@ -574,6 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cores,
             frames,
             ring_size,
+            buffer_mib,
             session,
             start_timeout,
             idle_timeout,
@@ -614,6 +621,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     XskCopy::Copy => CopyMode::Copy,
                 },
                 ..XskConfig::default()
+            };
+            req.store = StoreConfig {
+                buffer_bytes: buffer_mib << 20,
             };
             req.queues = queues.and_then(|q| q.0);
             req.cores = cores;

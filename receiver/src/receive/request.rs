@@ -10,6 +10,7 @@ use crate::net::socket::Group;
 use crate::net::steer::AttachRequest;
 use crate::receive::workers;
 use crate::store::target;
+use crate::store::writer::StoreConfig;
 
 /// Which data path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct SessionRequest {
     pub cores: Option<Vec<usize>>,
     /// AF_XDP socket and UMEM sizes.
     pub xsk: XskConfig,
+    /// Staging buffer between the workers and the target.
+    pub store: StoreConfig,
     /// Fail with `Timeout` when no packet of the session arrives this long after start.
     pub start_timeout: Duration,
     /// Fail with `SenderGone` when packets stop arriving this long before completion.
@@ -82,6 +85,7 @@ impl SessionRequest {
             queues: None,
             cores: None,
             xsk: XskConfig::default(),
+            store: StoreConfig::default(),
             start_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
             rcvbuf: 64 << 20,

@@ -197,7 +197,17 @@ impl Signed {
                 continue;
             }
             let (a, b) = self.manifest.chunk_bytes(chunk);
-            let got = chunk_hash(&image.target.read_at(a, (b - a) as usize));
+            let bytes = match image.target.read_at(a, (b - a) as usize) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // The target cannot be read back: the writer's error
+                    // fails the transfer; leave the chunk unverified.
+                    log::warn!("chunk {chunk}: {e}");
+                    self.state[i].store(OPEN, SeqCst);
+                    return;
+                }
+            };
+            let got = chunk_hash(&bytes);
             if got == *want {
                 self.state[i].store(VERIFIED, SeqCst);
                 self.verified.fetch_add(1, SeqCst);

@@ -24,6 +24,7 @@ use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
 use crate::store::resume;
 use crate::store::target::Target;
+use crate::store::writer::StoreConfig;
 
 /// The image being received, known from the first valid packet.
 #[derive(Debug)]
@@ -78,10 +79,13 @@ impl Image {
 
     /// Bytes of written block `index`.
     fn read_block(&self, index: u64) -> Option<Vec<u8>> {
-        self.written.contains(index).then(|| {
-            self.target
-                .read_at(self.geometry.offset(index), self.geometry.block_len(index))
-        })
+        if !self.written.contains(index) {
+            return None;
+        }
+        self.target
+            .read_at(self.geometry.offset(index), self.geometry.block_len(index))
+            .inspect_err(|e| log::warn!("block {index}: {e}"))
+            .ok()
     }
 }
 
@@ -101,6 +105,7 @@ pub struct Transfer {
     fec: fec::Pending,
     resume: Option<PathBuf>,
     resume_failed: AtomicBool,
+    store: StoreConfig,
     workers: Vec<CachePadded<WorkerCounters>>,
     /// Keys a manifest must be signed with (empty: unsigned session).
     trusted: Vec<VerifyingKey>,
@@ -129,6 +134,7 @@ impl Transfer {
             fec: fec::Pending::default(),
             resume: None,
             resume_failed: AtomicBool::new(false),
+            store: StoreConfig::default(),
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
             trusted: Vec::new(),
             pinned: None,
@@ -185,6 +191,12 @@ impl Transfer {
     /// pick up from it when it matches the session.
     pub fn with_resume(mut self, path: Option<PathBuf>) -> Transfer {
         self.resume = path;
+        self
+    }
+
+    /// Stage blocks as `store` says (default: [`StoreConfig::default`]).
+    pub fn with_store(mut self, store: StoreConfig) -> Transfer {
+        self.store = store;
         self
     }
 
@@ -308,8 +320,12 @@ impl Transfer {
         self.first_pass_missing.get().copied()
     }
 
-    /// The fatal error, if any.
+    /// The fatal error, if any (a write error of the target's writer
+    /// thread becomes the transfer's here).
     pub fn failure(&self) -> Option<Error> {
+        if let Some(e) = self.image().and_then(|i| i.target.error()) {
+            self.fail(e);
+        }
         if !self.failed.load(Ordering::Acquire) {
             return None;
         }
@@ -320,7 +336,12 @@ impl Transfer {
     }
 
     fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
-        let target = Target::open(&self.target_path, geometry.total_size)?;
+        let target = Target::open(
+            &self.target_path,
+            geometry.total_size,
+            geometry.block_size,
+            &self.store,
+        )?;
         log::info!(
             "session {session:#010x}: {} bytes in {} blocks of {} into {}",
             geometry.total_size,

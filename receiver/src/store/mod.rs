@@ -1,5 +1,7 @@
-//! Turning blocks into bytes on a file or block device, and the resume file.
+//! Turning blocks into bytes on a file or block device (the target and its
+//! staging writer), and the resume file.
 
 pub mod keys;
 pub mod resume;
 pub mod target;
+pub mod writer;

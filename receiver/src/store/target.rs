@@ -1,39 +1,45 @@
-//! The memory-mapped target: a regular file (created and sized here) or an
-//! existing block device, into which workers copy blocks at their offsets.
+//! The target: a regular file (created and sized here) or an existing block
+//! device, into which blocks go through the staging writer
+//! ([`crate::store::writer`]): workers copy into staging memory, a writer
+//! thread writes whole chunks.
 //!
-//! Space for a regular file is reserved with `fallocate(2)` before the
-//! mapping is made, so a full filesystem is reported as a clean
-//! [`ErrorCode::DiskFull`] up front instead of a `SIGBUS` on a page fault in
-//! the middle of the transfer.
+//! Space for a regular file is reserved with `fallocate(2)` up front, so a
+//! full filesystem is reported as a clean [`ErrorCode::DiskFull`] before the
+//! transfer instead of a failed write in the middle of it. A block device is
+//! also opened with `O_DIRECT` for whole chunks: nothing of its old contents
+//! is read and its page cache is not filled with the image.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use memmap2::{MmapOptions, MmapRaw};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::safe_fs;
+use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters};
 
-/// A writable shared mapping of the first `len` bytes of the target.
+/// `BLKSSZGET` ioctl: logical sector size of a block device (<linux/fs.h>).
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// A target file or block device of `len` bytes behind a staging writer.
 #[derive(Debug)]
 pub struct Target {
-    map: MmapRaw,
-    file: File,
+    stager: Stager,
     len: u64,
     path: PathBuf,
     block_device: bool,
 }
 
 impl Target {
-    /// Open (creating if needed) `path` for an image of `len` bytes.
+    /// Open (creating if needed) `path` for an image of `len` bytes in
+    /// blocks of `block_size`, staged as `cfg` says.
     ///
     /// A block device must already be at least `len` bytes long; a regular
     /// file is sized to exactly `len` bytes and its space reserved.
-    pub fn open(path: &Path, len: u64) -> Result<Target> {
+    pub fn open(path: &Path, len: u64, block_size: u32, cfg: &StoreConfig) -> Result<Target> {
         if len == 0 {
             return Err(Error::new(ErrorCode::InvalidArgument, "empty image"));
         }
@@ -41,6 +47,7 @@ impl Target {
             Error::target_io(&format!("{what} {}", path.display()), &e)
         };
         let (mut file, block_device) = open_out(path)?;
+        let mut direct = None;
         if block_device {
             let size = file
                 .seek(SeekFrom::End(0))
@@ -54,34 +61,30 @@ impl Target {
                     ),
                 ));
             }
+            direct = open_direct(path, &file);
         } else {
             file.set_len(len).map_err(|e| io("cannot size target", e))?;
             reserve(&file, len).map_err(|e| io("cannot reserve space for target", e))?;
         }
-        // SAFETY: the mapping covers `len` bytes, which the file has (sized
-        // above, or checked for a block device). Other processes may change
-        // the file underneath us; we only ever access the mapping through raw
-        // pointers (never as `&[u8]` while workers write), so that cannot
-        // violate Rust's aliasing rules.
-        let map = MmapOptions::new()
-            .len(len as usize)
-            .map_raw(&file)
-            .map_err(|e| io("cannot map target", e))?;
-        Ok(Target {
-            map,
+        let storage = Storage {
             file,
+            direct,
+            paced: true,
+        };
+        Ok(Target {
+            stager: Stager::new(storage, len, block_size, cfg)?,
             len,
             path: path.to_path_buf(),
             block_device,
         })
     }
 
-    /// Length of the mapped image.
+    /// Length of the image.
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// True for an empty mapping (never: `open` rejects empty images).
+    /// True for an empty image (never: `open` rejects empty images).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -96,10 +99,12 @@ impl Target {
         self.block_device
     }
 
-    /// Copy `data` into the image at `offset`.
+    /// Copy block bytes `data` into the image at `offset`, the start of a
+    /// block. Never waits for storage unless the whole staging buffer is in
+    /// use.
     ///
-    /// Callers guarantee that no two threads write the same range at the same
-    /// time (the bitmap hands each block to exactly one worker).
+    /// Callers guarantee that no two threads write the same range (the
+    /// bitmap hands each block to exactly one worker).
     ///
     /// # Panics
     /// If the range is outside the image (the wire parser rejects such blocks).
@@ -108,53 +113,52 @@ impl Target {
             .checked_add(data.len() as u64)
             .expect("offset overflow");
         assert!(end <= self.len, "write past the end of the target");
-        // SAFETY: the range [offset, end) lies inside the mapping (checked
-        // above); the mapping lives as long as `self`; the caller guarantees
-        // exclusive access to the range, and `data` cannot overlap the
-        // mapping's range being written because it is a packet buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.map.as_mut_ptr().add(offset as usize),
-                data.len(),
-            );
-        }
+        self.stager.write(offset, data);
     }
 
-    /// A copy of `len` bytes at `offset`. Callers only read ranges whose
-    /// writes have completed (the written bitmap says so).
+    /// A copy of `len` bytes at `offset`, from the staging buffer or the
+    /// target. Callers only read ranges whose writes have completed (the
+    /// written bitmap says so).
     ///
     /// # Panics
     /// If the range is outside the image.
-    pub fn read_at(&self, offset: u64, len: usize) -> Vec<u8> {
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset.checked_add(len as u64).expect("offset overflow");
         assert!(end <= self.len, "read past the end of the target");
         let mut out = vec![0u8; len];
-        // SAFETY: the range lies inside the mapping (checked above), which
-        // lives as long as `self`; no thread writes it any more (the caller
-        // only reads written blocks), and `out` is a fresh buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(offset as usize),
-                out.as_mut_ptr(),
-                len,
-            );
-        }
-        out
+        self.stager
+            .read(offset, &mut out)
+            .map_err(|e| Error::target_io("cannot read target", &e))?;
+        Ok(out)
     }
 
-    /// Write dirty pages back and wait for the device.
+    /// Write every staged block and wait for the device.
     pub fn flush(&self) -> Result<()> {
-        self.map
-            .flush()
-            .map_err(|e| Error::target_io("cannot flush target", &e))?;
-        self.file
+        self.stager.flush()?;
+        self.stager
+            .storage()
+            .file
             .sync_all()
             .map_err(|e| Error::target_io("cannot sync target", &e))
     }
 
-    /// SHA-256 of the image, read back from the file (not the mapping), so
-    /// the digest is of what the kernel will keep.
+    /// The first write error of the staging writer, if any.
+    pub fn error(&self) -> Option<Error> {
+        self.stager.error()
+    }
+
+    /// What the staging writer did so far.
+    pub fn store_counters(&self) -> &StoreCounters {
+        self.stager.counters()
+    }
+
+    /// Staging buffer bytes (configured, in use now).
+    pub fn buffer_use(&self) -> (u64, u64) {
+        self.stager.buffer_use()
+    }
+
+    /// SHA-256 of the image, read back from the file after a flush, so the
+    /// digest is of what the kernel will keep.
     pub fn sha256(&self) -> Result<[u8; 32]> {
         let mut f = File::open(&self.path)
             .map_err(|e| Error::target_io("cannot reopen target to verify", &e))?;
@@ -203,6 +207,37 @@ pub fn open_out(path: &Path) -> Result<(File, bool)> {
     let file = safe_fs::open_out(path).map_err(io)?;
     let block_device = file.metadata().map_err(io)?.file_type().is_block_device();
     Ok((file, block_device))
+}
+
+/// A second open file description of the block device open as `file`, with
+/// `O_DIRECT`, and its logical sector size; None (buffered writes only) if
+/// either fails. Reopened through `/proc/self/fd`, so the same device, not
+/// whatever `path` names now.
+fn open_direct(path: &Path, file: &File) -> Option<(File, u64)> {
+    let mut lbs: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int to the pointer we pass.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut lbs) };
+    if rc != 0 || lbs <= 0 {
+        log::warn!(
+            "{}: no sector size; writing through the page cache",
+            path.display()
+        );
+        return None;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    {
+        Ok(d) => Some((d, lbs as u64)),
+        Err(e) => {
+            log::warn!(
+                "{}: no O_DIRECT ({e}); writing through the page cache",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// SHA-256 of the first `len` bytes of a reader.
@@ -256,10 +291,10 @@ mod tests {
     #[test]
     fn writes_land_at_offsets_and_digest_matches() {
         let p = tmp("img");
-        let t = Target::open(&p, 10).unwrap();
+        let t = Target::open(&p, 10, 5, &StoreConfig::default()).unwrap();
         t.write_at(0, b"hello");
         t.write_at(5, b"world");
-        assert_eq!(t.read_at(3, 4), b"lowo");
+        assert_eq!(t.read_at(3, 4).unwrap(), b"lowo");
         t.flush().unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"helloworld");
         let want: [u8; 32] = Sha256::digest(b"helloworld").into();
@@ -272,7 +307,7 @@ mod tests {
     fn existing_larger_file_is_cut_to_the_image() {
         let p = tmp("bigger");
         std::fs::write(&p, [1u8; 100]).unwrap();
-        let t = Target::open(&p, 4).unwrap();
+        let t = Target::open(&p, 4, 4, &StoreConfig::default()).unwrap();
         assert_eq!(t.len(), 4);
         drop(t);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 4);
@@ -281,9 +316,15 @@ mod tests {
 
     #[test]
     fn bad_targets_have_codes() {
-        let e = Target::open(Path::new("/nonexistent-dir/x"), 10).unwrap_err();
+        let e = Target::open(
+            Path::new("/nonexistent-dir/x"),
+            10,
+            10,
+            &StoreConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::TargetIo);
-        let e = Target::open(&tmp("empty"), 0).unwrap_err();
+        let e = Target::open(&tmp("empty"), 0, 10, &StoreConfig::default()).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
     }
 
@@ -298,6 +339,8 @@ mod tests {
     #[should_panic(expected = "past the end")]
     fn write_past_end_panics() {
         let p = tmp("short");
-        Target::open(&p, 4).unwrap().write_at(2, b"abc");
+        Target::open(&p, 4, 2, &StoreConfig::default())
+            .unwrap()
+            .write_at(2, b"abc");
     }
 }
