@@ -66,6 +66,14 @@ TRUST_FIELDS = ["flags", "chunk_count", "chunks_verified", "rejected_blocks",
 WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
                  "batches", "ring_drops"]
 LATENCY_FIELDS = ["batch_p50_ns", "batch_p99_ns", "batch_p999_ns"]
+WORKER_EXT_WORDS = 8
+# Extension slot words 0-3: the AF_XDP socket's kernel XDP_STATISTICS.
+WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
+                     "fill_ring_empty"]
+# Storage region (word 528 + i): the staging writer.
+STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
+                  "bytes_stored", "chunks_full", "chunks_partial",
+                  "overflow_blocks", "write_max_ns", "direct"]
 STALE_AFTER_NS = 5 * 10**9
 U64_MAX = 2**64 - 1
 SEQ_OFF = 8 * W["seq"]
@@ -121,6 +129,8 @@ def decode(w, owner_uid):
         lat = W["worker_latency"] + i * LATENCY_WORDS
         wk.update(zip(LATENCY_FIELDS, w[lat:lat + LATENCY_WORDS]))
         wk["batch_sum_ns"] = w[W["worker_batch_sum"] + i]
+        ext = W["worker_ext"] + i * WORKER_EXT_WORDS
+        wk.update(zip(WORKER_EXT_FIELDS, w[ext:ext + len(WORKER_EXT_FIELDS)]))
         if wk["cpu"] == U64_MAX:
             wk["cpu"] = None
         workers.append(wk)
@@ -156,6 +166,10 @@ def decode(w, owner_uid):
     s = t + len(TRUST_FIELDS)
     trust["signer"] = struct.pack("<4Q", *w[s:s + 4]).hex()
     out["trust"] = trust
+    st = W["storage"]
+    storage = dict(zip(STORAGE_FIELDS, w[st:st + len(STORAGE_FIELDS)]))
+    storage["direct"] = storage["direct"] != 0
+    out["storage"] = storage
     return out
 
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
+use xdpcast::net::rings::XskStats;
 use xdpcast::proto::wire::DropReason;
 use xdpcast::status::page::{PathMode, Snapshot, State, StatusWriter, WorkerStatus};
 use xdpcast::ErrorCode;
@@ -32,6 +33,11 @@ fn sample_pages(dir: &TempDir) -> Vec<StatusWriter> {
         ring_drops: 1,
         batch_ns: [2_000, 30_000, 90_000],
         batch_sum_ns: 1_500_000,
+        kernel: XskStats {
+            rx_ring_full: 1,
+            fill_ring_empty: 3,
+            ..Default::default()
+        },
     };
     let mut live = Snapshot {
         state: State::InProgress,

@@ -102,6 +102,25 @@ extern "C" {
 #define XDPCAST_WK_BATCHES 6
 #define XDPCAST_WK_RING_DROPS 7
 
+/* Words of one worker extension slot, relative to
+ * XDPCAST_W_WORKER_EXT + i * XDPCAST_WORKER_EXT_WORDS: the kernel's
+ * XDP_STATISTICS of the worker's AF_XDP socket (zero on the socket path). */
+#define XDPCAST_WX_RX_DROPPED 0
+#define XDPCAST_WX_RX_INVALID_DESCS 1
+#define XDPCAST_WX_RX_RING_FULL 2
+#define XDPCAST_WX_FILL_RING_EMPTY 3
+
+/* Words of the storage region, relative to XDPCAST_W_STORAGE. */
+#define XDPCAST_ST_BUFFER_BYTES 0
+#define XDPCAST_ST_BUFFER_USED 1
+#define XDPCAST_ST_BUFFER_PEAK 2
+#define XDPCAST_ST_BYTES_STORED 3
+#define XDPCAST_ST_CHUNKS_FULL 4
+#define XDPCAST_ST_CHUNKS_PARTIAL 5
+#define XDPCAST_ST_OVERFLOW_BLOCKS 6
+#define XDPCAST_ST_WRITE_MAX_NS 7
+#define XDPCAST_ST_DIRECT 8
+
 /* Words of one latency slot (batch wall time in ns, 0 before the first
  * batch), relative to XDPCAST_W_WORKER_LATENCY + i * XDPCAST_LATENCY_WORDS. */
 #define XDPCAST_LAT_P50 0

@@ -467,6 +467,7 @@ impl Control {
             .zip(t.all_counters())
             .map(|(&(queue, cpu), c)| c.snapshot(u64::from(queue), cpu))
             .collect();
+        s.storage = t.storage_status();
         for c in t.all_counters() {
             for (d, v) in s.drops.iter_mut().zip(c.drops.iter()) {
                 *d += v.load(Ordering::Relaxed);

@@ -22,6 +22,7 @@ use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
 use crate::receive::bitmap::BlockBitmap;
 use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
+use crate::status::page::StorageStatus;
 use crate::store::resume;
 use crate::store::target::Target;
 use crate::store::writer::StoreConfig;
@@ -268,6 +269,28 @@ impl Transfer {
     /// Bytes of the blocks taken from the resume file.
     pub fn resumed_bytes(&self) -> u64 {
         self.image().map_or(0, |i| i.resumed_bytes)
+    }
+
+    /// The staging writer's counters (zero until the target is open).
+    pub fn storage_status(&self) -> StorageStatus {
+        let Some(img) = self.image() else {
+            return StorageStatus::default();
+        };
+        let t = &img.target;
+        let c = t.store_counters();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (buffer_bytes, buffer_used) = t.buffer_use();
+        StorageStatus {
+            buffer_bytes,
+            buffer_used,
+            buffer_peak: get(&c.buffer_peak),
+            bytes_stored: get(&c.bytes_stored),
+            chunks_full: get(&c.chunks_full),
+            chunks_partial: get(&c.chunks_partial),
+            overflow_blocks: get(&c.overflow_blocks),
+            write_max_ns: get(&c.write_max_ns),
+            direct: t.is_direct(),
+        }
     }
 
     /// Blocks rebuilt by FEC.

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::rings::XskQueue;
+use crate::net::rings::{XskQueue, XskStats};
 use crate::net::socket::MsgBatch;
 use crate::proto::frame;
 use crate::proto::wire::DropReason;
@@ -43,6 +43,9 @@ pub struct WorkerCounters {
     pub batches: AtomicU64,
     /// Frames the kernel dropped for a full ring (AF_XDP statistics).
     pub ring_drops: AtomicU64,
+    /// The socket's kernel counters (`XDP_STATISTICS`): rx_dropped,
+    /// rx_invalid_descs, rx_ring_full, fill_ring_empty.
+    pub kernel: [AtomicU64; 4],
     /// Blocks rebuilt from FEC symbols (also counted in `blocks`).
     pub fec_recovered: AtomicU64,
     /// Drops by reason.
@@ -61,6 +64,22 @@ impl WorkerCounters {
     /// Count a dropped packet.
     pub fn drop_packet(&self, r: DropReason) {
         bump(&self.drops[r as usize], 1);
+    }
+
+    /// Publish the socket's kernel counters (read every [`POLL`] and when
+    /// the worker stops). Relaxed: each is a value on its own.
+    pub fn publish_kernel(&self, s: &XskStats) {
+        self.ring_drops
+            .store(s.rx_dropped + s.rx_ring_full, Ordering::Relaxed);
+        let v = [
+            s.rx_dropped,
+            s.rx_invalid_descs,
+            s.rx_ring_full,
+            s.fill_ring_empty,
+        ];
+        for (slot, v) in self.kernel.iter().zip(v) {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Count one non-empty batch of `n` packets.
@@ -83,6 +102,12 @@ impl WorkerCounters {
             ring_drops: get(&self.ring_drops),
             batch_ns: self.batch_ns.each_ref().map(get),
             batch_sum_ns: get(&self.batch_sum_ns),
+            kernel: XskStats {
+                rx_dropped: get(&self.kernel[0]),
+                rx_invalid_descs: get(&self.kernel[1]),
+                rx_ring_full: get(&self.kernel[2]),
+                fill_ring_empty: get(&self.kernel[3]),
+            },
         }
     }
 }
@@ -220,7 +245,7 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
     match source {
         Source::Xsk(mut q) => {
             let mut last_stats = Instant::now();
-            drive(t, c, stop, || {
+            let r = drive(t, c, stop, || {
                 let mut started = None;
                 let n = q
                     .poll_batch(POLL, |f| {
@@ -236,12 +261,16 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                 if last_stats.elapsed() >= POLL {
                     last_stats = Instant::now();
                     if let Ok(s) = q.stats() {
-                        c.ring_drops
-                            .store(s.rx_dropped + s.rx_ring_full, Ordering::Relaxed);
+                        c.publish_kernel(&s);
                     }
                 }
                 Ok(started.map(|at| (n, at)))
-            })
+            });
+            // The final counts, for the page the session leaves behind.
+            if let Ok(s) = q.stats() {
+                c.publish_kernel(&s);
+            }
+            r
         }
         Source::Socket(sock) => {
             let mut batch = MsgBatch::<1>::new(SOCKET_BATCH);

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::net::rings::XskStats;
 use crate::proto::wire::DropReason;
 use crate::safe_fs::{self, PrivateDir};
 
@@ -106,6 +107,19 @@ pub mod offsets {
     /// Per-worker extension: 32 slots of WORKER_EXT_WORDS words.
     pub const WORKER_EXT: usize = 768;
     pub const WORKER_EXT_WORDS: usize = 8;
+    /// Words of the storage region, relative to [`STORAGE`].
+    pub mod storage {
+        pub const BUFFER_BYTES: usize = 0;
+        pub const BUFFER_USED: usize = 1;
+        pub const BUFFER_PEAK: usize = 2;
+        pub const BYTES_STORED: usize = 3;
+        pub const CHUNKS_FULL: usize = 4;
+        pub const CHUNKS_PARTIAL: usize = 5;
+        pub const OVERFLOW_BLOCKS: usize = 6;
+        pub const WRITE_MAX_NS: usize = 7;
+        pub const DIRECT: usize = 8;
+        pub const USED: usize = 9;
+    }
     const _: () = assert!(
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY
             && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= WORKER_BATCH_SUM
@@ -225,6 +239,63 @@ pub struct WorkerStatus {
     /// Sum of the wall times of all its batches, ns (with `batches`, the
     /// mean).
     pub batch_sum_ns: u64,
+    /// The kernel's counters of the worker's AF_XDP socket
+    /// (`XDP_STATISTICS`, extension slot words 0-3); zero on the socket path.
+    pub kernel: XskStats,
+}
+
+/// The staging writer between the workers and the target (words 528-536);
+/// also the `storage` object of `xdpcast status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StorageStatus {
+    /// Staging buffer size, bytes.
+    pub buffer_bytes: u64,
+    /// Staging buffer in use now, bytes.
+    pub buffer_used: u64,
+    /// Most staging buffer in use at once, bytes.
+    pub buffer_peak: u64,
+    /// Bytes written to the target so far.
+    pub bytes_stored: u64,
+    /// Complete 1 MiB chunks written in one piece.
+    pub chunks_full: u64,
+    /// Incomplete chunks written as they were (loss, resume sync, end).
+    pub chunks_partial: u64,
+    /// Blocks a worker wrote itself because the whole buffer was in use.
+    pub overflow_blocks: u64,
+    /// Longest single write (or writeback wait) of the writer thread, ns.
+    pub write_max_ns: u64,
+    /// Whole chunks go to the device with `O_DIRECT` (word: 1).
+    pub direct: bool,
+}
+
+impl StorageStatus {
+    fn words(self) -> [u64; offsets::storage::USED] {
+        [
+            self.buffer_bytes,
+            self.buffer_used,
+            self.buffer_peak,
+            self.bytes_stored,
+            self.chunks_full,
+            self.chunks_partial,
+            self.overflow_blocks,
+            self.write_max_ns,
+            u64::from(self.direct),
+        ]
+    }
+
+    fn from_words(w: &[u64]) -> StorageStatus {
+        StorageStatus {
+            buffer_bytes: w[0],
+            buffer_used: w[1],
+            buffer_peak: w[2],
+            bytes_stored: w[3],
+            chunks_full: w[4],
+            chunks_partial: w[5],
+            overflow_blocks: w[6],
+            write_max_ns: w[7],
+            direct: w[8] != 0,
+        }
+    }
 }
 
 impl WorkerStatus {
@@ -242,6 +313,13 @@ impl WorkerStatus {
             self.ring_drops,
         ];
         let at = |base: usize| move |(j, v): (usize, u64)| (base + j, v);
+        let k = self.kernel;
+        let ext = [
+            k.rx_dropped,
+            k.rx_invalid_descs,
+            k.rx_ring_full,
+            k.fill_ring_empty,
+        ];
         (counters
             .into_iter()
             .enumerate()
@@ -253,6 +331,11 @@ impl WorkerStatus {
                 .map(at(WORKER_LATENCY + i * LATENCY_WORDS)),
         )
         .chain([(WORKER_BATCH_SUM + i, self.batch_sum_ns)])
+        .chain(
+            ext.into_iter()
+                .enumerate()
+                .map(at(WORKER_EXT + i * WORKER_EXT_WORDS)),
+        )
     }
 
     /// Worker slot `i` of the page.
@@ -260,6 +343,7 @@ impl WorkerStatus {
         use offsets::*;
         let c = &w[WORKERS + i * WORKER_WORDS..][..WORKER_WORDS];
         let l = &w[WORKER_LATENCY + i * LATENCY_WORDS..][..LATENCY_WORDS];
+        let x = &w[WORKER_EXT + i * WORKER_EXT_WORDS..][..WORKER_EXT_WORDS];
         WorkerStatus {
             queue: c[0],
             cpu: c[1],
@@ -271,6 +355,12 @@ impl WorkerStatus {
             ring_drops: c[7],
             batch_ns: [l[0], l[1], l[2]],
             batch_sum_ns: w[WORKER_BATCH_SUM + i],
+            kernel: XskStats {
+                rx_dropped: x[0],
+                rx_invalid_descs: x[1],
+                rx_ring_full: x[2],
+                fill_ring_empty: x[3],
+            },
         }
     }
 }
@@ -450,6 +540,8 @@ pub struct Snapshot {
     pub diag: DiagStatus,
     /// Signed session state.
     pub trust: TrustStatus,
+    /// The staging writer.
+    pub storage: StorageStatus,
 }
 
 impl Snapshot {
@@ -535,6 +627,13 @@ impl Snapshot {
         }
         w.extend(self.diag.words());
         w.extend(self.trust.words());
+        w.extend(
+            self.storage
+                .words()
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (STORAGE + i, v)),
+        );
         w
     }
 
@@ -595,6 +694,7 @@ impl Snapshot {
                 .collect(),
             diag: DiagStatus::from_page(w),
             trust: TrustStatus::from_page(w),
+            storage: StorageStatus::from_words(&w[STORAGE..STORAGE + storage::USED]),
         })
     }
 }
@@ -992,6 +1092,12 @@ mod tests {
                     packets: 5,
                     batch_ns: [900, 4_000, 31_000],
                     batch_sum_ns: 77_000,
+                    kernel: XskStats {
+                        rx_dropped: 7,
+                        rx_invalid_descs: 8,
+                        rx_ring_full: 9,
+                        fill_ring_empty: 10,
+                    },
                     ..Default::default()
                 };
                 2
@@ -1008,6 +1114,14 @@ mod tests {
                 pages: 1,
                 issued_at: 1_800_000_000,
                 signer: [0x5A; 32],
+            },
+            storage: StorageStatus {
+                buffer_bytes: 256 << 20,
+                buffer_used: 3 << 20,
+                bytes_stored: 12345,
+                direct: true,
+                write_max_ns: 99,
+                ..Default::default()
             },
             ..Default::default()
         };

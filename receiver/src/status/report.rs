@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
-    DiagStatus, Snapshot, TrustStatus, WorkerStatus, FLAG_DIGEST, STALE_AFTER,
+    DiagStatus, PathMode, Snapshot, StorageStatus, TrustStatus, WorkerStatus, FLAG_DIGEST,
+    STALE_AFTER,
 };
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -123,7 +124,32 @@ pub fn human(s: &Snapshot) -> String {
             let [p50, p99, p999] = w.batch_ns.map(|ns| ns as f64 / 1e3);
             let _ = write!(o, "; batch p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs");
         }
+        if s.mode != PathMode::Socket && s.mode != PathMode::Unknown {
+            let k = &w.kernel;
+            let _ = write!(
+                o,
+                "; kernel rx_dropped {} rx_ring_full {} fill_ring_empty {} rx_invalid_descs {}",
+                k.rx_dropped, k.rx_ring_full, k.fill_ring_empty, k.rx_invalid_descs
+            );
+        }
         o.push('\n');
+    }
+    let st = &s.storage;
+    if st.buffer_bytes > 0 {
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        let _ = writeln!(
+            o,
+            "storage   {:.0} MiB buffer, {:.0} MiB in use (peak {:.0}), {:.1} MiB written{}: {} whole + {} partial chunks, {} overflow blocks, longest write {:.1} ms",
+            mib(st.buffer_bytes),
+            mib(st.buffer_used),
+            mib(st.buffer_peak),
+            mib(st.bytes_stored),
+            if st.direct { " (O_DIRECT)" } else { "" },
+            st.chunks_full,
+            st.chunks_partial,
+            st.overflow_blocks,
+            st.write_max_ns as f64 / 1e6
+        );
     }
     if !s.message.is_empty() {
         let _ = writeln!(o, "message   {}", s.message);
@@ -223,6 +249,8 @@ pub struct SessionReport {
     pub unserved_queues: Vec<u32>,
     /// Signed-session state.
     pub trust: TrustReport,
+    /// The staging writer (words 528-536).
+    pub storage: StorageStatus,
 }
 
 /// The signed-session words of a [`SessionReport`] (docs/status-page.md,
@@ -286,6 +314,14 @@ pub struct WorkerReport {
     pub batch_p999_ns: u64,
     /// Sum of all batch wall times, ns.
     pub batch_sum_ns: u64,
+    /// Kernel: frames the AF_XDP socket dropped (XDP_STATISTICS rx_dropped).
+    pub rx_dropped: u64,
+    /// Kernel: invalid descriptors on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Kernel: frames dropped because the rx ring was full.
+    pub rx_ring_full: u64,
+    /// Kernel: times the fill ring was found empty.
+    pub fill_ring_empty: u64,
 }
 
 impl SessionReport {
@@ -330,6 +366,7 @@ impl SessionReport {
             unserved_frames: s.diag.unserved_frames,
             unserved_queues: s.diag.queues().collect(),
             trust: TrustReport::new(&s.trust),
+            storage: s.storage,
         }
     }
 }
@@ -351,6 +388,10 @@ impl WorkerReport {
             batch_p99_ns,
             batch_p999_ns,
             batch_sum_ns: w.batch_sum_ns,
+            rx_dropped: w.kernel.rx_dropped,
+            rx_invalid_descs: w.kernel.rx_invalid_descs,
+            rx_ring_full: w.kernel.rx_ring_full,
+            fill_ring_empty: w.kernel.fill_ring_empty,
         }
     }
 }
@@ -627,6 +668,36 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "Frames of the session on RX queues without an AF_XDP socket (passed to the kernel, not received).",
         |s| s.diag.unserved_frames as f64,
     ),
+    gauge(
+        "xdpcast_storage_buffer_bytes",
+        "Staging buffer between the workers and the target.",
+        |s| s.storage.buffer_bytes as f64,
+    ),
+    gauge(
+        "xdpcast_storage_buffer_used_bytes",
+        "Staging buffer in use now.",
+        |s| s.storage.buffer_used as f64,
+    ),
+    gauge(
+        "xdpcast_storage_buffer_peak_bytes",
+        "Most staging buffer in use at once.",
+        |s| s.storage.buffer_peak as f64,
+    ),
+    counter(
+        "xdpcast_storage_written_bytes_total",
+        "Bytes the staging writer (or an overflowing worker) wrote to the target.",
+        |s| s.storage.bytes_stored as f64,
+    ),
+    counter(
+        "xdpcast_storage_overflow_blocks_total",
+        "Blocks a worker wrote itself because the staging buffer was full.",
+        |s| s.storage.overflow_blocks as f64,
+    ),
+    gauge(
+        "xdpcast_storage_write_max_seconds",
+        "Longest single write or writeback wait of the writer thread.",
+        |s| secs(s.storage.write_max_ns),
+    ),
 ];
 
 /// The per-worker counters and gauges, one sample per worker slot (labels
@@ -651,6 +722,26 @@ pub const WORKER_METRICS: &[Metric<WorkerStatus>] = &[
         "xdpcast_worker_batches_total",
         "Non-empty batches a worker processed.",
         |w| w.batches as f64,
+    ),
+    counter(
+        "xdpcast_worker_xsk_rx_dropped_total",
+        "Kernel XDP_STATISTICS rx_dropped of the worker's AF_XDP socket.",
+        |w| w.kernel.rx_dropped as f64,
+    ),
+    counter(
+        "xdpcast_worker_xsk_rx_ring_full_total",
+        "Kernel XDP_STATISTICS rx_ring_full: frames dropped for a full rx ring.",
+        |w| w.kernel.rx_ring_full as f64,
+    ),
+    counter(
+        "xdpcast_worker_xsk_fill_ring_empty_total",
+        "Kernel XDP_STATISTICS rx_fill_ring_empty_descs: the fill ring was empty.",
+        |w| w.kernel.fill_ring_empty as f64,
+    ),
+    counter(
+        "xdpcast_worker_xsk_rx_invalid_descs_total",
+        "Kernel XDP_STATISTICS rx_invalid_descs.",
+        |w| w.kernel.rx_invalid_descs as f64,
     ),
 ];
 

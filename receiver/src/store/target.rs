@@ -152,6 +152,11 @@ impl Target {
         self.stager.counters()
     }
 
+    /// Whether whole chunks go to the device with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.stager.storage().direct.is_some()
+    }
+
     /// Staging buffer bytes (configured, in use now).
     pub fn buffer_use(&self) -> (u64, u64) {
         self.stager.buffer_use()
