@@ -1,21 +1,29 @@
-//! `cargo xtask bench`: the end-to-end benchmark.
+//! `cargo xtask bench`: the end-to-end benchmark, in two parts.
 //!
 //! Two network namespaces joined by a veth pair (`xdpcast_bench::netns`,
 //! 10.99.x.0/24, multicast 239.77.0.0/24 only), a fresh pair per MTU. The sender is
-//! pinned to CPU 0, the receiver to CPU 1. In turn:
+//! pinned to CPU 0, the receiver to CPU 1. Every configuration runs `--runs`
+//! times (default 3); the tables show the median and the range.
 //!
-//! - xdpcast, XDP path and socket path, fed by `xdpcast-bench blast` (UDP
-//!   GSO and sendmmsg, unpaced unless `--rate-mbps`, pass after pass until
-//!   the receiver is done);
-//! - udpcast's `udp-receiver`, fed by its own `udp-sender`.
+//! - **compare**: xdpcast's XDP path and socket path, fed by `xdpcast-bench
+//!   blast --no-gso` (so frames cross the veth one by one in every row, as
+//!   from a NIC; unpaced unless `--rate-mbps`), and udpcast's `udp-receiver`
+//!   fed by its own `udp-sender`; target on tmpfs.
+//! - **keepup**: the XDP path only, paced at `--rates` (and unpaced, "max"),
+//!   into a file on tmpfs, a file on the machine's ext4 disk, and a loop
+//!   device (direct I/O) over a disk file full of old data; with the
+//!   kernel's ring-drop counters, the device bytes read during the receive
+//!   and the bytes on disk by the halfway point.
 //!
 //! Times come from the receiver side: the start is when the target file
-//! appears, the end of the receive is when the last block lands (status
-//! page samples, interpolated) or the file reaches full size (udpcast), and
-//! the verified end is when the receiver exits (xdpcast verifies the SHA-256
-//! itself; udpcast's output is checked with `sha256sum`, whose time and CPU
-//! are added to udpcast's). CPU is `wait4` rusage of the pinned processes.
-//! Namespaces are removed on every exit path, Ctrl-C included.
+//! appears (or the first block is counted, for a block device), the end of
+//! the receive is when the last block lands (status page samples,
+//! interpolated) or the file reaches full size (udpcast), and the verified
+//! end is when the receiver exits (xdpcast verifies the SHA-256 itself;
+//! udpcast's output is checked with `sha256sum`, whose time and CPU are
+//! added to udpcast's). CPU is `wait4` rusage of the pinned processes.
+//! Namespaces, loop devices and scratch files are removed on every exit
+//! path, Ctrl-C included.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -42,21 +50,172 @@ const POLL: Duration = Duration::from_millis(2);
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A 256 MiB image: a few minutes on 2 cores.
+    /// A 128 MiB image and MTU 1500 only: under 5 minutes on 2 cores.
     #[arg(long)]
     quick: bool,
-    /// Image size in MiB (default: 256 with --quick, else 1024).
+    /// Image size in MiB (default: 128 with --quick, else 1024).
     #[arg(long)]
     size_mib: Option<u64>,
-    /// MTUs to test, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1500u32, 9000])]
-    mtu: Vec<u32>,
-    /// Pace both senders to this rate (default: xdpcast's blast unpaced, udpcast self-paced).
+    /// MTUs of the comparison, comma separated (default: 1500 with --quick, else 1500,9000).
+    #[arg(long, value_delimiter = ',')]
+    mtu: Option<Vec<u32>>,
+    /// Pace the comparison's senders to this rate (default: xdpcast's blast unpaced, udpcast self-paced).
     #[arg(long)]
     rate_mbps: Option<u64>,
+    /// Runs of every configuration; the tables show the median and range.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Which part to run.
+    #[arg(long, value_enum, default_value_t = Part::All)]
+    part: Part,
+    /// Paced rates of the keep-up part, Mbit/s, comma separated; "max" is unpaced.
+    #[arg(long, value_delimiter = ',', default_values_t = ["500".to_string(), "1000".into(), "2000".into(), "max".into()])]
+    rates: Vec<String>,
+    /// Targets of the keep-up part, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TargetKind::Tmpfs, TargetKind::Ext4, TargetKind::Loop])]
+    targets: Vec<TargetKind>,
     /// Directory for results.md, results.json and plot.png, relative to the workspace.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
+}
+
+/// Parts of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    All,
+    Compare,
+    Keepup,
+}
+
+/// Where the keep-up part writes the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TargetKind {
+    /// A file on /dev/shm.
+    Tmpfs,
+    /// A file on the machine's ext4 disk (/var/tmp).
+    Ext4,
+    /// A loop device (direct I/O) over a disk file holding old data.
+    Loop,
+}
+
+impl TargetKind {
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Tmpfs => "tmpfs file",
+            TargetKind::Ext4 => "ext4 file",
+            TargetKind::Loop => "loop device",
+        }
+    }
+}
+
+/// A target of one run: where the image goes, and how the device's I/O is
+/// counted.
+struct Target {
+    kind: TargetKind,
+    path: PathBuf,
+    /// sysfs stat file of the block device, for a loop target.
+    dev_stat: Option<PathBuf>,
+}
+
+/// A loop device over a file of old data on the machine's disk; detached
+/// (and the file removed) on drop.
+struct LoopDev {
+    dev: String,
+    file: PathBuf,
+}
+
+impl LoopDev {
+    fn new(dir: &Path, size: u64) -> Result<LoopDev> {
+        let file = dir.join("loop-backing");
+        // Old data: a pattern that is not the image, written once.
+        {
+            let mut f = File::create(&file)?;
+            let block = vec![0xA5u8; 1 << 20];
+            for _ in 0..size.div_ceil(1 << 20) {
+                std::io::Write::write_all(&mut f, &block)?;
+            }
+            f.sync_all()?;
+        }
+        let out = cmd_ok(
+            "losetup",
+            &[
+                "--find",
+                "--show",
+                "--direct-io=on",
+                &file.to_string_lossy(),
+            ],
+        )?;
+        Ok(LoopDev {
+            dev: out.trim().to_string(),
+            file,
+        })
+    }
+
+    /// Drop the device's cached pages, so old data must come from the disk.
+    fn drop_cache(&self) -> Result<()> {
+        cmd_ok("blockdev", &["--flushbufs", &self.dev]).map(drop)
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = cmd_ok("losetup", &["--detach", &self.dev]);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Sectors read and written by a block device (`/sys/block/X/stat`).
+fn dev_sectors(stat: &Path) -> Result<(u64, u64)> {
+    let t = std::fs::read_to_string(stat)?;
+    let f: Vec<u64> = t
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Ok((f[2], f[6]))
+}
+
+/// Bytes process `pid` caused to be read from storage (`/proc/PID/io`).
+fn proc_read_bytes(pid: libc::pid_t) -> Option<u64> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    t.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes of `path`'s first `len` bytes that are on the disk: cached pages
+/// that are neither dirty nor under writeback, plus evicted ones
+/// (`cachestat(2)`, Linux 6.5).
+fn bytes_on_disk(path: &Path, len: u64) -> Option<u64> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let f = File::open(path).ok()?;
+    let range = Range { off: 0, len };
+    let mut cs = CacheStat::default();
+    // SAFETY: both pointers are to live, correctly laid out structs
+    // (<uapi/linux/mman.h>); flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            &range as *const Range,
+            &mut cs as *mut CacheStat,
+            0,
+        )
+    };
+    (rc == 0).then(|| (cs.cache - cs.dirty - cs.writeback + cs.evicted) * 4096)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -87,7 +246,7 @@ fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Scratch files on tmpfs (the disk is not what is measured); removed on drop.
+/// Scratch directory (tmpfs, or the disk for the keep-up targets); removed on drop.
 struct WorkDir(PathBuf);
 
 impl Drop for WorkDir {
@@ -280,12 +439,77 @@ struct Metrics {
     /// Batch wall time p50, p99, p99.9 in ns, from the live workers'
     /// histograms on the status page (xdpcast; the slowest worker's).
     batch_ns: Option<[u64; 3]>,
+    /// Frames the kernel dropped before the worker saw them (AF_XDP
+    /// rx_ring_full + rx_dropped, all sockets).
+    ring_drops: Option<u64>,
+    /// Times the kernel found a fill ring empty.
+    fill_empty: Option<u64>,
+    /// Bytes read from the target's device during the receive.
+    dev_read: Option<u64>,
+    /// Bytes of the image on the device when half the blocks were in.
+    written_half: Option<u64>,
+    /// Blocks a worker had to write itself (staging buffer full).
+    overflow: Option<u64>,
 }
 
+/// The runs of one configuration.
 struct Outcome {
     receiver: Receiver,
     mtu: u32,
-    result: std::result::Result<Metrics, String>,
+    runs: Vec<std::result::Result<Metrics, String>>,
+}
+
+impl Outcome {
+    fn ok(&self) -> Vec<&Metrics> {
+        self.runs.iter().filter_map(|r| r.as_ref().ok()).collect()
+    }
+
+    /// Median of `f` over the successful runs.
+    fn median(&self, f: impl Fn(&Metrics) -> f64) -> Option<f64> {
+        median(&self.ok().into_iter().map(f).collect::<Vec<_>>())
+    }
+
+    /// "median (min-max)" of `f` over the successful runs.
+    fn spread(&self, prec: usize, f: impl Fn(&Metrics) -> Option<f64>) -> String {
+        spread(
+            &self.ok().into_iter().filter_map(f).collect::<Vec<_>>(),
+            prec,
+        )
+    }
+
+    fn runs_ok(&self) -> String {
+        format!("{}/{}", self.ok().len(), self.runs.len())
+    }
+
+    /// The first failure, for the table.
+    fn failure(&self) -> Option<&String> {
+        self.runs.iter().find_map(|r| r.as_ref().err())
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// "median (min-max)", or the value alone for one run, "-" for none.
+fn spread(v: &[f64], prec: usize) -> String {
+    let Some(m) = median(v) else {
+        return "-".into();
+    };
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() == 1 || lo == hi {
+        format!("{m:.prec$}")
+    } else {
+        format!("{m:.prec$} ({lo:.prec$}-{hi:.prec$})")
+    }
 }
 
 struct Ctx {
@@ -367,9 +591,19 @@ fn taken(s: &Snapshot) -> u64 {
     s.workers.iter().map(|w| w.packets).sum()
 }
 
-fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
-    let out = ctx.work.join("out.img");
-    let _ = std::fs::remove_file(&out);
+/// One xdpcast receive over `net` into `target`, the blast sender paced to
+/// `rate_mbps` (None: unpaced), one datagram per frame (no GSO).
+fn run_xdpcast(
+    ctx: &Ctx,
+    net: &VethPair,
+    mode: &str,
+    target: &Target,
+    rate_mbps: Option<u64>,
+) -> Result<Metrics> {
+    let out = &target.path;
+    if target.dev_stat.is_none() {
+        let _ = std::fs::remove_file(out);
+    }
     let status_dir = ctx.work.join("status");
     std::fs::create_dir_all(&status_dir)?;
     let name = format!("bench-{mode}");
@@ -396,6 +630,7 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
             "--cores",
             RX_CPU,
             "--keep-status",
+            "--no-resume",
             "--start-timeout",
             "30",
             "--idle-timeout",
@@ -426,8 +661,9 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
         std::thread::sleep(POLL);
     };
     let soft0 = softirq_s()?;
+    let dev0 = target.dev_stat.as_deref().map(dev_sectors).transpose()?;
     let blast = ctx.bin.join("xdpcast-bench");
-    let rate = ctx.rate_mbps.map(|m| (m * 1_000_000).to_string());
+    let rate = rate_mbps.map(|m| (m * 1_000_000).to_string());
     let mut argv = vec![
         blast.to_str().context("path")?,
         "blast",
@@ -438,6 +674,7 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
         &net.if_a,
         "--passes",
         "1000",
+        "--no-gso",
     ];
     if let Some(r) = &rate {
         argv.extend(["--rate-bps", r]);
@@ -452,16 +689,26 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
     let tx_start = now_ns();
     let mut first = None;
     let mut samples: Vec<(u64, u64, u64)> = Vec::new();
+    let mut read_bytes = None;
+    let mut written_half = None;
     let deadline = Instant::now() + ctx.timeout;
     let exit = loop {
         check_interrupt()?;
-        if first.is_none() && file_len(&out) > 0 {
+        let s = reader.read()?;
+        if first.is_none() && (s.blocks_done > 0 || file_len(out) > 0) {
             first = Some(now_ns());
         }
-        let s = reader.read()?;
         if samples.last().is_none_or(|l| l.0 != s.heartbeat_ns) {
             samples.push((s.heartbeat_ns, s.blocks_done, taken(&s)));
         }
+        if written_half.is_none() && s.block_count > 0 && s.blocks_done * 2 >= s.block_count {
+            written_half = Some(match (&target.dev_stat, dev0) {
+                (Some(stat), Some((_, w0))) => Some((dev_sectors(stat)?.1 - w0) * 512),
+                _ if target.kind == TargetKind::Ext4 => bytes_on_disk(out, ctx.size),
+                _ => None,
+            });
+        }
+        read_bytes = proc_read_bytes(rx.pid).or(read_bytes);
         if let Some(e) = rx.poll() {
             break e;
         }
@@ -475,6 +722,11 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
     let tx_exit = tx.stop();
     let softirq_s = softirq_s()? - soft0;
     let s = reader.read()?;
+    let ring_drops: u64 = s
+        .workers
+        .iter()
+        .map(|w| w.kernel.rx_ring_full + w.kernel.rx_dropped)
+        .sum();
     ensure!(
         exit.success(),
         "receiver failed ({}): {} [{} packets taken, {} dropped, {} ring drops]",
@@ -482,8 +734,12 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
         s.message,
         taken(&s),
         s.total_drops(),
-        s.workers.iter().map(|w| w.ring_drops).sum::<u64>()
+        ring_drops
     );
+    let dev_read = match (&target.dev_stat, dev0) {
+        (Some(stat), Some((r0, _))) => Some((dev_sectors(stat)?.0 - r0) * 512),
+        _ => read_bytes,
+    };
     let first = first.context("the target never appeared")?;
     let (done_at, packets) =
         completion(&samples, s.block_count).context("the page never showed all blocks")?;
@@ -505,6 +761,11 @@ fn run_xdpcast(ctx: &Ctx, net: &VethPair, mode: &str) -> Result<Metrics> {
         loss: s.first_pass_missing as f64 / s.block_count.max(1) as f64,
         batch: Some(taken(&s) as f64 / batches.max(1) as f64),
         batch_ns: s.workers.iter().map(|w| w.batch_ns).max_by_key(|l| l[1]),
+        ring_drops: Some(ring_drops),
+        fill_empty: Some(s.workers.iter().map(|w| w.kernel.fill_ring_empty).sum()),
+        dev_read,
+        written_half: written_half.flatten(),
+        overflow: Some(s.storage.overflow_blocks),
     })
 }
 
@@ -620,6 +881,11 @@ fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
         loss,
         batch: None,
         batch_ns: None,
+        ring_drops: None,
+        fill_empty: None,
+        dev_read: None,
+        written_half: None,
+        overflow: None,
     })
 }
 
@@ -653,50 +919,102 @@ impl Metrics {
 
 fn table(outcomes: &[Outcome], size: u64) -> String {
     let mut t = String::from(
-        "| MTU | receiver | path | goodput Gbit/s | kpkt/s | rx CPU s/GB | softirq s/GB | loss before repair | verified s | goodput vs XDP | CPU/GB vs XDP | avg batch | batch p50/p99/p99.9 µs | bottleneck |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| MTU | receiver | path | runs | goodput Gbit/s | kpkt/s | rx CPU s/GB | softirq s/GB | total CPU s/GB | loss before repair % | verified s | goodput vs XDP | total CPU vs XDP | avg batch | batch p50/p99/p99.9 µs | bottleneck |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let gb = size as f64 / 1e9;
     for o in outcomes {
         let xdp = outcomes
             .iter()
-            .find(|x| x.mtu == o.mtu && x.receiver == Receiver::Xdp)
-            .and_then(|x| x.result.as_ref().ok());
-        let _ = match &o.result {
-            Ok(m) => {
-                let ratio = |v: f64, base: Option<f64>| {
-                    base.map_or("n/a".to_string(), |b| format!("{:.2}x", v / b))
-                };
-                writeln!(
-                    t,
-                    "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}% | {:.2} | {} | {} | {} | {} | {} |",
-                    o.mtu,
-                    o.receiver.name(),
-                    m.path,
-                    m.goodput_gbps(size),
-                    m.packets as f64 / m.receive_s.max(1e-9) / 1e3,
-                    m.cpu_per_gb(size),
-                    m.softirq_s / gb,
-                    m.loss * 100.0,
-                    m.verified_s,
-                    ratio(m.goodput_gbps(size), xdp.map(|x| x.goodput_gbps(size))),
-                    ratio(m.cpu_per_gb(size), xdp.map(|x| x.cpu_per_gb(size))),
-                    m.batch.map_or("-".into(), |b| format!("{b:.1}")),
-                    m.batch_ns.map_or("-".into(), |l| {
-                        let [a, b, c] = l.map(|ns| ns as f64 / 1e3);
-                        format!("{a:.1} / {b:.1} / {c:.1}")
-                    }),
-                    m.bottleneck(size),
-                )
-            }
-            Err(e) => writeln!(
+            .find(|x| x.mtu == o.mtu && x.receiver == Receiver::Xdp);
+        let Some(first) = o.ok().first().copied() else {
+            let e = o.failure().map_or("", |e| e.as_str());
+            let _ = writeln!(
                 t,
-                "| {} | {} | failed | - | - | - | - | - | - | - | - | - | - | {} |",
+                "| {} | {} | failed | {} | - | - | - | - | - | - | - | - | - | - | - | {} |",
                 o.mtu,
                 o.receiver.name(),
+                o.runs_ok(),
                 e.replace('|', "/").replace('\n', " ")
-            ),
+            );
+            continue;
         };
+        let total = |m: &Metrics| (m.rx_cpu_s + m.softirq_s) / gb;
+        let ratio = |f: &dyn Fn(&Metrics) -> f64| match (o.median(f), xdp.and_then(|x| x.median(f)))
+        {
+            (Some(v), Some(b)) => format!("{:.2}x", v / b),
+            _ => "n/a".into(),
+        };
+        let lat = |i: usize| o.median(|m| m.batch_ns.map_or(0.0, |l| l[i] as f64 / 1e3));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            o.mtu,
+            o.receiver.name(),
+            first.path,
+            o.runs_ok(),
+            o.spread(2, |m| Some(m.goodput_gbps(size))),
+            o.spread(0, |m| Some(m.packets as f64 / m.receive_s.max(1e-9) / 1e3)),
+            o.spread(2, |m| Some(m.cpu_per_gb(size))),
+            o.spread(2, |m| Some(m.softirq_s / gb)),
+            o.spread(2, |m| Some(total(m))),
+            o.spread(1, |m| Some(m.loss * 100.0)),
+            o.spread(2, |m| Some(m.verified_s)),
+            ratio(&|m| m.goodput_gbps(size)),
+            ratio(&total),
+            o.spread(1, |m| m.batch),
+            if first.batch_ns.is_some() {
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    lat(0).unwrap_or(0.0),
+                    lat(1).unwrap_or(0.0),
+                    lat(2).unwrap_or(0.0)
+                )
+            } else {
+                "-".into()
+            },
+            first.bottleneck(size),
+        );
+    }
+    t
+}
+
+/// The keep-up table: one row per target and rate, XDP path.
+fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
+    let mut t = String::from(
+        "| target | rate Mbit/s | runs | goodput Gbit/s | ring drops | fill ring empty | first-pass loss % | device read MiB | on disk at half MiB | overflow blocks | rx CPU s/GB | total CPU s/GB | batch p99.9 µs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let gb = size as f64 / 1e9;
+    let mib = |b: Option<u64>| b.map(|b| b as f64 / f64::from(1u32 << 20));
+    for (kind, rate, o) in rows {
+        if o.ok().is_empty() {
+            let e = o.failure().map_or("", |e| e.as_str());
+            let _ = writeln!(
+                t,
+                "| {} | {rate} | {} | failed: {} | | | | | | | | | |",
+                kind.name(),
+                o.runs_ok(),
+                e.replace('|', "/").replace('\n', " ")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            t,
+            "| {} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            kind.name(),
+            o.runs_ok(),
+            o.spread(2, |m| Some(m.goodput_gbps(size))),
+            o.spread(0, |m| m.ring_drops.map(|v| v as f64)),
+            o.spread(0, |m| m.fill_empty.map(|v| v as f64)),
+            o.spread(2, |m| Some(m.loss * 100.0)),
+            o.spread(1, |m| mib(m.dev_read)),
+            o.spread(0, |m| mib(m.written_half)),
+            o.spread(0, |m| m.overflow.map(|v| v as f64)),
+            o.spread(2, |m| Some(m.cpu_per_gb(size))),
+            o.spread(2, |m| Some((m.rx_cpu_s + m.softirq_s) / gb)),
+            o.spread(0, |m| m.batch_ns.map(|l| l[2] as f64 / 1e3)),
+        );
     }
     t
 }
@@ -709,7 +1027,7 @@ struct Results<'a> {
     machine: String,
     /// Image size in bytes.
     image_bytes: u64,
-    /// Pacing of the senders, Mbit/s (None: unpaced blast).
+    /// Pacing of the comparison's senders, Mbit/s (None: unpaced blast).
     rate_mbps: Option<u64>,
     runs: Vec<Run<'a>>,
 }
@@ -717,8 +1035,14 @@ struct Results<'a> {
 /// One run of `results.json`: what it measured, or why it failed.
 #[derive(Debug, Serialize)]
 struct Run<'a> {
+    /// "compare" or "keepup".
+    part: &'static str,
     mtu: u32,
     receiver: &'static str,
+    /// Target of a keep-up run.
+    target: Option<&'static str>,
+    /// Pacing of a keep-up run, Mbit/s or "max".
+    rate: Option<&'a str>,
     /// The measurements, None when the run failed.
     metrics: Option<&'a Metrics>,
     /// Image bits per second of receive time, Gbit/s.
@@ -731,26 +1055,49 @@ struct Run<'a> {
     error: Option<&'a str>,
 }
 
+/// The runs of `o` as `results.json` lists them.
+fn runs_of<'a>(
+    part: &'static str,
+    o: &'a Outcome,
+    target: Option<TargetKind>,
+    rate: Option<&'a str>,
+    size: u64,
+) -> Vec<Run<'a>> {
+    o.runs
+        .iter()
+        .map(|r| {
+            let m = r.as_ref().ok();
+            Run {
+                part,
+                mtu: o.mtu,
+                receiver: o.receiver.name(),
+                target: target.map(TargetKind::name),
+                rate,
+                metrics: m,
+                goodput_gbps: m.map(|m| m.goodput_gbps(size)),
+                rx_cpu_s_per_gb: m.map(|m| m.cpu_per_gb(size)),
+                bottleneck: m.map(|m| m.bottleneck(size)),
+                error: r.as_ref().err().map(String::as_str),
+            }
+        })
+        .collect()
+}
+
 fn results_json(
     outcomes: &[Outcome],
+    keepup: &[(TargetKind, String, Outcome)],
     size: u64,
     rate_mbps: Option<u64>,
     machine: String,
 ) -> String {
     let runs = outcomes
         .iter()
-        .map(|o| {
-            let m = o.result.as_ref().ok();
-            Run {
-                mtu: o.mtu,
-                receiver: o.receiver.name(),
-                metrics: m,
-                goodput_gbps: m.map(|m| m.goodput_gbps(size)),
-                rx_cpu_s_per_gb: m.map(|m| m.cpu_per_gb(size)),
-                bottleneck: m.map(|m| m.bottleneck(size)),
-                error: o.result.as_ref().err().map(String::as_str),
-            }
-        })
+        .flat_map(|o| runs_of("compare", o, None, None, size))
+        .chain(
+            keepup
+                .iter()
+                .flat_map(|(k, rate, o)| runs_of("keepup", o, Some(*k), Some(rate), size)),
+        )
         .collect();
     let r = Results {
         machine,
@@ -825,7 +1172,12 @@ pub fn run(args: Args) -> Result<()> {
         std::process::id()
     )));
     std::fs::create_dir_all(&work.0)?;
-    let size = args.size_mib.unwrap_or(if args.quick { 256 } else { 1024 }) << 20;
+    let size = args.size_mib.unwrap_or(if args.quick { 128 } else { 1024 }) << 20;
+    let mtus = args.mtu.clone().unwrap_or(if args.quick {
+        vec![1500]
+    } else {
+        vec![1500, 9000]
+    });
     let image = work.0.join("image");
     eprintln!("bench: writing a {} MiB random image", size >> 20);
     let mut src = std::io::Read::take(File::open("/dev/urandom")?, size);
@@ -840,79 +1192,168 @@ pub fn run(args: Args) -> Result<()> {
         rate_mbps: args.rate_mbps,
         timeout: Duration::from_secs(if args.quick { 60 } else { 300 }),
     };
-
-    let mut outcomes = Vec::new();
-    for &mtu in &args.mtu {
-        let net = VethPair::new(1, mtu);
-        for r in Receiver::ALL {
-            check_interrupt()?;
-            eprintln!("bench: MTU {mtu}, {}", r.name());
-            let result = match r {
-                Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp"),
-                Receiver::Socket => run_xdpcast(&ctx, &net, "socket"),
-                Receiver::Udpcast => run_udpcast(&ctx, &net),
-            };
-            check_interrupt()?;
-            let result = result.map_err(|e| format!("{e:#}"));
-            if let Err(e) = &result {
-                eprintln!("bench:   failed: {e}");
-            }
-            outcomes.push(Outcome {
-                receiver: r,
-                mtu,
-                result,
-            });
-        }
-    }
-
-    let rate = args
-        .rate_mbps
-        .map_or("unpaced blast / udpcast self-paced".into(), |m| {
-            format!("both senders paced to {m} Mbit/s")
-        });
+    let runs = args.runs.max(1);
     let machine = machine();
     let mut md = format!(
-        "Machine: {machine}. Image {} MiB on tmpfs, {rate}, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}.\n\n",
+        "Machine: {machine}. Image {} MiB, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}, \
+         {runs} runs per row: median (min-max).\n\n",
         size >> 20
     );
-    md += &table(&outcomes, size);
+
+    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
+    if args.part != Part::Keepup {
+        for &mtu in &mtus {
+            let net = VethPair::new(1, mtu);
+            let tmpfs = Target {
+                kind: TargetKind::Tmpfs,
+                path: ctx.work.join("out.img"),
+                dev_stat: None,
+            };
+            for r in Receiver::ALL {
+                let mut o = Outcome {
+                    receiver: r,
+                    mtu,
+                    runs: Vec::new(),
+                };
+                for i in 0..runs {
+                    check_interrupt()?;
+                    eprintln!("bench: MTU {mtu}, {}, run {}", r.name(), i + 1);
+                    let result = match r {
+                        Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp", &tmpfs, ctx.rate_mbps),
+                        Receiver::Socket => {
+                            run_xdpcast(&ctx, &net, "socket", &tmpfs, ctx.rate_mbps)
+                        }
+                        Receiver::Udpcast => run_udpcast(&ctx, &net),
+                    };
+                    check_interrupt()?;
+                    o.runs.push(result.map_err(|e| format!("{e:#}")));
+                    if let Some(Err(e)) = o.runs.last() {
+                        eprintln!("bench:   failed: {e}");
+                    }
+                }
+                outcomes.push(o);
+            }
+        }
+        let rate = args
+            .rate_mbps
+            .map_or("unpaced blast / udpcast self-paced".into(), |m| {
+                format!("both senders paced to {m} Mbit/s")
+            });
+        md += &format!(
+            "### Comparison\n\nTarget on tmpfs, {rate}; the blast sender sends one datagram per \
+             frame (no GSO), so frames cross the veth one by one in every row.\n\n"
+        );
+        md += &table(&outcomes, size);
+    }
+
+    if args.part != Part::Compare {
+        let net = VethPair::new(1, 1500);
+        // Scratch space on the machine's disk (not tmpfs) for the ext4 file
+        // and the loop device's backing file.
+        let disk = WorkDir(PathBuf::from(format!(
+            "/var/tmp/xdpcast-bench-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&disk.0)?;
+        for &kind in &args.targets {
+            let lo = match kind {
+                TargetKind::Loop => Some(LoopDev::new(&disk.0, size + (16 << 20))?),
+                _ => None,
+            };
+            let target = Target {
+                kind,
+                path: match (kind, &lo) {
+                    (_, Some(l)) => PathBuf::from(&l.dev),
+                    (TargetKind::Ext4, _) => disk.0.join("out.img"),
+                    _ => ctx.work.join("out.img"),
+                },
+                dev_stat: lo.as_ref().map(|l| {
+                    let name = Path::new(&l.dev).file_name().unwrap_or_default();
+                    Path::new("/sys/block").join(name).join("stat")
+                }),
+            };
+            for rate in &args.rates {
+                let mbps = match rate.as_str() {
+                    "max" => None,
+                    r => Some(r.parse::<u64>().with_context(|| format!("rate {r}"))?),
+                };
+                let mut o = Outcome {
+                    receiver: Receiver::Xdp,
+                    mtu: 1500,
+                    runs: Vec::new(),
+                };
+                for i in 0..runs {
+                    check_interrupt()?;
+                    eprintln!(
+                        "bench: keep-up, {}, {rate} Mbit/s, run {}",
+                        kind.name(),
+                        i + 1
+                    );
+                    if let Some(l) = &lo {
+                        l.drop_cache()?;
+                    }
+                    let result = run_xdpcast(&ctx, &net, "xdp", &target, mbps);
+                    check_interrupt()?;
+                    o.runs.push(result.map_err(|e| format!("{e:#}")));
+                    if let Some(Err(e)) = o.runs.last() {
+                        eprintln!("bench:   failed: {e}");
+                    }
+                }
+                rows.push((kind, rate.clone(), o));
+            }
+            if target.dev_stat.is_none() {
+                let _ = std::fs::remove_file(&target.path);
+            }
+        }
+        md += "\n### Keep-up: XDP path, MTU 1500, paced and unpaced, three targets\n\n\
+               The loop device does direct I/O on a file of old data on the disk, its \
+               cache dropped before each run. \"ring drops\" are the kernel's AF_XDP \
+               rx_ring_full + rx_dropped; \"device read\" is the loop device's read \
+               sectors (files: the receiver's /proc/PID/io read_bytes) during the receive; \
+               \"on disk at half\" is the loop device's written sectors, or the ext4 file's \
+               clean and evicted pages (cachestat), when half the blocks were in.\n\n";
+        md += &keepup_table(&rows, size);
+    }
+
     println!("\n{md}");
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.md"), &md)?;
     std::fs::write(
         out.join("results.json"),
-        results_json(&outcomes, size, args.rate_mbps, machine),
+        results_json(&outcomes, &rows, size, args.rate_mbps, machine),
     )?;
-    let panel = |title: &str, f: &dyn Fn(&Metrics) -> f64| Panel {
-        title: title.into(),
-        groups: args.mtu.iter().map(|m| format!("MTU {m}")).collect(),
-        values: args
-            .mtu
-            .iter()
-            .map(|&mtu| {
-                Receiver::ALL
-                    .iter()
-                    .map(|&r| {
-                        outcomes
-                            .iter()
-                            .find(|o| o.mtu == mtu && o.receiver == r)
-                            .and_then(|o| o.result.as_ref().ok())
-                            .map(f)
-                    })
-                    .collect()
-            })
-            .collect(),
-    };
-    let names: Vec<&str> = Receiver::ALL.iter().map(|r| r.name()).collect();
-    plot::bar_chart(
-        &out.join("plot.png"),
-        [
-            &panel("GOODPUT (GBIT/S)", &|m| m.goodput_gbps(size)),
-            &panel("RECEIVER CPU (S/GB)", &|m| m.cpu_per_gb(size)),
-        ],
-        &names,
-    )?;
+    if !outcomes.is_empty() {
+        let panel = |title: &str, f: &dyn Fn(&Metrics) -> f64| Panel {
+            title: title.into(),
+            groups: mtus.iter().map(|m| format!("MTU {m}")).collect(),
+            values: mtus
+                .iter()
+                .map(|&mtu| {
+                    Receiver::ALL
+                        .iter()
+                        .map(|&r| {
+                            outcomes
+                                .iter()
+                                .find(|o| o.mtu == mtu && o.receiver == r)
+                                .and_then(|o| o.median(f))
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        let names: Vec<&str> = Receiver::ALL.iter().map(|r| r.name()).collect();
+        let gb = size as f64 / 1e9;
+        plot::bar_chart(
+            &out.join("plot.png"),
+            [
+                &panel("GOODPUT (GBIT/S)", &|m| m.goodput_gbps(size)),
+                &panel("TOTAL CPU (S/GB)", &|m| (m.rx_cpu_s + m.softirq_s) / gb),
+            ],
+            &names,
+        )?;
+    }
     eprintln!(
         "bench: wrote {}, results.json and plot.png",
         out.join("results.md").display()
@@ -947,32 +1388,49 @@ mod tests {
             loss: 0.01,
             batch: Some(32.0),
             batch_ns: Some([1_000, 2_000, 3_000]),
+            ring_drops: Some(0),
+            fill_empty: Some(3),
+            dev_read: Some(4096),
+            written_half: None,
+            overflow: Some(0),
         };
         let outcomes = [
             Outcome {
                 receiver: Receiver::Xdp,
                 mtu: 1500,
-                result: Ok(m),
+                runs: vec![Ok(m)],
             },
             Outcome {
                 receiver: Receiver::Udpcast,
                 mtu: 1500,
-                result: Err("udp-receiver exited".into()),
+                runs: vec![Err("udp-receiver exited".into())],
             },
         ];
-        let j = results_json(&outcomes, 1 << 30, Some(2000), "test machine".into());
+        let j = results_json(&outcomes, &[], 1 << 30, Some(2000), "test machine".into());
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["image_bytes"], 1u64 << 30);
         assert_eq!(v["rate_mbps"], 2000);
         let ok = &v["runs"][0];
         assert_eq!(ok["receiver"], "xdpcast XDP");
+        assert_eq!(ok["part"], "compare");
         assert_eq!(ok["metrics"]["path"], "xdp-native");
         assert_eq!(ok["metrics"]["batch_ns"][1], 2_000);
+        assert_eq!(ok["metrics"]["dev_read"], 4096);
         assert_eq!(ok["error"], serde_json::Value::Null);
         assert!((ok["goodput_gbps"].as_f64().unwrap() - 4.294_967_296).abs() < 1e-9);
         let failed = &v["runs"][1];
         assert_eq!(failed["metrics"], serde_json::Value::Null);
         assert_eq!(failed["error"], "udp-receiver exited");
+    }
+
+    #[test]
+    fn medians_and_ranges() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(spread(&[3.0, 1.0, 2.0], 1), "2.0 (1.0-3.0)");
+        assert_eq!(spread(&[2.0], 2), "2.00");
+        assert_eq!(spread(&[], 2), "-");
     }
 
     #[test]

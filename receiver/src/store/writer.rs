@@ -55,6 +55,10 @@ const MIN_CHUNKS: usize = 4;
 /// Writeback of a written range is awaited once this much was written after
 /// it: bounds the dirty pages of the target.
 pub const WRITEBACK_LAG: u64 = 32 << 20;
+/// Buffers faulted in by `Stager::new` itself; the writer thread faults in
+/// the rest one by one and frees each when it is ready, so opening a target
+/// (on the first packet, on a worker) costs a few ms, not the whole buffer.
+const EAGER: usize = 8;
 /// How long the writer sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(2);
 
@@ -176,12 +180,15 @@ struct BufferMeta {
 
 /// State shared by the workers, readers and the writer thread.
 struct Shared {
-    pool: MmapMut,
+    /// Owns the staging memory that `pool_ptr` points into.
+    _pool: MmapMut,
     pool_ptr: NonNull<u8>,
     buffers: Box<[BufferMeta]>,
     /// Bit set: buffer free.
     free: Box<[AtomicU64]>,
     free_count: AtomicUsize,
+    /// Buffers faulted in and handed out so far (the rest come one by one).
+    populated: AtomicUsize,
     slots: Box<[AtomicU64]>,
     /// Bytes of each chunk that have landed (buffer or direct), ever.
     landed: Box<[AtomicU64]>,
@@ -389,7 +396,12 @@ impl Shared {
             }
             at = piece_end;
         }
-        wake || self.free_count.load(Ordering::Relaxed) * 2 < self.buffers.len()
+        wake || self.crowded()
+    }
+
+    /// More than half of the buffers handed out so far are in use.
+    fn crowded(&self) -> bool {
+        self.free_count.load(Ordering::Relaxed) * 2 < self.populated.load(Ordering::Relaxed)
     }
 
     /// Detach buffer `b` if it is attached and unused; the chunk it held.
@@ -536,6 +548,21 @@ fn max_ns(c: &AtomicU64, since: Instant) {
     c.fetch_max(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
+/// Fault in buffers `from..to` of the pool (advice: without
+/// MADV_POPULATE_WRITE, before 5.14, pages fault on first use instead).
+fn populate(pool: NonNull<u8>, from: usize, to: usize) {
+    let chunk = CHUNK as usize;
+    // SAFETY: advice on a range of our own pool mapping (callers pass
+    // buffer indices inside it); the kernel only faults pages in.
+    unsafe {
+        libc::madvise(
+            pool.as_ptr().add(from * chunk).cast(),
+            (to - from) * chunk,
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
+}
+
 /// Paced writeback: start it as soon as a chunk is written, wait for it
 /// [`WRITEBACK_LAG`] later.
 #[derive(Default)]
@@ -598,18 +625,21 @@ impl Stager {
                 present: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             })
             .collect();
+        let eager = nbuf.min(EAGER);
+        populate(pool_ptr, 0, eager);
         let free = (0..nbuf.div_ceil(64))
             .map(|w| {
-                let n = (nbuf - w * 64).min(64);
+                let n = eager.saturating_sub(w * 64).min(64);
                 AtomicU64::new(if n == 64 { u64::MAX } else { (1 << n) - 1 })
             })
             .collect();
         let shared = Arc::new(Shared {
-            pool,
+            _pool: pool,
             pool_ptr,
             buffers,
             free,
-            free_count: AtomicUsize::new(nbuf),
+            free_count: AtomicUsize::new(eager),
+            populated: AtomicUsize::new(eager),
             slots: (0..chunks).map(|_| AtomicU64::new(0)).collect(),
             landed: (0..chunks).map(|_| AtomicU64::new(0)).collect(),
             flushing: (0..chunks).map(|_| AtomicU32::new(0)).collect(),
@@ -707,23 +737,22 @@ impl Drop for Stager {
 /// the oldest incomplete ones when more than half the buffer is in use,
 /// and everything on a flush request or at the end.
 fn writer_loop(sh: &Shared) {
-    // Fault the whole buffer in here, not on a worker's first copy.
-    // SAFETY: advice on our own mapping; the kernel only populates pages.
-    unsafe {
-        libc::madvise(
-            sh.pool_ptr.as_ptr().cast(),
-            sh.pool.len(),
-            libc::MADV_POPULATE_WRITE,
-        );
-    }
     let mut lag = Writeback::default();
     let nbuf = sh.buffers.len();
     loop {
+        // Fault in one more buffer per round (here, not on a worker's first
+        // copy), then hand it out.
+        let ready = sh.populated.load(Ordering::Relaxed);
+        let mut worked = ready < nbuf;
+        if worked {
+            populate(sh.pool_ptr, ready, ready + 1);
+            sh.populated.store(ready + 1, Ordering::Relaxed);
+            sh.put_buffer(ready);
+        }
         let stopping = sh.stop.load(Ordering::Acquire);
         let flush_to = sh.flush_req.load(Ordering::Acquire);
         let flush_all =
             stopping || flush_to > *sh.flush_done.lock().unwrap_or_else(|p| p.into_inner());
-        let mut worked = false;
         // Complete chunks first, in any order.
         for b in 0..nbuf {
             if sh.buffers[b].ready.load(Ordering::Acquire) {
@@ -746,7 +775,7 @@ fn writer_loop(sh: &Shared) {
                 .map(|b| (sh.buffers[b].seq.load(Ordering::Relaxed), b))
                 .min();
             let Some((seq, b)) = oldest else { break };
-            if seq >= mark && sh.free_count.load(Ordering::Relaxed) * 2 >= nbuf {
+            if seq >= mark && !sh.crowded() {
                 break;
             }
             match sh.detach(b) {
