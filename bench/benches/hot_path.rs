@@ -6,10 +6,12 @@
 //!
 //! - `block/<size>/parse`: wire header parse only.
 //! - `block/<size>/parse_bitmap_copy`: parse, claim the block in the bitmap,
-//!   copy it into a warm (already faulted) mapped target.
+//!   copy it into the staging buffer of a warm target.
 //! - `block/<size>/ingest`: the receiver's full `Transfer::ingest`, into a
-//!   fresh transfer and mapping per lap over the image (pays first-touch
-//!   page faults like a real receive).
+//!   fresh transfer and target per lap over the image, like a real receive:
+//!   the worker's first touch of each block's destination is included (the
+//!   staging writer's thread faults its buffers in and writes the chunks
+//!   to the file meanwhile, off the timed thread, as in the receiver).
 //! - `block/<size>/ingest_frame`: the AF_XDP worker's per-frame work:
 //!   Ethernet/IP/UDP decapsulation, then `ingest`.
 //! - `block/<size>/memcpy`: `copy_nonoverlapping` of the block into a warm

@@ -743,7 +743,7 @@ fn writer_loop(sh: &Shared) {
         // Fault in one more buffer per round (here, not on a worker's first
         // copy), then hand it out.
         let ready = sh.populated.load(Ordering::Relaxed);
-        let mut worked = ready < nbuf;
+        let mut worked = ready < nbuf && !sh.stop.load(Ordering::Relaxed);
         if worked {
             populate(sh.pool_ptr, ready, ready + 1);
             sh.populated.store(ready + 1, Ordering::Relaxed);
@@ -770,7 +770,8 @@ fn writer_loop(sh: &Shared) {
             0
         };
         loop {
-            let oldest = (0..nbuf)
+            // Buffers not faulted in yet are not free either: skip them.
+            let oldest = (0..sh.populated.load(Ordering::Relaxed))
                 .filter(|&b| sh.free[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) == 0)
                 .map(|b| (sh.buffers[b].seq.load(Ordering::Relaxed), b))
                 .min();
@@ -867,9 +868,11 @@ mod tests {
 
     #[test]
     fn holes_are_written_partially_then_filled() {
-        let len = 8 * CHUNK;
+        // More buffers than are faulted in eagerly, fewer than chunks: the
+        // writer faults buffers in while it evicts.
+        let len = 24 * CHUNK;
         let block = 4096u64;
-        let (s, p) = stager("holes", len, block as u32, 4 * CHUNK);
+        let (s, p) = stager("holes", len, block as u32, 16 * CHUNK);
         let img = image(len as usize);
         let blocks = len / block;
         let put = |i: u64| {
