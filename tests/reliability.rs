@@ -255,9 +255,21 @@ fn killed_receiver_resumes_where_it_stopped() {
         &src,
         &["--rate", "200M", "--passes", "2"],
     );
-    wait_for(Duration::from_secs(30), "a saved resume file", || {
-        (resume.exists() && read_page(&dir.0, "resume").blocks_done > 10_000).then_some(())
+    // Kill it after a save that follows the 10 000th block (the resume
+    // file is replaced every second; an earlier save may hold few blocks
+    // when the sender was slow to start).
+    wait_for(Duration::from_secs(30), "10 000 blocks", || {
+        (read_page(&dir.0, "resume").blocks_done > 10_000).then_some(())
     });
+    let after = std::time::SystemTime::now();
+    wait_for(
+        Duration::from_secs(30),
+        "a resume file saved after that",
+        || {
+            let saved = std::fs::metadata(&resume).ok()?.modified().ok()?;
+            (saved > after).then_some(())
+        },
+    );
     rx.kill().unwrap();
     rx.wait().unwrap();
     let rx = receiver(
