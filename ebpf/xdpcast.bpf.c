@@ -36,6 +36,10 @@ struct xdpcast_config {
 	__u8 family;            // XDPCAST_FAMILY_V4 or XDPCAST_FAMILY_V6
 	__u32 drop_per_million; // test loss injection for matched frames
 	__u8 group6[16];        // IPv6 group, network byte order (family 6)
+	__u32 source4;          // sender's IPv4 address (with source_set)
+	__u8 source_set;        // 1: drop the group's frames from other sources
+	__u8 pad[3];
+	__u8 source6[16];       // sender's IPv6 address (with source_set)
 };
 
 enum xdpcast_stat {
@@ -44,7 +48,8 @@ enum xdpcast_stat {
 	STAT_NO_SOCKET = 2,
 	STAT_PASSED = 3,
 	STAT_INJECTED_DROP = 4,
-	STAT_MAX = 5,
+	STAT_FOREIGN_SOURCE = 5,
+	STAT_MAX = 6,
 };
 
 struct {
@@ -104,7 +109,8 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
-// Returns 1 if the frame is UDP to the configured group:port, else 0.
+// Returns 1 if the frame is UDP to the configured group:port, 2 if it is
+// but comes from another address than the configured source, else 0.
 // The UDP port is compared right after its bounds check (in each branch) so
 // that clang cannot separate the access from the check the verifier needs.
 static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
@@ -128,7 +134,9 @@ static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
 		struct udphdr *udp = l3 + ihl;
 		if ((void *)(udp + 1) > data_end)
 			return 0;
-		return udp->dest == cfg->port;
+		if (udp->dest != cfg->port)
+			return 0;
+		return cfg->source_set && ip->saddr != cfg->source4 ? 2 : 1;
 	}
 	if (proto == bpf_htons(ETH_P_IPV6) && cfg->family == XDPCAST_FAMILY_V6) {
 		struct ipv6hdr *ip6 = l3;
@@ -144,7 +152,14 @@ static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
 		struct udphdr *udp = (void *)(ip6 + 1);
 		if ((void *)(udp + 1) > data_end)
 			return 0;
-		return udp->dest == cfg->port;
+		if (udp->dest != cfg->port)
+			return 0;
+		const __u32 *sa = (const __u32 *)&ip6->saddr;
+		const __u32 *sw = (const __u32 *)cfg->source6;
+		if (cfg->source_set &&
+		    (sa[0] != sw[0] || sa[1] != sw[1] || sa[2] != sw[2] || sa[3] != sw[3]))
+			return 2;
+		return 1;
 	}
 	return 0;
 }
@@ -174,10 +189,15 @@ static __always_inline int steer(struct xdp_md *ctx)
 		l3 = vh + 1;
 	}
 
-	if (!match_l3(cfg, l3, data_end, proto))
+	int m = match_l3(cfg, l3, data_end, proto);
+	if (!m)
 		return pass();
 
 	count(STAT_MATCHED);
+	if (m == 2) {
+		count(STAT_FOREIGN_SOURCE);
+		return XDP_DROP;
+	}
 
 	__u32 ppm = cfg->drop_per_million;
 	if (ppm && bpf_get_prandom_u32() % 1000000 < ppm) {

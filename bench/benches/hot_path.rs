@@ -16,6 +16,9 @@
 //!   Ethernet/IP/UDP decapsulation, then `ingest`.
 //! - `block/<size>/memcpy`: `copy_nonoverlapping` of the block into a warm
 //!   buffer at the same offset: the floor.
+//! - `block/<size>/blake3_chunk`: what a signed session adds per block: the
+//!   BLAKE3 hash of a 256-block chunk (read back from the warm target, as
+//!   the receiver does when the chunk's last block lands), divided by 256.
 //! - `status/publish/<workers>` and `status/read`: one seqlock update of the
 //!   4 KiB status page, and one consistent read of it.
 
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use xdpcast::proto::frame;
+use xdpcast::proto::manifest;
 use xdpcast::proto::wire::{self, Packet};
 use xdpcast::receive::bitmap::BlockBitmap;
 use xdpcast::receive::transfer::Transfer;
@@ -128,6 +132,22 @@ fn per_block(c: &mut Criterion) {
                         Err(r) => c.drop_packet(r),
                     }
                 })
+            })
+        });
+        let chunk = 256 * block_size as usize;
+        group.bench_function("blake3_chunk", |b| {
+            b.iter_custom(|iters| {
+                let chunks = iters.div_ceil(256);
+                let start = Instant::now();
+                for c in 0..chunks {
+                    let at = (c as usize * chunk) % (img.len() - chunk + 1);
+                    let bytes = warm.read_at(at as u64, chunk);
+                    black_box(manifest::chunk_hash(&bytes));
+                }
+                // Per block: scale the chunks' time to exactly `iters` blocks.
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (chunks * 256) as f64)
             })
         });
         group.bench_function("memcpy", |b| {

@@ -39,13 +39,13 @@ use xdpcast_bench::netns::VethPair;
 
 use crate::plot::{self, Panel};
 
-const GROUP: &str = "239.77.0.1:5000";
+pub(crate) const GROUP: &str = "239.77.0.1:5000";
 const UDPCAST_RDV: &str = "239.77.0.2";
 const UDPCAST_DATA: &str = "239.77.0.3";
 const UDPCAST_PORTBASE: &str = "9000";
-const TX_CPU: &str = "0";
-const RX_CPU: &str = "1";
-const POLL: Duration = Duration::from_millis(2);
+pub(crate) const TX_CPU: &str = "0";
+pub(crate) const RX_CPU: &str = "1";
+pub(crate) const POLL: Duration = Duration::from_millis(2);
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -77,6 +77,10 @@ pub struct Args {
     /// Directory for results.md, results.json and plot.png, relative to the workspace.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
+    /// Only the time from the last block to SUCCESS, unsigned (read-back)
+    /// and signed (no read-back), on tmpfs and ext4, into OUT/finish.md.
+    #[arg(long)]
+    finish: bool,
 }
 
 /// Parts of the benchmark.
@@ -224,14 +228,14 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
     Ok(())
 }
 
-fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -257,14 +261,14 @@ impl Drop for WorkDir {
 
 /// How a child process ended.
 #[derive(Clone, Copy)]
-struct Exit {
+pub(crate) struct Exit {
     status: libc::c_int,
     cpu_s: f64,
-    at_ns: u64,
+    pub(crate) at_ns: u64,
 }
 
 impl Exit {
-    fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
     }
 
@@ -279,14 +283,14 @@ impl Exit {
 
 /// A child pinned to one CPU (optionally inside a namespace), reaped with
 /// `wait4` for its rusage; killed on drop if still running.
-struct Proc {
+pub(crate) struct Proc {
     pid: libc::pid_t,
     log: PathBuf,
     exit: Option<Exit>,
 }
 
 impl Proc {
-    fn spawn(
+    pub(crate) fn spawn(
         ns: Option<&str>,
         cpu: &str,
         argv: &[&str],
@@ -323,7 +327,7 @@ impl Proc {
     }
 
     /// The exit, if the child has ended (never blocks).
-    fn poll(&mut self) -> Option<Exit> {
+    pub(crate) fn poll(&mut self) -> Option<Exit> {
         if self.exit.is_none() {
             let mut status = 0;
             // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -357,7 +361,7 @@ impl Proc {
     }
 
     /// SIGTERM, then SIGKILL after a second.
-    fn stop(&mut self) -> Exit {
+    pub(crate) fn stop(&mut self) -> Exit {
         if self.poll().is_none() {
             self.signal(libc::SIGTERM);
         }
@@ -373,7 +377,7 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn last_line(&self) -> String {
+    pub(crate) fn last_line(&self) -> String {
         let out = self.output();
         out.lines()
             .rev()
@@ -512,13 +516,13 @@ fn spread(v: &[f64], prec: usize) -> String {
     }
 }
 
-struct Ctx {
-    bin: PathBuf,
-    work: PathBuf,
-    image: PathBuf,
+pub(crate) struct Ctx {
+    pub(crate) bin: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) image: PathBuf,
     size: u64,
     digest: String,
-    rate_mbps: Option<u64>,
+    pub(crate) rate_mbps: Option<u64>,
     timeout: Duration,
 }
 
@@ -575,7 +579,7 @@ fn field(text: &str, key: &str) -> Option<f64> {
 
 /// The instant (wall ns) and packet count at which `blocks_done` reached
 /// `count`, interpolated between the two page samples around it.
-fn completion(samples: &[(u64, u64, u64)], count: u64) -> Option<(u64, u64)> {
+pub(crate) fn completion(samples: &[(u64, u64, u64)], count: u64) -> Option<(u64, u64)> {
     let b = samples.iter().position(|s| s.1 >= count)?;
     let Some(a) = b.checked_sub(1).map(|a| samples[a]) else {
         return Some((samples[b].0, samples[b].2));
@@ -587,7 +591,7 @@ fn completion(samples: &[(u64, u64, u64)], count: u64) -> Option<(u64, u64)> {
     Some((at, packets))
 }
 
-fn taken(s: &Snapshot) -> u64 {
+pub(crate) fn taken(s: &Snapshot) -> u64 {
     s.workers.iter().map(|w| w.packets).sum()
 }
 
@@ -1193,6 +1197,21 @@ pub fn run(args: Args) -> Result<()> {
         timeout: Duration::from_secs(if args.quick { 60 } else { 300 }),
     };
     let runs = args.runs.max(1);
+
+    if args.finish {
+        let md = format!(
+            "Machine: {}. Image {} MiB, paced at {} Mbit/s, XDP path, MTU 1500.\n\n{}",
+            machine(),
+            size >> 20,
+            args.rate_mbps.unwrap_or(2000),
+            crate::finish::run(&ctx, runs)?
+        );
+        println!("\n{md}");
+        let out = root.join(&args.out);
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join("finish.md"), &md)?;
+        return Ok(());
+    }
     let machine = machine();
     let mut md = format!(
         "Machine: {machine}. Image {} MiB, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}, \

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod finish;
 mod plot;
 mod test;
 

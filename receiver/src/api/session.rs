@@ -453,6 +453,7 @@ struct Meter {
 impl Control {
     fn snapshot(&mut self, state: State, meter: &mut Meter) -> Snapshot {
         let diag = self.path.diag();
+        let foreign = self.path.source_filter();
         let t = &self.path.sink;
         let mut s = Snapshot {
             state,
@@ -479,6 +480,8 @@ impl Control {
             .map(|w| w.packets)
             .sum::<u64>()
             .saturating_sub(s.total_drops());
+        // Dropped in the XDP program: never seen by a worker.
+        s.drops[DropReason::ForeignSource as usize] += foreign;
         s.blocks_done = t.blocks_done();
         // What this run received, for the rates; bytes_done also counts
         // the blocks a resume file says are on disk already.
@@ -553,7 +556,10 @@ impl Control {
             }
             let s = self.snapshot(State::InProgress, meter);
             self.publish(&s);
-            let received = s.packets + s.total_drops() - s.drops_for(DropReason::ForeignSession);
+            // Other sessions' and other senders' packets say nothing of ours.
+            let received = s.packets + s.total_drops()
+                - s.drops_for(DropReason::ForeignSession)
+                - s.drops_for(DropReason::ForeignSource);
             if received != last_packets {
                 last_packets = received;
                 last_activity = Instant::now();

@@ -48,11 +48,12 @@ const STAT_REDIRECTED: u32 = 1;
 const STAT_NO_SOCKET: u32 = 2;
 const STAT_PASSED: u32 = 3;
 const STAT_INJECTED_DROP: u32 = 4;
+const STAT_FOREIGN_SOURCE: u32 = 5;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
-/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (28 bytes, no padding).
+/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (52 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct XdpcastConfig {
@@ -65,9 +66,16 @@ struct XdpcastConfig {
     drop_per_million: u32,
     /// IPv6 group in network byte order.
     group6: [u8; 16],
+    /// Sender's IPv4 address in network byte order (with `source_set`).
+    source4: [u8; 4],
+    /// 1: frames of the group from other sources are dropped.
+    source_set: u8,
+    pad: [u8; 3],
+    /// Sender's IPv6 address (with `source_set`).
+    source6: [u8; 16],
 }
 
-const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 28);
+const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 52);
 
 // SAFETY: `XdpcastConfig` is `repr(C)`, consists only of integers and byte
 // arrays, has no padding (size asserted above) and every bit pattern is valid.
@@ -125,6 +133,9 @@ pub struct SteerStats {
     pub passed: u64,
     /// Matched frames dropped by test loss injection ([`Steering::set_drop_per_million`]).
     pub injected_drops: u64,
+    /// Frames of the group dropped for coming from another address than
+    /// the sender's ([`Steering::set_source`]).
+    pub foreign_source: u64,
 }
 
 /// Errors of the steering (XDP program) layer.
@@ -294,6 +305,10 @@ impl Steering {
             family: FAMILY_V4,
             drop_per_million: 0,
             group6: [0; 16],
+            source4: [0; 4],
+            source_set: 0,
+            pad: [0; 3],
+            source6: [0; 16],
         };
         match group {
             IpAddr::V4(g) => config_value.group4 = g.octets(),
@@ -423,6 +438,22 @@ impl Steering {
         Ok(())
     }
 
+    /// Drop the group's frames from any other address than `source` in the
+    /// program itself (counted in [`SteerStats::foreign_source`]).
+    pub fn set_source(&mut self, source: IpAddr) -> Result<(), SteerError> {
+        let mut value = self.config_value;
+        value.source_set = 1;
+        match source {
+            IpAddr::V4(a) => value.source4 = a.octets(),
+            IpAddr::V6(a) => value.source6 = a.octets(),
+        }
+        self.config
+            .set(0, value, 0)
+            .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
+        self.config_value = value;
+        Ok(())
+    }
+
     /// Reads the program's counters, summed over all CPUs.
     pub fn stats(&self) -> Result<SteerStats, SteerError> {
         let sum = |idx: u32| per_cpu_sum(&self.stats, MAP_STATS, idx);
@@ -432,6 +463,7 @@ impl Steering {
             no_socket: sum(STAT_NO_SOCKET)?,
             passed: sum(STAT_PASSED)?,
             injected_drops: sum(STAT_INJECTED_DROP)?,
+            foreign_source: sum(STAT_FOREIGN_SOURCE)?,
         })
     }
 

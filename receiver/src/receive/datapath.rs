@@ -257,6 +257,10 @@ pub struct DataPath<S: Sink> {
     steering: Option<Steering>,
     unserved: Option<Unserved>,
     _membership: Option<Socket>,
+    /// Whether the XDP program filters on the sink's source yet.
+    source_set: bool,
+    /// Frames the XDP program dropped for another source, last read.
+    foreign_dropped: u64,
 }
 
 impl<S: Sink> DataPath<S> {
@@ -274,6 +278,8 @@ impl<S: Sink> DataPath<S> {
             steering: opened.steering,
             unserved: opened.unserved,
             _membership: opened.membership,
+            source_set: false,
+            foreign_dropped: 0,
         };
         for (i, (queue, source)) in opened.sources.into_iter().enumerate() {
             let cpu = match cores {
@@ -297,6 +303,26 @@ impl<S: Sink> DataPath<S> {
     /// XDP program counters, on the XDP path.
     pub fn steering(&self) -> Option<&Steering> {
         self.steering.as_ref()
+    }
+
+    /// Once the sink knows its sender's address (`--source`, a verified
+    /// manifest), have the XDP program drop the group's frames from any
+    /// other address; returns how many it dropped so far (for the
+    /// `foreign_source` counter; the workers count the ones they drop).
+    pub fn source_filter(&mut self) -> u64 {
+        let Some(s) = self.steering.as_mut() else {
+            return self.foreign_dropped;
+        };
+        if let (false, Some(ip)) = (self.source_set, self.sink.source()) {
+            self.source_set = true;
+            if let Err(e) = s.set_source(ip) {
+                log::warn!("the XDP program cannot filter on {ip}: {e}; the workers do");
+            }
+        }
+        if let Ok(st) = s.stats() {
+            self.foreign_dropped = st.foreign_source;
+        }
+        self.foreign_dropped
     }
 
     /// Diagnostics for the status page, brought up to date while XDP is

@@ -1,0 +1,163 @@
+//! `cargo xtask bench --finish`: time from the last block to SUCCESS, with
+//! the read-back (unsigned session: the receiver re-reads the target and
+//! compares SHA-256) and without it (signed session: the last chunk's hash
+//! verified as it landed), for a target file on tmpfs and on ext4.
+//!
+//! Real `xdpcast send` (paced, `--sign` for the signed rows) and
+//! `xdpcast receive --mode xdp` (`--trust`) over a veth pair. The last
+//! block's time comes from the status page samples (interpolated, the
+//! page is published every 50 ms), SUCCESS's from the receiver's exit.
+//! Each row is the median of `runs` runs with their spread.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use xdpcast::status::page::{State, StatusReader};
+use xdpcast_bench::netns::VethPair;
+
+use crate::bench::{check_interrupt, completion, taken, Ctx, Proc, GROUP, POLL, RX_CPU, TX_CPU};
+
+/// Seconds from the last block to the receiver's exit with SUCCESS.
+fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Path>) -> Result<f64> {
+    let out = dir.join("finish.img");
+    let _ = std::fs::remove_file(&out);
+    let status_dir = ctx.work.join("status");
+    std::fs::create_dir_all(&status_dir)?;
+    let page = status_dir.join("xdpcast.finish");
+    let _ = std::fs::remove_file(&page);
+    let bin = ctx.bin.join("xdpcast");
+    let (bin, outs) = (bin.to_string_lossy(), out.to_string_lossy());
+    let public = key.map(|k| format!("{}.pub", k.display()));
+    let mut rx_args = vec![
+        &*bin,
+        "receive",
+        "--group",
+        GROUP,
+        "--iface",
+        &net.if_b,
+        "--out",
+        &outs,
+        "--mode",
+        "xdp",
+        "--name",
+        "finish",
+        "--cores",
+        RX_CPU,
+        "--keep-status",
+        "--no-resume",
+    ];
+    if let Some(p) = &public {
+        rx_args.extend(["--trust", p]);
+    }
+    let mut rx = Proc::spawn(
+        Some(&net.b.name),
+        RX_CPU,
+        &rx_args,
+        &[("XDPCAST_STATUS_DIR", &status_dir)],
+        &ctx.work.join("finish-rx.log"),
+    )?;
+    let reader = loop {
+        check_interrupt()?;
+        ensure!(
+            rx.poll().is_none(),
+            "receiver ended early: {}",
+            rx.last_line()
+        );
+        if let Ok(r) = StatusReader::open(&page) {
+            if r.read().is_ok_and(|s| s.state == State::InProgress) {
+                break r;
+            }
+        }
+        std::thread::sleep(POLL);
+    };
+    let image = ctx.image.to_string_lossy();
+    let rate = format!("{}M", ctx.rate_mbps.unwrap_or(2000));
+    let key_s = key.map(|k| k.to_string_lossy().into_owned());
+    let mut tx_args = vec![
+        &*bin, "send", &image, "--group", GROUP, "--iface", &net.if_a, "--rate", &rate,
+    ];
+    if let Some(k) = &key_s {
+        tx_args.extend(["--sign", k]);
+    }
+    let mut tx = Proc::spawn(
+        Some(&net.a.name),
+        TX_CPU,
+        &tx_args,
+        &[],
+        &ctx.work.join("finish-tx.log"),
+    )?;
+    let mut samples = Vec::new();
+    let exit = loop {
+        check_interrupt()?;
+        let s = reader.read()?;
+        if samples
+            .last()
+            .is_none_or(|l: &(u64, u64, u64)| l.0 != s.heartbeat_ns)
+        {
+            samples.push((s.heartbeat_ns, s.blocks_done, taken(&s)));
+        }
+        if let Some(e) = rx.poll() {
+            break e;
+        }
+        std::thread::sleep(POLL);
+    };
+    tx.stop();
+    let s = reader.read()?;
+    ensure!(
+        exit.success() && s.state == State::Success,
+        "receiver failed: {}",
+        s.message
+    );
+    let (last, _) =
+        completion(&samples, s.block_count).context("the page never showed all blocks")?;
+    let _ = std::fs::remove_file(&out);
+    Ok(exit.at_ns.saturating_sub(last) as f64 / 1e9)
+}
+
+/// The rows: (target filesystem, mode) -> median and spread of `runs` runs.
+pub fn run(ctx: &Ctx, runs: usize) -> Result<String> {
+    let net = VethPair::new(1, 1500);
+    let key = ctx.work.join("bench.key");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(ctx.work.join("bench.key.pub"));
+    let kg = std::process::Command::new(ctx.bin.join("xdpcast"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()?;
+    ensure!(kg.status.success(), "keygen failed");
+    let ext4 = std::path::PathBuf::from(format!("/var/tmp/xdpcast-finish-{}", std::process::id()));
+    std::fs::create_dir_all(&ext4)?;
+    let fs_of = |p: &Path| -> String {
+        crate::bench::cmd_ok("stat", &["-f", "-c", "%T", &p.to_string_lossy()])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let mut md = format!(
+        "| target | session | last block → SUCCESS, s (median of {runs}) | min–max |\n|---|---|---:|---|\n"
+    );
+    let dirs = [ctx.work.clone(), ext4.clone()];
+    for dir in &dirs {
+        for (label, k) in [
+            ("unsigned (read-back)", None),
+            ("signed (no read-back)", Some(key.as_path())),
+        ] {
+            let mut t = Vec::new();
+            for i in 0..runs {
+                eprintln!("bench: finish, {} on {}, run {}", label, fs_of(dir), i + 1);
+                t.push(last_block_to_success(ctx, &net, dir, k)?);
+            }
+            t.sort_by(f64::total_cmp);
+            md += &format!(
+                "| {} file | {label} | {:.3} | {:.3}–{:.3} |\n",
+                fs_of(dir),
+                t[t.len() / 2],
+                t[0],
+                t[t.len() - 1]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&ext4);
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(md)
+}
