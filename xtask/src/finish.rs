@@ -129,7 +129,7 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<String> {
     let ext4 = std::path::PathBuf::from(format!("/var/tmp/xdpcast-finish-{}", std::process::id()));
     std::fs::create_dir_all(&ext4)?;
     let fs_of = |p: &Path| -> String {
-        crate::bench::cmd_ok("stat", &["-f", "-c", "%T", &p.to_string_lossy()])
+        crate::bench::cmd_ok("findmnt", &["-no", "FSTYPE", "-T", &p.to_string_lossy()])
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "?".into())
     };
