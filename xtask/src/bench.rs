@@ -448,7 +448,8 @@ struct Metrics {
     ring_drops: Option<u64>,
     /// Times the kernel found a fill ring empty.
     fill_empty: Option<u64>,
-    /// Bytes read from the target's device during the receive.
+    /// Bytes read from the target's device from the sender's start until
+    /// the last block was in (not the verification that follows).
     dev_read: Option<u64>,
     /// Bytes of the image on the device when half the blocks were in.
     written_half: Option<u64>,
@@ -694,6 +695,7 @@ fn run_xdpcast(
     let mut first = None;
     let mut samples: Vec<(u64, u64, u64)> = Vec::new();
     let mut read_bytes = None;
+    let mut dev_read_now = None;
     let mut written_half = None;
     let deadline = Instant::now() + ctx.timeout;
     let exit = loop {
@@ -712,7 +714,14 @@ fn run_xdpcast(
                 _ => None,
             });
         }
-        read_bytes = proc_read_bytes(rx.pid).or(read_bytes);
+        // Reads until the last block is in: the receiver's own SHA-256
+        // check reads the whole target back afterwards.
+        if s.block_count == 0 || s.blocks_done < s.block_count {
+            read_bytes = proc_read_bytes(rx.pid).or(read_bytes);
+            if let Some(stat) = &target.dev_stat {
+                dev_read_now = Some(dev_sectors(stat)?.0);
+            }
+        }
         if let Some(e) = rx.poll() {
             break e;
         }
@@ -740,8 +749,8 @@ fn run_xdpcast(
         s.total_drops(),
         ring_drops
     );
-    let dev_read = match (&target.dev_stat, dev0) {
-        (Some(stat), Some((r0, _))) => Some((dev_sectors(stat)?.0 - r0) * 512),
+    let dev_read = match (dev_read_now, dev0) {
+        (Some(r), Some((r0, _))) => Some((r - r0) * 512),
         _ => read_bytes,
     };
     let first = first.context("the target never appeared")?;
@@ -1329,7 +1338,8 @@ pub fn run(args: Args) -> Result<()> {
                The loop device does direct I/O on a file of old data on the disk, its \
                cache dropped before each run. \"ring drops\" are the kernel's AF_XDP \
                rx_ring_full + rx_dropped; \"device read\" is the loop device's read \
-               sectors (files: the receiver's /proc/PID/io read_bytes) during the receive; \
+               sectors (files: the receiver's /proc/PID/io read_bytes) from the sender's \
+               start until the last block was in (not the SHA-256 read-back); \
                \"on disk at half\" is the loop device's written sectors, or the ext4 file's \
                clean and evicted pages (cachestat), when half the blocks were in.\n\n";
         md += &keepup_table(&rows, size);

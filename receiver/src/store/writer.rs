@@ -59,6 +59,9 @@ pub const WRITEBACK_LAG: u64 = 32 << 20;
 /// the rest one by one and frees each when it is ready, so opening a target
 /// (on the first packet, on a worker) costs a few ms, not the whole buffer.
 const EAGER: usize = 8;
+/// Buffers the writer thread faults in per round (16 MiB, a few ms) between
+/// its chunk writes.
+const POPULATE_STEP: usize = 16;
 /// How long the writer sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(2);
 
@@ -740,14 +743,15 @@ fn writer_loop(sh: &Shared) {
     let mut lag = Writeback::default();
     let nbuf = sh.buffers.len();
     loop {
-        // Fault in one more buffer per round (here, not on a worker's first
-        // copy), then hand it out.
+        // Fault in a few more buffers per round (here, not on a worker's
+        // first copy), then hand them out.
         let ready = sh.populated.load(Ordering::Relaxed);
         let mut worked = ready < nbuf && !sh.stop.load(Ordering::Relaxed);
         if worked {
-            populate(sh.pool_ptr, ready, ready + 1);
-            sh.populated.store(ready + 1, Ordering::Relaxed);
-            sh.put_buffer(ready);
+            let to = nbuf.min(ready + POPULATE_STEP);
+            populate(sh.pool_ptr, ready, to);
+            sh.populated.store(to, Ordering::Relaxed);
+            (ready..to).for_each(|b| sh.put_buffer(b));
         }
         let stopping = sh.stop.load(Ordering::Acquire);
         let flush_to = sh.flush_req.load(Ordering::Acquire);
