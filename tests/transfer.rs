@@ -102,14 +102,31 @@ fn socket_path_between_namespaces_64mib() {
 }
 
 /// Python one-liner run in the namespace that sends the given datagrams.
-fn inject(ns: &Netns, datagrams: &[Vec<u8>]) {
+/// A Python process in `ns`, started now, that sends `datagrams` to the
+/// group when [`fire`] is called: its start-up (seconds on a loaded
+/// machine) is out of the way before the moment that matters.
+fn injector(ns: &Netns, datagrams: &[Vec<u8>]) -> std::process::Child {
     let hexes: Vec<String> = datagrams.iter().map(|d| hex(d)).collect();
     let script = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
          s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_LOOP,1)\n\
-         for h in {hexes:?}:\n    s.sendto(bytes.fromhex(h),('239.7.7.7',5000))\n"
+         pk=[bytes.fromhex(h) for h in {hexes:?}]\n\
+         sys.stdin.readline()\n\
+         for p in pk:\n    s.sendto(p,('239.7.7.7',5000))\n"
     );
-    let out = ns.cmd("python3").args(["-c", &script]).output().unwrap();
+    ns.cmd("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Let the injector send, and wait for it.
+fn fire(mut child: std::process::Child) {
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -143,9 +160,6 @@ fn bad_packets_mid_transfer_are_counted_not_written() {
             "4242",
         ],
     );
-    wait_for(Duration::from_secs(20), "first blocks", || {
-        (read_page(&dir.0, "bad").blocks_done > 100).then_some(())
-    });
     let g = Geometry::new(len as u64, 1400);
     let garbage = vec![0xEEu8; 1400];
     let mut bad_magic = wire::encode_data(4242, &g, 5, &garbage);
@@ -160,7 +174,11 @@ fn bad_packets_mid_transfer_are_counted_not_written() {
         wire::encode_data(4242, &Geometry::new(len as u64 + 1400, 1400), 8, &garbage), // inconsistent
         b"hello".to_vec(),
     ];
-    inject(&ns, &packets);
+    let injector = injector(&ns, &packets);
+    wait_for(Duration::from_secs(20), "first blocks", || {
+        (read_page(&dir.0, "bad").blocks_done > 100).then_some(())
+    });
+    fire(injector);
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "bad", &src, &dst, PathMode::Socket);
     let s = read_page(&dir.0, "bad");

@@ -141,7 +141,9 @@ fn per_block(c: &mut Criterion) {
                 let start = Instant::now();
                 for c in 0..chunks {
                     let at = (c as usize * chunk) % (img.len() - chunk + 1);
-                    let bytes = warm.read_at(at as u64, chunk).expect("read the warm target");
+                    let bytes = warm
+                        .read_at(at as u64, chunk)
+                        .expect("read the warm target");
                     black_box(manifest::chunk_hash(&bytes));
                 }
                 // Per block: scale the chunks' time to exactly `iters` blocks.
