@@ -147,6 +147,8 @@ fn signed_transfer_with_loss_succeeds_without_read_back() {
     );
     assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
     assert!(s.message.contains("chunks verified"), "{}", s.message);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("trust     signed by"), "{text}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
     DiagStatus, PathMode, Snapshot, StorageStatus, TrustStatus, WorkerStatus, FLAG_DIGEST,
-    STALE_AFTER,
+    STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
 };
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -106,6 +106,21 @@ pub fn human(s: &Snapshot) -> String {
     if s.diag.unserved_frames > 0 {
         let _ = writeln!(o, "unserved  {} ({UNSERVED_FIX})", unserved(&s.diag));
     }
+    let _ = match (
+        s.trust.flags & TRUST_REQUIRED,
+        s.trust.flags & TRUST_MANIFEST,
+    ) {
+        (0, _) => Ok(()),
+        (_, 0) => writeln!(o, "trust     --trust: no manifest from a trusted key yet"),
+        _ => writeln!(
+            o,
+            "trust     signed by {}: {}/{} chunks verified, {} blocks rejected",
+            hex(&s.trust.signer),
+            s.trust.chunks_verified,
+            s.trust.chunk_count,
+            s.trust.rejected_blocks
+        ),
+    };
     if s.flags & FLAG_DIGEST != 0 {
         let _ = writeln!(o, "sha256    {}", hex(&s.digest));
     }
