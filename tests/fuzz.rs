@@ -63,6 +63,7 @@ fn valid_packets() -> Vec<Vec<u8>> {
             0,
             &manifest().0.sign_end(&key(), 1, 0),
         ),
+        wire::encode_zeros(7, &g, &[(3, 4), (10, 1)]).remove(0),
     ]
 }
 
@@ -82,6 +83,16 @@ fn check(pkt: &[u8]) {
             Packet::Nack { ranges, .. } => {
                 for (first, count) in ranges.iter() {
                     assert!(count > 0 && first + u64::from(count) <= g.block_count);
+                }
+            }
+            Packet::Zeros {
+                seq, count, runs, ..
+            } => {
+                assert!(seq < u64::from(count));
+                let mut floor = 0;
+                for (first, n) in runs.iter() {
+                    assert!(n > 0 && first >= floor && first + u64::from(n) <= g.block_count);
+                    floor = first + u64::from(n);
                 }
             }
             Packet::Fec {

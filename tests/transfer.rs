@@ -229,28 +229,6 @@ fn jumbo_blocks_on_the_socket_path() {
     assert_eq!(read_page(&dir.0, "jumbo").block_size, 8192);
 }
 
-/// A loop block device over a file, detached on drop.
-struct LoopDev(String);
-
-impl LoopDev {
-    fn new(backing: &Path, len: u64) -> LoopDev {
-        std::fs::File::create(backing)
-            .unwrap()
-            .set_len(len)
-            .unwrap();
-        let out = sh(&["losetup", "--find", "--show", backing.to_str().unwrap()]);
-        LoopDev(String::from_utf8(out.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn block_device_targets_are_written_in_place_or_refused_when_small() {
     if !netns_allowed() {

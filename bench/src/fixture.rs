@@ -25,6 +25,43 @@ pub fn seeded_image(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Write a sparse image of `len` bytes to `path`: about three quarters
+/// zeros, in runs from a few KiB to a few MiB (mixed lengths, whatever the
+/// block size), between runs of pseudo-random data. Every other zero run is
+/// a hole in the file and the others are zeros written as data, so that a
+/// sender meets both kinds. Returns the bytes in zero runs.
+pub fn write_sparse_image(path: &std::path::Path, len: u64, seed: u64) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(path)?;
+    f.set_len(len)?;
+    let mut x: u64 = (seed ^ 0xD1B5_4A32_D192_ED03) | 1;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    // Data runs of 1 KiB to ~1 MiB, zero runs three times as long on average.
+    let scale = (len / 64).clamp(4096, 1 << 20);
+    let (mut at, mut zeros, mut hole) = (0, 0, false);
+    while at < len {
+        let data = (1024 + next() % scale).min(len - at);
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&seeded_image(data as usize, next()))?;
+        at += data;
+        let run = (1024 + next() % (6 * scale)).min(len - at);
+        if !hole {
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(&vec![0; run as usize])?;
+        }
+        hole = !hole;
+        at += run;
+        zeros += run;
+    }
+    f.sync_all()?;
+    Ok(zeros)
+}
+
 /// The data datagrams (UDP payloads) of `image` cut into `block_size` blocks.
 pub fn datagrams(image: &[u8], block_size: u32) -> (Geometry, Vec<Vec<u8>>) {
     let g = Geometry::new(image.len() as u64, block_size);
@@ -60,6 +97,24 @@ pub fn eth_frame(datagram: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_images_are_mostly_zeros_and_reproducible() {
+        let dir = std::env::temp_dir().join(format!("xdpcast-fixture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let len = 16 << 20;
+        let zeros = write_sparse_image(&a, len, 7).unwrap();
+        assert_eq!(write_sparse_image(&b, len, 7).unwrap(), zeros);
+        let img = std::fs::read(&a).unwrap();
+        assert_eq!(img, std::fs::read(&b).unwrap());
+        assert_eq!(img.len() as u64, len);
+        let share = zeros as f64 / len as f64;
+        assert!((0.6..0.9).contains(&share), "{share}");
+        let zero_bytes = img.iter().filter(|&&x| x == 0).count() as u64;
+        assert!(zero_bytes >= zeros);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn frames_decapsulate_to_parseable_blocks() {

@@ -192,3 +192,34 @@ pub fn start_metrics(status: &Path, args: &[&str]) -> (Child, String) {
         .to_string();
     (child, addr)
 }
+
+/// A loop block device over a file of `len` bytes filled with `fill`,
+/// detached on drop (also when the test fails).
+pub struct LoopDev(pub String);
+
+impl LoopDev {
+    pub fn new(backing: &Path, len: u64) -> LoopDev {
+        LoopDev::filled(backing, len, None)
+    }
+
+    /// With every byte `fill` (old data on the device), or sparse for None.
+    pub fn filled(backing: &Path, len: u64, fill: Option<u8>) -> LoopDev {
+        match fill {
+            Some(b) => std::fs::write(backing, vec![b; len as usize]).unwrap(),
+            None => std::fs::File::create(backing)
+                .unwrap()
+                .set_len(len)
+                .unwrap(),
+        }
+        let out = sh(&["losetup", "--find", "--show", backing.to_str().unwrap()]);
+        LoopDev(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}

@@ -486,7 +486,8 @@ impl Control {
         // What this run received, for the rates; bytes_done also counts
         // the blocks a resume file says are on disk already.
         let received: u64 = s.workers.iter().map(|w| w.bytes).sum();
-        s.bytes_done = received + t.resumed_bytes();
+        // Zero runs count as done: they are in place, only never sent.
+        s.bytes_done = received + t.resumed_bytes() + t.skipped_bytes();
         if let Some(img) = t.image() {
             s.flags |= FLAG_GEOMETRY;
             s.session_id = u64::from(img.session);

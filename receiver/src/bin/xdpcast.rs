@@ -110,6 +110,10 @@ enum Cmd {
         /// Sockets with distinct source ports, to spread the flow over the receivers' RX queues.
         #[arg(long, default_value_t = 1)]
         streams: usize,
+        /// Send runs of all-zero blocks like data instead of announcing them
+        /// (by default they are found while hashing and never sent).
+        #[arg(long)]
+        no_sparse: bool,
         #[command(flatten)]
         repair: SendRepair,
         /// Sign the session with this secret key (from `xdpcast keygen`):
@@ -511,6 +515,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session,
             ttl,
             streams,
+            no_sparse,
             repair,
             sign,
             progress,
@@ -524,6 +529,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let mut opts = SendOptions::new(group, &iface);
+            opts.sparse = !no_sparse;
             repair.apply(&mut opts);
             opts.sign = sign
                 .as_deref()
@@ -536,18 +542,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.ttl = ttl;
             opts.streams = streams;
             let pb = progress.then(|| bar(0, "send"));
-            let r = sender::send(&file, &opts, |pass, blocks| {
+            let r = sender::send(&file, &opts, |p| {
                 if let Some(pb) = &pb {
-                    pb.set_message(format!("pass {}", pass + 1));
-                    pb.set_position(blocks);
+                    pb.set_length(p.total_bytes);
+                    pb.set_message(format!(
+                        "pass {}, {} zeros skipped",
+                        p.pass + 1,
+                        report::bytes(p.skipped_bytes)
+                    ));
+                    pb.set_position(p.bytes);
                 }
             })?;
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
             let secs = r.elapsed.as_secs_f64().max(1e-6);
+            let gb = r.geometry.total_size as f64 / 1e9;
             println!(
-                "sent {} in {} packets ({passes} pass(es), {} repair round(s) for {} NACKs, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; sha256 {}",
+                "sent {} in {} packets ({passes} pass(es), {} repair round(s) for {} NACKs, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; skipped {} of zeros in {} runs (zero scan {:.1} ms/GB, read {:.2} s); sha256 {}",
                 report::bytes(r.geometry.total_size),
                 r.packets,
                 r.repair_rounds,
@@ -556,6 +568,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.geometry.block_count,
                 r.geometry.block_size,
                 report::rate((r.bytes as f64 / secs) as u64),
+                report::bytes(r.skipped_bytes),
+                r.zero_runs,
+                r.scan_time.as_secs_f64() * 1e3 / gb.max(1e-9),
+                r.read_time.as_secs_f64(),
                 hex(&r.digest)
             );
             if r.nacks + r.nacks_ignored > 0 {

@@ -105,9 +105,11 @@ pub struct Manifest {
     pub issued_at: u64,
     /// Merkle root over the pages of chunk hashes.
     pub root: [u8; HASH_LEN],
-    /// Extension point: a hash of the list of zero runs the sender
-    /// announces instead of sending (all zero: no such list). A receiver
-    /// that skips announced runs must check the list against this hash.
+    /// SHA-256 of the list of zero runs the sender announces instead of
+    /// sending: the payloads of its zero-run packets (kind 11) in order;
+    /// all zero: no such list. Receivers check the blocks they zero like
+    /// data, through the signed chunk hashes, so a forged run fails its
+    /// chunk and is asked for again.
     pub zero_runs: [u8; HASH_LEN],
 }
 

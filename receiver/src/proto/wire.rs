@@ -34,8 +34,11 @@ pub const FLAG_FINAL: u32 = 1;
 pub const FLAG_REPAIR: u32 = 2;
 /// Largest number of ranges in one NACK packet.
 pub const MAX_NACK_RANGES: usize = 100;
-/// Bytes of one NACK range: first block (u64) and count (u32).
+/// Bytes of one block range (NACK, zero run): first block (u64) and count (u32).
 pub const NACK_RANGE_LEN: usize = 12;
+/// Bytes in front of the runs of a zero-run packet: the number of
+/// zero-run packets in the sender's list (u32).
+pub const ZEROS_PREFIX_LEN: usize = 4;
 /// Largest FEC group (source blocks per RaptorQ source block).
 pub const MAX_FEC_GROUP: u32 = 1024;
 /// FEC payload bytes in front of the symbol: group size (u32) and the
@@ -79,6 +82,8 @@ pub enum Kind {
     Manifest = 6,
     /// Signed sessions: an end of pass signed by the manifest's key.
     SignedEnd = 7,
+    /// Runs of all-zero blocks that the sender does not send (sparse image).
+    Zeros = 11,
 }
 
 impl Kind {
@@ -91,6 +96,7 @@ impl Kind {
             5 => Some(Kind::Fec),
             6 => Some(Kind::Manifest),
             7 => Some(Kind::SignedEnd),
+            11 => Some(Kind::Zeros),
             _ => None,
         }
     }
@@ -220,6 +226,14 @@ impl Geometry {
         index * u64::from(self.block_size)
     }
 
+    /// Bytes of blocks `[first, end)` (0 when empty).
+    pub fn range_bytes(&self, first: u64, end: u64) -> u64 {
+        if end <= first {
+            return 0;
+        }
+        self.offset(end - 1) + self.block_len(end - 1) as u64 - self.offset(first)
+    }
+
     pub(crate) fn is_consistent(&self) -> bool {
         (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
             && self.total_size > 0
@@ -276,7 +290,7 @@ impl Control {
     }
 }
 
-/// The ranges of a NACK packet, read in place.
+/// The block ranges of a NACK or zero-run packet, read in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ranges<'a>(&'a [u8]);
 
@@ -373,6 +387,19 @@ pub enum Packet<'a> {
         /// Pass, flags, signature.
         payload: &'a [u8],
     },
+    /// Runs of all-zero blocks, which the receiver makes read as zeros.
+    Zeros {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Position of this packet in the sender's zero-run list.
+        seq: u64,
+        /// Number of packets in the list.
+        count: u32,
+        /// Sorted, disjoint runs `(first block, count)`, each inside the image.
+        runs: Ranges<'a>,
+    },
 }
 
 impl Packet<'_> {
@@ -385,7 +412,8 @@ impl Packet<'_> {
             | Packet::Nack { session, .. }
             | Packet::Fec { session, .. }
             | Packet::Manifest { session, .. }
-            | Packet::SignedEnd { session, .. } => session,
+            | Packet::SignedEnd { session, .. }
+            | Packet::Zeros { session, .. } => session,
         }
     }
 
@@ -398,7 +426,8 @@ impl Packet<'_> {
             | Packet::Nack { geometry, .. }
             | Packet::Fec { geometry, .. }
             | Packet::Manifest { geometry, .. }
-            | Packet::SignedEnd { geometry, .. } => geometry,
+            | Packet::SignedEnd { geometry, .. }
+            | Packet::Zeros { geometry, .. } => geometry,
         }
     }
 }
@@ -503,25 +532,30 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                 }
             })
         }
-        Kind::Nack => {
-            let n = payload_len / NACK_RANGE_LEN;
-            if payload_len % NACK_RANGE_LEN != 0 || n == 0 || n > MAX_NACK_RANGES {
+        Kind::Nack => Ok(Packet::Nack {
+            session,
+            geometry,
+            ranges: ranges(payload, &geometry, MAX_NACK_RANGES, false)?,
+        }),
+        Kind::Zeros => {
+            if payload_len < ZEROS_PREFIX_LEN {
                 return Err(DropReason::BadControl);
             }
-            let ranges = Ranges(payload);
-            let inside = ranges.iter().all(|(first, count)| {
-                count > 0
-                    && first
-                        .checked_add(u64::from(count))
-                        .is_some_and(|end| end <= geometry.block_count)
-            });
-            if !inside {
+            let count = be_u32(payload, 0);
+            if u64::from(count) <= index {
                 return Err(DropReason::OutOfRange);
             }
-            Ok(Packet::Nack {
+            Ok(Packet::Zeros {
                 session,
                 geometry,
-                ranges,
+                seq: index,
+                count,
+                runs: ranges(
+                    &payload[ZEROS_PREFIX_LEN..],
+                    &geometry,
+                    max_zero_runs(geometry.block_size),
+                    true,
+                )?,
             })
         }
         Kind::Fec => {
@@ -589,6 +623,41 @@ pub fn encode_raw(
     out
 }
 
+/// Check the block ranges of a NACK or zero-run payload: 1 to `max`
+/// ranges, none empty, each inside the image, and (`sorted`) in increasing
+/// order without overlap.
+fn ranges<'a>(
+    payload: &'a [u8],
+    geometry: &Geometry,
+    max: usize,
+    sorted: bool,
+) -> Result<Ranges<'a>, DropReason> {
+    let n = payload.len() / NACK_RANGE_LEN;
+    if payload.len() % NACK_RANGE_LEN != 0 || n == 0 || n > max {
+        return Err(DropReason::BadControl);
+    }
+    let ranges = Ranges(payload);
+    let mut floor = 0;
+    let valid = ranges.iter().all(|(first, count)| {
+        let end = first.checked_add(u64::from(count));
+        let ok = count > 0
+            && end.is_some_and(|end| end <= geometry.block_count)
+            && (!sorted || first >= floor);
+        floor = end.unwrap_or(u64::MAX);
+        ok
+    });
+    if !valid {
+        return Err(DropReason::OutOfRange);
+    }
+    Ok(ranges)
+}
+
+/// Most runs in one zero-run packet: the payload stays within a block, so
+/// it fits every frame the session's data packets fit.
+pub fn max_zero_runs(block_size: u32) -> usize {
+    (block_size as usize - ZEROS_PREFIX_LEN) / NACK_RANGE_LEN
+}
+
 fn write_header(
     out: &mut [u8],
     kind: Kind,
@@ -641,22 +710,45 @@ pub fn encode_control(kind: Kind, session: u32, geometry: &Geometry, control: &C
     out
 }
 
+/// One packet of `kind` whose payload is `prefix` and then `ranges`.
+fn encode_ranges(
+    kind: Kind,
+    session: u32,
+    geometry: &Geometry,
+    index: u64,
+    prefix: &[u8],
+    ranges: &[(u64, u32)],
+) -> Vec<u8> {
+    let len = prefix.len() + ranges.len() * NACK_RANGE_LEN;
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    out.resize(HEADER_LEN, 0);
+    write_header(&mut out, kind, session, geometry, index, len);
+    out.extend_from_slice(prefix);
+    for (first, count) in ranges {
+        out.extend_from_slice(&first.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    out
+}
+
 /// Encode NACK packets for `ranges` of missing blocks, at most
 /// `MAX_NACK_RANGES` ranges per packet.
 pub fn encode_nacks(session: u32, geometry: &Geometry, ranges: &[(u64, u32)]) -> Vec<Vec<u8>> {
     ranges
         .chunks(MAX_NACK_RANGES)
-        .map(|chunk| {
-            let len = chunk.len() * NACK_RANGE_LEN;
-            let mut out = vec![0u8; HEADER_LEN + len];
-            write_header(&mut out, Kind::Nack, session, geometry, 0, len);
-            for (i, (first, count)) in chunk.iter().enumerate() {
-                let at = HEADER_LEN + i * NACK_RANGE_LEN;
-                out[at..at + 8].copy_from_slice(&first.to_be_bytes());
-                out[at + 8..at + 12].copy_from_slice(&count.to_be_bytes());
-            }
-            out
-        })
+        .map(|chunk| encode_ranges(Kind::Nack, session, geometry, 0, &[], chunk))
+        .collect()
+}
+
+/// Encode the zero-run list: `runs` (sorted, disjoint, `(first, count)`)
+/// cut into packets of at most [`max_zero_runs`] runs, packet `i` carrying
+/// `block_index` `i` and the number of packets.
+pub fn encode_zeros(session: u32, geometry: &Geometry, runs: &[(u64, u32)]) -> Vec<Vec<u8>> {
+    let chunks = runs.chunks(max_zero_runs(geometry.block_size));
+    let count = (chunks.len() as u32).to_be_bytes();
+    chunks
+        .enumerate()
+        .map(|(i, chunk)| encode_ranges(Kind::Zeros, session, geometry, i as u64, &count, chunk))
         .collect()
 }
 
@@ -809,6 +901,72 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn zero_runs_round_trip_in_numbered_packets() {
+        let g = Geometry::new(1000 * 100, 100);
+        assert_eq!(max_zero_runs(100), 8);
+        let runs: Vec<(u64, u32)> = (0..20).map(|i| (i * 50, 3)).collect();
+        let pkts = encode_zeros(9, &g, &runs);
+        assert_eq!(pkts.len(), 3);
+        let mut back = Vec::new();
+        for (i, p) in pkts.iter().enumerate() {
+            assert!(p.len() - HEADER_LEN <= 100, "fits a block");
+            match parse(p).unwrap() {
+                Packet::Zeros {
+                    session,
+                    seq,
+                    count,
+                    runs,
+                    ..
+                } => {
+                    assert_eq!((session, seq, count), (9, i as u64, 3));
+                    back.extend(runs.iter());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, runs);
+        assert!(encode_zeros(9, &g, &[]).is_empty());
+    }
+
+    #[test]
+    fn malformed_zero_runs_are_rejected() {
+        let g = geo();
+        let one = |runs: &[(u64, u32)]| encode_zeros(1, &g, runs).remove(0);
+        let cases = [
+            (one(&[(7, 2)]), DropReason::OutOfRange),
+            (one(&[(0, 0)]), DropReason::OutOfRange),
+            (one(&[(4, 2), (1, 1)]), DropReason::OutOfRange),
+            (one(&[(0, 3), (2, 1)]), DropReason::OutOfRange),
+            (one(&[(u64::MAX, 2)]), DropReason::OutOfRange),
+            (
+                {
+                    let mut p = one(&[(0, 1)]);
+                    p[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&0u32.to_be_bytes());
+                    p
+                },
+                DropReason::OutOfRange,
+            ),
+            (
+                {
+                    let mut p = one(&[(0, 1)]);
+                    p.pop();
+                    p[6..8].copy_from_slice(&15u16.to_be_bytes());
+                    p
+                },
+                DropReason::BadControl,
+            ),
+            (
+                encode_ranges(Kind::Zeros, 1, &g, 0, &[0, 0, 0, 1], &[]),
+                DropReason::BadControl,
+            ),
+        ];
+        for (i, (pkt, want)) in cases.iter().enumerate() {
+            assert_eq!(parse(pkt), Err(*want), "case {i}");
+        }
+        assert!(parse(&one(&[(0, 2), (2, 6)])).is_ok(), "touching runs");
     }
 
     fn data_pkt() -> Vec<u8> {

@@ -77,6 +77,42 @@ impl BlockBitmap {
         }
     }
 
+    /// Mark blocks `[first, end)` received, a word at a time; returns the
+    /// sub-ranges that were missing before (which the caller now owns, as
+    /// with [`Self::insert`]), in order.
+    ///
+    /// # Panics
+    /// If `end` is past the last block (the wire parser rejects such runs).
+    pub fn insert_range(&self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        assert!(
+            end <= self.len,
+            "blocks up to {end} out of range {}",
+            self.len
+        );
+        let mut fresh: Vec<(u64, u64)> = Vec::new();
+        let mut at = first;
+        while at < end {
+            let word = at / 64;
+            let lo = at % 64;
+            let hi = (end - word * 64).min(64);
+            let mask = (u64::MAX >> (64 - (hi - lo))) << lo;
+            let old = self.words[word as usize].fetch_or(mask, Ordering::AcqRel);
+            let mut new = mask & !old;
+            while new != 0 {
+                let a = word * 64 + u64::from(new.trailing_zeros());
+                let run = (new >> (a - word * 64)).trailing_ones();
+                let b = a + u64::from(run);
+                match fresh.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => fresh.push((a, b)),
+                }
+                new &= !((u64::MAX >> (64 - run)) << (a - word * 64));
+            }
+            at = word * 64 + hi;
+        }
+        fresh
+    }
+
     /// Whether block `index` has been received.
     pub fn contains(&self, index: u64) -> bool {
         index < self.len
@@ -94,17 +130,44 @@ impl BlockBitmap {
 
     /// Ranges `[start, end)` of missing blocks, in order.
     pub fn missing_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges_where(false)
+    }
+
+    /// Ranges `[start, end)` of blocks set, in order.
+    pub fn set_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges_where(true)
+    }
+
+    /// Ranges of blocks whose bit is `set`, stepping over whole words that
+    /// are all one way.
+    fn ranges_where(&self, set: bool) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut start = None;
-        for i in 0..self.len {
-            match (self.contains(i), start) {
-                (false, None) => start = Some(i),
-                (true, Some(s)) => {
+        let mut i = 0;
+        while i < self.len {
+            let word = self.words[(i / 64) as usize].load(Ordering::Acquire);
+            let word = if set { word } else { !word };
+            if i % 64 == 0 && i + 64 <= self.len && (word == 0 || word == u64::MAX) {
+                match (word == u64::MAX, start) {
+                    (true, None) => start = Some(i),
+                    (false, Some(s)) => {
+                        out.push((s, i));
+                        start = None;
+                    }
+                    _ => {}
+                }
+                i += 64;
+                continue;
+            }
+            match (word & (1 << (i % 64)) != 0, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
                     out.push((s, i));
                     start = None;
                 }
                 _ => {}
             }
+            i += 1;
         }
         if let Some(s) = start {
             out.push((s, self.len));
@@ -141,6 +204,26 @@ mod tests {
         assert_eq!(c.count_range(0, 50), 1);
         let d = BlockBitmap::from_words(70, &[u64::MAX, u64::MAX]);
         assert_eq!(d.count(), 70);
+    }
+
+    #[test]
+    fn ranges_insert_by_word_and_report_only_new_blocks() {
+        let b = BlockBitmap::new(300);
+        b.insert(70);
+        b.insert(71);
+        b.insert(200);
+        assert_eq!(
+            b.insert_range(60, 260),
+            vec![(60, 70), (72, 200), (201, 260)]
+        );
+        assert_eq!(b.count(), 200);
+        assert!(b.insert_range(64, 128).is_empty());
+        assert_eq!(b.set_ranges(), vec![(60, 260)]);
+        assert_eq!(b.missing_ranges(), vec![(0, 60), (260, 300)]);
+        assert_eq!(b.insert_range(0, 300), vec![(0, 60), (260, 300)]);
+        assert!(b.missing_ranges().is_empty());
+        assert_eq!(BlockBitmap::new(64).insert_range(0, 64), vec![(0, 64)]);
+        assert!(BlockBitmap::new(64).insert_range(5, 5).is_empty());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Slots<'a> {
     pub claimed: &'a BlockBitmap,
     /// Blocks whose bytes are in the target.
     pub written: &'a BlockBitmap,
+    /// Blocks made zeros for the sender's zero runs.
+    pub zeros: &'a BlockBitmap,
 }
 
 const OPEN: u8 = 0;
@@ -152,10 +154,23 @@ impl Signed {
 
     /// Block `index` has been written: check its chunk if that was the last one.
     pub fn block_written(&self, image: Slots<'_>, index: u64, c: &WorkerCounters) {
-        let chunk = index / u64::from(self.manifest.chunk_blocks);
-        let (first, end) = self.manifest.chunk_range(chunk);
-        if u64::from(self.written[chunk as usize].fetch_add(1, SeqCst)) + 1 == end - first {
-            self.try_verify(image, chunk, c);
+        self.blocks_written(image, index, index + 1, c);
+    }
+
+    /// Blocks `[first, end)` have been written (or zeroed for a zero run):
+    /// check each chunk whose last blocks they were. A zero run is thus
+    /// covered by the signature like data: its chunks' hashes are signed.
+    pub fn blocks_written(&self, image: Slots<'_>, first: u64, end: u64, c: &WorkerCounters) {
+        let per = u64::from(self.manifest.chunk_blocks);
+        let mut at = first;
+        while at < end {
+            let chunk = at / per;
+            let (a, b) = self.manifest.chunk_range(chunk);
+            let n = end.min(b) - at;
+            if u64::from(self.written[chunk as usize].fetch_add(n as u32, SeqCst)) + n == b - a {
+                self.try_verify(image, chunk, c);
+            }
+            at += n;
         }
     }
 
@@ -220,6 +235,7 @@ impl Signed {
             c.drop_packet(DropReason::BadChunk);
             self.written[i].store(0, SeqCst);
             image.written.remove_range(first, end);
+            image.zeros.remove_range(first, end);
             self.rejected_blocks.fetch_add(end - first, SeqCst);
             image.claimed.remove_range(first, end);
             self.state[i].store(OPEN, SeqCst);

@@ -44,6 +44,14 @@ pub struct Image {
     pub resumed: u64,
     /// Bytes of those blocks.
     pub resumed_bytes: u64,
+    /// Blocks of the sender's zero runs made to read as zeros here
+    /// (counted after the zeroing, with Release).
+    pub skipped_blocks: AtomicU64,
+    /// Bytes of those blocks.
+    pub skipped_bytes: AtomicU64,
+    /// Blocks zeroed for the sender's zero runs in this run (a rejected
+    /// chunk of a signed session clears its blocks here too).
+    pub zeros: BlockBitmap,
 }
 
 impl Image {
@@ -75,7 +83,35 @@ impl Image {
             target: &self.target,
             claimed: &self.claimed,
             written: &self.written,
+            zeros: &self.zeros,
         }
+    }
+
+    /// Runs of zero blocks announced by the sender: each block no one has
+    /// claimed yet is zeroed in the target (a hole or `BLKZEROOUT`, see
+    /// [`Target::zero`]) and then marked written, as if its data had come;
+    /// in a signed session its chunks are checked like data chunks.
+    fn zero_runs(
+        &self,
+        runs: wire::Ranges<'_>,
+        c: &WorkerCounters,
+        signed: Option<&Signed>,
+    ) -> Result<()> {
+        let g = &self.geometry;
+        for (first, count) in runs.iter() {
+            for (a, b) in self.claimed.insert_range(first, first + u64::from(count)) {
+                let bytes = g.range_bytes(a, b);
+                self.target.zero(g.offset(a), bytes)?;
+                self.zeros.insert_range(a, b);
+                self.written.insert_range(a, b);
+                self.skipped_bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.skipped_blocks.fetch_add(b - a, Ordering::Release);
+                if let Some(s) = signed {
+                    s.blocks_written(self.slots(), a, b, c);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of written block `index`.
@@ -254,6 +290,26 @@ impl Transfer {
         self.resume_failed.load(Ordering::Relaxed)
     }
 
+    /// Punch the holes of a file target once more, after the last block has
+    /// been written: a write through the mapping into a large folio that
+    /// straddles a zero run makes the filesystem allocate (and write back)
+    /// the whole folio, hole included. The bytes stay zeros either way;
+    /// this only gives the space back. Block devices were zeroed in place
+    /// and need nothing more.
+    pub fn settle_zero_runs(&self) -> Result<()> {
+        let Some(img) = self.image() else {
+            return Ok(());
+        };
+        if img.target.is_block_device() {
+            return Ok(());
+        }
+        let g = &img.geometry;
+        for (a, b) in img.zeros.set_ranges() {
+            img.target.zero(g.offset(a), g.range_bytes(a, b))?;
+        }
+        Ok(())
+    }
+
     /// Remove the resume file (the image is complete and verified).
     pub fn drop_resume(&self) {
         if let Some(p) = &self.resume {
@@ -316,11 +372,20 @@ impl Transfer {
         self.digest.get().copied()
     }
 
-    /// Blocks written so far (sum over workers, Acquire: every counted block
-    /// has been copied).
+    /// Bytes of the sender's zero runs made to read as zeros (not sent).
+    pub fn skipped_bytes(&self) -> u64 {
+        self.image()
+            .map_or(0, |i| i.skipped_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Blocks written so far (sum over workers, and zero runs; Acquire:
+    /// every counted block has been copied or zeroed).
     pub fn blocks_done(&self) -> u64 {
         let rejected = self.signed().map_or(0, Signed::rejected_blocks);
         (self.resumed_blocks()
+            + self
+                .image()
+                .map_or(0, |i| i.skipped_blocks.load(Ordering::Acquire))
             + self
                 .all_counters()
                 .map(|c| c.blocks.load(Ordering::Acquire))
@@ -359,7 +424,15 @@ impl Transfer {
     }
 
     fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
-        let target = Target::open(
+        let saved = self
+            .resume
+            .as_deref()
+            .and_then(|p| resume::load(p, session, &geometry));
+        let open = match saved {
+            Some(_) => Target::reopen,
+            None => Target::open,
+        };
+        let target = open(
             &self.target_path,
             geometry.total_size,
             geometry.block_size,
@@ -372,10 +445,6 @@ impl Transfer {
             geometry.block_size,
             self.target_path.display()
         );
-        let saved = self
-            .resume
-            .as_deref()
-            .and_then(|p| resume::load(p, session, &geometry));
         let (claimed, written) = match &saved {
             Some(words) => (
                 BlockBitmap::from_words(geometry.block_count, words),
@@ -408,6 +477,9 @@ impl Transfer {
             written,
             resumed,
             resumed_bytes,
+            skipped_blocks: AtomicU64::new(0),
+            skipped_bytes: AtomicU64::new(0),
+            zeros: BlockBitmap::new(geometry.block_count),
         }))
     }
 
@@ -625,6 +697,11 @@ impl Sink for Transfer {
                     }
                     self.fec_symbol(image, group, group_size, symbol, c)
                 }
+                Packet::Zeros { runs, .. } => {
+                    if let Err(e) = image.zero_runs(runs, c, self.signed()) {
+                        self.fail(e);
+                    }
+                }
                 // NACKs go to the sender; one on the group is misdirected.
                 Packet::Nack { .. } => return Err(DropReason::BadKind),
             }
@@ -710,6 +787,34 @@ mod tests {
         assert_eq!(d(DropReason::Inconsistent), 1);
         assert_eq!(d(DropReason::BadMagic), 1);
         assert_eq!(d(DropReason::Duplicate), 1);
+        let img = t.image().unwrap();
+        img.target.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn zero_runs_are_zeroed_over_old_data_and_count_as_done() {
+        let (t, path) = setup("zeros", None);
+        let mut data = image_bytes(10_000);
+        data[2000..7000].fill(0);
+        std::fs::write(&path, vec![0xEE; 10_000]).unwrap();
+        let g = Geometry::new(data.len() as u64, 1000);
+        let c = t.counters(0);
+        let zeros = wire::encode_zeros(5, &g, &[(2, 5)]);
+        t.ingest(&zeros[0], c);
+        assert_eq!(t.blocks_done(), 5);
+        // A repeated list, or a data packet for a zero block, changes nothing.
+        t.ingest(&zeros[0], c);
+        t.ingest(&encode_data(5, &g, 3, &[0xEE; 1000]), c);
+        assert_eq!(t.blocks_done(), 5);
+        for i in (0..2).chain(7..10) {
+            let o = g.offset(i) as usize;
+            t.ingest(&encode_data(5, &g, i, &data[o..o + 1000]), c);
+        }
+        assert_eq!(t.blocks_done(), 10);
+        assert_eq!(t.skipped_bytes(), 5000);
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 5000);
         let img = t.image().unwrap();
         img.target.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);

@@ -1,3 +1,4 @@
 //! The sender side.
 
 pub mod sender;
+pub mod zeros;

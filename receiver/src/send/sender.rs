@@ -1,7 +1,9 @@
 //! The sender: multicasts a file (or block device) as wire-format packets,
 //! in `sendmmsg` batches, at a limited rate, in one or more passes, with
 //! optional RaptorQ repair symbols, then repair rounds driven by the
-//! receivers' NACKs until a round passes with none.
+//! receivers' NACKs until a round passes with none. Runs of all-zero blocks
+//! (see [`zeros`](crate::send::zeros)) are announced in zero-run packets at
+//! the start of every pass instead of being sent.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -18,6 +20,7 @@ use crate::proto::fec;
 use crate::proto::manifest::{self, ChunkTree, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
 use crate::rng::XorShift;
+use crate::send::zeros::{self, ZeroRuns};
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 32;
@@ -72,6 +75,8 @@ pub struct SendOptions {
     /// Sign the session with this key (`--sign`): a manifest with chunk
     /// hashes and signed end packets go out besides the plain ones.
     pub sign: Option<ed25519_dalek::SigningKey>,
+    /// Announce runs of all-zero blocks instead of sending them.
+    pub sparse: bool,
 }
 
 impl SendOptions {
@@ -95,8 +100,24 @@ impl SendOptions {
             loss: 0.0,
             max_repair: 2.0,
             sign: None,
+            sparse: true,
         }
     }
+}
+
+/// Where a pass is, for progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Pass (0-based).
+    pub pass: u32,
+    /// Blocks of the image behind us in this pass (sent or skipped).
+    pub blocks: u64,
+    /// Bytes of the image behind us in this pass.
+    pub bytes: u64,
+    /// Bytes of the image.
+    pub total_bytes: u64,
+    /// Of those, bytes in zero runs (not sent).
+    pub skipped_bytes: u64,
 }
 
 /// What a finished send did.
@@ -127,6 +148,14 @@ pub struct SendReport {
     pub repair_refused: u64,
     /// Wall time of the sending (after hashing).
     pub elapsed: Duration,
+    /// Runs of zero blocks announced instead of sent.
+    pub zero_runs: u64,
+    /// Bytes in those runs (per pass, not sent).
+    pub skipped_bytes: u64,
+    /// Time spent looking for zero blocks, hashing excluded.
+    pub scan_time: Duration,
+    /// Wall time of reading the image (hash and zero scan).
+    pub read_time: Duration,
 }
 
 /// Paces sending to a rate by sleeping when ahead of schedule.
@@ -310,6 +339,29 @@ impl Wire<'_> {
         Ok(())
     }
 
+    /// Send the packets of the zero-run list whose runs meet blocks
+    /// `[first, end)`.
+    fn zeros(&mut self, list: &ZeroList, first: u64, end: u64) -> Result<()> {
+        let from = list.spans.partition_point(|s| s.1 <= first);
+        for i in from..list.spans.len() {
+            if list.spans[i].0 >= end {
+                break;
+            }
+            let pkt = &list.packets[i];
+            self.send_all(&[(pkt, &[])])?;
+            self.pacer.wait(pkt.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Send the blocks of `[first, end)` that are not in a zero run.
+    fn data(&mut self, list: &ZeroList, first: u64, end: u64) -> Result<()> {
+        for (a, b) in list.runs.data_in(first, end) {
+            self.blocks(a, b)?;
+        }
+        Ok(())
+    }
+
     /// Send `count` repair symbols of FEC group `group`, from repair symbol `first`.
     fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<()> {
         let g = self.geometry;
@@ -333,6 +385,46 @@ struct Collected {
     nacks: u64,
     /// Datagrams ignored.
     ignored: u64,
+}
+
+/// The zero runs of the image and the packets that announce them.
+struct ZeroList {
+    runs: ZeroRuns,
+    packets: Vec<Vec<u8>>,
+    /// Blocks `[first, end)` spanned by the runs of each packet.
+    spans: Vec<(u64, u64)>,
+}
+
+impl ZeroList {
+    fn new(runs: ZeroRuns, session: u32, g: &Geometry) -> ZeroList {
+        let wire_runs = runs.wire();
+        let packets = wire::encode_zeros(session, g, &wire_runs);
+        let spans = wire_runs
+            .chunks(wire::max_zero_runs(g.block_size))
+            .map(|c| {
+                let (last, n) = c[c.len() - 1];
+                (c[0].0, last + u64::from(n))
+            })
+            .collect();
+        ZeroList {
+            runs,
+            packets,
+            spans,
+        }
+    }
+
+    /// SHA-256 of the list (the packets' payloads in order), for the
+    /// signed manifest; all zero when there are no runs.
+    fn digest(&self) -> [u8; 32] {
+        if self.packets.is_empty() {
+            return [0; 32];
+        }
+        let mut h = Sha256::new();
+        for p in &self.packets {
+            h.update(&p[wire::HEADER_LEN..]);
+        }
+        h.finalize().into()
+    }
 }
 
 /// The socket that takes NACKs and the address announced for it.
@@ -456,12 +548,11 @@ fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-/// Multicast the file at `path`. `progress` is called with (pass, blocks
-/// sent in this pass) as the pass advances.
+/// Multicast the file at `path`. `progress` is called as each pass advances.
 pub fn send(
     path: &Path,
     opts: &SendOptions,
-    mut progress: impl FnMut(u32, u64),
+    mut progress: impl FnMut(&Progress),
 ) -> Result<SendReport> {
     let file =
         File::open(path).map_err(|e| Error::target_io(&format!("open {}", path.display()), &e))?;
@@ -503,7 +594,9 @@ pub fn send(
         ));
     }
     let geometry = Geometry::new(map.len() as u64, block_size);
-    let digest: [u8; 32] = Sha256::digest(&map[..]).into();
+    let scan = zeros::scan(&file, &map, &geometry, opts.sparse);
+    let digest = scan.digest;
+    let skipped_bytes = scan.zeros.bytes(&geometry);
     let repair = if opts.repair {
         Some(Repair::open(&opts.iface, opts.group.0)?)
     } else {
@@ -523,6 +616,16 @@ pub fn send(
         .collect::<Result<Vec<_>>>()?;
     let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
+    let list = ZeroList::new(scan.zeros.clone(), session, &geometry);
+    if !list.packets.is_empty() {
+        log::info!(
+            "{} of zeros in {} runs, announced in {} packets (zero scan {:?})",
+            skipped_bytes,
+            list.runs.runs().len(),
+            list.packets.len(),
+            scan.scan_time
+        );
+    }
     let signer = opts.sign.as_ref().map(|key| {
         let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count);
         let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
@@ -552,7 +655,7 @@ pub fn send(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             root: tree.root(),
-            zero_runs: [0; manifest::HASH_LEN],
+            zero_runs: list.digest(),
         };
         Signer {
             head: manifest.sign(key),
@@ -618,20 +721,38 @@ pub fn send(
         };
         w.control(Kind::Announce, &control)?;
         w.all_pages()?;
+        w.zeros(&list, 0, geometry.block_count)?;
         let mut since_announce = 0u64;
+        let mut at = Progress {
+            pass,
+            blocks: 0,
+            bytes: 0,
+            total_bytes: geometry.total_size,
+            skipped_bytes: 0,
+        };
         for c in 0..chunks {
             let (first, end) = fec::group_blocks(&geometry, chunk, c);
-            w.blocks(first, end)?;
-            if opts.fec_repair > 0 {
+            let data = list.runs.data_in(first, end);
+            let sent: u64 = data.iter().map(|(a, b)| b - a).sum();
+            let bytes = geometry.range_bytes(first, end);
+            let data_bytes: u64 = data.iter().map(|&(a, b)| geometry.range_bytes(a, b)).sum();
+            for &(a, b) in &data {
+                w.blocks(a, b)?;
+            }
+            // A group of zeros only needs no repair symbols.
+            if opts.fec_repair > 0 && sent > 0 {
                 let r = u32::from(opts.fec_repair);
                 w.fec(chunk, c, pass * r, r)?;
             }
-            since_announce += end - first;
+            since_announce += sent;
             if since_announce >= opts.announce_every {
                 w.control(Kind::Announce, &control)?;
                 since_announce = 0;
             }
-            progress(pass, end);
+            at.blocks = end;
+            at.bytes += bytes;
+            at.skipped_bytes += bytes - data_bytes;
+            progress(&at);
         }
         w.control(Kind::End, &control)?;
     }
@@ -688,7 +809,8 @@ pub fn send(
             // NACKs that chunk to get here.
             w.all_pages()?;
             for (first, end) in wanted {
-                w.blocks(first, end)?;
+                w.zeros(&list, first, end)?;
+                w.data(&list, first, end)?;
             }
             w.control(Kind::End, &Control { pass, ..base })?;
         }
@@ -711,6 +833,10 @@ pub fn send(
         repair_blocks,
         repair_refused: refused,
         elapsed: start.elapsed(),
+        zero_runs: list.runs.runs().len() as u64,
+        skipped_bytes,
+        scan_time: scan.scan_time,
+        read_time: scan.elapsed,
     })
 }
 

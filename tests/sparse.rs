@@ -1,0 +1,185 @@
+//! Sparse images: runs of zero blocks are announced, not sent, and land as
+//! real holes in a file, or zeroed in place on a block device holding old
+//! data; a receiver killed half-way resumes. Every case ends with the
+//! source's SHA-256 on the target.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Output};
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::page::State;
+use xdpcast_bench::fixture::write_sparse_image;
+
+const MIB: u64 = 1 << 20;
+const GROUP: &str = "239.8.8.8:5000";
+
+/// A namespace whose loopback carries multicast.
+fn loopback(name: &str) -> Netns {
+    let ns = Netns::new(name);
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    ns
+}
+
+fn receiver(ns: &Netns, iface: &str, status: &Path, name: &str, out: &str) -> Child {
+    let args = ["--iface", iface, "--mode", "socket", "--out", out];
+    start_receiver(xdpcast(ns), status, name, GROUP, &args)
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Send `src` on the namespace's loopback to a receiver writing `out`;
+/// returns the sender's final line, after checking both succeeded.
+fn transfer(ns: &Netns, dir: &Path, name: &str, src: &Path, out: &str) -> String {
+    let rx = receiver(ns, "lo", dir, name, out);
+    let tx = start_sender(
+        ns,
+        "lo",
+        GROUP,
+        src,
+        &["--block-size", "1400", "--rate", "1G", "--passes", "2"],
+    );
+    let line = ok(
+        &wait_output(tx, Duration::from_secs(120), "sender"),
+        "sender",
+    );
+    ok(
+        &wait_output(rx, Duration::from_secs(120), "receiver"),
+        "receiver",
+    );
+    let s = read_page(dir, name);
+    assert_eq!(s.state, State::Success);
+    assert_eq!(s.bytes_done, s.total_bytes);
+    // Only the data went over the wire.
+    let packets: u64 = s.workers.iter().map(|w| w.packets).sum();
+    assert!(
+        packets < s.block_count,
+        "{packets} packets for {} blocks in two passes",
+        s.block_count
+    );
+    line
+}
+
+/// Bytes a file really holds on disk.
+fn allocated(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn file_target_over_old_data_ends_with_real_holes() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = loopback("xdpc-sparse");
+    let dir = TempDir::new("xdpc-sparse");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    let len = 16 * MIB;
+    let zeros = write_sparse_image(&src, len, 1).unwrap();
+    std::fs::write(&dst, vec![0xEE; len as usize]).unwrap();
+    let line = transfer(&ns, &dir.0, "file", &src, dst.to_str().unwrap());
+    assert!(line.contains("skipped"), "{line}");
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    eprintln!("before sync {}", allocated(&dst));
+    std::process::Command::new("sync").status().unwrap();
+    eprintln!("after sync {}", allocated(&dst));
+    let frag = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&frag.stdout));
+    // The zero runs are holes: at most a page at each end of a run stays.
+    assert!(
+        allocated(&dst) < len - zeros + zeros / 8,
+        "{} bytes allocated, {} of data",
+        allocated(&dst),
+        len - zeros
+    );
+}
+
+#[test]
+fn block_device_holding_old_data_is_zeroed_where_the_image_has_zeros() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = loopback("xdpc-sparse-blk");
+    let dir = TempDir::new("xdpc-sparse-blk");
+    let src = dir.join("src.img");
+    let len = 16 * MIB;
+    write_sparse_image(&src, len, 2).unwrap();
+    let backing = dir.join("dev.backing");
+    let dev = LoopDev::filled(&backing, 24 * MIB, Some(0xEE));
+    transfer(&ns, &dir.0, "blk", &src, &dev.0);
+    // Read back through the device: no stale byte where the image has zeros.
+    let device = std::fs::read(&dev.0).unwrap();
+    let image = std::fs::read(&src).unwrap();
+    assert!(
+        device[..len as usize] == image[..],
+        "device differs from the image"
+    );
+    assert!(
+        device[len as usize..].iter().all(|&b| b == 0xEE),
+        "past the image: untouched"
+    );
+}
+
+#[test]
+fn killed_receiver_resumes_a_sparse_image() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = loopback("xdpc-sparse-res");
+    let dir = TempDir::new("xdpc-sparse-res");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    let len = 32 * MIB;
+    write_sparse_image(&src, len, 3).unwrap();
+    let resume = dir.join("dst.img.xdpcast-resume");
+    let out = dst.to_str().unwrap();
+    let mut rx = receiver(&ns, "lo", &dir.0, "res", out);
+    // About 8 MiB of data at 40 Mbit/s: some 1.7 s per pass, two passes.
+    let tx = start_sender(
+        &ns,
+        "lo",
+        GROUP,
+        &src,
+        &["--block-size", "1400", "--rate", "40M", "--passes", "2"],
+    );
+    wait_for(Duration::from_secs(30), "a saved resume file", || {
+        let s = read_page(&dir.0, "res");
+        let data: u64 = s.workers.iter().map(|w| w.bytes).sum();
+        (resume.exists() && data > MIB && s.blocks_done < s.block_count).then_some(())
+    });
+    rx.kill().unwrap();
+    rx.wait().unwrap();
+    let rx = receiver(&ns, "lo", &dir.0, "res", out);
+    ok(
+        &wait_output(tx, Duration::from_secs(120), "sender"),
+        "sender",
+    );
+    ok(
+        &wait_output(rx, Duration::from_secs(60), "restarted receiver"),
+        "restarted receiver",
+    );
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    let s = read_page(&dir.0, "res");
+    assert_eq!(s.state, State::Success);
+    assert!(s.resumed_blocks > 0);
+    assert!(!resume.exists());
+    // Resuming did not fill the holes in again.
+    assert!(
+        allocated(&dst) < len / 2,
+        "{} bytes allocated",
+        allocated(&dst)
+    );
+}
