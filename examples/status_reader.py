@@ -40,6 +40,8 @@ W = dict(
     # layout 2: one 16-word region per subsystem, per-worker extension
     trust=512, storage=528, repair=544, stream=560, sparse=576, diag=592,
     worker_ext=768,
+    # sparse region
+    skipped_bytes=576, skipped_blocks=577, zero_method=578,
 )
 WORKER_WORDS = 8
 LATENCY_WORDS = 3
@@ -74,6 +76,7 @@ WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
 STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "bytes_stored", "chunks_full", "chunks_partial",
                   "overflow_blocks", "write_max_ns", "direct"]
+ZERO_METHODS = ["none", "punch_hole", "zero_range", "blkzeroout", "written"]
 STALE_AFTER_NS = 5 * 10**9
 U64_MAX = 2**64 - 1
 SEQ_OFF = 8 * W["seq"]
@@ -140,7 +143,7 @@ def decode(w, owner_uid):
             "block_count", "total_bytes", "blocks_done", "bytes_done",
             "packets", "start_ns", "end_ns", "rate_bps", "avg_rate_bps",
             "passes_seen", "first_pass_missing", "fec_recovered", "nacks_sent",
-            "resumed_blocks"]
+            "resumed_blocks", "skipped_bytes", "skipped_blocks"]
     out = {
         "name": text(w, W["name"], 64),
         "group": text(w, W["group"], 64),
@@ -155,6 +158,8 @@ def decode(w, owner_uid):
         "foreign_owner": owner_uid not in (0, os.geteuid()),
     }
     out.update((k, w[W[k]]) for k in keys)
+    zm = w[W["zero_method"]]
+    out["zero_method"] = ZERO_METHODS[zm] if zm < len(ZERO_METHODS) else "none"
     out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None
     out["message"] = text(w, W["message"], 256)
     out["drops"] = {n: w[W["drops"] + i] for i, n in enumerate(DROPS)}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use xdpcast::proto::wire::hex;
 use xdpcast::proto::wire::{self, Control, DropReason, Geometry, Kind};
-use xdpcast::status::page::{self, offsets, Snapshot, State, StatusReader};
+use xdpcast::status::page::{self, offsets, Snapshot, State, StatusReader, ZeroMethod};
 use xdpcast::status::report::SessionReport;
 use xdpcast::ErrorCode;
 
@@ -702,6 +702,12 @@ fn expected_c_fields(s: &Snapshot) -> Vec<(String, String)> {
         ("fec_recovered".into(), s.fec_recovered.to_string()),
         ("nacks_sent".into(), s.nacks_sent.to_string()),
         ("resumed_blocks".into(), s.resumed_blocks.to_string()),
+        ("skipped_bytes".into(), s.sparse.skipped_bytes.to_string()),
+        ("skipped_blocks".into(), s.sparse.skipped_blocks.to_string()),
+        (
+            "zero_method".into(),
+            (s.sparse.zero_method as u64).to_string(),
+        ),
         ("worker_count".into(), s.workers.len().to_string()),
         ("flags".into(), s.flags.to_string()),
         ("sha256".into(), hex(&s.digest)),
@@ -1271,8 +1277,20 @@ fn headers_and_python_reader_match_the_rust_constants() {
         ("WORKERS", WORKERS),
         ("WORKER_LATENCY", WORKER_LATENCY),
         ("WORKER_BATCH_SUM", WORKER_BATCH_SUM),
+        ("SKIPPED_BYTES", SKIPPED_BYTES),
+        ("SKIPPED_BLOCKS", SKIPPED_BLOCKS),
+        ("ZERO_METHOD", ZERO_METHOD),
     ] {
         assert_eq!(num(&format!("XDPCAST_W_{k}")), v as u64, "XDPCAST_W_{k}");
+    }
+    for (m, name) in [
+        (ZeroMethod::None, "NONE"),
+        (ZeroMethod::PunchHole, "PUNCH_HOLE"),
+        (ZeroMethod::ZeroRange, "RANGE"),
+        (ZeroMethod::ZeroOut, "BLKZEROOUT"),
+        (ZeroMethod::Written, "WRITTEN"),
+    ] {
+        assert_eq!(num(&format!("XDPCAST_ZERO_{name}")), m as u64);
     }
     assert_eq!(num("XDPCAST_WORKER_WORDS"), WORKER_WORDS as u64);
     assert_eq!(num("XDPCAST_LATENCY_WORDS"), LATENCY_WORDS as u64);
@@ -1324,6 +1342,22 @@ fn headers_and_python_reader_match_the_rust_constants() {
                 .unwrap_or_else(|| panic!("{q} out of order in status_reader.py"));
         }
     }
+    let mut at = 0;
+    for m in [
+        ZeroMethod::None,
+        ZeroMethod::PunchHole,
+        ZeroMethod::ZeroRange,
+        ZeroMethod::ZeroOut,
+        ZeroMethod::Written,
+    ] {
+        at += py[at..]
+            .find(&format!("\"{}\"", m.name()))
+            .unwrap_or_else(|| panic!("{} out of order in status_reader.py", m.name()));
+    }
+    assert!(
+        py.contains(&format!("skipped_bytes={}", SKIPPED_BYTES))
+            && py.contains(&format!("zero_method={}", ZERO_METHOD))
+    );
     assert!(
         py.contains(&format!("workers={}", WORKERS))
             && py.contains(&format!("worker_latency={}", WORKER_LATENCY))

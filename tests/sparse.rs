@@ -11,7 +11,7 @@ use std::process::{Child, Output};
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::page::State;
+use xdpcast::status::page::{State, ZeroMethod};
 use xdpcast_bench::fixture::write_sparse_image;
 
 const MIB: u64 = 1 << 20;
@@ -71,6 +71,16 @@ fn transfer(ns: &Netns, dir: &Path, name: &str, src: &Path, out: &str) -> String
     line
 }
 
+/// Bytes in all-zero blocks of 1400 bytes of `src`.
+fn zero_block_bytes(src: &Path) -> u64 {
+    std::fs::read(src)
+        .unwrap()
+        .chunks(1400)
+        .filter(|b| b.iter().all(|&x| x == 0))
+        .map(|b| b.len() as u64)
+        .sum()
+}
+
 /// Bytes a file really holds on disk.
 fn allocated(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
@@ -90,6 +100,9 @@ fn file_target_over_old_data_ends_with_real_holes() {
     let line = transfer(&ns, &dir.0, "file", &src, dst.to_str().unwrap());
     assert!(line.contains("skipped"), "{line}");
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    let s = read_page(&dir.0, "file");
+    assert_eq!(s.sparse.skipped_bytes, zero_block_bytes(&src));
+    assert_eq!(s.sparse.zero_method, ZeroMethod::PunchHole);
     eprintln!("before sync {}", allocated(&dst));
     std::process::Command::new("sync").status().unwrap();
     eprintln!("after sync {}", allocated(&dst));
@@ -121,6 +134,9 @@ fn block_device_holding_old_data_is_zeroed_where_the_image_has_zeros() {
     let backing = dir.join("dev.backing");
     let dev = LoopDev::filled(&backing, 24 * MIB, Some(0xEE));
     transfer(&ns, &dir.0, "blk", &src, &dev.0);
+    let s = read_page(&dir.0, "blk");
+    assert_eq!(s.sparse.skipped_bytes, zero_block_bytes(&src));
+    assert_eq!(s.sparse.zero_method, ZeroMethod::ZeroOut);
     // Read back through the device: no stale byte where the image has zeros.
     let device = std::fs::read(&dev.0).unwrap();
     let image = std::fs::read(&src).unwrap();

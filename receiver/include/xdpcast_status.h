@@ -80,6 +80,9 @@ extern "C" {
 #define XDPCAST_W_REPAIR 544  /* repair, suppression, progress reports */
 #define XDPCAST_W_STREAM 560  /* output stream */
 #define XDPCAST_W_SPARSE 576  /* sparse images */
+#define XDPCAST_W_SKIPPED_BYTES 576  /* bytes of the sender's zero runs made zeros, never sent */
+#define XDPCAST_W_SKIPPED_BLOCKS 577 /* blocks of those runs */
+#define XDPCAST_W_ZERO_METHOD 578    /* how: XDPCAST_ZERO_* */
 #define XDPCAST_W_DIAG 592    /* data-path diagnostics */
 #define XDPCAST_REGION_WORDS 16
 #define XDPCAST_W_WORKER_EXT 768 /* 32 slots of XDPCAST_WORKER_EXT_WORDS words */
@@ -88,6 +91,13 @@ extern "C" {
 #define XDPCAST_DROP_SLOTS 16
 #define XDPCAST_NAME_LEN 64
 #define XDPCAST_TEXT_LEN 256
+
+/* Values of the zero_method word: how the receiver made zero runs read as zeros. */
+#define XDPCAST_ZERO_NONE 0       /* nothing zeroed yet */
+#define XDPCAST_ZERO_PUNCH_HOLE 1 /* fallocate(FALLOC_FL_PUNCH_HOLE) on a file */
+#define XDPCAST_ZERO_RANGE 2      /* fallocate(FALLOC_FL_ZERO_RANGE) on a file */
+#define XDPCAST_ZERO_BLKZEROOUT 3 /* ioctl(BLKZEROOUT) on a block device */
+#define XDPCAST_ZERO_WRITTEN 4    /* zeros written like data */
 
 /* Word index i as a byte offset. */
 #define XDPCAST_BYTE_OFFSET(i) ((i) * 8u)

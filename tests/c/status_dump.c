@@ -80,6 +80,9 @@ int main(int argc, char **argv)
     FIELD("fec_recovered", XDPCAST_W_FEC_RECOVERED);
     FIELD("nacks_sent", XDPCAST_W_NACKS_SENT);
     FIELD("resumed_blocks", XDPCAST_W_RESUMED_BLOCKS);
+    FIELD("skipped_bytes", XDPCAST_W_SKIPPED_BYTES);
+    FIELD("skipped_blocks", XDPCAST_W_SKIPPED_BLOCKS);
+    FIELD("zero_method", XDPCAST_W_ZERO_METHOD);
     FIELD("worker_count", XDPCAST_W_WORKER_COUNT);
     FIELD("flags", XDPCAST_W_FLAGS);
     printf("sha256=");

@@ -23,8 +23,8 @@ use crate::receive::transfer::Transfer;
 use crate::receive::workers::Sink;
 use crate::rng::XorShift;
 use crate::status::page::{
-    now_ns, writer_page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
-    TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
+    now_ns, writer_page_path, PathMode, Snapshot, SparseStatus, State, StatusWriter, FLAG_DIGEST,
+    FLAG_GEOMETRY, TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
 };
 
 /// How often the control thread looks at the transfer and publishes the page.
@@ -486,15 +486,20 @@ impl Control {
         // What this run received, for the rates; bytes_done also counts
         // the blocks a resume file says are on disk already.
         let received: u64 = s.workers.iter().map(|w| w.bytes).sum();
-        // Zero runs count as done: they are in place, only never sent.
-        s.bytes_done = received + t.resumed_bytes() + t.skipped_bytes();
         if let Some(img) = t.image() {
             s.flags |= FLAG_GEOMETRY;
             s.session_id = u64::from(img.session);
             s.block_size = u64::from(img.geometry.block_size);
             s.block_count = img.geometry.block_count;
             s.total_bytes = img.geometry.total_size;
+            s.sparse = SparseStatus {
+                skipped_bytes: img.skipped_bytes.load(Ordering::Relaxed),
+                skipped_blocks: img.skipped_blocks.load(Ordering::Relaxed),
+                zero_method: img.target.zeroed_by(),
+            };
         }
+        // Zero runs count as done: they are in place, only never sent.
+        s.bytes_done = received + t.resumed_bytes() + s.sparse.skipped_bytes;
         if let Some(d) = t.digest() {
             s.flags |= FLAG_DIGEST;
             s.digest = d;
@@ -616,13 +621,15 @@ impl Control {
         }
     }
 
-    /// Flush the target (msync and fsync); returns it.
+    /// Punch the zero runs' holes once more (files), flush the target
+    /// (msync and fsync); returns it.
     fn flush(&self) -> Result<&crate::store::target::Target> {
         let img = self
             .path
             .sink
             .image()
             .ok_or_else(|| Error::new(ErrorCode::Internal, "no image"))?;
+        self.path.sink.settle_zero_runs()?;
         img.target.flush()?;
         Ok(&img.target)
     }

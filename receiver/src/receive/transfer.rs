@@ -372,12 +372,6 @@ impl Transfer {
         self.digest.get().copied()
     }
 
-    /// Bytes of the sender's zero runs made to read as zeros (not sent).
-    pub fn skipped_bytes(&self) -> u64 {
-        self.image()
-            .map_or(0, |i| i.skipped_bytes.load(Ordering::Relaxed))
-    }
-
     /// Blocks written so far (sum over workers, and zero runs; Acquire:
     /// every counted block has been copied or zeroed).
     pub fn blocks_done(&self) -> u64 {
@@ -813,7 +807,10 @@ mod tests {
             t.ingest(&encode_data(5, &g, i, &data[o..o + 1000]), c);
         }
         assert_eq!(t.blocks_done(), 10);
-        assert_eq!(t.skipped_bytes(), 5000);
+        assert_eq!(
+            t.image().unwrap().skipped_bytes.load(Ordering::Relaxed),
+            5000
+        );
         assert_eq!(c.bytes.load(Ordering::Relaxed), 5000);
         let img = t.image().unwrap();
         img.target.flush().unwrap();

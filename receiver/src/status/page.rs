@@ -100,6 +100,12 @@ pub mod offsets {
     pub const STREAM: usize = 560;
     /// Sparse images: runs skipped (16 words).
     pub const SPARSE: usize = 576;
+    /// Bytes of the sender's zero runs made to read as zeros, never sent.
+    pub const SKIPPED_BYTES: usize = SPARSE;
+    /// Blocks of those runs.
+    pub const SKIPPED_BLOCKS: usize = SPARSE + 1;
+    /// How they were zeroed: a `ZeroMethod`.
+    pub const ZERO_METHOD: usize = SPARSE + 2;
     /// Diagnostics of the data path (16 words).
     pub const DIAG: usize = 592;
     /// Words of each region above.
@@ -210,6 +216,51 @@ impl PathMode {
             PathMode::XdpNative => "xdp-native",
             PathMode::XdpGeneric => "xdp-generic",
         }
+    }
+}
+
+/// How the receiver made the sender's zero runs read as zeros
+/// (`crate::store::target::Target::zero`). The discriminant is published on
+/// the status page and must not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum ZeroMethod {
+    /// Nothing zeroed yet.
+    #[default]
+    None = 0,
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE)`: the file's blocks are freed.
+    PunchHole = 1,
+    /// `fallocate(FALLOC_FL_ZERO_RANGE)`: the filesystem cannot punch holes.
+    ZeroRange = 2,
+    /// `ioctl(BLKZEROOUT)` on a block device.
+    ZeroOut = 3,
+    /// Zeros written like data (no faster way accepted by the target).
+    Written = 4,
+}
+
+impl ZeroMethod {
+    /// Stable name used in CLI output, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroMethod::None => "none",
+            ZeroMethod::PunchHole => "punch_hole",
+            ZeroMethod::ZeroRange => "zero_range",
+            ZeroMethod::ZeroOut => "blkzeroout",
+            ZeroMethod::Written => "written",
+        }
+    }
+
+    /// The method with discriminant `v` (None for unknown values).
+    pub fn from_u64(v: u64) -> ZeroMethod {
+        [
+            ZeroMethod::PunchHole,
+            ZeroMethod::ZeroRange,
+            ZeroMethod::ZeroOut,
+            ZeroMethod::Written,
+        ]
+        .into_iter()
+        .find(|m| *m as u64 == v)
+        .unwrap_or(ZeroMethod::None)
     }
 }
 
@@ -472,6 +523,39 @@ impl TrustStatus {
     }
 }
 
+/// Sparse images (region [`offsets::SPARSE`]): the sender's runs of zero
+/// blocks, made to read as zeros here without being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SparseStatus {
+    /// Bytes of those runs in this run of the receiver (also counted in
+    /// `bytes_done`).
+    pub skipped_bytes: u64,
+    /// Blocks of those runs (also counted in `blocks_done`).
+    pub skipped_blocks: u64,
+    /// How they were made to read as zeros.
+    pub zero_method: ZeroMethod,
+}
+
+impl SparseStatus {
+    fn words(self) -> [(usize, u64); 3] {
+        use offsets::*;
+        [
+            (SKIPPED_BYTES, self.skipped_bytes),
+            (SKIPPED_BLOCKS, self.skipped_blocks),
+            (ZERO_METHOD, self.zero_method as u64),
+        ]
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> SparseStatus {
+        use offsets::*;
+        SparseStatus {
+            skipped_bytes: w[SKIPPED_BYTES],
+            skipped_blocks: w[SKIPPED_BLOCKS],
+            zero_method: ZeroMethod::from_u64(w[ZERO_METHOD]),
+        }
+    }
+}
+
 /// Everything on the page, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
@@ -520,6 +604,8 @@ pub struct Snapshot {
     pub nacks_sent: u64,
     /// Blocks taken from the resume file of an earlier run.
     pub resumed_blocks: u64,
+    /// Sparse images: the zero runs skipped.
+    pub sparse: SparseStatus,
     /// FLAG_* bits.
     pub flags: u64,
     /// Sender's SHA-256 (valid with FLAG_DIGEST).
@@ -634,6 +720,7 @@ impl Snapshot {
                 .enumerate()
                 .map(|(i, v)| (STORAGE + i, v)),
         );
+        w.extend(self.sparse.words());
         w
     }
 
@@ -682,6 +769,7 @@ impl Snapshot {
             fec_recovered: w[FEC_RECOVERED],
             nacks_sent: w[NACKS_SENT],
             resumed_blocks: w[RESUMED_BLOCKS],
+            sparse: SparseStatus::from_page(w),
             flags: w[FLAGS],
             digest,
             drops,
@@ -1079,6 +1167,11 @@ mod tests {
             total_bytes: 13_000,
             blocks_done: 9,
             bytes_done: 12_600,
+            sparse: SparseStatus {
+                skipped_bytes: 5_600,
+                skipped_blocks: 4,
+                zero_method: ZeroMethod::ZeroOut,
+            },
             flags: FLAG_GEOMETRY | FLAG_DIGEST,
             digest: [0xAB; 32],
             name: "lab-1".into(),

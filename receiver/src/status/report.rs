@@ -88,6 +88,15 @@ pub fn human(s: &Snapshot) -> String {
         s.passes_seen,
         s.first_pass_missing
     );
+    if s.sparse.skipped_blocks > 0 {
+        let _ = writeln!(
+            o,
+            "sparse    {} in {} blocks of zeros skipped (never sent), made zeros by {}",
+            bytes(s.sparse.skipped_bytes),
+            s.sparse.skipped_blocks,
+            s.sparse.zero_method.name()
+        );
+    }
     if s.fec_recovered + s.nacks_sent + s.resumed_blocks > 0 {
         let _ = writeln!(
             o,
@@ -250,6 +259,13 @@ pub struct SessionReport {
     pub nacks_sent: u64,
     /// Blocks taken from a resume file.
     pub resumed_blocks: u64,
+    /// Bytes of the sender's zero runs made to read as zeros, never sent
+    /// (counted in `bytes_done` too).
+    pub skipped_bytes: u64,
+    /// Blocks of those runs.
+    pub skipped_blocks: u64,
+    /// How they were made zeros: none, punch_hole, zero_range, blkzeroout, written.
+    pub zero_method: String,
     /// Sender's SHA-256 in hex, once known.
     pub sha256: Option<String>,
     /// Human-readable note (the error, on failure).
@@ -371,6 +387,9 @@ impl SessionReport {
             fec_recovered: s.fec_recovered,
             nacks_sent: s.nacks_sent,
             resumed_blocks: s.resumed_blocks,
+            skipped_bytes: s.sparse.skipped_bytes,
+            skipped_blocks: s.sparse.skipped_blocks,
+            zero_method: s.sparse.zero_method.name().into(),
             sha256: (s.flags & FLAG_DIGEST != 0).then(|| hex(&s.digest)),
             message: s.message.clone(),
             drops: DropReason::ALL
@@ -712,6 +731,11 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "xdpcast_storage_write_max_seconds",
         "Longest single write or writeback wait of the writer thread.",
         |s| secs(s.storage.write_max_ns),
+    ),
+    counter(
+        "xdpcast_skipped_bytes_total",
+        "Bytes of the sender's zero runs made to read as zeros without being sent.",
+        |s| s.sparse.skipped_bytes as f64,
     ),
 ];
 

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::safe_fs;
+use crate::status::page::ZeroMethod;
 use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters};
 
 /// `BLKSSZGET` ioctl: logical sector size of a block device (<linux/fs.h>).
@@ -42,49 +43,6 @@ pub struct Target {
 const BLKZEROOUT: libc::Ioctl = 0x127F;
 /// Zeros written through the mapping per step when nothing faster works.
 const ZERO_CHUNK: usize = 1 << 20;
-
-/// How [`Target::zero`] made a range read as zeros. The discriminant is
-/// published on the status page and must not change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ZeroMethod {
-    /// Nothing zeroed yet.
-    None = 0,
-    /// `fallocate(FALLOC_FL_PUNCH_HOLE)`: the file's blocks are freed.
-    PunchHole = 1,
-    /// `fallocate(FALLOC_FL_ZERO_RANGE)`: the filesystem cannot punch holes.
-    ZeroRange = 2,
-    /// `ioctl(BLKZEROOUT)` on a block device.
-    ZeroOut = 3,
-    /// Zeros written like data (no faster way accepted by the target).
-    Written = 4,
-}
-
-impl ZeroMethod {
-    /// Stable name used in CLI output, JSON and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            ZeroMethod::None => "none",
-            ZeroMethod::PunchHole => "punch_hole",
-            ZeroMethod::ZeroRange => "zero_range",
-            ZeroMethod::ZeroOut => "blkzeroout",
-            ZeroMethod::Written => "written",
-        }
-    }
-
-    /// The method with discriminant `v` (None for unknown values).
-    pub fn from_u64(v: u64) -> ZeroMethod {
-        [
-            ZeroMethod::PunchHole,
-            ZeroMethod::ZeroRange,
-            ZeroMethod::ZeroOut,
-            ZeroMethod::Written,
-        ]
-        .into_iter()
-        .find(|m| *m as u64 == v)
-        .unwrap_or(ZeroMethod::None)
-    }
-}
 
 impl Target {
     /// Open (creating if needed) `path` for an image of `len` bytes in
