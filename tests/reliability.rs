@@ -47,15 +47,6 @@ fn receiver_of(
     start_receiver(xdpcast(ns), status, name, group, &args)
 }
 
-fn ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Send an image of `mib` MiB to `group` with `loss` of the sender's
 /// packets dropped, to a receiver on the XDP path; NACK rounds must repair
 /// all of it.

@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -27,16 +27,6 @@ fn loopback(name: &str) -> Netns {
 fn receiver(ns: &Netns, iface: &str, status: &Path, name: &str, out: &str) -> Child {
     let args = ["--iface", iface, "--mode", "socket", "--out", out];
     start_receiver(xdpcast(ns), status, name, GROUP, &args)
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Send `src` on the namespace's loopback to a receiver writing `out`;

@@ -148,6 +148,18 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
     }
 }
 
+/// Assert that a finished child succeeded (its output in the message if
+/// not); its stdout.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Start a command with piped output.
 pub fn spawn(mut c: Command) -> Child {
     c.stdout(Stdio::piped())

@@ -147,18 +147,8 @@ impl BlockBitmap {
         while i < self.len {
             let word = self.words[(i / 64) as usize].load(Ordering::Acquire);
             let word = if set { word } else { !word };
-            if i % 64 == 0 && i + 64 <= self.len && (word == 0 || word == u64::MAX) {
-                match (word == u64::MAX, start) {
-                    (true, None) => start = Some(i),
-                    (false, Some(s)) => {
-                        out.push((s, i));
-                        start = None;
-                    }
-                    _ => {}
-                }
-                i += 64;
-                continue;
-            }
+            // A whole word one way is taken in one step.
+            let whole = i % 64 == 0 && i + 64 <= self.len && (word == 0 || word == u64::MAX);
             match (word & (1 << (i % 64)) != 0, start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
@@ -167,7 +157,7 @@ impl BlockBitmap {
                 }
                 _ => {}
             }
-            i += 1;
+            i += if whole { 64 } else { 1 };
         }
         if let Some(s) = start {
             out.push((s, self.len));
