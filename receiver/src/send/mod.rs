@@ -1,3 +1,6 @@
 //! The sender side.
 
+pub mod fleet;
+pub mod repair;
 pub mod sender;
+pub mod view;
