@@ -317,8 +317,8 @@ struct SendFleet {
     vanish_after: u64,
     /// Percent of the image a receiver may still miss after three repair
     /// rounds; a receiver further behind is told to stop (too_slow, 17).
-    /// 100 never stops one.
-    #[arg(long, default_value_t = 25.0)]
+    /// The default, 100, never stops one.
+    #[arg(long, default_value_t = 100.0)]
     max_behind: f64,
     /// After the final end, seconds to wait for receivers still working.
     #[arg(long, default_value_t = 30)]

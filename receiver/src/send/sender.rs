@@ -89,7 +89,7 @@ pub struct SendOptions {
     /// A receiver silent this long before it finished is vanished.
     pub vanish_after: Duration,
     /// Share of the image a receiver may still miss after three repair
-    /// rounds; beyond it, it is told to stop (`too_slow`).
+    /// rounds; beyond it, it is told to stop (`too_slow`). 1.0: never.
     pub max_behind: f64,
     /// After the final end, wait at most this long for the receivers still
     /// reporting to finish.
@@ -121,7 +121,7 @@ impl SendOptions {
             min_receivers: 0,
             start_timeout: None,
             vanish_after: Duration::from_secs(5),
-            max_behind: 0.25,
+            max_behind: 1.0,
             linger: Duration::from_secs(30),
         }
     }
