@@ -760,6 +760,12 @@ impl Control {
                     log::warn!("NACK: {e}");
                 }
                 if t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE {
+                    // The sender's "too slow" comes just before its final
+                    // end: that, not `incomplete`, is why blocks are missing.
+                    take_verdict(&t, &self.repair.link);
+                    if let Some(e) = t.failure() {
+                        return Err(e);
+                    }
                     return Err(Error::new(
                         ErrorCode::Incomplete,
                         match t.signed() {
