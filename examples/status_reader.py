@@ -54,7 +54,7 @@ ERRORS = [
     "none", "cancelled", "timeout", "target_io", "target_too_small",
     "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
     "incomplete", "steering_failed", "network", "invalid_argument",
-    "internal", "closed",
+    "internal", "closed", "15", "16", "too_slow",
 ]
 DROPS = [
     "truncated", "bad_magic", "bad_version", "bad_kind", "foreign_session",

@@ -64,6 +64,29 @@ fn valid_packets() -> Vec<Vec<u8>> {
             &manifest().0.sign_end(&key(), 1, 0),
         ),
         wire::encode_zeros(7, &g, &[(3, 4), (10, 1)]).remove(0),
+        wire::encode_parity_requests(7, &g, 64, &[(0, 5), (1, 64)]).remove(0),
+        wire::encode_confirm(
+            7,
+            &g,
+            &wire::ConfirmHeader {
+                round: 2,
+                group_size: 64,
+                receivers: 24,
+                flags: 0,
+            },
+            &[(1, 9)],
+        ),
+        wire::encode_progress(
+            7,
+            &g,
+            &wire::Report {
+                blocks_done: 12,
+                requests: 3,
+                state: 1,
+                error: 0,
+                name: wire::Report::name_field("rx-01"),
+            },
+        ),
     ]
 }
 
@@ -122,6 +145,23 @@ fn check(pkt: &[u8]) {
                     assert_eq!(v, (1, 0));
                 }
             }
+            Packet::ParityRequest {
+                group_size, needs, ..
+            }
+            | Packet::Confirm {
+                group_size,
+                counts: needs,
+                ..
+            } => {
+                for (group, count) in needs.iter() {
+                    assert!(group * u64::from(group_size) < g.block_count);
+                    assert!((1..=group_size).contains(&count));
+                }
+            }
+            Packet::Progress { report, .. } => {
+                assert!(report.blocks_done <= g.block_count && report.state <= 3);
+                assert!(report.name().chars().all(|c| c.is_ascii_graphic()));
+            }
         }
     }
 }
@@ -137,7 +177,7 @@ proptest! {
 
     #[test]
     fn mutated_packets_never_panic(
-        which in 0usize..9,
+        which in 0usize..12,
         flips in proptest::collection::vec((0usize..1500, any::<u8>()), 1..8),
         cut in 0usize..1500,
     ) {

@@ -191,6 +191,7 @@ enum xdpcast_error {
     XDPCAST_ERR_INVALID_ARGUMENT = 12,
     XDPCAST_ERR_INTERNAL = 13,
     XDPCAST_ERR_CLOSED = 14,
+    XDPCAST_ERR_TOO_SLOW = 17,
 };
 
 /* Drop counters: XDPCAST_W_DROPS + reason. */

@@ -39,11 +39,16 @@ pub enum ErrorCode {
     Internal = 13,
     /// The session was closed: its handle or object may not be used any more.
     Closed = 14,
+    /// The receiver fell too far behind the sender (three repair rounds
+    /// after the last pass it still missed more than the sender's
+    /// `--max-behind` share of the image) and was told to stop rather than
+    /// make everyone take its retransmissions.
+    TooSlow = 17,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::None,
         ErrorCode::Cancelled,
         ErrorCode::Timeout,
@@ -59,11 +64,12 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::Internal,
         ErrorCode::Closed,
+        ErrorCode::TooSlow,
     ];
 
     /// The code with numeric value `v`, if any.
     pub fn from_u32(v: u32) -> Option<ErrorCode> {
-        Self::ALL.get(v as usize).copied()
+        Self::ALL.iter().copied().find(|c| *c as u32 == v)
     }
 
     /// Stable snake_case name.
@@ -84,6 +90,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Internal => "internal",
             ErrorCode::Closed => "closed",
+            ErrorCode::TooSlow => "too_slow",
         }
     }
 }
@@ -132,11 +139,15 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_are_ordered() {
-        for (i, c) in ErrorCode::ALL.iter().enumerate() {
-            assert_eq!(*c as u32, i as u32);
-            assert_eq!(ErrorCode::from_u32(i as u32), Some(*c));
+        for w in ErrorCode::ALL.windows(2) {
+            assert!((w[0] as u32) < (w[1] as u32));
         }
-        assert_eq!(ErrorCode::from_u32(ErrorCode::ALL.len() as u32), None);
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u32(c as u32), Some(c));
+        }
+        // 15-16 are reserved (signed sessions).
+        assert_eq!(ErrorCode::from_u32(15), None);
+        assert_eq!(ErrorCode::from_u32(99), None);
     }
 
     #[test]

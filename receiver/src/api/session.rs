@@ -9,14 +9,14 @@
 //! path down (the XDP program is always detached).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::socket;
-use crate::proto::wire::{self, hex, DropReason};
+use crate::proto::wire::{self, hex, DropReason, Packet, Report};
 use crate::receive::datapath::{self, DataPath};
 use crate::receive::request::SessionRequest;
 use crate::receive::transfer::Transfer;
@@ -33,9 +33,16 @@ const TICK: Duration = Duration::from_millis(50);
 const LAST_PASS_GRACE: Duration = Duration::from_secs(1);
 /// How often the resume file is brought up to date.
 const RESUME_EVERY: Duration = Duration::from_secs(1);
-/// Longest random delay before a NACK, so that many receivers do not
-/// answer an end of pass at the same instant.
-const NACK_BACKOFF_MS: u64 = 100;
+/// Backoff before a request, per doubling of the sender's group-size
+/// estimate: the window grows with the group (20 ms for one receiver,
+/// 120 ms for 24, 180 ms for 200).
+const BACKOFF_UNIT: Duration = Duration::from_millis(20);
+/// Longest backoff window (well inside the sender's 500 ms repair window).
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How often a receiver reports its progress to the sender.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Copies of the final report (it is not repeated later).
+const FINAL_REPORTS: usize = 3;
 /// A receiver that NACKed and got nothing new for this long asks again
 /// (well inside the sender's 500 ms collection window).
 const NACK_AGAIN: Duration = Duration::from_millis(250);
@@ -84,38 +91,199 @@ impl Drop for Persister {
     }
 }
 
-/// Sends NACKs: after each end of pass from a sender that takes them, once
-/// no full pass is left, after a random backoff, the missing ranges go to the
-/// sender's repair address over unicast.
-#[derive(Default)]
-struct Repairer {
-    sock: Option<UdpSocket>,
-    answered_pass: u64,
-    due: Option<Instant>,
-    last_sent: Option<Instant>,
-    blocks: u64,
-    progress: Option<Instant>,
-    sent: u64,
-    rng: Option<XorShift>,
+/// The receiver's end of the back-channel: one unicast socket, bound once
+/// the sender's repair address is known, for NACKs, parity requests and
+/// progress reports (so the sender sees them all come from one address),
+/// and for the sender's unicast verdict.
+#[derive(Debug, Default)]
+struct Link {
+    sock: OnceLock<(UdpSocket, SocketAddr)>,
+    /// NACK and parity request packets sent.
+    requests: AtomicU64,
+    /// Requests not sent because the sender had confirmed enough for the
+    /// round (suppressed).
+    suppressed: AtomicU64,
     /// Index of the receiving interface: the scope of a link-local repair
     /// address.
     scope: u32,
 }
 
+impl Link {
+    /// The socket and the sender's repair address, once announced.
+    fn get(&self, t: &Transfer) -> std::io::Result<Option<&(UdpSocket, SocketAddr)>> {
+        if let Some(s) = self.sock.get() {
+            return Ok(Some(s));
+        }
+        let Some(to) = t.last_control().and_then(|c| c.repair_to()) else {
+            return Ok(None);
+        };
+        let to = socket::scoped(to, self.scope);
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal address");
+        let sock = UdpSocket::bind(any)?;
+        sock.set_nonblocking(true)?;
+        Ok(Some(self.sock.get_or_init(|| (sock, to))))
+    }
+
+    fn send(&self, pkt: &[u8], t: &Transfer) -> std::io::Result<()> {
+        if let Some((sock, to)) = self.get(t)? {
+            sock.send_to(pkt, to)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends progress reports from its own thread (so they keep coming while
+/// the control thread verifies the image), takes the sender's "too slow"
+/// verdict, and sends the final state when the session ends.
+struct Reporter {
+    stop: Arc<AtomicBool>,
+    last: Arc<Mutex<(State, ErrorCode)>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    fn start(t: Arc<Transfer>, link: Arc<Link>, name: &str) -> Reporter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(Mutex::new((State::InProgress, ErrorCode::None)));
+        let (flag, fin) = (stop.clone(), last.clone());
+        let name = Report::name_field(name);
+        let handle = std::thread::Builder::new()
+            .name("xdpcast-report".into())
+            .spawn(move || {
+                let mut rng = XorShift::from_entropy();
+                let mut next = Instant::now();
+                let report = |state: State, error: ErrorCode| {
+                    let Some(img) = t.image() else {
+                        return Ok(());
+                    };
+                    let r = Report {
+                        blocks_done: t.blocks_done(),
+                        requests: link.requests.load(Ordering::Relaxed) as u32,
+                        state: state as u8,
+                        error: error as u8,
+                        name,
+                    };
+                    link.send(&wire::encode_progress(img.session, &img.geometry, &r), &t)
+                };
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(TICK);
+                    take_verdict(&t, &link);
+                    if Instant::now() >= next {
+                        if let Err(e) = report(State::InProgress, ErrorCode::None) {
+                            log::debug!("progress report: {e}");
+                        }
+                        // 75-125% of the period, so reports do not bunch up.
+                        let jitter = rng.next_u64() % 500;
+                        next =
+                            Instant::now() + REPORT_EVERY * 3 / 4 + Duration::from_millis(jitter);
+                    }
+                }
+                let (state, error) = *fin.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..FINAL_REPORTS {
+                    if report(state, error).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        Reporter { stop, last, handle }
+    }
+
+    /// Send the final state and stop.
+    fn finish(mut self, state: State, error: ErrorCode) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (state, error);
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A "too slow" verdict from the sender's repair address ends the transfer.
+fn take_verdict(t: &Transfer, link: &Link) {
+    let (Some((sock, to)), Some(img)) = (link.sock.get(), t.image()) else {
+        return;
+    };
+    let mut buf = [0u8; 256];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        if from.ip() != to.ip() || from.port() != to.port() {
+            continue;
+        }
+        if let Ok(Packet::Confirm {
+            session,
+            geometry,
+            flags,
+            ..
+        }) = wire::parse(&buf[..n])
+        {
+            if session == img.session
+                && geometry == img.geometry
+                && flags & wire::CONFIRM_TOO_SLOW != 0
+            {
+                t.fail(Error::new(
+                    ErrorCode::TooSlow,
+                    "the sender says this receiver is too far behind the others (send --max-behind)",
+                ));
+            }
+        }
+    }
+}
+
+/// Asks for repair: after each end of pass from a sender that takes
+/// requests, once no full pass is left, after a random backoff scaled to
+/// the group, it sends parity requests (per FEC group, the symbols it
+/// lacks beyond what the sender has confirmed for the round) and NACKs
+/// (block ranges for groups it has nothing of, or when the sender takes no
+/// parity requests).
+#[derive(Default)]
+struct Repairer {
+    link: Arc<Link>,
+    answered_pass: u64,
+    due: Option<Instant>,
+    last_sent: Option<Instant>,
+    blocks: u64,
+    progress: Option<Instant>,
+    rng: Option<XorShift>,
+}
+
 impl Repairer {
-    fn backoff(&mut self) -> Duration {
+    /// A random delay from a truncated exponential distribution over a
+    /// window that grows with the log of the group size (as NORM does):
+    /// most receivers wait long, a few answer early, and their requests
+    /// (confirmed by the sender to everyone) keep the others quiet.
+    fn backoff(&mut self, gsize_log2: u32) -> Duration {
         let rng = self.rng.get_or_insert_with(XorShift::from_entropy);
-        Duration::from_millis(rng.next_u64() % NACK_BACKOFF_MS)
+        let window = (BACKOFF_UNIT * (1 + gsize_log2)).min(BACKOFF_MAX);
+        let lambda = f64::from(gsize_log2) * std::f64::consts::LN_2 + 1.0;
+        let x = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let z = (x * lambda.exp_m1()).ln_1p() / lambda;
+        window.mul_f64(z.clamp(0.0, 1.0))
+    }
+
+    /// How long the control thread may sleep before a request is due.
+    fn wake_in(&self) -> Option<Duration> {
+        self.due
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     fn tick(&mut self, t: &Transfer, blocks_done: u64) -> std::io::Result<()> {
         let Some(control) = t.last_control() else {
             return Ok(());
         };
-        let Some(to) = control.repair_to() else {
+        if control.repair_to().is_none() {
             return Ok(());
-        };
-        let to = socket::scoped(to, self.scope);
+        }
         let now = Instant::now();
         if blocks_done != self.blocks || self.progress.is_none() {
             self.blocks = blocks_done;
@@ -126,7 +294,7 @@ impl Repairer {
         let stalled = |at: Option<Instant>| at.is_some_and(|at| now - at >= NACK_AGAIN);
         if repairing && passes > self.answered_pass {
             self.answered_pass = passes;
-            self.due = Some(now + self.backoff());
+            self.due = Some(now + self.backoff(control.gsize_log2()));
         } else if repairing
             && self.due.is_none()
             && stalled(self.last_sent)
@@ -134,30 +302,35 @@ impl Repairer {
         {
             // The end of the last round may have been lost: ask again
             // rather than wait for a sender that thinks everyone is done.
-            self.due = Some(now + self.backoff());
+            self.due = Some(now + self.backoff(control.gsize_log2()));
         }
         if self.due.is_none_or(|d| Instant::now() < d) {
             return Ok(());
         }
         self.due = None;
-        let (Some(img), ranges) = (t.image(), t.missing_ranges(NACK_MAX_RANGES)) else {
+        let Some(img) = t.image() else {
             return Ok(());
         };
-        if ranges.is_empty() {
+        if blocks_done >= img.geometry.block_count {
             return Ok(());
         }
-        if self.sock.is_none() {
-            let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .expect("literal address");
-            self.sock = Some(UdpSocket::bind(any)?);
-        }
         self.last_sent = Some(Instant::now());
-        if let Some(sock) = &self.sock {
-            for pkt in wire::encode_nacks(img.session, &img.geometry, &ranges) {
-                sock.send_to(&pkt, to)?;
-                self.sent += 1;
+        let (session, g) = (img.session, &img.geometry);
+        let pkts = match control.parity_group() {
+            Some(gs) => {
+                let needs = t.needs(gs, u64::from(control.pass), NACK_MAX_RANGES);
+                let mut p = wire::encode_nacks(session, g, &needs.ranges);
+                p.extend(wire::encode_parity_requests(session, g, gs, &needs.parity));
+                p
             }
+            None => wire::encode_nacks(session, g, &t.missing_ranges(NACK_MAX_RANGES)),
+        };
+        if pkts.is_empty() {
+            self.link.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        for pkt in pkts {
+            self.link.send(&pkt, t)?;
+            self.link.requests.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -323,7 +496,10 @@ impl Session {
             start_timeout: self.req.start_timeout,
             idle_timeout: self.req.idle_timeout,
             repair: Repairer {
-                scope: socket::iface_index(&self.req.iface).unwrap_or(0),
+                link: Arc::new(Link {
+                    scope: socket::iface_index(&self.req.iface).unwrap_or(0),
+                    ..Link::default()
+                }),
                 ..Repairer::default()
             },
         };
@@ -506,7 +682,7 @@ impl Control {
         }
         s.passes_seen = t.passes_seen();
         s.fec_recovered = t.fec_recovered();
-        s.nacks_sent = self.repair.sent;
+        s.nacks_sent = self.repair.link.requests.load(Ordering::Relaxed);
         s.resumed_blocks = t.resumed_blocks();
         s.first_pass_missing = t.first_pass_missing().unwrap_or(0);
         if t.is_signed() {
@@ -552,7 +728,8 @@ impl Control {
         let mut last_progress = Instant::now();
         let mut announced = false;
         loop {
-            std::thread::sleep(TICK);
+            // Sooner when a request is due: the backoff is finer than a tick.
+            std::thread::sleep(self.repair.wake_in().map_or(TICK, |d| d.min(TICK)));
             if self.shared.cancel.load(Ordering::Acquire) {
                 return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
             }
@@ -589,6 +766,12 @@ impl Control {
                     log::warn!("NACK: {e}");
                 }
                 if t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE {
+                    // The sender's "too slow" comes just before its final
+                    // end: that, not `incomplete`, is why blocks are missing.
+                    take_verdict(&t, &self.repair.link);
+                    if let Some(e) = t.failure() {
+                        return Err(e);
+                    }
                     return Err(Error::new(
                         ErrorCode::Incomplete,
                         match t.signed() {
@@ -665,6 +848,11 @@ impl Control {
             rate: 0,
         };
         let persister = Persister::start(self.path.sink.clone());
+        let reporter = Reporter::start(
+            self.path.sink.clone(),
+            self.repair.link.clone(),
+            &self.base.name,
+        );
         let mut outcome = self.watch(&mut meter);
         drop(persister);
         if let Some(e) = self.path.shut_down() {
@@ -718,6 +906,7 @@ impl Control {
             }
         }
         self.publish(&s);
+        reporter.finish(s.state, s.error);
         self.shared.set(s.state, s.error);
         if let Some(cb) = self.callbacks.on_complete.as_mut() {
             cb(s.state, s.error);

@@ -16,6 +16,7 @@ use xdpcast::net::steer::{self, AttachRequest};
 use xdpcast::proto::wire::hex;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::send::sender::{self, SendOptions};
+use xdpcast::send::view as send_view;
 use xdpcast::status::page::{self, StatusReader};
 use xdpcast::status::{monitor, report, serve};
 use xdpcast::store::writer::StoreConfig;
@@ -120,7 +121,9 @@ enum Cmd {
         /// receivers with `--trust` then verify every chunk of the image.
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<PathBuf>,
-        /// Show a progress bar.
+        #[command(flatten)]
+        fleet: SendFleet,
+        /// Show a progress bar (with the receivers' states).
         #[arg(long)]
         progress: bool,
     },
@@ -258,24 +261,29 @@ enum Cmd {
 /// Loss repair and FEC on the sending side.
 #[derive(clap::Args)]
 struct SendRepair {
-    /// Do not take NACKs (no back-channel: passes and FEC only).
+    /// Do not take NACKs, parity requests or reports (no back-channel:
+    /// passes and FEC only).
     #[arg(long)]
     no_repair: bool,
-    /// Milliseconds to collect NACKs after each end of pass.
+    /// Answer only block-range NACKs, not parity requests.
+    #[arg(long)]
+    no_parity: bool,
+    /// Milliseconds to collect requests after each end of pass.
     #[arg(long, default_value_t = 500)]
     repair_wait: u64,
-    /// Most NACK-driven repair rounds.
+    /// Most repair rounds.
     #[arg(long, default_value_t = 50)]
     max_repair_rounds: u32,
-    /// Most blocks resent over all repair rounds, as a multiple of the
-    /// image (bounds what forged NACKs can cost; repairs are also paced at
-    /// the data rate, and each address may send 64 NACKs per window).
+    /// Most blocks and symbols sent over all repair rounds, as a multiple
+    /// of the image (bounds what forged requests can cost; repairs are also
+    /// paced at the data rate, and each address may send 128 requests per
+    /// window).
     #[arg(long, default_value_t = 2.0)]
     max_repair: f64,
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     #[arg(long, default_value_t = 0)]
     fec: u16,
-    /// Blocks per FEC group.
+    /// Blocks per FEC group, for --fec and for parity repair.
     #[arg(long, default_value_t = 64)]
     fec_group: u32,
     /// Test loss injection: fraction (0..1) of data and FEC packets not sent.
@@ -291,7 +299,50 @@ impl SendRepair {
         o.max_repair = self.max_repair;
         o.fec_repair = self.fec;
         o.fec_group = self.fec_group;
+        o.parity = !self.no_parity;
         o.loss = self.loss;
+    }
+}
+
+/// Start control and the receivers' fate, on the sending side.
+#[derive(clap::Args)]
+struct SendFleet {
+    /// Announce and wait until this many receivers have reported before
+    /// the first pass.
+    #[arg(long, default_value_t = 0)]
+    min_receivers: u64,
+    /// Seconds to wait for --min-receivers (default 1 of them) before
+    /// giving up with `timeout` (exit 102) (default: wait forever).
+    #[arg(long)]
+    start_timeout: Option<u64>,
+    /// Seconds of silence after which a receiver that has not finished is
+    /// listed as vanished.
+    #[arg(long, default_value_t = 5)]
+    vanish_after: u64,
+    /// Percent of the image a receiver may still miss after three repair
+    /// rounds; a receiver further behind is told to stop (too_slow, 17).
+    /// The default, 100, never stops one.
+    #[arg(long, default_value_t = 100.0)]
+    max_behind: f64,
+    /// After the final end, seconds to wait for receivers still working.
+    #[arg(long, default_value_t = 30)]
+    linger: u64,
+    /// Write the sender's status (receivers known/done/failed, repair
+    /// packets) as Prometheus text to this file, refreshed while sending.
+    #[arg(long)]
+    metrics_file: Option<PathBuf>,
+}
+
+impl SendFleet {
+    fn apply(&self, o: &mut SendOptions) {
+        o.min_receivers = self.min_receivers;
+        o.start_timeout = self.start_timeout.map(Duration::from_secs);
+        if o.start_timeout.is_some() {
+            o.min_receivers = o.min_receivers.max(1);
+        }
+        o.vanish_after = Duration::from_secs(self.vanish_after.max(1));
+        o.max_behind = self.max_behind / 100.0;
+        o.linger = Duration::from_secs(self.linger);
     }
 }
 
@@ -518,6 +569,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_sparse,
             repair,
             sign,
+            fleet,
             progress,
         } => {
             if let Some(mtu) = mtu {
@@ -541,29 +593,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.session = session;
             opts.ttl = ttl;
             opts.streams = streams;
+            fleet.apply(&mut opts);
             let pb = progress.then(|| bar(0, "send"));
+            let mut live = send_view::Live::new(fleet.metrics_file.clone());
             let r = sender::send(&file, &opts, |p| {
                 if let Some(pb) = &pb {
-                    pb.set_length(p.total_bytes);
+                    pb.set_length(p.block_count);
                     pb.set_message(format!(
-                        "pass {}, {} zeros skipped",
+                        "{} {}; {}; {} zeros skipped",
+                        p.phase,
                         p.pass + 1,
+                        send_view::counts(&p.fleet, p.block_count),
                         report::bytes(p.skipped_bytes)
                     ));
-                    pb.set_position(p.bytes);
+                    pb.set_position(p.blocks);
                 }
-            })?;
+                live.update(p, pb.is_none());
+            });
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
+            let r = r?;
             let secs = r.elapsed.as_secs_f64().max(1e-6);
             let gb = r.geometry.total_size as f64 / 1e9;
             println!(
-                "sent {} in {} packets ({passes} pass(es), {} repair round(s) for {} NACKs, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; skipped {} of zeros in {} runs (zero scan {:.1} ms/GB, read {:.2} s); sha256 {}",
+                "sent {} in {} packets ({passes} pass(es), {} repair round(s) of {} packets for {} NACKs and {} parity requests, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; skipped {} of zeros in {} runs (zero scan {:.1} ms/GB, read {:.2} s); sha256 {}",
                 report::bytes(r.geometry.total_size),
                 r.packets,
                 r.repair_rounds,
-                r.nacks,
+                r.repair_packets,
+                r.inbound.nacks,
+                r.inbound.parity_requests,
                 r.session,
                 r.geometry.block_count,
                 r.geometry.block_size,
@@ -574,12 +634,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.read_time.as_secs_f64(),
                 hex(&r.digest)
             );
-            if r.nacks + r.nacks_ignored > 0 {
+            if r.requests() + r.inbound.ignored > 0 {
                 println!(
-                    "repair: {} blocks resent, {} asked for but not resent (--max-repair budget spent), {} NACK datagrams ignored (malformed, foreign, outside the image, or over 64 per address per window)",
-                    r.repair_blocks, r.repair_refused, r.nacks_ignored
+                    "repair: {} blocks or symbols sent, {} asked for but not sent (--max-repair budget spent), {} datagrams on the repair socket ignored (malformed, foreign, outside the image, or over 128 requests per address per window)",
+                    r.repair_blocks, r.repair_refused, r.inbound.ignored
                 );
             }
+            live.finish(&r);
+            print!("{}", send_view::table(&r));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Receive {

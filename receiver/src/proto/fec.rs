@@ -139,6 +139,11 @@ impl Pending {
         self.shard(group).entry(group).or_default().extend(symbols);
     }
 
+    /// Distinct symbols held for `group` (not enough to decode yet).
+    pub fn held(&self, group: u64) -> u64 {
+        self.shard(group).get(&group).map_or(0, |l| l.len() as u64)
+    }
+
     /// Drop the symbols of a group that is complete.
     pub fn forget(&self, group: u64) {
         self.shard(group).remove(&group);
@@ -201,6 +206,7 @@ mod tests {
             "same symbol twice counts once"
         );
         assert!(p.add(3, &[0, 0, 0, 2, 9], 5, 8).is_none());
+        assert_eq!(p.held(3), 2);
         let got = p.add(3, &[0, 0, 0, 3, 9], 5, 8).unwrap();
         assert_eq!(got.len(), 3);
         p.put_back(3, got);

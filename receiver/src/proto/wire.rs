@@ -32,6 +32,28 @@ pub const CONTROL_PAYLOAD_LEN: usize = DIGEST_LEN + 4 + 4 + 4 + 2 + 2 + 4 + 16;
 pub const FLAG_FINAL: u32 = 1;
 /// Control flag: the sender takes NACKs at `repair_addr:repair_port`.
 pub const FLAG_REPAIR: u32 = 2;
+/// Control flag: the sender answers parity requests ([`Kind::ParityRequest`])
+/// for groups of `fec_group` blocks with fresh RaptorQ symbols.
+pub const FLAG_PARITY: u32 = 4;
+/// Control flags bits 8-15: the sender's group-size estimate, as
+/// `ceil(log2(receivers known + 1))`; receivers scale their request backoff
+/// by it (NORM's GSIZE).
+pub const GSIZE_SHIFT: u32 = 8;
+/// Largest number of entries in one parity request or confirmation.
+pub const MAX_PARITY_ENTRIES: usize = MAX_NACK_RANGES;
+/// Bytes in front of the entries of a parity request: group size (u32).
+pub const PARITY_PREFIX_LEN: usize = 4;
+/// Bytes in front of the entries of a confirmation: group size, receivers
+/// known, flags (u32 each).
+pub const CONFIRM_PREFIX_LEN: usize = 12;
+/// Confirmation flag: sent by unicast to one receiver, which is too far
+/// behind; it stops with the `too_slow` error.
+pub const CONFIRM_TOO_SLOW: u32 = 1;
+/// Bytes of a receiver's name in a progress report.
+pub const REPORT_NAME_LEN: usize = 32;
+/// Payload length of a progress report: blocks done (u64), requests sent
+/// (u32), state (u8), error (u8), 2 reserved bytes, name.
+pub const REPORT_PAYLOAD_LEN: usize = 16 + REPORT_NAME_LEN;
 /// Largest number of ranges in one NACK packet.
 pub const MAX_NACK_RANGES: usize = 100;
 /// Bytes of one block range (NACK, zero run): first block (u64) and count (u32).
@@ -82,6 +104,13 @@ pub enum Kind {
     Manifest = 6,
     /// Signed sessions: an end of pass signed by the manifest's key.
     SignedEnd = 7,
+    /// Receiver to sender, unicast: per FEC group, how many symbols it lacks.
+    ParityRequest = 8,
+    /// Sender to the group (like PGM's NCF): the symbols it will send per
+    /// group in this round, so that receivers whose need is covered stay quiet.
+    Confirm = 9,
+    /// Receiver to sender, unicast: periodic progress and final state.
+    Progress = 10,
     /// Runs of all-zero blocks that the sender does not send (sparse image).
     Zeros = 11,
 }
@@ -96,6 +125,9 @@ impl Kind {
             5 => Some(Kind::Fec),
             6 => Some(Kind::Manifest),
             7 => Some(Kind::SignedEnd),
+            8 => Some(Kind::ParityRequest),
+            9 => Some(Kind::Confirm),
+            10 => Some(Kind::Progress),
             11 => Some(Kind::Zeros),
             _ => None,
         }
@@ -277,6 +309,16 @@ impl Control {
         }
     }
 
+    /// The sender's group-size estimate (`ceil(log2(receivers + 1))`).
+    pub fn gsize_log2(&self) -> u32 {
+        (self.flags >> GSIZE_SHIFT) & 0xff
+    }
+
+    /// The FEC group size for parity requests, if the sender takes them.
+    pub fn parity_group(&self) -> Option<u32> {
+        (self.flags & FLAG_PARITY != 0 && self.fec_group > 0).then_some(self.fec_group)
+    }
+
     /// Where NACKs go, if the sender takes them.
     pub fn repair_to(&self) -> Option<std::net::SocketAddr> {
         if self.flags & FLAG_REPAIR == 0 || self.repair_port == 0 {
@@ -290,7 +332,14 @@ impl Control {
     }
 }
 
-/// The block ranges of a NACK or zero-run packet, read in place.
+/// Encode a group-size estimate into control flags bits 8-15.
+pub fn gsize_flags(receivers: u64) -> u32 {
+    (u64::BITS - receivers.leading_zeros()).min(255) << GSIZE_SHIFT
+}
+
+/// The block ranges of a NACK or zero-run packet, read in place; also the
+/// `(group, count)` entries of parity requests and confirmations, which share
+/// the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ranges<'a>(&'a [u8]);
 
@@ -400,6 +449,79 @@ pub enum Packet<'a> {
         /// Sorted, disjoint runs `(first block, count)`, each inside the image.
         runs: Ranges<'a>,
     },
+    /// Symbols a receiver lacks, per FEC group.
+    ParityRequest {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Blocks per group.
+        group_size: u32,
+        /// `(group, symbols lacking)`, each group inside the image, each
+        /// count 1..=group_size.
+        needs: Ranges<'a>,
+    },
+    /// The sender's confirmation of the symbols it will send.
+    Confirm {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// Repair round (the `pass` of the end packet that opened it).
+        round: u64,
+        /// Blocks per group.
+        group_size: u32,
+        /// Receivers the sender knows.
+        receivers: u32,
+        /// `CONFIRM_*` bits.
+        flags: u32,
+        /// `(group, symbols to be sent)`, 0 to 100 entries.
+        counts: Ranges<'a>,
+    },
+    /// A receiver's progress report.
+    Progress {
+        /// Session id.
+        session: u32,
+        /// Image geometry.
+        geometry: Geometry,
+        /// The report's content.
+        report: Report,
+    },
+}
+
+/// A receiver's progress report (kind 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Blocks written (≤ block_count).
+    pub blocks_done: u64,
+    /// NACK and parity request packets sent so far.
+    pub requests: u32,
+    /// Session state as on the status page (0-3).
+    pub state: u8,
+    /// Error code as on the status page.
+    pub error: u8,
+    /// The receiver's session name, zero-padded UTF-8.
+    pub name: [u8; REPORT_NAME_LEN],
+}
+
+impl Report {
+    /// The name, up to the first zero byte, with anything but printable
+    /// ASCII replaced (it comes from the network).
+    pub fn name(&self) -> String {
+        self.name
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+            .collect()
+    }
+
+    /// A name field holding (the first 32 bytes of) `name`.
+    pub fn name_field(name: &str) -> [u8; REPORT_NAME_LEN] {
+        let mut f = [0u8; REPORT_NAME_LEN];
+        let n = name.len().min(REPORT_NAME_LEN);
+        f[..n].copy_from_slice(&name.as_bytes()[..n]);
+        f
+    }
 }
 
 impl Packet<'_> {
@@ -413,7 +535,10 @@ impl Packet<'_> {
             | Packet::Fec { session, .. }
             | Packet::Manifest { session, .. }
             | Packet::SignedEnd { session, .. }
-            | Packet::Zeros { session, .. } => session,
+            | Packet::Zeros { session, .. }
+            | Packet::ParityRequest { session, .. }
+            | Packet::Confirm { session, .. }
+            | Packet::Progress { session, .. } => session,
         }
     }
 
@@ -427,7 +552,10 @@ impl Packet<'_> {
             | Packet::Fec { geometry, .. }
             | Packet::Manifest { geometry, .. }
             | Packet::SignedEnd { geometry, .. }
-            | Packet::Zeros { geometry, .. } => geometry,
+            | Packet::Zeros { geometry, .. }
+            | Packet::ParityRequest { geometry, .. }
+            | Packet::Confirm { geometry, .. }
+            | Packet::Progress { geometry, .. } => geometry,
         }
     }
 }
@@ -598,6 +726,76 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                 payload,
             })
         }
+        Kind::ParityRequest | Kind::Confirm => {
+            let prefix = if kind == Kind::Confirm {
+                CONFIRM_PREFIX_LEN
+            } else {
+                PARITY_PREFIX_LEN
+            };
+            if payload_len < prefix {
+                return Err(DropReason::BadControl);
+            }
+            let group_size = be_u32(payload, 0);
+            let body = &payload[prefix..];
+            let n = body.len() / NACK_RANGE_LEN;
+            let min = usize::from(kind == Kind::ParityRequest);
+            if group_size == 0
+                || group_size > MAX_FEC_GROUP
+                || body.len() % NACK_RANGE_LEN != 0
+                || n < min
+                || n > MAX_PARITY_ENTRIES
+            {
+                return Err(DropReason::BadControl);
+            }
+            let entries = Ranges(body);
+            let groups = geometry.block_count.div_ceil(u64::from(group_size));
+            if !entries
+                .iter()
+                .all(|(g, count)| g < groups && (1..=group_size).contains(&count))
+            {
+                return Err(DropReason::OutOfRange);
+            }
+            Ok(if kind == Kind::Confirm {
+                Packet::Confirm {
+                    session,
+                    geometry,
+                    round: index,
+                    group_size,
+                    receivers: be_u32(payload, 4),
+                    flags: be_u32(payload, 8),
+                    counts: entries,
+                }
+            } else {
+                Packet::ParityRequest {
+                    session,
+                    geometry,
+                    group_size,
+                    needs: entries,
+                }
+            })
+        }
+        Kind::Progress => {
+            if payload_len != REPORT_PAYLOAD_LEN {
+                return Err(DropReason::BadControl);
+            }
+            let mut name = [0u8; REPORT_NAME_LEN];
+            name.copy_from_slice(&payload[16..]);
+            let report = Report {
+                blocks_done: be_u64(payload, 0),
+                requests: be_u32(payload, 8),
+                state: payload[12],
+                error: payload[13],
+                name,
+            };
+            if report.blocks_done > geometry.block_count || report.state > 3 {
+                return Err(DropReason::BadControl);
+            }
+            Ok(Packet::Progress {
+                session,
+                geometry,
+                report,
+            })
+        }
     }
 }
 
@@ -710,7 +908,9 @@ pub fn encode_control(kind: Kind, session: u32, geometry: &Geometry, control: &C
     out
 }
 
-/// One packet of `kind` whose payload is `prefix` and then `ranges`.
+/// One packet of `kind` whose payload is `prefix` and then `ranges` as
+/// 12-byte `(u64, u32)` pairs (NACK ranges, zero runs, or the `(group,
+/// count)` entries of parity requests and confirmations).
 fn encode_ranges(
     kind: Kind,
     session: u32,
@@ -750,6 +950,71 @@ pub fn encode_zeros(session: u32, geometry: &Geometry, runs: &[(u64, u32)]) -> V
         .enumerate()
         .map(|(i, chunk)| encode_ranges(Kind::Zeros, session, geometry, i as u64, &count, chunk))
         .collect()
+}
+
+/// Encode parity requests: `needs` are `(group, symbols lacking)` for
+/// groups of `group_size` blocks, at most 100 per packet.
+pub fn encode_parity_requests(
+    session: u32,
+    geometry: &Geometry,
+    group_size: u32,
+    needs: &[(u64, u32)],
+) -> Vec<Vec<u8>> {
+    needs
+        .chunks(MAX_PARITY_ENTRIES)
+        .map(|chunk| {
+            let prefix = group_size.to_be_bytes();
+            encode_ranges(Kind::ParityRequest, session, geometry, 0, &prefix, chunk)
+        })
+        .collect()
+}
+
+/// What a confirmation says besides its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmHeader {
+    /// Repair round it belongs to.
+    pub round: u64,
+    /// Blocks per FEC group.
+    pub group_size: u32,
+    /// Receivers the sender knows.
+    pub receivers: u32,
+    /// `CONFIRM_*` bits.
+    pub flags: u32,
+}
+
+/// Encode one confirmation with at most 100 `(group, symbols)` entries.
+pub fn encode_confirm(
+    session: u32,
+    geometry: &Geometry,
+    h: &ConfirmHeader,
+    counts: &[(u64, u32)],
+) -> Vec<u8> {
+    let mut prefix = [0u8; CONFIRM_PREFIX_LEN];
+    prefix[..4].copy_from_slice(&h.group_size.to_be_bytes());
+    prefix[4..8].copy_from_slice(&h.receivers.to_be_bytes());
+    prefix[8..].copy_from_slice(&h.flags.to_be_bytes());
+    let counts = &counts[..counts.len().min(MAX_PARITY_ENTRIES)];
+    encode_ranges(Kind::Confirm, session, geometry, h.round, &prefix, counts)
+}
+
+/// Encode a progress report.
+pub fn encode_progress(session: u32, geometry: &Geometry, r: &Report) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN + REPORT_PAYLOAD_LEN];
+    write_header(
+        &mut out,
+        Kind::Progress,
+        session,
+        geometry,
+        0,
+        REPORT_PAYLOAD_LEN,
+    );
+    let p = &mut out[HEADER_LEN..];
+    p[..8].copy_from_slice(&r.blocks_done.to_be_bytes());
+    p[8..12].copy_from_slice(&r.requests.to_be_bytes());
+    p[12] = r.state;
+    p[13] = r.error;
+    p[16..].copy_from_slice(&r.name);
+    out
 }
 
 /// Encode a FEC packet: `symbol` is a serialized RaptorQ encoding packet
@@ -969,6 +1234,103 @@ mod tests {
         assert!(parse(&one(&[(0, 2), (2, 6)])).is_ok(), "touching runs");
     }
 
+    #[test]
+    fn parity_confirm_and_progress_round_trip() {
+        let g = Geometry::new(1400 * 300, 1400);
+        let needs: Vec<(u64, u32)> = (0..130).map(|i| (i % 5, 1 + i as u32 % 64)).collect();
+        let pkts = encode_parity_requests(4, &g, 64, &needs);
+        assert_eq!(pkts.len(), 2);
+        let mut back = Vec::new();
+        for p in &pkts {
+            match parse(p).unwrap() {
+                Packet::ParityRequest {
+                    group_size, needs, ..
+                } => {
+                    assert_eq!(group_size, 64);
+                    back.extend(needs.iter());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, needs);
+        let h = ConfirmHeader {
+            round: 3,
+            group_size: 64,
+            receivers: 24,
+            flags: 0,
+        };
+        match parse(&encode_confirm(4, &g, &h, &[(4, 7)])).unwrap() {
+            Packet::Confirm {
+                round,
+                group_size,
+                receivers,
+                flags,
+                counts,
+                ..
+            } => {
+                assert_eq!((round, group_size, receivers, flags), (3, 64, 24, 0));
+                assert_eq!(counts.iter().collect::<Vec<_>>(), vec![(4, 7)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&encode_confirm(4, &g, &h, &[])).is_ok());
+        let r = Report {
+            blocks_done: 299,
+            requests: 5,
+            state: 1,
+            error: 0,
+            name: Report::name_field("lab-pc-07\n"),
+        };
+        match parse(&encode_progress(4, &g, &r)).unwrap() {
+            Packet::Progress { report, .. } => {
+                assert_eq!(report, r);
+                assert_eq!(report.name(), "lab-pc-07?");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Out of range: group past the image, count 0 or above the group,
+        // no entry in a request, too many blocks done, unknown state.
+        for bad in [
+            encode_parity_requests(4, &g, 64, &[(5, 1)]).remove(0),
+            encode_parity_requests(4, &g, 64, &[(0, 0)]).remove(0),
+            encode_parity_requests(4, &g, 64, &[(0, 65)]).remove(0),
+        ] {
+            assert_eq!(parse(&bad), Err(DropReason::OutOfRange));
+        }
+        let empty = encode_ranges(Kind::ParityRequest, 4, &g, 0, &64u32.to_be_bytes(), &[]);
+        assert_eq!(parse(&empty), Err(DropReason::BadControl));
+        let zero_group = ConfirmHeader { group_size: 0, ..h };
+        assert_eq!(
+            parse(&encode_confirm(4, &g, &zero_group, &[])),
+            Err(DropReason::BadControl)
+        );
+        for r in [
+            Report {
+                blocks_done: 301,
+                ..r
+            },
+            Report { state: 4, ..r },
+        ] {
+            assert_eq!(
+                parse(&encode_progress(4, &g, &r)),
+                Err(DropReason::BadControl)
+            );
+        }
+    }
+
+    #[test]
+    fn group_size_estimate_in_flags() {
+        let c = |n| Control {
+            flags: FLAG_REPAIR | gsize_flags(n),
+            ..Control::new([0; 32], 0, 1)
+        };
+        assert_eq!(c(0).gsize_log2(), 0);
+        assert_eq!(c(1).gsize_log2(), 1);
+        assert_eq!(c(24).gsize_log2(), 5);
+        assert_eq!(c(24).flags & 0xff, FLAG_REPAIR);
+        assert_eq!(c(24).parity_group(), None);
+    }
+
     fn data_pkt() -> Vec<u8> {
         encode_data(1, &geo(), 0, &[0xAB; 1400])
     }
@@ -1106,20 +1468,20 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_of_a_valid_packet_is_rejected() {
+        let pkt = data_pkt();
+        for len in 0..pkt.len() {
+            assert!(parse(&pkt[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
     fn hex_round_trip() {
         let b = [0u8, 1, 0xab, 0xFF];
         assert_eq!(from_hex::<4>(&hex(&b)), Some(b));
         assert_eq!(from_hex::<4>("0001ABff"), Some(b));
         assert_eq!(from_hex::<4>("0001abf"), None);
         assert_eq!(from_hex::<4>("0001abfg"), None);
-    }
-
-    #[test]
-    fn every_truncation_of_a_valid_packet_is_rejected() {
-        let pkt = data_pkt();
-        for len in 0..pkt.len() {
-            assert!(parse(&pkt[..len]).is_err(), "len {len}");
-        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! worker counts into its own cache-padded
 //! [`WorkerCounters`](crate::receive::workers::WorkerCounters).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -126,6 +127,25 @@ impl Image {
     }
 }
 
+/// The sender's confirmations of the current repair round: symbols it
+/// will send per FEC group (the largest count heard).
+#[derive(Debug, Default)]
+struct Confirmed {
+    round: u64,
+    group_size: u32,
+    counts: HashMap<u64, u32>,
+}
+
+/// What a receiver should ask for: parity symbols for groups it partly
+/// has, block ranges for groups it has nothing of.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `(group, symbols lacking)`.
+    pub parity: Vec<(u64, u32)>,
+    /// `(first block, count)`.
+    pub ranges: Vec<(u64, u32)>,
+}
+
 /// Shared state of one transfer.
 #[derive(Debug)]
 pub struct Transfer {
@@ -139,6 +159,7 @@ pub struct Transfer {
     final_pass_ended: AtomicBool,
     first_pass_missing: OnceLock<u64>,
     last_control: Mutex<Option<Control>>,
+    confirmed: Mutex<Confirmed>,
     fec: fec::Pending,
     resume: Option<PathBuf>,
     resume_failed: AtomicBool,
@@ -168,6 +189,7 @@ impl Transfer {
             final_pass_ended: AtomicBool::new(false),
             first_pass_missing: OnceLock::new(),
             last_control: Mutex::new(None),
+            confirmed: Mutex::default(),
             fec: fec::Pending::default(),
             resume: None,
             resume_failed: AtomicBool::new(false),
@@ -260,6 +282,78 @@ impl Transfer {
             })
             .take(max)
             .collect()
+    }
+
+    /// What to ask the sender for, with groups of `group_size` blocks and
+    /// at most `max` entries of each kind. A group with no block and no
+    /// symbol (a late join, a gap a resume left) is asked for as a block
+    /// range: the data blocks serve as well and need no decoding. For any
+    /// other group the receiver asks for as many fresh symbols as it lacks
+    /// (blocks missing minus symbols held, at least one), less what the
+    /// sender has already confirmed for this round (`round`).
+    pub fn needs(&self, group_size: u32, round: u64, max: usize) -> Needs {
+        let mut out = Needs::default();
+        let Some(img) = self.image() else {
+            return out;
+        };
+        let g = &img.geometry;
+        let confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let covered = |group: u64| {
+            if confirmed.round == round && confirmed.group_size == group_size {
+                confirmed.counts.get(&group).copied().unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        let mut last_group = None;
+        for (s, e) in img.claimed.missing_ranges() {
+            let mut b = s;
+            while b < e {
+                let group = b / u64::from(group_size);
+                let (first, end) = fec::group_blocks(g, group_size, group);
+                let stop = end.min(e);
+                b = stop;
+                if last_group == Some(group) {
+                    continue;
+                }
+                last_group = Some(group);
+                let missing = (end - first) - img.claimed.count_range(first, end);
+                let held = self.fec.held(group);
+                if missing == end - first && held == 0 {
+                    match out.ranges.last_mut() {
+                        Some((a, n)) if *a + u64::from(*n) == first => *n += (end - first) as u32,
+                        _ => out.ranges.push((first, (end - first) as u32)),
+                    }
+                    continue;
+                }
+                let need = missing.saturating_sub(held).max(1) as u32;
+                if need > covered(group) {
+                    out.parity.push((group, need));
+                }
+            }
+        }
+        out.parity.truncate(max);
+        out.ranges.truncate(max);
+        out
+    }
+
+    /// Take in the sender's confirmation for `round`: a later round
+    /// replaces what an earlier one said.
+    fn confirm(&self, round: u64, group_size: u32, counts: wire::Ranges<'_>) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if round > c.round || group_size != c.group_size {
+            *c = Confirmed {
+                round,
+                group_size,
+                counts: HashMap::new(),
+            };
+        } else if round < c.round {
+            return;
+        }
+        for (group, n) in counts.iter() {
+            let e = c.counts.entry(group).or_default();
+            *e = (*e).max(n);
+        }
     }
 
     /// Sync the target, then save the written bitmap to the resume file.
@@ -684,8 +778,13 @@ impl Sink for Transfer {
                     ..
                 } => {
                     if let Some(s) = self.signed() {
+                        // Symbols are taken in a signed session only when
+                        // its manifest announces FEC or parity repair for
+                        // groups of this size (the rebuilt blocks are then
+                        // checked against the chunk hashes).
                         let m = &s.manifest;
-                        if m.fec_repair == 0 || m.fec_group != group_size {
+                        let symbols = m.fec_repair > 0 || m.flags & wire::FLAG_PARITY != 0;
+                        if !symbols || m.fec_group != group_size {
                             return Err(DropReason::Unauthenticated);
                         }
                     }
@@ -696,8 +795,25 @@ impl Sink for Transfer {
                         self.fail(e);
                     }
                 }
-                // NACKs go to the sender; one on the group is misdirected.
-                Packet::Nack { .. } => return Err(DropReason::BadKind),
+                Packet::Confirm {
+                    round,
+                    group_size,
+                    flags,
+                    counts,
+                    ..
+                } => {
+                    // A "too slow" verdict is unicast to one receiver and
+                    // taken only from the sender's address (session.rs).
+                    if flags & wire::CONFIRM_TOO_SLOW != 0 {
+                        return Err(DropReason::BadControl);
+                    }
+                    self.confirm(round, group_size, counts);
+                }
+                // Requests and reports go to the sender; one on the group
+                // is misdirected.
+                Packet::Nack { .. } | Packet::ParityRequest { .. } | Packet::Progress { .. } => {
+                    return Err(DropReason::BadKind)
+                }
             }
             Ok(())
         });

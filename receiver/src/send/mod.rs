@@ -1,4 +1,7 @@
 //! The sender side.
 
+pub mod fleet;
+pub mod repair;
 pub mod sender;
+pub mod view;
 pub mod zeros;

@@ -1,10 +1,13 @@
 //! The sender: multicasts a file (or block device) as wire-format packets,
 //! in `sendmmsg` batches, at a limited rate, in one or more passes, with
 //! optional RaptorQ repair symbols, then repair rounds driven by the
-//! receivers' NACKs until a round passes with none. Runs of all-zero blocks
-//! (see [`zeros`](crate::send::zeros)) are announced in zero-run packets at
-//! the start of every pass instead of being sent.
+//! receivers' parity requests and NACKs (taken by the back-channel thread,
+//! [`crate::send::repair`]) until every receiver it knows has settled or a
+//! round passes with no request. Runs of all-zero blocks (see
+//! [`zeros`](crate::send::zeros)) are announced in zero-run packets at the
+//! start of every pass, and in repair rounds, instead of being sent.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -18,8 +21,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::net::socket::{self, Group, MsgBatch};
 use crate::proto::fec;
 use crate::proto::manifest::{self, ChunkTree, Manifest};
-use crate::proto::wire::{self, Control, Geometry, Kind, Packet, HEADER_LEN};
+use crate::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
 use crate::rng::XorShift;
+use crate::send::fleet::{FleetCounts, RxInfo};
+use crate::send::repair::{Backchannel, Inbound, Plan, Policy};
 use crate::send::zeros::{self, ZeroRuns};
 
 /// Datagrams per `sendmmsg` call.
@@ -30,9 +35,12 @@ const CONTROL_REPEAT: usize = 3;
 const QUIET_WINDOWS: u32 = 2;
 /// Blocks sent between progress reports when there is no FEC grouping.
 const CHUNK: u32 = 1024;
-/// NACK packets taken from one source address per collection window: a
-/// receiver sends at most 64 (6400 ranges); more come from a flood.
-const NACKS_PER_SOURCE: u32 = 64;
+/// A receiver whose reports showed new blocks this recently is still at
+/// work (reports come every second or so).
+const PROGRESSING: Duration = Duration::from_millis(2500);
+/// How often the sender looks at its receivers while it waits (for them
+/// to join, in a repair window, after the final end).
+const LOOK: Duration = Duration::from_millis(50);
 
 /// What to send and how.
 #[derive(Debug, Clone)]
@@ -63,8 +71,10 @@ pub struct SendOptions {
     pub max_repair_rounds: u32,
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     pub fec_repair: u16,
-    /// Blocks per FEC group.
+    /// Blocks per FEC group (also the group of parity requests).
     pub fec_group: u32,
+    /// Answer parity requests with fresh RaptorQ symbols (with `repair`).
+    pub parity: bool,
     /// Fraction of data and FEC packets deliberately not sent (loss
     /// injection for tests; 0 in real use).
     pub loss: f64,
@@ -75,6 +85,18 @@ pub struct SendOptions {
     /// Sign the session with this key (`--sign`): a manifest with chunk
     /// hashes and signed end packets go out besides the plain ones.
     pub sign: Option<ed25519_dalek::SigningKey>,
+    /// Wait for this many receivers to report before the first pass.
+    pub min_receivers: u64,
+    /// Give up (`timeout`) if `min_receivers` have not reported by then.
+    pub start_timeout: Option<Duration>,
+    /// A receiver silent this long before it finished is vanished.
+    pub vanish_after: Duration,
+    /// Share of the image a receiver may still miss after three repair
+    /// rounds; beyond it, it is told to stop (`too_slow`). 1.0: never.
+    pub max_behind: f64,
+    /// After the final end, wait at most this long for the receivers still
+    /// reporting to finish.
+    pub linger: Duration,
     /// Announce runs of all-zero blocks instead of sending them.
     pub sparse: bool,
 }
@@ -97,27 +119,18 @@ impl SendOptions {
             max_repair_rounds: 50,
             fec_repair: 0,
             fec_group: 64,
+            parity: true,
             loss: 0.0,
             max_repair: 2.0,
             sign: None,
+            min_receivers: 0,
+            start_timeout: None,
+            vanish_after: Duration::from_secs(5),
+            max_behind: 1.0,
+            linger: Duration::from_secs(30),
             sparse: true,
         }
     }
-}
-
-/// Where a pass is, for progress display.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// Pass (0-based).
-    pub pass: u32,
-    /// Blocks of the image behind us in this pass (sent or skipped).
-    pub blocks: u64,
-    /// Bytes of the image behind us in this pass.
-    pub bytes: u64,
-    /// Bytes of the image.
-    pub total_bytes: u64,
-    /// Of those, bytes in zero runs (not sent).
-    pub skipped_bytes: u64,
 }
 
 /// What a finished send did.
@@ -135,17 +148,22 @@ pub struct SendReport {
     pub bytes: u64,
     /// Repair rounds run.
     pub repair_rounds: u32,
-    /// NACK packets taken into account.
-    pub nacks: u64,
-    /// Datagrams on the NACK socket that were ignored: malformed, of
-    /// another session or geometry, with ranges outside the image, or over
-    /// the per-source limit.
-    pub nacks_ignored: u64,
-    /// Blocks resent in repair rounds.
+    /// Data and symbol packets sent in repair rounds.
+    pub repair_packets: u64,
+    /// Payload bytes of those packets.
+    pub repair_bytes: u64,
+    /// Blocks resent and symbols sent in repair rounds (each symbol
+    /// repairs one block).
     pub repair_blocks: u64,
-    /// Blocks asked for but not resent because the repair budget
+    /// Blocks and symbols asked for but not sent because the repair budget
     /// (`max_repair`) was spent.
     pub repair_refused: u64,
+    /// What came in over the back-channel: NACKs, parity requests and
+    /// reports taken, datagrams ignored (malformed, foreign, outside the
+    /// image, or over the per-source limit).
+    pub inbound: Inbound,
+    /// Every receiver that reported, with its final state.
+    pub receivers: Vec<RxInfo>,
     /// Wall time of the sending (after hashing).
     pub elapsed: Duration,
     /// Runs of zero blocks announced instead of sent.
@@ -156,6 +174,42 @@ pub struct SendReport {
     pub scan_time: Duration,
     /// Wall time of reading the image (hash and zero scan).
     pub read_time: Duration,
+}
+
+impl SendReport {
+    /// NACK and parity request packets taken.
+    pub fn requests(&self) -> u64 {
+        self.inbound.nacks + self.inbound.parity_requests
+    }
+}
+
+/// Where the sender is, for a live display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Session id.
+    pub session: u32,
+    /// What it is doing: `waiting`, `pass`, `repair`, `linger`.
+    pub phase: &'static str,
+    /// Pass (or repair round) number.
+    pub pass: u32,
+    /// Blocks of the image behind us in this pass (sent or skipped).
+    pub blocks: u64,
+    /// Blocks of the image.
+    pub block_count: u64,
+    /// Bytes of the image behind us in this pass.
+    pub bytes: u64,
+    /// Bytes of the image.
+    pub total_bytes: u64,
+    /// Of the bytes behind us, bytes in zero runs (not sent).
+    pub skipped_bytes: u64,
+    /// The receivers, per state.
+    pub fleet: FleetCounts,
+    /// Data and symbol packets sent in repair rounds so far.
+    pub repair_packets: u64,
+    /// Payload bytes of those packets.
+    pub repair_bytes: u64,
+    /// What came in over the back-channel so far.
+    pub inbound: Inbound,
 }
 
 /// Paces sending to a rate by sleeping when ahead of schedule.
@@ -362,9 +416,11 @@ impl Wire<'_> {
         Ok(())
     }
 
-    /// Send `count` repair symbols of FEC group `group`, from repair symbol `first`.
-    fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<()> {
+    /// Send `count` repair symbols of FEC group `group`, from repair symbol
+    /// `first`; returns how many went out (loss injection may drop some).
+    fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<u64> {
         let g = self.geometry;
+        let mut sent = 0;
         for sym in fec::repair_symbols(&g, group_size, group, self.image, first, count) {
             if self.loss.drop_next() {
                 continue;
@@ -372,19 +428,10 @@ impl Wire<'_> {
             let pkt = wire::encode_fec(self.session, &g, group, group_size, &sym);
             self.send_all(&[(&pkt, &[])])?;
             self.pacer.wait(pkt.len() as u64);
+            sent += 1;
         }
-        Ok(())
+        Ok(sent)
     }
-}
-
-/// What one NACK collection window brought.
-struct Collected {
-    /// Merged ranges `[first, end)` asked for.
-    ranges: Vec<(u64, u64)>,
-    /// NACK packets taken.
-    nacks: u64,
-    /// Datagrams ignored.
-    ignored: u64,
 }
 
 /// The zero runs of the image and the packets that announce them.
@@ -427,7 +474,8 @@ impl ZeroList {
     }
 }
 
-/// The socket that takes NACKs and the address announced for it.
+/// The socket that takes NACKs, parity requests and reports, and the
+/// address announced for it.
 struct Repair {
     sock: UdpSocket,
     addr: SocketAddr,
@@ -447,70 +495,6 @@ impl Repair {
         let addr = sock.local_addr().map_err(err)?;
         Ok(Repair { sock, addr })
     }
-
-    /// Collect NACKed ranges of `session` for `wait`; returns merged ranges
-    /// `[first, end)`, the number of NACK packets taken and the number
-    /// ignored (malformed, foreign, out of range, or over
-    /// [`NACKS_PER_SOURCE`] from one address). `remind` is called at
-    /// a quarter and at half of the window, to repeat the end packet that
-    /// opened it: the copies sent right after a burst of data are the ones
-    /// a receiver's full ring drops, and a receiver that misses every end
-    /// packet of a round never asks for its missing blocks.
-    fn collect(
-        &self,
-        session: u32,
-        g: &Geometry,
-        wait: Duration,
-        mut remind: impl FnMut() -> Result<()>,
-    ) -> Result<Collected> {
-        let start = Instant::now();
-        let deadline = start + wait;
-        let mut reminders = vec![start + wait / 2, start + wait / 4];
-        let mut ranges = Vec::new();
-        let mut nacks = 0;
-        let mut ignored = 0;
-        let mut per_source: std::collections::HashMap<IpAddr, u32> = Default::default();
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let now = Instant::now();
-            if reminders.last().is_some_and(|&at| at <= now) {
-                reminders.pop();
-                remind()?;
-                continue;
-            }
-            let until = reminders.last().copied().unwrap_or(deadline);
-            let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
-                if until == deadline {
-                    break;
-                }
-                continue;
-            };
-            if self.sock.set_read_timeout(Some(left)).is_err() {
-                break;
-            }
-            let Ok((n, from)) = self.sock.recv_from(&mut buf) else {
-                continue;
-            };
-            let seen = per_source.entry(from.ip()).or_default();
-            *seen += 1;
-            match wire::parse(&buf[..n]) {
-                Ok(Packet::Nack {
-                    session: s,
-                    geometry,
-                    ranges: r,
-                }) if s == session && geometry == *g && *seen <= NACKS_PER_SOURCE => {
-                    nacks += 1;
-                    ranges.extend(r.iter().map(|(a, c)| (a, a + u64::from(c))));
-                }
-                _ => ignored += 1,
-            }
-        }
-        Ok(Collected {
-            ranges: merge(ranges),
-            nacks,
-            ignored,
-        })
-    }
 }
 
 /// An address as IPv6, IPv4 mapped.
@@ -519,6 +503,21 @@ fn mapped(ip: IpAddr) -> std::net::Ipv6Addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     }
+}
+
+/// Cut the symbol counts of `parity` to at most `budget` in total; returns
+/// the symbols cut.
+fn clip_counts(parity: &mut Vec<(u64, u32)>, budget: u64) -> u64 {
+    let mut left = budget;
+    let mut cut = 0;
+    parity.retain_mut(|(_, n)| {
+        let take = u64::from(*n).min(left);
+        cut += u64::from(*n) - take;
+        left -= take;
+        *n = take as u32;
+        take > 0
+    });
+    cut
 }
 
 /// Cut `ranges` to at most `budget` blocks in total; returns the blocks cut.
@@ -535,20 +534,8 @@ fn clip(ranges: &mut Vec<(u64, u64)>, budget: u64) -> u64 {
     cut
 }
 
-/// Sort and merge overlapping or touching ranges.
-fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
-/// Multicast the file at `path`. `progress` is called as each pass advances.
+/// Multicast the file at `path`. `progress` is called as the passes
+/// advance and while the sender waits (for receivers, in repair windows).
 pub fn send(
     path: &Path,
     opts: &SendOptions,
@@ -626,6 +613,21 @@ pub fn send(
             scan.scan_time
         );
     }
+    let parity_group = if repair.is_some() && opts.parity {
+        opts.fec_group
+    } else {
+        0
+    };
+    let flags = match (&repair, parity_group) {
+        (None, _) => 0,
+        (Some(_), 0) => wire::FLAG_REPAIR,
+        (Some(_), _) => wire::FLAG_REPAIR | wire::FLAG_PARITY,
+    };
+    let fec_group = if opts.fec_repair > 0 || parity_group > 0 {
+        opts.fec_group
+    } else {
+        0
+    };
     let signer = opts.sign.as_ref().map(|key| {
         let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count);
         let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
@@ -634,21 +636,13 @@ pub fn send(
             geometry,
             digest,
             passes: opts.passes,
-            flags: if repair.is_some() {
-                wire::FLAG_REPAIR
-            } else {
-                0
-            },
+            flags,
             repair_addr: repair
                 .as_ref()
                 .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
             repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
             fec_repair: opts.fec_repair,
-            fec_group: if opts.fec_repair > 0 {
-                opts.fec_group
-            } else {
-                0
-            },
+            fec_group,
             source: source.map_or(std::net::Ipv6Addr::UNSPECIFIED, mapped),
             chunk_blocks,
             issued_at: std::time::SystemTime::now()
@@ -665,6 +659,36 @@ pub fn send(
             next_page: 0,
         }
     });
+    let policy = Policy {
+        session,
+        geometry,
+        group_size: parity_group,
+        vanish_after: opts.vanish_after,
+        max_behind: opts.max_behind.clamp(0.0, 1.0),
+    };
+    let base = Control {
+        flags,
+        repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
+        repair_addr: repair
+            .as_ref()
+            .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
+        fec_repair: opts.fec_repair,
+        fec_group,
+        ..Control::new(digest, 0, opts.passes)
+    };
+    let bc = match repair {
+        Some(r) => {
+            let ncf = socket::sender_socket(opts.group, &opts.iface, opts.ttl, source)?;
+            Some(Backchannel::start(r.sock, ncf, policy)?)
+        }
+        None => None,
+    };
+    if opts.min_receivers > 0 && bc.is_none() {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "waiting for receivers needs their reports: not with --no-repair",
+        ));
+    }
     let start = Instant::now();
     let mut w = Wire {
         socks,
@@ -683,24 +707,56 @@ pub fn send(
         },
         loss: Loss::new(opts.loss, seed),
     };
-    let base = Control {
-        flags: if repair.is_some() {
-            wire::FLAG_REPAIR
-        } else {
-            0
-        },
-        repair_port: repair.as_ref().map_or(0, |r| r.addr.port()),
-        repair_addr: repair
-            .as_ref()
-            .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
-        fec_repair: opts.fec_repair,
-        fec_group: if opts.fec_repair > 0 {
-            opts.fec_group
-        } else {
-            0
-        },
-        ..Control::new(digest, 0, opts.passes)
+    let fleet = || bc.as_ref().map(|b| b.fleet()).unwrap_or_default();
+    // The control block of `pass` with extra `flags` and the group-size
+    // estimate of the moment.
+    let control = |pass: u32, flags: u32| {
+        let mut c = base;
+        c.pass = pass;
+        c.flags |= flags | wire::gsize_flags(fleet().known);
+        c
     };
+    // `at`: blocks, bytes and zero bytes behind us in the pass.
+    let mut show = |phase: &'static str, pass: u32, at: (u64, u64, u64), repair: (u64, u64)| {
+        progress(&Progress {
+            session,
+            phase,
+            pass,
+            blocks: at.0,
+            block_count: geometry.block_count,
+            bytes: at.1,
+            total_bytes: geometry.total_size,
+            skipped_bytes: at.2,
+            fleet: fleet(),
+            repair_packets: repair.0,
+            repair_bytes: repair.1,
+            inbound: bc.as_ref().map(|b| b.inbound()).unwrap_or_default(),
+        })
+    };
+    if opts.min_receivers > 0 {
+        // Announce until enough receivers have reported (they learn where
+        // to report from the announce).
+        loop {
+            let known = fleet().known;
+            show("waiting", 0, (0, 0, 0), (0, 0));
+            if known >= opts.min_receivers {
+                break;
+            }
+            if opts.start_timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{known} of {} receivers reported within {:?}",
+                        opts.min_receivers,
+                        opts.start_timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+            w.control(Kind::Announce, &control(0, 0))?;
+            std::thread::sleep(LOOK * 4);
+        }
+        w.pacer.restart(opts.rate_bps);
+    }
     let chunk = if opts.fec_repair > 0 {
         opts.fec_group
     } else {
@@ -709,32 +765,21 @@ pub fn send(
     let chunks = fec::group_count(&geometry, chunk);
     for pass in 0..opts.passes {
         let last = pass + 1 == opts.passes;
-        let control = Control {
-            pass,
-            flags: base.flags
-                | if last && repair.is_none() {
-                    wire::FLAG_FINAL
-                } else {
-                    0
-                },
-            ..base
+        let flags = if last && bc.is_none() {
+            wire::FLAG_FINAL
+        } else {
+            0
         };
-        w.control(Kind::Announce, &control)?;
+        w.control(Kind::Announce, &control(pass, flags))?;
         w.all_pages()?;
         w.zeros(&list, 0, geometry.block_count)?;
         let mut since_announce = 0u64;
-        let mut at = Progress {
-            pass,
-            blocks: 0,
-            bytes: 0,
-            total_bytes: geometry.total_size,
-            skipped_bytes: 0,
-        };
+        let (mut bytes, mut skipped) = (0, 0);
         for c in 0..chunks {
             let (first, end) = fec::group_blocks(&geometry, chunk, c);
             let data = list.runs.data_in(first, end);
             let sent: u64 = data.iter().map(|(a, b)| b - a).sum();
-            let bytes = geometry.range_bytes(first, end);
+            let group_bytes = geometry.range_bytes(first, end);
             let data_bytes: u64 = data.iter().map(|&(a, b)| geometry.range_bytes(a, b)).sum();
             for &(a, b) in &data {
                 w.blocks(a, b)?;
@@ -746,19 +791,18 @@ pub fn send(
             }
             since_announce += sent;
             if since_announce >= opts.announce_every {
-                w.control(Kind::Announce, &control)?;
+                w.control(Kind::Announce, &control(pass, flags))?;
                 since_announce = 0;
             }
-            at.blocks = end;
-            at.bytes += bytes;
-            at.skipped_bytes += bytes - data_bytes;
-            progress(&at);
+            bytes += group_bytes;
+            skipped += group_bytes - data_bytes;
+            show("pass", pass, (end, bytes, skipped), (0, 0));
         }
-        w.control(Kind::End, &control)?;
+        w.control(Kind::End, &control(pass, flags))?;
     }
     let mut rounds = 0;
-    let mut nacks = 0;
-    let mut ignored = 0;
+    let mut repair_packets = 0;
+    let mut repair_bytes = 0;
     let mut repair_blocks = 0;
     let mut refused = 0;
     // Repairs go at most at the data rate: the one asked for, else the
@@ -768,33 +812,66 @@ pub fn send(
         (secs > 0.0).then(|| ((w.bytes * 8) as f64 / secs) as u64 + 1)
     });
     let mut budget = (opts.max_repair.max(0.0) * geometry.block_count as f64).ceil() as u64;
-    if let Some(r) = &repair {
+    if let Some(bc) = &bc {
         let mut pass = opts.passes - 1;
+        // Fresh symbols for every parity round: the next unused repair
+        // symbol of each group (the passes used the first ones).
+        let mut next_esi: HashMap<u64, u32> = HashMap::new();
+        let first_esi = opts.passes * u32::from(opts.fec_repair);
+        // Everyone the sender knows of is done: no window to wait out.
+        let settled = |f: FleetCounts| f.known >= opts.min_receivers.max(1) && f.receiving == 0;
         // The sender stops after QUIET_WINDOWS windows in a row without a
-        // NACK, so that one lost NACK or one late receiver does not end the
-        // session for everyone.
+        // request, so that one lost NACK or one late receiver does not end
+        // the session for everyone.
         let mut quiet = 0;
         while quiet < QUIET_WINDOWS && rounds < opts.max_repair_rounds {
-            let end = Control { pass, ..base };
-            let got = r.collect(session, &geometry, opts.repair_wait, || {
-                w.control(Kind::End, &end)
-            })?;
-            let (mut wanted, n) = (got.ranges, got.nacks);
-            nacks += n;
-            ignored += got.ignored;
-            if wanted.is_empty() {
-                quiet += 1;
-                continue;
+            bc.set_round(u64::from(pass), rounds);
+            // Repeat the end that opened the window at a quarter and at
+            // half of it: the copies sent right after a burst of data are
+            // the ones a receiver's full ring drops, and a receiver that
+            // misses every end of a round never asks.
+            let opened = Instant::now();
+            let mut reminders = vec![opts.repair_wait / 2, opts.repair_wait / 4];
+            let mut done = false;
+            while opened.elapsed() < opts.repair_wait {
+                if reminders.last().is_some_and(|&at| opened.elapsed() >= at) {
+                    reminders.pop();
+                    w.control(Kind::End, &control(pass, 0))?;
+                }
+                show("repair", pass, (0, 0, 0), (repair_packets, repair_bytes));
+                if settled(fleet()) {
+                    done = true;
+                    break;
+                }
+                std::thread::sleep(LOOK.min(opts.repair_wait / 8));
             }
-            let cut = clip(&mut wanted, budget);
-            if cut > 0 {
-                refused += cut;
-                log::warn!("repair budget spent: {cut} blocks asked for are not resent");
-            }
-            if wanted.is_empty() {
+            if done {
                 break;
             }
-            let blocks: u64 = wanted.iter().map(|(a, b)| b - a).sum();
+            let Plan {
+                mut ranges,
+                mut parity,
+            } = bc.take(&policy);
+            if ranges.is_empty() && parity.is_empty() {
+                // Not quiet while a receiver is still writing blocks: it
+                // may be working through a backlog (rebuilding groups) and
+                // ask once it reaches the end of the round.
+                if !bc.progressing(PROGRESSING) {
+                    quiet += 1;
+                }
+                continue;
+            }
+            let mut cut = clip(&mut ranges, budget);
+            let resent: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+            cut += clip_counts(&mut parity, budget - resent);
+            if cut > 0 {
+                refused += cut;
+                log::warn!("repair budget spent: {cut} blocks or symbols asked for are not sent");
+            }
+            if ranges.is_empty() && parity.is_empty() {
+                break;
+            }
+            let blocks = resent + parity.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
             budget -= blocks;
             repair_blocks += blocks;
             w.pacer.restart(data_rate);
@@ -802,25 +879,41 @@ pub fn send(
             rounds += 1;
             pass += 1;
             log::info!(
-                "repair round {rounds}: {} ranges from {n} NACKs",
-                wanted.len()
+                "repair round {rounds}: {} ranges, {} groups",
+                ranges.len(),
+                parity.len()
             );
             // Pages again: a receiver whose chunk waits for a lost page
             // NACKs that chunk to get here.
             w.all_pages()?;
-            for (first, end) in wanted {
+            let (packets, bytes) = (w.packets, w.bytes);
+            for (first, end) in ranges {
                 w.zeros(&list, first, end)?;
                 w.data(&list, first, end)?;
             }
-            w.control(Kind::End, &Control { pass, ..base })?;
+            let mut symbols = 0;
+            for (group, count) in parity {
+                let esi = next_esi.entry(group).or_insert(first_esi);
+                symbols += w.fec(parity_group, group, *esi, count)?;
+                *esi += count;
+            }
+            repair_packets += w.packets - packets;
+            repair_bytes += w.bytes - bytes + symbols * u64::from(block_size);
+            w.control(Kind::End, &control(pass, 0))?;
         }
-        let fin = Control {
-            pass,
-            flags: base.flags | wire::FLAG_FINAL,
-            ..base
-        };
-        w.control(Kind::End, &fin)?;
+        w.control(Kind::End, &control(pass, wire::FLAG_FINAL))?;
+        // Wait for the receivers still at work (verifying, or failing for
+        // want of blocks) to say how they ended, or to go silent.
+        let lingering = Instant::now();
+        while lingering.elapsed() < opts.linger && fleet().receiving > 0 {
+            show("linger", pass, (0, 0, 0), (repair_packets, repair_bytes));
+            std::thread::sleep(LOOK);
+        }
     }
+    let (inbound, receivers) = bc
+        .as_ref()
+        .map(|b| (b.inbound(), b.rows()))
+        .unwrap_or_default();
     Ok(SendReport {
         session,
         geometry,
@@ -828,10 +921,12 @@ pub fn send(
         packets: w.packets,
         bytes: w.bytes,
         repair_rounds: rounds,
-        nacks,
-        nacks_ignored: ignored,
+        repair_packets,
+        repair_bytes,
         repair_blocks,
         repair_refused: refused,
+        inbound,
+        receivers,
         elapsed: start.elapsed(),
         zero_runs: list.runs.runs().len() as u64,
         skipped_bytes,
@@ -845,15 +940,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merges_ranges() {
-        assert_eq!(
-            merge(vec![(5, 7), (0, 2), (2, 3), (6, 9), (20, 21)]),
-            vec![(0, 3), (5, 9), (20, 21)]
-        );
-        assert!(merge(vec![]).is_empty());
-    }
-
-    #[test]
     fn clips_ranges_to_the_budget() {
         let mut r = vec![(0, 10), (20, 30), (40, 50)];
         assert_eq!(clip(&mut r, 15), 15);
@@ -861,6 +947,9 @@ mod tests {
         let mut r = vec![(0, 10)];
         assert_eq!(clip(&mut r, 0), 10);
         assert!(r.is_empty());
+        let mut p = vec![(0, 5), (3, 5), (7, 5)];
+        assert_eq!(clip_counts(&mut p, 7), 8);
+        assert_eq!(p, vec![(0, 5), (3, 2)]);
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! The sender's view of its receivers, built from their progress reports
+//! (wire kind 10): who is there, how far each is, how each ended, and who
+//! went silent before ending (vanished).
+//!
+//! A receiver is known by its IP address and session name, so a receiver
+//! restarted on the same machine (a resume after a crash) takes over its
+//! old row instead of leaving a vanished one behind.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::error::ErrorCode;
+use crate::proto::wire::Report;
+
+/// Most receivers the table holds.
+const MAX_ROWS: usize = 65_536;
+
+/// Where a receiver stands, as the sender sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxState {
+    /// Reporting, not finished.
+    Receiving,
+    /// Reported SUCCESS (image complete and verified).
+    Finished,
+    /// Reported FAILURE with this code (or was told it is too slow).
+    Failed(ErrorCode),
+    /// Stopped reporting before it finished.
+    Vanished,
+}
+
+impl RxState {
+    /// Lower-case name for the table and the JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RxState::Receiving => "receiving",
+            RxState::Finished => "finished",
+            RxState::Failed(_) => "failed",
+            RxState::Vanished => "vanished",
+        }
+    }
+
+    /// Finished, failed or vanished: nothing more is expected of it.
+    pub fn is_settled(self) -> bool {
+        self != RxState::Receiving
+    }
+}
+
+/// One receiver.
+#[derive(Debug, Clone)]
+pub struct RxInfo {
+    /// Address its reports come from (the latest).
+    pub addr: SocketAddr,
+    /// Its session name (from the report, printable ASCII only).
+    pub name: String,
+    /// Where it stands.
+    pub state: RxState,
+    /// Blocks it has written.
+    pub blocks_done: u64,
+    /// NACK and parity request packets it says it sent.
+    pub requests: u32,
+    /// When its last report arrived.
+    pub last_seen: Instant,
+    /// When it last reported more blocks than before.
+    pub last_progress: Instant,
+}
+
+/// How many receivers are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Every receiver that ever reported.
+    pub known: u64,
+    /// Still receiving.
+    pub receiving: u64,
+    /// Finished with SUCCESS.
+    pub finished: u64,
+    /// Ended with FAILURE.
+    pub failed: u64,
+    /// Went silent before ending.
+    pub vanished: u64,
+    /// Sum of the blocks written by receivers still receiving.
+    pub blocks_receiving: u64,
+}
+
+/// Every receiver that reported.
+#[derive(Debug)]
+pub struct Fleet {
+    rows: Vec<RxInfo>,
+    vanish_after: Duration,
+}
+
+impl Fleet {
+    /// An empty fleet; a receiver silent for `vanish_after` before it
+    /// finished is marked vanished.
+    pub fn new(vanish_after: Duration) -> Fleet {
+        Fleet {
+            rows: Vec::new(),
+            vanish_after,
+        }
+    }
+
+    fn find(&mut self, ip: IpAddr, name: &str) -> Option<&mut RxInfo> {
+        self.rows
+            .iter_mut()
+            .find(|r| r.addr.ip() == ip && r.name == name)
+    }
+
+    /// Take in a report from `from`.
+    pub fn report(&mut self, from: SocketAddr, r: &Report, now: Instant) {
+        let state = match r.state {
+            2 => RxState::Finished,
+            3 => {
+                RxState::Failed(ErrorCode::from_u32(r.error.into()).unwrap_or(ErrorCode::Internal))
+            }
+            _ => RxState::Receiving,
+        };
+        let name = r.name();
+        let row = RxInfo {
+            addr: from,
+            name: name.clone(),
+            state,
+            blocks_done: r.blocks_done,
+            requests: r.requests,
+            last_seen: now,
+            last_progress: now,
+        };
+        let full = self.rows.len() >= MAX_ROWS;
+        match self.find(from.ip(), &name) {
+            // A verdict of the sender's own (too slow) stands.
+            Some(old) if old.state == RxState::Failed(ErrorCode::TooSlow) => {
+                old.last_seen = now;
+            }
+            Some(old) => {
+                let last_progress = if r.blocks_done > old.blocks_done {
+                    now
+                } else {
+                    old.last_progress
+                };
+                *old = RxInfo {
+                    last_progress,
+                    ..row
+                };
+            }
+            None if !full => self.rows.push(row),
+            // A flood of forged reports does not grow the table forever.
+            None => {}
+        }
+    }
+
+    /// Mark `from` failed with `code` (the sender's verdict).
+    pub fn fail(&mut self, from: SocketAddr, name: &str, code: ErrorCode) {
+        if let Some(r) = self.find(from.ip(), name) {
+            r.state = RxState::Failed(code);
+        }
+    }
+
+    /// The row of the receiver reporting from `from` as `name`.
+    pub fn get(&self, from: SocketAddr, name: &str) -> Option<&RxInfo> {
+        self.rows
+            .iter()
+            .find(|r| r.addr.ip() == from.ip() && r.name == name)
+    }
+
+    /// Whether requests from `from` should be ignored (its receiver was
+    /// told it is too slow).
+    pub fn is_dropped(&self, from: SocketAddr) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.addr == from && r.state == RxState::Failed(ErrorCode::TooSlow))
+    }
+
+    /// Whether a receiver still receiving wrote more blocks within `within`
+    /// (it may be working through a repair round it has not asked after).
+    pub fn progressing(&self, within: Duration, now: Instant) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.state == RxState::Receiving && now - r.last_progress < within)
+    }
+
+    /// Mark receivers silent for too long as vanished.
+    pub fn sweep(&mut self, now: Instant) {
+        for r in &mut self.rows {
+            if r.state == RxState::Receiving && now - r.last_seen >= self.vanish_after {
+                r.state = RxState::Vanished;
+            }
+        }
+    }
+
+    /// Counts per state.
+    pub fn counts(&self) -> FleetCounts {
+        let mut c = FleetCounts {
+            known: self.rows.len() as u64,
+            ..FleetCounts::default()
+        };
+        for r in &self.rows {
+            match r.state {
+                RxState::Receiving => {
+                    c.receiving += 1;
+                    c.blocks_receiving += r.blocks_done;
+                }
+                RxState::Finished => c.finished += 1,
+                RxState::Failed(_) => c.failed += 1,
+                RxState::Vanished => c.vanished += 1,
+            }
+        }
+        c
+    }
+
+    /// Every row, in the order the receivers first reported.
+    pub fn rows(&self) -> &[RxInfo] {
+        &self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(state: u8, error: u8, name: &str) -> Report {
+        Report {
+            blocks_done: 10,
+            requests: 1,
+            state,
+            error,
+            name: Report::name_field(name),
+        }
+    }
+
+    #[test]
+    fn tracks_states_and_vanishing() {
+        let mut f = Fleet::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:4000".parse().unwrap();
+        f.report(a, &report(1, 0, "a"), t0);
+        f.report(b, &report(1, 0, "b"), t0);
+        f.report(c, &report(1, 0, "c"), t0);
+        assert!(f.progressing(Duration::from_secs(1), t0));
+        f.report(a, &report(2, 0, "a"), t0 + Duration::from_secs(1));
+        f.report(b, &report(3, 9, "b"), t0 + Duration::from_secs(1));
+        f.report(c, &report(1, 0, "c"), t0 + Duration::from_millis(1500));
+        assert!(!f.progressing(Duration::from_secs(1), t0 + Duration::from_secs(2)));
+        f.sweep(t0 + Duration::from_millis(3500));
+        let n = f.counts();
+        assert_eq!((n.known, n.finished, n.failed, n.vanished), (3, 1, 1, 1));
+        assert_eq!(f.rows()[1].state, RxState::Failed(ErrorCode::Incomplete));
+        assert_eq!(f.rows()[2].state, RxState::Vanished);
+        // A restart on the same machine (new port) takes over its row.
+        let c2: SocketAddr = "10.0.0.3:4999".parse().unwrap();
+        f.report(c2, &report(1, 0, "c"), t0 + Duration::from_secs(4));
+        assert_eq!(f.counts().known, 3);
+        assert_eq!(f.rows()[2].state, RxState::Receiving);
+        f.fail(c2, "c", ErrorCode::TooSlow);
+        assert!(f.is_dropped(c2));
+        f.report(c2, &report(1, 0, "c"), t0 + Duration::from_secs(5));
+        assert_eq!(f.rows()[2].state, RxState::Failed(ErrorCode::TooSlow));
+    }
+}

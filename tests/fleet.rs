@@ -1,0 +1,270 @@
+//! Many receivers on one bridge, each dropping 5% of its frames in its own
+//! XDP program: parity repair with NACK suppression brings every one to
+//! SUCCESS, the sender's final table lists each of them, and a receiver
+//! killed mid-transfer is listed as vanished.
+//!
+//! `cargo test --release --test fleet -- --ignored --nocapture` prints the
+//! figures of docs/reliability.md (repair and request packets of 24
+//! receivers against one receiver with the same loss).
+
+mod common;
+
+use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::page::State;
+use xdpcast::ErrorCode;
+
+const MIB: usize = 1 << 20;
+const GROUP: &str = "239.8.8.8:5000";
+/// 5% of each receiver's frames, dropped by its own XDP program.
+const LOSS_PPM: &str = "50000";
+
+/// What the sender did, from its summary line.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    repair_packets: u64,
+    nacks: u64,
+    parity_requests: u64,
+    rounds: u64,
+}
+
+impl Figures {
+    fn requests(&self) -> u64 {
+        self.nacks + self.parity_requests
+    }
+
+    /// "... N repair round(s) of P packets for A NACKs and B parity requests ..."
+    fn parse(out: &str) -> Figures {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("sent "))
+            .unwrap_or_else(|| panic!("no summary line in {out}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |w: &str| {
+            words
+                .iter()
+                .position(|x| *x == w)
+                .unwrap_or_else(|| panic!("{w} in {line}"))
+        };
+        let word_before = |w: &str| -> u64 { words[at(w) - 1].parse().unwrap() };
+        Figures {
+            rounds: word_before("repair"),
+            repair_packets: words[at("round(s)") + 2].parse().unwrap(),
+            nacks: word_before("NACKs"),
+            parity_requests: word_before("parity"),
+        }
+    }
+}
+
+fn receiver(host: &Host, dir: &Path, name: &str) -> Child {
+    let out = dir.join(format!("{name}.img"));
+    let args = [
+        "--iface",
+        &host.iface,
+        "--out",
+        out.to_str().unwrap(),
+        "--mode",
+        "xdp",
+        "--inject-loss",
+        LOSS_PPM,
+    ];
+    start_receiver(xdpcast(&host.ns), dir, name, GROUP, &args)
+}
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// `n` lossy receivers (plus a victim killed mid-transfer when `victim`)
+/// get a `mib` MiB image; every survivor must verify it.
+fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String) {
+    let lan = Lan::new(n + 2);
+    let dir = TempDir::new("xdpc-fleet");
+    let src = dir.join("src.img");
+    make_image(&src, mib * MIB, 61);
+    let names: Vec<String> = (0..n).map(|i| format!("rx{i:02}")).collect();
+    let rxs: Vec<Child> = names
+        .iter()
+        .zip(&lan.hosts[2..])
+        .map(|(name, host)| receiver(host, &dir.0, name))
+        .collect();
+    let mut victim_rx = victim.then(|| receiver(&lan.hosts[1], &dir.0, "victim"));
+    let expected = (n + usize::from(victim)).to_string();
+    let mut args = vec![
+        "--min-receivers",
+        &expected,
+        "--start-timeout",
+        "60",
+        "--vanish-after",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let tx = start_sender(&lan.hosts[0].ns, &lan.hosts[0].iface, GROUP, &src, &args);
+    if let Some(v) = victim_rx.as_mut() {
+        wait_for(Duration::from_secs(60), "the victim's first blocks", || {
+            (read_page(&dir.0, "victim").blocks_done > 200).then_some(())
+        });
+        v.kill().unwrap();
+        v.wait().unwrap();
+    }
+    let tx_out = wait_output(tx, Duration::from_secs(240), "sender");
+    let table = ok(&tx_out, "sender");
+    eprintln!("{table}");
+    let want = sha256_hex(&src);
+    for (name, rx) in names.iter().zip(rxs) {
+        ok(&wait_output(rx, Duration::from_secs(60), name), name);
+        assert_eq!(
+            sha256_hex(&dir.join(&format!("{name}.img"))),
+            want,
+            "{name}"
+        );
+        let s = read_page(&dir.0, name);
+        assert_eq!(
+            (s.state, s.error),
+            (State::Success, ErrorCode::None),
+            "{name}"
+        );
+    }
+    (Figures::parse(&table), table)
+}
+
+/// The row of `name` in the sender's table.
+fn row<'a>(table: &'a str, name: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in the sender's table:\n{table}"))
+}
+
+#[test]
+fn lossy_receivers_all_finish_and_the_sender_lists_each() {
+    if !netns_allowed() {
+        return;
+    }
+    let n = 24;
+    // Slow enough (about 1 s a pass) to kill the victim half-way.
+    let (f, table) = fleet(n, 4, true, &["--rate", "32M"]);
+    for i in 0..n {
+        let r = row(&table, &format!("rx{i:02}"));
+        assert!(r.contains(" finished "), "{r}");
+        assert!(r.contains("100.0%"), "{r}");
+    }
+    assert!(row(&table, "victim").contains(" vanished "), "{table}");
+    assert!(table.contains(&format!(
+        "receivers: {} known, {n} finished, 0 failed, 1 vanished",
+        n + 1
+    )));
+    // Loose bounds on counts. Resending every block some receiver lost
+    // would take 1 - 0.95^24 = 71% of the image; parity repair serves all
+    // with well under half of it. Requests do not grow to every receiver
+    // asking every round.
+    let blocks = (4 * MIB / 1400) as u64;
+    assert!(f.repair_packets > 0 && f.parity_requests > 0, "{f:?}");
+    assert!(f.repair_packets < blocks / 2, "{f:?} for {blocks} blocks");
+    assert!(f.requests() < (n as u64) * 6, "{f:?}");
+}
+
+/// The figures of docs/reliability.md: one lossy receiver, then 24, each
+/// dropping 5% on its own, same image and rate (low, so that the injected
+/// loss is the only loss). Not a CI test (it takes minutes); run it with
+/// --ignored.
+#[test]
+#[ignore]
+fn figures_for_the_docs() {
+    if !netns_allowed() {
+        return;
+    }
+    let mut rows = Vec::new();
+    for (what, extra) in [("parity", &[][..]), ("ranges", &["--no-parity"][..])] {
+        for run in 0..3 {
+            let mut args = vec!["--rate", "20M"];
+            args.extend_from_slice(extra);
+            let (one, _) = fleet(1, 8, false, &args);
+            let (many, _) = fleet(24, 8, false, &args);
+            rows.push(format!(
+                "| {what} | {run} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+                one.repair_packets,
+                one.requests(),
+                one.rounds,
+                many.repair_packets,
+                many.requests(),
+                many.rounds,
+                many.repair_packets as f64 / one.repair_packets.max(1) as f64,
+                many.requests() as f64 / one.requests().max(1) as f64,
+            ));
+        }
+    }
+    println!("| repair | run | 1 rx: repair packets | requests | rounds | 24 rx: repair packets | requests | rounds | repair ratio | request ratio |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+}
+
+/// A receiver that loses 80% of its frames is still more than 10% behind
+/// after three repair rounds (about 0.8^4 = 41% of the image): the sender tells it it is too slow, it ends
+/// with `too_slow` (17), and the other receiver finishes.
+#[test]
+fn a_receiver_far_behind_is_told_it_is_too_slow() {
+    if !netns_allowed() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let dir = TempDir::new("xdpc-slow");
+    let src = dir.join("src.img");
+    make_image(&src, 4 * MIB, 71);
+    let good = receiver(&lan.hosts[1], &dir.0, "good");
+    let out = dir.join("slow.img");
+    let slow_args = [
+        "--iface",
+        &lan.hosts[2].iface,
+        "--out",
+        out.to_str().unwrap(),
+        "--mode",
+        "xdp",
+        "--inject-loss",
+        "800000",
+    ];
+    let slow = start_receiver(xdpcast(&lan.hosts[2].ns), &dir.0, "slow", GROUP, &slow_args);
+    let tx = start_sender(
+        &lan.hosts[0].ns,
+        &lan.hosts[0].iface,
+        GROUP,
+        &src,
+        // A budget for more than three rounds of an 80% loss.
+        &[
+            "--min-receivers",
+            "2",
+            "--max-behind",
+            "10",
+            "--max-repair",
+            "10",
+            "--rate",
+            "200M",
+        ],
+    );
+    let table = ok(
+        &wait_output(tx, Duration::from_secs(120), "sender"),
+        "sender",
+    );
+    ok(&wait_output(good, Duration::from_secs(60), "good"), "good");
+    let slow_out = wait_output(slow, Duration::from_secs(60), "slow");
+    assert_eq!(
+        slow_out.status.code(),
+        Some(100 + ErrorCode::TooSlow as i32)
+    );
+    let s = read_page(&dir.0, "slow");
+    assert_eq!((s.state, s.error), (State::Failure, ErrorCode::TooSlow));
+    assert!(row(&table, "slow").contains("too_slow (17)"), "{table}");
+    assert!(row(&table, "good").contains(" finished "), "{table}");
+    assert_eq!(sha256_hex(&dir.join("good.img")), sha256_hex(&src));
+}
