@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Read xdpcast status pages (layout version 1) with the standard library only.
+"""Read xdpcast status pages (layout version 2) with the standard library only.
 
     status_reader.py [NAME ...]          # default: every session
     status_reader.py --path FILE

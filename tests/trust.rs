@@ -112,6 +112,8 @@ fn signed_transfer_with_loss_succeeds_without_read_back() {
     }
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-signed", 16 * MIB, 10);
+    // Sparse: zero runs are announced, zeroed and verified in their chunks.
+    xdpcast_bench::fixture::write_sparse_image(&src, 16 * MIB as u64, 10).unwrap();
     let key = keygen(&dir, "site");
     let rx = receiver(&net, &dir.0, &dst, &["--trust", &pub_of(&key)]);
     let tx = start_sender(
@@ -146,6 +148,7 @@ fn signed_transfer_with_loss_succeeds_without_read_back() {
         "loss was repaired"
     );
     assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
+    assert!(s.sparse.skipped_bytes > 0, "zero runs skipped");
     assert!(s.message.contains("chunks verified"), "{}", s.message);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("trust     signed by"), "{text}");

@@ -345,17 +345,18 @@ impl Shared {
         }
     }
 
-    /// A worker's write of block bytes `data` at `offset` (a block's
-    /// start); true when the writer should be woken (a chunk is complete or
-    /// more than half the buffer is in use).
+    /// A worker's write of whole blocks `data` at `offset` (a block's
+    /// start; usually one block); true when the writer should be woken (a
+    /// chunk is complete or more than half the buffer is in use).
     fn write(&self, offset: u64, data: &[u8]) -> bool {
         let mut wake = false;
-        let index = offset / self.block_size;
         let end = offset + data.len() as u64;
         let mut at = offset;
         while at < end {
+            // One block's bytes within one chunk at a time.
             let k = at / CHUNK;
-            let piece_end = end.min((k + 1) * CHUNK);
+            let index = at / self.block_size;
+            let piece_end = end.min((k + 1) * CHUNK).min((index + 1) * self.block_size);
             let piece = &data[(at - offset) as usize..(piece_end - offset) as usize];
             let pinned = self.pin(k, true);
             match pinned {
@@ -867,6 +868,17 @@ mod tests {
         let c = s.counters();
         // Every byte written once, by the writer or (buffer full) a worker.
         assert_eq!(c.bytes_stored.load(Ordering::Relaxed), len);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn many_blocks_in_one_write_land() {
+        let len = 3 * CHUNK + 777;
+        let (s, p) = stager("whole", len, 1400, 16 * CHUNK);
+        let img = image(len as usize);
+        s.write(0, &img);
+        s.flush().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), img);
         std::fs::remove_file(p).unwrap();
     }
 
