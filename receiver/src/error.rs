@@ -39,11 +39,15 @@ pub enum ErrorCode {
     Internal = 13,
     /// The session was closed: its handle or object may not be used any more.
     Closed = 14,
+    /// The output pipe (`--out -`, `udp-receiver --pipe`) was closed before
+    /// the end of the image.
+    OutputClosed = 18,
 }
 
 impl ErrorCode {
-    /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 15] = [
+    /// Every code, in numeric order (numbers are allocated per subsystem,
+    /// so there may be gaps).
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::None,
         ErrorCode::Cancelled,
         ErrorCode::Timeout,
@@ -59,11 +63,12 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::Internal,
         ErrorCode::Closed,
+        ErrorCode::OutputClosed,
     ];
 
     /// The code with numeric value `v`, if any.
     pub fn from_u32(v: u32) -> Option<ErrorCode> {
-        Self::ALL.get(v as usize).copied()
+        Self::ALL.iter().copied().find(|c| *c as u32 == v)
     }
 
     /// Stable snake_case name.
@@ -84,6 +89,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Internal => "internal",
             ErrorCode::Closed => "closed",
+            ErrorCode::OutputClosed => "output_closed",
         }
     }
 }
@@ -132,11 +138,14 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_are_ordered() {
-        for (i, c) in ErrorCode::ALL.iter().enumerate() {
-            assert_eq!(*c as u32, i as u32);
-            assert_eq!(ErrorCode::from_u32(i as u32), Some(*c));
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_u32(c as u32), Some(c));
         }
-        assert_eq!(ErrorCode::from_u32(ErrorCode::ALL.len() as u32), None);
+        assert!(ErrorCode::ALL
+            .windows(2)
+            .all(|w| (w[0] as u32) < (w[1] as u32)));
+        assert_eq!(ErrorCode::from_u32(15), None, "not allocated yet");
+        assert_eq!(ErrorCode::from_u32(1000), None);
     }
 
     #[test]
