@@ -332,9 +332,13 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
         .status()
         .unwrap();
     assert!(status.success());
-    // A 1 MiB window and a consumer that starts 2 s late: the window fills,
-    // what does not fit is refused and retransmitted, nothing is lost.
-    let pipe = "sleep 2; gzip -dc";
+    // A 1 MiB window (less than a slice) and a consumer that starts late:
+    // the window fills, what does not fit is refused and retransmitted,
+    // nothing is lost. The stall is short: udp-sender drops a receiver
+    // whose slice needs more than --retries-until-drop (200) REQACK rounds
+    // once one of them times out (docs/udpcast.md); --receive-timeout
+    // then ends this receiver instead of letting it wait forever.
+    let pipe = "sleep 0.3; gzip -dc";
     let rx = clonezilla_pipeline(
         &net.b,
         &net.if_b,
@@ -347,6 +351,8 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
             dst.to_str().unwrap(),
             "--stream-window-mib",
             "1",
+            "--receive-timeout",
+            "30",
         ],
     );
     let tx = udp_sender(&net.a, &net.if_a, &gz, "239.77.0.5", 1, &[]);

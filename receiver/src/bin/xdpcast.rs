@@ -261,6 +261,17 @@ enum Cmd {
     /// invoked as `udp-receiver`. Exit status as udp-receiver: 0, 1, or 255
     /// when no sender came within --start-timeout.
     UdpReceiver(udp_receiver::UdpReceiverArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (xdpcast.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Remove any XDP program left on an interface.
     Cleanup {
         /// Interface.
@@ -776,6 +787,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::UdpReceiver(a) => udp_receiver::run(a),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xdpcast", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            write_man_pages(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Cleanup { iface } => {
             if steer::cleanup(&iface)? {
                 println!("removed the XDP program from {iface}");
@@ -785,6 +805,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `xdpcast.1` and `xdpcast-COMMAND.1` for every visible command, rendered
+/// by clap_mangen from the same definitions as `--help`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let write = |page: clap::Command, name: &str| -> anyhow::Result<()> {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page).render(&mut roff)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, roff).with_context(|| format!("write {}", path.display()))
+    };
+    write(cmd.clone(), "xdpcast")?;
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("xdpcast-{}", sub.get_name());
+        let version = cmd.get_version().unwrap_or_default().to_string();
+        write(sub.clone().name(name.clone()).version(version), &name)?;
+    }
+    Ok(())
 }
 
 fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Result<ExitCode> {
