@@ -6,6 +6,7 @@
 #   udpcast                   the comparison receiver in `cargo xtask bench`; udp-sender
 #                             and udp-receiver in tests/udpcast.rs
 #   python3, gcc              the status-page reader examples and the C ABI test
+#   man-db                    `man xdpcast-receive` in tests/package.rs (the .deb test)
 #   prometheus                promtool and the Prometheus server for tests/monitoring.rs
 #                             (the exposition check and the dashboard queries)
 #   ethtool                   one TX queue on a veth in tests/xdp.rs (frames on a queue
@@ -15,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool)
+pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool man-db)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -54,7 +54,7 @@ ERRORS = [
     "none", "cancelled", "timeout", "target_io", "target_too_small",
     "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
     "incomplete", "steering_failed", "network", "invalid_argument",
-    "internal", "closed", "15", "16", "too_slow",
+    "internal", "closed", None, None, "too_slow", "output_closed",
 ]
 DROPS = [
     "truncated", "bad_magic", "bad_version", "bad_kind", "foreign_session",
@@ -150,7 +150,7 @@ def decode(w, owner_uid):
         "target": text(w, W["target"], 256),
         "state": STATES[w[W["state"]]],
         "error_code": err,
-        "error": ERRORS[err] if err < len(ERRORS) else "internal",
+        "error": (ERRORS[err] if err < len(ERRORS) else None) or "internal",
         "mode": MODES[mode] if mode < len(MODES) else "unknown",
         "stale": stale(w),
         "owner_uid": owner_uid,

@@ -117,22 +117,6 @@ fn assert_failed(out: &Output, dir: &Path, name: &str, code: ErrorCode) -> Snaps
     s
 }
 
-/// Directory holding the libxdpcast.so built with this test: cargo puts
-/// the cdylib of the package's library in `deps/` next to the binaries (it
-/// copies it up one level only on `cargo build`, so that copy may be stale).
-fn lib_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_xdpcast"))
-        .parent()
-        .unwrap()
-        .join("deps");
-    assert!(
-        dir.join("libxdpcast.so").exists(),
-        "{}/libxdpcast.so is missing: the cdylib was not built",
-        dir.display()
-    );
-    dir
-}
-
 /// Compile a C program from tests/c with the receiver's headers.
 fn compile_c(src: &str, out: &Path, link_lib: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
@@ -239,7 +239,15 @@ fn xdpcast_and_udp_receiver_finish_the_same_session() {
     );
     make_image(&src, 64 * MIB, 22);
     let group = "239.77.0.2";
-    let rx = xdpcast_udpcast(&b.ns, &b.iface, &dir.0, &dst, group, &[]);
+    // xdpcast under the name udp-receiver, as Clonezilla runs it: the image
+    // on standard output, into sha256sum.
+    let rx = clonezilla_pipeline(
+        &b.ns,
+        &b.iface,
+        &dir,
+        &format!("sha256sum > {}", sha_of(&dst).display()),
+        &[],
+    );
     let mut other = c.ns.cmd("udp-receiver");
     other
         .args(["--interface", &c.iface, "--file", dst2.to_str().unwrap()])
@@ -257,9 +265,106 @@ fn xdpcast_and_udp_receiver_finish_the_same_session() {
     assert_ok(&wait_output(other, LIMIT, "udp-receiver"), "udp-receiver");
     assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
     let want = sha256_hex(&src);
-    assert_eq!(sha256_hex(&dst), want, "xdpcast's copy");
+    let piped = std::fs::read_to_string(sha_of(&dst)).unwrap();
+    assert_eq!(
+        piped.split_whitespace().next(),
+        Some(want.as_str()),
+        "xdpcast's stream"
+    );
     assert_eq!(sha256_hex(&dst2), want, "udp-receiver's copy");
     assert_page(&dir.0, &src);
+    let s = read_page(&dir.0, "udpc");
+    assert_eq!(s.stream.written, s.total_bytes);
+    assert!(s.stream.window > 0);
+}
+
+fn sha_of(p: &Path) -> PathBuf {
+    p.with_extension("sha256")
+}
+
+/// `udp-receiver --interface IFACE --portbase 9000 --nokbd EXTRA | TAIL`
+/// in `ns` under bash's pipefail, with xdpcast behind a link named
+/// `udp-receiver` (Clonezilla's command line, unchanged); xdpcast's own
+/// options keep its status page as `udpc` and ask for the XDP path.
+/// Returns once the page says IN_PROGRESS.
+fn clonezilla_pipeline(
+    ns: &Netns,
+    iface: &str,
+    dir: &TempDir,
+    tail: &str,
+    extra: &[&str],
+) -> Child {
+    let link = dir.join("udp-receiver");
+    if !link.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_xdpcast"), &link).unwrap();
+    }
+    let script = format!(
+        "{} --interface {iface} --portbase {PORTBASE} --nokbd {} \
+         --mode xdp --name udpc --keep-status | {tail}",
+        link.display(),
+        extra.join(" ")
+    );
+    let mut c = ns.cmd("bash");
+    c.env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["-o", "pipefail", "-c", &script]);
+    let child = spawn(c);
+    wait_for(Duration::from_secs(20), "udp-receiver start", || {
+        let page = dir.join("xdpcast.udpc");
+        let s = xdpcast::StatusReader::open(&page).ok()?.read().ok()?;
+        (s.state == State::InProgress).then_some(())
+    });
+    child
+}
+
+#[test]
+fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
+    if !udpcast_installed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-udpc-gz", 16 * MIB + 77, 25);
+    let gz = dir.join("src.img.gz");
+    let status = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("gzip -1 -c {} > {}", src.display(), gz.display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A 1 MiB window (less than a slice) and a consumer that starts late:
+    // the window fills, what does not fit is refused and retransmitted,
+    // nothing is lost. The stall is short: udp-sender drops a receiver
+    // whose slice needs more than --retries-until-drop (200) REQACK rounds
+    // once one of them times out (docs/udpcast.md); --receive-timeout
+    // then ends this receiver instead of letting it wait forever.
+    let pipe = "sleep 0.3; gzip -dc";
+    let rx = clonezilla_pipeline(
+        &net.b,
+        &net.if_b,
+        &dir,
+        "cat",
+        &[
+            "--pipe",
+            &format!("'{pipe}'"),
+            "--file",
+            dst.to_str().unwrap(),
+            "--stream-window-mib",
+            "1",
+            "--receive-timeout",
+            "30",
+        ],
+    );
+    let tx = udp_sender(&net.a, &net.if_a, &gz, "239.77.0.5", 1, &[]);
+    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
+    assert_eq!(sha256_hex(&dst), sha256_hex(&src));
+    let s = read_page(&dir.0, "udpc");
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    assert_eq!(xdpcast::proto::wire::hex(&s.digest), sha256_hex(&gz));
+    assert_eq!(s.stream.written, std::fs::metadata(&gz).unwrap().len());
+    assert!(s.stream.refused > 0, "the slow consumer pushed back: {s:?}");
+    assert_eq!(s.stream.window, 1 << 20);
 }
 
 /// A process killed (and reaped) when the test ends, however it ends,

@@ -192,6 +192,7 @@ enum xdpcast_error {
     XDPCAST_ERR_INTERNAL = 13,
     XDPCAST_ERR_CLOSED = 14,
     XDPCAST_ERR_TOO_SLOW = 17,
+    XDPCAST_ERR_OUTPUT_CLOSED = 18,
 };
 
 /* Drop counters: XDPCAST_W_DROPS + reason. */
@@ -222,8 +223,10 @@ static inline const char *xdpcast_error_name(uint32_t code)
         "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
         "incomplete", "steering_failed", "network", "invalid_argument",
         "internal", "closed",
+        [18] = "output_closed",
     };
-    return code < sizeof names / sizeof names[0] ? names[code] : "unknown";
+    /* Numbers are allocated per subsystem: unassigned ones are NULL. */
+    return code < sizeof names / sizeof names[0] && names[code] ? names[code] : "unknown";
 }
 
 /* Upper-case name of a state. */

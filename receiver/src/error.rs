@@ -44,11 +44,15 @@ pub enum ErrorCode {
     /// `--max-behind` share of the image) and was told to stop rather than
     /// make everyone take its retransmissions.
     TooSlow = 17,
+    /// The output pipe (`--out -`, `udp-receiver --pipe`) was closed before
+    /// the end of the image.
+    OutputClosed = 18,
 }
 
 impl ErrorCode {
-    /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 16] = [
+    /// Every code, in numeric order (numbers are allocated per subsystem,
+    /// so there may be gaps).
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::None,
         ErrorCode::Cancelled,
         ErrorCode::Timeout,
@@ -65,6 +69,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Closed,
         ErrorCode::TooSlow,
+        ErrorCode::OutputClosed,
     ];
 
     /// The code with numeric value `v`, if any.
@@ -91,6 +96,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Closed => "closed",
             ErrorCode::TooSlow => "too_slow",
+            ErrorCode::OutputClosed => "output_closed",
         }
     }
 }
@@ -139,15 +145,14 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_are_ordered() {
-        for w in ErrorCode::ALL.windows(2) {
-            assert!((w[0] as u32) < (w[1] as u32));
-        }
         for c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_u32(c as u32), Some(c));
         }
-        // 15-16 are reserved (signed sessions).
-        assert_eq!(ErrorCode::from_u32(15), None);
-        assert_eq!(ErrorCode::from_u32(99), None);
+        assert!(ErrorCode::ALL
+            .windows(2)
+            .all(|w| (w[0] as u32) < (w[1] as u32)));
+        assert_eq!(ErrorCode::from_u32(15), None, "not allocated yet");
+        assert_eq!(ErrorCode::from_u32(1000), None);
     }
 
     #[test]

@@ -235,3 +235,19 @@ impl Drop for LoopDev {
             .status();
     }
 }
+
+/// Directory holding the libxdpcast.so built with this test: cargo puts
+/// the cdylib of the package's library in `deps/` next to the binaries (it
+/// copies it up one level only on `cargo build`, so that copy may be stale).
+pub fn lib_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_xdpcast"))
+        .parent()
+        .unwrap()
+        .join("deps");
+    assert!(
+        dir.join("libxdpcast.so").exists(),
+        "{}/libxdpcast.so is missing: the cdylib was not built",
+        dir.display()
+    );
+    dir
+}

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask test | demo | build-ebpf | bench`.
+//! Project tasks: `cargo xtask test | demo | build-ebpf | bench | dist`.
 
 mod bench;
 mod demo;
@@ -35,6 +35,12 @@ enum Cmd {
     },
     /// End-to-end benchmark: xdpcast XDP path, socket path and udpcast over veth (needs root).
     Bench(bench::Args),
+    /// Build the Debian package (target/dist/xdpcast_VERSION_ARCH.deb) from a release build.
+    Dist {
+        /// Output directory.
+        #[arg(long, default_value = "target/dist")]
+        out: PathBuf,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -67,11 +73,29 @@ fn build_ebpf(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Build the release binary and library (the XDP object embedded), then
+/// package them with packaging/build-deb.sh, the one recipe the package
+/// test uses too.
+fn dist(out: &std::path::Path) -> anyhow::Result<()> {
+    run(std::process::Command::new("cargo").args(["build", "--release", "-p", "xdpcast"]))?;
+    let release = root().join("target/release");
+    run(
+        std::process::Command::new(root().join("packaging/build-deb.sh"))
+            .arg("--bin")
+            .arg(release.join("xdpcast"))
+            .arg("--lib")
+            .arg(release.join("libxdpcast.so"))
+            .arg("--out")
+            .arg(root().join(out)),
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Test => test::run_all(),
         Cmd::Demo { size_mib } => demo::run_demo(size_mib),
         Cmd::BuildEbpf { out } => build_ebpf(&out),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Dist { out } => dist(&out),
     }
 }

@@ -17,10 +17,14 @@ use xdpcast::proto::wire::hex;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::send::sender::{self, SendOptions};
 use xdpcast::send::view as send_view;
-use xdpcast::status::page::{self, StatusReader};
+use xdpcast::status::page::{self, Snapshot, StatusReader};
 use xdpcast::status::{monitor, report, serve};
+use xdpcast::store::stream;
 use xdpcast::store::writer::StoreConfig;
 use xdpcast::{Callbacks, ErrorCode, ModeRequest, Session, SessionRequest, State};
+
+#[path = "xdpcast/udp_receiver.rs"]
+mod udp_receiver;
 
 /// Exit status of a failed session: this plus its error code.
 const EXIT_FAILURE_BASE: u8 = 100;
@@ -144,9 +148,14 @@ enum Cmd {
         /// Interface to receive on.
         #[arg(long)]
         iface: String,
-        /// Target file (created and sized) or block device (must be large enough).
+        /// Target file (created and sized) or block device (must be large
+        /// enough); `-`: standard output, in order (udpcast protocol).
         #[arg(long)]
         out: PathBuf,
+        /// With `--out -`: MiB of the in-memory reorder window; blocks beyond
+        /// it wait for the sender's repair.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        stream_window_mib: u64,
         /// Session name for the status page (default: derived from the group).
         #[arg(long)]
         name: Option<String>,
@@ -249,6 +258,22 @@ enum Cmd {
         /// Print the metrics page to stdout and exit, without serving.
         #[arg(long, conflicts_with_all = ["listen", "once"])]
         print: bool,
+    },
+    /// Receive from udpcast's udp-sender with udp-receiver's own options
+    /// (what Clonezilla and FOG pass); also what runs when the binary is
+    /// invoked as `udp-receiver`. Exit status as udp-receiver: 0, 1, or 255
+    /// when no sender came within --start-timeout.
+    UdpReceiver(udp_receiver::UdpReceiverArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (xdpcast.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Output directory.
+        dir: PathBuf,
     },
     /// Remove any XDP program left on an interface.
     Cleanup {
@@ -396,16 +421,24 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
 }
 
 impl ReceiveRecovery {
-    fn apply(&self, r: &mut SessionRequest) {
+    fn apply(&self, r: &mut SessionRequest) -> anyhow::Result<()> {
         let block_device = std::fs::metadata(&r.target)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
-        r.resume_file = match (&self.resume_file, self.no_resume || block_device) {
+        // What has left through a pipe cannot be rewritten: no resume.
+        let piped = stream::is_stdout(&r.target);
+        if piped && self.resume_file.is_some() {
+            return Err(invalid(
+                "--resume-file does not apply to --out - (a pipe cannot be resumed)".into(),
+            ));
+        }
+        r.resume_file = match (&self.resume_file, self.no_resume || block_device || piped) {
             (Some(p), _) => Some(p.clone()),
             (None, true) => None,
             (None, false) => Some(xdpcast::store::resume::default_path(&r.target)),
         };
         r.inject_loss_ppm = self.inject_loss;
+        Ok(())
     }
 }
 
@@ -486,13 +519,36 @@ fn default_name(group: &Group) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Invoked as `udp-receiver` (a link to this binary): udp-receiver's
+    // command line, unchanged.
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_os_string());
+    if invoked_as.as_deref() == Some("udp-receiver".as_ref()) {
+        args.insert(1, "udp-receiver".into());
+    }
+    let compat = args.get(1).is_some_and(|a| a == "udp-receiver");
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // udp-receiver exits 1 on a bad command line.
+        Err(e) if compat && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     init_logging(cli.quiet, cli.verbose);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xdpcast: {e:#}");
-            error_exit_code(&e)
+            if compat {
+                ExitCode::FAILURE
+            } else {
+                error_exit_code(&e)
+            }
         }
     }
 }
@@ -666,6 +722,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recovery,
             trust,
             progress,
+            stream_window_mib,
         } => {
             let group = match (group, protocol) {
                 (Some(g), _) => g,
@@ -678,8 +735,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let name = name.unwrap_or_else(|| default_name(&group));
             let mut req = SessionRequest::new(&name, group, &iface, out);
-            recovery.apply(&mut req);
+            recovery.apply(&mut req)?;
             trust.apply(&mut req)?;
+            req.stream_window = stream_window_mib << 20;
             req.mode = match mode {
                 Mode::Auto => ModeRequest::Auto,
                 Mode::Xdp => ModeRequest::Xdp,
@@ -712,11 +770,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if !req.trust.is_empty() {
                     bail!("--trust needs a signed xdpcast sender: udpcast has no signatures");
                 }
-                let req = UdpcastRequest {
-                    session: req,
-                    portbase,
-                };
-                return receive_udpcast(&req, keep_status, progress);
+                let req = UdpcastRequest::new(req, portbase);
+                let snap = receive_udpcast(&req, keep_status, progress)?;
+                return Ok(exit_code(snap.state, snap.error));
+            }
+            if stream::is_stdout(&req.target) {
+                return Err(invalid(
+                    "--out - (standard output) is only implemented for --protocol udpcast".into(),
+                ));
             }
             receive(req, keep_status, progress)
         }
@@ -787,6 +848,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve_metrics(listener, serve::Limits::default(), once)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::UdpReceiver(a) => udp_receiver::run(a),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xdpcast", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            write_man_pages(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Cleanup { iface } => {
             if steer::cleanup(&iface)? {
                 println!("removed the XDP program from {iface}");
@@ -796,6 +867,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `xdpcast.1` and `xdpcast-COMMAND.1` for every visible command, rendered
+/// by clap_mangen from the same definitions as `--help`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let write = |page: clap::Command, name: &str| -> anyhow::Result<()> {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page).render(&mut roff)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, roff).with_context(|| format!("write {}", path.display()))
+    };
+    write(cmd.clone(), "xdpcast")?;
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("xdpcast-{}", sub.get_name());
+        let version = cmd.get_version().unwrap_or_default().to_string();
+        write(sub.clone().name(name.clone()).version(version), &name)?;
+    }
+    Ok(())
 }
 
 fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Result<ExitCode> {
@@ -865,7 +956,7 @@ fn receive_udpcast(
     req: &UdpcastRequest,
     keep_status: bool,
     progress: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Snapshot> {
     install_signal_handlers();
     let page = page::writer_page_path(&req.session.name)?;
     log::info!(
@@ -883,9 +974,14 @@ fn receive_udpcast(
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    print!("{}", report::human(&snap));
+    // Standard output carries the image when streaming.
+    if stream::is_stdout(&req.session.target) {
+        eprint!("{}", report::human(&snap));
+    } else {
+        print!("{}", report::human(&snap));
+    }
     if !keep_status {
         std::fs::remove_file(&page).with_context(|| format!("remove {}", page.display()))?;
     }
-    Ok(exit_code(snap.state, snap.error))
+    Ok(snap)
 }

@@ -9,8 +9,8 @@ use crate::net::rings::XskConfig;
 use crate::net::socket::Group;
 use crate::net::steer::AttachRequest;
 use crate::receive::workers;
-use crate::store::target;
 use crate::store::writer::StoreConfig;
+use crate::store::{stream, target};
 
 /// Which data path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct SessionRequest {
     /// join, other sources dropped as `foreign_source`. A verified manifest
     /// names the source too.
     pub source: Option<std::net::IpAddr>,
+    /// Target `-` (stdout): bytes of the reorder window in memory.
+    pub stream_window: u64,
 }
 
 impl SessionRequest {
@@ -94,6 +96,7 @@ impl SessionRequest {
             trust: Vec::new(),
             expect_sha256: None,
             source: None,
+            stream_window: stream::DEFAULT_WINDOW,
         }
     }
 

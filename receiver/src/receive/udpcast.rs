@@ -27,6 +27,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,9 +45,10 @@ use crate::receive::request::SessionRequest;
 use crate::receive::workers::Sink;
 use crate::receive::workers::WorkerCounters;
 use crate::status::page::{
-    now_ns, writer_page_path, Snapshot, State, StatusWriter, WorkerStatus, FLAG_DIGEST,
-    FLAG_GEOMETRY,
+    now_ns, writer_page_path, Snapshot, State, StatusWriter, StreamStatus, WorkerStatus,
+    FLAG_DIGEST, FLAG_GEOMETRY,
 };
+use crate::store::stream::{self, StreamOut};
 use crate::store::target::{open_out, sha256_prefix};
 
 /// udpcast's default port base: receivers use it, the sender `portbase + 1`.
@@ -618,14 +620,25 @@ impl Ledger {
     }
 
     /// Rebuild what stripe `stripe` of `open[i]` lacks, if its FEC blocks
-    /// suffice: the blocks are marked received and taken for writing, and
-    /// returned with their offsets in the target (cut to their length).
-    fn repair(&mut self, i: usize, stripe: usize, block_size: u64) -> Vec<(u64, Vec<u8>)> {
+    /// suffice and the slice ends before `limit` (a stream's window): the
+    /// blocks are marked received and taken for writing, and returned with
+    /// their offsets in the target (cut to their length).
+    fn repair(
+        &mut self,
+        i: usize,
+        stripe: usize,
+        block_size: u64,
+        limit: u64,
+    ) -> Vec<(u64, Vec<u8>)> {
         let Some(start) = self.offset(i) else {
             return Vec::new();
         };
         let s = &mut self.open[i];
         let bytes = u64::from(s.bytes.unwrap_or(0));
+        if start + bytes > limit {
+            // The FEC blocks stay; a later block of the stripe tries again.
+            return Vec::new();
+        }
         let rebuilt = match s.rebuild(stripe, block_size) {
             Ok(r) => r,
             Err(e) => {
@@ -655,11 +668,19 @@ impl Ledger {
     }
 }
 
+/// Where the blocks go.
+enum Out {
+    /// A file or block device, written with `pwrite` at each block's offset.
+    File { file: File, block_device: bool },
+    /// A pipe (`--out -`: stdout), written in order through a reorder window.
+    Stream(StreamOut),
+}
+
 /// The receiving side of one udpcast transfer, shared by the workers and the
 /// control thread (which feeds it what arrives on the control socket: data
 /// and REQACKs in point-to-point mode).
 pub struct Stream {
-    file: File,
+    out: Out,
     block_size: u64,
     client: u32,
     replies: UdpSocket,
@@ -671,9 +692,9 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn new(file: File, connected: &Connected, replies: UdpSocket, counter_slots: usize) -> Stream {
+    fn new(out: Out, connected: &Connected, replies: UdpSocket, counter_slots: usize) -> Stream {
         Stream {
-            file,
+            out,
             block_size: u64::from(connected.block_size),
             client: connected.client,
             replies,
@@ -688,9 +709,38 @@ impl Stream {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The fatal error, if any.
+    /// The fatal error, if any (the output stream's included).
     pub fn failure(&self) -> Option<Error> {
-        self.failure.get().cloned()
+        self.failure.get().cloned().or_else(|| match &self.out {
+            Out::Stream(s) => s.failure(),
+            Out::File { .. } => None,
+        })
+    }
+
+    /// Image offset up to which blocks can be taken now: a stream's window
+    /// ends there; a file takes everything.
+    fn limit(&self) -> u64 {
+        match &self.out {
+            Out::File { .. } => u64::MAX,
+            Out::Stream(s) => s.limit(),
+        }
+    }
+
+    /// Counters of the output stream, if the image goes to one.
+    fn stream_status(&self) -> Option<StreamStatus> {
+        match &self.out {
+            Out::File { .. } => None,
+            Out::Stream(s) => Some(s.status()),
+        }
+    }
+
+    /// The transfer is complete at `len` bytes: cut and sync the file, or
+    /// wait for the stream to drain; the SHA-256 of what was written.
+    fn finish(&self, len: u64) -> Result<[u8; 32]> {
+        match &self.out {
+            Out::File { file, block_device } => finish_target(file, *block_device, len),
+            Out::Stream(s) => s.finish(len),
+        }
     }
 
     fn written(&self) -> u64 {
@@ -729,6 +779,8 @@ impl Stream {
         c: &WorkerCounters,
     ) -> std::result::Result<(), Refusal> {
         let bs = self.block_size;
+        // Read before the lock: the limit only grows, so this is safe.
+        let limit = self.limit();
         let (offset, len, rebuilt) = {
             let (mut l, i) = self.opened(slice, bytes, c)?;
             let i = i.ok_or(DropReason::Duplicate)?;
@@ -746,6 +798,14 @@ impl Stream {
             // A slice whose predecessor's size is still unknown cannot be
             // placed: drop the block, the next REQACK asks for it again.
             let at = l.offset(i).ok_or(DropReason::Inconsistent)? + start;
+            // Beyond the stream's window: not taken (the slice's map does
+            // not get it), so the next REQACK asks for it again.
+            if at + len as u64 > limit {
+                if let Out::Stream(s) = &self.out {
+                    s.refuse();
+                }
+                return Ok(());
+            }
             let s = &mut l.open[i];
             s.mark(usize::from(block));
             s.keep(usize::from(block), &payload[..len], bs);
@@ -754,7 +814,7 @@ impl Stream {
             let s = &l.open[i];
             let stripe = usize::from(block) % usize::from(s.stripes).max(1);
             let rebuilt = if s.fec.get(stripe).is_some_and(|f| !f.is_empty()) {
-                l.repair(i, stripe, bs)
+                l.repair(i, stripe, bs, limit)
             } else {
                 Vec::new()
             };
@@ -768,7 +828,14 @@ impl Stream {
 
     /// Write one block taken for writing and count it.
     fn write(&self, block: &[u8], offset: u64, c: &WorkerCounters) -> bool {
-        match self.file.write_all_at(block, offset) {
+        let written = match &self.out {
+            Out::File { file, .. } => file.write_all_at(block, offset),
+            Out::Stream(s) => {
+                s.put(offset, block);
+                Ok(())
+            }
+        };
+        match written {
             Ok(()) => {
                 c.bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
                 c.blocks.fetch_add(1, Ordering::Release);
@@ -802,6 +869,7 @@ impl Stream {
         c: &WorkerCounters,
     ) -> std::result::Result<(), Refusal> {
         let bs = self.block_size;
+        let limit = self.limit();
         let n_stripes = usize::from(stripes);
         if n_stripes == 0 || n_stripes > MAX_STRIPES {
             return Err(DropReason::Inconsistent.into());
@@ -845,7 +913,7 @@ impl Stream {
                 return Ok(());
             }
             s.fec[stripe].push((row, payload[..bs as usize].into()));
-            let rebuilt = l.repair(i, stripe, bs);
+            let rebuilt = l.repair(i, stripe, bs, limit);
             l.retire(bs);
             rebuilt
         };
@@ -968,6 +1036,25 @@ pub struct UdpcastRequest {
     pub session: SessionRequest,
     /// udpcast port base: this receiver uses it, the sender `portbase + 1`.
     pub portbase: u16,
+    /// Where connect requests go (udp-receiver's `--mcast-rdv-address`; a
+    /// multicast group is joined, a unicast address is the sender's):
+    /// default the interface's broadcast address, or 224.0.0.1.
+    pub rendezvous: Option<Ipv4Addr>,
+    /// TTL of multicast connect requests (udp-receiver's `--ttl`; not 1:
+    /// they go to 224.0.0.1 unless a rendezvous address is given).
+    pub ttl: u32,
+}
+
+impl UdpcastRequest {
+    /// A request with udpcast's defaults: no rendezvous address, TTL 1.
+    pub fn new(session: SessionRequest, portbase: u16) -> UdpcastRequest {
+        UdpcastRequest {
+            session,
+            portbase,
+            rendezvous: None,
+            ttl: 1,
+        }
+    }
 }
 
 /// The "take the announced group" placeholder for [`UdpcastRequest`].
@@ -984,8 +1071,16 @@ struct Connected {
     data_addr: Ipv4Addr,
 }
 
-/// Broadcast address of IPv4 interface `iface` (None if it has none).
-fn broadcast_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
+/// One IPv4 address of an interface.
+struct Ipv4Iface {
+    name: String,
+    flags: libc::c_int,
+    /// Its broadcast address, if it has one.
+    broadcast: Option<Ipv4Addr>,
+}
+
+/// Every IPv4 address of every interface, in the kernel's order.
+fn ipv4_ifaces() -> Result<Vec<Ipv4Iface>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs stores a list head in `list`, freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -1000,38 +1095,68 @@ fn broadcast_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
         let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
         Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
     };
-    let mut found = None;
+    let mut found = Vec::new();
     let mut p = list;
     while !p.is_null() {
         // SAFETY: `p` is a node of the list, valid until freeifaddrs.
         let ifa = unsafe { &*p };
         p = ifa.ifa_next;
-        // SAFETY: ifa_name is a NUL-terminated string of the live list;
-        // ifa_addr is only read when non-null.
-        let matches = unsafe {
-            !ifa.ifa_addr.is_null()
-                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-                && CStr::from_ptr(ifa.ifa_name).to_bytes() == iface.as_bytes()
+        // SAFETY: ifa_addr is only read when non-null.
+        let inet = unsafe {
+            !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
         };
-        if matches {
-            // An address configured without one reports itself (or 0.0.0.0).
-            let own = v4(ifa.ifa_addr);
-            let flags = ifa.ifa_flags as libc::c_int;
-            let bcast = (flags & libc::IFF_BROADCAST != 0 && !ifa.ifa_ifu.is_null())
-                .then(|| v4(ifa.ifa_ifu))
-                .filter(|b| !b.is_unspecified() && *b != own);
-            found = Some(bcast);
-            break;
+        if !inet {
+            continue;
         }
+        // An address configured without a broadcast address reports itself
+        // (or 0.0.0.0).
+        let own = v4(ifa.ifa_addr);
+        let flags = ifa.ifa_flags as libc::c_int;
+        let broadcast = (flags & libc::IFF_BROADCAST != 0 && !ifa.ifa_ifu.is_null())
+            .then(|| v4(ifa.ifa_ifu))
+            .filter(|b| !b.is_unspecified() && *b != own);
+        // SAFETY: ifa_name is a NUL-terminated string of the live list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        found.push(Ipv4Iface {
+            name,
+            flags,
+            broadcast,
+        });
     }
     // SAFETY: `list` came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(list) };
-    found.ok_or_else(|| {
-        Error::new(
-            ErrorCode::InvalidArgument,
-            format!("{iface} has no IPv4 address: udpcast needs one to reach the sender"),
-        )
-    })
+    Ok(found)
+}
+
+/// Broadcast address of IPv4 interface `iface` (None if it has none).
+fn broadcast_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
+    ipv4_ifaces()?
+        .into_iter()
+        .find(|i| i.name == iface)
+        .map(|i| i.broadcast)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{iface} has no IPv4 address: udpcast needs one to reach the sender"),
+            )
+        })
+}
+
+/// The interface udp-receiver picks when none is given: the first one that
+/// is up, not loopback, and has an IPv4 address.
+pub fn default_iface() -> Result<String> {
+    ipv4_ifaces()?
+        .into_iter()
+        .find(|i| i.flags & libc::IFF_UP != 0 && i.flags & libc::IFF_LOOPBACK == 0)
+        .map(|i| i.name)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                "no interface is up with an IPv4 address: give one with --interface",
+            )
+        })
 }
 
 /// The control socket: bound to the receiver port on `iface` (which also
@@ -1054,6 +1179,8 @@ fn control_socket(req: &UdpcastRequest, control: Ipv4Addr) -> Result<UdpSocket> 
         .map_err(|e| err(&format!("bind to {iface}"), e))?;
     s.set_multicast_all_v4(false)
         .map_err(|e| err("IP_MULTICAST_ALL", e))?;
+    s.set_multicast_ttl_v4(req.ttl)
+        .map_err(|e| err("IP_MULTICAST_TTL", e))?;
     if control.is_multicast() {
         let ifindex = socket::iface_index(iface)?;
         s.join_multicast_v4_n(&control, &socket2::InterfaceIndexOrAddress::Index(ifindex))
@@ -1206,6 +1333,15 @@ fn data_group(req: &UdpcastRequest, c: &Connected) -> Result<Group> {
     Ok(Group(announced))
 }
 
+/// The output: stdout for `-`, else the file or block device.
+fn open_output(path: &Path, window: u64) -> Result<Out> {
+    if stream::is_stdout(path) {
+        return Ok(Out::Stream(StreamOut::start(stream::stdout()?, window)?));
+    }
+    let (file, block_device) = open_out(path)?;
+    Ok(Out::File { file, block_device })
+}
+
 /// The control thread's view of a running transfer.
 struct Run {
     path: DataPath<Stream>,
@@ -1247,6 +1383,9 @@ impl Run {
         s.bytes_done = all.iter().map(|w| w.bytes).sum();
         s.block_size = t.block_size;
         s.session_id = u64::from(t.client);
+        if let Some(st) = t.stream_status() {
+            s.stream = st;
+        }
         let now = Instant::now();
         if s.bytes_done > 0 {
             let first = *self.first_data.get_or_insert(now);
@@ -1440,7 +1579,16 @@ fn run(
             ),
         ));
     }
-    let control_ip = broadcast_addr(&req.session.iface)?.unwrap_or(ALL_HOSTS);
+    // As udp-receiver: a rendezvous address if given, else the interface's
+    // broadcast address for TTL 1, else the all-hosts group.
+    let control_ip = match (req.rendezvous, req.ttl) {
+        (Some(a), _) => a,
+        (None, 1) => broadcast_addr(&req.session.iface)?.unwrap_or(ALL_HOSTS),
+        (None, _) => {
+            broadcast_addr(&req.session.iface)?;
+            ALL_HOSTS
+        }
+    };
     let sock = control_socket(req, control_ip)?;
     let control = SocketAddr::new(control_ip.into(), req.portbase.wrapping_add(1));
     let connected = connect(&sock, req, control, cancel)?;
@@ -1451,7 +1599,7 @@ fn run(
         connected.client, connected.sender
     );
     publish(base);
-    let (file, block_device) = open_out(&req.session.target)?;
+    let out = open_output(&req.session.target, req.session.stream_window)?;
     let mut data_req = req.session.clone();
     data_req.group = group;
     let outcome = datapath::open(&data_req).and_then(|opened| {
@@ -1463,13 +1611,7 @@ fn run(
             .try_clone()
             .map_err(|e| Error::new(ErrorCode::Network, format!("control socket: {e}")))?;
         let slots = opened.sources.len();
-        let stream = Arc::new(Stream::new(
-            file.try_clone()
-                .map_err(|e| Error::target_io("cannot reopen target", &e))?,
-            &connected,
-            replies,
-            slots + 1,
-        ));
+        let stream = Arc::new(Stream::new(out, &connected, replies, slots + 1));
         let path = DataPath::start(opened, stream, req.session.cores.as_deref())?;
         let mut r = Run {
             path,
@@ -1481,19 +1623,20 @@ fn run(
         let watched = r.watch(&sock, req, base, cancel, publish);
         let stopped = r.path.shut_down();
         publish(&r.snapshot(base));
-        match stopped {
+        let len = match stopped {
             Some(e) if watched.is_ok() => Err(e),
             _ => watched,
-        }
+        }?;
+        let digest = r.path.sink.finish(len);
+        publish(&r.snapshot(base));
+        Ok((len, digest?))
     });
     // Leave the sender's participant list either way, so it never waits for
     // this receiver again.
     if let Err(e) = sock.send_to(&disconnect(), connected.sender) {
         log::warn!("disconnecting from {}: {e}", connected.sender);
     }
-    let len = outcome?;
-    let digest = finish_target(&file, block_device, len)?;
-    Ok((len, digest))
+    outcome
 }
 
 #[cfg(test)]
@@ -1605,7 +1748,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xdpcast-udpcast-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
-        let (file, _) = open_out(&path).unwrap();
+        let (file, block_device) = open_out(&path).unwrap();
+        let (s, sender) = stream_to(Out::File { file, block_device });
+        (s, sender, path)
+    }
+
+    /// A stream into `out` whose replies go to a local socket standing in
+    /// for the sender, with block size 4.
+    fn stream_to(out: Out) -> (Stream, UdpSocket) {
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         sender
             .set_read_timeout(Some(Duration::from_secs(2)))
@@ -1620,7 +1770,7 @@ mod tests {
             data_addr: Ipv4Addr::new(239, 1, 1, 1),
         };
         let replies = UdpSocket::bind("127.0.0.1:0").unwrap();
-        (Stream::new(file, &connected, replies, 1), sender, path)
+        (Stream::new(out, &connected, replies, 1), sender)
     }
 
     fn data(slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
@@ -1728,7 +1878,7 @@ mod tests {
         // Nothing is taken after the end.
         s.ingest(&data(3, 0, 4, b"late"), c);
         assert_eq!(drops(DropReason::Inconsistent), 3);
-        let digest = finish_target(&s.file, false, 18).unwrap();
+        let digest = s.finish(18).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"ABCD0123EFIJKLMNOP");
         let want: [u8; 32] = sha2::Digest::finalize(
             <sha2::Sha256 as sha2::Digest>::new_with_prefix(b"ABCD0123EFIJKLMNOP"),
@@ -1736,6 +1886,50 @@ mod tests {
         .into();
         assert_eq!(digest, want);
         assert!(!s.has_failed());
+    }
+
+    #[test]
+    fn a_stream_takes_what_its_window_holds_and_the_rest_is_asked_again() {
+        let (mut rx, tx) = stream::pipe().unwrap();
+        // A window of 8 bytes: two blocks of 4.
+        let (s, sender) = stream_to(Out::Stream(StreamOut::start(tx, 8).unwrap()));
+        let c = s.counters(0);
+        // Nobody reads the pipe yet, but its buffer takes what is in order.
+        // Block 2 would end at 12, past the window while blocks 0 and 1 are
+        // held: refused, not marked, not a drop.
+        s.ingest(&data(0, 2, 10, b"EF"), c);
+        s.ingest(&reqack(0, 10, &[0; 128]), c);
+        assert_eq!(
+            &reply(&sender)[..13],
+            &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0]
+        );
+        assert_eq!(s.stream_status().unwrap().refused, 1);
+        assert_eq!(
+            c.drops
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            0
+        );
+        s.ingest(&data(0, 0, 10, b"ABCD"), c);
+        s.ingest(&data(0, 1, 10, b"0123"), c);
+        // The writer moves the window on as the pipe takes the bytes.
+        while s.limit() < 12 {
+            std::thread::yield_now();
+        }
+        s.ingest(&data(0, 2, 10, b"EF"), c);
+        s.ingest(&reqack(0, 10, &[0; 128]), c);
+        assert_eq!(reply(&sender), ok(0));
+        s.ledger().end_quiet = Duration::ZERO;
+        end(&s, &sender, 1);
+        assert_eq!(s.complete_len(), Some(10));
+        let digest = s.finish(10).unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut rx, &mut got).unwrap();
+        assert_eq!(got, b"ABCD0123EF");
+        let want: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(b"ABCD0123EF").into();
+        assert_eq!(digest, want);
     }
 
     fn fec(stripes: u16, slice: u32, block: u16, bytes: u32, payload: &[u8]) -> Vec<u8> {
@@ -1829,7 +2023,7 @@ mod tests {
         s.ledger().end_quiet = Duration::ZERO;
         end(&s, &sender, 2);
         assert_eq!(s.complete_len(), Some(28));
-        finish_target(&s.file, false, 28).unwrap();
+        s.finish(28).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZ!?"
@@ -1863,7 +2057,7 @@ mod tests {
         s.ledger().end_quiet = Duration::ZERO;
         end(&s, &sender, 1);
         assert_eq!(s.complete_len(), Some(12));
-        finish_target(&s.file, false, 12).unwrap();
+        s.finish(12).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), image);
     }
 
@@ -1904,7 +2098,7 @@ mod tests {
         s.ledger().end_quiet = Duration::ZERO;
         end(&s, &sender, 2);
         assert_eq!(s.complete_len(), Some(12));
-        finish_target(&s.file, false, 12).unwrap();
+        s.finish(12).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"ABCDEFGHIJKL");
         assert!(!s.has_failed());
     }

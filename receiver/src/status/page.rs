@@ -461,6 +461,42 @@ impl DiagStatus {
     }
 }
 
+/// The output stream of a session whose image goes to a pipe (`--out -`,
+/// `udp-receiver`; region [`offsets::STREAM`]); all zero otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStatus {
+    /// Capacity of the reorder window, bytes.
+    pub window: u64,
+    /// Bytes held in the window now.
+    pub held: u64,
+    /// Bytes written to the pipe.
+    pub written: u64,
+    /// Blocks refused because they did not fit the window (asked again).
+    pub refused: u64,
+}
+
+impl StreamStatus {
+    fn words(self) -> [(usize, u64); 4] {
+        use offsets::STREAM;
+        [
+            (STREAM, self.window),
+            (STREAM + 1, self.held),
+            (STREAM + 2, self.written),
+            (STREAM + 3, self.refused),
+        ]
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> StreamStatus {
+        use offsets::STREAM;
+        StreamStatus {
+            window: w[STREAM],
+            held: w[STREAM + 1],
+            written: w[STREAM + 2],
+            refused: w[STREAM + 3],
+        }
+    }
+}
+
 /// Signed-session words of the trust region (words 513..527; word 512,
 /// the page owner, belongs to the local hardening).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -628,6 +664,8 @@ pub struct Snapshot {
     pub trust: TrustStatus,
     /// The staging writer.
     pub storage: StorageStatus,
+    /// Output stream (`--out -`).
+    pub stream: StreamStatus,
 }
 
 impl Snapshot {
@@ -721,6 +759,7 @@ impl Snapshot {
                 .map(|(i, v)| (STORAGE + i, v)),
         );
         w.extend(self.sparse.words());
+        w.extend(self.stream.words());
         w
     }
 
@@ -783,6 +822,7 @@ impl Snapshot {
             diag: DiagStatus::from_page(w),
             trust: TrustStatus::from_page(w),
             storage: StorageStatus::from_words(&w[STORAGE..STORAGE + storage::USED]),
+            stream: StreamStatus::from_page(w),
         })
     }
 }

@@ -104,6 +104,16 @@ pub fn human(s: &Snapshot) -> String {
             s.fec_recovered, s.nacks_sent, s.resumed_blocks
         );
     }
+    if s.stream.window > 0 {
+        let _ = writeln!(
+            o,
+            "stream    {} written to the pipe, {} held of a {} window, {} blocks refused (window full, asked again)",
+            bytes(s.stream.written),
+            bytes(s.stream.held),
+            bytes(s.stream.window),
+            s.stream.refused
+        );
+    }
     let drops: Vec<String> = DropReason::ALL
         .iter()
         .filter(|r| s.drops_for(**r) > 0)

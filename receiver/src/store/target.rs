@@ -342,6 +342,9 @@ impl Target {
 /// filesystem is reported when the session starts, not at the first packet.
 pub fn check_writable(path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
+    if crate::store::stream::is_stdout(path) {
+        return Ok(());
+    }
     safe_fs::check_out(path).map_err(|e| Error::target_io("refusing target", &e))?;
     let exists = std::fs::symlink_metadata(path).is_ok();
     let (probe, mode, what) = if exists {

@@ -1,0 +1,334 @@
+//! The image as a stream: blocks arrive in any order, leave in order
+//! through a pipe (stdout, or the stdin of a `--pipe` command), with a
+//! bounded reorder window in memory.
+//!
+//! Workers [`put`](StreamOut::put) blocks at their image offsets; a writer
+//! thread takes the contiguous run at the front of the window, writes it
+//! with `write(2)` (blocking while the consumer is slow) and hashes it. A
+//! block that does not [`fit`](StreamOut::fits) (it ends more than the
+//! window's capacity past what the consumer has taken) is refused before the
+//! receiver marks it received, so the sender's repair brings it again later:
+//! a slow or stalled consumer costs retransmissions, never data. Memory is
+//! at most `capacity` bytes of held blocks (plus the map's bookkeeping).
+//!
+//! Nothing can be rewritten once it has left, so resume does not apply to a
+//! stream.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::status::page::StreamStatus;
+
+/// Whether `path` names standard output (`-`).
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// A descriptor of standard output of its own (so that closing it leaves
+/// fd 1 alone), close-on-exec.
+pub fn stdout() -> Result<File> {
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .map_err(|e| Error::target_io("cannot duplicate stdout", &e))
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2(2) returns; each
+    // is then owned by exactly one File.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(Error::target_io("pipe2", &std::io::Error::last_os_error()));
+        }
+        Ok((File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])))
+    }
+}
+
+/// Default reorder window: 64 MiB.
+pub const DEFAULT_WINDOW: u64 = 64 << 20;
+/// Most bytes the writer takes from the window for one `write` batch.
+const BATCH: u64 = 4 << 20;
+
+/// What the writer thread and the workers share.
+struct Shared {
+    window: Mutex<Window>,
+    /// Signalled when a block is put, the end is set, or the stream aborts.
+    wake: Condvar,
+    capacity: u64,
+    /// Bytes written to the pipe (updated after each `write` returns, with
+    /// Release: `fits` reads it with Acquire, so room is only given once the
+    /// bytes before it have really left).
+    written: AtomicU64,
+    /// Blocks refused because they did not fit the window.
+    refused: AtomicU64,
+    /// Bytes held in the window now.
+    held: AtomicU64,
+    failure: OnceLock<Error>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Offset of the next byte the writer takes.
+    taken: u64,
+    /// Blocks waiting, by offset.
+    pending: BTreeMap<u64, Vec<u8>>,
+    /// Length of the image, once known: the writer stops there.
+    end: Option<u64>,
+    /// Stop now (failure or cancel).
+    aborted: bool,
+}
+
+/// An image streamed in order into `out`.
+pub struct StreamOut {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<[u8; 32]>>>,
+}
+
+impl StreamOut {
+    /// Start the writer thread on `out` (a pipe or any writable file) with a
+    /// reorder window of `capacity` bytes (at least one block).
+    pub fn start(out: File, capacity: u64) -> Result<StreamOut> {
+        let shared = Arc::new(Shared {
+            window: Mutex::new(Window::default()),
+            wake: Condvar::new(),
+            capacity,
+            written: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            failure: OnceLock::new(),
+        });
+        let s = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("xdpcast-stream".into())
+            .spawn(move || s.run(out))
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot start the stream writer: {e}"),
+                )
+            })?;
+        Ok(StreamOut {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Whether bytes `[offset, offset + len)` fit the window now (and so
+    /// forever: the window only moves forward). A block that does not fit
+    /// must not be taken: count it with [`refuse`](Self::refuse).
+    pub fn fits(&self, offset: u64, len: u64) -> bool {
+        offset.saturating_add(len) <= self.limit()
+    }
+
+    /// The end of the window: bytes before it fit.
+    pub fn limit(&self) -> u64 {
+        self.shared
+            .written
+            .load(Ordering::Acquire)
+            .saturating_add(self.shared.capacity)
+    }
+
+    /// Count a block that did not fit.
+    pub fn refuse(&self) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hand over the block at `offset`. Callers checked [`fits`](Self::fits)
+    /// and put each offset once.
+    pub fn put(&self, offset: u64, data: &[u8]) {
+        debug_assert!(self.fits(offset, data.len() as u64));
+        let mut w = self.shared.lock();
+        if offset < w.taken || w.aborted {
+            return;
+        }
+        self.shared
+            .held
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        w.pending.insert(offset, data.to_vec());
+        drop(w);
+        self.shared.wake.notify_all();
+    }
+
+    /// The writer's fatal error (the consumer closed the pipe, or a write
+    /// failed), if any.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.failure.get().cloned()
+    }
+
+    /// Counters for the status page.
+    pub fn status(&self) -> StreamStatus {
+        StreamStatus {
+            window: self.shared.capacity,
+            held: self.shared.held.load(Ordering::Relaxed),
+            written: self.shared.written.load(Ordering::Acquire),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The image is `len` bytes and every block has been put: wait until
+    /// the writer has written them all, close the pipe, and return the
+    /// SHA-256 of what was written.
+    pub fn finish(&self, len: u64) -> Result<[u8; 32]> {
+        {
+            let mut w = self.shared.lock();
+            w.end = Some(len);
+        }
+        self.shared.wake.notify_all();
+        let digest = self.join();
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        match digest {
+            Some(d) if self.shared.written.load(Ordering::Acquire) == len => Ok(d),
+            _ => Err(Error::new(
+                ErrorCode::Internal,
+                "the stream writer stopped before the end of the image",
+            )),
+        }
+    }
+
+    /// Stop the writer without waiting for the rest (failure, cancel); the
+    /// pipe is closed.
+    pub fn abort(&self) {
+        self.shared.lock().aborted = true;
+        self.shared.wake.notify_all();
+        self.join();
+    }
+
+    fn join(&self) -> Option<[u8; 32]> {
+        let h = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        h.join().ok()
+    }
+}
+
+impl Drop for StreamOut {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: returns the SHA-256 of what it wrote; `out` is
+    /// closed when it returns.
+    fn run(&self, mut out: File) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        while let Some(batch) = self.next_batch() {
+            for block in &batch {
+                if let Err(e) = out.write_all(block) {
+                    let _ = self
+                        .failure
+                        .set(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            Error::new(
+                                ErrorCode::OutputClosed,
+                                "the output pipe was closed before the end of the image",
+                            )
+                        } else {
+                            Error::target_io("cannot write the output stream", &e)
+                        });
+                    self.lock().aborted = true;
+                    return hash.finalize().into();
+                }
+                hash.update(block);
+                let n = block.len() as u64;
+                self.held.fetch_sub(n, Ordering::Relaxed);
+                // Release: pairs with the Acquire in `limit`.
+                self.written.fetch_add(n, Ordering::Release);
+            }
+        }
+        hash.finalize().into()
+    }
+
+    /// The contiguous blocks at the front of the window (at most about
+    /// BATCH bytes), waiting for them; None at the end or on abort.
+    fn next_batch(&self) -> Option<Vec<Vec<u8>>> {
+        let mut w = self.lock();
+        loop {
+            if w.aborted || w.end.is_some_and(|e| w.taken >= e) {
+                return None;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while bytes < BATCH {
+                let at = w.taken;
+                let Some(block) = w.pending.remove(&at) else {
+                    break;
+                };
+                w.taken += block.len() as u64;
+                bytes += block.len() as u64;
+                batch.push(block);
+            }
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            w = self.wake.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn out_of_order_blocks_leave_in_order_and_the_window_bounds_memory() {
+        let (mut rx, tx) = pipe().unwrap();
+        let s = StreamOut::start(tx, 300).unwrap();
+        let image: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let block = |i: usize| &image[i * 100..(i + 1) * 100];
+        // Nothing read yet: offsets up to 300 fit, the rest waits.
+        assert!(s.fits(200, 100) && !s.fits(300, 100));
+        s.put(200, block(2));
+        s.put(100, block(1));
+        assert!(!s.fits(900, 100));
+        s.refuse();
+        s.put(0, block(0));
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        // As the reader drains the pipe, the window moves on.
+        for i in 3..10 {
+            while !s.fits(i as u64 * 100, 100) {
+                std::thread::yield_now();
+            }
+            s.put(i as u64 * 100, block(i));
+        }
+        let digest = s.finish(1000).unwrap();
+        drop(s);
+        assert_eq!(reader.join().unwrap(), image);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&image)));
+    }
+
+    #[test]
+    fn a_closed_pipe_fails_with_output_closed() {
+        let (rx, tx) = pipe().unwrap();
+        drop(rx);
+        let s = StreamOut::start(tx, 1000).unwrap();
+        s.put(0, &[1; 100]);
+        let e = s.finish(100).unwrap_err();
+        assert_eq!(e.code, ErrorCode::OutputClosed);
+        assert_eq!(s.status().written, 0);
+    }
+}
