@@ -335,6 +335,11 @@ fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
         "{s:?}"
     );
     assert!(s.trust.rejected_blocks > 0);
+    // Rejected blocks are not progress: the page counts each byte once.
+    assert_eq!(
+        (s.blocks_done, s.bytes_done),
+        (s.block_count, s.total_bytes)
+    );
 }
 
 #[test]

@@ -675,7 +675,11 @@ impl Control {
             };
         }
         // Zero runs count as done: they are in place, only never sent.
-        s.bytes_done = received + t.resumed_bytes() + s.sparse.skipped_bytes;
+        // Blocks of a chunk that failed its hash were counted when they
+        // landed and are asked for again: they are not progress.
+        let rejected = t.signed().map_or(0, |sg| sg.rejected_bytes());
+        s.bytes_done =
+            (received + t.resumed_bytes() + s.sparse.skipped_bytes).saturating_sub(rejected);
         if let Some(d) = t.digest() {
             s.flags |= FLAG_DIGEST;
             s.digest = d;

@@ -56,6 +56,7 @@ pub struct Signed {
     state: Vec<AtomicU8>,
     verified: AtomicU64,
     rejected_blocks: AtomicU64,
+    rejected_bytes: AtomicU64,
     pages: AtomicU64,
 }
 
@@ -75,6 +76,7 @@ impl Signed {
             state: (0..n).map(|_| AtomicU8::new(OPEN)).collect(),
             verified: AtomicU64::new(0),
             rejected_blocks: AtomicU64::new(0),
+            rejected_bytes: AtomicU64::new(0),
             pages: AtomicU64::new(0),
         }
     }
@@ -118,6 +120,12 @@ impl Signed {
     /// Blocks written and then unclaimed because their chunk failed.
     pub fn rejected_blocks(&self) -> u64 {
         self.rejected_blocks.load(SeqCst)
+    }
+
+    /// Bytes of those blocks (already counted as received, so progress
+    /// subtracts them).
+    pub fn rejected_bytes(&self) -> u64 {
+        self.rejected_bytes.load(SeqCst)
     }
 
     /// Pages of chunk hashes learnt (each counted once).
@@ -237,6 +245,7 @@ impl Signed {
             image.written.remove_range(first, end);
             image.zeros.remove_range(first, end);
             self.rejected_blocks.fetch_add(end - first, SeqCst);
+            self.rejected_bytes.fetch_add(b - a, SeqCst);
             image.claimed.remove_range(first, end);
             self.state[i].store(OPEN, SeqCst);
         }
