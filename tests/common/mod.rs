@@ -55,12 +55,24 @@ pub fn start_receiver(
     cmd.env("XDPCAST_STATUS_DIR", status)
         .args(["receive", "--group", group, "--name", name, "--keep-status"])
         .args(args);
-    let child = spawn(cmd);
+    let mut child = spawn(cmd);
     let page = status.join(format!("xdpcast.{name}"));
-    wait_for(Duration::from_secs(20), "receiver start", || {
+    let exited = wait_for(Duration::from_secs(20), "receiver start", || {
+        if child.try_wait().unwrap().is_some() {
+            return Some(true);
+        }
         let s = xdpcast::StatusReader::open(&page).ok()?.read().ok()?;
-        (s.state == xdpcast::State::InProgress).then_some(())
+        (s.state == xdpcast::State::InProgress).then_some(false)
     });
+    if exited {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "receiver {name} exited before IN_PROGRESS ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     child
 }
 

@@ -16,7 +16,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
 use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig};
@@ -33,6 +33,10 @@ const XDP_USE_SG: u16 = 1 << 4;
 const XDP_PKT_CONTD: u32 = 1;
 /// Largest packet reassembled from fragments (IPv4's 64 KiB plus headers).
 const MAX_PACKET: usize = 65_536 + 256;
+
+/// How long [`XskQueue::open`] keeps trying a busy queue, and how often.
+pub const BUSY_GRACE: Duration = Duration::from_secs(10);
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// How the socket is bound to the device queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,7 +127,8 @@ pub enum RingError {
         /// Queue id.
         queue: u32,
     },
-    /// Another AF_XDP socket is already bound to the queue.
+    /// Another AF_XDP socket is bound to the queue (still, after
+    /// [`BUSY_GRACE`]).
     #[error("{iface} queue {queue} is busy: another AF_XDP socket is bound to it")]
     QueueBusy {
         /// Interface name.
@@ -228,8 +233,35 @@ impl XskQueue {
     ///
     /// Frames only arrive once the socket is registered with
     /// [`crate::net::steer::Steering::register_socket`] for the same queue.
+    ///
+    /// A queue found busy is tried again for up to [`BUSY_GRACE`]: the kernel
+    /// releases the queue of a closed socket in deferred work (the buffer
+    /// pool is detached from the queue by a workqueue item that takes the
+    /// RTNL lock), so a receiver restarted right after `kill -9` can find
+    /// the queue still held by its dead predecessor while other processes
+    /// hold RTNL, e.g. while namespaces are torn down.
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
+        let start = Instant::now();
+        loop {
+            match Self::open_any_buffer(iface, queue_id, cfg) {
+                Err(RingError::QueueBusy { .. }) if start.elapsed() < BUSY_GRACE => {
+                    if start.elapsed() < BUSY_RETRY {
+                        log::info!(
+                            "{iface} queue {queue_id} is busy; waiting up to {BUSY_GRACE:?} \
+                             in case its socket is still being released"
+                        );
+                    }
+                    std::thread::sleep(BUSY_RETRY);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Self::open_with`], falling back to single-buffer frames when the
+    /// kernel refuses multi-buffer AF_XDP.
+    fn open_any_buffer(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         match Self::open_with(iface, queue_id, cfg) {
             Err(RingError::Os {
                 op: "bind", source, ..
