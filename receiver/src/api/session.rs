@@ -475,7 +475,8 @@ impl Session {
                 .with_resume(self.req.resume_file.clone())
                 .with_store(self.req.store)
                 .with_trust(self.req.trust.clone(), self.req.expect_sha256)
-                .with_source(self.req.source),
+                .with_source(self.req.source)
+                .with_stream_window(self.req.stream_window),
             );
             DataPath::start(opened, transfer, self.req.cores.as_deref())
         }) {
@@ -684,6 +685,9 @@ impl Control {
             s.flags |= FLAG_DIGEST;
             s.digest = d;
         }
+        if let Some(st) = t.stream_status() {
+            s.stream = st;
+        }
         s.passes_seen = t.passes_seen();
         s.fec_recovered = t.fec_recovered();
         s.nacks_sent = self.repair.link.requests.load(Ordering::Relaxed);
@@ -863,9 +867,12 @@ impl Control {
             outcome = outcome.and(Err(e));
         }
         // A signed session is complete when its last chunk verified: the
-        // target is not read again. Others read it back and compare SHA-256.
+        // target is not read again. Others read it back and compare SHA-256;
+        // a stream (signed or not) is drained and the SHA-256 of what it
+        // wrote compared.
         if outcome.is_ok() {
-            outcome = if self.path.sink.is_signed() {
+            let sink = &self.path.sink;
+            outcome = if sink.is_signed() && !sink.is_stream() {
                 self.flush().map(|_| ())
             } else {
                 let mut s = self.snapshot(State::InProgress, &mut meter);

@@ -149,7 +149,8 @@ enum Cmd {
         #[arg(long)]
         iface: String,
         /// Target file (created and sized) or block device (must be large
-        /// enough); `-`: standard output, in order (udpcast protocol).
+        /// enough); `-`: standard output, in order, through a reorder
+        /// window (no resume; see docs/streaming.md).
         #[arg(long)]
         out: PathBuf,
         /// With `--out -`: MiB of the in-memory reorder window; blocks beyond
@@ -774,11 +775,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let snap = receive_udpcast(&req, keep_status, progress)?;
                 return Ok(exit_code(snap.state, snap.error));
             }
-            if stream::is_stdout(&req.target) {
-                return Err(invalid(
-                    "--out - (standard output) is only implemented for --protocol udpcast".into(),
-                ));
-            }
             receive(req, keep_status, progress)
         }
         Cmd::Keygen { out, comment } => {
@@ -933,13 +929,23 @@ fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Re
         pb.finish_and_clear();
     }
     let snap = StatusReader::open(&page::writer_page_path(&name)?)?.read()?;
-    print!("{}", report::human(&snap));
+    print_report(&snap, &snap.target);
     if keep_status {
         session.detach_status_page();
     } else {
         session.close()?;
     }
     Ok(exit_code(state, code))
+}
+
+/// The final report: on stdout, unless stdout carries the image
+/// (`target` is `-`).
+fn print_report(snap: &Snapshot, target: impl AsRef<std::path::Path>) {
+    if stream::is_stdout(target.as_ref()) {
+        eprint!("{}", report::human(snap));
+    } else {
+        print!("{}", report::human(snap));
+    }
 }
 
 fn exit_code(state: State, code: ErrorCode) -> ExitCode {
@@ -974,12 +980,7 @@ fn receive_udpcast(
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    // Standard output carries the image when streaming.
-    if stream::is_stdout(&req.session.target) {
-        eprint!("{}", report::human(&snap));
-    } else {
-        print!("{}", report::human(&snap));
-    }
+    print_report(&snap, &req.session.target);
     if !keep_status {
         std::fs::remove_file(&page).with_context(|| format!("remove {}", page.display()))?;
     }

@@ -234,6 +234,8 @@ impl Signed {
             if got == *want {
                 self.state[i].store(VERIFIED, SeqCst);
                 self.verified.fetch_add(1, SeqCst);
+                // Only now may a stream let the chunk's bytes leave.
+                image.target.release(a, b);
                 return;
             }
             // A forged block is in this chunk: forget all of its blocks so
@@ -246,6 +248,9 @@ impl Signed {
             image.zeros.remove_range(first, end);
             self.rejected_blocks.fetch_add(end - first, SeqCst);
             self.rejected_bytes.fetch_add(b - a, SeqCst);
+            // Out of a stream's window before the blocks can be claimed
+            // again, so that only the right ones are there to release.
+            image.target.discard(a, b);
             image.claimed.remove_range(first, end);
             self.state[i].store(OPEN, SeqCst);
         }

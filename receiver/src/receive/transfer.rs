@@ -23,8 +23,9 @@ use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
 use crate::receive::bitmap::BlockBitmap;
 use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
-use crate::status::page::StorageStatus;
+use crate::status::page::{StorageStatus, StreamStatus};
 use crate::store::resume;
+use crate::store::stream::{self, StreamOut};
 use crate::store::target::Target;
 use crate::store::writer::StoreConfig;
 
@@ -55,18 +56,53 @@ pub struct Image {
     pub zeros: BlockBitmap,
 }
 
+/// What became of a block offered to the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    Written,
+    /// Claimed already.
+    Duplicate,
+    /// Beyond a stream's window: not claimed, so it is asked for again.
+    Refused,
+}
+
 impl Image {
-    /// Copy `payload` as block `index` if no one has claimed it yet; false
-    /// for a duplicate.
+    /// First block that does not fit a stream's reorder window now (all
+    /// fit a file or device). Blocks from there on are refused before they
+    /// are claimed, so that repair brings them again once the consumer
+    /// has made room.
+    fn window_end(&self) -> u64 {
+        let g = &self.geometry;
+        let limit = self.target.limit();
+        if limit >= g.total_size {
+            g.block_count
+        } else {
+            limit / u64::from(g.block_size)
+        }
+    }
+
+    /// Count blocks refused for the stream's window.
+    fn refuse(&self) {
+        if let Some(s) = self.target.as_stream() {
+            s.refuse();
+        }
+    }
+
+    /// Copy `payload` as block `index` if no one has claimed it yet and it
+    /// fits the target.
     fn write_block(
         &self,
         index: u64,
         payload: &[u8],
         c: &WorkerCounters,
         signed: Option<&Signed>,
-    ) -> bool {
+    ) -> Landed {
+        if index >= self.window_end() {
+            self.refuse();
+            return Landed::Refused;
+        }
         if !self.claimed.insert(index) {
-            return false;
+            return Landed::Duplicate;
         }
         self.target.write_at(self.geometry.offset(index), payload);
         self.written.insert(index);
@@ -75,7 +111,7 @@ impl Image {
         if let Some(s) = signed {
             s.block_written(self.slots(), index, c);
         }
-        true
+        Landed::Written
     }
 
     /// The target and bitmaps, for chunk checks.
@@ -90,8 +126,11 @@ impl Image {
 
     /// Runs of zero blocks announced by the sender: each block no one has
     /// claimed yet is zeroed in the target (a hole or `BLKZEROOUT`, see
-    /// [`Target::zero`]) and then marked written, as if its data had come;
-    /// in a signed session its chunks are checked like data chunks.
+    /// [`Target::zero`]; zeros in a stream's window) and then marked
+    /// written, as if its data had come; in a signed session its chunks
+    /// are checked like data chunks. The part of a run beyond a stream's
+    /// window is refused like data blocks (the sender repeats zero runs in
+    /// repair rounds).
     fn zero_runs(
         &self,
         runs: wire::Ranges<'_>,
@@ -99,8 +138,14 @@ impl Image {
         signed: Option<&Signed>,
     ) -> Result<()> {
         let g = &self.geometry;
+        let stop = self.window_end();
         for (first, count) in runs.iter() {
-            for (a, b) in self.claimed.insert_range(first, first + u64::from(count)) {
+            let end = first + u64::from(count);
+            let cut = end.min(stop).max(first);
+            if cut < end {
+                self.refuse();
+            }
+            for (a, b) in self.claimed.insert_range(first, cut) {
                 let bytes = g.range_bytes(a, b);
                 self.target.zero(g.offset(a), bytes)?;
                 self.zeros.insert_range(a, b);
@@ -124,6 +169,26 @@ impl Image {
             .read_at(self.geometry.offset(index), self.geometry.block_len(index))
             .inspect_err(|e| log::warn!("block {index}: {e}"))
             .ok()
+    }
+}
+
+/// Blocks not claimed yet that the target can take now (a stream's
+/// window), as `[first, end)` ranges. When a stream's window has room for
+/// none of them (its consumer stalls with the window full), the first
+/// block lacking alone: asking keeps the sender's repair rounds going
+/// (one block each) until the consumer moves, instead of letting it end
+/// the session for want of requests.
+fn missing_in_window(img: &Image) -> Vec<(u64, u64)> {
+    let stop = img.window_end();
+    let all = img.claimed.missing_ranges();
+    let fit: Vec<(u64, u64)> = all
+        .iter()
+        .take_while(|&&(a, _)| a < stop)
+        .map(|&(a, b)| (a, b.min(stop)))
+        .collect();
+    match all.first() {
+        Some(&(a, _)) if fit.is_empty() => vec![(a, a + 1)],
+        _ => fit,
     }
 }
 
@@ -172,6 +237,8 @@ pub struct Transfer {
     signed: OnceLock<Signed>,
     /// `--source`: the only sender address taken.
     source: Option<IpAddr>,
+    /// Target `-`: bytes of the stream's reorder window.
+    stream_window: u64,
 }
 
 impl Transfer {
@@ -199,7 +266,25 @@ impl Transfer {
             pinned: None,
             signed: OnceLock::new(),
             source: None,
+            stream_window: stream::DEFAULT_WINDOW,
         }
+    }
+
+    /// With target `-`: a reorder window of `bytes` (see
+    /// [`crate::store::stream`]).
+    pub fn with_stream_window(mut self, bytes: u64) -> Transfer {
+        self.stream_window = bytes;
+        self
+    }
+
+    /// Counters of the output stream, if the image goes to one.
+    pub fn stream_status(&self) -> Option<StreamStatus> {
+        self.image()?.target.as_stream().map(StreamOut::status)
+    }
+
+    /// Whether the image goes to a stream (`--out -`).
+    pub fn is_stream(&self) -> bool {
+        stream::is_stdout(&self.target_path)
     }
 
     /// Take data only from `source` (`--source`), when given.
@@ -264,12 +349,13 @@ impl Transfer {
         *self.last_control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Blocks not claimed yet, as `(first, count)` ranges, at most `max`.
+    /// Blocks not claimed yet, as `(first, count)` ranges, at most `max`
+    /// (with a stream, only those its window can take now).
     pub fn missing_ranges(&self, max: usize) -> Vec<(u64, u32)> {
         let Some(img) = self.image() else {
             return Vec::new();
         };
-        let mut ranges = img.claimed.missing_ranges();
+        let mut ranges = missing_in_window(img);
         if let Some(s) = self.signed() {
             ranges.extend(s.waiting_for_pages(max));
         }
@@ -291,6 +377,11 @@ impl Transfer {
     /// other group the receiver asks for as many fresh symbols as it lacks
     /// (blocks missing minus symbols held, at least one), less what the
     /// sender has already confirmed for this round (`round`).
+    ///
+    /// With a stream, only blocks its window can take now are asked for,
+    /// and the group holding the first missing block is asked for as
+    /// block ranges: its blocks before that one may have left the window
+    /// already, so its symbols could not be decoded.
     pub fn needs(&self, group_size: u32, round: u64, max: usize) -> Needs {
         let mut out = Needs::default();
         let Some(img) = self.image() else {
@@ -305,8 +396,17 @@ impl Transfer {
                 0
             }
         };
+        let missing = missing_in_window(img);
         let mut last_group = None;
-        for (s, e) in img.claimed.missing_ranges() {
+        if let (Some(_), Some(&(s, _))) = (img.target.as_stream(), missing.first()) {
+            let group = s / u64::from(group_size);
+            let (_, end) = fec::group_blocks(g, group_size, group);
+            for &(a, b) in missing.iter().take_while(|(a, _)| *a < end) {
+                out.ranges.push((a, (b.min(end) - a) as u32));
+            }
+            last_group = Some(group);
+        }
+        for (s, e) in missing {
             let mut b = s;
             while b < e {
                 let group = b / u64::from(group_size);
@@ -394,7 +494,7 @@ impl Transfer {
         let Some(img) = self.image() else {
             return Ok(());
         };
-        if img.target.is_block_device() {
+        if img.target.is_block_device() || img.target.as_stream().is_some() {
             return Ok(());
         }
         let g = &img.geometry;
@@ -427,7 +527,9 @@ impl Transfer {
             return StorageStatus::default();
         };
         let t = &img.target;
-        let c = t.store_counters();
+        let Some(c) = t.store_counters() else {
+            return StorageStatus::default();
+        };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (buffer_bytes, buffer_used) = t.buffer_use();
         StorageStatus {
@@ -511,11 +613,28 @@ impl Transfer {
             .clone()
     }
 
-    fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
+    /// The target: a stream to stdout for `-` (in a signed session, blocks
+    /// wait in its window until their chunk verified, so the window holds
+    /// at least one chunk), else the file or device, reopened for a resume.
+    fn open_target(&self, session: u32, geometry: &Geometry) -> Result<(Target, Option<Vec<u64>>)> {
+        if stream::is_stdout(&self.target_path) {
+            let chunk = self.signed().map_or(0, |s| {
+                let (a, b) = s.manifest.chunk_bytes(0);
+                b - a
+            });
+            let out = StreamOut::start(stream::stdout()?, self.stream_window.max(chunk))?;
+            let t = Target::stream(
+                out,
+                geometry.total_size,
+                geometry.block_size,
+                self.is_signed(),
+            );
+            return Ok((t, None));
+        }
         let saved = self
             .resume
             .as_deref()
-            .and_then(|p| resume::load(p, session, &geometry));
+            .and_then(|p| resume::load(p, session, geometry));
         let open = match saved {
             Some(_) => Target::reopen,
             None => Target::open,
@@ -526,6 +645,11 @@ impl Transfer {
             geometry.block_size,
             &self.store,
         )?;
+        Ok((target, saved))
+    }
+
+    fn open_image(&self, session: u32, geometry: Geometry) -> Result<Arc<Image>> {
+        let (target, saved) = self.open_target(session, &geometry)?;
         log::info!(
             "session {session:#010x}: {} bytes in {} blocks of {} into {}",
             geometry.total_size,
@@ -715,7 +839,8 @@ impl Transfer {
             Some(data) => {
                 for (n, idx) in (first..end).enumerate() {
                     let at = n * g.block_size as usize;
-                    if image.write_block(idx, &data[at..at + g.block_len(idx)], c, self.signed()) {
+                    let block = &data[at..at + g.block_len(idx)];
+                    if image.write_block(idx, block, c, self.signed()) == Landed::Written {
                         bump(&c.fec_recovered, 1);
                     }
                 }
@@ -741,7 +866,7 @@ impl Sink for Transfer {
             let image = self.image_for(&p)?;
             match p {
                 Packet::Data { index, payload, .. } => {
-                    if !image.write_block(index, payload, c, self.signed()) {
+                    if image.write_block(index, payload, c, self.signed()) == Landed::Duplicate {
                         return Err(DropReason::Duplicate);
                     }
                 }

@@ -11,6 +11,14 @@
 //! a slow or stalled consumer costs retransmissions, never data. Memory is
 //! at most `capacity` bytes of held blocks (plus the map's bookkeeping).
 //!
+//! A block may also be *held* ([`hold`](StreamOut::hold)): it takes its
+//! place in the window but does not leave until it is
+//! [`release`](StreamOut::release)d (a signed session releases a chunk once
+//! its hash verified against the signed manifest, and
+//! [`discard`](StreamOut::discard)s it when it failed), and it can be read
+//! back while it waits ([`read`](StreamOut::read): chunk checks, FEC
+//! decoding). Zeros (the sender's zero runs) take no memory in the window.
+//!
 //! Nothing can be rewritten once it has left, so resume does not apply to a
 //! stream.
 
@@ -64,7 +72,8 @@ const BATCH: u64 = 4 << 20;
 /// What the writer thread and the workers share.
 struct Shared {
     window: Mutex<Window>,
-    /// Signalled when a block is put, the end is set, or the stream aborts.
+    /// Signalled when a block is put or released, the end is set, or the
+    /// stream aborts.
     wake: Condvar,
     capacity: u64,
     /// Bytes written to the pipe (updated after each `write` returns, with
@@ -78,12 +87,34 @@ struct Shared {
     failure: OnceLock<Error>,
 }
 
+/// Bytes waiting in the window.
+enum Bytes {
+    Data(Vec<u8>),
+    /// This many zero bytes (nothing allocated).
+    Zeros(u64),
+}
+
+impl Bytes {
+    fn len(&self) -> u64 {
+        match self {
+            Bytes::Data(d) => d.len() as u64,
+            Bytes::Zeros(n) => *n,
+        }
+    }
+}
+
+/// A block in the window, and whether it may leave.
+struct Entry {
+    bytes: Bytes,
+    ready: bool,
+}
+
 #[derive(Default)]
 struct Window {
     /// Offset of the next byte the writer takes.
     taken: u64,
     /// Blocks waiting, by offset.
-    pending: BTreeMap<u64, Vec<u8>>,
+    pending: BTreeMap<u64, Entry>,
     /// Length of the image, once known: the writer stops there.
     end: Option<u64>,
     /// Stop now (failure or cancel).
@@ -145,20 +176,88 @@ impl StreamOut {
         self.shared.refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hand over the block at `offset`. Callers checked [`fits`](Self::fits)
-    /// and put each offset once.
+    /// Hand over the block at `offset`, free to leave. Callers checked
+    /// [`fits`](Self::fits) and put each offset once.
     pub fn put(&self, offset: u64, data: &[u8]) {
-        debug_assert!(self.fits(offset, data.len() as u64));
+        self.insert(offset, Bytes::Data(data.to_vec()), true);
+    }
+
+    /// Hand over the block at `offset`, to leave only once
+    /// [`release`](Self::release)d; else as [`put`](Self::put).
+    pub fn hold(&self, offset: u64, data: &[u8]) {
+        self.insert(offset, Bytes::Data(data.to_vec()), false);
+    }
+
+    /// Hand over `len` zero bytes at `offset` (held or free to leave).
+    pub fn zeros(&self, offset: u64, len: u64, ready: bool) {
+        self.insert(offset, Bytes::Zeros(len), ready);
+    }
+
+    fn insert(&self, offset: u64, bytes: Bytes, ready: bool) {
+        debug_assert!(self.fits(offset, bytes.len()));
         let mut w = self.shared.lock();
         if offset < w.taken || w.aborted {
             return;
         }
-        self.shared
-            .held
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        w.pending.insert(offset, data.to_vec());
+        let n = bytes.len();
+        if let Some(old) = w.pending.insert(offset, Entry { bytes, ready }) {
+            self.shared
+                .held
+                .fetch_sub(old.bytes.len(), Ordering::Relaxed);
+        }
+        self.shared.held.fetch_add(n, Ordering::Relaxed);
+        drop(w);
+        if ready {
+            self.shared.wake.notify_all();
+        }
+    }
+
+    /// Let the held blocks in bytes `[start, end)` leave.
+    pub fn release(&self, start: u64, end: u64) {
+        let mut w = self.shared.lock();
+        for (_, e) in w.pending.range_mut(start..end) {
+            e.ready = true;
+        }
         drop(w);
         self.shared.wake.notify_all();
+    }
+
+    /// Drop the held blocks in bytes `[start, end)` (they failed a check;
+    /// the right ones are put again later).
+    pub fn discard(&self, start: u64, end: u64) {
+        let mut w = self.shared.lock();
+        let gone: Vec<u64> = w.pending.range(start..end).map(|(&o, _)| o).collect();
+        for o in gone {
+            if let Some(e) = w.pending.remove(&o) {
+                self.shared.held.fetch_sub(e.bytes.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A copy of bytes `[offset, offset + len)` if blocks still in the
+    /// window cover them without a gap (None once any has left).
+    pub fn read(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let end = offset.checked_add(len)?;
+        let w = self.shared.lock();
+        // The entry holding `offset` may start before it (a zero run).
+        let first = w.pending.range(..=offset).next_back().map(|(&o, _)| o)?;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = first;
+        for (&o, e) in w.pending.range(first..end) {
+            if o != at {
+                return None;
+            }
+            match &e.bytes {
+                Bytes::Data(d) => out.extend_from_slice(d),
+                Bytes::Zeros(n) => out.resize(out.len() + *n as usize, 0),
+            }
+            at += e.bytes.len();
+        }
+        if at < end {
+            return None;
+        }
+        let skip = (offset - first) as usize;
+        Some(out[skip..skip + len as usize].to_vec())
     }
 
     /// The writer's fatal error (the consumer closed the pipe, or a write
@@ -217,6 +316,14 @@ impl StreamOut {
     }
 }
 
+impl std::fmt::Debug for StreamOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOut")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
 impl Drop for StreamOut {
     fn drop(&mut self) {
         self.abort();
@@ -232,35 +339,51 @@ impl Shared {
     /// closed when it returns.
     fn run(&self, mut out: File) -> [u8; 32] {
         let mut hash = Sha256::new();
+        let zeros = vec![0u8; BATCH as usize];
         while let Some(batch) = self.next_batch() {
-            for block in &batch {
-                if let Err(e) = out.write_all(block) {
-                    let _ = self
-                        .failure
-                        .set(if e.kind() == std::io::ErrorKind::BrokenPipe {
-                            Error::new(
-                                ErrorCode::OutputClosed,
-                                "the output pipe was closed before the end of the image",
-                            )
-                        } else {
-                            Error::target_io("cannot write the output stream", &e)
-                        });
-                    self.lock().aborted = true;
-                    return hash.finalize().into();
+            for bytes in &batch {
+                let mut left = bytes.len();
+                while left > 0 {
+                    let block = match bytes {
+                        Bytes::Data(d) => &d[..],
+                        Bytes::Zeros(_) => &zeros[..left.min(BATCH) as usize],
+                    };
+                    if let Err(e) = self.write(&mut out, block, &mut hash) {
+                        let _ = self.failure.set(e);
+                        self.lock().aborted = true;
+                        return hash.finalize().into();
+                    }
+                    left -= block.len() as u64;
                 }
-                hash.update(block);
-                let n = block.len() as u64;
-                self.held.fetch_sub(n, Ordering::Relaxed);
-                // Release: pairs with the Acquire in `limit`.
-                self.written.fetch_add(n, Ordering::Release);
             }
         }
         hash.finalize().into()
     }
 
-    /// The contiguous blocks at the front of the window (at most about
-    /// BATCH bytes), waiting for them; None at the end or on abort.
-    fn next_batch(&self) -> Option<Vec<Vec<u8>>> {
+    /// Write `block` to `out`, hash it and count it as written.
+    fn write(&self, out: &mut File, block: &[u8], hash: &mut Sha256) -> Result<()> {
+        if let Err(e) = out.write_all(block) {
+            return Err(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Error::new(
+                    ErrorCode::OutputClosed,
+                    "the output pipe was closed before the end of the image",
+                )
+            } else {
+                Error::target_io("cannot write the output stream", &e)
+            });
+        }
+        hash.update(block);
+        let n = block.len() as u64;
+        self.held.fetch_sub(n, Ordering::Relaxed);
+        // Release: pairs with the Acquire in `limit`.
+        self.written.fetch_add(n, Ordering::Release);
+        Ok(())
+    }
+
+    /// The contiguous blocks free to leave at the front of the window (at
+    /// most about BATCH bytes), waiting for them; None at the end or on
+    /// abort.
+    fn next_batch(&self) -> Option<Vec<Bytes>> {
         let mut w = self.lock();
         loop {
             if w.aborted || w.end.is_some_and(|e| w.taken >= e) {
@@ -270,12 +393,15 @@ impl Shared {
             let mut bytes = 0;
             while bytes < BATCH {
                 let at = w.taken;
-                let Some(block) = w.pending.remove(&at) else {
+                if !w.pending.get(&at).is_some_and(|e| e.ready) {
+                    break;
+                }
+                let Some(e) = w.pending.remove(&at) else {
                     break;
                 };
-                w.taken += block.len() as u64;
-                bytes += block.len() as u64;
-                batch.push(block);
+                w.taken += e.bytes.len();
+                bytes += e.bytes.len();
+                batch.push(e.bytes);
             }
             if !batch.is_empty() {
                 return Some(batch);

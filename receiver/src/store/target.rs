@@ -21,15 +21,32 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorCode, Result};
 use crate::safe_fs;
 use crate::status::page::ZeroMethod;
+use crate::store::stream::StreamOut;
 use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters};
 
 /// `BLKSSZGET` ioctl: logical sector size of a block device (<linux/fs.h>).
 const BLKSSZGET: libc::c_ulong = 0x1268;
 
-/// A target file or block device of `len` bytes behind a staging writer.
+/// Where a target's blocks go.
+#[derive(Debug)]
+enum Out {
+    /// A file or block device, through the staging writer.
+    Staged(Stager),
+    /// A pipe (`--out -`), in order through a reorder window. `gated`:
+    /// blocks wait in the window until released (signed sessions: until
+    /// their chunk verified).
+    Stream {
+        out: StreamOut,
+        gated: bool,
+        block_size: u64,
+    },
+}
+
+/// A target of `len` bytes: a file or block device behind a staging
+/// writer, or a pipe behind a reorder window.
 #[derive(Debug)]
 pub struct Target {
-    stager: Stager,
+    out: Out,
     len: u64,
     path: PathBuf,
     block_device: bool,
@@ -105,12 +122,67 @@ impl Target {
             paced: true,
         };
         Ok(Target {
-            stager: Stager::new(storage, len, block_size, cfg)?,
+            out: Out::Staged(Stager::new(storage, len, block_size, cfg)?),
             len,
             path: path.to_path_buf(),
             block_device,
             zeroed_by: AtomicU8::new(ZeroMethod::None as u8),
         })
+    }
+
+    /// A target of `len` bytes in blocks of `block_size` that is the pipe
+    /// `out` streams to (`--out -`). With `gated`, blocks leave only once
+    /// [`release`](Self::release)d.
+    pub fn stream(out: StreamOut, len: u64, block_size: u32, gated: bool) -> Target {
+        Target {
+            out: Out::Stream {
+                out,
+                gated,
+                block_size: u64::from(block_size),
+            },
+            len,
+            path: PathBuf::from("-"),
+            block_device: false,
+            zeroed_by: AtomicU8::new(ZeroMethod::None as u8),
+        }
+    }
+
+    /// The output stream, when the target is a pipe.
+    pub fn as_stream(&self) -> Option<&StreamOut> {
+        match &self.out {
+            Out::Stream { out, .. } => Some(out),
+            Out::Staged(_) => None,
+        }
+    }
+
+    /// Image offset up to which blocks can be taken now: a stream's window
+    /// ends there; a file or device takes everything.
+    pub fn limit(&self) -> u64 {
+        self.as_stream().map_or(u64::MAX, StreamOut::limit)
+    }
+
+    /// Let the bytes `[start, end)` of a gated stream leave (their chunk
+    /// verified). Nothing to do for files.
+    pub fn release(&self, start: u64, end: u64) {
+        if let Some(s) = self.as_stream() {
+            s.release(start, end);
+        }
+    }
+
+    /// Forget the bytes `[start, end)` of a gated stream (their chunk
+    /// failed its hash; they are received again). Files are overwritten
+    /// in place instead.
+    pub fn discard(&self, start: u64, end: u64) {
+        if let Some(s) = self.as_stream() {
+            s.discard(start, end);
+        }
+    }
+
+    fn stager(&self) -> Option<&Stager> {
+        match &self.out {
+            Out::Staged(s) => Some(s),
+            Out::Stream { .. } => None,
+        }
     }
 
     /// Length of the image.
@@ -147,7 +219,11 @@ impl Target {
             .checked_add(data.len() as u64)
             .expect("offset overflow");
         assert!(end <= self.len, "write past the end of the target");
-        self.stager.write(offset, data);
+        match &self.out {
+            Out::Staged(s) => s.write(offset, data),
+            Out::Stream { out, gated, .. } if *gated => out.hold(offset, data),
+            Out::Stream { out, .. } => out.put(offset, data),
+        }
     }
 
     /// Make `len` bytes at `offset` read as zeros, without writing them
@@ -163,14 +239,26 @@ impl Target {
     /// be done so (unaligned edges, a target refusing both) is written as
     /// zeros straight to the target.
     ///
+    /// A stream gets the zeros in its window (one entry per block, so that
+    /// a signed session releases them chunk by chunk), no memory held.
+    ///
     /// Callers own the range exclusively, as for [`Self::write_at`].
     pub fn zero(&self, offset: u64, len: u64) -> Result<ZeroMethod> {
         let end = offset.checked_add(len).expect("offset overflow");
         assert!(end <= self.len, "zeroing past the end of the target");
-        let method = if self.block_device {
-            self.zero_out(offset, end)?
-        } else {
-            self.punch(offset, len)?
+        let method = match &self.out {
+            Out::Stream {
+                out,
+                gated,
+                block_size,
+            } => {
+                for at in (offset..end).step_by(*block_size as usize) {
+                    out.zeros(at, (end - at).min(*block_size), !gated);
+                }
+                ZeroMethod::Written
+            }
+            Out::Staged(s) if self.block_device => self.zero_out(&s.storage().file, offset, end)?,
+            Out::Staged(s) => self.punch(&s.storage().file, offset, len)?,
         };
         self.zeroed_by.store(method as u8, Ordering::Relaxed);
         Ok(method)
@@ -181,7 +269,7 @@ impl Target {
         ZeroMethod::from_u64(u64::from(self.zeroed_by.load(Ordering::Relaxed)))
     }
 
-    fn punch(&self, offset: u64, len: u64) -> Result<ZeroMethod> {
+    fn punch(&self, file: &File, offset: u64, len: u64) -> Result<ZeroMethod> {
         let keep = libc::FALLOC_FL_KEEP_SIZE;
         for (mode, method, call) in [
             (
@@ -198,7 +286,7 @@ impl Target {
             // SAFETY: plain syscall on our open file descriptor.
             let rc = unsafe {
                 libc::fallocate(
-                    self.file().as_raw_fd(),
+                    file.as_raw_fd(),
                     mode,
                     offset as libc::off_t,
                     len as libc::off_t,
@@ -215,12 +303,12 @@ impl Target {
                 ));
             }
         }
-        self.write_zeros(offset, offset + len)?;
+        write_zeros(file, offset, offset + len)?;
         Ok(ZeroMethod::Written)
     }
 
-    fn zero_out(&self, offset: u64, end: u64) -> Result<ZeroMethod> {
-        let fd = self.file().as_raw_fd();
+    fn zero_out(&self, file: &File, offset: u64, end: u64) -> Result<ZeroMethod> {
+        let fd = file.as_raw_fd();
         let mut sector: libc::c_int = 0;
         // SAFETY: BLKSSZGET writes one int through the valid pointer.
         if unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut sector) } != 0 || sector <= 0 {
@@ -229,7 +317,7 @@ impl Target {
         let sector = sector as u64;
         let (a, b) = (offset.next_multiple_of(sector), end / sector * sector);
         if a >= b {
-            self.write_zeros(offset, end)?;
+            write_zeros(file, offset, end)?;
             return Ok(ZeroMethod::Written);
         }
         let range: [u64; 2] = [a, b - a];
@@ -251,85 +339,84 @@ impl Target {
                 "{}: BLKZEROOUT refused ({err}); writing zeros",
                 self.path.display()
             );
-            self.write_zeros(offset, end)?;
+            write_zeros(file, offset, end)?;
             return Ok(ZeroMethod::Written);
         }
-        self.write_zeros(offset, a)?;
-        self.write_zeros(b, end)?;
+        write_zeros(file, offset, a)?;
+        write_zeros(file, b, end)?;
         Ok(ZeroMethod::ZeroOut)
     }
 
-    /// Write zeros over `[offset, end)` straight to the target (the
-    /// staging writer never writes these bytes: no block of a zero run is
-    /// ever staged).
-    fn write_zeros(&self, offset: u64, end: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-        let mut at = offset;
-        while at < end {
-            let n = (end - at).min(ZERO_CHUNK as u64);
-            self.file()
-                .write_all_at(&ZEROS[..n as usize], at)
-                .map_err(|e| Error::target_io("cannot write zeros to target", &e))?;
-            at += n;
-        }
-        Ok(())
-    }
-
-    /// The buffered descriptor of the target.
-    fn file(&self) -> &File {
-        &self.stager.storage().file
-    }
-
     /// A copy of `len` bytes at `offset`, from the staging buffer or the
-    /// target. Callers only read ranges whose writes have completed (the
-    /// written bitmap says so).
+    /// target, or from a stream's window. Callers only read ranges whose
+    /// writes have completed (the written bitmap says so); a stream's
+    /// bytes that have left already cannot be read.
     ///
     /// # Panics
     /// If the range is outside the image.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset.checked_add(len as u64).expect("offset overflow");
         assert!(end <= self.len, "read past the end of the target");
-        let mut out = vec![0u8; len];
-        self.stager
-            .read(offset, &mut out)
-            .map_err(|e| Error::target_io("cannot read target", &e))?;
-        Ok(out)
+        match &self.out {
+            Out::Staged(s) => {
+                let mut out = vec![0u8; len];
+                s.read(offset, &mut out)
+                    .map_err(|e| Error::target_io("cannot read target", &e))?;
+                Ok(out)
+            }
+            Out::Stream { out, .. } => out.read(offset, len as u64).ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("bytes {offset}..{end} have left the stream's window"),
+                )
+            }),
+        }
     }
 
-    /// Write every staged block and wait for the device.
+    /// Write every staged block and wait for the device (nothing to do
+    /// for a stream: [`Self::sha256`] drains it).
     pub fn flush(&self) -> Result<()> {
-        self.stager.flush()?;
-        self.stager
-            .storage()
+        let Some(s) = self.stager() else {
+            return Ok(());
+        };
+        s.flush()?;
+        s.storage()
             .file
             .sync_all()
             .map_err(|e| Error::target_io("cannot sync target", &e))
     }
 
-    /// The first write error of the staging writer, if any.
+    /// The first write error of the staging writer or the stream, if any.
     pub fn error(&self) -> Option<Error> {
-        self.stager.error()
+        match &self.out {
+            Out::Staged(s) => s.error(),
+            Out::Stream { out, .. } => out.failure(),
+        }
     }
 
-    /// What the staging writer did so far.
-    pub fn store_counters(&self) -> &StoreCounters {
-        self.stager.counters()
+    /// What the staging writer did so far (None for a stream).
+    pub fn store_counters(&self) -> Option<&StoreCounters> {
+        self.stager().map(Stager::counters)
     }
 
     /// Whether whole chunks go to the device with `O_DIRECT`.
     pub fn is_direct(&self) -> bool {
-        self.stager.storage().direct.is_some()
+        self.stager().is_some_and(|s| s.storage().direct.is_some())
     }
 
     /// Staging buffer bytes (configured, in use now).
     pub fn buffer_use(&self) -> (u64, u64) {
-        self.stager.buffer_use()
+        self.stager().map_or((0, 0), Stager::buffer_use)
     }
 
-    /// SHA-256 of the image, read back from the file after a flush, so the
-    /// digest is of what the kernel will keep.
+    /// SHA-256 of the image: read back from the file after a flush, so
+    /// the digest is of what the kernel will keep; for a stream, of what
+    /// was written to the pipe, once all of it has been (this waits for
+    /// the consumer, then closes the pipe).
     pub fn sha256(&self) -> Result<[u8; 32]> {
+        if let Some(s) = self.as_stream() {
+            return s.finish(self.len);
+        }
         let mut f = File::open(&self.path)
             .map_err(|e| Error::target_io("cannot reopen target to verify", &e))?;
         sha256_prefix(&mut f, self.len).map_err(|e| Error::target_io("cannot read target", &e))
@@ -411,6 +498,21 @@ fn open_direct(path: &Path, file: &File) -> Option<(File, u64)> {
             None
         }
     }
+}
+
+/// Write zeros over `[offset, end)` of `file` straight (the staging writer
+/// never writes these bytes: no block of a zero run is ever staged).
+fn write_zeros(file: &File, offset: u64, end: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+    let mut at = offset;
+    while at < end {
+        let n = (end - at).min(ZERO_CHUNK as u64);
+        file.write_all_at(&ZEROS[..n as usize], at)
+            .map_err(|e| Error::target_io("cannot write zeros to target", &e))?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// SHA-256 of the first `len` bytes of a reader.
