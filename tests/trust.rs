@@ -475,3 +475,74 @@ fn source_filter_ignores_a_forged_sender_that_starts_first() {
         "{s:?}"
     );
 }
+
+#[test]
+fn forged_blocks_never_leave_on_a_signed_stream() {
+    if !netns_allowed() {
+        return;
+    }
+    use std::io::Read;
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new("xdpc-forge-stream", 8 * MIB, 13);
+    let key = keygen(&dir, "site");
+    let public = pub_of(&key);
+    // The whole image fits the (default) window: every forged block that
+    // beats the real one to its slot is taken, and must still never leave.
+    let args = [
+        "--iface", &net.if_b, "--out", "-", "--mode", "xdp", "--trust", &public,
+    ];
+    let mut rx = start_receiver(xdpcast(&net.b), &dir.0, "trust", GROUP, &args);
+    let mut stdout = rx.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        stdout.read_to_end(&mut got).unwrap();
+        got
+    });
+    let session = 0x5158_u32;
+    let tx = start_sender(
+        &net.a,
+        &net.if_a,
+        GROUP,
+        &src,
+        &[
+            "--rate",
+            "100M",
+            "--loss",
+            "0.2",
+            "--session",
+            &session.to_string(),
+            "--block-size",
+            "1400",
+            "--max-repair",
+            "5",
+            "--sign",
+            key.to_str().unwrap(),
+        ],
+    );
+    wait_for(Duration::from_secs(30), "manifest verified", || {
+        let s = read_page(&dir.0, "trust");
+        (s.trust.flags & TRUST_MANIFEST != 0).then_some(())
+    });
+    let g = Geometry::new(8 * MIB as u64, 1400);
+    let attacker = ed25519_dalek::SigningKey::from_bytes(&[0xA7; 32]);
+    inject(&net.a, &net.if_a, None, forgeries(session, g, &attacker));
+    ok(
+        &wait_output(tx, Duration::from_secs(120), "sender"),
+        "sender",
+    );
+    ok(
+        &wait_output(rx, Duration::from_secs(60), "receiver"),
+        "receiver",
+    );
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), 8 * MIB);
+    assert!(
+        got == std::fs::read(&src).unwrap(),
+        "the stream is the source, byte for byte"
+    );
+    let s = read_page(&dir.0, "trust");
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
+    assert_eq!(s.stream.written, s.total_bytes);
+    assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
+}

@@ -165,10 +165,17 @@ impl Image {
         if !self.written.contains(index) {
             return None;
         }
-        self.target
-            .read_at(self.geometry.offset(index), self.geometry.block_len(index))
-            .inspect_err(|e| log::warn!("block {index}: {e}"))
-            .ok()
+        let read = self
+            .target
+            .read_at(self.geometry.offset(index), self.geometry.block_len(index));
+        // A stream's block that has left cannot be read: expected (its
+        // group is asked for as block ranges), not worth a warning.
+        if self.target.as_stream().is_none() {
+            if let Err(e) = &read {
+                log::warn!("block {index}: {e}");
+            }
+        }
+        read.ok()
     }
 }
 
@@ -332,9 +339,10 @@ impl Transfer {
     }
 
     /// Keep the written-block bitmap in `path` (see [`crate::store::resume`]) and
-    /// pick up from it when it matches the session.
+    /// pick up from it when it matches the session. Never for a stream:
+    /// what has left through a pipe cannot be rewritten.
     pub fn with_resume(mut self, path: Option<PathBuf>) -> Transfer {
-        self.resume = path;
+        self.resume = path.filter(|_| !self.is_stream());
         self
     }
 

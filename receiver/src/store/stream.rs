@@ -66,6 +66,8 @@ pub fn pipe() -> Result<(File, File)> {
 
 /// Default reorder window: 64 MiB.
 pub const DEFAULT_WINDOW: u64 = 64 << 20;
+/// How long [`StreamOut::abort`] waits for a writer blocked on the pipe.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most bytes the writer takes from the window for one `write` batch.
 const BATCH: u64 = 4 << 20;
 
@@ -299,11 +301,26 @@ impl StreamOut {
     }
 
     /// Stop the writer without waiting for the rest (failure, cancel); the
-    /// pipe is closed.
+    /// pipe is closed. A writer blocked in `write(2)` on a consumer that
+    /// does not read is waited for [`ABORT_WAIT`] at most, then left
+    /// behind (it ends with the process), so that a failed session still
+    /// ends.
     pub fn abort(&self) {
         self.shared.lock().aborted = true;
         self.shared.wake.notify_all();
-        self.join();
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let start = std::time::Instant::now();
+        while writer.as_ref().is_some_and(|h| !h.is_finished()) {
+            if start.elapsed() >= ABORT_WAIT {
+                log::warn!("the output stream's consumer does not read: not waiting for it");
+                writer.take();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(h) = writer.take() {
+            let _ = h.join();
+        }
     }
 
     fn join(&self) -> Option<[u8; 32]> {
@@ -445,6 +462,34 @@ mod tests {
         drop(s);
         assert_eq!(reader.join().unwrap(), image);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&image)));
+    }
+
+    #[test]
+    fn held_blocks_leave_only_once_released_and_discarded_ones_never() {
+        let (mut rx, tx) = pipe().unwrap();
+        let s = StreamOut::start(tx, 1000).unwrap();
+        s.hold(0, &[1; 100]);
+        s.zeros(100, 100, false);
+        s.hold(200, &[3; 100]);
+        // Read back across data and zeros, from inside an entry too.
+        let mut want = vec![1u8; 100];
+        want.extend([0; 100]);
+        assert_eq!(s.read(50, 150).unwrap(), want[50..]);
+        assert_eq!(s.read(250, 100), None, "a gap");
+        // A forged block is discarded, the right one held instead.
+        s.discard(200, 300);
+        assert_eq!(s.status().held, 200);
+        s.hold(200, &[2; 100]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(s.status().written, 0, "nothing leaves unreleased");
+        s.release(0, 300);
+        let digest = s.finish(300).unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).unwrap();
+        want.extend([2; 100]);
+        assert_eq!(got, want);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&want)));
     }
 
     #[test]
