@@ -1068,6 +1068,66 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_takes_only_what_its_window_holds_and_asks_for_the_rest() {
+        use std::io::Read;
+        let (mut rx, tx) = stream::pipe().unwrap();
+        let g = Geometry::new(1000, 100);
+        let out = StreamOut::start(tx, 300).unwrap();
+        let img = Image {
+            session: 1,
+            geometry: g,
+            // Gated, as for a signed session: nothing leaves unreleased.
+            target: Target::stream(out, g.total_size, g.block_size, true),
+            claimed: BlockBitmap::new(g.block_count),
+            written: BlockBitmap::new(g.block_count),
+            resumed: 0,
+            resumed_bytes: 0,
+            skipped_blocks: AtomicU64::new(0),
+            skipped_bytes: AtomicU64::new(0),
+            zeros: BlockBitmap::new(g.block_count),
+        };
+        let c = WorkerCounters::default();
+        // Nothing read yet: blocks 0..3 fit, block 5 is refused unclaimed.
+        assert_eq!(missing_in_window(&img), vec![(0, 3)]);
+        assert_eq!(img.write_block(5, &[5; 100], &c, None), Landed::Refused);
+        assert!(!img.claimed.contains(5));
+        assert_eq!(img.write_block(1, &[1; 100], &c, None), Landed::Written);
+        assert_eq!(img.write_block(2, &[2; 100], &c, None), Landed::Written);
+        assert_eq!(missing_in_window(&img), vec![(0, 1)]);
+        assert_eq!(img.write_block(0, &[0; 100], &c, None), Landed::Written);
+        assert_eq!(img.write_block(0, &[9; 100], &c, None), Landed::Duplicate);
+        // The window is full and nothing has left: the first block lacking
+        // is still asked for, so that the sender's rounds go on.
+        assert_eq!(missing_in_window(&img), vec![(3, 4)]);
+        img.target.release(0, 300);
+        assert_eq!(img.target.as_stream().unwrap().status().refused, 1);
+        // A zero run goes in as zeros, as far as the window reaches each
+        // time (the sender repeats it in repair rounds).
+        let zeros = wire::encode_zeros(1, &g, &[(3, 7)]);
+        while !img.claimed.missing_ranges().is_empty() {
+            match wire::parse(&zeros[0]) {
+                Ok(Packet::Zeros { runs, .. }) => img.zero_runs(runs, &c, None).unwrap(),
+                _ => panic!("a zero-run packet"),
+            }
+            img.target.release(0, 1000);
+            std::thread::yield_now();
+        }
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert_eq!(img.target.sha256().unwrap(), {
+            use sha2::Digest;
+            let mut want = [[0u8; 100], [1; 100], [2; 100]].concat();
+            want.resize(1000, 0);
+            <[u8; 32]>::from(sha2::Sha256::digest(&want))
+        });
+        drop(img);
+        assert_eq!(reader.join().unwrap().len(), 1000);
+    }
+
+    #[test]
     fn expected_session_filters_and_digest_conflict_fails() {
         let (t, _) = setup("filter", Some(7));
         let g = Geometry::new(100, 100);
