@@ -27,7 +27,8 @@ const GROUP: &str = "239.6.9.9:5000";
 enum Consumer {
     /// As fast as it can.
     Fast,
-    /// 64 KiB at a time with a pause between reads.
+    /// 64 KiB at a time with a pause between reads, and a stall of 4 s
+    /// (longer than the sender waits for a silent fleet) after 1 MiB.
     Slow,
     /// Closes the pipe after the first bytes.
     Closes,
@@ -49,6 +50,9 @@ fn consume(rx: &mut Child, how: Consumer) -> JoinHandle<(u64, String)> {
             n += got as u64;
             match how {
                 Consumer::Fast => {}
+                Consumer::Slow if n >= MIB && n - (got as u64) < MIB => {
+                    std::thread::sleep(Duration::from_secs(4))
+                }
                 Consumer::Slow => std::thread::sleep(Duration::from_millis(3)),
                 Consumer::Closes if n >= 1000 => break,
                 Consumer::Closes => {}
@@ -128,6 +132,9 @@ fn lossy_stream_refuses_what_its_window_cannot_hold_and_repairs_it() {
     assert!(s.nacks_sent > 0 && s.first_pass_missing > 0);
 }
 
+/// The consumer stalls with the window full: the receiver keeps asking
+/// for the first block it lacks, so the sender's repair rounds go on until
+/// the consumer reads again.
 #[test]
 fn slow_consumer_costs_retransmissions_not_data() {
     if !netns_allowed() {
@@ -136,6 +143,7 @@ fn slow_consumer_costs_retransmissions_not_data() {
     let Images { dir, src, .. } = Images::new("xdpc-stream-slow", 4 * MIB as usize, 22);
     let got = stream(&src, &dir.0, Consumer::Slow, &[], &[]);
     assert_streamed(&src, &got);
+    assert!(got.3.stream.refused > 0, "{:?}", got.3.stream);
 }
 
 #[test]
