@@ -201,3 +201,32 @@ fn signed_stream_leaves_only_verified_chunks() {
     assert!(s.trust.flags & TRUST_MANIFEST != 0);
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
 }
+
+#[test]
+fn a_stream_that_is_not_the_pinned_image_fails_after_it_has_left() {
+    if !netns_allowed() {
+        return;
+    }
+    // Another image of the same size under the same session: its announces
+    // are dropped (not the pinned SHA-256), its blocks are taken (an
+    // unsigned session cannot tell), and the stream's SHA-256 gives it away.
+    let Images { dir, src, .. } = Images::new("xdpc-stream-pin", 2 * MIB as usize, 26);
+    let other = dir.join("other.img");
+    make_image(&other, 2 * MIB as usize, 30);
+    let pin = sha256_hex(&src);
+    let (status, n, sha, s) = stream(
+        &other,
+        &dir.0,
+        Consumer::Fast,
+        &["--passes", "3"],
+        &["--expect-sha256", &pin],
+    );
+    assert_eq!(status.code(), Some(100 + ErrorCode::DigestMismatch as i32));
+    assert_eq!(
+        (s.state, s.error),
+        (State::Failure, ErrorCode::DigestMismatch)
+    );
+    // The bytes have left: the consumer got the other image.
+    assert_eq!((n, sha), (2 * MIB, sha256_hex(&other)));
+    assert_eq!(s.stream.written, s.total_bytes);
+}
