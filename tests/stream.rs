@@ -230,3 +230,37 @@ fn a_stream_that_is_not_the_pinned_image_fails_after_it_has_left() {
     assert_eq!((n, sha), (2 * MIB, sha256_hex(&other)));
     assert_eq!(s.stream.written, s.total_bytes);
 }
+
+#[test]
+fn a_receiver_whose_consumer_never_reads_can_still_be_stopped() {
+    if !netns_allowed() {
+        return;
+    }
+    // The whole image fits the window, so it is all received; the consumer
+    // reads nothing, so the receiver waits to write the rest into the pipe
+    // until SIGTERM cancels it.
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new("xdpc-stream-stuck", 2 * MIB as usize, 32);
+    let args = ["--iface", &net.if_b, "--out", "-", "--mode", "xdp"];
+    let rx = start_receiver(xdpcast(&net.b), &dir.0, "stream", GROUP, &args);
+    let tx = start_sender(&net.a, &net.if_a, GROUP, &src, &["--rate", "1G"]);
+    wait_for(Duration::from_secs(60), "every block received", || {
+        let s = read_page(&dir.0, "stream");
+        (s.block_count > 0 && s.blocks_done == s.block_count).then_some(())
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    let mut tx = tx;
+    let _ = tx.kill();
+    let _ = tx.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(100 + ErrorCode::Cancelled as i32),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_page(&dir.0, "stream");
+    assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Cancelled));
+    assert!(s.stream.written < s.total_bytes);
+}

@@ -846,6 +846,33 @@ impl Control {
         Ok(())
     }
 
+    /// Wait until a stream has written the whole image into its pipe
+    /// (the consumer reads at its own pace), publishing the page
+    /// meanwhile; a cancel or the stream's failure ends the wait. Nothing
+    /// to wait for with a file or device.
+    fn drain(&mut self, meter: &mut Meter) -> Result<()> {
+        let t = self.path.sink.clone();
+        let Some((out, len)) = t
+            .image()
+            .and_then(|i| Some((i.target.as_stream()?, i.geometry.total_size)))
+        else {
+            return Ok(());
+        };
+        while out.status().written < len {
+            if self.shared.cancel.load(Ordering::Acquire) {
+                return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
+            }
+            if let Some(e) = out.failure() {
+                return Err(e);
+            }
+            let mut s = self.snapshot(State::InProgress, meter);
+            s.message = "writing the rest of the image into the pipe".into();
+            self.publish(&s);
+            std::thread::sleep(TICK);
+        }
+        Ok(())
+    }
+
     fn run(mut self) {
         self.base.start_ns = now_ns();
         let mut meter = Meter {
@@ -870,6 +897,9 @@ impl Control {
         // target is not read again. Others read it back and compare SHA-256;
         // a stream (signed or not) is drained and the SHA-256 of what it
         // wrote compared.
+        if outcome.is_ok() {
+            outcome = self.drain(&mut meter);
+        }
         if outcome.is_ok() {
             let sink = &self.path.sink;
             outcome = if sink.is_signed() && !sink.is_stream() {
