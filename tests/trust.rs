@@ -266,21 +266,21 @@ fn forgeries(session: u32, g: Geometry, attacker: &ed25519_dalek::SigningKey) ->
     out
 }
 
-#[test]
-fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
-    if !netns_allowed() {
-        return;
-    }
-    let net = VethPair::new(1, 1500);
-    let Images { dir, src, dst } = Images::new("xdpc-forge", 16 * MIB, 12);
-    let key = keygen(&dir, "site");
-    let rx = receiver(&net, &dir.0, &dst, &["--trust", &pub_of(&key)]);
-    let session = 0x5157_u32;
+/// Send `src` signed with `key` under `session` (20 % loss, 1400-byte
+/// blocks) and, as soon as the receiver took up the real session, flood it
+/// with [`forgeries`] spoofing the sender's address: the sender.
+fn send_forged(
+    net: &VethPair,
+    dir: &TempDir,
+    src: &Path,
+    key: &Path,
+    session: u32,
+) -> std::process::Child {
     let tx = start_sender(
         &net.a,
         &net.if_a,
         GROUP,
-        &src,
+        src,
         &[
             "--rate",
             "100M",
@@ -298,15 +298,31 @@ fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
             key.to_str().unwrap(),
         ],
     );
-    // As soon as the receiver took up the real session, flood it.
     wait_for(Duration::from_secs(30), "manifest verified", || {
         let s = read_page(&dir.0, "trust");
         (s.trust.flags & TRUST_MANIFEST != 0).then_some(())
     });
+    let len = std::fs::metadata(src).unwrap().len();
+    let attacker = ed25519_dalek::SigningKey::from_bytes(&[0xA7; 32]);
+    let g = Geometry::new(len, 1400);
+    inject(&net.a, &net.if_a, None, forgeries(session, g, &attacker));
+    tx
+}
+
+#[test]
+fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-forge", 16 * MIB, 12);
+    let key = keygen(&dir, "site");
+    let rx = receiver(&net, &dir.0, &dst, &["--trust", &pub_of(&key)]);
+    let session = 0x5157_u32;
+    let tx = send_forged(&net, &dir, &src, &key, session);
     let g = Geometry::new(16 * MIB as u64, 1400);
     let attacker = ed25519_dalek::SigningKey::from_bytes(&[0xA7; 32]);
-    // Spoofing the sender's address, then from an address of its own.
-    inject(&net.a, &net.if_a, None, forgeries(session, g, &attacker));
+    // Then from an address of its own.
     let other = second_address(&net);
     inject(
         &net.a,
@@ -498,34 +514,7 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
         stdout.read_to_end(&mut got).unwrap();
         got
     });
-    let session = 0x5158_u32;
-    let tx = start_sender(
-        &net.a,
-        &net.if_a,
-        GROUP,
-        &src,
-        &[
-            "--rate",
-            "100M",
-            "--loss",
-            "0.2",
-            "--session",
-            &session.to_string(),
-            "--block-size",
-            "1400",
-            "--max-repair",
-            "5",
-            "--sign",
-            key.to_str().unwrap(),
-        ],
-    );
-    wait_for(Duration::from_secs(30), "manifest verified", || {
-        let s = read_page(&dir.0, "trust");
-        (s.trust.flags & TRUST_MANIFEST != 0).then_some(())
-    });
-    let g = Geometry::new(8 * MIB as u64, 1400);
-    let attacker = ed25519_dalek::SigningKey::from_bytes(&[0xA7; 32]);
-    inject(&net.a, &net.if_a, None, forgeries(session, g, &attacker));
+    let tx = send_forged(&net, &dir, &src, &key, 0x5158);
     ok(
         &wait_output(tx, Duration::from_secs(120), "sender"),
         "sender",
