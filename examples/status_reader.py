@@ -76,6 +76,7 @@ WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
 STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "bytes_stored", "chunks_full", "chunks_partial",
                   "overflow_blocks", "write_max_ns", "direct"]
+STREAM_FIELDS = ["window", "held", "written", "refused"]
 ZERO_METHODS = ["none", "punch_hole", "zero_range", "blkzeroout", "written"]
 STALE_AFTER_NS = 5 * 10**9
 U64_MAX = 2**64 - 1
@@ -175,6 +176,8 @@ def decode(w, owner_uid):
     storage = dict(zip(STORAGE_FIELDS, w[st:st + len(STORAGE_FIELDS)]))
     storage["direct"] = storage["direct"] != 0
     out["storage"] = storage
+    sm = W["stream"]
+    out["stream"] = dict(zip(STREAM_FIELDS, w[sm:sm + len(STREAM_FIELDS)]))
     return out
 
 

@@ -338,7 +338,14 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
     // whose slice needs more than --retries-until-drop (200) REQACK rounds
     // once one of them times out (docs/udpcast.md); --receive-timeout
     // then ends this receiver instead of letting it wait forever.
-    let pipe = "sleep 0.3; gzip -dc";
+    // The consumer reads nothing until the receiver has refused a block
+    // (the test creates `go` then), so the push-back happens however
+    // slow or fast the sender is.
+    let go = dir.join("go");
+    let pipe = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; gzip -dc",
+        go.display()
+    );
     let rx = clonezilla_pipeline(
         &net.b,
         &net.if_b,
@@ -356,6 +363,10 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
         ],
     );
     let tx = udp_sender(&net.a, &net.if_a, &gz, "239.77.0.5", 1, &[]);
+    wait_for(LIMIT, "a refused block", || {
+        (read_page(&dir.0, "udpc").stream.refused > 0).then_some(())
+    });
+    std::fs::write(&go, b"").unwrap();
     assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
     assert_ok(&wait_output(rx, LIMIT, "xdpcast"), "xdpcast");
     assert_eq!(sha256_hex(&dst), sha256_hex(&src));

@@ -148,7 +148,7 @@ pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
             return child.wait_with_output().unwrap();
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
+            kill_group(&child);
             let out = child.wait_with_output().unwrap();
             panic!(
                 "{what} did not finish within {limit:?}: {}{}",
@@ -172,9 +172,21 @@ pub fn ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Start a command with piped output.
+/// Kill `child` and everything it started (see [`spawn`]): a shell
+/// pipeline's members hold the output pipes open, so killing the shell
+/// alone would leave the reader of its output waiting.
+pub fn kill_group(child: &Child) {
+    // SAFETY: kill(2) with a negative pid signals the process group that
+    // `spawn` made the child the leader of; no memory is involved.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+}
+
+/// Start a command with piped output, in a process group of its own (so
+/// [`kill_group`] reaches its children too).
 pub fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::piped())
+    use std::os::unix::process::CommandExt;
+    c.process_group(0)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn")

@@ -259,14 +259,40 @@ pub fn ok(slice: u32) -> Vec<u8> {
 
 /// CMD_RETRANSMIT for slice `slice`, round `rxmit`; `got` has a bit set for
 /// every block received (bit i%8 of byte i/8).
+///
+/// The round is sent as [`answered_round`] says, so that udp-sender takes
+/// the answer in every round.
 pub fn retransmit(slice: u32, rxmit: u32, got: &[u8; MAP_BYTES]) -> Vec<u8> {
     let mut m = Vec::with_capacity(12 + MAP_BYTES);
     m.extend_from_slice(&op::RETRANSMIT.to_be_bytes());
     m.extend_from_slice(&[0, 0]);
     m.extend_from_slice(&slice.to_be_bytes());
-    m.extend_from_slice(&rxmit.to_be_bytes());
+    m.extend_from_slice(&answered_round(rxmit).to_be_bytes());
     m.extend_from_slice(got);
     m
+}
+
+/// The round number to put in a CMD_RETRANSMIT answering REQACK round
+/// `rxmit`.
+///
+/// udp-sender (20120424, Debian's) compares the round of an answer with
+/// its own without converting it from network byte order: it reads the
+/// four bytes as a host (little-endian) signed int and ignores the answer
+/// as late when that is below its round. For rounds whose low byte is 128
+/// or more, the big-endian bytes read back negative, so every answer of
+/// rounds 128-255 (384-511, ...) is ignored: the sender waits a second per
+/// round, and from round `--retries-until-drop` (200) drops the receiver.
+/// udp-receiver has the same problem. The round is therefore rounded up to
+/// the next multiple of 256 when its low byte is 128 or more: both
+/// readings are then at least the sender's round (the sender only ever
+/// checks for late answers), and a sender that reads the field right sees
+/// a round not below its own.
+pub fn answered_round(rxmit: u32) -> u32 {
+    if rxmit & 0x80 == 0 {
+        rxmit
+    } else {
+        (rxmit | 0xff).saturating_add(1)
+    }
 }
 
 /// CMD_DISCONNECT.
@@ -603,6 +629,16 @@ impl Ledger {
             .iter()
             .take(i)
             .try_fold(self.base, |o, s| Some(o + u64::from(s.bytes?)))
+    }
+
+    /// Image offset of the first block `open[i]` lacks, once the sizes of
+    /// the slices before it are known.
+    fn first_gap(&self, i: usize, block_size: u64) -> Option<u64> {
+        let s = &self.open[i];
+        let first = (0..s.blocks(block_size))
+            .find(|&b| !bit(&s.got, b))
+            .unwrap_or(0) as u64;
+        Some(self.offset(i)? + first * block_size)
     }
 
     /// Drop the complete slices at the front.
@@ -945,10 +981,17 @@ impl Stream {
                 if answered {
                     return Ok(());
                 }
-                let got = i
-                    .map(|i| &l.open[i])
-                    .filter(|s| !s.complete(bs))
-                    .map(|s| s.got);
+                let lacking = i.filter(|&i| !l.open[i].complete(bs));
+                let gap = lacking.and_then(|i| l.first_gap(i, bs));
+                if gap.is_some_and(|at| at >= self.limit()) {
+                    // The stream's window cannot take the first block the
+                    // slice lacks (the consumer is slow): not answered, so
+                    // the sender waits for its REQACK timeout instead of
+                    // retransmitting at full speed blocks that would be
+                    // refused again (docs/udpcast.md, "A long stall").
+                    return Ok(());
+                }
+                let got = lacking.map(|i| l.open[i].got);
                 l.retire(bs);
                 got
             };
@@ -1724,6 +1767,23 @@ mod tests {
         assert!(point_to_point(&data));
         assert!(point_to_point(&REQACK));
         assert!(point_to_point(&FEC));
+    }
+
+    #[test]
+    fn answered_rounds_are_never_late_for_udp_sender() {
+        for rxmit in [0u32, 1, 127, 128, 200, 255, 256, 300, 383, 384, 70_000] {
+            let v = answered_round(rxmit);
+            // How udp-sender reads the field (no ntohl, little-endian int),
+            // and how a sender reading it right would.
+            let as_udp_sender = i32::from_le_bytes(v.to_be_bytes());
+            assert!(v >= rxmit, "{rxmit}");
+            assert!(
+                i64::from(as_udp_sender) >= i64::from(rxmit) || rxmit >= 65_536,
+                "{rxmit} -> {v} read as {as_udp_sender}"
+            );
+        }
+        assert_eq!(answered_round(5), 5);
+        assert_eq!(answered_round(200), 256);
     }
 
     #[test]

@@ -463,7 +463,7 @@ impl DiagStatus {
 
 /// The output stream of a session whose image goes to a pipe (`--out -`,
 /// `udp-receiver`; region [`offsets::STREAM`]); all zero otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StreamStatus {
     /// Capacity of the reorder window, bytes.
     pub window: u64,

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
-    DiagStatus, PathMode, Snapshot, StorageStatus, TrustStatus, WorkerStatus, FLAG_DIGEST,
-    STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
+    DiagStatus, PathMode, Snapshot, StorageStatus, StreamStatus, TrustStatus, WorkerStatus,
+    FLAG_DIGEST, STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
 };
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -292,6 +292,8 @@ pub struct SessionReport {
     pub trust: TrustReport,
     /// The staging writer (words 528-536).
     pub storage: StorageStatus,
+    /// The output stream of `--out -` (words 560-563; all 0 otherwise).
+    pub stream: StreamStatus,
 }
 
 /// The signed-session words of a [`SessionReport`] (docs/status-page.md,
@@ -411,6 +413,7 @@ impl SessionReport {
             unserved_queues: s.diag.queues().collect(),
             trust: TrustReport::new(&s.trust),
             storage: s.storage,
+            stream: s.stream,
         }
     }
 }
@@ -741,6 +744,26 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "xdpcast_storage_write_max_seconds",
         "Longest single write or writeback wait of the writer thread.",
         |s| secs(s.storage.write_max_ns),
+    ),
+    gauge(
+        "xdpcast_stream_window_bytes",
+        "Capacity of the reorder window of an image written to a pipe (--out -).",
+        |s| s.stream.window as f64,
+    ),
+    gauge(
+        "xdpcast_stream_held_bytes",
+        "Bytes held in the reorder window, waiting for the pipe.",
+        |s| s.stream.held as f64,
+    ),
+    counter(
+        "xdpcast_stream_written_bytes_total",
+        "Bytes written to the pipe.",
+        |s| s.stream.written as f64,
+    ),
+    counter(
+        "xdpcast_stream_refused_blocks_total",
+        "Blocks refused because they did not fit the reorder window (asked for again).",
+        |s| s.stream.refused as f64,
     ),
     counter(
         "xdpcast_skipped_bytes_total",
