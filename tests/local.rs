@@ -182,6 +182,22 @@ fn a_live_receivers_page_is_refused_and_a_stale_one_replaced() {
     let s = read_page(&dir.0, "held");
     assert_ne!(s.writer_pid, page.writer_pid);
     assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Timeout));
+    // A reader that has gone (`| head`) is no error for `status`: exit 0,
+    // no panic. `true` exits before `status` writes, so the write fails.
+    let o = Command::new("bash")
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{{ sleep 0.3; {} status --json held; }} | true",
+                env!("CARGO_BIN_EXE_xdpcast")
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]

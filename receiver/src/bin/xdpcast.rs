@@ -793,22 +793,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => page::list_sessions(),
             };
             if names.is_empty() {
-                println!("no sessions in {}", page::status_dir().display());
+                emit(&format!(
+                    "no sessions in {}\n",
+                    page::status_dir().display()
+                ))?;
             }
             for n in names {
                 let s = StatusReader::open_session(&n)?.read()?;
                 if json {
-                    println!("{}", report::json(&s));
+                    emit(&format!("{}\n", report::json(&s)))?;
                 } else {
                     let stale = if s.is_stale(page::STALE_AFTER) {
                         "  (STALE: the receiver is gone)"
                     } else {
                         ""
                     };
-                    print!(
-                        "{}",
-                        report::human(&s).replacen('\n', &format!("{stale}\n"), 1)
-                    );
+                    emit(&report::human(&s).replacen('\n', &format!("{stale}\n"), 1))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -831,7 +831,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Metrics { print: true, .. } => {
-            print!("{}", serve::metrics_text());
+            emit(&serve::metrics_text())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Metrics { listen, once, .. } => {
@@ -944,7 +944,18 @@ fn print_report(snap: &Snapshot, target: impl AsRef<std::path::Path>) {
     if stream::is_stdout(target.as_ref()) {
         eprint!("{}", report::human(snap));
     } else {
-        print!("{}", report::human(snap));
+        // The session has ended: a reader gone from stdout changes nothing.
+        let _ = emit(&report::human(snap));
+    }
+}
+
+/// Write `text` to stdout. A reader that has gone (`xdpcast status | head`)
+/// is not an error: what it wanted it has.
+fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
 
