@@ -475,6 +475,7 @@ impl Session {
                 .with_resume(self.req.resume_file.clone())
                 .with_store(self.req.store)
                 .with_trust(self.req.trust.clone(), self.req.expect_sha256)
+                .with_max_manifest_age(self.req.max_manifest_age)
                 .with_source(self.req.source)
                 .with_stream_window(self.req.stream_window),
             );

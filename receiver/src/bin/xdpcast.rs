@@ -399,6 +399,14 @@ struct ReceiveTrust {
     /// Accept only the image with this SHA-256 (64 hex digits).
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     expect_sha256: Option<[u8; 32]>,
+    /// With --trust: refuse a manifest signed more than SECS ago by this
+    /// host's clock, as a replay of a recorded older session (0: any age).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = xdpcast::receive::request::DEFAULT_MAX_MANIFEST_AGE.as_secs()
+    )]
+    max_manifest_age: u64,
     /// Take data only from this sender address: source-specific join
     /// (IGMPv3/MLDv2) and every other source dropped (foreign_source).
     /// A signed manifest names its sender's address too.
@@ -412,6 +420,8 @@ impl ReceiveTrust {
             r.trust.extend(xdpcast::store::keys::load_trusted(spec)?);
         }
         r.expect_sha256 = self.expect_sha256;
+        r.max_manifest_age =
+            (self.max_manifest_age > 0).then(|| Duration::from_secs(self.max_manifest_age));
         r.source = self.source;
         Ok(())
     }

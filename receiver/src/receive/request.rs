@@ -65,6 +65,9 @@ pub struct SessionRequest {
     pub trust: Vec<ed25519_dalek::VerifyingKey>,
     /// Accept only the image with this SHA-256.
     pub expect_sha256: Option<[u8; 32]>,
+    /// Signed session: refuse a manifest signed longer ago than this (a
+    /// recorded session replayed); None: any age.
+    pub max_manifest_age: Option<Duration>,
     /// Take data only from this sender address (`--source`): source-specific
     /// join, other sources dropped as `foreign_source`. A verified manifest
     /// names the source too.
@@ -72,6 +75,9 @@ pub struct SessionRequest {
     /// Target `-` (stdout): bytes of the reorder window in memory.
     pub stream_window: u64,
 }
+
+/// Default `--max-manifest-age`: a day.
+pub const DEFAULT_MAX_MANIFEST_AGE: Duration = Duration::from_secs(24 * 3600);
 
 impl SessionRequest {
     /// A request with defaults for the rest.
@@ -95,6 +101,7 @@ impl SessionRequest {
             resume_file: None,
             trust: Vec::new(),
             expect_sha256: None,
+            max_manifest_age: Some(DEFAULT_MAX_MANIFEST_AGE),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
         }

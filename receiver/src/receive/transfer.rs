@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -241,6 +242,10 @@ pub struct Transfer {
     trusted: Vec<VerifyingKey>,
     /// `--expect-sha256`: the only image accepted.
     pinned: Option<[u8; wire::DIGEST_LEN]>,
+    /// `--max-manifest-age`: manifests signed longer ago are replays.
+    max_age: Option<Duration>,
+    /// A replayed manifest has been reported (once per session).
+    replay_warned: AtomicBool,
     signed: OnceLock<Signed>,
     /// `--source`: the only sender address taken.
     source: Option<IpAddr>,
@@ -271,6 +276,8 @@ impl Transfer {
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
             trusted: Vec::new(),
             pinned: None,
+            max_age: None,
+            replay_warned: AtomicBool::new(false),
             signed: OnceLock::new(),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
@@ -312,6 +319,13 @@ impl Transfer {
         if let Some(d) = pinned {
             let _ = self.digest.set(d);
         }
+        self
+    }
+
+    /// Refuse manifests signed more than `max_age` ago (by this host's
+    /// clock): a recorded older session replayed (None: any age).
+    pub fn with_max_manifest_age(mut self, max_age: Option<Duration>) -> Transfer {
+        self.max_age = max_age;
         self
     }
 
@@ -743,6 +757,16 @@ impl Transfer {
         if m.session != p.session() || m.geometry != p.geometry() {
             return Err(DropReason::Inconsistent);
         }
+        if self.max_age.is_some_and(|max| manifest_age(&m) > max) {
+            if !self.replay_warned.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "session {:#010x}: a manifest signed {} s ago (more than --max-manifest-age) is refused as a replay",
+                    m.session,
+                    manifest_age(&m).as_secs()
+                );
+            }
+            return Err(DropReason::ForeignSession);
+        }
         if let Some(s) = self.signed() {
             return Err(if s.manifest == m {
                 DropReason::Duplicate
@@ -980,6 +1004,15 @@ impl Sink for Transfer {
     }
 }
 
+/// How long ago `m` was signed, by this host's clock (0 for a manifest
+/// from the future: clocks differ, and its age cannot make it a replay).
+fn manifest_age(m: &Manifest) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Duration::from_secs(now.saturating_sub(m.issued_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,6 +1209,55 @@ mod tests {
         assert!(t.save_resume().is_ok());
         assert!(t.resume_failed());
         assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn a_replayed_old_manifest_opens_nothing() {
+        use crate::proto::manifest::{ChunkTree, Manifest};
+        use ed25519_dalek::SigningKey;
+        let (t, path) = setup("replay", None);
+        let _ = std::fs::remove_file(&path);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let t = t
+            .with_trust(vec![key.verifying_key()], None)
+            .with_max_manifest_age(Some(Duration::from_secs(3600)));
+        let data = image_bytes(1000);
+        let g = Geometry::new(data.len() as u64, 100);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let signed_at = |issued_at| {
+            Manifest {
+                session: 5,
+                geometry: g,
+                digest: [4; 32],
+                passes: 1,
+                flags: 0,
+                repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
+                repair_port: 0,
+                fec_repair: 0,
+                fec_group: 0,
+                source: std::net::Ipv6Addr::UNSPECIFIED,
+                chunk_blocks: 2,
+                issued_at,
+                root: ChunkTree::build(&data, 200).root(),
+                zero_runs: [0; 32],
+            }
+            .sign(&key)
+        };
+        let c = t.counters(0);
+        let raw = |payload: &[u8]| wire::encode_raw(Kind::Manifest, 5, &g, 0, payload);
+        // Genuinely signed, two hours ago: a replay, nothing opened.
+        t.ingest(&raw(&signed_at(now - 7200)), c);
+        assert!(t.image().is_none() && !path.exists());
+        assert_eq!(
+            c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
+            1
+        );
+        // Signed a minute ago, or ahead of this clock: taken.
+        t.ingest(&raw(&signed_at(now + 60)), c);
+        assert!(t.image().is_some());
     }
 
     #[test]
