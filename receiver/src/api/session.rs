@@ -859,19 +859,17 @@ impl Control {
         else {
             return Ok(());
         };
-        while out.status().written < len {
-            if self.shared.cancel.load(Ordering::Acquire) {
-                return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
-            }
-            if let Some(e) = out.failure() {
-                return Err(e);
-            }
-            let mut s = self.snapshot(State::InProgress, meter);
-            s.message = "writing the rest of the image into the pipe".into();
-            self.publish(&s);
-            std::thread::sleep(TICK);
-        }
-        Ok(())
+        let shared = self.shared.clone();
+        out.drain(
+            len,
+            TICK,
+            || shared.cancel.load(Ordering::Acquire),
+            || {
+                let mut s = self.snapshot(State::InProgress, meter);
+                s.message = "writing the rest of the image into the pipe".into();
+                self.publish(&s);
+            },
+        )
     }
 
     fn run(mut self) {

@@ -770,6 +770,15 @@ impl Stream {
         }
     }
 
+    /// With a stream: wait until the consumer has taken all `len` bytes
+    /// (see [`StreamOut::drain`]). Nothing to wait for with a file.
+    fn drain(&self, len: u64, cancelled: impl Fn() -> bool, tick: impl FnMut()) -> Result<()> {
+        match &self.out {
+            Out::File { .. } => Ok(()),
+            Out::Stream(s) => s.drain(len, PUBLISH, cancelled, tick),
+        }
+    }
+
     /// The transfer is complete at `len` bytes: cut and sync the file, or
     /// wait for the stream to drain; the SHA-256 of what was written.
     fn finish(&self, len: u64) -> Result<[u8; 32]> {
@@ -1670,7 +1679,15 @@ fn run(
             Some(e) if watched.is_ok() => Err(e),
             _ => watched,
         }?;
-        let digest = r.path.sink.finish(len);
+        // A stream is drained first, so that a cancel still ends a wait
+        // for a consumer that does not read.
+        let sink = r.path.sink.clone();
+        sink.drain(
+            len,
+            || cancel.load(Ordering::Relaxed),
+            || publish(&r.snapshot(base)),
+        )?;
+        let digest = sink.finish(len);
         publish(&r.snapshot(base));
         Ok((len, digest?))
     });

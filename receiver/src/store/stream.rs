@@ -300,6 +300,30 @@ impl StreamOut {
         }
     }
 
+    /// Wait until `len` bytes have been written into the pipe (the
+    /// consumer reads at its own pace), calling `tick` every `every` (to
+    /// publish progress); `cancelled` returning true or the writer's
+    /// failure end the wait. Then [`finish`](Self::finish) returns at once.
+    pub fn drain(
+        &self,
+        len: u64,
+        every: std::time::Duration,
+        cancelled: impl Fn() -> bool,
+        mut tick: impl FnMut(),
+    ) -> Result<()> {
+        while self.shared.written.load(Ordering::Acquire) < len {
+            if cancelled() {
+                return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
+            }
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            tick();
+            std::thread::sleep(every);
+        }
+        Ok(())
+    }
+
     /// Stop the writer without waiting for the rest (failure, cancel); the
     /// pipe is closed. A writer blocked in `write(2)` on a consumer that
     /// does not read is waited for [`ABORT_WAIT`] at most, then left
