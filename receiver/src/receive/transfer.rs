@@ -1211,9 +1211,30 @@ mod tests {
         assert!(t.failure().is_none());
     }
 
+    /// Manifest of session 5: `g`, digest [4; 32], one pass, chunks of two
+    /// blocks under `root`.
+    fn test_manifest(g: Geometry, root: [u8; 32], issued_at: u64) -> Manifest {
+        Manifest {
+            session: 5,
+            geometry: g,
+            digest: [4; 32],
+            passes: 1,
+            flags: 0,
+            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
+            repair_port: 0,
+            fec_repair: 0,
+            fec_group: 0,
+            source: std::net::Ipv6Addr::UNSPECIFIED,
+            chunk_blocks: 2,
+            issued_at,
+            root,
+            zero_runs: [0; 32],
+        }
+    }
+
     #[test]
     fn a_replayed_old_manifest_opens_nothing() {
-        use crate::proto::manifest::{ChunkTree, Manifest};
+        use crate::proto::manifest::ChunkTree;
         use ed25519_dalek::SigningKey;
         let (t, path) = setup("replay", None);
         let _ = std::fs::remove_file(&path);
@@ -1227,25 +1248,8 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let signed_at = |issued_at| {
-            Manifest {
-                session: 5,
-                geometry: g,
-                digest: [4; 32],
-                passes: 1,
-                flags: 0,
-                repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-                repair_port: 0,
-                fec_repair: 0,
-                fec_group: 0,
-                source: std::net::Ipv6Addr::UNSPECIFIED,
-                chunk_blocks: 2,
-                issued_at,
-                root: ChunkTree::build(&data, 200).root(),
-                zero_runs: [0; 32],
-            }
-            .sign(&key)
-        };
+        let root = ChunkTree::build(&data, 200).root();
+        let signed_at = |issued_at| test_manifest(g, root, issued_at).sign(&key);
         let c = t.counters(0);
         let raw = |payload: &[u8]| wire::encode_raw(Kind::Manifest, 5, &g, 0, payload);
         // Genuinely signed, two hours ago: a replay, nothing opened.
@@ -1262,7 +1266,7 @@ mod tests {
 
     #[test]
     fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
-        use crate::proto::manifest::{ChunkTree, Manifest};
+        use crate::proto::manifest::ChunkTree;
         use ed25519_dalek::SigningKey;
         let (t, path) = setup("signed", None);
         let _ = std::fs::remove_file(&path);
@@ -1271,22 +1275,7 @@ mod tests {
         let data = image_bytes(10 * 100 - 30);
         let g = Geometry::new(data.len() as u64, 100);
         let tree = ChunkTree::build(&data, 200);
-        let m = Manifest {
-            session: 5,
-            geometry: g,
-            digest: [4; 32],
-            passes: 1,
-            flags: 0,
-            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-            repair_port: 0,
-            fec_repair: 0,
-            fec_group: 0,
-            source: std::net::Ipv6Addr::UNSPECIFIED,
-            chunk_blocks: 2,
-            issued_at: 0,
-            root: tree.root(),
-            zero_runs: [0; 32],
-        };
+        let m = test_manifest(g, tree.root(), 0);
         let c = t.counters(0);
         let d = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
         let block = |i: u64| {
