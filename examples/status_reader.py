@@ -42,7 +42,17 @@ W = dict(
     worker_ext=768,
     # sparse region
     skipped_bytes=576, skipped_blocks=577, zero_method=578,
+    # repair region: role (0 receiver, 1 sender); a sender's page
+    role=544, sender_phase=545, receivers_known=546, receiving=547,
+    finished=548, failed=549, vanished=550, repair_rounds=551,
+    repair_packets=552, repair_bytes=553, nacks=554, parity_requests=555,
+    reports=556, confirms=557, ignored=558, bytes_sent=559,
 )
+SENDER_FIELDS = ["receivers_known", "receiving", "finished", "failed",
+                 "vanished", "repair_rounds", "repair_packets", "repair_bytes",
+                 "nacks", "parity_requests", "reports", "confirms", "ignored",
+                 "bytes_sent"]
+PHASES = ["waiting", "pass", "repair", "linger", "done"]
 WORKER_WORDS = 8
 LATENCY_WORDS = 3
 MAX_WORKERS = 32
@@ -178,6 +188,13 @@ def decode(w, owner_uid):
     out["storage"] = storage
     sm = W["stream"]
     out["stream"] = dict(zip(STREAM_FIELDS, w[sm:sm + len(STREAM_FIELDS)]))
+    out["role"] = "sender" if w[W["role"]] == 1 else "receiver"
+    out["sender"] = None
+    if w[W["role"]] == 1:
+        ph = w[W["sender_phase"]]
+        sender = {"phase": PHASES[ph] if ph < len(PHASES) else "waiting"}
+        sender.update((k, w[W[k]]) for k in SENDER_FIELDS)
+        out["sender"] = sender
     return out
 
 

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use xdpcast::proto::wire::hex;
 use xdpcast::proto::wire::{self, Control, DropReason, Geometry, Kind};
-use xdpcast::status::page::{self, offsets, Snapshot, State, StatusReader, ZeroMethod};
+use xdpcast::status::page::{
+    self, offsets, Role, SendPhase, Snapshot, State, StatusReader, ZeroMethod,
+};
 use xdpcast::status::report::SessionReport;
 use xdpcast::ErrorCode;
 
@@ -1264,9 +1266,17 @@ fn headers_and_python_reader_match_the_rust_constants() {
         ("SKIPPED_BYTES", SKIPPED_BYTES),
         ("SKIPPED_BLOCKS", SKIPPED_BLOCKS),
         ("ZERO_METHOD", ZERO_METHOD),
+        ("ROLE", ROLE),
+        ("SENDER_PHASE", REPAIR + sender::PHASE),
+        ("SENDER_RECEIVERS_KNOWN", REPAIR + sender::RECEIVERS_KNOWN),
+        ("SENDER_FINISHED", REPAIR + sender::FINISHED),
+        ("SENDER_REPAIR_BYTES", REPAIR + sender::REPAIR_BYTES),
+        ("SENDER_BYTES_SENT", REPAIR + sender::BYTES_SENT),
     ] {
         assert_eq!(num(&format!("XDPCAST_W_{k}")), v as u64, "XDPCAST_W_{k}");
     }
+    assert_eq!(num("XDPCAST_ROLE_SENDER"), Role::Sender as u64);
+    assert_eq!(num("XDPCAST_PHASE_DONE"), SendPhase::Done as u64);
     for (m, name) in [
         (ZeroMethod::None, "NONE"),
         (ZeroMethod::PunchHole, "PUNCH_HOLE"),

@@ -14,7 +14,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::status::page::State;
+use xdpcast::status::page::{Role, SendPhase, State};
 use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
@@ -108,17 +108,36 @@ fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String
         "2",
     ];
     args.extend_from_slice(extra);
-    let tx = start_sender(&lan.hosts[0].ns, &lan.hosts[0].iface, GROUP, &src, &args);
+    let metrics_file = dir.join("tx.prom");
+    let mut c = xdpcast(&lan.hosts[0].ns);
+    c.env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["send", src.to_str().unwrap(), "--group", GROUP])
+        .args([
+            "--iface",
+            &lan.hosts[0].iface,
+            "--name",
+            "tx",
+            "--keep-status",
+        ])
+        .args(["--metrics-file", metrics_file.to_str().unwrap()])
+        .args(&args);
+    let tx = spawn(c);
     if let Some(v) = victim_rx.as_mut() {
         wait_for(Duration::from_secs(60), "the victim's first blocks", || {
             (read_page(&dir.0, "victim").blocks_done > 200).then_some(())
         });
+        // Every receiver reported before the first pass (--min-receivers).
+        let s = read_page(&dir.0, "tx");
+        assert_eq!((s.role, s.state), (Role::Sender, State::InProgress));
+        assert_eq!(s.sender.receivers_known, n as u64 + 1, "{:?}", s.sender);
         v.kill().unwrap();
         v.wait().unwrap();
     }
     let tx_out = wait_output(tx, Duration::from_secs(240), "sender");
     let table = ok(&tx_out, "sender");
     eprintln!("{table}");
+    let figures = Figures::parse(&table);
+    sender_page_and_metrics(&dir.0, n, victim, &figures);
     let want = sha256_hex(&src);
     for (name, rx) in names.iter().zip(rxs) {
         ok(&wait_output(rx, Duration::from_secs(60), name), name);
@@ -134,7 +153,54 @@ fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String
             "{name}"
         );
     }
-    (Figures::parse(&table), table)
+    (figures, table)
+}
+
+/// The sender's status page (kept with --keep-status), the metrics that
+/// `xdpcast metrics` serves from it and the --metrics-file say what the
+/// summary line said: every receiver known, `n` finished, the victim
+/// vanished, the repair sent and the requests taken.
+fn sender_page_and_metrics(status: &Path, n: usize, victim: bool, f: &Figures) {
+    let s = read_page(status, "tx");
+    assert_eq!((s.role, s.state), (Role::Sender, State::Success));
+    let x = s.sender;
+    let v = u64::from(victim);
+    assert_eq!(
+        (
+            x.receivers_known,
+            x.finished,
+            x.failed,
+            x.vanished,
+            x.receiving
+        ),
+        (n as u64 + v, n as u64, 0, v, 0),
+        "{x:?}"
+    );
+    assert_eq!(x.phase, SendPhase::Done);
+    assert_eq!(x.repair_packets, f.repair_packets, "{x:?}");
+    assert_eq!((x.nacks, x.parity_requests), (f.nacks, f.parity_requests));
+    assert!(x.repair_bytes >= x.repair_packets * 1000, "{x:?}");
+    let want = [
+        format!(
+            "xdpcast_sender_receivers_known{{session=\"tx\"}} {}",
+            n as u64 + v
+        ),
+        format!("xdpcast_sender_receivers{{session=\"tx\",state=\"finished\"}} {n}"),
+        format!("xdpcast_sender_receivers{{session=\"tx\",state=\"vanished\"}} {v}"),
+        format!(
+            "xdpcast_sender_repair_bytes_total{{session=\"tx\"}} {}",
+            x.repair_bytes
+        ),
+        "xdpcast_sender_state{session=\"tx\"} 2".to_string(),
+    ];
+    let (mut server, addr) = start_metrics(status, &["--once"]);
+    let served = scrape(&addr);
+    server.wait().unwrap();
+    let file = std::fs::read_to_string(status.join("tx.prom")).unwrap();
+    for w in &want {
+        assert!(served.lines().any(|l| l == w), "{w} not served:\n{served}");
+        assert!(file.lines().any(|l| l == w), "{w} not in the file:\n{file}");
+    }
 }
 
 /// The row of `name` in the sender's table.

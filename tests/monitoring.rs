@@ -133,34 +133,6 @@ impl Drop for MetricsServer {
     }
 }
 
-/// A connection with a read timeout that only stops a hung test.
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    c
-}
-
-/// Send `request` on a new connection and read the reply until the server
-/// closes it: (status line, whole reply).
-fn exchange(addr: &str, request: &str) -> (String, String) {
-    let mut c = connect(addr);
-    c.write_all(request.as_bytes()).unwrap();
-    let mut reply = String::new();
-    c.read_to_string(&mut reply)
-        .unwrap_or_else(|e| panic!("{request:?}: {e}; got {reply:?}"));
-    let status = reply.lines().next().unwrap_or("").to_string();
-    (status, reply)
-}
-
-fn scrape(addr: &str) -> String {
-    let (status, reply) = exchange(
-        addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, "HTTP/1.1 200 OK", "{reply}");
-    reply
-}
-
 #[test]
 fn slow_clients_do_not_stop_scrapes() {
     let dir = TempDir::new("xdpc-mon-slow");

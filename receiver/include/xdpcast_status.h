@@ -77,7 +77,24 @@ extern "C" {
 #define XDPCAST_W_TRUST 512   /* page owner, manifest, authentication */
 #define XDPCAST_W_OWNER_UID 512 /* the writer's euid (the file's owner counts) */
 #define XDPCAST_W_STORAGE 528 /* storage writer and buffer */
-#define XDPCAST_W_REPAIR 544  /* repair, suppression, progress reports */
+#define XDPCAST_W_REPAIR 544  /* role; a sender's receivers and repairs */
+#define XDPCAST_W_ROLE 544    /* XDPCAST_ROLE_*: who writes the page */
+/* A sender's page (role XDPCAST_ROLE_SENDER), words 545-559. */
+#define XDPCAST_W_SENDER_PHASE 545           /* XDPCAST_PHASE_* */
+#define XDPCAST_W_SENDER_RECEIVERS_KNOWN 546 /* receivers that ever reported */
+#define XDPCAST_W_SENDER_RECEIVING 547
+#define XDPCAST_W_SENDER_FINISHED 548
+#define XDPCAST_W_SENDER_FAILED 549
+#define XDPCAST_W_SENDER_VANISHED 550
+#define XDPCAST_W_SENDER_REPAIR_ROUNDS 551
+#define XDPCAST_W_SENDER_REPAIR_PACKETS 552
+#define XDPCAST_W_SENDER_REPAIR_BYTES 553
+#define XDPCAST_W_SENDER_NACKS 554           /* block-range NACK packets received */
+#define XDPCAST_W_SENDER_PARITY_REQUESTS 555 /* parity request packets received */
+#define XDPCAST_W_SENDER_REPORTS 556
+#define XDPCAST_W_SENDER_CONFIRMS 557
+#define XDPCAST_W_SENDER_IGNORED 558
+#define XDPCAST_W_SENDER_BYTES_SENT 559
 #define XDPCAST_W_STREAM 560  /* output stream */
 #define XDPCAST_W_SPARSE 576  /* sparse images */
 #define XDPCAST_W_SKIPPED_BYTES 576  /* bytes of the sender's zero runs made zeros, never sent */
@@ -91,6 +108,16 @@ extern "C" {
 #define XDPCAST_DROP_SLOTS 16
 #define XDPCAST_NAME_LEN 64
 #define XDPCAST_TEXT_LEN 256
+
+/* Values of the role word. */
+#define XDPCAST_ROLE_RECEIVER 0
+#define XDPCAST_ROLE_SENDER 1
+/* Values of a sender's phase word. */
+#define XDPCAST_PHASE_WAITING 0
+#define XDPCAST_PHASE_PASS 1
+#define XDPCAST_PHASE_REPAIR 2
+#define XDPCAST_PHASE_LINGER 3
+#define XDPCAST_PHASE_DONE 4
 
 /* Values of the zero_method word: how the receiver made zero runs read as zeros. */
 #define XDPCAST_ZERO_NONE 0       /* nothing zeroed yet */

@@ -6,6 +6,8 @@
 //! with a message. CI runs as root and never sets it.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -76,8 +78,11 @@ pub fn start_receiver(
     child
 }
 
-/// `xdpcast send SRC --group GROUP --iface IFACE EXTRA...` in `ns`.
+/// `xdpcast send SRC --group GROUP --iface IFACE EXTRA...` in `ns`. Its
+/// status page is named after the process and the call (tests run side by
+/// side with the same group), unless EXTRA gives `--name`.
 pub fn start_sender(ns: &Netns, iface: &str, group: &str, src: &Path, extra: &[&str]) -> Child {
+    static SENDERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let mut c = xdpcast(ns);
     c.args([
         "send",
@@ -88,6 +93,10 @@ pub fn start_sender(ns: &Netns, iface: &str, group: &str, src: &Path, extra: &[&
         iface,
     ])
     .args(extra);
+    if !extra.contains(&"--name") {
+        let n = SENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.args(["--name", &format!("test-tx-{}-{n}", std::process::id())]);
+    }
     spawn(c)
 }
 
@@ -227,6 +236,35 @@ pub fn start_metrics(status: &Path, args: &[&str]) -> (Child, String) {
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_string();
     (child, addr)
+}
+
+/// A connection with a read timeout that only stops a hung test.
+pub fn connect(addr: &str) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c
+}
+
+/// Send `request` on a new connection and read the reply until the server
+/// closes it: (status line, whole reply).
+pub fn exchange(addr: &str, request: &str) -> (String, String) {
+    let mut c = connect(addr);
+    c.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("{request:?}: {e}; got {reply:?}"));
+    let status = reply.lines().next().unwrap_or("").to_string();
+    (status, reply)
+}
+
+/// `GET /metrics` from the server at `addr`: the whole reply.
+pub fn scrape(addr: &str) -> String {
+    let (status, reply) = exchange(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{reply}");
+    reply
 }
 
 /// A loop block device over a file of `len` bytes filled with `fill`,

@@ -17,7 +17,7 @@ use xdpcast::proto::wire::hex;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::send::sender::{self, SendOptions};
 use xdpcast::send::view as send_view;
-use xdpcast::status::page::{self, Snapshot, StatusReader};
+use xdpcast::status::page::{self, Snapshot, StatusReader, StatusWriter};
 use xdpcast::status::{monitor, report, serve};
 use xdpcast::store::stream;
 use xdpcast::store::writer::StoreConfig;
@@ -309,9 +309,11 @@ struct SendRepair {
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     #[arg(long, default_value_t = 0)]
     fec: u16,
-    /// Blocks per FEC group, for --fec and for parity repair.
-    #[arg(long, default_value_t = 64)]
-    fec_group: u32,
+    /// Blocks per FEC group, for --fec and for parity repair (1..=1024;
+    /// default 64 with --fec, else 1024: larger groups make a repair round
+    /// for many receivers cost closer to their average loss).
+    #[arg(long)]
+    fec_group: Option<u32>,
     /// Test loss injection: fraction (0..1) of data and FEC packets not sent.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -324,7 +326,7 @@ impl SendRepair {
         o.max_repair_rounds = self.max_repair_rounds;
         o.max_repair = self.max_repair;
         o.fec_repair = self.fec;
-        o.fec_group = self.fec_group;
+        o.fec_group = self.fec_group.unwrap_or(0);
         o.parity = !self.no_parity;
         o.loss = self.loss;
     }
@@ -353,8 +355,17 @@ struct SendFleet {
     /// After the final end, seconds to wait for receivers still working.
     #[arg(long, default_value_t = 30)]
     linger: u64,
-    /// Write the sender's status (receivers known/done/failed, repair
-    /// packets) as Prometheus text to this file, refreshed while sending.
+    /// Name of the sender's status page (`xdpcast status NAME`; the
+    /// `session` label of its metrics). Default: send- and the group.
+    #[arg(long)]
+    name: Option<String>,
+    /// Leave the sender's status page after exit (remove it with
+    /// `xdpcast close NAME`).
+    #[arg(long)]
+    keep_status: bool,
+    /// Also write the sender's metrics (those `xdpcast metrics` serves
+    /// from its status page) as Prometheus text to this file, for
+    /// node_exporter's textfile collector; refreshed every second.
     #[arg(long)]
     metrics_file: Option<PathBuf>,
 }
@@ -661,14 +672,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.ttl = ttl;
             opts.streams = streams;
             fleet.apply(&mut opts);
+            let name = fleet
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("send-{}", default_name(&group)));
+            let path = page::writer_page_path(&name)?;
+            let page = StatusWriter::create(&path)?;
+            log::info!(target: NOTES, "status page {}", path.display());
+            let mut live = send_view::Live::new(
+                Some(page),
+                &name,
+                &group.to_string(),
+                &file.display().to_string(),
+                fleet.metrics_file.clone(),
+            );
             let pb = progress.then(|| bar(0, "send"));
-            let mut live = send_view::Live::new(fleet.metrics_file.clone());
             let r = sender::send(&file, &opts, |p| {
                 if let Some(pb) = &pb {
                     pb.set_length(p.block_count);
                     pb.set_message(format!(
                         "{} {}; {}; {} zeros skipped",
-                        p.phase,
+                        p.phase.name(),
                         p.pass + 1,
                         send_view::counts(&p.fleet, p.block_count),
                         report::bytes(p.skipped_bytes)
@@ -680,7 +704,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
-            let r = r?;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    live.fail(&e);
+                    if !fleet.keep_status {
+                        remove_page(&live);
+                    }
+                    return Err(e.into());
+                }
+            };
             let secs = r.elapsed.as_secs_f64().max(1e-6);
             let gb = r.geometry.total_size as f64 / 1e9;
             println!(
@@ -709,6 +742,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             live.finish(&r);
             print!("{}", send_view::table(&r));
+            if !fleet.keep_status {
+                remove_page(&live);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Receive {
@@ -966,6 +1002,14 @@ fn emit(text: &str) -> std::io::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r,
+    }
+}
+
+/// Remove the sender's status page (a failure to is only warned about:
+/// the sending is over).
+fn remove_page(live: &send_view::Live) {
+    if let Some(Err(e)) = live.page().map(|p| p.remove()) {
+        log::warn!("{e}");
     }
 }
 

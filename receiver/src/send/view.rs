@@ -1,17 +1,28 @@
-//! What `xdpcast send` shows of its receivers: a live line whenever their
-//! states change, the final table (finished, failed with the code,
-//! vanished), and the sender's Prometheus metrics, written to a file for
-//! node_exporter's textfile collector (`send --metrics-file`).
+//! What `xdpcast send` shows of itself and its receivers: a live line
+//! whenever their states change, the final table (finished, failed with
+//! the code, vanished), and the sender's own status page (role `sender`,
+//! docs/status-page.md), which `xdpcast status`, `xdpcast monitor` and
+//! `xdpcast metrics` read like any page. `send --metrics-file` writes the
+//! same page's metrics ([`report::sender_prometheus`]) for
+//! node_exporter's textfile collector.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::send::fleet::{FleetCounts, RxState};
 use crate::send::sender::{Progress, SendReport};
-use crate::status::report::{counter, gauge, Exposition, Kind, Labels, Metric};
+use crate::status::page::{
+    now_ns, PathMode, Role, SendPhase, SenderStatus, Snapshot, SparseStatus, State, StatusWriter,
+    FLAG_DIGEST, FLAG_GEOMETRY,
+};
+use crate::status::report;
 
+/// How often the page is updated while sending (and at every change of
+/// phase).
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How often the metrics file is rewritten.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -28,21 +39,100 @@ pub fn counts(f: &FleetCounts, block_count: u64) -> String {
     )
 }
 
-/// The live view: a line on stderr when the receivers' states change, and
-/// the metrics file.
+/// The live view: a line on stderr when the receivers' states change, the
+/// sender's status page and the metrics file.
 pub struct Live {
+    page: Option<StatusWriter>,
     metrics: Option<PathBuf>,
+    /// Name, group, source and start of the page.
+    base: Snapshot,
+    started: Instant,
     shown: Option<FleetCounts>,
+    /// Last publication: when, its phase and the bytes sent then.
+    published: Option<(Instant, SendPhase, u64)>,
     written: Option<Instant>,
+    last: Option<Snapshot>,
 }
 
 impl Live {
-    /// A view writing metrics to `metrics` if given.
-    pub fn new(metrics: Option<PathBuf>) -> Live {
-        Live {
+    /// A view publishing on `page` (the session `name` sending `source` to
+    /// `group`), and writing metrics to `metrics` if given.
+    pub fn new(
+        page: Option<StatusWriter>,
+        name: &str,
+        group: &str,
+        source: &str,
+        metrics: Option<PathBuf>,
+    ) -> Live {
+        let base = Snapshot {
+            role: Role::Sender,
+            mode: PathMode::Socket,
+            state: State::InProgress,
+            name: name.into(),
+            group: group.into(),
+            target: source.into(),
+            start_ns: now_ns(),
+            ..Snapshot::default()
+        };
+        let live = Live {
+            page,
             metrics,
+            base,
+            started: Instant::now(),
             shown: None,
+            published: None,
             written: None,
+            last: None,
+        };
+        live.publish(&live.base);
+        live
+    }
+
+    /// The page as of progress `p` (rates left to the caller).
+    fn snapshot(&self, p: &Progress) -> Snapshot {
+        let whole = match p.phase {
+            SendPhase::Waiting => (0, 0),
+            SendPhase::Pass => (p.blocks, p.bytes),
+            _ => (p.block_count, p.total_bytes),
+        };
+        let f = &p.fleet;
+        Snapshot {
+            session_id: p.session.into(),
+            block_size: p.block_size.into(),
+            block_count: p.block_count,
+            total_bytes: p.total_bytes,
+            blocks_done: whole.0,
+            bytes_done: whole.1,
+            packets: p.packets,
+            passes_seen: if p.phase == SendPhase::Waiting {
+                0
+            } else {
+                u64::from(p.pass) + 1
+            },
+            flags: FLAG_GEOMETRY | FLAG_DIGEST,
+            digest: p.digest,
+            sparse: SparseStatus {
+                skipped_bytes: p.skipped_bytes,
+                ..SparseStatus::default()
+            },
+            sender: SenderStatus {
+                phase: p.phase,
+                receivers_known: f.known,
+                receiving: f.receiving,
+                finished: f.finished,
+                failed: f.failed,
+                vanished: f.vanished,
+                repair_rounds: p.repair_rounds.into(),
+                repair_packets: p.repair_packets,
+                repair_bytes: p.repair_bytes,
+                nacks: p.inbound.nacks,
+                parity_requests: p.inbound.parity_requests,
+                reports: p.inbound.reports,
+                confirms: p.inbound.confirms,
+                ignored: p.inbound.ignored,
+                bytes_sent: p.bytes_sent,
+            },
+            ..self.base.clone()
         }
     }
 
@@ -53,22 +143,42 @@ impl Live {
             blocks_receiving: 0,
             ..p.fleet
         };
-        if print && self.shown != Some(states) && p.fleet.known > 0 {
+        let changed = self.shown != Some(states);
+        if print && changed && p.fleet.known > 0 {
             eprintln!(
                 "xdpcast: {} {}: {}",
-                p.phase,
+                p.phase.name(),
                 p.pass + 1,
                 counts(&p.fleet, p.block_count)
             );
         }
         self.shown = Some(states);
+        let due = self.published.is_none_or(|(t, phase, _)| {
+            t.elapsed() >= PUBLISH_EVERY || phase != p.phase || changed
+        });
+        if due {
+            let now = Instant::now();
+            let mut s = self.snapshot(p);
+            if let Some((t, _, sent)) = self.published {
+                let secs = (now - t).as_secs_f64().max(1e-3);
+                s.rate_bps = (p.bytes_sent.saturating_sub(sent) as f64 / secs) as u64;
+            }
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            s.avg_rate_bps = (p.bytes_sent as f64 / secs) as u64;
+            self.published = Some((now, p.phase, p.bytes_sent));
+            self.publish(&s);
+            self.last = Some(s);
+        }
         if self.written.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
             self.written = Some(Instant::now());
-            self.write(&metrics(p));
+            if let Some(s) = &self.last {
+                self.write(&report::sender_prometheus(s));
+            }
         }
     }
 
-    /// Write the final metrics.
+    /// The sending completed: the final page (SUCCESS, phase done, every
+    /// receiver's final state) and metrics.
     pub fn finish(&mut self, r: &SendReport) {
         let mut fleet = FleetCounts::default();
         for rx in &r.receivers {
@@ -80,20 +190,58 @@ impl Live {
                 RxState::Vanished => fleet.vanished += 1,
             }
         }
-        self.write(&metrics(&Progress {
+        let mut s = self.snapshot(&Progress {
             session: r.session,
-            phase: "done",
+            phase: SendPhase::Done,
             pass: 0,
+            repair_rounds: r.repair_rounds,
             blocks: 0,
             block_count: r.geometry.block_count,
             bytes: 0,
             total_bytes: r.geometry.total_size,
+            block_size: r.geometry.block_size,
+            digest: r.digest,
+            packets: r.packets,
+            bytes_sent: r.bytes,
             skipped_bytes: r.skipped_bytes,
             fleet,
             repair_packets: r.repair_packets,
             repair_bytes: r.repair_bytes,
             inbound: r.inbound,
-        }));
+        });
+        s.passes_seen = self.last.as_ref().map_or(0, |l| l.passes_seen);
+        s.state = State::Success;
+        s.end_ns = now_ns();
+        s.avg_rate_bps = (r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-3)) as u64;
+        self.end(s);
+    }
+
+    /// The sending failed with `e`: FAILURE with its code on the page.
+    pub fn fail(&mut self, e: &Error) {
+        let mut s = self.last.clone().unwrap_or_else(|| self.base.clone());
+        s.state = State::Failure;
+        s.error = e.code;
+        s.message = e.message.clone();
+        s.end_ns = now_ns();
+        s.rate_bps = 0;
+        self.end(s);
+    }
+
+    fn end(&mut self, s: Snapshot) {
+        self.publish(&s);
+        self.write(&report::sender_prometheus(&s));
+        self.last = Some(s);
+    }
+
+    fn publish(&self, s: &Snapshot) {
+        if let Some(page) = &self.page {
+            page.publish(s);
+        }
+    }
+
+    /// The page, to remove it (`None` when there is none).
+    pub fn page(&self) -> Option<&StatusWriter> {
+        self.page.as_ref()
     }
 
     /// Replace the metrics file: a new file next to it (never an existing
@@ -115,80 +263,6 @@ impl Live {
             let _ = std::fs::remove_file(&tmp);
         }
     }
-}
-
-/// The sender's counters and gauges, one sample each.
-const SENDER_METRICS: &[Metric<Progress>] = &[
-    gauge(
-        "xdpcast_sender_receivers_known",
-        "Receivers that reported to the sender.",
-        |p| p.fleet.known as f64,
-    ),
-    counter(
-        "xdpcast_sender_repair_packets_total",
-        "Data and RaptorQ symbol packets sent in repair rounds.",
-        |p| p.repair_packets as f64,
-    ),
-    counter(
-        "xdpcast_sender_repair_bytes_total",
-        "Payload bytes sent in repair rounds.",
-        |p| p.repair_bytes as f64,
-    ),
-    counter(
-        "xdpcast_sender_reports_total",
-        "Progress reports received from receivers.",
-        |p| p.inbound.reports as f64,
-    ),
-    counter(
-        "xdpcast_sender_confirms_total",
-        "Confirmations of parity requests multicast to the group.",
-        |p| p.inbound.confirms as f64,
-    ),
-];
-
-/// The sender's metrics in the Prometheus text format (label `session`,
-/// the session id in hex).
-pub fn metrics(p: &Progress) -> String {
-    let mut o = Exposition::new();
-    let session = || -> Labels { vec![("session", format!("{:#010x}", p.session))] };
-    o.families(SENDER_METRICS, &[(session(), p)]);
-    let f = &p.fleet;
-    let by = |k: &'static str, rows: &[(&str, u64)]| -> Vec<(Labels, f64)> {
-        rows.iter()
-            .map(|&(v, n)| {
-                let mut l = session();
-                l.push((k, v.into()));
-                (l, n as f64)
-            })
-            .collect()
-    };
-    o.samples(
-        "xdpcast_sender_receivers",
-        Kind::Gauge,
-        "Receivers per state (finished and failed as they reported, vanished when silent).",
-        &by(
-            "state",
-            &[
-                ("receiving", f.receiving),
-                ("finished", f.finished),
-                ("failed", f.failed),
-                ("vanished", f.vanished),
-            ],
-        ),
-    );
-    o.samples(
-        "xdpcast_sender_requests_total",
-        Kind::Counter,
-        "Repair requests received, by kind.",
-        &by(
-            "kind",
-            &[
-                ("nack", p.inbound.nacks),
-                ("parity", p.inbound.parity_requests),
-            ],
-        ),
-    );
-    o.finish()
 }
 
 /// The final table: one row per receiver that reported.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::Result;
-use crate::status::page::{self, Snapshot, State, StatusReader};
+use crate::status::page::{self, Role, Snapshot, State, StatusReader};
 use crate::status::report;
 
 pub use crate::status::page::STALE_AFTER;
@@ -121,6 +121,24 @@ fn fields(s: &Snapshot) -> Vec<Field> {
     ]);
     if let Some(eta) = eta(s) {
         v.push(f(5, format!("eta {}", clock(eta))));
+    }
+    if s.role == Role::Sender {
+        // A sender: its phase and its receivers instead of loss and drops.
+        let x = &s.sender;
+        v.push(f(
+            2,
+            format!(
+                "sender {} {}: {} rx, {} finished, {} failed, {} vanished",
+                x.phase.name(),
+                s.passes_seen,
+                x.receivers_known,
+                x.finished,
+                x.failed,
+                x.vanished
+            ),
+        ));
+        v.push(f(1, format!("repair {}", report::bytes(x.repair_bytes))));
+        return v;
     }
     v.push(f(
         2,

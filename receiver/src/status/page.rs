@@ -94,8 +94,29 @@ pub mod offsets {
     pub const OWNER_UID: usize = TRUST;
     /// Storage writer and buffer (16 words).
     pub const STORAGE: usize = 528;
-    /// Repair, suppression and progress reports (16 words).
+    /// Repair, suppression and progress reports (16 words): the page's
+    /// role, and on a sender's page its view of the receivers.
     pub const REPAIR: usize = 544;
+    /// Who writes the page: a `Role` (0 for a receiver's page).
+    pub const ROLE: usize = REPAIR;
+    /// Words of a sender's page, relative to [`REPAIR`] (after the role).
+    pub mod sender {
+        pub const PHASE: usize = 1;
+        pub const RECEIVERS_KNOWN: usize = 2;
+        pub const RECEIVING: usize = 3;
+        pub const FINISHED: usize = 4;
+        pub const FAILED: usize = 5;
+        pub const VANISHED: usize = 6;
+        pub const REPAIR_ROUNDS: usize = 7;
+        pub const REPAIR_PACKETS: usize = 8;
+        pub const REPAIR_BYTES: usize = 9;
+        pub const NACKS: usize = 10;
+        pub const PARITY_REQUESTS: usize = 11;
+        pub const REPORTS: usize = 12;
+        pub const CONFIRMS: usize = 13;
+        pub const IGNORED: usize = 14;
+        pub const BYTES_SENT: usize = 15;
+    }
     /// Output stream (16 words).
     pub const STREAM: usize = 560;
     /// Sparse images: runs skipped (16 words).
@@ -261,6 +282,167 @@ impl ZeroMethod {
         .into_iter()
         .find(|m| *m as u64 == v)
         .unwrap_or(ZeroMethod::None)
+    }
+}
+
+/// Who writes a page (word [`offsets::ROLE`]). The discriminant is
+/// published on the page and must not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u64)]
+pub enum Role {
+    /// A receiver (`xdpcast receive`, the session API): every page before
+    /// senders had pages reads as one.
+    #[default]
+    Receiver = 0,
+    /// `xdpcast send`.
+    Sender = 1,
+}
+
+impl Role {
+    fn from_u64(v: u64) -> Role {
+        if v == Role::Sender as u64 {
+            Role::Sender
+        } else {
+            Role::Receiver
+        }
+    }
+
+    /// Lower-case name, for JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Receiver => "receiver",
+            Role::Sender => "sender",
+        }
+    }
+}
+
+/// What a sender is doing. The discriminant is published on the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u64)]
+pub enum SendPhase {
+    /// Announcing, waiting for `--min-receivers`.
+    #[default]
+    Waiting = 0,
+    /// Sending a full pass over the image.
+    Pass = 1,
+    /// Repair rounds: collecting requests, resending.
+    Repair = 2,
+    /// After the final end: waiting for receivers still at work.
+    Linger = 3,
+    /// Finished sending.
+    Done = 4,
+}
+
+impl SendPhase {
+    const ALL: [SendPhase; 5] = [
+        SendPhase::Waiting,
+        SendPhase::Pass,
+        SendPhase::Repair,
+        SendPhase::Linger,
+        SendPhase::Done,
+    ];
+
+    fn from_u64(v: u64) -> SendPhase {
+        Self::ALL
+            .get(v as usize)
+            .copied()
+            .unwrap_or(SendPhase::Waiting)
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendPhase::Waiting => "waiting",
+            SendPhase::Pass => "pass",
+            SendPhase::Repair => "repair",
+            SendPhase::Linger => "linger",
+            SendPhase::Done => "done",
+        }
+    }
+}
+
+/// A sender's view of its receivers and of the repair it did (the scale
+/// region, words 545-559, on a page whose role is [`Role::Sender`]); also
+/// the `sender` object of `xdpcast status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SenderStatus {
+    /// What the sender is doing.
+    pub phase: SendPhase,
+    /// Receivers that ever reported.
+    pub receivers_known: u64,
+    /// Of them, still receiving.
+    pub receiving: u64,
+    /// Reported SUCCESS.
+    pub finished: u64,
+    /// Reported FAILURE (or were told they are too slow).
+    pub failed: u64,
+    /// Went silent before they ended.
+    pub vanished: u64,
+    /// Repair rounds run.
+    pub repair_rounds: u64,
+    /// Data and RaptorQ symbol packets sent in repair rounds.
+    pub repair_packets: u64,
+    /// Payload bytes of those packets.
+    pub repair_bytes: u64,
+    /// Block-range NACK packets received.
+    pub nacks: u64,
+    /// Parity request packets received.
+    pub parity_requests: u64,
+    /// Progress reports received.
+    pub reports: u64,
+    /// Confirmations multicast (answers to parity requests).
+    pub confirms: u64,
+    /// Datagrams on the repair socket ignored (malformed, foreign, outside
+    /// the image, or over the per-address limit).
+    pub ignored: u64,
+    /// Payload bytes of data and symbol packets sent, passes and repairs.
+    pub bytes_sent: u64,
+}
+
+impl SenderStatus {
+    fn words(self) -> [(usize, u64); 15] {
+        use offsets::{sender::*, REPAIR};
+        [
+            (PHASE, self.phase as u64),
+            (RECEIVERS_KNOWN, self.receivers_known),
+            (RECEIVING, self.receiving),
+            (FINISHED, self.finished),
+            (FAILED, self.failed),
+            (VANISHED, self.vanished),
+            (REPAIR_ROUNDS, self.repair_rounds),
+            (REPAIR_PACKETS, self.repair_packets),
+            (REPAIR_BYTES, self.repair_bytes),
+            (NACKS, self.nacks),
+            (PARITY_REQUESTS, self.parity_requests),
+            (REPORTS, self.reports),
+            (CONFIRMS, self.confirms),
+            (IGNORED, self.ignored),
+            (BYTES_SENT, self.bytes_sent),
+        ]
+        .map(|(i, v)| (REPAIR + i, v))
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> SenderStatus {
+        use offsets::sender::*;
+        let r = &w[offsets::REPAIR..][..offsets::REGION_WORDS];
+        SenderStatus {
+            phase: SendPhase::from_u64(r[PHASE]),
+            receivers_known: r[RECEIVERS_KNOWN],
+            receiving: r[RECEIVING],
+            finished: r[FINISHED],
+            failed: r[FAILED],
+            vanished: r[VANISHED],
+            repair_rounds: r[REPAIR_ROUNDS],
+            repair_packets: r[REPAIR_PACKETS],
+            repair_bytes: r[REPAIR_BYTES],
+            nacks: r[NACKS],
+            parity_requests: r[PARITY_REQUESTS],
+            reports: r[REPORTS],
+            confirms: r[CONFIRMS],
+            ignored: r[IGNORED],
+            bytes_sent: r[BYTES_SENT],
+        }
     }
 }
 
@@ -666,6 +848,10 @@ pub struct Snapshot {
     pub storage: StorageStatus,
     /// Output stream (`--out -`).
     pub stream: StreamStatus,
+    /// Who writes the page.
+    pub role: Role,
+    /// A sender's view of its receivers (zero on a receiver's page).
+    pub sender: SenderStatus,
 }
 
 impl Snapshot {
@@ -760,6 +946,10 @@ impl Snapshot {
         );
         w.extend(self.sparse.words());
         w.extend(self.stream.words());
+        w.push((ROLE, self.role as u64));
+        if self.role == Role::Sender {
+            w.extend(self.sender.words());
+        }
         w
     }
 
@@ -823,6 +1013,11 @@ impl Snapshot {
             trust: TrustStatus::from_page(w),
             storage: StorageStatus::from_words(&w[STORAGE..STORAGE + storage::USED]),
             stream: StreamStatus::from_page(w),
+            role: Role::from_u64(w[ROLE]),
+            sender: match Role::from_u64(w[ROLE]) {
+                Role::Sender => SenderStatus::from_page(w),
+                Role::Receiver => SenderStatus::default(),
+            },
         })
     }
 }
@@ -1289,6 +1484,47 @@ mod tests {
         assert_eq!(mode, 0o644);
         w.remove().unwrap();
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_sender_page_round_trips() {
+        let p = tmp_page("sender");
+        let w = StatusWriter::create(&p).unwrap();
+        let want = Snapshot {
+            state: State::InProgress,
+            role: Role::Sender,
+            name: "send-lab".into(),
+            sender: SenderStatus {
+                phase: SendPhase::Repair,
+                receivers_known: 24,
+                receiving: 3,
+                finished: 20,
+                failed: 0,
+                vanished: 1,
+                repair_rounds: 2,
+                repair_packets: 400,
+                repair_bytes: 560_000,
+                nacks: 1,
+                parity_requests: 9,
+                reports: 300,
+                confirms: 8,
+                ignored: 5,
+                bytes_sent: 9_000_000,
+            },
+            ..Default::default()
+        };
+        w.publish(&want);
+        let got = StatusReader::open(&p).unwrap().read().unwrap();
+        assert_eq!((got.role, got.sender), (want.role, want.sender));
+        // A receiver's page has no sender words, whatever the region holds.
+        w.publish(&Snapshot {
+            role: Role::Receiver,
+            ..want
+        });
+        let got = StatusReader::open(&p).unwrap().read().unwrap();
+        assert_eq!(got.role, Role::Receiver);
+        assert_eq!(got.sender, SenderStatus::default());
+        w.remove().unwrap();
     }
 
     #[test]

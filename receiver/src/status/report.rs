@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
-    DiagStatus, PathMode, Snapshot, StorageStatus, StreamStatus, TrustStatus, WorkerStatus,
-    FLAG_DIGEST, STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
+    DiagStatus, PathMode, Role, SenderStatus, Snapshot, StorageStatus, StreamStatus, TrustStatus,
+    WorkerStatus, FLAG_DIGEST, STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
 };
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -64,6 +64,10 @@ pub fn human(s: &Snapshot) -> String {
         );
     }
     let _ = writeln!(o, "state     {}  error {}", s.state.name(), s.error);
+    if s.role == Role::Sender {
+        sender_lines(&mut o, s);
+        return o;
+    }
     let _ = writeln!(o, "path      {}  target {}", s.mode.name(), s.target);
     let _ = writeln!(
         o,
@@ -191,6 +195,65 @@ pub fn human(s: &Snapshot) -> String {
     o
 }
 
+/// The lines of a sender's page after its state.
+fn sender_lines(o: &mut String, s: &Snapshot) {
+    let x = &s.sender;
+    let pct = 100.0 * s.blocks_done as f64 / s.block_count.max(1) as f64;
+    let _ = writeln!(
+        o,
+        "sender    {} (pass {}), source {}",
+        x.phase.name(),
+        s.passes_seen,
+        s.target
+    );
+    let _ = writeln!(
+        o,
+        "progress  {}/{} blocks of the pass ({pct:.1}%), {} of {}",
+        s.blocks_done,
+        s.block_count,
+        bytes(s.bytes_done),
+        bytes(s.total_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "sent      {} packets, {} of data and symbols; now {}, average {}",
+        s.packets,
+        bytes(x.bytes_sent),
+        rate(s.rate_bps),
+        rate(s.avg_rate_bps)
+    );
+    let _ = writeln!(
+        o,
+        "receivers {} known: {} receiving, {} finished, {} failed, {} vanished",
+        x.receivers_known, x.receiving, x.finished, x.failed, x.vanished
+    );
+    let _ = writeln!(
+        o,
+        "repair    {} rounds of {} packets ({}); {} NACKs and {} parity requests in, {} confirmations out, {} reports, {} datagrams ignored",
+        x.repair_rounds,
+        x.repair_packets,
+        bytes(x.repair_bytes),
+        x.nacks,
+        x.parity_requests,
+        x.confirms,
+        x.reports,
+        x.ignored
+    );
+    if s.sparse.skipped_bytes > 0 {
+        let _ = writeln!(
+            o,
+            "sparse    {} of zeros in this pass announced, not sent",
+            bytes(s.sparse.skipped_bytes)
+        );
+    }
+    if s.flags & FLAG_DIGEST != 0 {
+        let _ = writeln!(o, "sha256    {}", hex(&s.digest));
+    }
+    if !s.message.is_empty() {
+        let _ = writeln!(o, "message   {}", s.message);
+    }
+}
+
 /// `N frames of the session on RX queue(s) Q without an AF_XDP socket`:
 /// what the XDP program passed to the kernel for want of a socket on the
 /// queue (see [`UNSERVED_FIX`]).
@@ -294,6 +357,11 @@ pub struct SessionReport {
     pub storage: StorageStatus,
     /// The output stream of `--out -` (words 560-563; all 0 otherwise).
     pub stream: StreamStatus,
+    /// Who writes the page: `receiver` or `sender`.
+    pub role: String,
+    /// A sender's view of its receivers and repairs (words 545-559); null
+    /// on a receiver's page.
+    pub sender: Option<SenderStatus>,
 }
 
 /// The signed-session words of a [`SessionReport`] (docs/status-page.md,
@@ -414,6 +482,8 @@ impl SessionReport {
             trust: TrustReport::new(&s.trust),
             storage: s.storage,
             stream: s.stream,
+            role: s.role.name().into(),
+            sender: (s.role == Role::Sender).then_some(s.sender),
         }
     }
 }
@@ -817,14 +887,180 @@ pub const WORKER_METRICS: &[Metric<WorkerStatus>] = &[
     ),
 ];
 
+/// A sender's counters and gauges, one sample per sender page (label
+/// `session`, the page's name).
+pub const SENDER_METRICS: &[Metric<Snapshot>] = &[
+    gauge(
+        "xdpcast_sender_state",
+        "State: 1 IN_PROGRESS (sending), 2 SUCCESS (sending completed), 3 FAILURE.",
+        |s| s.state as u64 as f64,
+    ),
+    gauge(
+        "xdpcast_sender_error_code",
+        "Error code (docs/status-page.md); 0 unless FAILURE.",
+        |s| f64::from(s.error as u32),
+    ),
+    gauge(
+        "xdpcast_sender_stale",
+        "1 if the sender died or has not updated its page for 5 s while running.",
+        |s| f64::from(u8::from(s.is_stale(STALE_AFTER))),
+    ),
+    gauge(
+        "xdpcast_sender_phase",
+        "0 waiting for receivers, 1 pass, 2 repair rounds, 3 lingering for receivers, 4 done.",
+        |s| s.sender.phase as u64 as f64,
+    ),
+    gauge(
+        "xdpcast_sender_pass",
+        "Pass or repair round being sent (counted from 1).",
+        |s| s.passes_seen as f64,
+    ),
+    gauge(
+        "xdpcast_sender_image_bytes",
+        "Image size in bytes.",
+        |s| s.total_bytes as f64,
+    ),
+    gauge(
+        "xdpcast_sender_pass_bytes",
+        "Bytes of the image behind the sender in this pass.",
+        |s| s.bytes_done as f64,
+    ),
+    gauge(
+        "xdpcast_sender_rate_bytes_per_second",
+        "Data and symbol bytes sent per second over the last update interval.",
+        |s| s.rate_bps as f64,
+    ),
+    counter(
+        "xdpcast_sender_packets_total",
+        "Datagrams sent, all kinds.",
+        |s| s.packets as f64,
+    ),
+    counter(
+        "xdpcast_sender_sent_bytes_total",
+        "Payload bytes of data and symbol packets sent, passes and repairs.",
+        |s| s.sender.bytes_sent as f64,
+    ),
+    gauge(
+        "xdpcast_sender_receivers_known",
+        "Receivers that reported to the sender.",
+        |s| s.sender.receivers_known as f64,
+    ),
+    counter(
+        "xdpcast_sender_repair_rounds_total",
+        "Repair rounds run.",
+        |s| s.sender.repair_rounds as f64,
+    ),
+    counter(
+        "xdpcast_sender_repair_packets_total",
+        "Data and RaptorQ symbol packets sent in repair rounds.",
+        |s| s.sender.repair_packets as f64,
+    ),
+    counter(
+        "xdpcast_sender_repair_bytes_total",
+        "Payload bytes sent in repair rounds.",
+        |s| s.sender.repair_bytes as f64,
+    ),
+    counter(
+        "xdpcast_sender_reports_total",
+        "Progress reports received from receivers.",
+        |s| s.sender.reports as f64,
+    ),
+    counter(
+        "xdpcast_sender_confirms_total",
+        "Confirmations of parity requests multicast to the group.",
+        |s| s.sender.confirms as f64,
+    ),
+    counter(
+        "xdpcast_sender_ignored_total",
+        "Datagrams on the repair socket ignored: malformed, foreign, outside the image, or over the per-address limit.",
+        |s| s.sender.ignored as f64,
+    ),
+];
+
+/// The families of sender pages: [`SENDER_METRICS`], an info family, the
+/// receivers per state and the requests per kind.
+fn sender_families(o: &mut Exposition, pages: &[&Snapshot]) {
+    let session = |s: &Snapshot| -> Labels { vec![("session", s.name.clone())] };
+    let info: Vec<(Labels, f64)> = pages
+        .iter()
+        .map(|s| {
+            let mut l = session(s);
+            l.extend([
+                ("group", s.group.clone()),
+                ("source", s.target.clone()),
+                ("session_id", format!("{:#010x}", s.session_id)),
+                ("state", s.state.name().into()),
+                ("phase", s.sender.phase.name().into()),
+            ]);
+            (l, 1.0)
+        })
+        .collect();
+    o.samples(
+        "xdpcast_sender_info",
+        Kind::Gauge,
+        "Sender description; the value is always 1.",
+        &info,
+    );
+    let per_page: Vec<(Labels, &Snapshot)> = pages.iter().map(|s| (session(s), *s)).collect();
+    o.families(SENDER_METRICS, &per_page);
+    let by = |k: &'static str, rows: &dyn Fn(&SenderStatus) -> Vec<(&'static str, u64)>| {
+        pages
+            .iter()
+            .flat_map(|s| {
+                rows(&s.sender).into_iter().map(move |(v, n)| {
+                    let mut l = session(s);
+                    l.push((k, v.into()));
+                    (l, n as f64)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    o.samples(
+        "xdpcast_sender_receivers",
+        Kind::Gauge,
+        "Receivers per state (finished and failed as they reported, vanished when silent).",
+        &by("state", &|x| {
+            vec![
+                ("receiving", x.receiving),
+                ("finished", x.finished),
+                ("failed", x.failed),
+                ("vanished", x.vanished),
+            ]
+        }),
+    );
+    o.samples(
+        "xdpcast_sender_requests_total",
+        Kind::Counter,
+        "Repair requests received, by kind.",
+        &by("kind", &|x| {
+            vec![("nack", x.nacks), ("parity", x.parity_requests)]
+        }),
+    );
+}
+
 /// Quantiles of the batch latency published on the page.
 const BATCH_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 
+/// The metrics of one sender page alone (what `send --metrics-file`
+/// writes): the same families as in [`prometheus`].
+pub fn sender_prometheus(s: &Snapshot) -> String {
+    let mut o = Exposition::new();
+    sender_families(&mut o, &[s]);
+    o.finish()
+}
+
 /// Every page in Prometheus text exposition format (version 0.0.4), one
 /// family per metric with a sample per session (label `session`), plus
-/// `unreadable` pages that could not be read.
-pub fn prometheus(pages: &[Snapshot], unreadable: usize) -> String {
+/// `unreadable` pages that could not be read. Receivers' pages give the
+/// `xdpcast_session_*`, `xdpcast_worker_*`... families, senders' pages the
+/// `xdpcast_sender_*` ones.
+pub fn prometheus(all: &[Snapshot], unreadable: usize) -> String {
     let mut o = Exposition::new();
+    let (senders, pages): (Vec<&Snapshot>, Vec<&Snapshot>) =
+        all.iter().partition(|s| s.role == Role::Sender);
+    if !senders.is_empty() {
+        sender_families(&mut o, &senders);
+    }
     let session = |s: &Snapshot| -> Labels { vec![("session", s.name.clone())] };
     let info: Vec<(Labels, f64)> = pages
         .iter()
@@ -846,7 +1082,7 @@ pub fn prometheus(pages: &[Snapshot], unreadable: usize) -> String {
         "Session description; the value is always 1.",
         &info,
     );
-    let per_page: Vec<(Labels, &Snapshot)> = pages.iter().map(|s| (session(s), s)).collect();
+    let per_page: Vec<(Labels, &Snapshot)> = pages.iter().map(|s| (session(s), *s)).collect();
     o.families(SESSION_METRICS, &per_page);
     let drops: Vec<(Labels, f64)> = pages
         .iter()
@@ -1094,7 +1330,12 @@ mod tests {
         for k in first_column(json) {
             assert!(keys.contains(&k), "docs/status-page.md lists JSON key {k}");
         }
-        let text = prometheus(&[s], 0);
+        let sender = Snapshot {
+            name: "send-lab".into(),
+            role: Role::Sender,
+            ..Snapshot::default()
+        };
+        let text = prometheus(&[s, sender], 0);
         let families: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
