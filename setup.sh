@@ -10,7 +10,8 @@
 #   prometheus                promtool and the Prometheus server for tests/monitoring.rs
 #                             (the exposition check and the dashboard queries)
 #   ethtool                   one TX queue on a veth in tests/xdp.rs (frames on a queue
-#                             without a socket)
+#                             without a socket); GRO on the veth for the bench's
+#                             socket+GRO row
 #   tmux                      a real terminal of 80 and 200 columns for `xdpcast monitor`
 #                             in tests/api.rs
 set -euo pipefail

@@ -79,9 +79,10 @@ WORKER_FIELDS = ["queue", "cpu", "packets", "bytes", "blocks", "drops",
                  "batches", "ring_drops"]
 LATENCY_FIELDS = ["batch_p50_ns", "batch_p99_ns", "batch_p999_ns"]
 WORKER_EXT_WORDS = 8
-# Extension slot words 0-3: the AF_XDP socket's kernel XDP_STATISTICS.
+# Extension slot words 0-3: the AF_XDP socket's kernel XDP_STATISTICS;
+# word 4: socket path messages of several GRO-coalesced datagrams.
 WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
-                     "fill_ring_empty"]
+                     "fill_ring_empty", "gro_messages"]
 # Storage region (word 528 + i): the staging writer.
 STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "bytes_stored", "chunks_full", "chunks_partial",

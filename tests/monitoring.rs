@@ -38,6 +38,7 @@ fn sample_pages(dir: &TempDir) -> Vec<StatusWriter> {
             fill_ring_empty: 3,
             ..Default::default()
         },
+        gro_messages: 0,
     };
     let mut live = Snapshot {
         state: State::InProgress,

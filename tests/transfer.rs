@@ -12,6 +12,7 @@ use xdpcast::proto::wire::hex;
 use xdpcast::proto::wire::{self, DropReason, Geometry};
 use xdpcast::status::page::{PathMode, State};
 use xdpcast::ErrorCode;
+use xdpcast_bench::blast::{blast, BlastOptions};
 
 const MIB: usize = 1 << 20;
 const GROUP: &str = "239.7.7.7:5000";
@@ -69,14 +70,19 @@ fn assert_success(
     assert!(s.workers.iter().map(|w| w.blocks).sum::<u64>() == s.block_count);
 }
 
+/// A namespace whose `lo` carries the group, and images of `len` bytes.
+fn on_loopback(prefix: &str, len: usize, seed: u64) -> (Netns, Images) {
+    let ns = Netns::new(prefix);
+    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+    (ns, Images::new(prefix, len, seed))
+}
+
 #[test]
 fn socket_path_on_loopback_64mib() {
     if !netns_allowed() {
         return;
     }
-    let ns = Netns::new("xdpc-lo");
-    ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
-    let Images { dir, src, dst } = Images::new("xdpc-lo", 64 * MIB, 1);
+    let (ns, Images { dir, src, dst }) = on_loopback("xdpc-lo", 64 * MIB, 1);
     let rx = receiver(&ns, "lo", &dir.0, "lo", dst.to_str().unwrap());
     let tx = send(
         &ns,
@@ -99,6 +105,49 @@ fn socket_path_between_namespaces_64mib() {
     let tx = send(&net.a, &net.if_a, &src, &["--rate", "1G", "--passes", "3"]);
     let out = finish(rx, tx);
     assert_success(&out, &dir.0, "veth", &src, &dst, PathMode::Socket);
+}
+
+/// `--socket-gro on`: the bench's blast sender with UDP GSO on `lo` (the
+/// loopback keeps each 45-datagram GSO message whole, and a `UDP_GRO`
+/// socket takes it as one message with its segment size, as from a NIC's
+/// GRO); the worker splits the messages into blocks and the image lands.
+#[test]
+fn socket_gro_messages_are_split_into_blocks() {
+    if !netns_allowed() {
+        return;
+    }
+    let (ns, Images { dir, src, dst }) = on_loopback("xdpc-gro", 8 * MIB + 77, 5);
+    let args = ["--iface", "lo", "--mode", "socket", "--socket-gro", "on"];
+    let rx = start_receiver(
+        xdpcast(&ns),
+        &dir.0,
+        "gro",
+        GROUP,
+        &[&args[..], &["--out", dst.to_str().unwrap()]].concat(),
+    );
+    let opts = BlastOptions {
+        group: GROUP.parse().unwrap(),
+        iface: "lo".into(),
+        passes: 3,
+        block_size: 1400,
+        session: 7,
+        gso: true,
+        rate_bps: Some(400_000_000),
+    };
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter_thread().unwrap();
+            blast(&src, &opts, |_| {}).unwrap()
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(report.segments > 1, "the sender used no GSO");
+    let out = wait_output(rx, Duration::from_secs(120), "receiver");
+    assert_success(&out, &dir.0, "gro", &src, &dst, PathMode::Socket);
+    let w = &read_page(&dir.0, "gro").workers[0];
+    assert!(w.gro_messages > 0, "no coalesced message: {w:?}");
+    assert!(w.packets > w.gro_messages * 2);
 }
 
 /// Python one-liner run in the namespace that sends the given datagrams.

@@ -3,6 +3,7 @@
 //! test or an interrupted run leaves nothing behind (the veth pair goes with
 //! its namespaces). Addresses are 10.99.N.1/2 inside the namespaces only.
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -75,6 +76,17 @@ impl Netns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
         c
+    }
+    /// Move the calling thread (not the process) into the namespace, for
+    /// an in-process sender; the thread should end when done with it.
+    pub fn enter_thread(&self) -> std::io::Result<()> {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        // SAFETY: setns on a valid namespace descriptor affects only the
+        // calling thread's network namespace.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

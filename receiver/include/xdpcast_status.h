@@ -146,6 +146,8 @@ extern "C" {
 #define XDPCAST_WX_RX_INVALID_DESCS 1
 #define XDPCAST_WX_RX_RING_FULL 2
 #define XDPCAST_WX_FILL_RING_EMPTY 3
+/* Socket path: messages of several datagrams coalesced by GRO (UDP_GRO). */
+#define XDPCAST_WX_GRO_MESSAGES 4
 
 /* Words of the storage region, relative to XDPCAST_W_STORAGE. */
 #define XDPCAST_ST_BUFFER_BYTES 0

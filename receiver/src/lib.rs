@@ -17,12 +17,13 @@
 //! - [`net`]: the kernel edge: the XDP program's loader, AF_XDP rings,
 //!   kernel sockets and frame decapsulation.
 //!
-//! [`safe_fs`] (opening paths in directories other users may write) and
-//! [`error`] serve every stage.
+//! [`safe_fs`] (opening paths in directories other users may write),
+//! [`cpu`] (thread placement and priority) and [`error`] serve every stage.
 
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cpu;
 pub mod error;
 pub mod net;
 pub mod proto;

@@ -5,7 +5,8 @@
 //! pinned to CPU 0, the receiver to CPU 1. Every configuration runs `--runs`
 //! times (default 3); the tables show the median and the range.
 //!
-//! - **compare**: xdpcast's XDP path and socket path, fed by `xdpcast-bench
+//! - **compare**: xdpcast's XDP path and socket path (plain `recvmmsg`, and
+//!   with `UDP_GRO` and GRO on the receiving veth), fed by `xdpcast-bench
 //!   blast --no-gso` (so frames cross the veth one by one in every row, as
 //!   from a NIC; unpaced unless `--rate-mbps`), and udpcast's `udp-receiver`
 //!   fed by its own `udp-sender`; target on tmpfs.
@@ -400,19 +401,63 @@ impl Drop for Proc {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Receiver {
     Xdp,
+    /// `recvmmsg`, one datagram per message (`--socket-gro off`).
     Socket,
+    /// `recvmmsg` with `UDP_GRO` (`--socket-gro on`), GRO on the veth.
+    SocketGro,
     Udpcast,
 }
 
 impl Receiver {
-    const ALL: [Receiver; 3] = [Receiver::Xdp, Receiver::Socket, Receiver::Udpcast];
+    const ALL: [Receiver; 4] = [
+        Receiver::Xdp,
+        Receiver::Socket,
+        Receiver::SocketGro,
+        Receiver::Udpcast,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Receiver::Xdp => "xdpcast XDP",
             Receiver::Socket => "xdpcast socket",
+            Receiver::SocketGro => "xdpcast socket+GRO",
             Receiver::Udpcast => "udpcast",
         }
+    }
+}
+
+/// GRO on the receiving veth, for the socket+GRO row: a NIC has it on by
+/// default, a veth without an XDP program does not. Off again on drop.
+struct VethGro<'a>(&'a VethPair);
+
+impl<'a> VethGro<'a> {
+    fn on(net: &'a VethPair) -> Result<VethGro<'a>> {
+        let g = VethGro(net);
+        g.set("on")?;
+        Ok(g)
+    }
+
+    fn set(&self, v: &str) -> Result<()> {
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0.b.name,
+                "ethtool",
+                "-K",
+                &self.0.if_b,
+                "gro",
+                v,
+            ])
+            .status()?;
+        ensure!(st.success(), "ethtool -K {} gro {v} failed", self.0.if_b);
+        Ok(())
+    }
+}
+
+impl Drop for VethGro<'_> {
+    fn drop(&mut self) {
+        let _ = self.set("off");
     }
 }
 
@@ -602,6 +647,7 @@ fn run_xdpcast(
     ctx: &Ctx,
     net: &VethPair,
     mode: &str,
+    flags: &[&str],
     target: &Target,
     rate_mbps: Option<u64>,
 ) -> Result<Metrics> {
@@ -640,7 +686,10 @@ fn run_xdpcast(
             "30",
             "--idle-timeout",
             "5",
-        ],
+        ]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect::<Vec<_>>(),
         &[("XDPCAST_STATUS_DIR", &status_dir)],
         &ctx.work.join(format!("rx-{mode}.log")),
     )?;
@@ -1144,7 +1193,14 @@ pub fn run(args: Args) -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the benchmark needs root (namespaces, XDP)"
     );
-    for tool in ["ip", "taskset", "sha256sum", "udp-sender", "udp-receiver"] {
+    for tool in [
+        "ip",
+        "taskset",
+        "ethtool",
+        "sha256sum",
+        "udp-sender",
+        "udp-receiver",
+    ] {
         ensure!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -1248,10 +1304,15 @@ pub fn run(args: Args) -> Result<()> {
                     check_interrupt()?;
                     eprintln!("bench: MTU {mtu}, {}, run {}", r.name(), i + 1);
                     let result = match r {
-                        Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp", &tmpfs, ctx.rate_mbps),
+                        Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp", &[], &tmpfs, ctx.rate_mbps),
                         Receiver::Socket => {
-                            run_xdpcast(&ctx, &net, "socket", &tmpfs, ctx.rate_mbps)
+                            let off = ["--socket-gro", "off"];
+                            run_xdpcast(&ctx, &net, "socket", &off, &tmpfs, ctx.rate_mbps)
                         }
+                        Receiver::SocketGro => VethGro::on(&net).and_then(|_gro| {
+                            let on = ["--socket-gro", "on"];
+                            run_xdpcast(&ctx, &net, "socket", &on, &tmpfs, ctx.rate_mbps)
+                        }),
                         Receiver::Udpcast => run_udpcast(&ctx, &net),
                     };
                     check_interrupt()?;
@@ -1321,7 +1382,7 @@ pub fn run(args: Args) -> Result<()> {
                     if let Some(l) = &lo {
                         l.drop_cache()?;
                     }
-                    let result = run_xdpcast(&ctx, &net, "xdp", &target, mbps);
+                    let result = run_xdpcast(&ctx, &net, "xdp", &[], &target, mbps);
                     check_interrupt()?;
                     o.runs.push(result.map_err(|e| format!("{e:#}")));
                     if let Some(Err(e)) = o.runs.last() {

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use xdpcast::net::rings::{CopyMode, XskConfig};
-use xdpcast::net::socket::Group;
+use xdpcast::net::socket::{GroRequest, Group};
 use xdpcast::net::steer::{self, AttachRequest};
 use xdpcast::proto::wire::hex;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
@@ -69,6 +69,13 @@ enum Attach {
     Auto,
     Native,
     Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SocketGro {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,12 +176,22 @@ enum Cmd {
         /// AF_XDP copy mode.
         #[arg(long = "xsk-copy", value_enum, default_value_t = XskCopy::Auto)]
         xsk_copy: XskCopy,
+        /// Socket path: take datagrams the interface's GRO coalesced as one
+        /// message each and split them (UDP_GRO, Linux 5.0+): fewer system
+        /// calls and socket wake-ups per block. auto: when the kernel has
+        /// it; on: a kernel without it fails the session. Needs GRO on the
+        /// interface (NICs: on by default; veth: `ethtool -K IF gro on`).
+        #[arg(long, value_enum, default_value_t = SocketGro::Auto)]
+        socket_gro: SocketGro,
         /// RX queues to serve: `all` (the default) or numbers, comma
         /// separated. Frames of the session on a queue left out are counted
         /// on the status page (unserved) and named in a warning.
         #[arg(long, value_parser = parse_queues)]
         queues: Option<Queues>,
-        /// Cores to pin the workers to, comma separated.
+        /// Cores to pin the workers to, comma separated (default: the CPUs
+        /// this process may use, in order). Workers run at nice -10 where
+        /// the process may raise its priority (root); the staging writer
+        /// thread runs on the process's other CPUs when there are any.
         #[arg(long, value_delimiter = ',')]
         cores: Option<Vec<usize>>,
         /// UMEM frames per queue (4 KiB each).
@@ -757,6 +774,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mode,
             attach,
             xsk_copy,
+            socket_gro,
             queues,
             cores,
             frames,
@@ -807,6 +825,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             req.store = StoreConfig {
                 buffer_bytes: buffer_mib << 20,
+            };
+            req.socket_gro = match socket_gro {
+                SocketGro::Auto => GroRequest::Auto,
+                SocketGro::On => GroRequest::On,
+                SocketGro::Off => GroRequest::Off,
             };
             req.queues = queues.and_then(|q| q.0);
             req.cores = cores;

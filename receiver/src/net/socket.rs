@@ -238,6 +238,43 @@ fn join_source_group(sock: &Socket, group: IpAddr, source: IpAddr, ifindex: u32)
     setsockopt(sock, level, libc::MCAST_JOIN_SOURCE_GROUP, &req)
 }
 
+/// Whether the socket path asks the kernel for GRO'd datagrams (`UDP_GRO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroRequest {
+    /// Enable it when the kernel has it (5.0+), else receive one by one.
+    Auto,
+    /// Enable it; a kernel without it fails the session.
+    On,
+    /// Never: one datagram per message.
+    Off,
+}
+
+/// Largest UDP payload, and so the largest GRO'd super-datagram the
+/// kernel hands over (it never coalesces beyond 64 KiB).
+pub const MAX_UDP_PAYLOAD: usize = 65_535;
+
+/// Ask for `UDP_GRO` as `req` says (udp(7)): consecutive datagrams of one
+/// flow that the interface's GRO coalesced then reach the socket as one
+/// message of up to 64 KiB, with their size in a `UDP_GRO` control message
+/// ([`MsgBatch::recv`] reports it, [`Received::segments`] splits). Without
+/// it the kernel segments them again before the socket. Returns whether it
+/// is on. The interface must do GRO for anything to be coalesced (NICs
+/// do by default; veth only with `ethtool -K IF gro on` or XDP attached).
+pub fn set_gro(sock: &Socket, req: GroRequest) -> Result<bool> {
+    if req == GroRequest::Off {
+        return Ok(false);
+    }
+    let on: libc::c_int = 1;
+    match setsockopt(sock, libc::SOL_UDP, libc::UDP_GRO, &on) {
+        Ok(()) => Ok(true),
+        Err(e) if req == GroRequest::Auto => {
+            log::debug!("UDP_GRO not available ({e}): datagrams one by one");
+            Ok(false)
+        }
+        Err(e) => Err(net_err("setsockopt UDP_GRO".into(), e)),
+    }
+}
+
 fn force_rcvbuf(sock: &Socket, bytes: usize) {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     // Failure (not root) leaves the size set by SO_RCVBUF, which is fine.
@@ -322,6 +359,33 @@ pub struct MsgBatch<const IOVS: usize> {
     iovs: Vec<[libc::iovec; IOVS]>,
     /// Source address of each received message.
     names: Vec<libc::sockaddr_storage>,
+    /// Control message buffer of each received message (room for one
+    /// `UDP_GRO` cmsg; u64 for the cmsghdr's alignment).
+    ctrl: Vec<[u64; CTRL_WORDS]>,
+}
+
+/// u64 words of control buffer per message: CMSG_SPACE(sizeof(int)) is 24
+/// bytes on 64-bit Linux; 32 leaves room.
+const CTRL_WORDS: usize = 4;
+
+/// One received message: `len` bytes from `from`, made of datagrams of
+/// `segment` bytes each (the last may be shorter): one datagram unless the
+/// kernel coalesced several (`UDP_GRO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received.
+    pub len: usize,
+    /// Source address.
+    pub from: Option<IpAddr>,
+    /// Size of each coalesced datagram; `len` when there is one.
+    pub segment: usize,
+}
+
+impl Received {
+    /// The datagrams of this message in `buf` (its receive buffer).
+    pub fn segments<'a>(&self, buf: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        buf[..self.len].chunks(self.segment.max(1))
+    }
 }
 
 // SAFETY: the raw pointers inside are only set and used within one call of
@@ -345,6 +409,7 @@ impl<const IOVS: usize> MsgBatch<IOVS> {
             hdrs: vec![zero_hdr; n],
             iovs: vec![zero_iov; n],
             names: vec![zero_name; n],
+            ctrl: vec![[0; CTRL_WORDS]; n],
         }
     }
 
@@ -357,6 +422,8 @@ impl<const IOVS: usize> MsgBatch<IOVS> {
         let h = &mut self.hdrs[i];
         h.msg_hdr.msg_iov = self.iovs[i].as_mut_ptr();
         h.msg_hdr.msg_iovlen = parts;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
         h.msg_len = 0;
     }
 }
@@ -382,15 +449,36 @@ fn ip_of(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> 
     }
 }
 
+/// The segment size of a `UDP_GRO` control message in `h`'s control
+/// buffer, if there is one.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `h` was filled in by recvmmsg: msg_control points at our
+    // control buffer and msg_controllen says how much of it the kernel
+    // wrote; the CMSG_* walk stays inside that length, and a UDP_GRO cmsg
+    // carries one int (read unaligned, as CMSG_DATA may not be).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok().filter(|&v| v > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
 impl MsgBatch<1> {
-    /// Receive up to `bufs.len()` datagrams (blocking for the first one up to
-    /// the socket's read timeout). Returns the length and the source address
-    /// of each datagram; an empty vector on timeout.
+    /// Receive up to `bufs.len()` messages (blocking for the first one up
+    /// to the socket's read timeout) into `got`: length, source address and
+    /// datagram size of each (several datagrams per message with
+    /// `UDP_GRO`, see [`set_gro`]); left empty on timeout.
     pub fn recv(
         &mut self,
         sock: &Socket,
         bufs: &mut [Vec<u8>],
-        got: &mut Vec<(usize, Option<IpAddr>)>,
+        got: &mut Vec<Received>,
     ) -> io::Result<()> {
         let n = bufs.len().min(self.capacity());
         for (i, b) in bufs.iter_mut().take(n).enumerate() {
@@ -402,11 +490,13 @@ impl MsgBatch<1> {
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<[u64; CTRL_WORDS]>() as _;
         }
         // SAFETY: the first `n` headers point at iovecs that point at `n`
         // live, writable buffers of the given lengths, and at `n` address
-        // buffers of the given size, all borrowed for the duration of the
-        // call.
+        // and control buffers of the given sizes, all borrowed for the
+        // duration of the call.
         let rc = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -430,7 +520,14 @@ impl MsgBatch<1> {
             self.hdrs[..rc as usize]
                 .iter()
                 .zip(&self.names)
-                .map(|(h, name)| (h.msg_len as usize, ip_of(name, h.msg_hdr.msg_namelen))),
+                .map(|(h, name)| {
+                    let len = h.msg_len as usize;
+                    Received {
+                        len,
+                        from: ip_of(name, h.msg_hdr.msg_namelen),
+                        segment: gro_segment(&h.msg_hdr).unwrap_or(len),
+                    }
+                }),
         );
         Ok(())
     }
@@ -530,16 +627,7 @@ mod tests {
 
     #[test]
     fn batched_send_and_receive_over_loopback_unicast() {
-        let rx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        rx.bind(&SockAddr::from(
-            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
-        ))
-        .unwrap();
-        rx.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let to = rx.local_addr().unwrap();
-        let tx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        tx.connect(&to).unwrap();
+        let (rx, tx) = loopback_pair();
         let msgs: Vec<(&[u8], &[u8])> = vec![(b"ab", b"cd"), (b"e", b"")];
         assert_eq!(MsgBatch::<2>::new(8).send(&tx, &msgs).unwrap(), 2);
         let mut bufs = vec![vec![0u8; 64]; 4];
@@ -551,10 +639,58 @@ mod tests {
             got.extend(
                 lens.iter()
                     .enumerate()
-                    .map(|(i, &(l, from))| (bufs[i][..l].to_vec(), from)),
+                    .map(|(i, r)| (bufs[i][..r.len].to_vec(), r.from)),
             );
         }
         let from = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(got, vec![(b"abcd".to_vec(), from), (b"e".to_vec(), from)]);
+    }
+
+    /// A loopback pair: the receiver bound with a timeout, the sender
+    /// connected to it.
+    fn loopback_pair() -> (Socket, Socket) {
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        rx.bind(&SockAddr::from(
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        ))
+        .unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let tx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        tx.connect(&rx.local_addr().unwrap()).unwrap();
+        (rx, tx)
+    }
+
+    #[test]
+    fn gro_messages_are_split_into_their_datagrams() {
+        // A GSO send on loopback reaches a UDP_GRO socket as one message
+        // with its segment size, as a NIC's GRO would coalesce it.
+        let payload: Vec<u8> = (0..350u32).map(|i| i as u8).collect();
+        for req in [GroRequest::On, GroRequest::Off] {
+            let (rx, tx) = loopback_pair();
+            assert_eq!(set_gro(&rx, req).unwrap(), req == GroRequest::On);
+            setsockopt(&tx, libc::SOL_UDP, libc::UDP_SEGMENT, &100 as &libc::c_int).unwrap();
+            tx.send(&payload).unwrap();
+            let mut bufs = vec![vec![0u8; MAX_UDP_PAYLOAD]; 8];
+            let mut batch = MsgBatch::<1>::new(8);
+            let (mut got, mut messages) = (Vec::new(), Vec::new());
+            while got.len() < 4 {
+                batch.recv(&rx, &mut bufs, &mut messages).unwrap();
+                assert!(
+                    !messages.is_empty(),
+                    "timed out after {} datagrams",
+                    got.len()
+                );
+                for (r, b) in messages.iter().zip(&bufs) {
+                    got.extend(r.segments(b).map(<[u8]>::to_vec));
+                }
+                if req == GroRequest::On {
+                    assert_eq!(messages[0].len, 350);
+                    assert_eq!(messages[0].segment, 100);
+                }
+            }
+            let want: Vec<Vec<u8>> = payload.chunks(100).map(<[u8]>::to_vec).collect();
+            assert_eq!(got, want, "{req:?}");
+        }
     }
 }

@@ -56,13 +56,14 @@ pub fn open(req: &SessionRequest) -> Result<Opened> {
 
 fn open_socket(req: &SessionRequest) -> Result<Opened> {
     let sock = socket::join(req.group, &req.iface, req.rcvbuf, req.source)?;
+    let gro = socket::set_gro(&sock, req.socket_gro)?;
     Ok(Opened {
         mode: PathMode::Socket,
         note: String::new(),
         steering: None,
         membership: None,
         unserved: None,
-        sources: vec![(0, Source::Socket(sock))],
+        sources: vec![(0, Source::Socket { sock, gro })],
     })
 }
 
@@ -265,10 +266,12 @@ pub struct DataPath<S: Sink> {
 
 impl<S: Sink> DataPath<S> {
     /// Start one worker per source, worker i pinned to `cores[i % len]`
-    /// (default: core i mod the number of CPUs).
+    /// (default: the i-th CPU, modulo their number, of those this process
+    /// may use).
     pub fn start(opened: Opened, sink: Arc<S>, cores: Option<&[usize]>) -> Result<DataPath<S>> {
         let stop = Arc::new(AtomicBool::new(false));
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The CPUs this process may use (e.g. under taskset), not 0..n.
+        let allowed = crate::cpu::allowed(0).unwrap_or_default();
         let mut path = DataPath {
             mode: opened.mode,
             sink: sink.clone(),
@@ -284,7 +287,8 @@ impl<S: Sink> DataPath<S> {
         for (i, (queue, source)) in opened.sources.into_iter().enumerate() {
             let cpu = match cores {
                 Some(c) if !c.is_empty() => c[i % c.len()],
-                _ => i % ncpu,
+                _ if !allowed.is_empty() => allowed[i % allowed.len()],
+                _ => i,
             };
             path.slots.push((queue, Some(cpu)));
             // On failure `path` drops: started workers are stopped, XDP detached.

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cpu;
 use crate::error::Result;
 use crate::net::rings::XskConfig;
-use crate::net::socket::Group;
+use crate::net::socket::{GroRequest, Group};
 use crate::net::steer::AttachRequest;
-use crate::receive::workers;
 use crate::store::writer::StoreConfig;
 use crate::store::{stream, target};
 
@@ -42,7 +42,8 @@ pub struct SessionRequest {
     pub attach: AttachRequest,
     /// RX queues to serve on the XDP path (default: all).
     pub queues: Option<Vec<u32>>,
-    /// Cores to pin workers to, in order (default: worker i on core i mod ncpu).
+    /// Cores to pin workers to, in order (default: worker i on the i-th CPU
+    /// this process may use, modulo their number).
     pub cores: Option<Vec<usize>>,
     /// AF_XDP socket and UMEM sizes.
     pub xsk: XskConfig,
@@ -54,6 +55,8 @@ pub struct SessionRequest {
     pub idle_timeout: Duration,
     /// Socket receive buffer on the socket path, bytes.
     pub rcvbuf: usize,
+    /// Socket path: take GRO-coalesced datagrams (`UDP_GRO`).
+    pub socket_gro: GroRequest,
     /// XDP path only: drop this many per million matched frames in the XDP
     /// program (loss injection for tests and benchmarks).
     pub inject_loss_ppm: u32,
@@ -97,6 +100,7 @@ impl SessionRequest {
             start_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
             rcvbuf: 64 << 20,
+            socket_gro: GroRequest::Auto,
             inject_loss_ppm: 0,
             resume_file: None,
             trust: Vec::new(),
@@ -112,7 +116,7 @@ impl SessionRequest {
     /// written (read-only directory or filesystem).
     pub fn validate(&self) -> Result<()> {
         if let Some(cores) = &self.cores {
-            workers::check_cores(cores)?;
+            cpu::check_cores(cores)?;
         }
         target::check_writable(&self.target)
     }

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use socket2::Socket;
 
+use crate::cpu;
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::rings::{XskQueue, XskStats};
-use crate::net::socket::MsgBatch;
+use crate::net::socket::{MsgBatch, MAX_UDP_PAYLOAD};
 use crate::proto::frame;
 use crate::proto::wire::DropReason;
 use crate::status::page::WorkerStatus;
@@ -22,7 +23,8 @@ use crate::status::page::WorkerStatus;
 const POLL: Duration = Duration::from_millis(50);
 /// Datagrams per recvmmsg call on the socket path.
 const SOCKET_BATCH: usize = 64;
-/// Receive buffer per datagram (largest jumbo frame).
+/// Receive buffer per message without GRO (largest jumbo frame); with
+/// `UDP_GRO` a message may be [`MAX_UDP_PAYLOAD`] bytes.
 const SOCKET_BUF: usize = 9216;
 /// Batch latency percentiles published on the status page.
 const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
@@ -46,6 +48,8 @@ pub struct WorkerCounters {
     /// The socket's kernel counters (`XDP_STATISTICS`): rx_dropped,
     /// rx_invalid_descs, rx_ring_full, fill_ring_empty.
     pub kernel: [AtomicU64; 4],
+    /// Socket path: messages holding several GRO-coalesced datagrams.
+    pub gro_messages: AtomicU64,
     /// Blocks rebuilt from FEC symbols (also counted in `blocks`).
     pub fec_recovered: AtomicU64,
     /// Drops by reason.
@@ -108,6 +112,7 @@ impl WorkerCounters {
                 rx_ring_full: get(&self.kernel[2]),
                 fill_ring_empty: get(&self.kernel[3]),
             },
+            gro_messages: get(&self.gro_messages),
         }
     }
 }
@@ -143,8 +148,14 @@ fn take(t: &impl Sink, from: Option<IpAddr>, datagram: &[u8], c: &WorkerCounters
 pub enum Source {
     /// One AF_XDP socket: Ethernet frames.
     Xsk(Box<XskQueue>),
-    /// A kernel UDP socket that joined the group: datagrams.
-    Socket(Socket),
+    /// A kernel UDP socket that joined the group: datagrams, several per
+    /// message when `gro` (`UDP_GRO` is on).
+    Socket {
+        /// The socket.
+        sock: Socket,
+        /// Whether `UDP_GRO` is on.
+        gro: bool,
+    },
 }
 
 /// A running worker.
@@ -161,60 +172,6 @@ impl Worker {
     }
 }
 
-/// Pin the calling thread to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is a plain bit set, zero is a valid empty set; the
-    // CPU_SET macro equivalent only touches bits inside it (checked index).
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!("cpu {cpu} out of range"),
-            ));
-        }
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(Error::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "cannot pin to cpu {cpu}: {}",
-                std::io::Error::last_os_error()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Check that every core of `cores` is one this process may run on (its
-/// affinity mask, e.g. `--cores 64` on a 2-CPU machine is refused).
-pub fn check_cores(cores: &[usize]) -> Result<()> {
-    // SAFETY: cpu_set_t is a plain bit set, zero is a valid empty set that
-    // sched_getaffinity fills; CPU_ISSET is only asked about indices below
-    // CPU_SETSIZE.
-    let allowed: Vec<usize> = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(Error::new(
-                ErrorCode::Internal,
-                format!("sched_getaffinity: {}", std::io::Error::last_os_error()),
-            ));
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    };
-    match cores.iter().find(|c| !allowed.contains(c)) {
-        Some(c) => Err(Error::new(
-            ErrorCode::InvalidArgument,
-            format!("--cores: cpu {c} is not available to this process (it may use {allowed:?})"),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Start worker `index` on `source`, pinned to `cpu` if given.
 pub fn spawn<S: Sink>(
     index: usize,
@@ -227,9 +184,7 @@ pub fn spawn<S: Sink>(
     let handle = std::thread::Builder::new()
         .name(format!("xdpcast-q{queue}"))
         .spawn(move || {
-            if let Some(c) = cpu {
-                pin_to_cpu(c)?;
-            }
+            let _pinned = cpu.map(cpu::pin_worker).transpose()?;
             let counters = sink.counters(index);
             let r = run(source, &*sink, counters, &stop);
             if let Err(e) = &r {
@@ -272,19 +227,27 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
             }
             r
         }
-        Source::Socket(sock) => {
+        Source::Socket { sock, gro } => {
             let mut batch = MsgBatch::<1>::new(SOCKET_BATCH);
-            let mut bufs = vec![vec![0u8; SOCKET_BUF]; SOCKET_BATCH];
-            let mut lens = Vec::with_capacity(SOCKET_BATCH);
+            let size = if gro { MAX_UDP_PAYLOAD } else { SOCKET_BUF };
+            let mut bufs = vec![vec![0u8; size]; SOCKET_BATCH];
+            let mut got = Vec::with_capacity(SOCKET_BATCH);
             drive(t, c, stop, || {
                 batch
-                    .recv(&sock, &mut bufs, &mut lens)
+                    .recv(&sock, &mut bufs, &mut got)
                     .map_err(|e| Error::new(ErrorCode::Network, format!("recvmmsg: {e}")))?;
                 let started = Instant::now();
-                for (buf, &(len, from)) in bufs.iter().zip(lens.iter()) {
-                    take(t, from, &buf[..len], c);
+                let mut n = 0;
+                for (buf, r) in bufs.iter().zip(got.iter()) {
+                    if r.len > r.segment {
+                        bump(&c.gro_messages, 1);
+                    }
+                    for d in r.segments(buf) {
+                        take(t, r.from, d, c);
+                        n += 1;
+                    }
                 }
-                Ok((!lens.is_empty()).then_some((lens.len(), started)))
+                Ok((n > 0).then_some((n, started)))
             })
         }
     }

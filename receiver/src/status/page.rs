@@ -475,6 +475,9 @@ pub struct WorkerStatus {
     /// The kernel's counters of the worker's AF_XDP socket
     /// (`XDP_STATISTICS`, extension slot words 0-3); zero on the socket path.
     pub kernel: XskStats,
+    /// Socket path: messages that carried several datagrams coalesced by
+    /// the interface's GRO (`UDP_GRO`; extension slot word 4).
+    pub gro_messages: u64,
 }
 
 /// The staging writer between the workers and the target (words 528-536);
@@ -552,6 +555,7 @@ impl WorkerStatus {
             k.rx_invalid_descs,
             k.rx_ring_full,
             k.fill_ring_empty,
+            self.gro_messages,
         ];
         (counters
             .into_iter()
@@ -594,6 +598,7 @@ impl WorkerStatus {
                 rx_ring_full: x[2],
                 fill_ring_empty: x[3],
             },
+            gro_messages: x[4],
         }
     }
 }
@@ -1426,6 +1431,7 @@ mod tests {
                         rx_ring_full: 9,
                         fill_ring_empty: 10,
                     },
+                    gro_messages: 11,
                     ..Default::default()
                 };
                 2

@@ -162,6 +162,9 @@ pub fn human(s: &Snapshot) -> String {
             let [p50, p99, p999] = w.batch_ns.map(|ns| ns as f64 / 1e3);
             let _ = write!(o, "; batch p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs");
         }
+        if w.gro_messages > 0 {
+            let _ = write!(o, "; {} GRO messages", w.gro_messages);
+        }
         if s.mode != PathMode::Socket && s.mode != PathMode::Unknown {
             let k = &w.kernel;
             let _ = write!(
@@ -433,6 +436,8 @@ pub struct WorkerReport {
     pub rx_ring_full: u64,
     /// Kernel: times the fill ring was found empty.
     pub fill_ring_empty: u64,
+    /// Socket path: messages of several GRO-coalesced datagrams.
+    pub gro_messages: u64,
 }
 
 impl SessionReport {
@@ -509,6 +514,7 @@ impl WorkerReport {
             rx_invalid_descs: w.kernel.rx_invalid_descs,
             rx_ring_full: w.kernel.rx_ring_full,
             fill_ring_empty: w.kernel.fill_ring_empty,
+            gro_messages: w.gro_messages,
         }
     }
 }
@@ -884,6 +890,11 @@ pub const WORKER_METRICS: &[Metric<WorkerStatus>] = &[
         "xdpcast_worker_xsk_rx_invalid_descs_total",
         "Kernel XDP_STATISTICS rx_invalid_descs.",
         |w| w.kernel.rx_invalid_descs as f64,
+    ),
+    counter(
+        "xdpcast_worker_gro_messages_total",
+        "Socket path: received messages of several datagrams coalesced by GRO (UDP_GRO).",
+        |w| w.gro_messages as f64,
     ),
 ];
 

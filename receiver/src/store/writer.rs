@@ -661,7 +661,12 @@ impl Stager {
         let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("xdpcast-writer".into())
-            .spawn(move || writer_loop(&s))
+            .spawn(move || {
+                // Off the workers' cores when the process has others (it
+                // is started from the worker that opens the target).
+                crate::cpu::place_background();
+                writer_loop(&s)
+            })
             .map_err(|e| internal("cannot start the writer thread", e))?;
         let waker = writer.thread().clone();
         Ok(Stager {
