@@ -152,7 +152,8 @@ fn background_cpus(process: &[usize], busy: impl Fn(usize) -> bool) -> Vec<usize
 
 /// Place the calling thread (the staging writer) on the process's CPUs
 /// without a pinned worker, or on all the process's CPUs when every one
-/// has a worker; at the process's nice value (below the workers'). Returns
+/// has a worker; at the process's nice value (below the workers', whose
+/// value a thread started by a worker inherits). Returns
 /// the CPUs chosen. Best effort: the thread keeps running where it is on
 /// error.
 pub fn place_background() -> Vec<usize> {
@@ -165,6 +166,11 @@ pub fn place_background() -> Vec<usize> {
     if let Err(e) = set_affinity(&cpus) {
         log::debug!("writer thread placement on {cpus:?}: {e}");
     }
+    // Started by a worker, it also inherited the worker's nice value: back
+    // to the process's (its main thread's; raising it is always allowed).
+    // SAFETY: getpriority has no memory arguments.
+    let process_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
+    let _ = renice(process_nice);
     cpus
 }
 
@@ -196,10 +202,13 @@ mod tests {
             assert!(WORKERS_ON[cpu].load(Ordering::Relaxed) >= 1);
             // A thread started by the pinned worker inherits its pin; the
             // writer's placement undoes that.
-            let placed = std::thread::spawn(|| (place_background(), allowed(0).unwrap()))
+            let placed = std::thread::spawn(|| (place_background(), allowed(0).unwrap(), nice()))
                 .join()
                 .unwrap();
             assert_eq!(placed.0, placed.1);
+            // SAFETY: getpriority has no memory arguments.
+            let process = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as _) };
+            assert_eq!(placed.2, process, "the writer keeps the worker's priority");
             if several {
                 assert_ne!(placed.1, vec![cpu]);
             }

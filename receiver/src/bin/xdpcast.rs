@@ -180,7 +180,8 @@ enum Cmd {
         /// message each and split them (UDP_GRO, Linux 5.0+): fewer system
         /// calls and socket wake-ups per block. auto: when the kernel has
         /// it; on: a kernel without it fails the session. Needs GRO on the
-        /// interface (NICs: on by default; veth: `ethtool -K IF gro on`).
+        /// interface (NICs: on by default; a veth: `ethtool -K IF gro on
+        /// rx-udp-gro-forwarding on` and threaded NAPI).
         #[arg(long, value_enum, default_value_t = SocketGro::Auto)]
         socket_gro: SocketGro,
         /// RX queues to serve: `all` (the default) or numbers, comma

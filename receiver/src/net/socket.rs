@@ -259,7 +259,8 @@ pub const MAX_UDP_PAYLOAD: usize = 65_535;
 /// ([`MsgBatch::recv`] reports it, [`Received::segments`] splits). Without
 /// it the kernel segments them again before the socket. Returns whether it
 /// is on. The interface must do GRO for anything to be coalesced (NICs
-/// do by default; veth only with `ethtool -K IF gro on` or XDP attached).
+/// do by default; a veth with GRO, `rx-udp-gro-forwarding` and threaded
+/// NAPI on).
 pub fn set_gro(sock: &Socket, req: GroRequest) -> Result<bool> {
     if req == GroRequest::Off {
         return Ok(false);
