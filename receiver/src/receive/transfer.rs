@@ -401,9 +401,10 @@ impl Transfer {
     /// sender has already confirmed for this round (`round`).
     ///
     /// With a stream, only blocks its window can take now are asked for,
-    /// and the group holding the first missing block is asked for as
-    /// block ranges: its blocks before that one may have left the window
-    /// already, so its symbols could not be decoded.
+    /// and as block ranges in the group holding the first missing block
+    /// (its blocks before that one may have left the window already, so
+    /// its symbols could not be decoded) and in a group the window does
+    /// not hold whole (symbols would rebuild blocks it must refuse).
     pub fn needs(&self, group_size: u32, round: u64, max: usize) -> Needs {
         let mut out = Needs::default();
         let Some(img) = self.image() else {
@@ -418,23 +419,29 @@ impl Transfer {
                 0
             }
         };
+        let push_range = |out: &mut Needs, a: u64, b: u64| match out.ranges.last_mut() {
+            Some((first, n)) if *first + u64::from(*n) == a => *n += (b - a) as u32,
+            _ => out.ranges.push((a, (b - a) as u32)),
+        };
         let missing = missing_in_window(img);
+        // A stream asks for block ranges in the group of its first missing
+        // block and in a group its window does not hold whole.
+        let as_ranges = img.target.as_stream().map(|_| {
+            let frontier = missing.first().map(|&(a, _)| a / u64::from(group_size));
+            (frontier, img.window_end())
+        });
         let mut last_group = None;
-        if let (Some(_), Some(&(s, _))) = (img.target.as_stream(), missing.first()) {
-            let group = s / u64::from(group_size);
-            let (_, end) = fec::group_blocks(g, group_size, group);
-            for &(a, b) in missing.iter().take_while(|(a, _)| *a < end) {
-                out.ranges.push((a, (b.min(end) - a) as u32));
-            }
-            last_group = Some(group);
-        }
         for (s, e) in missing {
             let mut b = s;
             while b < e {
                 let group = b / u64::from(group_size);
                 let (first, end) = fec::group_blocks(g, group_size, group);
-                let stop = end.min(e);
+                let (a, stop) = (b, end.min(e));
                 b = stop;
+                if as_ranges.is_some_and(|(f, w)| f == Some(group) || end > w) {
+                    push_range(&mut out, a, stop);
+                    continue;
+                }
                 if last_group == Some(group) {
                     continue;
                 }
@@ -442,10 +449,7 @@ impl Transfer {
                 let missing = (end - first) - img.claimed.count_range(first, end);
                 let held = self.fec.held(group);
                 if missing == end - first && held == 0 {
-                    match out.ranges.last_mut() {
-                        Some((a, n)) if *a + u64::from(*n) == first => *n += (end - first) as u32,
-                        _ => out.ranges.push((first, (end - first) as u32)),
-                    }
+                    push_range(&mut out, first, end);
                     continue;
                 }
                 let need = missing.saturating_sub(held).max(1) as u32;
