@@ -29,6 +29,9 @@ struct Figures {
     nacks: u64,
     parity_requests: u64,
     rounds: u64,
+    /// Blocks the receivers missed when the pass ended, per 10 000 blocks
+    /// (mean over the receivers): the loss the repair had to make up.
+    loss_bp: u64,
 }
 
 impl Figures {
@@ -55,6 +58,7 @@ impl Figures {
             repair_packets: words[at("round(s)") + 2].parse().unwrap(),
             nacks: word_before("NACKs"),
             parity_requests: word_before("parity"),
+            loss_bp: 0,
         }
     }
 }
@@ -136,9 +140,11 @@ fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String
     let tx_out = wait_output(tx, Duration::from_secs(240), "sender");
     let table = ok(&tx_out, "sender");
     eprintln!("{table}");
-    let figures = Figures::parse(&table);
+    let mut figures = Figures::parse(&table);
     sender_page_and_metrics(&dir.0, n, victim, &figures);
     let want = sha256_hex(&src);
+    let blocks = (mib * MIB).div_ceil(1400) as u64;
+    let mut missed = 0;
     for (name, rx) in names.iter().zip(rxs) {
         ok(&wait_output(rx, Duration::from_secs(60), name), name);
         assert_eq!(
@@ -152,7 +158,9 @@ fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String
             (State::Success, ErrorCode::None),
             "{name}"
         );
+        missed += s.first_pass_missing;
     }
+    figures.loss_bp = missed * 10_000 / (n as u64 * blocks);
     (figures, table)
 }
 
@@ -230,13 +238,14 @@ fn lossy_receivers_all_finish_and_the_sender_lists_each() {
         n + 1
     )));
     // Loose bounds on counts. Resending every block some receiver lost
-    // would take 1 - 0.95^24 = 71% of the image; parity repair serves all
-    // with well under half of it. Requests do not grow to every receiver
-    // asking every round.
+    // would take 1 - 0.95^24 = 71% of the image; parity repair costs about
+    // the worst receiver's loss per group (5% each, 7-8% of the image),
+    // bounded here at 20%. Without suppression every receiver would ask at
+    // least once per round; with it, fewer ask than there are receivers.
     let blocks = (4 * MIB / 1400) as u64;
     assert!(f.repair_packets > 0 && f.parity_requests > 0, "{f:?}");
-    assert!(f.repair_packets < blocks / 2, "{f:?} for {blocks} blocks");
-    assert!(f.requests() < (n as u64) * 6, "{f:?}");
+    assert!(f.repair_packets < blocks / 5, "{f:?} for {blocks} blocks");
+    assert!(f.requests() < n as u64, "{f:?}");
 }
 
 /// The figures of docs/reliability.md: one lossy receiver, then 24, each
@@ -249,31 +258,60 @@ fn figures_for_the_docs() {
     if !netns_allowed() {
         return;
     }
-    let mut rows = Vec::new();
+    println!("| repair | run | 1 rx: loss | repair packets | requests | rounds | 24 rx: mean loss | repair packets | requests | rounds | repair ratio | request ratio |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (what, extra) in [("parity", &[][..]), ("ranges", &["--no-parity"][..])] {
-        for run in 0..3 {
+        let mut runs = Vec::new();
+        for run in 0..RUNS {
             let mut args = vec!["--rate", "20M"];
             args.extend_from_slice(extra);
             let (one, _) = fleet(1, 8, false, &args);
             let (many, _) = fleet(24, 8, false, &args);
-            rows.push(format!(
-                "| {what} | {run} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            let row = [
+                one.loss_bp,
                 one.repair_packets,
                 one.requests(),
                 one.rounds,
+                many.loss_bp,
                 many.repair_packets,
                 many.requests(),
                 many.rounds,
-                many.repair_packets as f64 / one.repair_packets.max(1) as f64,
-                many.requests() as f64 / one.requests().max(1) as f64,
-            ));
+            ];
+            print_row(what, &run.to_string(), row);
+            runs.push(row);
         }
+        let median: Vec<u64> = (0..8)
+            .map(|i| {
+                let mut col: Vec<u64> = runs.iter().map(|r| r[i]).collect();
+                col.sort_unstable();
+                col[col.len() / 2]
+            })
+            .collect();
+        print_row(what, "median", median.try_into().unwrap());
     }
-    println!("| repair | run | 1 rx: repair packets | requests | rounds | 24 rx: repair packets | requests | rounds | repair ratio | request ratio |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!("{r}");
-    }
+}
+
+/// Runs of each kind in [`figures_for_the_docs`].
+const RUNS: usize = 5;
+
+/// One row of the figures: 1 receiver's first-pass loss, repair packets,
+/// requests and rounds, then 24 receivers', then the ratios.
+fn print_row(what: &str, run: &str, r: [u64; 8]) {
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let pct = |bp: u64| format!("{:.2}%", bp as f64 / 100.0);
+    println!(
+        "| {what} | {run} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+        pct(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        pct(r[4]),
+        r[5],
+        r[6],
+        r[7],
+        ratio(r[5], r[1]),
+        ratio(r[6], r[2])
+    );
 }
 
 /// A receiver that loses 80% of its frames is still more than 10% behind

@@ -8,7 +8,7 @@
 //! round's plan: the merged block ranges and, per group, the largest symbol
 //! count confirmed ([`Backchannel::take`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,6 +93,10 @@ struct Inbox {
     fleet: Fleet,
     counts: Inbound,
     per_source: HashMap<std::net::IpAddr, u32>,
+    /// Groups whose symbols the round taken last is sending, until the
+    /// next window opens: a request for one of them was made before its
+    /// sender had all of them and is stale (see [`Inbox::add_parity`]).
+    in_flight: HashSet<u64>,
 }
 
 /// The back-channel thread and what it collected.
@@ -103,14 +107,19 @@ pub struct Backchannel {
 }
 
 /// Extra symbols confirmed above a request for `need`, when `known`
-/// receivers report: none for a single receiver, growing with the group to
-/// half a standard deviation of a binomial loss count (`sqrt(need) / 2`)
-/// from 16 receivers on, so that an early request of a round covers more
-/// of the others' need and they stay quiet. (A simulation of 24 receivers
-/// with 5% loss over 64-block groups: this halves the requests for 15%
-/// more repair packets; a full standard deviation buys little more.)
+/// receivers report: none for a single receiver, else about as many
+/// standard deviations of a binomial loss count (`sqrt(need)`) as the
+/// largest of `known` normal draws lies above their mean
+/// (`0.7 * sqrt(2 ln known)`: 0.8 for 2 receivers, 1.8 for 24, 2.3 for
+/// 200), so that the first request of a round covers about the worst
+/// receiver's need and the others stay quiet. (Simulated and measured with
+/// 24 receivers losing 5% each over 1024-block groups: 5 requests instead
+/// of 10 for 6% more repair packets; docs/reliability.md.)
 fn margin(need: u32, known: u64) -> u32 {
-    let spread = (known.max(1) as f64).log2().min(4.0) / 8.0;
+    if known <= 1 {
+        return 0;
+    }
+    let spread = 0.7 * (2.0 * (known as f64).ln()).sqrt();
     (spread * f64::from(need).sqrt()).ceil() as u32
 }
 
@@ -132,7 +141,12 @@ impl Inbox {
     fn add_parity(&mut self, p: &Policy, needs: wire::Ranges<'_>) -> Vec<(u64, u32)> {
         let known = self.fleet.counts().known;
         let mut raised = Vec::new();
-        for (group, need) in needs.iter() {
+        // A group being sent: the receiver counted only the symbols of the
+        // round that had reached it, and the rest are on their way. Left
+        // out, not carried into the next round (which would resend what
+        // the end of this one supplies); a receiver still short after the
+        // round's end asks again then.
+        for (group, need) in needs.iter().filter(|(g, _)| !self.in_flight.contains(g)) {
             let (first, end) = fec::group_blocks(&p.geometry, p.group_size, group);
             let count = (need + margin(need, known)).min((end - first) as u32);
             let e = self.parity.entry(group).or_default();
@@ -155,6 +169,7 @@ impl Inbox {
             })
             .collect();
         parity.sort_unstable();
+        self.in_flight = parity.iter().map(|&(g, _)| g).collect();
         Plan { ranges, parity }
     }
 }
@@ -284,6 +299,7 @@ impl Backchannel {
             fleet: Fleet::new(policy.vanish_after),
             counts: Inbound::default(),
             per_source: HashMap::new(),
+            in_flight: HashSet::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let l = Listener {
@@ -315,6 +331,7 @@ impl Backchannel {
         let mut i = lock(&self.inbox);
         i.round = round;
         i.rounds_done = rounds_done;
+        i.in_flight.clear();
         i.per_source.clear();
     }
 
@@ -380,6 +397,7 @@ mod tests {
             fleet: Fleet::new(Duration::from_secs(5)),
             counts: Inbound::default(),
             per_source: HashMap::new(),
+            in_flight: HashSet::new(),
         }
     }
 
@@ -406,8 +424,9 @@ mod tests {
     #[test]
     fn margin_grows_with_the_group() {
         assert_eq!(margin(16, 1), 0);
-        assert_eq!(margin(16, 4), 1);
-        assert_eq!(margin(16, 200), 2);
+        assert_eq!(margin(16, 2), 4);
+        assert_eq!(margin(16, 24), 8);
+        assert_eq!(margin(16, 200), 10);
     }
 
     #[test]
@@ -434,5 +453,19 @@ mod tests {
             "group 1 is resent whole"
         );
         assert!(i.take(&p).is_empty());
+    }
+
+    #[test]
+    fn requests_for_groups_being_sent_wait_for_the_next_window() {
+        let p = policy();
+        let mut i = inbox();
+        i.add_parity(&p, needs(&entries(&[(0, 3), (1, 5)])));
+        assert_eq!(i.take(&p).parity, vec![(0, 3), (1, 5)]);
+        // While round 0 is sent: group 1 is on its way, group 2 is new.
+        let late = entries(&[(1, 2), (2, 4)]);
+        assert_eq!(i.add_parity(&p, needs(&late)), vec![(2, 4)]);
+        assert_eq!(i.take(&p).parity, vec![(2, 4)]);
+        i.in_flight.clear();
+        assert_eq!(i.add_parity(&p, needs(&late)), vec![(1, 2), (2, 4)]);
     }
 }
