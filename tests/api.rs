@@ -370,31 +370,6 @@ fn wrong_announced_digest_fails_with_digest_mismatch() {
     );
 }
 
-/// A tmpfs mounted on a directory, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&at).unwrap();
-        sh(&[
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size}"),
-            "xdpc-api",
-            at.to_str().unwrap(),
-        ]);
-        Tmpfs(at)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn image_larger_than_a_small_tmpfs_fails_with_disk_full() {
     if !netns_allowed() {
@@ -404,7 +379,7 @@ fn image_larger_than_a_small_tmpfs_fails_with_disk_full() {
     let dir = status_dir("xdpc-api-df");
     let src = dir.join("src.img");
     make_image(&src, 3 * MIB, 14);
-    let fs = Tmpfs::mount(dir.join("small"), "1m");
+    let fs = Tmpfs::mount(dir.join("small"), "1m", "xdpc-api");
     let dst = fs.0.join("dst.img");
     let group = "239.44.0.6:5000";
     let rx = running_receiver(&ns, &dir.0, "df", group, &dst, &["--keep-status"]);
@@ -436,7 +411,7 @@ fn resume_file_on_a_full_filesystem_only_warns() {
     let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
     make_image(&src, 8 * MIB, 15);
     // The target has room; the resume file goes to a full filesystem.
-    let fs = Tmpfs::mount(dir.join("full"), "64k");
+    let fs = Tmpfs::mount(dir.join("full"), "64k", "xdpc-api");
     let filler = std::fs::write(fs.0.join("filler"), vec![0u8; 128 << 10]);
     assert!(filler.is_err(), "the tmpfs is full");
     let resume = fs.0.join("dst.resume");

@@ -25,31 +25,41 @@ pub fn seeded_image(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Write a sparse image of `len` bytes to `path`: about three quarters
-/// zeros, in runs from a few KiB to a few MiB (mixed lengths, whatever the
-/// block size), between runs of pseudo-random data. Every other zero run is
-/// a hole in the file and the others are zeros written as data, so that a
-/// sender meets both kinds. Returns the bytes in zero runs.
+/// Write a sparse image of `len` bytes to `path` and return the bytes in
+/// its zero runs: about three quarters zeros, deterministic from `seed`.
+///
+/// Zero runs come in three kinds of length, one third of the runs each:
+/// shorter than a 1400-byte block (64 B to 1 KiB: no whole block of them is
+/// zero, so they go as data), a few blocks (2 to 64 KiB), and long (`L` to
+/// `12 L`, `L` = `len`/128 between 4 KiB and 1 MiB: up to 12 MiB, many MiB
+/// in a large image). Between them, runs of pseudo-random data, some 0.3 x
+/// a zero run long on average. Every other zero run is a hole in the file
+/// and the others are zeros written as data, so that a sender meets both.
 pub fn write_sparse_image(path: &std::path::Path, len: u64, seed: u64) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::File::create(path)?;
     f.set_len(len)?;
-    let mut x: u64 = (seed ^ 0xD1B5_4A32_D192_ED03) | 1;
+    let mut x: u64 = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03) | 1;
     let mut next = move || {
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    // Data runs of 1 KiB to ~1 MiB, zero runs three times as long on average.
-    let scale = (len / 64).clamp(4096, 1 << 20);
+    let long = (len / 128).clamp(4096, 1 << 20);
+    let kinds = [(64, 1024), (2048, 64 << 10), (long, 12 * long)];
+    // Data runs uniform in [1 KiB, 0.6 x the mean zero run]: some 75 %
+    // zeros over the image.
+    let mean = kinds.iter().map(|(a, b)| (a + b) / 2).sum::<u64>() / 3;
+    let data_span = (mean * 3 / 5).saturating_sub(1024).max(1);
     let (mut at, mut zeros, mut hole) = (0, 0, false);
     while at < len {
-        let data = (1024 + next() % scale).min(len - at);
+        let data = (1024 + next() % data_span).min(len - at);
         f.seek(SeekFrom::Start(at))?;
         f.write_all(&seeded_image(data as usize, next()))?;
         at += data;
-        let run = (1024 + next() % (6 * scale)).min(len - at);
+        let (lo, hi) = kinds[(next() % 3) as usize];
+        let run = (lo + next() % (hi - lo)).min(len - at);
         if !hole {
             f.seek(SeekFrom::Start(at))?;
             f.write_all(&vec![0; run as usize])?;

@@ -2,6 +2,8 @@
 //!
 //! - `blast`: send an image with the fast GSO sender (see `blast.rs`); it
 //!   prints a line of `key=value` pairs per pass for the harness to parse.
+//! - `sparse-image`: write the sparse image of `cargo xtask bench --part
+//!   sparse` (see [`fixture::write_sparse_image`]), to send it by hand.
 
 use std::path::PathBuf;
 
@@ -44,6 +46,18 @@ enum Cmd {
         #[arg(long)]
         rate_bps: Option<u64>,
     },
+    /// Write a sparse image: about 75 % zeros in runs of mixed lengths (64 B
+    /// to 12 MiB), every other run a hole; prints the bytes in zero runs.
+    SparseImage {
+        /// File to write.
+        file: PathBuf,
+        /// Size in MiB.
+        #[arg(long, default_value_t = 128)]
+        size_mib: u64,
+        /// Seed (the bench uses 1).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -82,6 +96,14 @@ fn main() -> Result<()> {
                 );
             };
             blast::blast(&file, &o, line)?;
+        }
+        Cmd::SparseImage {
+            file,
+            size_mib,
+            seed,
+        } => {
+            let zeros = fixture::write_sparse_image(&file, size_mib << 20, seed)?;
+            println!("zeros={zeros} bytes={}", size_mib << 20);
         }
     }
     Ok(())

@@ -298,6 +298,33 @@ impl Drop for LoopDev {
     }
 }
 
+/// A tmpfs of `size` (mount's syntax: `1m`, `64k`) mounted on a directory
+/// under the name `source`, unmounted on drop (also when the test fails).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: PathBuf, size: &str, source: &str) -> Tmpfs {
+        std::fs::create_dir_all(&at).unwrap();
+        let opts = format!("size={size}");
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &opts,
+            source,
+            at.to_str().unwrap(),
+        ]);
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Directory holding the libxdpcast.so built with this test: cargo puts
 /// the cdylib of the package's library in `deps/` next to the binaries (it
 /// copies it up one level only on `cargo build`, so that copy may be stale).

@@ -72,7 +72,8 @@ pub struct Args {
     /// Paced rates of the keep-up part, Mbit/s, comma separated; "max" is unpaced.
     #[arg(long, value_delimiter = ',', default_values_t = ["500".to_string(), "1000".into(), "2000".into(), "max".into()])]
     rates: Vec<String>,
-    /// Targets of the keep-up part, comma separated.
+    /// Targets of the keep-up and sparse parts, comma separated (the sparse
+    /// part takes tmpfs only with --quick).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TargetKind::Tmpfs, TargetKind::Ext4, TargetKind::Loop])]
     targets: Vec<TargetKind>,
     /// Directory for results.md, results.json and plot.png, relative to the workspace.
@@ -90,11 +91,13 @@ enum Part {
     All,
     Compare,
     Keepup,
+    /// A 75 % zero image, `xdpcast send` sparse and `--no-sparse`.
+    Sparse,
 }
 
 /// Where the keep-up part writes the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum TargetKind {
+pub(crate) enum TargetKind {
     /// A file on /dev/shm.
     Tmpfs,
     /// A file on the machine's ext4 disk (/var/tmp).
@@ -104,7 +107,7 @@ enum TargetKind {
 }
 
 impl TargetKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TargetKind::Tmpfs => "tmpfs file",
             TargetKind::Ext4 => "ext4 file",
@@ -115,32 +118,34 @@ impl TargetKind {
 
 /// A target of one run: where the image goes, and how the device's I/O is
 /// counted.
-struct Target {
-    kind: TargetKind,
-    path: PathBuf,
+pub(crate) struct Target {
+    pub(crate) kind: TargetKind,
+    pub(crate) path: PathBuf,
     /// sysfs stat file of the block device, for a loop target.
-    dev_stat: Option<PathBuf>,
+    pub(crate) dev_stat: Option<PathBuf>,
 }
 
 /// A loop device over a file of old data on the machine's disk; detached
 /// (and the file removed) on drop.
-struct LoopDev {
-    dev: String,
+pub(crate) struct LoopDev {
+    pub(crate) dev: String,
     file: PathBuf,
 }
 
+/// Fill the first `size` bytes (rounded up to MiB) of `f` with old data: a
+/// pattern that is not the image.
+fn old_data(mut f: File, size: u64) -> Result<()> {
+    let block = vec![0xA5u8; 1 << 20];
+    for _ in 0..size.div_ceil(1 << 20) {
+        std::io::Write::write_all(&mut f, &block)?;
+    }
+    Ok(f.sync_all()?)
+}
+
 impl LoopDev {
-    fn new(dir: &Path, size: u64) -> Result<LoopDev> {
+    pub(crate) fn new(dir: &Path, size: u64) -> Result<LoopDev> {
         let file = dir.join("loop-backing");
-        // Old data: a pattern that is not the image, written once.
-        {
-            let mut f = File::create(&file)?;
-            let block = vec![0xA5u8; 1 << 20];
-            for _ in 0..size.div_ceil(1 << 20) {
-                std::io::Write::write_all(&mut f, &block)?;
-            }
-            f.sync_all()?;
-        }
+        old_data(File::create(&file)?, size)?;
         let out = cmd_ok(
             "losetup",
             &[
@@ -154,6 +159,13 @@ impl LoopDev {
             dev: out.trim().to_string(),
             file,
         })
+    }
+
+    /// Write old data over the device's first `size` bytes again (through
+    /// the device), so the next image lands on something else.
+    pub(crate) fn refill(&self, size: u64) -> Result<()> {
+        old_data(File::options().write(true).open(&self.dev)?, size)?;
+        self.drop_cache()
     }
 
     /// Drop the device's cached pages, so old data must come from the disk.
@@ -252,7 +264,7 @@ pub(crate) fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Scratch directory (tmpfs, or the disk for the keep-up targets); removed on drop.
-struct WorkDir(PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -264,7 +276,7 @@ impl Drop for WorkDir {
 #[derive(Clone, Copy)]
 pub(crate) struct Exit {
     status: libc::c_int,
-    cpu_s: f64,
+    pub(crate) cpu_s: f64,
     pub(crate) at_ns: u64,
 }
 
@@ -273,7 +285,7 @@ impl Exit {
         libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if libc::WIFEXITED(self.status) {
             format!("exit {}", libc::WEXITSTATUS(self.status))
         } else {
@@ -348,7 +360,7 @@ impl Proc {
     }
 
     /// Wait for the end; after `timeout`, SIGKILL.
-    fn wait(&mut self, timeout: Duration) -> Exit {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Exit {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.poll() {
@@ -374,7 +386,7 @@ impl Proc {
         unsafe { libc::kill(self.pid, sig) };
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -561,7 +573,7 @@ impl Outcome {
     }
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -573,7 +585,7 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// "median (min-max)", or the value alone for one run, "-" for none.
-fn spread(v: &[f64], prec: usize) -> String {
+pub(crate) fn spread(v: &[f64], prec: usize) -> String {
     let Some(m) = median(v) else {
         return "-".into();
     };
@@ -590,10 +602,11 @@ pub(crate) struct Ctx {
     pub(crate) bin: PathBuf,
     pub(crate) work: PathBuf,
     pub(crate) image: PathBuf,
-    size: u64,
-    digest: String,
+    pub(crate) size: u64,
+    /// SHA-256 of the image, hex.
+    pub(crate) digest: String,
     pub(crate) rate_mbps: Option<u64>,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Softirq time of all CPUs, seconds (USER_HZ is 100 on Linux).
@@ -613,7 +626,12 @@ fn file_len(p: &Path) -> u64 {
 }
 
 fn rx_packets(net: &VethPair) -> Result<u64> {
-    let p = format!("/sys/class/net/{}/statistics/rx_packets", net.if_b);
+    rx_counter(net, "rx_packets")
+}
+
+/// A counter of the receiving veth (`/sys/class/net/IF/statistics/NAME`).
+pub(crate) fn rx_counter(net: &VethPair, name: &str) -> Result<u64> {
+    let p = format!("/sys/class/net/{}/statistics/{name}", net.if_b);
     Ok(cmd_ok("ip", &["netns", "exec", &net.b.name, "cat", &p])?
         .trim()
         .parse()?)
@@ -661,8 +679,106 @@ pub(crate) fn completion(samples: &[(u64, u64, u64)], count: u64) -> Option<(u64
     Some((at, packets))
 }
 
+/// `(heartbeat_ns, blocks_done, packets)` of a status page sample.
+pub(crate) type Sample = (u64, u64, u64);
+
+/// Sample the receiver's page every [`POLL`] until it exits (killed after
+/// `timeout`): its exit, and a [`Sample`] at every change of the page (for
+/// [`completion`]).
+pub(crate) fn follow(
+    reader: &StatusReader,
+    rx: &mut Proc,
+    timeout: Duration,
+) -> Result<(Exit, Vec<Sample>)> {
+    let deadline = Instant::now() + timeout;
+    let mut samples: Vec<Sample> = Vec::new();
+    loop {
+        check_interrupt()?;
+        let s = reader.read()?;
+        if samples.last().is_none_or(|l| l.0 != s.heartbeat_ns) {
+            samples.push((s.heartbeat_ns, s.blocks_done, taken(&s)));
+        }
+        if let Some(e) = rx.poll() {
+            return Ok((e, samples));
+        }
+        if Instant::now() >= deadline {
+            let e = rx.stop();
+            bail!("no verified image within {timeout:?} ({})", e.describe());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 pub(crate) fn taken(s: &Snapshot) -> u64 {
     s.workers.iter().map(|w| w.packets).sum()
+}
+
+/// An `xdpcast receive` in `net`'s receiving namespace, pinned to
+/// [`RX_CPU`], into `out`, its status page `name` kept in `ctx.work/status`
+/// (no resume, 30 s start and 5 s idle timeouts), with `extra` arguments;
+/// returned once the page says it is listening.
+pub(crate) fn start_receiver(
+    ctx: &Ctx,
+    net: &VethPair,
+    name: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Result<(Proc, StatusReader)> {
+    let status_dir = ctx.work.join("status");
+    std::fs::create_dir_all(&status_dir)?;
+    let page = status_dir.join(format!("xdpcast.{name}"));
+    let _ = std::fs::remove_file(&page);
+    let recv = ctx.bin.join("xdpcast");
+    let (recv, outs) = (recv.to_string_lossy(), out.to_string_lossy());
+    let mut argv = vec![
+        &*recv,
+        "receive",
+        "--group",
+        GROUP,
+        "--iface",
+        &net.if_b,
+        "--out",
+        &outs,
+        "--name",
+        name,
+        "--cores",
+        RX_CPU,
+        "--keep-status",
+        "--no-resume",
+        "--start-timeout",
+        "30",
+        "--idle-timeout",
+        "5",
+    ];
+    argv.extend_from_slice(extra);
+    let mut rx = Proc::spawn(
+        Some(&net.b.name),
+        RX_CPU,
+        &argv,
+        &[("XDPCAST_STATUS_DIR", &status_dir)],
+        &ctx.work.join(format!("rx-{name}.log")),
+    )?;
+    let ready = Instant::now();
+    loop {
+        check_interrupt()?;
+        if let Some(e) = rx.poll() {
+            bail!(
+                "receiver ended before the sender started ({}): {}",
+                e.describe(),
+                rx.last_line()
+            );
+        }
+        if let Ok(r) = StatusReader::open(&page) {
+            if r.read().is_ok_and(|s| s.state == State::InProgress) {
+                return Ok((rx, r));
+            }
+        }
+        ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "receiver did not start"
+        );
+        std::thread::sleep(POLL);
+    }
 }
 
 /// One xdpcast receive over `net` into `target`, the blast sender paced to
@@ -679,65 +795,11 @@ fn run_xdpcast(
     if target.dev_stat.is_none() {
         let _ = std::fs::remove_file(out);
     }
-    let status_dir = ctx.work.join("status");
-    std::fs::create_dir_all(&status_dir)?;
-    let name = format!("bench-{mode}");
-    let page = status_dir.join(format!("xdpcast.{name}"));
-    let _ = std::fs::remove_file(&page);
-    let recv = ctx.bin.join("xdpcast");
-    let outs = out.to_string_lossy();
-    let mut rx = Proc::spawn(
-        Some(&net.b.name),
-        RX_CPU,
-        &[
-            &recv.to_string_lossy(),
-            "receive",
-            "--group",
-            GROUP,
-            "--iface",
-            &net.if_b,
-            "--out",
-            &outs,
-            "--mode",
-            mode,
-            "--name",
-            &name,
-            "--cores",
-            RX_CPU,
-            "--keep-status",
-            "--no-resume",
-            "--start-timeout",
-            "30",
-            "--idle-timeout",
-            "5",
-        ]
+    let extra: Vec<&str> = ["--mode", mode]
         .into_iter()
         .chain(flags.iter().copied())
-        .collect::<Vec<_>>(),
-        &[("XDPCAST_STATUS_DIR", &status_dir)],
-        &ctx.work.join(format!("rx-{mode}.log")),
-    )?;
-    let ready = Instant::now();
-    let reader = loop {
-        check_interrupt()?;
-        if let Some(e) = rx.poll() {
-            bail!(
-                "receiver ended before the sender started ({}): {}",
-                e.describe(),
-                rx.last_line()
-            );
-        }
-        if let Ok(r) = StatusReader::open(&page) {
-            if r.read().is_ok_and(|s| s.state == State::InProgress) {
-                break r;
-            }
-        }
-        ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "receiver did not start"
-        );
-        std::thread::sleep(POLL);
-    };
+        .collect();
+    let (mut rx, reader) = start_receiver(ctx, net, &format!("bench-{mode}"), out, &extra)?;
     let soft0 = softirq_s()?;
     let dev0 = target.dev_stat.as_deref().map(dev_sectors).transpose()?;
     let blast = ctx.bin.join("xdpcast-bench");
@@ -1116,6 +1178,8 @@ struct Results<'a> {
     /// Pacing of the comparison's senders, Mbit/s (None: unpaced blast).
     rate_mbps: Option<u64>,
     runs: Vec<Run<'a>>,
+    /// The sparse part's rows, each with its runs.
+    sparse: &'a [crate::sparse::Row],
 }
 
 /// One run of `results.json`: what it measured, or why it failed.
@@ -1172,6 +1236,7 @@ fn runs_of<'a>(
 fn results_json(
     outcomes: &[Outcome],
     keepup: &[(TargetKind, String, Outcome)],
+    sparse: &[crate::sparse::Row],
     size: u64,
     rate_mbps: Option<u64>,
     machine: String,
@@ -1190,11 +1255,12 @@ fn results_json(
         image_bytes: size,
         rate_mbps,
         runs,
+        sparse,
     };
     serde_json::to_string_pretty(&r).expect("plain values") + "\n"
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -1272,10 +1338,15 @@ pub fn run(args: Args) -> Result<()> {
         vec![1500, 9000]
     });
     let image = work.0.join("image");
-    eprintln!("bench: writing a {} MiB random image", size >> 20);
-    let mut src = std::io::Read::take(File::open("/dev/urandom")?, size);
-    std::io::copy(&mut src, &mut File::create(&image)?)?;
-    let (digest, _) = sha256sum(&image, &work.0.join("sha.log"))?;
+    // The sparse part writes its own image.
+    let digest = if args.part == Part::Sparse && !args.finish {
+        String::new()
+    } else {
+        eprintln!("bench: writing a {} MiB random image", size >> 20);
+        let mut src = std::io::Read::take(File::open("/dev/urandom")?, size);
+        std::io::copy(&mut src, &mut File::create(&image)?)?;
+        sha256sum(&image, &work.0.join("sha.log"))?.0
+    };
     let ctx = Ctx {
         bin: target_dir.join("release"),
         work: work.0.clone(),
@@ -1310,7 +1381,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut outcomes = Vec::new();
     let mut rows = Vec::new();
-    if args.part != Part::Keepup {
+    if matches!(args.part, Part::All | Part::Compare) {
         for &mtu in &mtus {
             let net = VethPair::new(1, mtu);
             let tmpfs = Target {
@@ -1365,7 +1436,7 @@ pub fn run(args: Args) -> Result<()> {
         md += &table(&outcomes, size);
     }
 
-    if args.part != Part::Compare {
+    if matches!(args.part, Part::All | Part::Keepup) {
         let net = VethPair::new(1, 1500);
         // Scratch space on the machine's disk (not tmpfs) for the ext4 file
         // and the loop device's backing file.
@@ -1435,13 +1506,32 @@ pub fn run(args: Args) -> Result<()> {
         md += &keepup_table(&rows, size);
     }
 
+    let mut sparse_rows = Vec::new();
+    if matches!(args.part, Part::All | Part::Sparse) {
+        let targets = if args.quick {
+            vec![TargetKind::Tmpfs]
+        } else {
+            args.targets.clone()
+        };
+        let (section, rows) = crate::sparse::run(&ctx, &targets, runs)?;
+        md += &section;
+        sparse_rows = rows;
+    }
+
     println!("\n{md}");
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.md"), &md)?;
     std::fs::write(
         out.join("results.json"),
-        results_json(&outcomes, &rows, size, args.rate_mbps, machine),
+        results_json(
+            &outcomes,
+            &rows,
+            &sparse_rows,
+            size,
+            args.rate_mbps,
+            machine,
+        ),
     )?;
     if !outcomes.is_empty() {
         let panel = |title: &str, f: &dyn Fn(&Metrics) -> f64| Panel {
@@ -1525,7 +1615,14 @@ mod tests {
                 runs: vec![Err("udp-receiver exited".into())],
             },
         ];
-        let j = results_json(&outcomes, &[], 1 << 30, Some(2000), "test machine".into());
+        let j = results_json(
+            &outcomes,
+            &[],
+            &[],
+            1 << 30,
+            Some(2000),
+            "test machine".into(),
+        );
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["image_bytes"], 1u64 << 30);
         assert_eq!(v["rate_mbps"], 2000);

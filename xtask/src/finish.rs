@@ -13,64 +13,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use xdpcast::status::page::{State, StatusReader};
+use xdpcast::status::page::State;
 use xdpcast_bench::netns::VethPair;
 
-use crate::bench::{check_interrupt, completion, taken, Ctx, Proc, GROUP, POLL, RX_CPU, TX_CPU};
+use crate::bench::{completion, follow, start_receiver, Ctx, Proc, GROUP, TX_CPU};
 
 /// Seconds from the last block to the receiver's exit with SUCCESS.
 fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Path>) -> Result<f64> {
     let out = dir.join("finish.img");
     let _ = std::fs::remove_file(&out);
-    let status_dir = ctx.work.join("status");
-    std::fs::create_dir_all(&status_dir)?;
-    let page = status_dir.join("xdpcast.finish");
-    let _ = std::fs::remove_file(&page);
-    let bin = ctx.bin.join("xdpcast");
-    let (bin, outs) = (bin.to_string_lossy(), out.to_string_lossy());
     let public = key.map(|k| format!("{}.pub", k.display()));
-    let mut rx_args = vec![
-        &*bin,
-        "receive",
-        "--group",
-        GROUP,
-        "--iface",
-        &net.if_b,
-        "--out",
-        &outs,
-        "--mode",
-        "xdp",
-        "--name",
-        "finish",
-        "--cores",
-        RX_CPU,
-        "--keep-status",
-        "--no-resume",
-    ];
+    let mut extra = vec!["--mode", "xdp"];
     if let Some(p) = &public {
-        rx_args.extend(["--trust", p]);
+        extra.extend(["--trust", p]);
     }
-    let mut rx = Proc::spawn(
-        Some(&net.b.name),
-        RX_CPU,
-        &rx_args,
-        &[("XDPCAST_STATUS_DIR", &status_dir)],
-        &ctx.work.join("finish-rx.log"),
-    )?;
-    let reader = loop {
-        check_interrupt()?;
-        ensure!(
-            rx.poll().is_none(),
-            "receiver ended early: {}",
-            rx.last_line()
-        );
-        if let Ok(r) = StatusReader::open(&page) {
-            if r.read().is_ok_and(|s| s.state == State::InProgress) {
-                break r;
-            }
-        }
-        std::thread::sleep(POLL);
-    };
+    let (mut rx, reader) = start_receiver(ctx, net, "finish", &out, &extra)?;
+    let bin = ctx.bin.join("xdpcast");
+    let bin = bin.to_string_lossy();
     let image = ctx.image.to_string_lossy();
     let rate = format!("{}M", ctx.rate_mbps.unwrap_or(2000));
     let key_s = key.map(|k| k.to_string_lossy().into_owned());
@@ -87,21 +46,7 @@ fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Pat
         &[],
         &ctx.work.join("finish-tx.log"),
     )?;
-    let mut samples = Vec::new();
-    let exit = loop {
-        check_interrupt()?;
-        let s = reader.read()?;
-        if samples
-            .last()
-            .is_none_or(|l: &(u64, u64, u64)| l.0 != s.heartbeat_ns)
-        {
-            samples.push((s.heartbeat_ns, s.blocks_done, taken(&s)));
-        }
-        if let Some(e) = rx.poll() {
-            break e;
-        }
-        std::thread::sleep(POLL);
-    };
+    let (exit, samples) = follow(&reader, &mut rx, ctx.timeout)?;
     tx.stop();
     let s = reader.read()?;
     ensure!(

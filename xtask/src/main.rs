@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod finish;
 mod plot;
+mod sparse;
 mod test;
 
 use std::path::PathBuf;

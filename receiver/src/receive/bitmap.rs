@@ -84,33 +84,54 @@ impl BlockBitmap {
     /// # Panics
     /// If `end` is past the last block (the wire parser rejects such runs).
     pub fn insert_range(&self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        self.change_range(first, end, true)
+    }
+
+    /// Clear blocks `[first, end)`, a word at a time; returns the
+    /// sub-ranges that were set before (the caller is the one that cleared
+    /// them), in order.
+    ///
+    /// # Panics
+    /// If `end` is past the last block.
+    pub fn take_range(&self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        self.change_range(first, end, false)
+    }
+
+    /// Set (or clear) `[first, end)` with one atomic read-modify-write per
+    /// word (AcqRel: a claim sees what the clearer stored before); the
+    /// sub-ranges whose bits this call changed.
+    fn change_range(&self, first: u64, end: u64, set: bool) -> Vec<(u64, u64)> {
         assert!(
             end <= self.len,
             "blocks up to {end} out of range {}",
             self.len
         );
-        let mut fresh: Vec<(u64, u64)> = Vec::new();
+        let mut changed: Vec<(u64, u64)> = Vec::new();
         let mut at = first;
         while at < end {
             let word = at / 64;
             let lo = at % 64;
             let hi = (end - word * 64).min(64);
             let mask = (u64::MAX >> (64 - (hi - lo))) << lo;
-            let old = self.words[word as usize].fetch_or(mask, Ordering::AcqRel);
-            let mut new = mask & !old;
+            let w = &self.words[word as usize];
+            let mut new = if set {
+                mask & !w.fetch_or(mask, Ordering::AcqRel)
+            } else {
+                mask & w.fetch_and(!mask, Ordering::AcqRel)
+            };
             while new != 0 {
                 let a = word * 64 + u64::from(new.trailing_zeros());
                 let run = (new >> (a - word * 64)).trailing_ones();
                 let b = a + u64::from(run);
-                match fresh.last_mut() {
+                match changed.last_mut() {
                     Some(last) if last.1 == a => last.1 = b,
-                    _ => fresh.push((a, b)),
+                    _ => changed.push((a, b)),
                 }
                 new &= !((u64::MAX >> (64 - run)) << (a - word * 64));
             }
             at = word * 64 + hi;
         }
-        fresh
+        changed
     }
 
     /// Whether block `index` has been received.
@@ -214,6 +235,11 @@ mod tests {
         assert!(b.missing_ranges().is_empty());
         assert_eq!(BlockBitmap::new(64).insert_range(0, 64), vec![(0, 64)]);
         assert!(BlockBitmap::new(64).insert_range(5, 5).is_empty());
+        // Taking clears and reports only what was set.
+        b.take_range(100, 110);
+        assert_eq!(b.take_range(90, 130), vec![(90, 100), (110, 130)]);
+        assert!(b.take_range(95, 125).is_empty());
+        assert_eq!(b.missing_ranges(), vec![(90, 130)]);
     }
 
     #[test]

@@ -63,7 +63,8 @@ enum Landed {
     Written,
     /// Claimed already.
     Duplicate,
-    /// Beyond a stream's window: not claimed, so it is asked for again.
+    /// Beyond a stream's window, or no room for the data on the
+    /// target: not claimed, so it is asked for again.
     Refused,
 }
 
@@ -102,6 +103,10 @@ impl Image {
             self.refuse();
             return Landed::Refused;
         }
+        // No room for the data: the target's error fails the transfer.
+        if !self.reserve_data() {
+            return Landed::Refused;
+        }
         if !self.claimed.insert(index) {
             return Landed::Duplicate;
         }
@@ -113,6 +118,21 @@ impl Image {
             s.block_written(self.slots(), index, c);
         }
         Landed::Written
+    }
+
+    /// At the first block of data, reserve the target's space for every
+    /// block outside the zero runs made so far (the sender announces its
+    /// runs before any data, so they stay holes); false, and the transfer
+    /// fails with `disk_full`, if the filesystem has too little room.
+    fn reserve_data(&self) -> bool {
+        let g = &self.geometry;
+        self.target.reserve(|| {
+            self.zeros
+                .missing_ranges()
+                .into_iter()
+                .map(|(a, b)| (g.offset(a), g.range_bytes(a, b)))
+                .collect()
+        })
     }
 
     /// The target and bitmaps, for chunk checks.

@@ -3,9 +3,16 @@
 //! ([`crate::store::writer`]): workers copy into staging memory, a writer
 //! thread writes whole chunks.
 //!
-//! Space for a regular file is reserved with `fallocate(2)` up front, so a
-//! full filesystem is reported as a clean [`ErrorCode::DiskFull`] before the
-//! transfer instead of a failed write in the middle of it. A block device is
+//! Space for a regular file is reserved with `fallocate(2)` when the first
+//! block of data comes ([`Target::reserve`]), for the data only: by then the
+//! sender's zero runs are known (it announces them before any data), and
+//! they stay holes. A filesystem with less free space than the data needs is
+//! reported right then as a clean [`ErrorCode::DiskFull`], before that
+//! block is written, instead of a failed write in the middle of the
+//! transfer; the `fallocate` itself runs on a thread of its own, off the
+//! receive path (allocating a large image takes long enough for the rings
+//! to overflow), and a failure there fails the transfer the same way. A
+//! target resumed from an earlier run is not reserved again. A block device is
 //! also opened with `O_DIRECT` for whole chunks: nothing of its old contents
 //! is read and its page cache is not filled with the image.
 
@@ -15,6 +22,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -52,6 +61,27 @@ pub struct Target {
     block_device: bool,
     /// The [`ZeroMethod`] last used by [`Target::zero`] (status only).
     zeroed_by: AtomicU8,
+    /// Space reservation of a regular file: [`Reserve`] as u8.
+    reserve: AtomicU8,
+    /// The thread running `fallocate`, joined by [`Target::flush`] and on
+    /// drop, and its error.
+    reserver: Mutex<Option<JoinHandle<()>>>,
+    reserve_error: Arc<OnceLock<Error>>,
+}
+
+/// Where the space reservation of a target stands.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reserve {
+    /// Nothing to do: a block device, a stream, or a file resumed from an
+    /// earlier run.
+    None = 0,
+    /// Due at the first block of data.
+    Pending = 1,
+    /// Checked and started (or done).
+    Started = 2,
+    /// The filesystem has too little space: nothing is written.
+    Failed = 3,
 }
 
 /// `BLKZEROOUT`: zero a byte range of a block device
@@ -94,8 +124,7 @@ impl Target {
         };
         let (mut file, block_device) = open_out(path)?;
         let mut direct = None;
-        let reserved =
-            !reserve_again && !block_device && file.metadata().is_ok_and(|m| m.len() == len);
+        let reserved = !reserve_again && file.metadata().is_ok_and(|m| m.len() == len);
         if block_device {
             let size = file
                 .seek(SeekFrom::End(0))
@@ -112,10 +141,12 @@ impl Target {
             direct = open_direct(path, &file);
         } else {
             file.set_len(len).map_err(|e| io("cannot size target", e))?;
-            if !reserved {
-                reserve(&file, len).map_err(|e| io("cannot reserve space for target", e))?;
-            }
         }
+        let reserve = if block_device || reserved {
+            Reserve::None
+        } else {
+            Reserve::Pending
+        };
         let storage = Storage {
             file,
             direct,
@@ -127,6 +158,9 @@ impl Target {
             path: path.to_path_buf(),
             block_device,
             zeroed_by: AtomicU8::new(ZeroMethod::None as u8),
+            reserve: AtomicU8::new(reserve as u8),
+            reserver: Mutex::new(None),
+            reserve_error: Arc::new(OnceLock::new()),
         })
     }
 
@@ -144,6 +178,9 @@ impl Target {
             path: PathBuf::from("-"),
             block_device: false,
             zeroed_by: AtomicU8::new(ZeroMethod::None as u8),
+            reserve: AtomicU8::new(Reserve::None as u8),
+            reserver: Mutex::new(None),
+            reserve_error: Arc::new(OnceLock::new()),
         }
     }
 
@@ -175,6 +212,89 @@ impl Target {
     pub fn discard(&self, start: u64, end: u64) {
         if let Some(s) = self.as_stream() {
             s.discard(start, end);
+        }
+    }
+
+    /// Reserve space for the byte ranges `(offset, len)` that `data`
+    /// gives (the image less its zero runs), once: the first caller checks
+    /// that the filesystem has room for them (less what the file already
+    /// holds) and starts `fallocate` on a thread; false, with
+    /// [`ErrorCode::DiskFull`] as the target's error, when it has not, and
+    /// then for every later call too (the caller writes nothing). True when
+    /// there is nothing to reserve (a block device, a stream, a resumed
+    /// file, or done); `data` is only called the first time.
+    pub fn reserve(&self, data: impl FnOnce() -> Vec<(u64, u64)>) -> bool {
+        if self.reserve.load(Ordering::Acquire) == Reserve::None as u8 {
+            return true;
+        }
+        let state = self.reserve.compare_exchange(
+            Reserve::Pending as u8,
+            Reserve::Started as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        match state {
+            Ok(_) => {}
+            Err(s) => return s != Reserve::Failed as u8,
+        }
+        let Some(file) = self.stager().map(|s| &s.storage().file) else {
+            return true;
+        };
+        let data = data();
+        let need: u64 = data.iter().map(|r| r.1).sum();
+        let held = file.metadata().map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        });
+        let need = need.saturating_sub(held);
+        if let Some(free) = free_space(file).filter(|&f| f < need) {
+            let _ = self.reserve_error.set(Error::target_io(
+                &format!(
+                    "cannot reserve space for target {}: the image's data needs {need} more bytes, the filesystem has {free}",
+                    self.path.display()
+                ),
+                &std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+            self.reserve.store(Reserve::Failed as u8, Ordering::Release);
+            return false;
+        }
+        let (file, error) = match file.try_clone() {
+            Ok(f) => (f, self.reserve_error.clone()),
+            Err(e) => {
+                log::warn!("cannot reserve space for the target: {e}");
+                return true;
+            }
+        };
+        let path = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xdpcast-reserve".into())
+            .spawn(move || {
+                for &(offset, len) in &data {
+                    if let Err(e) = allocate(&file, offset, len) {
+                        let _ = error.set(Error::target_io(
+                            &format!("cannot reserve space for target {}", path.display()),
+                            &e,
+                        ));
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => *self.reserver.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+            Err(e) => log::warn!("cannot start the space reservation: {e}"),
+        }
+        true
+    }
+
+    /// Wait for the space reservation to end.
+    fn join_reserver(&self) {
+        let h = self
+            .reserver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = h {
+            let _ = h.join();
         }
     }
 
@@ -376,6 +496,10 @@ impl Target {
     /// Write every staged block and wait for the device (nothing to do
     /// for a stream: [`Self::sha256`] drains it).
     pub fn flush(&self) -> Result<()> {
+        self.join_reserver();
+        if let Some(e) = self.reserve_error.get() {
+            return Err(e.clone());
+        }
         let Some(s) = self.stager() else {
             return Ok(());
         };
@@ -386,12 +510,14 @@ impl Target {
             .map_err(|e| Error::target_io("cannot sync target", &e))
     }
 
-    /// The first write error of the staging writer or the stream, if any.
+    /// The first write error of the staging writer or the stream, or of
+    /// the space reservation, if any.
     pub fn error(&self) -> Option<Error> {
         match &self.out {
             Out::Staged(s) => s.error(),
             Out::Stream { out, .. } => out.failure(),
         }
+        .or_else(|| self.reserve_error.get().cloned())
     }
 
     /// What the staging writer did so far (None for a stream).
@@ -535,11 +661,19 @@ pub fn sha256_prefix(r: &mut impl Read, len: u64) -> std::io::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-/// Reserve disk blocks for the whole file so later page faults cannot fail
-/// for lack of space. Filesystems without fallocate are accepted as is.
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+/// Allocate `len` bytes at `offset` of `file` (`fallocate(2)` mode 0, so
+/// later writes cannot fail for lack of space). Filesystems without
+/// fallocate are accepted as they are.
+fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: plain syscall on a valid, open file descriptor.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
     if rc == 0 {
         return Ok(());
     }
@@ -550,6 +684,30 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
             Ok(())
         }
         _ => Err(err),
+    }
+}
+
+/// Bytes free on `file`'s filesystem for this process (`fstatvfs(2)`: the
+/// blocks root may use, or those any user may); None if it cannot tell.
+fn free_space(file: &File) -> Option<u64> {
+    // SAFETY: statvfs is plain data, filled by the kernel.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and out-pointer.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let blocks = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some(blocks as u64 * st.f_frsize as u64)
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.join_reserver();
     }
 }
 
