@@ -192,7 +192,16 @@ fn killed_receiver_resumes_a_sparse_image() {
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "res");
     assert_eq!(s.state, State::Success);
+    // Data blocks came from the resume file; the zero runs, whichever run
+    // made them, are all shown as skipped, and nothing twice.
     assert!(s.resumed_blocks > 0);
+    assert_eq!(s.sparse.skipped_bytes, zero_block_bytes(&src));
+    assert_eq!(s.bytes_done, s.total_bytes);
+    let received: u64 = s.workers.iter().map(|w| w.bytes).sum();
+    assert!(
+        received + s.sparse.skipped_bytes < s.total_bytes,
+        "{received} bytes received"
+    );
     assert!(!resume.exists());
     // Resuming did not fill the holes in again.
     assert!(

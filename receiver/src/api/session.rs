@@ -23,8 +23,8 @@ use crate::receive::transfer::Transfer;
 use crate::receive::workers::Sink;
 use crate::rng::XorShift;
 use crate::status::page::{
-    now_ns, writer_page_path, PathMode, Snapshot, SparseStatus, State, StatusWriter, FLAG_DIGEST,
-    FLAG_GEOMETRY, TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
+    now_ns, writer_page_path, PathMode, Snapshot, State, StatusWriter, FLAG_DIGEST, FLAG_GEOMETRY,
+    TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
 };
 
 /// How often the control thread looks at the transfer and publishes the page.
@@ -670,18 +670,17 @@ impl Control {
             s.block_size = u64::from(img.geometry.block_size);
             s.block_count = img.geometry.block_count;
             s.total_bytes = img.geometry.total_size;
-            s.sparse = SparseStatus {
-                skipped_bytes: img.skipped_bytes.load(Ordering::Relaxed),
-                skipped_blocks: img.skipped_blocks.load(Ordering::Relaxed),
-                zero_method: img.target.zeroed_by(),
-            };
+            s.sparse.zero_method = img.target.zeroed_by();
         }
         // Zero runs count as done: they are in place, only never sent.
         // Blocks of a chunk that failed its hash were counted when they
         // landed and are asked for again: they are not progress.
         let rejected = t.signed().map_or(0, |sg| sg.rejected_bytes());
+        let done = t.resumed_and_skipped();
+        s.sparse.skipped_bytes = done.skipped_bytes;
+        s.sparse.skipped_blocks = done.skipped_blocks;
         s.bytes_done =
-            (received + t.resumed_bytes() + s.sparse.skipped_bytes).saturating_sub(rejected);
+            (received + done.resumed_bytes + done.skipped_bytes).saturating_sub(rejected);
         if let Some(d) = t.digest() {
             s.flags |= FLAG_DIGEST;
             s.digest = d;
@@ -692,7 +691,7 @@ impl Control {
         s.passes_seen = t.passes_seen();
         s.fec_recovered = t.fec_recovered();
         s.nacks_sent = self.repair.link.requests.load(Ordering::Relaxed);
-        s.resumed_blocks = t.resumed_blocks();
+        s.resumed_blocks = done.resumed_blocks;
         s.first_pass_missing = t.first_pass_missing().unwrap_or(0);
         if t.is_signed() {
             s.trust.flags |= TRUST_REQUIRED;

@@ -55,6 +55,27 @@ pub struct Image {
     /// Blocks zeroed for the sender's zero runs in this run (a rejected
     /// chunk of a signed session clears its blocks here too).
     pub zeros: BlockBitmap,
+    /// Blocks of the resume file no zero run has named yet (None when not
+    /// resuming): when the sender's list names them again they are taken
+    /// out, once, and shown as skipped rather than resumed.
+    resumed_left: Option<BlockBitmap>,
+    /// Resumed blocks (and their bytes) shown as skipped.
+    resumed_zero_blocks: AtomicU64,
+    resumed_zero_bytes: AtomicU64,
+}
+
+/// Blocks and bytes taken from the resume file and skipped in zero runs, as
+/// the status page shows them (see [`Transfer::resumed_and_skipped`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DoneSplit {
+    /// Blocks from the resume file, less those in zero runs.
+    pub resumed_blocks: u64,
+    /// Bytes of those blocks.
+    pub resumed_bytes: u64,
+    /// Blocks of zero runs, made in this run or an earlier one.
+    pub skipped_blocks: u64,
+    /// Bytes of those blocks.
+    pub skipped_bytes: u64,
 }
 
 /// What became of a block offered to the image.
@@ -176,6 +197,19 @@ impl Image {
                 if let Some(s) = signed {
                     s.blocks_written(self.slots(), a, b, c);
                 }
+            }
+            // Runs an earlier run of a resumed session made: already on
+            // disk, shown as skipped from now on; in the zero set, so that
+            // the end of the session gives their space back too.
+            for (a, b) in self
+                .resumed_left
+                .iter()
+                .flat_map(|r| r.take_range(first, cut))
+            {
+                self.zeros.insert_range(a, b);
+                self.resumed_zero_bytes
+                    .fetch_add(g.range_bytes(a, b), Ordering::Relaxed);
+                self.resumed_zero_blocks.fetch_add(b - a, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -567,6 +601,28 @@ impl Transfer {
         self.image().map_or(0, |i| i.resumed_bytes)
     }
 
+    /// Resumed and skipped blocks and bytes for the status page: the
+    /// blocks of the resume file that the sender's zero runs name count as
+    /// skipped (the image's zero runs, whether this run or an earlier one
+    /// made them), the other resumed blocks as resumed. Both sums are
+    /// those of [`Self::resumed_blocks`] and the zero runs made in this
+    /// run.
+    pub fn resumed_and_skipped(&self) -> DoneSplit {
+        let Some(i) = self.image() else {
+            return DoneSplit::default();
+        };
+        let (zb, zn) = (
+            i.resumed_zero_blocks.load(Ordering::Relaxed),
+            i.resumed_zero_bytes.load(Ordering::Relaxed),
+        );
+        DoneSplit {
+            resumed_blocks: i.resumed - zb,
+            resumed_bytes: i.resumed_bytes - zn,
+            skipped_blocks: i.skipped_blocks.load(Ordering::Relaxed) + zb,
+            skipped_bytes: i.skipped_bytes.load(Ordering::Relaxed) + zn,
+        }
+    }
+
     /// The staging writer's counters (zero until the target is open).
     pub fn storage_status(&self) -> StorageStatus {
         let Some(img) = self.image() else {
@@ -738,6 +794,11 @@ impl Transfer {
             skipped_blocks: AtomicU64::new(0),
             skipped_bytes: AtomicU64::new(0),
             zeros: BlockBitmap::new(geometry.block_count),
+            resumed_left: saved
+                .as_ref()
+                .map(|words| BlockBitmap::from_words(geometry.block_count, words)),
+            resumed_zero_blocks: AtomicU64::new(0),
+            resumed_zero_bytes: AtomicU64::new(0),
         }))
     }
 
@@ -1206,6 +1267,35 @@ mod tests {
         ctl.digest = [2; 32];
         t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
         assert_eq!(t.failure().unwrap().code, ErrorCode::ProtocolError);
+    }
+
+    #[test]
+    fn zero_runs_an_earlier_run_made_show_as_skipped_once() {
+        let (_, path) = setup("resumed-zeros", None);
+        let g = Geometry::new(5000, 1000);
+        std::fs::write(&path, vec![0; 5000]).unwrap();
+        let resume = resume::default_path(&path);
+        // Blocks 1 and 2 (a zero run the killed run made) and 4 are on disk.
+        resume::save(&resume, 3, &g, &[0b10110]).unwrap();
+        let t = Transfer::new(path.clone(), None, 1).with_resume(Some(resume.clone()));
+        let c = t.counters(0);
+        let list = wire::encode_zeros(3, &g, &[(1, 2)]);
+        t.ingest(&list[0], c);
+        t.ingest(&list[0], c);
+        let split = |rb, sb| DoneSplit {
+            resumed_blocks: rb,
+            resumed_bytes: rb * 1000,
+            skipped_blocks: sb,
+            skipped_bytes: sb * 1000,
+        };
+        assert_eq!(t.resumed_and_skipped(), split(1, 2));
+        assert_eq!(t.blocks_done(), 3);
+        // A longer list: block 0 is zeroed now, 1 and 2 are counted once.
+        t.ingest(&wire::encode_zeros(3, &g, &[(0, 3)])[0], c);
+        assert_eq!(t.resumed_and_skipped(), split(1, 3));
+        assert_eq!(t.blocks_done(), 4);
+        assert_eq!(t.resumed_blocks(), 3);
+        std::fs::remove_file(&resume).unwrap();
     }
 
     #[test]

@@ -750,8 +750,9 @@ impl TrustStatus {
 /// blocks, made to read as zeros here without being sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SparseStatus {
-    /// Bytes of those runs in this run of the receiver (also counted in
-    /// `bytes_done`).
+    /// Bytes of those runs (also counted in `bytes_done`); after a
+    /// resume also the runs the earlier run made, once the sender names
+    /// them again (they then leave `resumed_blocks`).
     pub skipped_bytes: u64,
     /// Blocks of those runs (also counted in `blocks_done`).
     pub skipped_blocks: u64,
@@ -825,7 +826,8 @@ pub struct Snapshot {
     pub fec_recovered: u64,
     /// NACK packets sent to the sender.
     pub nacks_sent: u64,
-    /// Blocks taken from the resume file of an earlier run.
+    /// Blocks taken from the resume file of an earlier run, less those in
+    /// the sender's zero runs (counted in `sparse.skipped_blocks`).
     pub resumed_blocks: u64,
     /// Sparse images: the zero runs skipped.
     pub sparse: SparseStatus,
