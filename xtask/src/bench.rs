@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the end-to-end benchmark, in two parts.
+//! `cargo xtask bench`: the end-to-end benchmark, in three parts.
 //!
 //! Two network namespaces joined by a veth pair (`xdpcast_bench::netns`,
 //! 10.99.x.0/24, multicast 239.77.0.0/24 only), a fresh pair per MTU. The sender is
@@ -15,6 +15,8 @@
 //!   device (direct I/O) over a disk file full of old data; with the
 //!   kernel's ring-drop counters, the device bytes read during the receive
 //!   and the bytes on disk by the halfway point.
+//! - **sparse** (`crate::sparse`): a 75 % zero image sent by the real
+//!   `xdpcast send` with and without `--no-sparse`.
 //!
 //! Times come from the receiver side: the start is when the target file
 //! appears (or the first block is counted, for a block device), the end of
@@ -51,7 +53,7 @@ pub(crate) const POLL: Duration = Duration::from_millis(2);
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A 128 MiB image and MTU 1500 only: under 5 minutes on 2 cores.
+    /// A 128 MiB image, MTU 1500 only, the sparse part on tmpfs only: under 5 minutes on 2 cores.
     #[arg(long)]
     quick: bool,
     /// Image size in MiB (default: 128 with --quick, else 1024).
