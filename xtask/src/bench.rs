@@ -127,6 +127,36 @@ pub(crate) struct Target {
     pub(crate) dev_stat: Option<PathBuf>,
 }
 
+impl Target {
+    /// A target of `kind` for `ctx`'s image: `name` in `ctx.work` (tmpfs)
+    /// or in `disk`, or a loop device over a file of old data in `disk`
+    /// (returned too: it is detached when dropped).
+    pub(crate) fn new(
+        kind: TargetKind,
+        ctx: &Ctx,
+        disk: &WorkDir,
+        name: &str,
+    ) -> Result<(Target, Option<LoopDev>)> {
+        let lo = match kind {
+            TargetKind::Loop => Some(LoopDev::new(&disk.0, ctx.size + (16 << 20))?),
+            _ => None,
+        };
+        let target = Target {
+            kind,
+            path: match (kind, &lo) {
+                (_, Some(l)) => PathBuf::from(&l.dev),
+                (TargetKind::Ext4, _) => disk.0.join(name),
+                _ => ctx.work.join(name),
+            },
+            dev_stat: lo.as_ref().map(|l| {
+                let name = Path::new(&l.dev).file_name().unwrap_or_default();
+                Path::new("/sys/block").join(name).join("stat")
+            }),
+        };
+        Ok((target, lo))
+    }
+}
+
 /// A loop device over a file of old data on the machine's disk; detached
 /// (and the file removed) on drop.
 pub(crate) struct LoopDev {
@@ -267,6 +297,19 @@ pub(crate) fn cmd_ok(program: &str, args: &[&str]) -> Result<String> {
 
 /// Scratch directory (tmpfs, or the disk for the keep-up targets); removed on drop.
 pub(crate) struct WorkDir(pub(crate) PathBuf);
+
+impl WorkDir {
+    /// Scratch space on the machine's disk (not tmpfs) for ext4 files and
+    /// loop devices' backing files.
+    pub(crate) fn on_disk(part: &str) -> Result<WorkDir> {
+        let d = WorkDir(PathBuf::from(format!(
+            "/var/tmp/xdpcast-bench-{part}-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&d.0)?;
+        Ok(d)
+    }
+}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -783,6 +826,25 @@ pub(crate) fn start_receiver(
     }
 }
 
+/// A sender `argv` in `net`'s sending namespace, pinned to [`TX_CPU`],
+/// its output in `ctx.work/log`.
+pub(crate) fn start_sender(ctx: &Ctx, net: &VethPair, argv: &[&str], log: &str) -> Result<Proc> {
+    Proc::spawn(Some(&net.a.name), TX_CPU, argv, &[], &ctx.work.join(log))
+}
+
+/// `xdpcast send` of `ctx.image` over `net`, paced at `--rate-mbps`
+/// (default 2000), with `extra` arguments (see [`start_sender`]).
+pub(crate) fn xdpcast_send(ctx: &Ctx, net: &VethPair, extra: &[&str], log: &str) -> Result<Proc> {
+    let bin = ctx.bin.join("xdpcast");
+    let (bin, image) = (bin.to_string_lossy(), ctx.image.to_string_lossy());
+    let rate = format!("{}M", ctx.rate_mbps.unwrap_or(2000));
+    let mut argv = vec![
+        &*bin, "send", &image, "--group", GROUP, "--iface", &net.if_a, "--rate", &rate,
+    ];
+    argv.extend_from_slice(extra);
+    start_sender(ctx, net, &argv, log)
+}
+
 /// One xdpcast receive over `net` into `target`, the blast sender paced to
 /// `rate_mbps` (None: unpaced), one datagram per frame (no GSO).
 fn run_xdpcast(
@@ -821,13 +883,7 @@ fn run_xdpcast(
     if let Some(r) = &rate {
         argv.extend(["--rate-bps", r]);
     }
-    let mut tx = Proc::spawn(
-        Some(&net.a.name),
-        TX_CPU,
-        &argv,
-        &[],
-        &ctx.work.join("tx.log"),
-    )?;
+    let mut tx = start_sender(ctx, net, &argv, "tx.log")?;
     let tx_start = now_ns();
     let mut first = None;
     let mut samples: Vec<(u64, u64, u64)> = Vec::new();
@@ -1440,30 +1496,9 @@ pub fn run(args: Args) -> Result<()> {
 
     if matches!(args.part, Part::All | Part::Keepup) {
         let net = VethPair::new(1, 1500);
-        // Scratch space on the machine's disk (not tmpfs) for the ext4 file
-        // and the loop device's backing file.
-        let disk = WorkDir(PathBuf::from(format!(
-            "/var/tmp/xdpcast-bench-{}",
-            std::process::id()
-        )));
-        std::fs::create_dir_all(&disk.0)?;
+        let disk = WorkDir::on_disk("keepup")?;
         for &kind in &args.targets {
-            let lo = match kind {
-                TargetKind::Loop => Some(LoopDev::new(&disk.0, size + (16 << 20))?),
-                _ => None,
-            };
-            let target = Target {
-                kind,
-                path: match (kind, &lo) {
-                    (_, Some(l)) => PathBuf::from(&l.dev),
-                    (TargetKind::Ext4, _) => disk.0.join("out.img"),
-                    _ => ctx.work.join("out.img"),
-                },
-                dev_stat: lo.as_ref().map(|l| {
-                    let name = Path::new(&l.dev).file_name().unwrap_or_default();
-                    Path::new("/sys/block").join(name).join("stat")
-                }),
-            };
+            let (target, lo) = Target::new(kind, &ctx, &disk, "out.img")?;
             for rate in &args.rates {
                 let mbps = match rate.as_str() {
                     "max" => None,

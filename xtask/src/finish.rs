@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use xdpcast::status::page::State;
 use xdpcast_bench::netns::VethPair;
 
-use crate::bench::{completion, follow, start_receiver, Ctx, Proc, GROUP, TX_CPU};
+use crate::bench::{completion, follow, start_receiver, xdpcast_send, Ctx};
 
 /// Seconds from the last block to the receiver's exit with SUCCESS.
 fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Path>) -> Result<f64> {
@@ -28,24 +28,9 @@ fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Pat
         extra.extend(["--trust", p]);
     }
     let (mut rx, reader) = start_receiver(ctx, net, "finish", &out, &extra)?;
-    let bin = ctx.bin.join("xdpcast");
-    let bin = bin.to_string_lossy();
-    let image = ctx.image.to_string_lossy();
-    let rate = format!("{}M", ctx.rate_mbps.unwrap_or(2000));
     let key_s = key.map(|k| k.to_string_lossy().into_owned());
-    let mut tx_args = vec![
-        &*bin, "send", &image, "--group", GROUP, "--iface", &net.if_a, "--rate", &rate,
-    ];
-    if let Some(k) = &key_s {
-        tx_args.extend(["--sign", k]);
-    }
-    let mut tx = Proc::spawn(
-        Some(&net.a.name),
-        TX_CPU,
-        &tx_args,
-        &[],
-        &ctx.work.join("finish-tx.log"),
-    )?;
+    let sign: Vec<&str> = key_s.iter().flat_map(|k| ["--sign", k.as_str()]).collect();
+    let mut tx = xdpcast_send(ctx, net, &sign, "finish-tx.log")?;
     let (exit, samples) = follow(&reader, &mut rx, ctx.timeout)?;
     tx.stop();
     let s = reader.read()?;

@@ -20,7 +20,6 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -32,8 +31,8 @@ use xdpcast_bench::fixture::write_sparse_image;
 use xdpcast_bench::netns::VethPair;
 
 use crate::bench::{
-    check_interrupt, completion, follow, median, rx_counter, spread, start_receiver, Ctx, LoopDev,
-    Proc, Target, TargetKind, WorkDir, GROUP, TX_CPU,
+    check_interrupt, completion, follow, median, rx_counter, spread, start_receiver, xdpcast_send,
+    Ctx, LoopDev, Target, TargetKind, WorkDir,
 };
 
 /// Seed of the bench's sparse image.
@@ -146,22 +145,11 @@ fn run_one(
     }
     let (mut rx, reader) = start_receiver(ctx, net, "sparse", &target.path, &["--mode", "xdp"])?;
     let (bytes0, packets0) = (rx_counter(net, "rx_bytes")?, rx_counter(net, "rx_packets")?);
-    let bin = ctx.bin.join("xdpcast");
-    let (bin, image) = (bin.to_string_lossy(), ctx.image.to_string_lossy());
-    let rate = format!("{}M", ctx.rate_mbps.unwrap_or(2000));
-    let mut argv = vec![
-        &*bin, "send", &image, "--group", GROUP, "--iface", &net.if_a, "--rate", &rate,
-    ];
-    if sending == Sending::Dense {
-        argv.push("--no-sparse");
-    }
-    let mut tx = Proc::spawn(
-        Some(&net.a.name),
-        TX_CPU,
-        &argv,
-        &[],
-        &ctx.work.join("tx-sparse.log"),
-    )?;
+    let extra: &[&str] = match sending {
+        Sending::Sparse => &[],
+        Sending::Dense => &["--no-sparse"],
+    };
+    let mut tx = xdpcast_send(ctx, net, extra, "tx-sparse.log")?;
     let tx_start = now_ns();
     let (exit, samples) = follow(&reader, &mut rx, ctx.timeout)?;
     // The sender ends once the receiver has reported SUCCESS.
@@ -279,26 +267,10 @@ pub(crate) fn run(ctx: &Ctx, targets: &[TargetKind], runs: usize) -> Result<(Str
         timeout: ctx.timeout,
     };
     let net = VethPair::new(1, 1500);
-    let disk = WorkDir(PathBuf::from(format!(
-        "/var/tmp/xdpcast-bench-sparse-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&disk.0)?;
+    let disk = WorkDir::on_disk("sparse")?;
     let mut rows = Vec::new();
     for &kind in targets {
-        let lo = match kind {
-            TargetKind::Loop => Some(LoopDev::new(&disk.0, ctx.size + (16 << 20))?),
-            _ => None,
-        };
-        let target = Target {
-            kind,
-            path: match (kind, &lo) {
-                (_, Some(l)) => PathBuf::from(&l.dev),
-                (TargetKind::Ext4, _) => disk.0.join("sparse-out.img"),
-                _ => ctx.work.join("sparse-out.img"),
-            },
-            dev_stat: None,
-        };
+        let (target, lo) = Target::new(kind, &ctx, &disk, "sparse-out.img")?;
         for sending in [Sending::Sparse, Sending::Dense] {
             let mut row = Row {
                 target: kind.name(),
