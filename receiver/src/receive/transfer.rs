@@ -1203,6 +1203,9 @@ mod tests {
             skipped_blocks: AtomicU64::new(0),
             skipped_bytes: AtomicU64::new(0),
             zeros: BlockBitmap::new(g.block_count),
+            resumed_left: None,
+            resumed_zero_blocks: AtomicU64::new(0),
+            resumed_zero_bytes: AtomicU64::new(0),
         };
         let c = WorkerCounters::default();
         // Nothing read yet: blocks 0..3 fit, block 5 is refused unclaimed.
