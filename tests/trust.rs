@@ -365,29 +365,17 @@ fn forged_nack_flood_is_bounded_and_reported() {
     }
     let net = VethPair::new(1, 1500);
     let Images { dir: _dir, src, .. } = Images::new("xdpc-nack", 4 * MIB, 13);
-    let tx = start_sender(
-        &net.a,
-        &net.if_a,
-        GROUP,
-        &src,
-        &[
-            "--rate",
-            "400M",
-            "--block-size",
-            "1400",
-            "--repair-wait",
-            "200",
-        ],
-    );
     let g = Geometry::new(4 * MIB as u64, 1400);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let iface = net.if_b.clone();
+    let (joined, has_joined) = std::sync::mpsc::channel();
     // The attacker hears an announce for the repair address and session
     // id, then floods NACKs for the whole image (and some outside it).
     let attacker = spawn_in_netns(&net.b, move || {
         let group: xdpcast::net::socket::Group = GROUP.parse().unwrap();
         let sock = xdpcast::net::socket::join(group, &iface, 1 << 20, None).unwrap();
+        joined.send(()).unwrap();
         let sock: std::net::UdpSocket = sock.into();
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
@@ -421,6 +409,23 @@ fn forged_nack_flood_is_bounded_and_reported() {
         }
         sent
     });
+    // The sender starts once the attacker listens: it would otherwise be
+    // done before a slow attacker heard its first announce.
+    has_joined.recv().unwrap();
+    let tx = start_sender(
+        &net.a,
+        &net.if_a,
+        GROUP,
+        &src,
+        &[
+            "--rate",
+            "400M",
+            "--block-size",
+            "1400",
+            "--repair-wait",
+            "200",
+        ],
+    );
     let out = wait_output(tx, Duration::from_secs(120), "sender");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = attacker.join().unwrap();
