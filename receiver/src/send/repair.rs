@@ -22,6 +22,8 @@ use crate::proto::fec;
 use crate::proto::wire::{self, ConfirmHeader, Geometry, Packet};
 use crate::send::fleet::{Fleet, FleetCounts, RxInfo, RxState};
 
+/// Copies of each confirmation multicast.
+const CONFIRM_REPEAT: usize = 2;
 /// How long the listener blocks in `recv` before looking at its stop flag.
 const POLL: Duration = Duration::from_millis(50);
 /// Repair rounds after the last full pass before a receiver still further
@@ -237,8 +239,13 @@ impl Listener {
                     inbox.counts.confirms += 1;
                     drop(inbox);
                     for chunk in raised.chunks(wire::MAX_PARITY_ENTRIES) {
-                        self.ncf
-                            .send(&wire::encode_confirm(p.session, &p.geometry, &h, chunk))?;
+                        let pkt = wire::encode_confirm(p.session, &p.geometry, &h, chunk);
+                        // Twice, as control packets are repeated: a
+                        // receiver that loses the only copy (5% loss: one
+                        // in twenty of them) asks although it is covered.
+                        for _ in 0..CONFIRM_REPEAT {
+                            self.ncf.send(&pkt)?;
+                        }
                     }
                 }
             }
