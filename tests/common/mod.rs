@@ -80,7 +80,9 @@ pub fn start_receiver(
 
 /// `xdpcast send SRC --group GROUP --iface IFACE EXTRA...` in `ns`. Its
 /// status page is named after the process and the call (tests run side by
-/// side with the same group), unless EXTRA gives `--name`.
+/// side with the same group), unless EXTRA gives `--name`, and kept out of
+/// the machine's status directory: tests kill senders, whose pages would
+/// stay there, stale, for `xdpcast status` and `metrics` to list.
 pub fn start_sender(ns: &Netns, iface: &str, group: &str, src: &Path, extra: &[&str]) -> Child {
     static SENDERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let mut c = xdpcast(ns);
@@ -97,6 +99,10 @@ pub fn start_sender(ns: &Netns, iface: &str, group: &str, src: &Path, extra: &[&
         let n = SENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         c.args(["--name", &format!("test-tx-{}-{n}", std::process::id())]);
     }
+    c.env(
+        "XDPCAST_STATUS_DIR",
+        std::env::temp_dir().join("xdpcast-test-senders"),
+    );
     spawn(c)
 }
 
