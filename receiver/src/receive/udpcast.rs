@@ -1425,7 +1425,14 @@ impl Run {
                 *total += d.load(Ordering::Relaxed);
             }
         }
-        s.packets = all.iter().map(|w| w.packets).sum::<u64>() - s.total_drops();
+        // The drops were read after the packet counts: packets counted in
+        // between may be in the drops and not in the sum (as in the
+        // xdpcast path, the difference saturates).
+        s.packets = all
+            .iter()
+            .map(|w| w.packets)
+            .sum::<u64>()
+            .saturating_sub(s.total_drops());
         s.blocks_done = all.iter().map(|w| w.blocks).sum();
         s.fec_recovered = t
             .counters
