@@ -243,10 +243,11 @@ impl XskQueue {
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
         let start = Instant::now();
+        let mut told = false;
         loop {
             match Self::open_any_buffer(iface, queue_id, cfg) {
                 Err(RingError::QueueBusy { .. }) if start.elapsed() < BUSY_GRACE => {
-                    if start.elapsed() < BUSY_RETRY {
+                    if !std::mem::replace(&mut told, true) {
                         log::info!(
                             "{iface} queue {queue_id} is busy; waiting up to {BUSY_GRACE:?} \
                              in case its socket is still being released"
