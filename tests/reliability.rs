@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Child;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use common::*;
@@ -17,21 +16,6 @@ use xdpcast::ErrorCode;
 
 const MIB: usize = 1 << 20;
 const GROUP: &str = "239.6.6.6:5000";
-
-/// The tests of this file share the machine's two cores. The one that
-/// compares two receivers' first-pass loss runs alone (write lock): next
-/// to the others' transfers, whose kernel work runs in softirq ahead of
-/// any thread, its receivers would lose frames to that load, not to each
-/// other. The others run side by side (read lock).
-static MACHINE: RwLock<()> = RwLock::new(());
-
-fn side_by_side() -> RwLockReadGuard<'static, ()> {
-    MACHINE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    MACHINE.write().unwrap_or_else(|e| e.into_inner())
-}
 
 fn sender(ns: &Netns, iface: &str, src: &Path, extra: &[&str]) -> Child {
     start_sender(ns, iface, GROUP, src, extra)
@@ -70,7 +54,6 @@ fn repaired_by_nacks(group: &str, mib: usize, loss: f64) {
     if !netns_allowed() {
         return;
     }
-    let _machine = side_by_side();
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-loss", mib * MIB, (loss * 100.0) as u64);
     let rx = receiver_of(
@@ -139,7 +122,6 @@ fn fec_rebuilds_blocks_without_a_back_channel() {
     if !netns_allowed() {
         return;
     }
-    let _machine = side_by_side();
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-fec", 64 * MIB, 21);
     let rx = receiver(
@@ -184,7 +166,6 @@ fn lossy_receiver_does_not_slow_the_clean_one() {
     if !netns_allowed() {
         return;
     }
-    let _machine = alone();
     let lan = Lan::new(3);
     let (tx_host, lossy, clean) = (&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]);
     let dir = TempDir::new("xdpc-two");
@@ -248,7 +229,6 @@ fn killed_receiver_resumes_where_it_stopped() {
     if !netns_allowed() {
         return;
     }
-    let _machine = side_by_side();
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-resume", 64 * MIB, 41);
     let resume = dir.join("dst.img.xdpcast-resume");
@@ -322,7 +302,6 @@ fn sender_gone_fails_with_its_code() {
     if !netns_allowed() {
         return;
     }
-    let _machine = side_by_side();
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-gone", 32 * MIB, 51);
     let rx = receiver(

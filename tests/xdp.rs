@@ -9,9 +9,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Child;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+use xdpcast::net::rings::{XskConfig, XskQueue};
 use xdpcast::status::page::{PathMode, State};
 use xdpcast::ErrorCode;
 
@@ -220,6 +222,45 @@ fn killed_receiver_leaves_no_program_behind() {
         s.is_stale(Duration::from_secs(60)),
         "a killed writer leaves a stale page"
     );
+}
+
+/// A queue still held by another socket (as by a killed receiver's socket
+/// until the kernel's deferred release) is bound as soon as it is freed:
+/// the second socket keeps its UMEM and rings and retries only the bind.
+#[test]
+fn busy_queue_is_bound_once_released() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let cfg = XskConfig {
+        frame_count: 256,
+        ring_size: 128,
+        ..XskConfig::default()
+    };
+    let open = || {
+        net.b.enter_thread().expect("enter the namespace");
+        XskQueue::open(&net.if_b, 0, &cfg)
+    };
+    std::thread::scope(|s| {
+        let first = s.spawn(open).join().unwrap().expect("first socket");
+        let (done_tx, done) = mpsc::channel();
+        let second = s.spawn(move || {
+            let r = open();
+            done_tx.send(()).unwrap();
+            r
+        });
+        // Whenever the second thread runs, it cannot bind while the first
+        // socket holds the queue: it is still waiting.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            done.try_recv().is_err(),
+            "a second socket was bound to a held queue, or gave up at once"
+        );
+        drop(first);
+        let q = second.join().unwrap().expect("bound after the release");
+        assert!(!q.zero_copy(), "veth binds in copy mode");
+    });
 }
 
 #[test]

@@ -195,10 +195,13 @@ enum Cmd {
         /// thread runs on the process's other CPUs when there are any.
         #[arg(long, value_delimiter = ',')]
         cores: Option<Vec<usize>>,
-        /// UMEM frames per queue (4 KiB each).
+        /// UMEM frames per queue: 2 KiB each up to MTU 1774, else 4 KiB
+        /// (the default is 64 MiB per queue at MTU 1500).
         #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_FRAMES)]
         frames: u32,
-        /// AF_XDP ring size (power of two).
+        /// AF_XDP rx and fill ring entries (power of two). Frames that
+        /// arrive while the worker is not scheduled wait here; the default
+        /// holds about 20 ms at 10 GbE line rate, 370 ms at 500 Mbit/s.
         #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_RING)]
         ring_size: u32,
         /// Staging buffer between the workers and the target, MiB. The

@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
-use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig};
+use xdpilone::{DeviceQueue, IfInfo, RingRx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 /// `SOL_XDP` socket option level.
 const SOL_XDP: libc::c_int = 283;
@@ -50,19 +50,41 @@ pub enum CopyMode {
     Copy,
 }
 
-/// Default UMEM frames per socket: 64 MiB of 4 KiB frames, twice the ring,
-/// so the fill ring stays full while the worker holds a whole ring's worth.
-pub const DEFAULT_FRAMES: u32 = 16_384;
-/// Default rx/fill ring entries: at 1500-byte frames 8192 frames are about
-/// 10 ms of 10 GbE line rate, 60 ms at 1.5 Gbit/s, for the worker's
-/// preemptions (its storage waits are gone: see `store::writer`).
-pub const DEFAULT_RING: u32 = 8_192;
+/// Default UMEM frames per socket: twice the ring, so the fill ring stays
+/// full while the worker holds a whole ring's worth. At MTU 1500 the frames
+/// are 2 KiB ([`frame_size_for_mtu`]): 64 MiB per socket.
+pub const DEFAULT_FRAMES: u32 = 32_768;
+/// Default rx/fill ring entries. When the worker is not scheduled (on a
+/// busy machine, other work's softirq runs ahead of every thread), the
+/// kernel fills the rx ring from the fill ring; frames beyond this many are
+/// dropped. 16384 frames of 1500 bytes are about 20 ms of 10 GbE line rate,
+/// 130 ms at 1.5 Gbit/s and 370 ms at 500 Mbit/s. Storage never stalls the
+/// worker (see `store::writer`), so only scheduling does.
+pub const DEFAULT_RING: u32 = 16_384;
+/// The kernel's headroom before the packet in every UMEM frame
+/// (`XDP_PACKET_HEADROOM`, include/uapi/linux/bpf.h).
+const XDP_PACKET_HEADROOM: u32 = 256;
+/// An Ethernet header with one VLAN tag.
+const ETH_VLAN_HEADER: u32 = 18;
+
+/// UMEM frame size for an interface MTU: 2 KiB when a whole Ethernet frame
+/// fits after the kernel's headroom (MTU up to 1774), which doubles the
+/// frames, so the stall the rings absorb, for the memory of 4 KiB frames;
+/// otherwise 4 KiB, with larger frames in fragments (multi-buffer).
+pub fn frame_size_for_mtu(mtu: u32) -> u32 {
+    if mtu.saturating_add(ETH_VLAN_HEADER) <= 2048 - XDP_PACKET_HEADROOM {
+        2048
+    } else {
+        4096
+    }
+}
 
 /// Sizing of one AF_XDP socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XskConfig {
     /// Size of one UMEM frame: a power of two in 2048..=page size. The kernel
     /// reserves 256 bytes of headroom, so frames up to `frame_size - 256` bytes fit.
+    /// The receiver picks it from the interface MTU ([`frame_size_for_mtu`]).
     pub frame_size: u32,
     /// Number of UMEM frames.
     pub frame_count: u32,
@@ -242,22 +264,7 @@ impl XskQueue {
     /// hold RTNL, e.g. while namespaces are torn down.
     pub fn open(iface: &str, queue_id: u32, cfg: &XskConfig) -> Result<XskQueue, RingError> {
         validate(cfg)?;
-        let start = Instant::now();
-        let mut told = false;
-        loop {
-            match Self::open_any_buffer(iface, queue_id, cfg) {
-                Err(RingError::QueueBusy { .. }) if start.elapsed() < BUSY_GRACE => {
-                    if !std::mem::replace(&mut told, true) {
-                        log::info!(
-                            "{iface} queue {queue_id} is busy; waiting up to {BUSY_GRACE:?} \
-                             in case its socket is still being released"
-                        );
-                    }
-                    std::thread::sleep(BUSY_RETRY);
-                }
-                r => return r,
-            }
-        }
+        Self::open_any_buffer(iface, queue_id, cfg)
     }
 
     /// [`Self::open_with`], falling back to single-buffer frames when the
@@ -272,7 +279,7 @@ impl XskQueue {
                 log::warn!(
                     "{iface} queue {queue_id}: AF_XDP multi-buffer refused ({source}); \
                      frames larger than {} bytes will be dropped",
-                    cfg.frame_size - 256
+                    cfg.frame_size - XDP_PACKET_HEADROOM
                 );
                 let single = XskConfig {
                     multi_buffer: false,
@@ -281,6 +288,28 @@ impl XskQueue {
                 Self::open_with(iface, queue_id, &single)
             }
             r => r,
+        }
+    }
+
+    /// Bind the socket, trying a busy queue again for up to [`BUSY_GRACE`]
+    /// with the same UMEM and rings (a failed bind leaves the socket
+    /// unbound, so it may be bound again).
+    fn bind(umem: &Umem, user: &User, iface: &str, queue_id: u32) -> Result<(), xdpilone::Errno> {
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            match umem.bind(user) {
+                Err(e) if e.get_raw().abs() == libc::EBUSY && start.elapsed() < BUSY_GRACE => {
+                    if !std::mem::replace(&mut told, true) {
+                        log::info!(
+                            "{iface} queue {queue_id} is busy; waiting up to {BUSY_GRACE:?} \
+                             in case its socket is still being released"
+                        );
+                    }
+                    std::thread::sleep(BUSY_RETRY);
+                }
+                r => return r,
+            }
         }
     }
 
@@ -379,7 +408,7 @@ impl XskQueue {
             )
             .map_err(|e| os_err("rx ring setup", e))?;
         let rx = user.map_rx().map_err(|e| os_err("rx ring mmap", e))?;
-        umem.bind(&user).map_err(|e| match e.get_raw().abs() {
+        Self::bind(&umem, &user, iface, queue_id).map_err(|e| match e.get_raw().abs() {
             libc::EOPNOTSUPP if cfg.copy_mode == CopyMode::ZeroCopy => {
                 RingError::ZeroCopyUnsupported {
                     iface: iface.to_string(),
@@ -658,5 +687,15 @@ mod tests {
             ..XskConfig::default()
         };
         assert!(validate(&bad).is_err());
+    }
+
+    #[test]
+    fn frame_size_follows_the_mtu() {
+        assert_eq!(frame_size_for_mtu(1500), 2048);
+        // 1774 + 18 bytes of Ethernet and VLAN header + 256 of headroom.
+        assert_eq!(frame_size_for_mtu(1774), 2048);
+        assert_eq!(frame_size_for_mtu(1775), 4096);
+        assert_eq!(frame_size_for_mtu(9000), 4096);
+        assert_eq!(frame_size_for_mtu(u32::MAX), 4096);
     }
 }

@@ -99,6 +99,7 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
     }
     let xsk_config = XskConfig {
         multi_buffer: steering.multi_buffer(),
+        frame_size: rings::frame_size_for_mtu(socket::iface_mtu(&req.iface)?),
         ..req.xsk.clone()
     };
     let mut sources = Vec::with_capacity(queues.len());
