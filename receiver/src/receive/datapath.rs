@@ -99,7 +99,8 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
     }
     let xsk_config = XskConfig {
         multi_buffer: steering.multi_buffer(),
-        frame_size: rings::frame_size_for_mtu(socket::iface_mtu(&req.iface)?),
+        // Page-size frames fit any MTU: the fallback if sysfs cannot say.
+        frame_size: socket::iface_mtu(&req.iface).map_or(4096, rings::frame_size_for_mtu),
         ..req.xsk.clone()
     };
     let mut sources = Vec::with_capacity(queues.len());
