@@ -55,12 +55,14 @@ const MIN_CHUNKS: usize = 4;
 /// Writeback of a written range is awaited once this much was written after
 /// it: bounds the dirty pages of the target.
 pub const WRITEBACK_LAG: u64 = 32 << 20;
-/// Buffers faulted in by `Stager::new` itself; the writer thread faults in
-/// the rest one by one and frees each when it is ready, so opening a target
-/// (on the first packet, on a worker) costs a few ms, not the whole buffer.
+/// Buffers faulted in by `Stager::new` itself; a thread of its own faults
+/// in the rest, a step at a time, and frees each step when it is ready, so
+/// opening a target (on the first packet, on a worker) costs a few ms, not
+/// the whole buffer. Not the writer thread: a storage stall in its first
+/// writes would stop the faulting while workers need buffers, and they
+/// would write blocks themselves (seen in the bench on the loop device).
 const EAGER: usize = 8;
-/// Buffers the writer thread faults in per round (16 MiB, a few ms) between
-/// its chunk writes.
+/// Buffers faulted in per step (16 MiB, a few ms).
 const POPULATE_STEP: usize = 16;
 /// How long the writer sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(2);
@@ -190,7 +192,8 @@ struct Shared {
     /// Bit set: buffer free.
     free: Box<[AtomicU64]>,
     free_count: AtomicUsize,
-    /// Buffers faulted in and handed out so far (the rest come one by one).
+    /// Buffers faulted in and handed out so far (the rest come a step at a
+    /// time, from the populating thread).
     populated: AtomicUsize,
     slots: Box<[AtomicU64]>,
     /// Bytes of each chunk that have landed (buffer or direct), ever.
@@ -221,6 +224,8 @@ unsafe impl Sync for Shared {}
 pub struct Stager {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    /// Faults in the buffers `new` did not; ends when all are, or on drop.
+    populator: Option<JoinHandle<()>>,
     waker: Thread,
 }
 
@@ -659,6 +664,18 @@ impl Stager {
             flushed: Condvar::new(),
         });
         let s = shared.clone();
+        let populator = (eager < nbuf)
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("xdpcast-stage".into())
+                    .spawn(move || {
+                        crate::cpu::place_background();
+                        populate_rest(&s)
+                    })
+            })
+            .transpose()
+            .map_err(|e| internal("cannot start the staging thread", e))?;
+        let s = shared.clone();
         let writer = std::thread::Builder::new()
             .name("xdpcast-writer".into())
             .spawn(move || {
@@ -672,6 +689,7 @@ impl Stager {
         Ok(Stager {
             shared,
             writer: Some(writer),
+            populator,
             waker,
         })
     }
@@ -736,29 +754,41 @@ impl Drop for Stager {
         // Whatever was received still goes to the target.
         self.shared.stop.store(true, Ordering::Release);
         self.waker.unpark();
+        if let Some(h) = self.populator.take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
     }
 }
 
-/// The writer thread: pre-fault the buffer, then write ready chunks, evict
-/// the oldest incomplete ones when more than half the buffer is in use,
-/// and everything on a flush request or at the end.
+/// The populating thread: fault in the buffers `Stager::new` did not, a
+/// step at a time (here, not on a worker's first copy), and hand each step
+/// out as it is ready.
+fn populate_rest(sh: &Shared) {
+    let nbuf = sh.buffers.len();
+    let mut ready = sh.populated.load(Ordering::Relaxed);
+    while ready < nbuf && !sh.stop.load(Ordering::Relaxed) {
+        let to = nbuf.min(ready + POPULATE_STEP);
+        populate(sh.pool_ptr, ready, to);
+        (ready..to).for_each(|b| sh.put_buffer(b));
+        // Release, after the buffers are free: the writer's Acquire load
+        // bounds its scan of buffers in use, which must not take a
+        // populated buffer for one in use before it was ever handed out.
+        sh.populated.store(to, Ordering::Release);
+        ready = to;
+    }
+}
+
+/// The writer thread: write ready chunks, evict the oldest incomplete ones
+/// when more than half the buffer is in use, and everything on a flush
+/// request or at the end.
 fn writer_loop(sh: &Shared) {
     let mut lag = Writeback::default();
     let nbuf = sh.buffers.len();
     loop {
-        // Fault in a few more buffers per round (here, not on a worker's
-        // first copy), then hand them out.
-        let ready = sh.populated.load(Ordering::Relaxed);
-        let mut worked = ready < nbuf && !sh.stop.load(Ordering::Relaxed);
-        if worked {
-            let to = nbuf.min(ready + POPULATE_STEP);
-            populate(sh.pool_ptr, ready, to);
-            sh.populated.store(to, Ordering::Relaxed);
-            (ready..to).for_each(|b| sh.put_buffer(b));
-        }
+        let mut worked = false;
         let stopping = sh.stop.load(Ordering::Acquire);
         let flush_to = sh.flush_req.load(Ordering::Acquire);
         let flush_all =
@@ -781,7 +811,7 @@ fn writer_loop(sh: &Shared) {
         };
         loop {
             // Buffers not faulted in yet are not free either: skip them.
-            let oldest = (0..sh.populated.load(Ordering::Relaxed))
+            let oldest = (0..sh.populated.load(Ordering::Acquire))
                 .filter(|&b| sh.free[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) == 0)
                 .map(|b| (sh.buffers[b].seq.load(Ordering::Relaxed), b))
                 .min();
