@@ -150,26 +150,31 @@ fn background_cpus(process: &[usize], busy: impl Fn(usize) -> bool) -> Vec<usize
     }
 }
 
-/// Place the calling thread (the staging writer) on the process's CPUs
-/// without a pinned worker, or on all the process's CPUs when every one
-/// has a worker; at the process's nice value (below the workers', whose
-/// value a thread started by a worker inherits). Returns
-/// the CPUs chosen. Best effort: the thread keeps running where it is on
-/// error.
-pub fn place_background() -> Vec<usize> {
+/// Move the calling thread to the process's CPUs without a pinned worker,
+/// or to all the process's CPUs when every one has a worker; returns the
+/// CPUs chosen. Best effort: the thread keeps running where it is on error.
+pub fn move_off_workers() -> Vec<usize> {
     // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let Ok(process) = allowed(pid) else {
+    let Ok(process) = allowed(unsafe { libc::getpid() }) else {
         return Vec::new();
     };
     let cpus = background_cpus(&process, |c| WORKERS_ON[c].load(Ordering::Relaxed) > 0);
     if let Err(e) = set_affinity(&cpus) {
-        log::debug!("writer thread placement on {cpus:?}: {e}");
+        log::debug!("background thread placement on {cpus:?}: {e}");
     }
+    cpus
+}
+
+/// Place the calling thread (the staging writer) as [`move_off_workers`]
+/// does, at the process's nice value (below the workers', whose value a
+/// thread started by a worker inherits). Returns the CPUs chosen.
+pub fn place_background() -> Vec<usize> {
+    let cpus = move_off_workers();
     // Started by a worker, it also inherited the worker's nice value: back
     // to the process's (its main thread's; raising it is always allowed).
-    // SAFETY: getpriority has no memory arguments.
-    let process_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t) };
+    // SAFETY: getpid and getpriority have no memory arguments.
+    let process_nice =
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t) };
     let _ = renice(process_nice);
     cpus
 }
