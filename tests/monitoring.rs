@@ -258,7 +258,8 @@ fn prometheus_get(addr: &str, path: &str) -> Option<String> {
 }
 
 /// The PromQL of every panel of docs/grafana-dashboard.json, with the
-/// `$session` variable set to all sessions: (panel title, query).
+/// `$session` and `$sender` variables set to all sessions: (panel title,
+/// query).
 fn dashboard_queries() -> Vec<(String, String)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -269,7 +270,11 @@ fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in d["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap().replace("$session", ".*");
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$session", ".*")
+                .replace("$sender", ".*");
             out.push((p["title"].as_str().unwrap().to_string(), expr));
         }
     }
@@ -338,6 +343,10 @@ fn dashboard_queries_return_data_from_prometheus() {
         "Ring drops",
         "Batch latency per worker (p99)",
         "Sessions in FAILURE",
+        "Sender progress",
+        "Sender rate",
+        "Receivers per state (sender's view)",
+        "Repair requests by kind",
     ];
     for w in wanted {
         assert!(queries.iter().any(|(t, _)| t == w), "no panel {w}");
@@ -368,13 +377,14 @@ fn dashboard_queries_return_data_from_prometheus() {
     let out = wait_output(failed, Duration::from_secs(30), "failing receiver");
     assert_eq!(out.status.code(), Some(102), "timeout exit status");
     let _live = Killed(receive("prom-live", "239.44.1.2:5000", &[]));
-    let _tx = Killed(start_sender(
-        &ns,
-        "lo",
-        "239.44.1.2:5000",
-        &src,
-        &["--rate", "8M"],
-    ));
+    // The sender's page in the same directory, for the sender panels; kept
+    // after it exits (it may be done before Prometheus scrapes).
+    let mut tx = xdpcast(&ns);
+    tx.env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["send", "--iface", "lo", "--group", "239.44.1.2:5000"])
+        .args(["--name", "prom-tx", "--keep-status", "--rate", "8M"])
+        .arg(&src);
+    let _tx = Killed(spawn(tx));
     wait_for(Duration::from_secs(30), "first blocks", || {
         let page = xdpcast::StatusReader::open(&dir.join("xdpcast.prom-live"));
         let s = page.and_then(|p| p.read()).ok()?;
