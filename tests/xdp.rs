@@ -270,12 +270,14 @@ fn sigterm_cancels_and_detaches() {
     }
     let net = VethPair::new(1, 1500);
     let dir = TempDir::new("xdpc-term");
+    // `--frames` alone, below the default ring (a setting from before the
+    // ring grew): the ring follows it, and the receiver starts.
     let rx = receiver(
         &net,
         &dir.0,
         "term",
         &dir.join("dst.img"),
-        &["--mode", "xdp"],
+        &["--mode", "xdp", "--frames", "8192"],
     );
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);

@@ -200,10 +200,11 @@ enum Cmd {
         #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_FRAMES)]
         frames: u32,
         /// AF_XDP rx and fill ring entries (power of two). Frames that
-        /// arrive while the worker is not scheduled wait here; the default
-        /// holds about 20 ms at 10 GbE line rate, 370 ms at 500 Mbit/s.
-        #[arg(long, default_value_t = xdpcast::net::rings::DEFAULT_RING)]
-        ring_size: u32,
+        /// arrive while the worker is not scheduled wait here. Default
+        /// 16384 (about 20 ms at 10 GbE line rate, 370 ms at 500 Mbit/s),
+        /// or the largest power of two up to --frames when that is less.
+        #[arg(long)]
+        ring_size: Option<u32>,
         /// Staging buffer between the workers and the target, MiB. The
         /// default, 256, absorbs a storage stall of about 215 ms at 10 GbE
         /// line rate.
@@ -819,7 +820,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             req.xsk = XskConfig {
                 frame_count: frames,
-                ring_size,
+                ring_size: ring_size.unwrap_or(xdpcast::net::rings::default_ring(frames)),
                 copy_mode: match xsk_copy {
                     XskCopy::Auto => CopyMode::Auto,
                     XskCopy::Zerocopy => CopyMode::ZeroCopy,

@@ -61,6 +61,17 @@ pub const DEFAULT_FRAMES: u32 = 32_768;
 /// 130 ms at 1.5 Gbit/s and 370 ms at 500 Mbit/s. Storage never stalls the
 /// worker (see `store::writer`), so only scheduling does.
 pub const DEFAULT_RING: u32 = 16_384;
+/// Ring entries for `frames` UMEM frames when none are asked for:
+/// [`DEFAULT_RING`], or the largest power of two up to `frames` when that
+/// is less (so that `--frames` alone, as set before the default ring grew,
+/// still gives a valid configuration).
+pub fn default_ring(frames: u32) -> u32 {
+    match frames {
+        0 => DEFAULT_RING,
+        f => DEFAULT_RING.min(1 << f.ilog2()),
+    }
+}
+
 /// The kernel's headroom before the packet in every UMEM frame
 /// (`XDP_PACKET_HEADROOM`, include/uapi/linux/bpf.h).
 const XDP_PACKET_HEADROOM: u32 = 256;
@@ -687,6 +698,23 @@ mod tests {
             ..XskConfig::default()
         };
         assert!(validate(&bad).is_err());
+    }
+
+    #[test]
+    fn default_ring_fits_the_frames() {
+        assert_eq!(default_ring(DEFAULT_FRAMES), DEFAULT_RING);
+        assert_eq!(default_ring(8192), 8192);
+        assert_eq!(default_ring(20_000), DEFAULT_RING);
+        assert_eq!(default_ring(12_000), 8192);
+        assert_eq!(default_ring(1), 1);
+        for f in [1, 3, 8192, 12_000, 20_000, DEFAULT_FRAMES, u32::MAX] {
+            let cfg = XskConfig {
+                frame_count: f,
+                ring_size: default_ring(f),
+                ..XskConfig::default()
+            };
+            assert!(validate(&cfg).is_ok(), "{f} frames");
+        }
     }
 
     #[test]
