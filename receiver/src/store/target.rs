@@ -224,8 +224,12 @@ impl Target {
     /// there is nothing to reserve (a block device, a stream, a resumed
     /// file, or done); `data` is only called the first time.
     pub fn reserve(&self, data: impl FnOnce() -> Vec<(u64, u64)>) -> bool {
-        if self.reserve.load(Ordering::Acquire) == Reserve::None as u8 {
-            return true;
+        // A plain load on every block after the first: only the first
+        // caller needs the compare-exchange, whose locked write would
+        // otherwise bounce this line between the workers' cores per block.
+        let now = self.reserve.load(Ordering::Acquire);
+        if now != Reserve::Pending as u8 {
+            return now != Reserve::Failed as u8;
         }
         let state = self.reserve.compare_exchange(
             Reserve::Pending as u8,
