@@ -476,6 +476,7 @@ impl Session {
                 .with_store(self.req.store)
                 .with_trust(self.req.trust.clone(), self.req.expect_sha256)
                 .with_max_manifest_age(self.req.max_manifest_age)
+                .with_max_clock_skew(self.req.max_clock_skew)
                 .with_source(self.req.source)
                 .with_stream_window(self.req.stream_window),
             );

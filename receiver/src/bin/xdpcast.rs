@@ -440,6 +440,16 @@ struct ReceiveTrust {
         default_value_t = xdpcast::receive::request::DEFAULT_MAX_MANIFEST_AGE.as_secs()
     )]
     max_manifest_age: u64,
+    /// With --trust: refuse a manifest dated more than SECS ahead of this
+    /// host's clock (the sender's or this host's clock is wrong; such a
+    /// manifest would stay replayable past --max-manifest-age). Within it,
+    /// a date ahead counts as age 0 (0: any date ahead).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = xdpcast::receive::request::DEFAULT_MAX_CLOCK_SKEW.as_secs()
+    )]
+    max_clock_skew: u64,
     /// Take data only from this sender address: source-specific join
     /// (IGMPv3/MLDv2) and every other source dropped (foreign_source).
     /// A signed manifest names its sender's address too.
@@ -453,8 +463,9 @@ impl ReceiveTrust {
             r.trust.extend(xdpcast::store::keys::load_trusted(spec)?);
         }
         r.expect_sha256 = self.expect_sha256;
-        r.max_manifest_age =
-            (self.max_manifest_age > 0).then(|| Duration::from_secs(self.max_manifest_age));
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        r.max_manifest_age = secs(self.max_manifest_age);
+        r.max_clock_skew = secs(self.max_clock_skew);
         r.source = self.source;
         Ok(())
     }

@@ -71,6 +71,10 @@ pub struct SessionRequest {
     /// Signed session: refuse a manifest signed longer ago than this (a
     /// recorded session replayed); None: any age.
     pub max_manifest_age: Option<Duration>,
+    /// Signed session: refuse a manifest dated further ahead of this host's
+    /// clock than this (within it, a future date counts as age 0); None:
+    /// any date ahead.
+    pub max_clock_skew: Option<Duration>,
     /// Take data only from this sender address (`--source`): source-specific
     /// join, other sources dropped as `foreign_source`. A verified manifest
     /// names the source too.
@@ -81,6 +85,9 @@ pub struct SessionRequest {
 
 /// Default `--max-manifest-age`: a day.
 pub const DEFAULT_MAX_MANIFEST_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Default `--max-clock-skew`: five minutes (as Kerberos allows).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 impl SessionRequest {
     /// A request with defaults for the rest.
@@ -106,6 +113,7 @@ impl SessionRequest {
             trust: Vec::new(),
             expect_sha256: None,
             max_manifest_age: Some(DEFAULT_MAX_MANIFEST_AGE),
+            max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
         }

@@ -298,7 +298,10 @@ pub struct Transfer {
     pinned: Option<[u8; wire::DIGEST_LEN]>,
     /// `--max-manifest-age`: manifests signed longer ago are replays.
     max_age: Option<Duration>,
-    /// A replayed manifest has been reported (once per session).
+    /// `--max-clock-skew`: manifests dated further ahead are refused.
+    max_skew: Option<Duration>,
+    /// A replayed (or future-dated) manifest has been reported (once per
+    /// session).
     replay_warned: AtomicBool,
     signed: OnceLock<Signed>,
     /// `--source`: the only sender address taken.
@@ -331,6 +334,7 @@ impl Transfer {
             trusted: Vec::new(),
             pinned: None,
             max_age: None,
+            max_skew: None,
             replay_warned: AtomicBool::new(false),
             signed: OnceLock::new(),
             source: None,
@@ -380,6 +384,15 @@ impl Transfer {
     /// clock): a recorded older session replayed (None: any age).
     pub fn with_max_manifest_age(mut self, max_age: Option<Duration>) -> Transfer {
         self.max_age = max_age;
+        self
+    }
+
+    /// Refuse manifests dated more than `max_skew` ahead of this host's
+    /// clock (None: any date ahead). Without it, a manifest from a sender
+    /// whose clock ran ahead stays replayable until this clock passes its
+    /// date plus the maximum age. Within it, a future date counts as age 0.
+    pub fn with_max_clock_skew(mut self, max_skew: Option<Duration>) -> Transfer {
+        self.max_skew = max_skew;
         self
     }
 
@@ -842,13 +855,23 @@ impl Transfer {
         if m.session != p.session() || m.geometry != p.geometry() {
             return Err(DropReason::Inconsistent);
         }
-        if self.max_age.is_some_and(|max| manifest_age(&m) > max) {
+        let (age, ahead) = manifest_clock(&m);
+        let too_old = self.max_age.is_some_and(|max| age > max);
+        if too_old || self.max_skew.is_some_and(|max| ahead > max) {
             if !self.replay_warned.swap(true, Ordering::Relaxed) {
-                log::warn!(
-                    "session {:#010x}: a manifest signed {} s ago (more than --max-manifest-age) is refused as a replay",
-                    m.session,
-                    manifest_age(&m).as_secs()
-                );
+                if too_old {
+                    log::warn!(
+                        "session {:#010x}: a manifest signed {} s ago (more than --max-manifest-age) is refused as a replay",
+                        m.session,
+                        age.as_secs()
+                    );
+                } else {
+                    log::warn!(
+                        "session {:#010x}: a manifest dated {} s in the future (more than --max-clock-skew) is refused: the sender's or this host's clock is wrong",
+                        m.session,
+                        ahead.as_secs()
+                    );
+                }
             }
             return Err(DropReason::ForeignSession);
         }
@@ -1089,13 +1112,17 @@ impl Sink for Transfer {
     }
 }
 
-/// How long ago `m` was signed, by this host's clock (0 for a manifest
-/// from the future: clocks differ, and its age cannot make it a replay).
-fn manifest_age(m: &Manifest) -> Duration {
+/// `m`'s date against this host's clock: how long ago it was signed (0
+/// for a manifest from the future) and how far ahead it is dated (0 for
+/// one from the past).
+fn manifest_clock(m: &Manifest) -> (Duration, Duration) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Duration::from_secs(now.saturating_sub(m.issued_at))
+    (
+        Duration::from_secs(now.saturating_sub(m.issued_at)),
+        Duration::from_secs(m.issued_at.saturating_sub(now)),
+    )
 }
 
 #[cfg(test)]
@@ -1349,16 +1376,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_replayed_old_manifest_opens_nothing() {
+    /// A signed transfer (key [9; 32]) with `max_age` and `max_skew`, and
+    /// a genuinely signed manifest head for it dated `offset` seconds from
+    /// now (negative: in the past).
+    fn dated_manifests(
+        name: &str,
+        max_age: Option<Duration>,
+        max_skew: Option<Duration>,
+    ) -> (Transfer, PathBuf, impl Fn(i64) -> Vec<u8>) {
         use crate::proto::manifest::ChunkTree;
         use ed25519_dalek::SigningKey;
-        let (t, path) = setup("replay", None);
+        let (t, path) = setup(name, None);
         let _ = std::fs::remove_file(&path);
         let key = SigningKey::from_bytes(&[9; 32]);
         let t = t
             .with_trust(vec![key.verifying_key()], None)
-            .with_max_manifest_age(Some(Duration::from_secs(3600)));
+            .with_max_manifest_age(max_age)
+            .with_max_clock_skew(max_skew);
         let data = image_bytes(1000);
         let g = Geometry::new(data.len() as u64, 100);
         let now = std::time::SystemTime::now()
@@ -1366,19 +1400,63 @@ mod tests {
             .unwrap()
             .as_secs();
         let root = ChunkTree::build(&data, 200).root();
-        let signed_at = |issued_at| test_manifest(g, root, issued_at).sign(&key);
+        let head = move |offset: i64| {
+            let m = test_manifest(g, root, now.saturating_add_signed(offset));
+            wire::encode_raw(Kind::Manifest, 5, &g, 0, &m.sign(&key))
+        };
+        (t, path, head)
+    }
+
+    #[test]
+    fn a_replayed_old_manifest_opens_nothing() {
+        let (t, path, head) = dated_manifests("replay", Some(Duration::from_secs(3600)), None);
         let c = t.counters(0);
-        let raw = |payload: &[u8]| wire::encode_raw(Kind::Manifest, 5, &g, 0, payload);
         // Genuinely signed, two hours ago: a replay, nothing opened.
-        t.ingest(&raw(&signed_at(now - 7200)), c);
+        t.ingest(&head(-7200), c);
         assert!(t.image().is_none() && !path.exists());
         assert_eq!(
             c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
             1
         );
         // Signed a minute ago, or ahead of this clock: taken.
-        t.ingest(&raw(&signed_at(now + 60)), c);
+        t.ingest(&head(60), c);
         assert!(t.image().is_some());
+    }
+
+    #[test]
+    fn a_manifest_dated_beyond_the_clock_skew_opens_nothing() {
+        use crate::receive::request::{DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_MANIFEST_AGE};
+        let (t, path, head) = dated_manifests(
+            "future",
+            Some(DEFAULT_MAX_MANIFEST_AGE),
+            Some(DEFAULT_MAX_CLOCK_SKEW),
+        );
+        let c = t.counters(0);
+        // Genuinely signed, dated an hour ahead: refused like a replay.
+        t.ingest(&head(3600), c);
+        assert!(t.image().is_none() && !path.exists());
+        assert!(t.signed().is_none() && !t.complete() && t.digest().is_none());
+        assert_eq!(
+            c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
+            1
+        );
+        // A minute ahead is within the skew: taken.
+        t.ingest(&head(60), c);
+        assert!(t.image().is_some() && path.exists());
+        assert_eq!(t.digest(), Some([4; 32]));
+        let _ = std::fs::remove_file(&path);
+
+        // With the bound off (--max-clock-skew 0), ten years ahead is
+        // taken: its age is 0.
+        let (t, path, head) = dated_manifests("future-any", Some(DEFAULT_MAX_MANIFEST_AGE), None);
+        let c = t.counters(0);
+        t.ingest(&head(10 * 365 * 86400), c);
+        assert!(t.image().is_some() && path.exists());
+        assert_eq!(
+            c.drops[DropReason::ForeignSession as usize].load(Ordering::Relaxed),
+            0
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
