@@ -11,9 +11,14 @@
 //!   fresh transfer and target per lap over the image, like a real receive:
 //!   the worker's first touch of each block's destination is included (the
 //!   staging writer's thread faults its buffers in and writes the chunks
-//!   to the file meanwhile, off the timed thread, as in the receiver).
+//!   to the file meanwhile, off the timed thread, as in the receiver). This
+//!   is the socket path's worker, which copies each block into staging.
 //! - `block/<size>/ingest_frame`: the AF_XDP worker's per-frame work:
-//!   Ethernet/IP/UDP decapsulation, then `ingest`.
+//!   Ethernet/IP/UDP decapsulation, then `Transfer::ingest_held`, which
+//!   hands the block in its frame to the copier thread (frames laid out as
+//!   in a UMEM; the copier copies them into staging meanwhile, off the
+//!   timed thread, as in the receiver); the lane's copier is woken every
+//!   64 frames, as a worker does after each batch.
 //! - `block/<size>/memcpy`: `copy_nonoverlapping` of the block into a warm
 //!   buffer at the same offset: the floor.
 //! - `block/<size>/memcpy_fresh`: the same into a fresh anonymous mapping
@@ -32,6 +37,7 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -44,6 +50,7 @@ use xdpcast::receive::transfer::Transfer;
 use xdpcast::receive::workers::Sink;
 use xdpcast::send::zeros;
 use xdpcast::status::page::{Snapshot, State, StatusReader, StatusWriter, WorkerStatus};
+use xdpcast::store::handoff::{Held, Producer};
 use xdpcast::store::target::Target;
 use xdpcast_bench::fixture;
 
@@ -89,6 +96,13 @@ fn per_block(c: &mut Criterion) {
         let (g, dgrams) = fixture::datagrams(&img, block_size);
         let frames: Vec<Vec<u8>> = dgrams.iter().map(|d| fixture::eth_frame(d)).collect();
         let n = dgrams.len();
+        // The frames in one "UMEM", one per power-of-two slot.
+        let fsize = frames.iter().map(Vec::len).max().unwrap_or(1).next_power_of_two();
+        let mut umem = vec![0u8; n * fsize];
+        for (i, f) in frames.iter().enumerate() {
+            umem[i * fsize..i * fsize + f.len()].copy_from_slice(f);
+        }
+        let umem = Arc::new(umem);
         let path = dir.join(format!("target-{block_size}"));
         let warm = Target::open(&path, g.total_size, block_size, &Default::default())
             .expect("open target");
@@ -139,11 +153,25 @@ fn per_block(c: &mut Criterion) {
         });
         group.bench_function("ingest_frame", |b| {
             b.iter_custom(|iters| {
-                laps(iters, n - 1, fresh, |t, i| {
+                let lap = || {
+                    let lane = Producer::new(8192, umem.as_ptr(), umem.len(), umem.clone());
+                    (fresh(), lane)
+                };
+                laps(iters, n - 1, lap, |(t, lane), i| {
                     let c = t.counters(0);
-                    match frame::udp_payload(&frames[i]) {
-                        Ok(d) => t.ingest(d, c),
+                    let at = i * fsize;
+                    match frame::udp_payload(&umem[at..at + frames[i].len()]) {
+                        Ok(d) => {
+                            let held = Held {
+                                producer: lane,
+                                frame: at as u64,
+                            };
+                            t.ingest_held(d, held, c);
+                        }
                         Err(r) => c.drop_packet(r),
+                    }
+                    if i % 64 == 63 {
+                        lane.kick();
                     }
                 })
             })

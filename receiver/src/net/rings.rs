@@ -8,14 +8,17 @@
 //!
 //! Each [`XskQueue`] owns an anonymous mmap'd UMEM of `frame_count` frames of
 //! `frame_size` bytes, an rx ring and a fill ring (plus the mandatory, unused
-//! completion ring). Received frames are handed to the caller and immediately
-//! returned to the fill ring, which is kept as full as possible.
+//! completion ring). Received frames are handed to the caller, which
+//! either lets them go back to the fill ring at once or keeps them (a
+//! block handed to the copier in its frame) and gives them back later
+//! ([`XskQueue::give_back`]); the fill ring is kept as full as possible.
 
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -212,7 +215,11 @@ pub struct XskQueue {
     zero_copy: bool,
     iface: String,
     queue: u32,
-    umem: MmapMut,
+    /// Frames in the UMEM.
+    frames: usize,
+    /// Shared with whoever holds kept frames: the mapping stays until the
+    /// last of them is done with it, even after this socket is closed.
+    umem: Arc<MmapMut>,
 }
 
 impl std::fmt::Debug for XskQueue {
@@ -385,7 +392,7 @@ impl XskQueue {
         // SAFETY: `area` is a page-aligned anonymous mapping of exactly `len`
         // bytes that `umem_area` keeps alive for the whole life of the returned
         // XskQueue; it is dropped last (field order), after the rings and the
-        // socket that reference it.
+        // socket that reference it (later still if kept frames hold it).
         let umem = unsafe { Umem::new(umem_cfg, area) }.map_err(|e| match e.get_raw().abs() {
             libc::ENOBUFS | libc::ENOMEM => RingError::InvalidConfig(format!(
                 "cannot register a {len} byte UMEM: exceeds RLIMIT_MEMLOCK or memory \
@@ -461,7 +468,8 @@ impl XskQueue {
             zero_copy,
             iface: iface.to_string(),
             queue: queue_id,
-            umem: umem_area,
+            frames: cfg.frame_count as usize,
+            umem: Arc::new(umem_area),
         };
         q.refill();
         log::debug!(
@@ -477,13 +485,41 @@ impl XskQueue {
         self.zero_copy
     }
 
+    /// Frames in the UMEM.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// The UMEM mapping, for whoever keeps frames: it stays mapped as long
+    /// as they hold it.
+    pub fn memory(&self) -> Arc<MmapMut> {
+        self.umem.clone()
+    }
+
+    /// Take back kept frames (their UMEM addresses, as `poll_batch` gave
+    /// them), for the fill ring; empties `frames`.
+    pub fn give_back(&mut self, frames: &mut Vec<u64>) {
+        let umem_len = self.umem.len() as u64;
+        // Only whole frames of this UMEM: a stray address would hand the
+        // kernel a frame twice.
+        self.free.extend(
+            frames
+                .drain(..)
+                .filter(|&a| a < umem_len && a & !self.frame_mask == 0),
+        );
+    }
+
     /// Waits up to `timeout` for frames (poll(2) when the rx ring is empty), then
     /// hands each received Ethernet frame to `f` and returns the frames to the fill
-    /// ring. Handles at most `batch` frames; returns how many (0 on timeout or EINTR).
+    /// ring. `f` also gets the frame's UMEM address when the packet lies in one
+    /// frame (not for a packet gathered from fragments); if it returns true it
+    /// keeps the frame, which then stays out of the fill ring until
+    /// [`Self::give_back`]. Handles at most `batch` frames; returns how many (0 on
+    /// timeout or EINTR).
     pub fn poll_batch(
         &mut self,
         timeout: Duration,
-        mut f: impl FnMut(&[u8]),
+        mut f: impl FnMut(&[u8], Option<u64>) -> bool,
     ) -> Result<usize, RingError> {
         if self.rx.available() == 0 {
             // Make sure the kernel has buffers before sleeping.
@@ -498,7 +534,7 @@ impl XskQueue {
         let mut done = 0usize;
         let mut read = self.rx.receive(self.batch);
         while let Some(desc) = read.read() {
-            self.free.push(desc.addr & self.frame_mask);
+            let addr = desc.addr & self.frame_mask;
             let start = usize::try_from(desc.addr).unwrap_or(usize::MAX);
             let len = desc.len as usize;
             let more = desc.options & XDP_PKT_CONTD != 0;
@@ -507,7 +543,8 @@ impl XskQueue {
                 // above), which lives as long as `self`. The kernel handed this frame
                 // to user space through the rx ring and will not write to it until
                 // we put it back on the fill ring, which happens in `refill` after
-                // this loop, when `frame` is gone.
+                // this loop, when `frame` is gone (or, for a frame `f` keeps, after
+                // `give_back`).
                 Some(unsafe { std::slice::from_raw_parts(base.add(start), len) })
             } else {
                 log::warn!(
@@ -522,7 +559,9 @@ impl XskQueue {
             match frame {
                 // A whole packet in one frame: the common case, no copy.
                 Some(frame) if !more && self.partial.is_empty() && !self.partial_bad => {
-                    f(frame);
+                    if !f(frame, Some(addr)) {
+                        self.free.push(addr);
+                    }
                     done += 1;
                     continue;
                 }
@@ -531,9 +570,12 @@ impl XskQueue {
                 }
                 _ => self.partial_bad = true,
             }
+            // A fragment: its bytes were gathered (or dropped); the frame
+            // goes back.
+            self.free.push(addr);
             if !more {
                 if !self.partial_bad {
-                    f(&self.partial);
+                    f(&self.partial, None);
                     done += 1;
                 }
                 self.partial.clear();

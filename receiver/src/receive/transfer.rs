@@ -25,6 +25,7 @@ use crate::receive::bitmap::BlockBitmap;
 use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
 use crate::status::page::{StorageStatus, StreamStatus};
+use crate::store::handoff::Held;
 use crate::store::resume;
 use crate::store::stream::{self, StreamOut};
 use crate::store::target::Target;
@@ -82,6 +83,8 @@ pub struct DoneSplit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Landed {
     Written,
+    /// Written, and the worker's frame went with it to the copier.
+    Kept,
     /// Claimed already.
     Duplicate,
     /// Beyond a stream's window, or no room for the data on the
@@ -117,6 +120,7 @@ impl Image {
         &self,
         index: u64,
         payload: &[u8],
+        held: Option<Held<'_>>,
         c: &WorkerCounters,
         signed: Option<&Signed>,
     ) -> Landed {
@@ -131,14 +135,27 @@ impl Image {
         if !self.claimed.insert(index) {
             return Landed::Duplicate;
         }
-        self.target.write_at(self.geometry.offset(index), payload);
+        let at = self.geometry.offset(index);
+        let kept = match held {
+            Some(h) => self.target.write_held(at, payload, h),
+            None => {
+                self.target.write_at(at, payload);
+                false
+            }
+        };
+        // After the hand-off: whoever sees the block written (and reads it
+        // back) first waits for the copier to have copied it (`settle`).
         self.written.insert(index);
         bump(&c.bytes, payload.len() as u64);
         c.blocks.fetch_add(1, Ordering::Release);
         if let Some(s) = signed {
             s.block_written(self.slots(), index, c);
         }
-        Landed::Written
+        if kept {
+            Landed::Kept
+        } else {
+            Landed::Written
+        }
     }
 
     /// At the first block of data, reserve the target's space for every
@@ -980,7 +997,7 @@ impl Transfer {
                 for (n, idx) in (first..end).enumerate() {
                     let at = n * g.block_size as usize;
                     let block = &data[at..at + g.block_len(idx)];
-                    if image.write_block(idx, block, c, self.signed()) == Landed::Written {
+                    if image.write_block(idx, block, None, c, self.signed()) == Landed::Written {
                         bump(&c.fec_recovered, 1);
                     }
                 }
@@ -990,9 +1007,11 @@ impl Transfer {
     }
 }
 
-impl Sink for Transfer {
-    /// Take in one datagram (the UDP payload) on behalf of worker `c`.
-    fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
+impl Transfer {
+    /// Take in one datagram (the UDP payload) on behalf of worker `c`;
+    /// whether its frame `held` went to the copier with a data block.
+    fn take(&self, datagram: &[u8], held: Option<Held<'_>>, c: &WorkerCounters) -> bool {
+        let mut kept = false;
         let outcome = wire::parse(datagram).and_then(|p| {
             let signed = self.is_signed();
             if let Packet::Manifest { payload, .. } = p {
@@ -1006,8 +1025,10 @@ impl Sink for Transfer {
             let image = self.image_for(&p)?;
             match p {
                 Packet::Data { index, payload, .. } => {
-                    if image.write_block(index, payload, c, self.signed()) == Landed::Duplicate {
-                        return Err(DropReason::Duplicate);
+                    match image.write_block(index, payload, held, c, self.signed()) {
+                        Landed::Duplicate => return Err(DropReason::Duplicate),
+                        Landed::Kept => kept = true,
+                        Landed::Written | Landed::Refused => {}
                     }
                 }
                 // With --trust only the signed manifest and signed ends count.
@@ -1085,6 +1106,17 @@ impl Sink for Transfer {
         if let Err(r) = outcome {
             c.drop_packet(r);
         }
+        kept
+    }
+}
+
+impl Sink for Transfer {
+    fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
+        self.take(datagram, None, c);
+    }
+
+    fn ingest_held(&self, datagram: &[u8], held: Held<'_>, c: &WorkerCounters) -> bool {
+        self.take(datagram, Some(held), c)
     }
 
     /// Record a fatal error; the first one wins.
@@ -1237,13 +1269,13 @@ mod tests {
         let c = WorkerCounters::default();
         // Nothing read yet: blocks 0..3 fit, block 5 is refused unclaimed.
         assert_eq!(missing_in_window(&img), vec![(0, 3)]);
-        assert_eq!(img.write_block(5, &[5; 100], &c, None), Landed::Refused);
+        assert_eq!(img.write_block(5, &[5; 100], None, &c, None), Landed::Refused);
         assert!(!img.claimed.contains(5));
-        assert_eq!(img.write_block(1, &[1; 100], &c, None), Landed::Written);
-        assert_eq!(img.write_block(2, &[2; 100], &c, None), Landed::Written);
+        assert_eq!(img.write_block(1, &[1; 100], None, &c, None), Landed::Written);
+        assert_eq!(img.write_block(2, &[2; 100], None, &c, None), Landed::Written);
         assert_eq!(missing_in_window(&img), vec![(0, 1)]);
-        assert_eq!(img.write_block(0, &[0; 100], &c, None), Landed::Written);
-        assert_eq!(img.write_block(0, &[9; 100], &c, None), Landed::Duplicate);
+        assert_eq!(img.write_block(0, &[0; 100], None, &c, None), Landed::Written);
+        assert_eq!(img.write_block(0, &[9; 100], None, &c, None), Landed::Duplicate);
         // The window is full and nothing has left: the first block lacking
         // is still asked for, so that the sender's rounds go on.
         assert_eq!(missing_in_window(&img), vec![(3, 4)]);

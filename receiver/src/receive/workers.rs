@@ -18,6 +18,7 @@ use crate::net::socket::{MsgBatch, MAX_UDP_PAYLOAD};
 use crate::proto::frame;
 use crate::proto::wire::DropReason;
 use crate::status::page::WorkerStatus;
+use crate::store::handoff::{Held, Producer};
 
 /// How long a worker waits for packets before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -122,6 +123,14 @@ impl WorkerCounters {
 pub trait Sink: Send + Sync + 'static {
     /// Take one UDP payload on behalf of the worker counting into `c`.
     fn ingest(&self, datagram: &[u8], c: &WorkerCounters);
+    /// [`Self::ingest`] for a payload that lies in the worker's frame
+    /// `held`: true when the frame went to the copier with the block (the
+    /// worker must not give it back to the kernel; the copier does, through
+    /// the lane). By default the payload is copied and the frame stays.
+    fn ingest_held(&self, datagram: &[u8], _held: Held<'_>, c: &WorkerCounters) -> bool {
+        self.ingest(datagram, c);
+        false
+    }
     /// Counters of worker `i`.
     fn counters(&self, i: usize) -> &WorkerCounters;
     /// Record a fatal error (the first one wins).
@@ -136,11 +145,24 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Hand one datagram from `from` to the sink, unless it comes from another
-/// address than the sink's source.
-fn take(t: &impl Sink, from: Option<IpAddr>, datagram: &[u8], c: &WorkerCounters) {
-    match t.source() {
-        Some(want) if from != Some(want) => c.drop_packet(DropReason::ForeignSource),
-        _ => t.ingest(datagram, c),
+/// address than the sink's source; whether the sink kept its frame `held`.
+fn take(
+    t: &impl Sink,
+    from: Option<IpAddr>,
+    datagram: &[u8],
+    held: Option<Held<'_>>,
+    c: &WorkerCounters,
+) -> bool {
+    match (t.source(), held) {
+        (Some(want), _) if from != Some(want) => {
+            c.drop_packet(DropReason::ForeignSource);
+            false
+        }
+        (_, Some(h)) => t.ingest_held(datagram, h, c),
+        (_, None) => {
+            t.ingest(datagram, c);
+            false
+        }
     }
 }
 
@@ -200,19 +222,36 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
     match source {
         Source::Xsk(mut q) => {
             let mut last_stats = Instant::now();
+            // The lane holds at most a quarter of the frames: the rest keep
+            // the fill ring supplied while the copier catches up.
+            let mem = q.memory();
+            let lane = Producer::new(q.frames() / 4, mem.as_ptr(), mem.len(), mem);
+            let mut returned = Vec::new();
             let r = drive(t, c, stop, || {
+                lane.take_returned(&mut returned);
+                q.give_back(&mut returned);
                 let mut started = None;
                 let n = q
-                    .poll_batch(POLL, |f| {
+                    .poll_batch(POLL, |f, frame| {
                         started.get_or_insert_with(Instant::now);
                         match frame::udp_datagram(f) {
-                            Ok((from, d)) => take(t, Some(from), d, c),
-                            Err(r) => c.drop_packet(r),
+                            Ok((from, d)) => {
+                                let held = frame.map(|frame| Held {
+                                    producer: &lane,
+                                    frame,
+                                });
+                                take(t, Some(from), d, held, c)
+                            }
+                            Err(r) => {
+                                c.drop_packet(r);
+                                false
+                            }
                         }
                     })
                     .map_err(|e| {
                         Error::new(ErrorCode::SteeringFailed, format!("AF_XDP receive: {e}"))
                     })?;
+                lane.kick();
                 if last_stats.elapsed() >= POLL {
                     last_stats = Instant::now();
                     if let Ok(s) = q.stats() {
@@ -243,7 +282,7 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                         bump(&c.gro_messages, 1);
                     }
                     for d in r.segments(buf) {
-                        take(t, r.from, d, c);
+                        take(t, r.from, d, None, c);
                         n += 1;
                     }
                 }

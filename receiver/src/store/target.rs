@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorCode, Result};
 use crate::safe_fs;
 use crate::status::page::ZeroMethod;
+use crate::store::handoff::Held;
 use crate::store::stream::StreamOut;
 use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters};
 
@@ -347,6 +348,21 @@ impl Target {
             Out::Staged(s) => s.write(offset, data),
             Out::Stream { out, gated, .. } if *gated => out.hold(offset, data),
             Out::Stream { out, .. } => out.put(offset, data),
+        }
+    }
+
+    /// [`Self::write_at`] for bytes that lie in a worker's frame: a staged
+    /// target takes the frame (true; the copier copies the bytes and gives
+    /// the frame back), a stream copies them (false).
+    pub fn write_held(&self, offset: u64, data: &[u8], held: Held<'_>) -> bool {
+        match &self.out {
+            Out::Staged(s) if offset.saturating_add(data.len() as u64) <= self.len => {
+                s.hand_off(offset, data, held)
+            }
+            _ => {
+                self.write_at(offset, data);
+                false
+            }
         }
     }
 

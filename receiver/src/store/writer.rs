@@ -30,6 +30,11 @@
 //! the chunk, and unpins. The writer *detaches* a buffer only with a CAS
 //! from "this buffer, no users" to "no buffer", so it never writes a buffer
 //! that a worker is still copying into. Free buffers are bits in a bitmap.
+//!
+//! On the AF_XDP path a worker does not copy at all: it hands the block,
+//! still in its UMEM frame, to the copier thread through its lane
+//! ([`super::handoff`]), which does the copy above and gives the frame back.
+//! Reads and flushes first wait for the lanes to be copied ("settle").
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -42,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
 
+use super::handoff::{Held, Lane, Pending, Wake};
 use crate::error::{Error, Result};
 
 /// Bytes per chunk: the unit of assembly and of writes. A multiple of any
@@ -66,6 +72,11 @@ const EAGER: usize = 8;
 const POPULATE_STEP: usize = 16;
 /// How long the writer sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(2);
+/// How long the copier sleeps when no lane has entries. Workers wake it
+/// after each batch; the timeout bounds a wake-up lost to a race.
+const COPIER_IDLE: Duration = Duration::from_millis(1);
+/// Entries the copier takes from one lane before looking at the next.
+const COPIER_BATCH: usize = 256;
 
 /// Staging sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +108,11 @@ pub struct StoreCounters {
     pub buffer_peak: AtomicU64,
     /// Longest single write or writeback wait of the writer, ns.
     pub write_max_ns: AtomicU64,
+    /// Blocks workers handed to the copier in their frames.
+    pub handed_off: AtomicU64,
+    /// Blocks a worker copied itself because its lane was full (the
+    /// copier fell behind).
+    pub lane_full: AtomicU64,
 }
 
 /// Where chunks go: the target file or block device. `direct` is a second
@@ -210,6 +226,14 @@ struct Shared {
     flush_req: AtomicU64,
     flush_done: Mutex<u64>,
     flushed: Condvar,
+    /// The workers' lanes bound to this stager, drained by the copier.
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// `lanes.len()`, read without the lock (0: nothing to settle).
+    lane_count: AtomicUsize,
+    /// The copier's wake-up, shared with the lanes.
+    copier_wake: Arc<Wake>,
+    /// Tell the copier to drain every lane and end.
+    copier_stop: AtomicBool,
 }
 
 // SAFETY: the raw pool pointer is only dereferenced inside ranges that the
@@ -226,6 +250,8 @@ pub struct Stager {
     writer: Option<JoinHandle<()>>,
     /// Faults in the buffers `new` did not; ends when all are, or on drop.
     populator: Option<JoinHandle<()>>,
+    /// Copies the blocks workers hand off; ends on drop, lanes drained.
+    copier: Option<JoinHandle<()>>,
     waker: Thread,
 }
 
@@ -509,6 +535,7 @@ impl Shared {
     /// Read `out.len()` bytes at `offset`, from the buffer where a block
     /// still is, else from the storage (after any write in flight).
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.settle();
         let end = offset + out.len() as u64;
         let mut at = offset;
         while at < end {
@@ -546,6 +573,70 @@ impl Shared {
             at = piece_end;
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Wait until every block handed off before the call is copied into
+    /// the buffer (the reads and flushes that follow then find it).
+    fn settle(&self) {
+        // Acquire: pairs with the Release store in `register`.
+        if self.lane_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for lane in &lanes {
+            lane.settle(|| self.copier_wake.wake());
+        }
+    }
+
+    /// Copy the entries of every lane (up to a batch each); how many.
+    fn copy_lanes(&self, lanes: &[Arc<Lane>], writer: &Thread) -> usize {
+        let mut wake = false;
+        let mut n = 0;
+        for lane in lanes {
+            n += lane.drain(COPIER_BATCH, |p: &Pending| {
+                // SAFETY: the producer checked that [ptr, ptr + len) lies
+                // in the memory the lane keeps mapped, and the frame is not
+                // given back to the kernel until `drain` is done with it.
+                let data = unsafe { std::slice::from_raw_parts(p.ptr, p.len) };
+                wake |= self.write(p.offset, data);
+            });
+        }
+        if wake {
+            writer.unpark();
+        }
+        n
+    }
+}
+
+/// The copier thread: copy what the workers hand off into the buffer, and
+/// on stop whatever is left in the lanes, then end.
+fn copier_loop(sh: &Shared, writer: &Thread) {
+    let mut lanes: Vec<Arc<Lane>> = Vec::new();
+    loop {
+        // Acquire: pairs with `register`'s Release; the list is then read
+        // under its lock.
+        if sh.lane_count.load(Ordering::Acquire) != lanes.len() {
+            lanes = sh.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        }
+        if sh.copy_lanes(&lanes, writer) > 0 {
+            continue;
+        }
+        // Acquire: the stager is being dropped, so no worker pushes any
+        // more: one more empty round above means every lane is drained.
+        if sh.copier_stop.load(Ordering::Acquire) {
+            if sh.copy_lanes(&lanes, writer) == 0
+                && sh.lane_count.load(Ordering::Acquire) == lanes.len()
+            {
+                return;
+            }
+            continue;
+        }
+        sh.copier_wake.sleep(COPIER_IDLE, || {
+            lanes.iter().any(|l| l.is_pending())
+                || sh.lane_count.load(Ordering::Relaxed) != lanes.len()
+        });
     }
 }
 
@@ -669,6 +760,10 @@ impl Stager {
             flush_req: AtomicU64::new(0),
             flush_done: Mutex::new(0),
             flushed: Condvar::new(),
+            lanes: Mutex::new(Vec::new()),
+            lane_count: AtomicUsize::new(0),
+            copier_wake: Arc::new(Wake::default()),
+            copier_stop: AtomicBool::new(false),
         });
         let s = shared.clone();
         let populator = (eager < nbuf)
@@ -698,12 +793,71 @@ impl Stager {
             })
             .map_err(|e| internal("cannot start the writer thread", e))?;
         let waker = writer.thread().clone();
+        let s = shared.clone();
+        let w = waker.clone();
+        let copier = std::thread::Builder::new()
+            .name("xdpcast-copy".into())
+            .spawn(move || {
+                // Off the workers' cores, at the opening worker's priority
+                // (inherited): the workers' frames wait for it.
+                crate::cpu::move_off_workers();
+                s.copier_wake.register(std::thread::current());
+                copier_loop(&s, &w)
+            })
+            .map_err(|e| internal("cannot start the copier thread", e))?;
         Ok(Stager {
             shared,
             writer: Some(writer),
             populator,
+            copier: Some(copier),
             waker,
         })
+    }
+
+    /// Hand block bytes `data` (image `offset`, a block's start) to the
+    /// copier, still in the worker's frame `held`; true when the frame is
+    /// now the copier's (it comes back through the lane), false when the
+    /// bytes were copied here (the lane is full, or bound to another
+    /// stager, or `data` is not in the lane's memory).
+    pub fn hand_off(&self, offset: u64, data: &[u8], held: Held<'_>) -> bool {
+        let sh = &self.shared;
+        let lane = held.producer.lane();
+        if lane.bound_to(self.id()) || self.register(lane) {
+            let p = Pending {
+                offset,
+                ptr: data.as_ptr(),
+                len: data.len(),
+                frame: held.frame,
+            };
+            if held.producer.push(p) {
+                bump(&sh.counters.handed_off, 1);
+                return true;
+            }
+            bump(&sh.counters.lane_full, 1);
+        }
+        self.write(offset, data);
+        false
+    }
+
+    /// Identity of this stager, for binding lanes.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Bind `lane` to this stager and list it for the copier; false when
+    /// it is bound to another one.
+    fn register(&self, lane: &Arc<Lane>) -> bool {
+        let sh = &self.shared;
+        if !lane.bind(self.id(), &sh.copier_wake) {
+            return false;
+        }
+        let mut lanes = sh.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if !lanes.iter().any(|l| Arc::ptr_eq(l, lane)) {
+            lanes.push(lane.clone());
+            // Release: see `copier_loop` and `settle`.
+            sh.lane_count.store(lanes.len(), Ordering::Release);
+        }
+        true
     }
 
     /// Copy block bytes `data` to image `offset` (a block's start). Never
@@ -723,6 +877,7 @@ impl Stager {
     /// (not synced: the caller syncs).
     pub fn flush(&self) -> Result<()> {
         let sh = &self.shared;
+        sh.settle();
         let want = sh.flush_req.fetch_add(1, Ordering::AcqRel) + 1;
         self.waker.unpark();
         let mut done = sh.flush_done.lock().unwrap_or_else(|p| p.into_inner());
@@ -763,7 +918,14 @@ impl Stager {
 
 impl Drop for Stager {
     fn drop(&mut self) {
-        // Whatever was received still goes to the target.
+        // Whatever was received still goes to the target: first the
+        // copier empties the lanes into the buffer, then the writer writes
+        // the buffer out.
+        self.shared.copier_stop.store(true, Ordering::Release);
+        self.shared.copier_wake.wake();
+        if let Some(h) = self.copier.take() {
+            let _ = h.join();
+        }
         self.shared.stop.store(true, Ordering::Release);
         self.waker.unpark();
         if let Some(h) = self.populator.take() {
@@ -915,6 +1077,65 @@ mod tests {
         let c = s.counters();
         // Every byte written once, by the writer or (buffer full) a worker.
         assert_eq!(c.bytes_stored.load(Ordering::Relaxed), len);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn handed_off_blocks_land_read_back_and_their_frames_come_back() {
+        use crate::store::handoff::Producer;
+        let len = 4 * CHUNK + 999;
+        let block = 1400u64;
+        let (s, p) = stager("handoff", len, block as u32, 16 * CHUNK);
+        // The "frames": the image itself, one frame per block.
+        let img = Arc::new(image(len as usize));
+        let blocks = len.div_ceil(block);
+        let back: Vec<Vec<u64>> = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (s, img) = (&s, img.clone());
+                    sc.spawn(move || {
+                        // A small lane, so that some blocks find it full.
+                        let lane = Producer::new(64, img.as_ptr(), img.len(), img.clone());
+                        let mut kept = 0;
+                        for i in (0..blocks).filter(|i| i % 2 == t) {
+                            let (o, e) = (i * block, ((i + 1) * block).min(len));
+                            let held = Held {
+                                producer: &lane,
+                                frame: i,
+                            };
+                            if s.hand_off(o, &img[o as usize..e as usize], held) {
+                                kept += 1;
+                            }
+                            if i % 64 == t {
+                                lane.kick();
+                            }
+                        }
+                        // Blocks read back through the stager once handed off.
+                        let o = (blocks - 1 - t) * block;
+                        let mut out = vec![0; (len - o).min(block) as usize];
+                        s.read(o, &mut out).unwrap();
+                        assert_eq!(out, img[o as usize..o as usize + out.len()]);
+                        s.flush().unwrap();
+                        let mut back = Vec::new();
+                        lane.take_returned(&mut back);
+                        assert_eq!(back.len(), kept, "every kept frame comes back once");
+                        back
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(std::fs::read(&p).unwrap(), *img);
+        let c = s.counters();
+        let kept: usize = back.iter().map(Vec::len).sum();
+        assert_eq!(c.handed_off.load(Ordering::Relaxed), kept as u64);
+        assert_eq!(
+            c.handed_off.load(Ordering::Relaxed) + c.lane_full.load(Ordering::Relaxed),
+            blocks
+        );
+        for (t, b) in back.iter().enumerate() {
+            assert!(b.iter().all(|&i| i % 2 == t as u64));
+        }
         std::fs::remove_file(p).unwrap();
     }
 
