@@ -86,7 +86,8 @@ WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
 # Storage region (word 528 + i): the staging writer.
 STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "bytes_stored", "chunks_full", "chunks_partial",
-                  "overflow_blocks", "write_max_ns", "direct"]
+                  "overflow_blocks", "write_max_ns", "direct",
+                  "handed_off", "lane_full"]
 STREAM_FIELDS = ["window", "held", "written", "refused"]
 ZERO_METHODS = ["none", "punch_hole", "zero_range", "blkzeroout", "written"]
 STALE_AFTER_NS = 5 * 10**9

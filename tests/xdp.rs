@@ -169,6 +169,15 @@ fn image_goes_through_af_xdp_and_other_traffic_is_passed() {
         s.workers.iter().map(|w| w.blocks).sum::<u64>(),
         s.block_count
     );
+    // Workers handed every block to their copiers in its frame (or, lane
+    // full, copied it themselves); the SHA-256 above says the copies landed.
+    assert_eq!(
+        s.storage.handed_off + s.storage.lane_full,
+        s.block_count,
+        "{:?}",
+        s.storage
+    );
+    assert!(s.storage.handed_off > 0, "{:?}", s.storage);
     assert_eq!(s.diag.unserved_frames, 0, "every queue has a socket");
     assert!(
         s.workers.iter().all(|w| w.packets > 0),

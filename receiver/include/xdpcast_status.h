@@ -159,6 +159,8 @@ extern "C" {
 #define XDPCAST_ST_OVERFLOW_BLOCKS 6
 #define XDPCAST_ST_WRITE_MAX_NS 7
 #define XDPCAST_ST_DIRECT 8
+#define XDPCAST_ST_HANDED_OFF 9 /* blocks AF_XDP workers handed to their copiers */
+#define XDPCAST_ST_LANE_FULL 10 /* blocks a worker copied itself: its lane was full */
 
 /* Words of one latency slot (batch wall time in ns, 0 before the first
  * batch), relative to XDPCAST_W_WORKER_LATENCY + i * XDPCAST_LATENCY_WORDS. */

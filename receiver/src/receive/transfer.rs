@@ -674,6 +674,8 @@ impl Transfer {
             overflow_blocks: get(&c.overflow_blocks),
             write_max_ns: get(&c.write_max_ns),
             direct: t.is_direct(),
+            handed_off: get(&c.handed_off),
+            lane_full: get(&c.lane_full),
         }
     }
 
@@ -1269,13 +1271,28 @@ mod tests {
         let c = WorkerCounters::default();
         // Nothing read yet: blocks 0..3 fit, block 5 is refused unclaimed.
         assert_eq!(missing_in_window(&img), vec![(0, 3)]);
-        assert_eq!(img.write_block(5, &[5; 100], None, &c, None), Landed::Refused);
+        assert_eq!(
+            img.write_block(5, &[5; 100], None, &c, None),
+            Landed::Refused
+        );
         assert!(!img.claimed.contains(5));
-        assert_eq!(img.write_block(1, &[1; 100], None, &c, None), Landed::Written);
-        assert_eq!(img.write_block(2, &[2; 100], None, &c, None), Landed::Written);
+        assert_eq!(
+            img.write_block(1, &[1; 100], None, &c, None),
+            Landed::Written
+        );
+        assert_eq!(
+            img.write_block(2, &[2; 100], None, &c, None),
+            Landed::Written
+        );
         assert_eq!(missing_in_window(&img), vec![(0, 1)]);
-        assert_eq!(img.write_block(0, &[0; 100], None, &c, None), Landed::Written);
-        assert_eq!(img.write_block(0, &[9; 100], None, &c, None), Landed::Duplicate);
+        assert_eq!(
+            img.write_block(0, &[0; 100], None, &c, None),
+            Landed::Written
+        );
+        assert_eq!(
+            img.write_block(0, &[9; 100], None, &c, None),
+            Landed::Duplicate
+        );
         // The window is full and nothing has left: the first block lacking
         // is still asked for, so that the sender's rounds go on.
         assert_eq!(missing_in_window(&img), vec![(3, 4)]);

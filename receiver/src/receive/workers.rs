@@ -18,7 +18,7 @@ use crate::net::socket::{MsgBatch, MAX_UDP_PAYLOAD};
 use crate::proto::frame;
 use crate::proto::wire::DropReason;
 use crate::status::page::WorkerStatus;
-use crate::store::handoff::{Held, Producer};
+use crate::store::handoff::{lane_capacity, Held, Producer};
 
 /// How long a worker waits for packets before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -222,10 +222,8 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
     match source {
         Source::Xsk(mut q) => {
             let mut last_stats = Instant::now();
-            // The lane holds at most a quarter of the frames: the rest keep
-            // the fill ring supplied while the copier catches up.
             let mem = q.memory();
-            let lane = Producer::new(q.frames() / 4, mem.as_ptr(), mem.len(), mem);
+            let lane = Producer::new(lane_capacity(q.frames()), mem.as_ptr(), mem.len(), mem);
             let mut returned = Vec::new();
             let r = drive(t, c, stop, || {
                 lane.take_returned(&mut returned);

@@ -145,7 +145,9 @@ pub mod offsets {
         pub const OVERFLOW_BLOCKS: usize = 6;
         pub const WRITE_MAX_NS: usize = 7;
         pub const DIRECT: usize = 8;
-        pub const USED: usize = 9;
+        pub const HANDED_OFF: usize = 9;
+        pub const LANE_FULL: usize = 10;
+        pub const USED: usize = 11;
     }
     const _: () = assert!(
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY
@@ -496,12 +498,19 @@ pub struct StorageStatus {
     pub chunks_full: u64,
     /// Incomplete chunks written as they were (loss, resume sync, end).
     pub chunks_partial: u64,
-    /// Blocks a worker wrote itself because the whole buffer was in use.
+    /// Blocks written straight to the target (by a worker, or by a copier
+    /// for blocks handed off) because the whole buffer was in use.
     pub overflow_blocks: u64,
     /// Longest single write (or writeback wait) of the writer thread, ns.
     pub write_max_ns: u64,
     /// Whole chunks go to the device with `O_DIRECT` (word: 1).
     pub direct: bool,
+    /// Blocks AF_XDP workers handed to their copier threads in their
+    /// frames, without copying them.
+    pub handed_off: u64,
+    /// Blocks an AF_XDP worker copied itself because its lane to the
+    /// copier was full (the copier fell behind).
+    pub lane_full: u64,
 }
 
 impl StorageStatus {
@@ -516,6 +525,8 @@ impl StorageStatus {
             self.overflow_blocks,
             self.write_max_ns,
             u64::from(self.direct),
+            self.handed_off,
+            self.lane_full,
         ]
     }
 
@@ -530,6 +541,8 @@ impl StorageStatus {
             overflow_blocks: w[6],
             write_max_ns: w[7],
             direct: w[8] != 0,
+            handed_off: w[9],
+            lane_full: w[10],
         }
     }
 }
@@ -1457,6 +1470,8 @@ mod tests {
                 bytes_stored: 12345,
                 direct: true,
                 write_max_ns: 99,
+                handed_off: 7,
+                lane_full: 2,
                 ..Default::default()
             },
             ..Default::default()

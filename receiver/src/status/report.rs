@@ -180,7 +180,7 @@ pub fn human(s: &Snapshot) -> String {
         let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
         let _ = writeln!(
             o,
-            "storage   {:.0} MiB buffer, {:.0} MiB in use (peak {:.0}), {:.1} MiB written{}: {} whole + {} partial chunks, {} overflow blocks, longest write {:.1} ms",
+            "storage   {:.0} MiB buffer, {:.0} MiB in use (peak {:.0}), {:.1} MiB written{}: {} whole + {} partial chunks, {} overflow blocks, longest write {:.1} ms; {} blocks handed off, {} copied by workers (lane full)",
             mib(st.buffer_bytes),
             mib(st.buffer_used),
             mib(st.buffer_peak),
@@ -189,7 +189,9 @@ pub fn human(s: &Snapshot) -> String {
             st.chunks_full,
             st.chunks_partial,
             st.overflow_blocks,
-            st.write_max_ns as f64 / 1e6
+            st.write_max_ns as f64 / 1e6,
+            st.handed_off,
+            st.lane_full
         );
     }
     if !s.message.is_empty() {
@@ -813,8 +815,18 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
     ),
     counter(
         "xdpcast_storage_overflow_blocks_total",
-        "Blocks a worker wrote itself because the staging buffer was full.",
+        "Blocks written straight to the target because the staging buffer was full.",
         |s| s.storage.overflow_blocks as f64,
+    ),
+    counter(
+        "xdpcast_storage_handed_off_blocks_total",
+        "Blocks AF_XDP workers handed to their copier threads in their frames.",
+        |s| s.storage.handed_off as f64,
+    ),
+    counter(
+        "xdpcast_storage_lane_full_blocks_total",
+        "Blocks an AF_XDP worker copied itself because its lane to the copier was full.",
+        |s| s.storage.lane_full as f64,
     ),
     gauge(
         "xdpcast_storage_write_max_seconds",

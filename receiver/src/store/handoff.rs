@@ -32,6 +32,13 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+/// Entries of the lane of a worker whose socket has `frames` UMEM frames:
+/// a quarter of them, so that the rest keep the fill ring supplied while
+/// the copier catches up. When the lane is full the worker copies.
+pub fn lane_capacity(frames: usize) -> usize {
+    frames / 4
+}
+
 /// One block handed off: where its bytes are, where they go, and the frame
 /// to give back once they are copied.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +65,8 @@ pub struct Lane {
     returned: Mutex<Vec<u64>>,
     /// The stager the lane is bound to (its address), 0 while unbound.
     owner: AtomicUsize,
-    /// That stager's copier, woken after each of the worker's batches.
-    copier: OnceLock<Arc<Wake>>,
+    /// The lane's copier thread, woken after each of the worker's batches.
+    copier: Wake,
     /// The address range of the memory entries may point into.
     range: (usize, usize),
     /// Keeps that memory mapped while entries point into it (the worker's
@@ -67,21 +74,16 @@ pub struct Lane {
     _memory: Arc<dyn Any + Send + Sync>,
 }
 
-/// How the copier sleeps when it has nothing to copy, and is woken.
+/// How a copier sleeps when it has nothing to copy, and is woken.
 #[derive(Debug, Default)]
-pub(crate) struct Wake {
+struct Wake {
     thread: OnceLock<Thread>,
     idle: AtomicBool,
 }
 
 impl Wake {
-    /// Called once by the copier thread itself.
-    pub(crate) fn register(&self, t: Thread) {
-        let _ = self.thread.set(t);
-    }
-
     /// Wake the copier if it sleeps (cheap when it does not).
-    pub(crate) fn wake(&self) {
+    fn wake(&self) {
         // Relaxed: a wake-up lost to the race with `sleep` costs at most
         // the sleep's timeout, never a block.
         if self.idle.load(Ordering::Relaxed) {
@@ -92,7 +94,7 @@ impl Wake {
     }
 
     /// Sleep up to `timeout` unless `busy()` says there is work.
-    pub(crate) fn sleep(&self, timeout: Duration, busy: impl Fn() -> bool) {
+    fn sleep(&self, timeout: Duration, busy: impl Fn() -> bool) {
         // SeqCst: our flag is visible before we look at the lanes once
         // more, so a producer who pushed after that look sees it set
         // (unless its own push is still in its store buffer: the timeout
@@ -131,26 +133,44 @@ impl Lane {
         self.slots.len()
     }
 
-    /// Bind the lane to the stager `id` whose copier `wake` wakes (the
-    /// first one wins); whether it is bound to `id`.
-    pub(crate) fn bind(&self, id: usize, wake: &Arc<Wake>) -> bool {
-        // Relaxed: the id is the only data; the lane list the copier reads
-        // is published under its own lock. Only the lane's producer binds.
+    /// Bind the lane to the stager `id` (the first one wins); whether it
+    /// is bound to `id`. Only the lane's producer binds (through the
+    /// stager it hands off to).
+    pub(crate) fn bind(&self, id: usize) -> bool {
+        // Relaxed: the id is the only data; the stager's lane list is
+        // published under its own lock.
         match self
             .owner
             .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
         {
-            Ok(_) => {
-                let _ = self.copier.set(wake.clone());
-                true
-            }
+            Ok(_) => true,
             Err(now) => now == id,
         }
+    }
+
+    /// Whether the lane is bound to no stager yet.
+    pub(crate) fn unbound(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) == 0
     }
 
     /// Whether the lane is bound to the stager `id`.
     pub(crate) fn bound_to(&self, id: usize) -> bool {
         self.owner.load(Ordering::Relaxed) == id
+    }
+
+    /// Called once by the lane's copier thread itself.
+    pub(crate) fn register_copier(&self, t: Thread) {
+        let _ = self.copier.thread.set(t);
+    }
+
+    /// Wake the lane's copier if it sleeps.
+    pub(crate) fn wake(&self) {
+        self.copier.wake();
+    }
+
+    /// The copier: sleep up to `timeout` unless entries are waiting.
+    pub(crate) fn sleep(&self, timeout: Duration) {
+        self.copier.sleep(timeout, || self.is_pending());
     }
 
     /// Consumer side: call `copy` on up to `max` pending entries in order,
@@ -191,15 +211,15 @@ impl Lane {
         self.tail.load(Ordering::Relaxed) != self.head.load(Ordering::Acquire)
     }
 
-    /// Wait until every entry pushed before the call is copied; `nudge`
-    /// wakes the copier while waiting.
-    pub(crate) fn settle(&self, nudge: impl Fn()) {
+    /// Wait until every entry pushed before the call is copied (waking the
+    /// copier while waiting).
+    pub(crate) fn settle(&self) {
         // Acquire: a reader who learned of a block (through the bitmaps,
         // Release after the push) sees `head` past its entry.
         let want = self.head.load(Ordering::Acquire);
         // Acquire: pairs with `drain`'s Release: the copies are visible.
         while self.tail.load(Ordering::Acquire) < want {
-            nudge();
+            self.wake();
             std::thread::sleep(Duration::from_micros(20));
         }
     }
@@ -240,7 +260,7 @@ impl Producer {
             tail: CachePadded::new(AtomicU64::new(0)),
             returned: Mutex::new(Vec::new()),
             owner: AtomicUsize::new(0),
-            copier: OnceLock::new(),
+            copier: Wake::default(),
             range: (base as usize, base as usize + len),
             _memory: memory,
         };
@@ -281,9 +301,7 @@ impl Producer {
 
     /// Wake the copier if it sleeps: after a batch of pushes.
     pub fn kick(&self) {
-        if let Some(w) = self.lane.copier.get() {
-            w.wake();
-        }
+        self.lane.wake();
     }
 
     /// Move the frames the copier gave back into `out`.
@@ -345,7 +363,7 @@ mod tests {
         p.lane().drain(usize::MAX, |e| seen.push(e.offset));
         assert_eq!(seen, [0, 1, 2, 3, 4]);
         assert!(!p.lane().is_pending());
-        p.lane().settle(|| {});
+        p.lane().settle();
     }
 
     #[test]
@@ -369,11 +387,12 @@ mod tests {
     fn a_lane_binds_to_one_stager() {
         let data = Arc::new(vec![0u8; 8]);
         let p = producer(2, &data);
-        let w = Arc::new(Wake::default());
-        assert!(p.lane().bind(7, &w));
-        assert!(p.lane().bind(7, &w));
-        assert!(!p.lane().bind(8, &w));
+        assert!(p.lane().unbound());
+        assert!(p.lane().bind(7));
+        assert!(p.lane().bind(7));
+        assert!(!p.lane().bind(8));
         assert!(p.lane().bound_to(7));
+        assert!(!p.lane().unbound());
     }
 
     proptest! {
@@ -407,7 +426,7 @@ mod tests {
                     std::thread::yield_now();
                 }
                 if i % 97 == 0 {
-                    p.lane().settle(|| {});
+                    p.lane().settle();
                     prop_assert!(!p.lane().is_pending());
                 }
             }

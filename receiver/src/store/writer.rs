@@ -32,9 +32,10 @@
 //! that a worker is still copying into. Free buffers are bits in a bitmap.
 //!
 //! On the AF_XDP path a worker does not copy at all: it hands the block,
-//! still in its UMEM frame, to the copier thread through its lane
-//! ([`super::handoff`]), which does the copy above and gives the frame back.
-//! Reads and flushes first wait for the lanes to be copied ("settle").
+//! still in its UMEM frame, through its lane ([`super::handoff`]) to the
+//! lane's copier thread, which does the copy above and gives the frame
+//! back. One copier per lane, so copying scales with the workers. Reads
+//! and flushes first wait for the lanes to be copied ("settle").
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
 
-use super::handoff::{Held, Lane, Pending, Wake};
+use super::handoff::{Held, Lane, Pending};
 use crate::error::{Error, Result};
 
 /// Bytes per chunk: the unit of assembly and of writes. A multiple of any
@@ -72,10 +73,13 @@ const EAGER: usize = 8;
 const POPULATE_STEP: usize = 16;
 /// How long the writer sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(2);
-/// How long the copier sleeps when no lane has entries. Workers wake it
+/// The next stager's id.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+/// How long a copier sleeps when its lane is empty. The worker wakes it
 /// after each batch; the timeout bounds a wake-up lost to a race.
 const COPIER_IDLE: Duration = Duration::from_millis(1);
-/// Entries the copier takes from one lane before looking at the next.
+/// Entries a copier takes from its lane at a time (frames go back to the
+/// worker per batch).
 const COPIER_BATCH: usize = 256;
 
 /// Staging sizes.
@@ -226,14 +230,16 @@ struct Shared {
     flush_req: AtomicU64,
     flush_done: Mutex<u64>,
     flushed: Condvar,
-    /// The workers' lanes bound to this stager, drained by the copier.
-    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// The workers' lanes bound to this stager, each with its copier
+    /// thread.
+    lanes: Mutex<Vec<(Arc<Lane>, JoinHandle<()>)>>,
     /// `lanes.len()`, read without the lock (0: nothing to settle).
     lane_count: AtomicUsize,
-    /// The copier's wake-up, shared with the lanes.
-    copier_wake: Arc<Wake>,
-    /// Tell the copier to drain every lane and end.
+    /// Tell the copiers to drain their lanes and end.
     copier_stop: AtomicBool,
+    /// Unique among the stagers of the process (never 0), for binding
+    /// lanes: an address could be reused by a later stager.
+    id: usize,
 }
 
 // SAFETY: the raw pool pointer is only dereferenced inside ranges that the
@@ -250,8 +256,6 @@ pub struct Stager {
     writer: Option<JoinHandle<()>>,
     /// Faults in the buffers `new` did not; ends when all are, or on drop.
     populator: Option<JoinHandle<()>>,
-    /// Copies the blocks workers hand off; ends on drop, lanes drained.
-    copier: Option<JoinHandle<()>>,
     waker: Thread,
 }
 
@@ -584,25 +588,28 @@ impl Shared {
         if self.lane_count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let lanes: Vec<Arc<Lane>> = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect();
         for lane in &lanes {
-            lane.settle(|| self.copier_wake.wake());
+            lane.settle();
         }
     }
 
-    /// Copy the entries of every lane (up to a batch each); how many.
-    fn copy_lanes(&self, lanes: &[Arc<Lane>], writer: &Thread) -> usize {
+    /// Copy up to a batch of `lane`'s entries; how many.
+    fn copy_lane(&self, lane: &Lane, writer: &Thread) -> usize {
         let mut wake = false;
-        let mut n = 0;
-        for lane in lanes {
-            n += lane.drain(COPIER_BATCH, |p: &Pending| {
-                // SAFETY: the producer checked that [ptr, ptr + len) lies
-                // in the memory the lane keeps mapped, and the frame is not
-                // given back to the kernel until `drain` is done with it.
-                let data = unsafe { std::slice::from_raw_parts(p.ptr, p.len) };
-                wake |= self.write(p.offset, data);
-            });
-        }
+        let n = lane.drain(COPIER_BATCH, |p: &Pending| {
+            // SAFETY: the producer checked that [ptr, ptr + len) lies in
+            // the memory the lane keeps mapped, and the frame is not given
+            // back to the kernel until `drain` is done with it.
+            let data = unsafe { std::slice::from_raw_parts(p.ptr, p.len) };
+            wake |= self.write(p.offset, data);
+        });
         if wake {
             writer.unpark();
         }
@@ -610,33 +617,22 @@ impl Shared {
     }
 }
 
-/// The copier thread: copy what the workers hand off into the buffer, and
-/// on stop whatever is left in the lanes, then end.
-fn copier_loop(sh: &Shared, writer: &Thread) {
-    let mut lanes: Vec<Arc<Lane>> = Vec::new();
+/// A lane's copier thread: copy what its worker hands off into the
+/// buffer; on stop, what is left in the lane, then end.
+fn copier_loop(sh: &Shared, lane: &Lane, writer: &Thread) {
     loop {
-        // Acquire: pairs with `register`'s Release; the list is then read
-        // under its lock.
-        if sh.lane_count.load(Ordering::Acquire) != lanes.len() {
-            lanes = sh.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        }
-        if sh.copy_lanes(&lanes, writer) > 0 {
+        if sh.copy_lane(lane, writer) > 0 {
             continue;
         }
-        // Acquire: the stager is being dropped, so no worker pushes any
-        // more: one more empty round above means every lane is drained.
+        // Acquire: the stager is being dropped, so the worker pushes no
+        // more: the lane was empty after that, so it is drained.
         if sh.copier_stop.load(Ordering::Acquire) {
-            if sh.copy_lanes(&lanes, writer) == 0
-                && sh.lane_count.load(Ordering::Acquire) == lanes.len()
-            {
+            if sh.copy_lane(lane, writer) == 0 {
                 return;
             }
             continue;
         }
-        sh.copier_wake.sleep(COPIER_IDLE, || {
-            lanes.iter().any(|l| l.is_pending())
-                || sh.lane_count.load(Ordering::Relaxed) != lanes.len()
-        });
+        lane.sleep(COPIER_IDLE);
     }
 }
 
@@ -762,8 +758,8 @@ impl Stager {
             flushed: Condvar::new(),
             lanes: Mutex::new(Vec::new()),
             lane_count: AtomicUsize::new(0),
-            copier_wake: Arc::new(Wake::default()),
             copier_stop: AtomicBool::new(false),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         });
         let s = shared.clone();
         let populator = (eager < nbuf)
@@ -793,23 +789,10 @@ impl Stager {
             })
             .map_err(|e| internal("cannot start the writer thread", e))?;
         let waker = writer.thread().clone();
-        let s = shared.clone();
-        let w = waker.clone();
-        let copier = std::thread::Builder::new()
-            .name("xdpcast-copy".into())
-            .spawn(move || {
-                // Off the workers' cores, at the opening worker's priority
-                // (inherited): the workers' frames wait for it.
-                crate::cpu::move_off_workers();
-                s.copier_wake.register(std::thread::current());
-                copier_loop(&s, &w)
-            })
-            .map_err(|e| internal("cannot start the copier thread", e))?;
         Ok(Stager {
             shared,
             writer: Some(writer),
             populator,
-            copier: Some(copier),
             waker,
         })
     }
@@ -841,22 +824,39 @@ impl Stager {
 
     /// Identity of this stager, for binding lanes.
     fn id(&self) -> usize {
-        Arc::as_ptr(&self.shared) as usize
+        self.shared.id
     }
 
-    /// Bind `lane` to this stager and list it for the copier; false when
-    /// it is bound to another one.
+    /// Bind `lane` to this stager and start its copier; false when it is
+    /// bound to another stager, or the copier cannot be started (then the
+    /// worker copies, and tries again with its next block).
     fn register(&self, lane: &Arc<Lane>) -> bool {
-        let sh = &self.shared;
-        if !lane.bind(self.id(), &sh.copier_wake) {
+        if !lane.unbound() {
             return false;
         }
-        let mut lanes = sh.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        if !lanes.iter().any(|l| Arc::ptr_eq(l, lane)) {
-            lanes.push(lane.clone());
-            // Release: see `copier_loop` and `settle`.
-            sh.lane_count.store(lanes.len(), Ordering::Release);
-        }
+        let (s, l, w) = (self.shared.clone(), lane.clone(), self.waker.clone());
+        let copier = std::thread::Builder::new()
+            .name("xdpcast-copy".into())
+            .spawn(move || {
+                // Off the workers' cores, at the priority of the worker
+                // whose lane it drains (inherited): its frames wait for it.
+                crate::cpu::move_off_workers();
+                l.register_copier(std::thread::current());
+                copier_loop(&s, &l, &w)
+            });
+        let copier = match copier {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("cannot start a copier thread ({e}): the worker copies its blocks");
+                return false;
+            }
+        };
+        // Only the lane's producer binds it, and it is here: this succeeds.
+        lane.bind(self.id());
+        let mut lanes = self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.push((lane.clone(), copier));
+        // Release: see `settle`.
+        self.shared.lane_count.store(lanes.len(), Ordering::Release);
         true
     }
 
@@ -922,9 +922,11 @@ impl Drop for Stager {
         // copier empties the lanes into the buffer, then the writer writes
         // the buffer out.
         self.shared.copier_stop.store(true, Ordering::Release);
-        self.shared.copier_wake.wake();
-        if let Some(h) = self.copier.take() {
-            let _ = h.join();
+        let lanes =
+            std::mem::take(&mut *self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner()));
+        for (lane, copier) in lanes {
+            lane.wake();
+            let _ = copier.join();
         }
         self.shared.stop.store(true, Ordering::Release);
         self.waker.unpark();
