@@ -579,8 +579,10 @@ struct Metrics {
     dev_read: Option<u64>,
     /// Bytes of the image on the device when half the blocks were in.
     written_half: Option<u64>,
-    /// Blocks a worker had to write itself (staging buffer full).
+    /// Blocks written straight to the target (staging buffer full).
     overflow: Option<u64>,
+    /// Blocks an AF_XDP worker copied itself (its lane to the copier full).
+    lane_full: Option<u64>,
 }
 
 /// The runs of one configuration.
@@ -972,6 +974,7 @@ fn run_xdpcast(
         dev_read,
         written_half: written_half.flatten(),
         overflow: Some(s.storage.overflow_blocks),
+        lane_full: Some(s.storage.lane_full),
     })
 }
 
@@ -1092,6 +1095,7 @@ fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
         dev_read: None,
         written_half: None,
         overflow: None,
+        lane_full: None,
     })
 }
 
@@ -1188,8 +1192,8 @@ fn table(outcomes: &[Outcome], size: u64) -> String {
 /// The keep-up table: one row per target and rate, XDP path.
 fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
     let mut t = String::from(
-        "| target | rate Mbit/s | runs | goodput Gbit/s | ring drops | fill ring empty | first-pass loss % | device read MiB | on disk at half MiB | overflow blocks | rx CPU s/GB | total CPU s/GB | batch p99.9 µs |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | rate Mbit/s | runs | goodput Gbit/s | ring drops | fill ring empty | first-pass loss % | device read MiB | on disk at half MiB | overflow blocks | lane full blocks | rx CPU s/GB | total CPU s/GB | batch p99.9 µs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let gb = size as f64 / 1e9;
     let mib = |b: Option<u64>| b.map(|b| b as f64 / f64::from(1u32 << 20));
@@ -1198,7 +1202,7 @@ fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
             let e = o.failure().map_or("", |e| e.as_str());
             let _ = writeln!(
                 t,
-                "| {} | {rate} | {} | failed: {} | | | | | | | | | |",
+                "| {} | {rate} | {} | failed: {} | | | | | | | | | | |",
                 kind.name(),
                 o.runs_ok(),
                 e.replace('|', "/").replace('\n', " ")
@@ -1207,7 +1211,7 @@ fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
         }
         let _ = writeln!(
             t,
-            "| {} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
             o.runs_ok(),
             o.spread(2, |m| Some(m.goodput_gbps(size))),
@@ -1217,6 +1221,7 @@ fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
             o.spread(1, |m| mib(m.dev_read)),
             o.spread(0, |m| mib(m.written_half)),
             o.spread(0, |m| m.overflow.map(|v| v as f64)),
+            o.spread(0, |m| m.lane_full.map(|v| v as f64)),
             o.spread(2, |m| Some(m.cpu_per_gb(size))),
             o.spread(2, |m| Some((m.rx_cpu_s + m.softirq_s) / gb)),
             o.spread(0, |m| m.batch_ns.map(|l| l[2] as f64 / 1e3)),
@@ -1639,6 +1644,7 @@ mod tests {
             dev_read: Some(4096),
             written_half: None,
             overflow: Some(0),
+            lane_full: Some(0),
         };
         let outcomes = [
             Outcome {
