@@ -12,7 +12,12 @@
 //!   may use *except* the workers' cores, when there are any: it is started
 //!   from the worker that opens the target and would otherwise inherit that
 //!   worker's single-core pin; when only the workers' cores are left it
-//!   shares them at the lower priority.
+//!   shares them at the lower priority;
+//! - a copier thread ([`place_copier`]), which copies what a worker hands
+//!   off, goes where the writer goes, at a priority halfway between the
+//!   worker's and the process's: above other work, since the worker's
+//!   frames wait for it, but below the worker, so that a worker that wakes
+//!   up does not wait for its copier's time slice on a shared core.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -172,11 +177,23 @@ pub fn place_background() -> Vec<usize> {
     let cpus = move_off_workers();
     // Started by a worker, it also inherited the worker's nice value: back
     // to the process's (its main thread's; raising it is always allowed).
-    // SAFETY: getpid and getpriority have no memory arguments.
-    let process_nice =
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t) };
-    let _ = renice(process_nice);
+    let _ = renice(process_nice());
     cpus
+}
+
+/// Place the calling thread (a copier, started by a worker) as
+/// [`move_off_workers`] does, at a nice value halfway between the one it
+/// inherited (its worker's) and the process's. Returns the CPUs chosen.
+pub fn place_copier() -> Vec<usize> {
+    let cpus = move_off_workers();
+    let _ = renice((nice() + process_nice()) / 2);
+    cpus
+}
+
+/// The process's nice value (its main thread's).
+fn process_nice() -> i32 {
+    // SAFETY: getpid and getpriority have no memory arguments.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t) }
 }
 
 #[cfg(test)]
@@ -211,9 +228,14 @@ mod tests {
                 .join()
                 .unwrap();
             assert_eq!(placed.0, placed.1);
-            // SAFETY: getpriority has no memory arguments.
-            let process = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as _) };
-            assert_eq!(placed.2, process, "the writer keeps the worker's priority");
+            let process = process_nice();
+            assert_eq!(placed.2, process, "the writer drops the worker's priority");
+            // A copier goes where the writer goes, halfway between.
+            let copier = std::thread::spawn(|| (place_copier(), nice()))
+                .join()
+                .unwrap();
+            assert_eq!(copier.0, placed.0);
+            assert_eq!(copier.1, (nice() + process) / 2);
             if several {
                 assert_ne!(placed.1, vec![cpu]);
             }

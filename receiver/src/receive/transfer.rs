@@ -664,6 +664,7 @@ impl Transfer {
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (buffer_bytes, buffer_used) = t.buffer_use();
+        let (handed_off, lane_full) = t.handoff_counts();
         StorageStatus {
             buffer_bytes,
             buffer_used,
@@ -674,8 +675,8 @@ impl Transfer {
             overflow_blocks: get(&c.overflow_blocks),
             write_max_ns: get(&c.write_max_ns),
             direct: t.is_direct(),
-            handed_off: get(&c.handed_off),
-            lane_full: get(&c.lane_full),
+            handed_off,
+            lane_full,
         }
     }
 

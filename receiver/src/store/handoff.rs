@@ -61,6 +61,11 @@ pub struct Lane {
     head: CachePadded<AtomicU64>,
     /// Entries copied (written by the consumer only).
     tail: CachePadded<AtomicU64>,
+    /// Blocks the producer copied itself because the lane was full or
+    /// closed (written by the producer only).
+    full: AtomicU64,
+    /// The copier has ended (or died): nothing pushed is copied any more.
+    closed: AtomicBool,
     /// Frames whose blocks were copied, for the worker to take back.
     returned: Mutex<Vec<u64>>,
     /// The stager the lane is bound to (its address), 0 while unbound.
@@ -206,19 +211,40 @@ impl Lane {
         n as usize
     }
 
+    /// Entries pushed (blocks handed off) and blocks the producer copied
+    /// itself, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        // Relaxed: counters, each a value on its own.
+        (
+            self.head.load(Ordering::Relaxed),
+            self.full.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The copier's end: no entry is copied after this. Called by the
+    /// copier thread as it ends, also when it panics.
+    pub(crate) fn close(&self) {
+        // Release: pairs with the Acquire loads in `settle` and `push`.
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Whether entries are waiting for the copier.
     pub(crate) fn is_pending(&self) -> bool {
         self.tail.load(Ordering::Relaxed) != self.head.load(Ordering::Acquire)
     }
 
     /// Wait until every entry pushed before the call is copied (waking the
-    /// copier while waiting).
+    /// copier while waiting), or the copier has ended: then what it did
+    /// not copy is lost, and its stager has failed (see the copier).
     pub(crate) fn settle(&self) {
         // Acquire: a reader who learned of a block (through the bitmaps,
         // Release after the push) sees `head` past its entry.
         let want = self.head.load(Ordering::Acquire);
         // Acquire: pairs with `drain`'s Release: the copies are visible.
         while self.tail.load(Ordering::Acquire) < want {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
             self.wake();
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -231,6 +257,8 @@ pub struct Producer {
     lane: Arc<Lane>,
     /// Cached `head` (only this producer writes it).
     head: Cell<u64>,
+    /// Cached `full`.
+    full: Cell<u64>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -258,6 +286,8 @@ impl Producer {
             mask: cap as u64 - 1,
             head: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
+            full: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             returned: Mutex::new(Vec::new()),
             owner: AtomicUsize::new(0),
             copier: Wake::default(),
@@ -267,6 +297,7 @@ impl Producer {
         Producer {
             lane: Arc::new(lane),
             head: Cell::new(0),
+            full: Cell::new(0),
             _not_sync: PhantomData,
         }
     }
@@ -276,8 +307,9 @@ impl Producer {
         &self.lane
     }
 
-    /// Push an entry; false when the lane is full, or when the entry's
-    /// bytes are not inside the lane's memory (then the caller copies).
+    /// Push an entry; false when the entry's bytes are not inside the
+    /// lane's memory, or the lane is full or closed (counted): then the
+    /// caller copies.
     pub(crate) fn push(&self, p: Pending) -> bool {
         let (lo, hi) = self.lane.range;
         let at = p.ptr as usize;
@@ -286,8 +318,13 @@ impl Producer {
         }
         let h = self.head.get();
         // Acquire: pairs with `drain`'s Release of `tail`: the consumer is
-        // done with the slot before we overwrite it.
-        if h - self.lane.tail.load(Ordering::Acquire) >= self.lane.slots.len() as u64 {
+        // done with the slot before we overwrite it. And with `close`.
+        if h - self.lane.tail.load(Ordering::Acquire) >= self.lane.slots.len() as u64
+            || self.lane.closed.load(Ordering::Acquire)
+        {
+            self.full.set(self.full.get() + 1);
+            // Relaxed: a counter (see `Lane::counts`).
+            self.lane.full.store(self.full.get(), Ordering::Relaxed);
             return false;
         }
         // SAFETY: slot h is outside [tail, head): the consumer does not
@@ -364,6 +401,21 @@ mod tests {
         assert_eq!(seen, [0, 1, 2, 3, 4]);
         assert!(!p.lane().is_pending());
         p.lane().settle();
+        assert_eq!(p.lane().counts(), (5, 1));
+    }
+
+    #[test]
+    fn a_closed_lane_refuses_and_settles_without_its_copier() {
+        let data = Arc::new(vec![7u8; 64]);
+        let p = producer(4, &data);
+        assert!(p.push(entry(0, &data)));
+        p.lane().close();
+        assert!(!p.push(entry(1, &data)), "nobody would copy it");
+        // The entry before the close is never copied: settle does not wait
+        // for it (the stager has failed, see the copier).
+        p.lane().settle();
+        assert!(p.lane().is_pending());
+        assert_eq!(p.lane().counts(), (1, 1));
     }
 
     #[test]

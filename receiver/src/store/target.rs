@@ -545,6 +545,12 @@ impl Target {
         self.stager().map(Stager::counters)
     }
 
+    /// Blocks AF_XDP workers handed off, and blocks they copied themselves
+    /// because their lane was full (0 for a stream).
+    pub fn handoff_counts(&self) -> (u64, u64) {
+        self.stager().map_or((0, 0), Stager::handoff_counts)
+    }
+
     /// Whether whole chunks go to the device with `O_DIRECT`.
     pub fn is_direct(&self) -> bool {
         self.stager().is_some_and(|s| s.storage().direct.is_some())

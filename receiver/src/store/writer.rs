@@ -112,11 +112,6 @@ pub struct StoreCounters {
     pub buffer_peak: AtomicU64,
     /// Longest single write or writeback wait of the writer, ns.
     pub write_max_ns: AtomicU64,
-    /// Blocks workers handed to the copier in their frames.
-    pub handed_off: AtomicU64,
-    /// Blocks a worker copied itself because its lane was full (the
-    /// copier fell behind).
-    pub lane_full: AtomicU64,
 }
 
 /// Where chunks go: the target file or block device. `direct` is a second
@@ -617,6 +612,22 @@ impl Shared {
     }
 }
 
+/// Closes a copier's lane when the copier ends; if it ends by a panic, the
+/// blocks left in the lane are lost, so the stager fails.
+struct Closing<'a>(&'a Shared, &'a Lane);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(Error::new(
+                crate::error::ErrorCode::Internal,
+                "a copier thread panicked; blocks it had not copied are lost",
+            ));
+        }
+        self.1.close();
+    }
+}
+
 /// A lane's copier thread: copy what its worker hands off into the
 /// buffer; on stop, what is left in the lane, then end.
 fn copier_loop(sh: &Shared, lane: &Lane, writer: &Thread) {
@@ -803,7 +814,6 @@ impl Stager {
     /// bytes were copied here (the lane is full, or bound to another
     /// stager, or `data` is not in the lane's memory).
     pub fn hand_off(&self, offset: u64, data: &[u8], held: Held<'_>) -> bool {
-        let sh = &self.shared;
         let lane = held.producer.lane();
         if lane.bound_to(self.id()) || self.register(lane) {
             let p = Pending {
@@ -813,13 +823,22 @@ impl Stager {
                 frame: held.frame,
             };
             if held.producer.push(p) {
-                bump(&sh.counters.handed_off, 1);
                 return true;
             }
-            bump(&sh.counters.lane_full, 1);
         }
         self.write(offset, data);
         false
+    }
+
+    /// Blocks the workers handed off so far, and blocks they copied
+    /// themselves because their lane was full (summed over the lanes:
+    /// each lane counts its own, so that no two workers share a counter).
+    pub fn handoff_counts(&self) -> (u64, u64) {
+        let lanes = self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.iter().fold((0, 0), |(h, f), (l, _)| {
+            let (lh, lf) = l.counts();
+            (h + lh, f + lf)
+        })
     }
 
     /// Identity of this stager, for binding lanes.
@@ -838,10 +857,11 @@ impl Stager {
         let copier = std::thread::Builder::new()
             .name("xdpcast-copy".into())
             .spawn(move || {
-                // Off the workers' cores, at the priority of the worker
-                // whose lane it drains (inherited): its frames wait for it.
-                crate::cpu::move_off_workers();
+                // Off the workers' cores when there are others, above
+                // other work but below the worker (see `cpu`).
+                crate::cpu::place_copier();
                 l.register_copier(std::thread::current());
+                let _closing = Closing(&s, &l);
                 copier_loop(&s, &l, &w)
             });
         let copier = match copier {
@@ -926,7 +946,9 @@ impl Drop for Stager {
             std::mem::take(&mut *self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner()));
         for (lane, copier) in lanes {
             lane.wake();
-            let _ = copier.join();
+            if copier.join().is_err() {
+                log::error!("a copier thread panicked");
+            }
         }
         self.shared.stop.store(true, Ordering::Release);
         self.waker.unpark();
@@ -1128,13 +1150,10 @@ mod tests {
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
         assert_eq!(std::fs::read(&p).unwrap(), *img);
-        let c = s.counters();
         let kept: usize = back.iter().map(Vec::len).sum();
-        assert_eq!(c.handed_off.load(Ordering::Relaxed), kept as u64);
-        assert_eq!(
-            c.handed_off.load(Ordering::Relaxed) + c.lane_full.load(Ordering::Relaxed),
-            blocks
-        );
+        let (handed_off, lane_full) = s.handoff_counts();
+        assert_eq!(handed_off, kept as u64);
+        assert_eq!(handed_off + lane_full, blocks);
         for (t, b) in back.iter().enumerate() {
             assert!(b.iter().all(|&i| i % 2 == t as u64));
         }
