@@ -17,8 +17,8 @@
 //!   Ethernet/IP/UDP decapsulation, then `Transfer::ingest_held`, which
 //!   hands the block in its frame to the lane's copier thread (frames laid
 //!   out as in a UMEM; the copier copies them into staging meanwhile, off
-//!   the timed thread, as in the receiver; it is woken every 64 frames, as
-//!   a worker wakes it after each batch). A lap is at most one lane of the
+//!   the timed thread, as in the receiver; every 64 frames the loop kicks
+//!   it, as a worker does after each batch). A lap is at most one lane of the
 //!   default UMEM: the worker's cost while the copier keeps up, which it
 //!   does at any rate below its own cost per block, the `ingest` row (this
 //!   loop offers blocks several times faster than that; a full lane would

@@ -32,6 +32,10 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+/// Entries waiting in a lane from which the worker wakes its sleeping
+/// copier (a copier takes this many at a time).
+pub const KICK_AT: u64 = 256;
+
 /// Entries of the lane of a worker whose socket has `frames` UMEM frames:
 /// a quarter of them, so that the rest keep the fill ring supplied while
 /// the copier catches up. When the lane is full the worker copies.
@@ -336,9 +340,16 @@ impl Producer {
         true
     }
 
-    /// Wake the copier if it sleeps: after a batch of pushes.
+    /// After a batch of pushes: wake the copier if it sleeps and at least
+    /// [`KICK_AT`] entries wait. Fewer wait for its next round (it looks
+    /// every millisecond), so that a worker at a low packet rate does not
+    /// pay a wake-up (a futex call) for every small batch.
     pub fn kick(&self) {
-        self.lane.wake();
+        // Acquire: see `push`; a stale value only delays a wake-up.
+        let waiting = self.head.get() - self.lane.tail.load(Ordering::Acquire);
+        if waiting >= KICK_AT {
+            self.lane.wake();
+        }
     }
 
     /// Move the frames the copier gave back into `out`.
