@@ -1271,29 +1271,15 @@ mod tests {
         };
         let c = WorkerCounters::default();
         // Nothing read yet: blocks 0..3 fit, block 5 is refused unclaimed.
+        let put = |i: u64, v: u8| img.write_block(i, &[v; 100], None, &c, None);
         assert_eq!(missing_in_window(&img), vec![(0, 3)]);
-        assert_eq!(
-            img.write_block(5, &[5; 100], None, &c, None),
-            Landed::Refused
-        );
+        assert_eq!(put(5, 5), Landed::Refused);
         assert!(!img.claimed.contains(5));
-        assert_eq!(
-            img.write_block(1, &[1; 100], None, &c, None),
-            Landed::Written
-        );
-        assert_eq!(
-            img.write_block(2, &[2; 100], None, &c, None),
-            Landed::Written
-        );
+        assert_eq!(put(1, 1), Landed::Written);
+        assert_eq!(put(2, 2), Landed::Written);
         assert_eq!(missing_in_window(&img), vec![(0, 1)]);
-        assert_eq!(
-            img.write_block(0, &[0; 100], None, &c, None),
-            Landed::Written
-        );
-        assert_eq!(
-            img.write_block(0, &[9; 100], None, &c, None),
-            Landed::Duplicate
-        );
+        assert_eq!(put(0, 0), Landed::Written);
+        assert_eq!(put(0, 9), Landed::Duplicate);
         // The window is full and nothing has left: the first block lacking
         // is still asked for, so that the sender's rounds go on.
         assert_eq!(missing_in_window(&img), vec![(3, 4)]);
