@@ -19,7 +19,7 @@
 //! `tail` entries copied: a reader who needs every block handed off so far
 //! to be in the staging buffer waits until `tail` reaches the `head` it saw
 //! ([`Lane::settle`]). A full lane makes the worker copy the block itself
-//! (counted), so nothing waits on the copier.
+//! (counted), so the worker never waits for the copier (only readers do).
 
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
@@ -72,9 +72,10 @@ pub struct Lane {
     closed: AtomicBool,
     /// Frames whose blocks were copied, for the worker to take back.
     returned: Mutex<Vec<u64>>,
-    /// The stager the lane is bound to (its address), 0 while unbound.
+    /// The stager the lane is bound to (its id), 0 while unbound.
     owner: AtomicUsize,
-    /// The lane's copier thread, woken after each of the worker's batches.
+    /// The lane's copier thread: woken by the worker once [`KICK_AT`]
+    /// entries wait, and by settling readers.
     copier: Wake,
     /// The address range of the memory entries may point into.
     range: (usize, usize),
@@ -104,7 +105,7 @@ impl Wake {
 
     /// Sleep up to `timeout` unless `busy()` says there is work.
     fn sleep(&self, timeout: Duration, busy: impl Fn() -> bool) {
-        // SeqCst: our flag is visible before we look at the lanes once
+        // SeqCst: our flag is visible before we look at the lane once
         // more, so a producer who pushed after that look sees it set
         // (unless its own push is still in its store buffer: the timeout
         // covers that).
