@@ -135,14 +135,9 @@ impl Image {
         if !self.claimed.insert(index) {
             return Landed::Duplicate;
         }
-        let at = self.geometry.offset(index);
-        let kept = match held {
-            Some(h) => self.target.write_held(at, payload, h),
-            None => {
-                self.target.write_at(at, payload);
-                false
-            }
-        };
+        let kept = self
+            .target
+            .write(self.geometry.offset(index), payload, held);
         // After the hand-off: whoever sees the block written (and reads it
         // back) first waits for the copier to have copied it (`settle`).
         self.written.insert(index);

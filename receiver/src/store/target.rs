@@ -340,30 +340,28 @@ impl Target {
     /// # Panics
     /// If the range is outside the image (the wire parser rejects such blocks).
     pub fn write_at(&self, offset: u64, data: &[u8]) {
+        self.write(offset, data, None);
+    }
+
+    /// [`Self::write_at`], for bytes that may lie in a worker's frame
+    /// `held`: a staged target then takes the frame (true: the copier
+    /// copies the bytes and gives the frame back); otherwise, and for a
+    /// stream, the bytes are copied here (false).
+    ///
+    /// # Panics
+    /// As [`Self::write_at`].
+    pub fn write(&self, offset: u64, data: &[u8], held: Option<Held<'_>>) -> bool {
         let end = offset
             .checked_add(data.len() as u64)
             .expect("offset overflow");
         assert!(end <= self.len, "write past the end of the target");
-        match &self.out {
-            Out::Staged(s) => s.write(offset, data),
-            Out::Stream { out, gated, .. } if *gated => out.hold(offset, data),
-            Out::Stream { out, .. } => out.put(offset, data),
+        match (&self.out, held) {
+            (Out::Staged(s), Some(h)) => return s.hand_off(offset, data, h),
+            (Out::Staged(s), None) => s.write(offset, data),
+            (Out::Stream { out, gated, .. }, _) if *gated => out.hold(offset, data),
+            (Out::Stream { out, .. }, _) => out.put(offset, data),
         }
-    }
-
-    /// [`Self::write_at`] for bytes that lie in a worker's frame: a staged
-    /// target takes the frame (true; the copier copies the bytes and gives
-    /// the frame back), a stream copies them (false).
-    pub fn write_held(&self, offset: u64, data: &[u8], held: Held<'_>) -> bool {
-        match &self.out {
-            Out::Staged(s) if offset.saturating_add(data.len() as u64) <= self.len => {
-                s.hand_off(offset, data, held)
-            }
-            _ => {
-                self.write_at(offset, data);
-                false
-            }
-        }
+        false
     }
 
     /// Make `len` bytes at `offset` read as zeros, without writing them

@@ -584,14 +584,11 @@ impl Shared {
         if self.lane_count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let lanes: Vec<Arc<Lane>> = self
-            .lanes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(l, _)| l.clone())
-            .collect();
-        for lane in &lanes {
+        // Under the lock, so without a copy of the list (a read may run on
+        // a worker): copiers never take it, and only a worker's first
+        // hand-off and the status publisher wait for it meanwhile.
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        for (lane, _) in lanes.iter() {
             lane.settle();
         }
     }
