@@ -901,7 +901,7 @@ impl Snapshot {
     /// Whether a live process still writes the page: its writer runs and
     /// the session is not over. Such a page is not taken over.
     fn held(&self) -> bool {
-        !self.state.is_final() && pid_alive(self.writer_pid)
+        !self.state.is_final() && writer_alive(self.writer_pid, self.heartbeat_ns)
     }
 
     /// Whether the writer process is gone or has not updated the page for
@@ -910,7 +910,7 @@ impl Snapshot {
         if self.state.is_final() {
             return false;
         }
-        !pid_alive(self.writer_pid)
+        !writer_alive(self.writer_pid, self.heartbeat_ns)
             || now_ns().saturating_sub(self.heartbeat_ns) > max_age.as_nanos() as u64
     }
 
@@ -1075,6 +1075,47 @@ pub fn now_ns() -> u64 {
 
 fn pid_alive(pid: u64) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// How much later than a page's last heartbeat its writer may seem to have
+/// started: the boot time the kernel reports has whole seconds.
+const START_SLACK_NS: u64 = 2_000_000_000;
+
+/// Whether process `pid` is alive and can be the writer whose last
+/// heartbeat (wall clock) was `heartbeat_ns`. A process that started after
+/// that heartbeat cannot: it reuses the pid of a writer that died (seen
+/// when a killed sender's page outlived it and its pid came round again;
+/// a new writer then refused the page as held). Pid and start time
+/// together name a process, as in Aeron's CnC file. Where the start time
+/// cannot be read (or the page has no heartbeat), the pid alone decides.
+fn writer_alive(pid: u64, heartbeat_ns: u64) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    match (heartbeat_ns, process_start_ns(pid)) {
+        (1.., Some(start)) => start <= heartbeat_ns.saturating_add(START_SLACK_NS),
+        _ => true,
+    }
+}
+
+/// When process `pid` started, wall clock ns: the boot time (`btime` in
+/// /proc/stat) plus its start in clock ticks after boot (field 22 of
+/// /proc/PID/stat, proc(5)).
+fn process_start_ns(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses:
+    // the fields after it start after the last ')', with field 3.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let ticks: u64 = after.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    // SAFETY: sysconf has no memory arguments.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&h| h > 0)?;
+    Some(btime * 1_000_000_000 + ticks * (1_000_000_000 / hz))
 }
 
 /// Where root's receivers keep their pages unless `$XDPCAST_STATUS_DIR`
@@ -1627,5 +1668,33 @@ mod tests {
             ..s
         };
         assert!(!live.is_stale(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_reused_pid_does_not_hold_a_page() {
+        let me = u64::from(std::process::id());
+        let start = process_start_ns(me).expect("our own start time");
+        assert!(start <= now_ns() + START_SLACK_NS);
+        let live = Snapshot {
+            state: State::InProgress,
+            writer_pid: me,
+            heartbeat_ns: now_ns(),
+            ..Default::default()
+        };
+        assert!(live.held());
+        // The same pid on a page whose last heartbeat came a day before
+        // this process started: another process's, which died.
+        let reused = Snapshot {
+            heartbeat_ns: start - 24 * 3600 * 1_000_000_000,
+            ..live.clone()
+        };
+        assert!(!reused.held());
+        assert!(reused.is_stale(Duration::from_secs(365 * 24 * 3600)));
+        // No heartbeat to compare with: the pid alone decides.
+        assert!(Snapshot {
+            heartbeat_ns: 0,
+            ..live.clone()
+        }
+        .held());
     }
 }
