@@ -35,6 +35,11 @@ pub const LEAVES_PER_PAGE: usize = 16;
 pub const MAX_DEPTH: usize = 16;
 /// Fewest blocks per chunk.
 pub const MIN_CHUNK_BLOCKS: u32 = 256;
+/// A chunk's byte length is a multiple of this (a page, and the logical
+/// block size of any disk): a receiver stages each chunk as one unit of
+/// its staging buffer, hashes it there and writes it whole, so chunk
+/// edges must not split a page (docs/architecture.md, "Signed chunks").
+pub const CHUNK_ALIGN: u64 = 4096;
 /// The sender picks the chunk size so an image has at most this many chunks.
 pub const TARGET_CHUNKS: u64 = 1 << 16;
 /// Sub-type byte of a manifest head.
@@ -113,12 +118,19 @@ pub struct Manifest {
     pub zero_runs: [u8; HASH_LEN],
 }
 
-/// Blocks per chunk for an image of `block_count` blocks: at least
-/// [`MIN_CHUNK_BLOCKS`], a power of two, and at most [`TARGET_CHUNKS`] chunks.
-pub fn chunk_blocks_for(block_count: u64) -> u32 {
+/// Blocks per chunk for an image of `block_count` blocks of `block_size`
+/// bytes: a power of two, at least [`MIN_CHUNK_BLOCKS`], enough for the
+/// chunk's bytes to be a multiple of [`CHUNK_ALIGN`], and at most
+/// [`TARGET_CHUNKS`] chunks. Every chunk but the last then starts and ends
+/// on a page boundary (1400-byte blocks: 512 blocks, 700 KiB).
+pub fn chunk_blocks_for(block_count: u64, block_size: u32) -> u32 {
+    // 2^k blocks of block_size bytes are a multiple of 4096 = 2^12 once
+    // k + trailing_zeros(block_size) >= 12.
+    let align = CHUNK_ALIGN >> block_size.max(1).trailing_zeros().min(12);
     let need = block_count
         .div_ceil(TARGET_CHUNKS)
-        .max(u64::from(MIN_CHUNK_BLOCKS));
+        .max(u64::from(MIN_CHUNK_BLOCKS))
+        .max(align);
     need.next_power_of_two().min(1 << 30) as u32
 }
 
@@ -548,10 +560,24 @@ mod tests {
     }
 
     #[test]
-    fn chunk_size_keeps_the_tree_small() {
-        assert_eq!(chunk_blocks_for(10), MIN_CHUNK_BLOCKS);
+    fn chunk_size_keeps_the_tree_small_and_chunks_page_aligned() {
+        assert_eq!(chunk_blocks_for(10, 4096), MIN_CHUNK_BLOCKS);
+        assert_eq!(chunk_blocks_for(10, 1400), 512);
+        assert_eq!(chunk_blocks_for(10, 1456), 256);
+        assert_eq!(chunk_blocks_for(10, 1401), 4096);
         let huge = 1u64 << 40; // 1 TiB of 1-byte blocks
-        let c = chunk_blocks_for(huge);
+        let c = chunk_blocks_for(huge, 1);
         assert!(huge.div_ceil(u64::from(c)) <= TARGET_CHUNKS);
+        for bs in [1u32, 64, 512, 1000, 1400, 1472, 8192, 8972, 65_000] {
+            for count in [1u64, 1000, 3_000_000, 1 << 34] {
+                let c = chunk_blocks_for(count, bs);
+                assert!(c.is_power_of_two() && c >= MIN_CHUNK_BLOCKS);
+                assert_eq!(
+                    u64::from(c) * u64::from(bs) % CHUNK_ALIGN,
+                    0,
+                    "{bs} {count}"
+                );
+            }
+        }
     }
 }

@@ -664,7 +664,7 @@ pub fn send(
         0
     };
     let signer = opts.sign.as_ref().map(|key| {
-        let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count);
+        let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count, block_size);
         let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
         let manifest = Manifest {
             session,
