@@ -4,5 +4,5 @@
 pub mod fec;
 pub mod frame;
 pub mod manifest;
-pub mod udpcast_fec;
+pub mod udpcast;
 pub mod wire;
