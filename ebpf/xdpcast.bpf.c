@@ -6,7 +6,9 @@
 // non-first fragment) or IPv6 (no extension headers) -> UDP whose destination
 // address and port equal the session's group:port from XDPCAST_CONFIG, and
 // redirects those frames to the AF_XDP socket registered in XDPCAST_XSKS for
-// the receiving queue. Everything else is passed to the kernel untouched.
+// the receiving queue. With `unicast4` set, UDP to this host's address and
+// the same port is steered as well (udpcast's point-to-point mode sends
+// the data there). Everything else is passed to the kernel untouched.
 //
 // Build (done by receiver/build.rs):
 //   clang -O2 -g -target bpf -c xdpcast.bpf.c -o xdpcast.bpf.o
@@ -40,6 +42,9 @@ struct xdpcast_config {
 	__u8 source_set;        // 1: drop the group's frames from other sources
 	__u8 pad[3];
 	__u8 source6[16];       // sender's IPv6 address (with source_set)
+	__u32 unicast4;         // this host's IPv4 address, network byte order:
+	                        // also steered (a udpcast point-to-point
+	                        // session); 0: none
 };
 
 enum xdpcast_stat {
@@ -126,7 +131,8 @@ static __always_inline int match_l3(const struct xdpcast_config *cfg, void *l3,
 		// Non-first fragments carry no UDP header.
 		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
 			return 0;
-		if (ip->daddr != cfg->group4)
+		if (ip->daddr != cfg->group4 &&
+		    (!cfg->unicast4 || ip->daddr != cfg->unicast4))
 			return 0;
 		__u32 ihl = ip->ihl * 4;
 		if (ihl < sizeof(*ip))

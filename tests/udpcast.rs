@@ -49,11 +49,19 @@ fn udp_sender(
     receivers: u32,
     extra: &[&str],
 ) -> Child {
+    let mut all = vec!["--mcast-data-address", group, "--nopointopoint"];
+    all.extend_from_slice(extra);
+    udp_sender_as(ns, iface, file, receivers, &all)
+}
+
+/// The real udp-sender in `ns` sending `file` once `receivers` receivers
+/// have connected, otherwise with its defaults and `extra` arguments.
+fn udp_sender_as(ns: &Netns, iface: &str, file: &Path, receivers: u32, extra: &[&str]) -> Child {
     let mut c = ns.cmd("udp-sender");
     c.args(["--interface", iface, "--file", file.to_str().unwrap()])
-        .args(["--portbase", PORTBASE, "--mcast-data-address", group])
+        .args(["--portbase", PORTBASE])
         .args(["--min-receivers", &receivers.to_string()])
-        .args(["--nokbd", "--nopointopoint"])
+        .arg("--nokbd")
         .args(extra);
     spawn(c)
 }
@@ -154,6 +162,44 @@ fn udp_sender_to_xdpcast_over_af_xdp() {
     assert!(
         !net.xdp_attached_b(),
         "no XDP program may remain after the receiver exits"
+    );
+}
+
+/// udp-sender's defaults with one receiver: point-to-point mode, the data
+/// and REQACKs by unicast to the receiver's address. The XDP program steers
+/// that address on the port as well, so every block still comes through
+/// AF_XDP (the worker counters), and the transfer completes.
+#[test]
+fn point_to_point_udp_sender_still_reaches_af_xdp() {
+    if !udpcast_installed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-udpc-p2p", 24 * MIB + 333, 26);
+    // udp-receiver's command line, taking the group the sender announces.
+    let rx = clonezilla_pipeline(
+        &net.b,
+        &net.if_b,
+        &dir,
+        &format!("cat > {}", dst.display()),
+        &[],
+    );
+    let tx = udp_sender_as(&net.a, &net.if_a, &src, 1, &[]);
+    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    let out = wait_output(rx, LIMIT, "xdpcast");
+    assert_ok(&out, "xdpcast");
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    assert_page(&dir.0, &src);
+    let s = read_page(&dir.0, "udpc");
+    assert!(
+        !s.message.contains("point-to-point"),
+        "no kernel-socket fallback: {}",
+        s.message
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("point-to-point mode"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

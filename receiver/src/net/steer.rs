@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::io::{self, Read as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ const STAT_FOREIGN_SOURCE: u32 = 5;
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
-/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (52 bytes, no padding).
+/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (56 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct XdpcastConfig {
@@ -73,9 +73,12 @@ struct XdpcastConfig {
     pad: [u8; 3],
     /// Sender's IPv6 address (with `source_set`).
     source6: [u8; 16],
+    /// This host's IPv4 address in network byte order, steered as well
+    /// (0: none).
+    unicast4: [u8; 4],
 }
 
-const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 52);
+const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 56);
 
 // SAFETY: `XdpcastConfig` is `repr(C)`, consists only of integers and byte
 // arrays, has no padding (size asserted above) and every bit pattern is valid.
@@ -309,6 +312,7 @@ impl Steering {
             source_set: 0,
             pad: [0; 3],
             source6: [0; 16],
+            unicast4: [0; 4],
         };
         match group {
             IpAddr::V4(g) => config_value.group4 = g.octets(),
@@ -447,6 +451,18 @@ impl Steering {
             IpAddr::V4(a) => value.source4 = a.octets(),
             IpAddr::V6(a) => value.source6 = a.octets(),
         }
+        self.config
+            .set(0, value, 0)
+            .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
+        self.config_value = value;
+        Ok(())
+    }
+
+    /// Also steer UDP to `local` (this host's IPv4 address) and the
+    /// session's port: where udpcast's point-to-point mode sends the data.
+    pub fn set_unicast(&mut self, local: Ipv4Addr) -> Result<(), SteerError> {
+        let mut value = self.config_value;
+        value.unicast4 = local.octets();
         self.config
             .set(0, value, 0)
             .map_err(|source| map_err(MAP_CONFIG, "update", source))?;

@@ -32,6 +32,14 @@ pub struct Opened {
     pub sources: Vec<(u32, Source)>,
 }
 
+impl Opened {
+    /// The XDP program's loader, on the XDP path (to steer more before the
+    /// workers start).
+    pub fn steering_mut(&mut self) -> Option<&mut Steering> {
+        self.steering.as_mut()
+    }
+}
+
 /// Set up the path `req.mode` asks for. `Auto` tries XDP when running as
 /// root and falls back to sockets with a one-line note saying why.
 pub fn open(req: &SessionRequest) -> Result<Opened> {

@@ -71,8 +71,7 @@ const PUBLISH: Duration = Duration::from_millis(200);
 const ALL_HOSTS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
 
 const POINT_TO_POINT: &str = "udp-sender is in point-to-point mode (a single receiver): \
-     the data comes by unicast through the kernel socket; run it with --nopointopoint \
-     for the XDP path";
+     the data comes by unicast through the kernel socket (the socket data path)";
 
 /// What to receive. `session` gives the name, interface, target, data path
 /// and timeouts. Its `group` is the data group to expect: with an
@@ -91,6 +90,10 @@ pub struct UdpcastRequest {
     /// TTL of multicast connect requests (udp-receiver's `--ttl`; not 1:
     /// they go to 224.0.0.1 unless a rendezvous address is given).
     pub ttl: u32,
+    /// Once the transfer is complete, how long to keep answering the
+    /// sender (its repeated end marker, if our answer was lost) before
+    /// leaving (udp-receiver's `--exit-wait`, default 500 ms).
+    pub exit_wait: Duration,
 }
 
 impl UdpcastRequest {
@@ -101,9 +104,13 @@ impl UdpcastRequest {
             portbase,
             rendezvous: None,
             ttl: 1,
+            exit_wait: DEFAULT_EXIT_WAIT,
         }
     }
 }
+
+/// udp-receiver's default `--exit-wait`.
+pub const DEFAULT_EXIT_WAIT: Duration = Duration::from_millis(500);
 
 /// The "take the announced group" placeholder for [`UdpcastRequest`].
 pub fn any_group(portbase: u16) -> Group {
@@ -122,6 +129,7 @@ struct Connected {
 /// One IPv4 address of an interface.
 struct Ipv4Iface {
     name: String,
+    addr: Ipv4Addr,
     flags: libc::c_int,
     /// Its broadcast address, if it has one.
     broadcast: Option<Ipv4Addr>,
@@ -169,6 +177,7 @@ fn ipv4_ifaces() -> Result<Vec<Ipv4Iface>> {
             .into_owned();
         found.push(Ipv4Iface {
             name,
+            addr: own,
             flags,
             broadcast,
         });
@@ -190,6 +199,15 @@ fn broadcast_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
                 format!("{iface} has no IPv4 address: udpcast needs one to reach the sender"),
             )
         })
+}
+
+/// The first IPv4 address of `iface` (the one the kernel sends from, so
+/// the one udp-sender answers and, in point-to-point mode, sends data to).
+fn local_addr(iface: &str) -> Result<Option<Ipv4Addr>> {
+    Ok(ipv4_ifaces()?
+        .into_iter()
+        .find(|i| i.name == iface)
+        .map(|i| i.addr))
 }
 
 /// The interface udp-receiver picks when none is given: the first one that
@@ -395,6 +413,10 @@ struct Run {
     path: DataPath<Stream>,
     /// Counter slot of the control socket (point-to-point data).
     control_slot: usize,
+    /// The XDP program steers our unicast address too: point-to-point
+    /// data reaches the workers, and what the control socket holds came
+    /// before the program did.
+    unicast_steered: bool,
     start: Instant,
     first_data: Option<Instant>,
     last: (Instant, u64),
@@ -470,6 +492,8 @@ impl Run {
         let mut last_packets = 0;
         let mut last_activity = Instant::now();
         let mut unicast_data = false;
+        // Since when the transfer is complete.
+        let mut complete: Option<Instant> = None;
         loop {
             if let Some((n, from)) = recv(sock, &mut buf)? {
                 // Point-to-point mode: the sender sends data and REQACKs to
@@ -480,6 +504,12 @@ impl Run {
                 if from != sender {
                     c.batch(1);
                     c.drop_packet(DropReason::ForeignSource);
+                } else if is_transfer_data(&buf[..n]) && self.unicast_steered {
+                    // Sent before the XDP program steered the port: not
+                    // taken (udp-sender sends it again, to the workers), so
+                    // that the XDP path is the only one, as for multicast
+                    // data sent before the data path joined the group.
+                    log::debug!("point-to-point data from before the XDP steering, not taken");
                 } else if is_transfer_data(&buf[..n]) {
                     if !unicast_data {
                         unicast_data = true;
@@ -497,7 +527,14 @@ impl Run {
                 return Err(e);
             }
             if let Some(len) = self.path.sink.complete_len() {
-                return Ok(len);
+                // As udp-receiver's --exit-wait: answer what the sender
+                // still sends (its end marker again, if our OK was lost)
+                // for that long. (udp-receiver waits for that much silence;
+                // a fixed time keeps anyone else's packets from holding
+                // this receiver.)
+                if complete.get_or_insert_with(Instant::now).elapsed() >= req.exit_wait {
+                    return Ok(len);
+                }
             }
             if last_publish.elapsed() < PUBLISH {
                 continue;
@@ -588,6 +625,30 @@ pub fn receive(
     Ok(s)
 }
 
+/// On the XDP path, have the program steer this host's address on the
+/// port too: udp-sender sends a single receiver the data by unicast
+/// (unless run with --nopointopoint). Whether it does.
+fn steer_unicast(opened: &mut datapath::Opened, iface: &str) -> bool {
+    let Some(steering) = opened.steering_mut() else {
+        return false;
+    };
+    let local = match local_addr(iface) {
+        Ok(Some(a)) => a,
+        Ok(None) => return false,
+        Err(e) => {
+            log::warn!("point-to-point data cannot be steered: {e}");
+            return false;
+        }
+    };
+    match steering.set_unicast(local) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("the XDP program cannot steer {local}: {e}; point-to-point data takes the kernel socket");
+            false
+        }
+    }
+}
+
 /// The whole transfer: handshake, data path, completion, target check.
 fn run(
     req: &UdpcastRequest,
@@ -632,7 +693,7 @@ fn run(
     let out = open_output(&req.session.target, req.session.stream_window)?;
     let mut data_req = req.session.clone();
     data_req.group = group;
-    let outcome = datapath::open(&data_req).and_then(|opened| {
+    let outcome = datapath::open(&data_req).and_then(|mut opened| {
         base.mode = opened.mode;
         if !opened.note.is_empty() {
             base.message = format!("{}; {}", base.message, opened.note);
@@ -641,11 +702,13 @@ fn run(
             .try_clone()
             .map_err(|e| Error::new(ErrorCode::Network, format!("control socket: {e}")))?;
         let slots = opened.sources.len();
+        let unicast_steered = steer_unicast(&mut opened, &req.session.iface);
         let stream = Arc::new(Stream::new(out, &connected, replies, slots + 1));
         let path = DataPath::start(opened, stream, req.session.cores.as_deref())?;
         let mut r = Run {
             path,
             control_slot: slots,
+            unicast_steered,
             start: Instant::now(),
             first_data: None,
             last: (Instant::now(), 0),
