@@ -12,12 +12,15 @@
 #   ethtool                   one TX queue on a veth in tests/xdp.rs (frames on a queue
 #                             without a socket); GRO on the veth for the bench's
 #                             socket+GRO row
+#   nginx-light               the web server of tests/http.rs (receive --http: range
+#                             requests, the signed manifest file); each test starts its
+#                             own nginx with its own config inside a namespace
 #   tmux                      a real terminal of 80 and 200 columns for `xdpcast monitor`
 #                             in tests/api.rs
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool man-db)
+pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool man-db nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +37,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # it when this script installed it, so setup opens no port.
     if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+    # Likewise nginx's own service (port 80 on every address).
+    if [[ " ${missing[*]} " == *" nginx-light "* ]] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now nginx.service >/dev/null 2>&1 || true
     fi
 fi
 

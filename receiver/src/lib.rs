@@ -6,6 +6,8 @@
 //!
 //! - [`api`]: the WdsTransportClient-style [`Session`] and its C ABI;
 //! - [`send`]: the sender (passes, pacing, repair);
+//! - [`fetch`]: the HTTP(S) source: what multicast did not deliver, from
+//!   web servers, fed into the transfer as the packets it replaces;
 //! - [`receive`]: turning packets into blocks: the data path (XDP or
 //!   sockets), the pinned workers, the session's transfer state and the
 //!   udpcast-compatible sink;
@@ -25,6 +27,7 @@
 pub mod api;
 pub mod cpu;
 pub mod error;
+pub mod fetch;
 pub mod net;
 pub mod proto;
 pub mod receive;

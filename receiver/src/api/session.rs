@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::fetch::Fetcher;
 use crate::net::socket;
 use crate::proto::wire::{self, hex, DropReason, Packet, Report};
 use crate::receive::datapath::{self, DataPath};
@@ -464,13 +465,16 @@ impl Session {
                 self.req.name
             );
         }
+        // The HTTP source, if any, counts on the slot after the workers'.
+        let mut http_slot = 0;
         let path = match datapath::open(&self.req).and_then(|opened| {
             self.note = opened.note.clone();
+            http_slot = opened.sources.len();
             let transfer = Arc::new(
                 Transfer::new(
                     self.req.target.clone(),
                     self.req.session_id,
-                    opened.sources.len(),
+                    http_slot + usize::from(self.req.http.is_some()),
                 )
                 .with_resume(self.req.resume_file.clone())
                 .with_store(self.req.store)
@@ -489,8 +493,29 @@ impl Session {
             }
         };
         self.mode = path.mode;
+        let fetch = match &self.req.http {
+            Some(h) => match Fetcher::start(
+                path.sink.clone(),
+                http_slot,
+                h.clone(),
+                self.req.trust.clone(),
+            ) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let e = Error::new(
+                        ErrorCode::Internal,
+                        format!("cannot start the HTTP thread: {e}"),
+                    );
+                    self.end_without_start(&e);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         self.shared.set(State::InProgress, ErrorCode::None);
         let ctl = Control {
+            http_slot: fetch.as_ref().map(|_| http_slot),
+            fetch,
             base: self.base_snapshot(),
             path,
             writer: self.writer.clone(),
@@ -610,6 +635,10 @@ impl Drop for Session {
 
 /// The control thread's state.
 struct Control {
+    /// The HTTP source (`--http`), until the outcome is known.
+    fetch: Option<Fetcher>,
+    /// Its worker-counter slot (kept after the source stopped).
+    http_slot: Option<usize>,
     base: Snapshot,
     path: DataPath<Transfer>,
     writer: Arc<StatusWriter>,
@@ -653,18 +682,18 @@ impl Control {
                 *d += v.load(Ordering::Relaxed);
             }
         }
-        s.packets = s
-            .workers
-            .iter()
-            .map(|w| w.packets)
-            .sum::<u64>()
-            .saturating_sub(s.total_drops());
+        // What the HTTP source fed in counts like the workers' packets.
+        let http = self.http_slot.map(|slot| t.counters(slot));
+        let http_bytes = http.map_or(0, |c| c.bytes.load(Ordering::Relaxed));
+        s.packets = (s.workers.iter().map(|w| w.packets).sum::<u64>()
+            + http.map_or(0, |c| c.packets.load(Ordering::Relaxed)))
+        .saturating_sub(s.total_drops());
         // Dropped in the XDP program: never seen by a worker.
         s.drops[DropReason::ForeignSource as usize] += foreign;
         s.blocks_done = t.blocks_done();
         // What this run received, for the rates; bytes_done also counts
         // the blocks a resume file says are on disk already.
-        let received: u64 = s.workers.iter().map(|w| w.bytes).sum();
+        let received: u64 = s.workers.iter().map(|w| w.bytes).sum::<u64>() + http_bytes;
         if let Some(img) = t.image() {
             s.flags |= FLAG_GEOMETRY;
             s.session_id = u64::from(img.session);
@@ -771,10 +800,22 @@ impl Control {
                     return Ok(());
                 }
                 let missing = img.geometry.block_count.saturating_sub(s.blocks_done);
-                if let Err(e) = self.repair.tick(&t, s.blocks_done) {
-                    log::warn!("NACK: {e}");
+                // While the web server brings what is missing, no NACKs
+                // (the others need no repair round for this receiver);
+                // they resume if it gives up.
+                let fetching = self.fetch.as_ref().is_some_and(Fetcher::fetching);
+                if !fetching {
+                    if let Err(e) = self.repair.tick(&t, s.blocks_done) {
+                        log::warn!("NACK: {e}");
+                    }
                 }
+                let http = self.fetch.as_ref().filter(|f| f.usable());
                 if t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE {
+                    if let Some(f) = http {
+                        // The web server has the rest: no failure while it serves.
+                        f.take_over();
+                        continue;
+                    }
                     // The sender's "too slow" comes just before its final
                     // end: that, not `incomplete`, is why blocks are missing.
                     take_verdict(&t, &self.repair.link);
@@ -805,6 +846,10 @@ impl Control {
                 ));
             }
             if last_packets > 0 && last_activity.elapsed() >= self.idle_timeout {
+                if let Some(f) = self.fetch.as_ref().filter(|f| f.usable()) {
+                    f.take_over();
+                    continue;
+                }
                 return Err(Error::new(
                     ErrorCode::SenderGone,
                     format!("no packet from the sender for {:?}", self.idle_timeout),
@@ -888,6 +933,8 @@ impl Control {
             &self.base.name,
         );
         let mut outcome = self.watch(&mut meter);
+        // Nothing more from HTTP once the outcome is known.
+        drop(self.fetch.take());
         drop(persister);
         if let Some(e) = self.path.shut_down() {
             outcome = outcome.and(Err(e));

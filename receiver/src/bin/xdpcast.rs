@@ -132,6 +132,14 @@ enum Cmd {
         /// receivers with `--trust` then verify every chunk of the image.
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<PathBuf>,
+        /// With --sign: where to write the signed manifest for receivers
+        /// that fetch over HTTP (default for a regular file:
+        /// FILE.xdpcast-manifest beside it; docs/http.md).
+        #[arg(long, value_name = "PATH", requires = "sign")]
+        manifest_file: Option<PathBuf>,
+        /// With --sign: write no manifest file.
+        #[arg(long, conflicts_with = "manifest_file")]
+        no_manifest_file: bool,
         #[command(flatten)]
         fleet: SendFleet,
         /// Show a progress bar (with the receivers' states).
@@ -226,9 +234,35 @@ enum Cmd {
         recovery: ReceiveRecovery,
         #[command(flatten)]
         trust: ReceiveTrust,
+        #[command(flatten)]
+        http: ReceiveHttp,
         /// Show a progress bar.
         #[arg(long)]
         progress: bool,
+    },
+    /// Sign the manifest of an image ahead of time for receivers that fetch
+    /// it over HTTP (`receive --http URL` reads URL.xdpcast-manifest).
+    /// `send --sign` writes one for the session it sends by itself.
+    Manifest {
+        /// The image (file or block device).
+        image: PathBuf,
+        /// Secret key (from `xdpcast keygen`).
+        #[arg(long, value_name = "KEYFILE")]
+        sign: PathBuf,
+        /// Where to write it (default: IMAGE.xdpcast-manifest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Session id; give the sender the same (`send --session`) so that
+        /// receivers started from the file also take its multicast blocks.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        session: u32,
+        /// Block size: the sender's (from its MTU), so the chunk hashes match.
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// Size blocks for this MTU (default 1500).
+        #[arg(long, conflicts_with = "block_size",
+              value_parser = clap::value_parser!(u32).range(MIN_MTU..=65535))]
+        mtu: Option<u32>,
     },
     /// Make an Ed25519 key pair for signed sessions: KEYFILE (secret, mode
     /// 0600) and KEYFILE.pub (give it to receivers' --trust).
@@ -418,6 +452,76 @@ struct ReceiveRecovery {
     /// Test loss injection on the XDP path: matched frames dropped per million.
     #[arg(long, default_value_t = 0)]
     inject_loss: u32,
+}
+
+/// The HTTP(S) source on the receiving side (docs/http.md).
+#[derive(clap::Args)]
+struct ReceiveHttp {
+    /// The same image on a web server (repeatable: mirrors, used in turn).
+    /// What multicast does not deliver is fetched with range requests and
+    /// checked like multicast blocks; a receiver that hears nothing starts
+    /// from URL.xdpcast-manifest (signed sessions). Proxies from
+    /// http_proxy, https_proxy, all_proxy and no_proxy, as curl.
+    #[arg(long, value_name = "URL")]
+    http: Vec<String>,
+    /// Seconds without multicast (from the start, or after it stopped)
+    /// before the image is fetched over HTTP.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    http_after: u64,
+    /// Range requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    http_parallel: u64,
+    /// Longest random delay, ms, before the first HTTP request (so a fleet
+    /// falling back together does not arrive together).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    http_jitter_ms: u64,
+    /// After the sender's passes, percent of the image still missing from
+    /// which it is fetched over HTTP rather than by NACK rounds.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    http_repair_percent: f64,
+    /// KiB per range request (rounded up to whole chunks of the signed
+    /// manifest).
+    #[arg(long, value_name = "KIB", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(4..=1 << 20))]
+    http_range_kib: u64,
+    /// Seconds one HTTP request may take in all (slow servers end there).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    http_timeout: u64,
+    /// Failed HTTP requests in a row after which the web server is given
+    /// up (back to multicast repair).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    http_max_failures: u32,
+}
+
+impl ReceiveHttp {
+    fn apply(&self, r: &mut SessionRequest) -> anyhow::Result<()> {
+        if self.http.is_empty() {
+            return Ok(());
+        }
+        for u in &self.http {
+            let scheme = u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("http" | "https")) {
+                return Err(invalid(format!(
+                    "--http {u}: not an http:// or https:// URL"
+                )));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.http_repair_percent) {
+            return Err(invalid("--http-repair-percent must be 0..100".into()));
+        }
+        let mut h = xdpcast::receive::request::HttpRequest::new(self.http.clone());
+        h.after = Duration::from_secs(self.http_after);
+        h.parallel = self.http_parallel as usize;
+        h.jitter = Duration::from_millis(self.http_jitter_ms);
+        h.repair_share = self.http_repair_percent / 100.0;
+        h.timeout = Duration::from_secs(self.http_timeout.max(1));
+        h.range_bytes = self.http_range_kib << 10;
+        h.max_failures = self.http_max_failures;
+        r.http = Some(h);
+        Ok(())
+    }
 }
 
 /// Signed sessions and image pinning on the receiving side.
@@ -680,6 +784,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_sparse,
             repair,
             sign,
+            manifest_file,
+            no_manifest_file,
             fleet,
             progress,
         } => {
@@ -698,6 +804,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(xdpcast::store::keys::load_signing)
                 .transpose()?;
+            if opts.sign.is_some() && !no_manifest_file {
+                let regular = std::fs::metadata(&file).is_ok_and(|m| m.is_file());
+                opts.manifest_file = manifest_file
+                    .or_else(|| regular.then(|| xdpcast::fetch::manifest_file::path_beside(&file)));
+            }
             opts.rate_bps = rate;
             opts.passes = passes;
             opts.block_size = block_size.or(mtu.map(xdpcast::proto::wire::block_size_for_mtu));
@@ -802,6 +913,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_status,
             recovery,
             trust,
+            http,
             progress,
             stream_window_mib,
         } => {
@@ -818,6 +930,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut req = SessionRequest::new(&name, group, &iface, out);
             recovery.apply(&mut req)?;
             trust.apply(&mut req)?;
+            http.apply(&mut req)?;
             req.stream_window = stream_window_mib << 20;
             req.mode = match mode {
                 Mode::Auto => ModeRequest::Auto,
@@ -853,6 +966,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.start_timeout = Duration::from_secs(start_timeout);
             req.idle_timeout = Duration::from_secs(idle_timeout);
             if protocol == Protocol::Udpcast {
+                if req.http.is_some() {
+                    bail!("--http works with xdpcast senders only");
+                }
                 if !req.trust.is_empty() {
                     bail!("--trust needs a signed xdpcast sender: udpcast has no signatures");
                 }
@@ -861,6 +977,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(exit_code(snap.state, snap.error));
             }
             receive(req, keep_status, progress)
+        }
+        Cmd::Manifest {
+            image,
+            sign,
+            out,
+            session,
+            block_size,
+            mtu,
+        } => {
+            let key = xdpcast::store::keys::load_signing(&sign)?;
+            let block_size = block_size
+                .unwrap_or_else(|| xdpcast::proto::wire::block_size_for_mtu(mtu.unwrap_or(1500)));
+            if !(xdpcast::proto::wire::MIN_BLOCK_SIZE..=xdpcast::proto::wire::MAX_BLOCK_SIZE)
+                .contains(&block_size)
+            {
+                return Err(invalid(format!("block size {block_size} out of range")));
+            }
+            let (m, file) = xdpcast::send::publish::offline(
+                &image,
+                &key,
+                xdpcast::send::publish::Offline {
+                    session,
+                    block_size,
+                },
+            )?;
+            let out = out.unwrap_or_else(|| xdpcast::fetch::manifest_file::path_beside(&image));
+            file.write_atomic(&out)?;
+            println!(
+                "{}: {} chunks of {} blocks of {}, session {session:#010x}, sha256 {}",
+                out.display(),
+                m.chunk_count(),
+                m.chunk_blocks,
+                block_size,
+                hex(&m.digest)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Keygen { out, comment } => {
             let public = xdpcast::store::keys::generate(&out, &comment)?;

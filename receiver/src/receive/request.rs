@@ -81,6 +81,51 @@ pub struct SessionRequest {
     pub source: Option<std::net::IpAddr>,
     /// Target `-` (stdout): bytes of the reorder window in memory.
     pub stream_window: u64,
+    /// `--http`: the same image on web servers, for what multicast does
+    /// not deliver (see [`crate::fetch`]); None: multicast only.
+    pub http: Option<HttpRequest>,
+}
+
+/// The HTTP(S) source of a receiver and its policy (docs/http.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    /// URLs of the image (mirrors, tried in turn); the signed manifest is
+    /// fetched from each URL plus `.xdpcast-manifest`.
+    pub urls: Vec<String>,
+    /// No multicast packet within this long of the start: the whole image
+    /// over HTTP (multicast stays joined).
+    pub after: Duration,
+    /// Range requests in flight at once.
+    pub parallel: usize,
+    /// Longest random delay before the first request (a fleet falling back
+    /// together spreads over it).
+    pub jitter: Duration,
+    /// After the sender's passes, a receiver still missing at least this
+    /// share of the image (0..1) fetches it over HTTP instead of NACKing.
+    pub repair_share: f64,
+    /// Deadline of each whole request (slow servers end there).
+    pub timeout: Duration,
+    /// Bytes per range request (rounded to whole chunks).
+    pub range_bytes: u64,
+    /// Failed requests in a row, over all mirrors, after which the HTTP
+    /// source is given up (back to multicast repair).
+    pub max_failures: u32,
+}
+
+impl HttpRequest {
+    /// The defaults for `urls`.
+    pub fn new(urls: Vec<String>) -> HttpRequest {
+        HttpRequest {
+            urls,
+            after: Duration::from_secs(10),
+            parallel: 2,
+            jitter: Duration::from_secs(2),
+            repair_share: 0.05,
+            timeout: Duration::from_secs(60),
+            range_bytes: 8 << 20,
+            max_failures: 8,
+        }
+    }
 }
 
 /// Default `--max-manifest-age`: a day.
@@ -116,6 +161,7 @@ impl SessionRequest {
             max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
+            http: None,
         }
     }
 

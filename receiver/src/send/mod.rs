@@ -1,6 +1,7 @@
 //! The sender side.
 
 pub mod fleet;
+pub mod publish;
 pub mod repair;
 pub mod sender;
 pub mod view;

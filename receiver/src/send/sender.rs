@@ -18,12 +18,14 @@ use sha2::{Digest, Sha256};
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::fetch::manifest_file::ManifestFile;
 use crate::net::socket::{self, Group, MsgBatch};
 use crate::proto::fec;
 use crate::proto::manifest::{self, ChunkTree, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
 use crate::rng::XorShift;
 use crate::send::fleet::{FleetCounts, RxInfo};
+use crate::send::publish;
 use crate::send::repair::{Backchannel, Inbound, Plan, Policy};
 use crate::send::zeros::{self, ZeroRuns};
 use crate::status::page::SendPhase;
@@ -100,6 +102,10 @@ pub struct SendOptions {
     /// Sign the session with this key (`--sign`): a manifest with chunk
     /// hashes and signed end packets go out besides the plain ones.
     pub sign: Option<ed25519_dalek::SigningKey>,
+    /// With `sign`: write the signed manifest here for receivers that
+    /// fetch over HTTP (`xdpcast send` picks `IMAGE.xdpcast-manifest` for
+    /// a regular file; see [`crate::send::publish`]).
+    pub manifest_file: Option<std::path::PathBuf>,
     /// Wait for this many receivers to report before the first pass.
     pub min_receivers: u64,
     /// Give up (`timeout`) if `min_receivers` have not reported by then.
@@ -147,6 +153,7 @@ impl SendOptions {
             loss: 0.0,
             max_repair: 2.0,
             sign: None,
+            manifest_file: None,
             min_receivers: 0,
             start_timeout: None,
             vanish_after: Duration::from_secs(5),
@@ -686,6 +693,9 @@ pub fn send(
             root: tree.root(),
             zero_runs: list.digest(),
         };
+        if let Some(path) = &opts.manifest_file {
+            publish::write_beside(&ManifestFile::new(&manifest, key, &tree), path);
+        }
         Signer {
             head: manifest.sign(key),
             key: key.clone(),

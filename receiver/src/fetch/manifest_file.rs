@@ -1,0 +1,258 @@
+//! The `.xdpcast-manifest` file: a signed session's manifest packets, kept
+//! beside the image (`IMAGE.xdpcast-manifest`) so that a receiver which
+//! hears no multicast can fetch it from a web server with the image.
+//!
+//! The file holds the very payloads the sender multicasts as kind 6
+//! packets, so a receiver checks it with the same code: the head against
+//! its trusted keys, every page against the head's signed Merkle root.
+//! Nothing in the file is trusted for being in the file.
+//!
+//! Layout, big-endian (docs/http.md):
+//!
+//! | bytes | what |
+//! | --- | --- |
+//! | 0..8 | magic `\x89XDPCMF\n` |
+//! | 8..12 | version, 1 |
+//! | 12..16 | record count: 1 + pages |
+//! | then per record | length (u32), then the payload of one kind 6 packet |
+//!
+//! Record 0 is the head (sub-type 0), record `1 + i` page `i` (sub-type 1).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::proto::manifest::{ChunkTree, Manifest, SUB_HEAD, SUB_PAGE};
+use crate::proto::wire::MAX_MANIFEST_PAYLOAD;
+
+/// First bytes of the file (the high byte catches 7-bit and text-mode
+/// mangling, the newline line-ending conversion, as PNG's does).
+pub const MAGIC: &[u8; 8] = b"\x89XDPCMF\n";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+/// Suffix added to the image's name (and URL).
+pub const SUFFIX: &str = ".xdpcast-manifest";
+/// Most records a file may hold: the head and 2^16 pages
+/// ([`crate::proto::manifest::MAX_DEPTH`]).
+pub const MAX_RECORDS: u32 = 1 + (1 << 16);
+/// Largest file this code reads (every record at its largest).
+pub const MAX_FILE_LEN: u64 = 16 + MAX_RECORDS as u64 * (4 + MAX_MANIFEST_PAYLOAD as u64);
+
+/// The records of a manifest file, not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// The head payload (sub-type 0).
+    pub head: Vec<u8>,
+    /// Page payloads, page 0 first.
+    pub pages: Vec<Vec<u8>>,
+}
+
+impl ManifestFile {
+    /// The file for `manifest` signed with `key`, with the pages of `tree`.
+    pub fn new(manifest: &Manifest, key: &ed25519_dalek::SigningKey, tree: &ChunkTree) -> Self {
+        ManifestFile {
+            head: manifest.sign(key),
+            pages: (0..tree.page_count()).map(|i| tree.page(i)).collect(),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let len: usize =
+            16 + 4 + self.head.len() + self.pages.iter().map(|p| 4 + p.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&(1 + self.pages.len() as u32).to_be_bytes());
+        for r in std::iter::once(&self.head).chain(&self.pages) {
+            out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
+    /// Split `bytes` into records. Only the framing is checked here (magic,
+    /// version, lengths, sub-types, nothing left over); the signature and
+    /// the pages are checked by the receiver as for packets.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<ManifestFile, FileError> {
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(FileError::NotAManifest);
+        }
+        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(FileError::Version(version));
+        }
+        let count = u32_at(12);
+        if count == 0 || count > MAX_RECORDS {
+            return Err(FileError::Malformed("record count"));
+        }
+        let mut at = 16;
+        let mut records = Vec::new();
+        for _ in 0..count {
+            if bytes.len() - at < 4 {
+                return Err(FileError::Malformed("truncated"));
+            }
+            let len = u32_at(at) as usize;
+            at += 4;
+            if len == 0 || len > MAX_MANIFEST_PAYLOAD || bytes.len() - at < len {
+                return Err(FileError::Malformed("record length"));
+            }
+            records.push(bytes[at..at + len].to_vec());
+            at += len;
+        }
+        if at != bytes.len() {
+            return Err(FileError::Malformed("bytes after the last record"));
+        }
+        let head = records.remove(0);
+        if head[0] != SUB_HEAD || records.iter().any(|p| p[0] != SUB_PAGE) {
+            return Err(FileError::Malformed("record sub-type"));
+        }
+        Ok(ManifestFile {
+            head,
+            pages: records,
+        })
+    }
+
+    /// Write the file at `path` atomically: into `path.tmp`, synced, then
+    /// renamed over `path`, so a web server never serves half a file. The
+    /// temporary file is created new (`O_EXCL`: a symlink planted in a
+    /// directory others may write is never followed), after removing a
+    /// stale one (unlink removes a link, not its target).
+    pub fn write_atomic(&self, path: &Path) -> Result<()> {
+        let tmp = tmp_path(path);
+        let _ = std::fs::remove_file(&tmp);
+        let io = |what: &str, e: std::io::Error| {
+            Error::new(
+                ErrorCode::TargetIo,
+                format!("{what} {}: {e}", tmp.display()),
+            )
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io("cannot create", e))?;
+        f.write_all(&self.encode())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("cannot write", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::new(
+                ErrorCode::TargetIo,
+                format!("cannot rename {} to {}: {e}", tmp.display(), path.display()),
+            )
+        })
+    }
+}
+
+/// `IMAGE.xdpcast-manifest` for the image at `image`.
+pub fn path_beside(image: &Path) -> PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(SUFFIX);
+    PathBuf::from(s)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Why bytes are not a manifest file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    /// No magic: an HTML error page, another file.
+    #[error("not an xdpcast manifest file")]
+    NotAManifest,
+    /// A version this receiver does not read.
+    #[error("manifest file version {0} (this receiver reads {VERSION})")]
+    Version(u32),
+    /// Framing broken.
+    #[error("malformed manifest file ({0})")]
+    Malformed(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::Geometry;
+    use ed25519_dalek::SigningKey;
+
+    fn sample(len: usize) -> (Manifest, SigningKey, ChunkTree) {
+        let img: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let geometry = Geometry::new(len as u64, 100);
+        let tree = ChunkTree::build(&img, 400);
+        let m = Manifest {
+            session: 9,
+            geometry,
+            digest: [1; 32],
+            passes: 1,
+            flags: 0,
+            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
+            repair_port: 0,
+            fec_repair: 0,
+            fec_group: 0,
+            source: std::net::Ipv6Addr::UNSPECIFIED,
+            chunk_blocks: 4,
+            issued_at: 1_800_000_000,
+            root: tree.root(),
+            zero_runs: [0; 32],
+        };
+        (m, SigningKey::from_bytes(&[5; 32]), tree)
+    }
+
+    #[test]
+    fn round_trip_verifies_with_the_packet_code() {
+        for len in [1, 399, 400, 6_401, 40_000] {
+            let (m, key, tree) = sample(len);
+            let f = ManifestFile::new(&m, &key, &tree);
+            let back = ManifestFile::parse(&f.encode()).unwrap();
+            assert_eq!(back, f);
+            let (got, _) = Manifest::verify(&back.head, &[key.verifying_key()]).unwrap();
+            assert_eq!(got, m);
+            assert_eq!(back.pages.len() as u64, m.page_count());
+            for (i, p) in back.pages.iter().enumerate() {
+                m.verify_page(i as u64, p).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_framing_error_is_refused() {
+        let (m, key, tree) = sample(6_401);
+        let bytes = ManifestFile::new(&m, &key, &tree).encode();
+        for cut in 0..bytes.len() {
+            assert!(ManifestFile::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ManifestFile::parse(&longer).is_err());
+        let mut v2 = bytes.clone();
+        v2[11] = 2;
+        assert_eq!(ManifestFile::parse(&v2), Err(FileError::Version(2)));
+        assert_eq!(
+            ManifestFile::parse(b"<html>not found</html>"),
+            Err(FileError::NotAManifest)
+        );
+        let mut huge = bytes.clone();
+        huge[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(ManifestFile::parse(&huge).is_err());
+    }
+
+    #[test]
+    fn written_atomically_beside_the_image() {
+        let dir = std::env::temp_dir().join(format!("xdpcast-mf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = path_beside(&dir.join("disk.img"));
+        assert!(path
+            .to_string_lossy()
+            .ends_with("disk.img.xdpcast-manifest"));
+        let (m, key, tree) = sample(1000);
+        let f = ManifestFile::new(&m, &key, &tree);
+        f.write_atomic(&path).unwrap();
+        assert_eq!(ManifestFile::parse(&std::fs::read(&path).unwrap()), Ok(f));
+        assert!(!tmp_path(&path).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

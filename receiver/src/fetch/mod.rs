@@ -1,0 +1,703 @@
+//! The HTTP(S) source: what multicast did not deliver, fetched from web
+//! servers that serve the same image, with byte-range requests
+//! (docs/http.md).
+//!
+//! The fetcher is one thread beside the data path. Whatever it fetches
+//! goes into the transfer as the packets multicast would have brought: the
+//! manifest file's records as kind 6 packets, the bytes of a range as data
+//! packets. So HTTP bytes take the same path as multicast blocks: claimed
+//! once, written by the store, and in a signed session counted only when
+//! their chunk's hash matches the signed manifest. Bytes that fail are
+//! forgotten by that same code and fetched again (from the next mirror) or
+//! left to multicast repair; they never make a SUCCESS.
+//!
+//! When it fetches (the policy, [`HttpRequest`]):
+//! - nothing heard within `after`: the signed manifest from
+//!   `URL.xdpcast-manifest`, then the whole image (multicast stays joined,
+//!   and whatever it brings is not fetched);
+//! - a late joiner (the first block multicast brought lies more than a
+//!   chunk into the image): what went by, while multicast brings the rest;
+//! - after the sender's passes, when at least `repair_share` of the image
+//!   is still missing, or when the sender fell silent for `after`, or when
+//!   the control thread says so ([`Fetcher::take_over`]: the last pass
+//!   ended with blocks missing, the sender is gone): everything missing.
+//!
+//! Mirrors that refuse or fail are backed off (429/503: `Retry-After`);
+//! after `max_failures` failed requests in a row the source is given up
+//! with one message, and the receiver goes on with multicast repair.
+
+pub mod http;
+pub mod manifest_file;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::proto::manifest::Manifest;
+use crate::proto::wire::{self, DropReason, Kind, FLAG_REPAIR};
+use crate::receive::request::HttpRequest;
+use crate::receive::transfer::{Image, Transfer};
+use crate::receive::workers::{Sink, WorkerCounters};
+use crate::rng::XorShift;
+use http::{FetchError, Mirror};
+use manifest_file::ManifestFile;
+
+/// How often the fetcher looks at the transfer.
+const TICK: Duration = Duration::from_millis(100);
+/// First backoff after a failed request (doubling, jittered).
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest backoff after failures (a `Retry-After` may be longer).
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Blocks per unit of an unsigned session's ranges (no chunks to align to).
+const UNSIGNED_UNIT_BYTES: u64 = 1 << 20;
+
+/// State of the HTTP source, as the status page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HttpState {
+    /// Configured, nothing fetched (multicast is doing it).
+    Standby = 0,
+    /// Fetching.
+    Active = 1,
+    /// Given up after failures: multicast repair only.
+    GaveUp = 2,
+}
+
+/// What the HTTP source did, for the status page and the logs.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests sent (ranges and manifest files).
+    pub requests: AtomicU64,
+    /// Image bytes taken in from HTTP replies (before chunk checks).
+    pub bytes: AtomicU64,
+    /// Chunks fetched over HTTP that failed their signed hash.
+    pub bad_chunks: AtomicU64,
+    /// Replies that broke the range contract (whole body, wrong
+    /// Content-Range, too long, too short, past the deadline).
+    pub bad_replies: AtomicU64,
+    /// Refusals and connection failures.
+    pub refused: AtomicU64,
+    /// 429 and 503 replies (backed off).
+    pub busy: AtomicU64,
+    /// [`HttpState`].
+    pub state: AtomicU8,
+}
+
+impl HttpCounters {
+    /// The source's state.
+    pub fn state(&self) -> HttpState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => HttpState::Active,
+            2 => HttpState::GaveUp,
+            _ => HttpState::Standby,
+        }
+    }
+}
+
+struct Shared {
+    stop: AtomicBool,
+    take_over: AtomicBool,
+    counters: HttpCounters,
+}
+
+/// The HTTP source's thread.
+pub struct Fetcher {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Fetcher {
+    /// Start fetching for `t` as its worker-counter slot `slot`, by
+    /// `req`'s policy; a manifest file must be signed by one of `trusted`.
+    pub fn start(
+        t: Arc<Transfer>,
+        slot: usize,
+        req: HttpRequest,
+        trusted: Vec<VerifyingKey>,
+    ) -> std::io::Result<Fetcher> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            take_over: AtomicBool::new(false),
+            counters: HttpCounters::default(),
+        });
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("xdpcast-http".into())
+            .spawn(move || {
+                let mut w = Work::new(t, slot, req, trusted, s);
+                w.run();
+            })?;
+        Ok(Fetcher {
+            shared,
+            handle: Some(handle),
+        })
+    }
+
+    /// Fetch everything still missing (the sender is gone, or its last
+    /// pass ended with blocks missing).
+    pub fn take_over(&self) {
+        self.shared.take_over.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it is fetching now (the receiver then sends no NACKs: the
+    /// web server brings what they would ask for).
+    pub fn fetching(&self) -> bool {
+        self.counters().state() == HttpState::Active
+    }
+
+    /// Whether the source is still usable (not given up).
+    pub fn usable(&self) -> bool {
+        self.counters().state() != HttpState::GaveUp
+    }
+
+    /// The source's counters.
+    pub fn counters(&self) -> &HttpCounters {
+        &self.shared.counters
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct MirrorState {
+    mirror: Mirror,
+    /// Not before this (backoff, Retry-After).
+    not_before: Instant,
+    failures: u32,
+}
+
+/// One range request: units `[first, end)` of the image.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    first_block: u64,
+    end_block: u64,
+}
+
+struct Work {
+    t: Arc<Transfer>,
+    slot: usize,
+    req: HttpRequest,
+    trusted: Vec<VerifyingKey>,
+    shared: Arc<Shared>,
+    mirrors: Vec<MirrorState>,
+    next_mirror: usize,
+    rng: XorShift,
+    started: Instant,
+    jitter: Duration,
+    /// Everything missing is fetched from now on.
+    all: bool,
+    /// Late joiner: blocks below this went by before we joined.
+    behind: Option<u64>,
+    /// Multicast packets counted at the last change, and when.
+    multicast: (u64, Instant),
+    /// Failed requests in a row.
+    failures: u32,
+    last_error: String,
+    /// Unit -> failed attempts (bad chunks), to give up on a unit.
+    attempts: HashMap<u64, u32>,
+    /// Units left to multicast repair.
+    abandoned: std::collections::HashSet<u64>,
+    /// The manifest file's pages, once fetched (pages the multicast did
+    /// not bring are taken from it).
+    file_pages_done: bool,
+    /// One ingest at a time, so a bad chunk is counted for its range.
+    ingest: Mutex<()>,
+}
+
+impl Work {
+    fn new(
+        t: Arc<Transfer>,
+        slot: usize,
+        req: HttpRequest,
+        trusted: Vec<VerifyingKey>,
+        shared: Arc<Shared>,
+    ) -> Work {
+        let mut rng = XorShift::from_entropy();
+        let jitter = req
+            .jitter
+            .mul_f64((rng.next_u64() % 10_000) as f64 / 10_000.0);
+        let now = Instant::now();
+        Work {
+            mirrors: req
+                .urls
+                .iter()
+                .map(|u| MirrorState {
+                    mirror: Mirror::new(u, req.timeout),
+                    not_before: now,
+                    failures: 0,
+                })
+                .collect(),
+            next_mirror: (rng.next_u64() % req.urls.len().max(1) as u64) as usize,
+            t,
+            slot,
+            req,
+            trusted,
+            shared,
+            rng,
+            started: now,
+            jitter,
+            all: false,
+            behind: None,
+            multicast: (0, now),
+            failures: 0,
+            last_error: String::new(),
+            attempts: HashMap::new(),
+            abandoned: Default::default(),
+            file_pages_done: false,
+            ingest: Mutex::new(()),
+        }
+    }
+
+    fn counters(&self) -> &HttpCounters {
+        &self.shared.counters
+    }
+
+    fn slot(&self) -> &WorkerCounters {
+        self.t.counters(self.slot)
+    }
+
+    fn run(&mut self) {
+        if self.mirrors.is_empty() {
+            return;
+        }
+        loop {
+            std::thread::sleep(TICK);
+            if self.shared.stop.load(Ordering::Relaxed)
+                || self.t.has_failed()
+                || self.t.complete()
+                || self.counters().state() == HttpState::GaveUp
+            {
+                return;
+            }
+            // Jittered start: nothing before it, whatever the policy says.
+            if self.started.elapsed() < self.jitter {
+                continue;
+            }
+            let image = self.t.image().cloned();
+            match image {
+                None => self.bootstrap(),
+                Some(img) => self.fetch_missing(&img),
+            }
+        }
+    }
+
+    /// Packets the multicast data path took (every slot but ours).
+    fn multicast_packets(&self) -> u64 {
+        self.t
+            .all_counters()
+            .enumerate()
+            .filter(|(i, _)| *i != self.slot)
+            .map(|(_, c)| c.packets.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// No session heard: after `after`, the manifest file and from it the
+    /// session (signed sessions only: an unsigned one names its image only
+    /// on the wire).
+    fn bootstrap(&mut self) {
+        if self.started.elapsed() < self.req.after + self.jitter {
+            return;
+        }
+        if self.trusted.is_empty() {
+            if !self.all {
+                self.all = true;
+                log::warn!(
+                    "no multicast within {:?}: an unsigned session cannot start from HTTP (it needs the signed manifest, receive --trust); waiting for multicast",
+                    self.req.after
+                );
+            }
+            return;
+        }
+        let Some((i, file)) = self.manifest_file() else {
+            return;
+        };
+        let (m, _) = match Manifest::verify(&file.head, &self.trusted) {
+            Ok(v) => v,
+            Err(e) => {
+                let url = self.mirrors[i].mirror.url.clone();
+                self.mirror_failed(i, format!("{url}{}: {e}", manifest_file::SUFFIX), None);
+                return;
+            }
+        };
+        log::warn!(
+            "no multicast within {:?}: the whole image over HTTP ({} bytes), multicast stays joined",
+            self.req.after,
+            m.geometry.total_size
+        );
+        self.all = true;
+        self.counters()
+            .state
+            .store(HttpState::Active as u8, Ordering::Relaxed);
+        let c = self.t.counters(self.slot);
+        self.t.ingest(
+            &wire::encode_raw(Kind::Manifest, m.session, &m.geometry, 0, &file.head),
+            c,
+        );
+        bump_packets(c);
+        self.feed_pages(&file, m.session, &m.geometry);
+    }
+
+    fn feed_pages(&mut self, file: &ManifestFile, session: u32, g: &wire::Geometry) {
+        let c = self.t.counters(self.slot);
+        for (i, p) in file.pages.iter().enumerate() {
+            self.t.ingest(
+                &wire::encode_raw(Kind::Manifest, session, g, i as u64, p),
+                c,
+            );
+            bump_packets(c);
+        }
+        self.file_pages_done = true;
+    }
+
+    /// The manifest file from the next mirror that serves one.
+    fn manifest_file(&mut self) -> Option<(usize, ManifestFile)> {
+        let i = self.pick_mirror()?;
+        let url = format!("{}{}", self.mirrors[i].mirror.url, manifest_file::SUFFIX);
+        bump(&self.counters().requests);
+        match self.mirrors[i]
+            .mirror
+            .get_small(&url, manifest_file::MAX_FILE_LEN)
+        {
+            Ok(bytes) => match ManifestFile::parse(&bytes) {
+                Ok(f) => {
+                    self.succeeded(i);
+                    Some((i, f))
+                }
+                Err(e) => {
+                    self.mirror_failed(i, format!("{url}: {e}"), None);
+                    None
+                }
+            },
+            Err(e) => {
+                self.count_error(&e);
+                let retry = match &e {
+                    FetchError::Busy(r) => *r,
+                    _ => None,
+                };
+                self.mirror_failed(i, format!("{url}: {e}"), retry);
+                None
+            }
+        }
+    }
+
+    /// Decide, from the transfer's state, what to fetch; fetch it.
+    fn fetch_missing(&mut self, img: &Arc<Image>) {
+        let now = Instant::now();
+        let mc = self.multicast_packets();
+        if mc != self.multicast.0 {
+            self.multicast = (mc, now);
+        }
+        let g = img.geometry;
+        let passes_over = self
+            .t
+            .last_control()
+            .is_some_and(|c| self.t.passes_seen() >= u64::from(c.passes));
+        let missing = g.block_count.saturating_sub(self.t.blocks_done());
+        let why = if self.all {
+            None
+        } else if self.shared.take_over.load(Ordering::Relaxed) {
+            Some("the sender's passes ended with blocks missing, or the sender is gone")
+        } else if now.duration_since(self.multicast.1) >= self.req.after {
+            Some("multicast silent")
+        } else if passes_over
+            && missing as f64 >= self.req.repair_share * g.block_count as f64
+            && missing > 0
+        {
+            Some("much missing after the sender's passes")
+        } else if passes_over
+            && self
+                .t
+                .last_control()
+                .is_some_and(|c| c.flags & FLAG_REPAIR == 0)
+        {
+            Some("the sender takes no repair requests")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            log::warn!(
+                "{why}: fetching the {missing} missing blocks over HTTP instead of waiting for multicast repair"
+            );
+            self.all = true;
+        }
+        if !self.all && self.behind.is_none() {
+            self.late_joiner(img);
+        }
+        if !self.all && self.behind.is_none() {
+            return;
+        }
+        if self.t.is_signed() && self.all && !self.file_pages_done {
+            self.pages_from_file(img);
+        }
+        let jobs = self.jobs(img);
+        if jobs.is_empty() {
+            self.counters()
+                .state
+                .store(HttpState::Standby as u8, Ordering::Relaxed);
+            return;
+        }
+        self.counters()
+            .state
+            .store(HttpState::Active as u8, Ordering::Relaxed);
+        self.run_jobs(img, &jobs);
+    }
+
+    /// A signed session whose sender went before every page was heard:
+    /// the pages from the manifest file (checked against the signed root
+    /// like pages from the wire; a file of another manifest is refused
+    /// page by page).
+    fn pages_from_file(&mut self, img: &Arc<Image>) {
+        let Some(s) = self.t.signed() else {
+            return;
+        };
+        if s.pages() >= s.manifest.page_count() {
+            self.file_pages_done = true;
+            return;
+        }
+        if let Some((_, f)) = self.manifest_file() {
+            self.feed_pages(&f, img.session, &img.geometry);
+        }
+    }
+
+    /// Late joiner: the first blocks multicast brought lie more than a
+    /// unit into the image; what went by is fetched while multicast
+    /// brings the rest.
+    fn late_joiner(&mut self, img: &Arc<Image>) {
+        if img.written.count() == 0 {
+            return;
+        }
+        let unit = self.unit_blocks(img);
+        let first = self.t.missing_ranges(1).first().copied();
+        let gap = match first {
+            Some((0, n)) => u64::from(n),
+            _ => 0,
+        };
+        if gap > unit {
+            log::warn!(
+                "joined late: blocks 0..{gap} went by; fetching them over HTTP while multicast brings the rest"
+            );
+            self.behind = Some(gap);
+        } else {
+            self.behind = Some(0);
+        }
+    }
+
+    /// Blocks per unit: a chunk in a signed session, about 1 MiB otherwise.
+    fn unit_blocks(&self, img: &Image) -> u64 {
+        match self.t.signed() {
+            Some(s) => u64::from(s.manifest.chunk_blocks),
+            None => (UNSIGNED_UNIT_BYTES / u64::from(img.geometry.block_size)).max(1),
+        }
+    }
+
+    /// The next range requests: whole units with unclaimed blocks (below
+    /// the late joiner's mark, unless fetching all), merged up to
+    /// `range_bytes`, at most `parallel` of them.
+    fn jobs(&self, img: &Image) -> Vec<Job> {
+        let g = img.geometry;
+        let unit = self.unit_blocks(img);
+        let per_job = (self.req.range_bytes / (unit * u64::from(g.block_size))).max(1) * unit;
+        let limit = if self.all {
+            g.block_count
+        } else {
+            self.behind.unwrap_or(0)
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        for (first, count) in self.t.missing_ranges(4096) {
+            let end = (first + u64::from(count)).min(limit);
+            let mut u = first / unit;
+            while u * unit < end && jobs.len() <= self.req.parallel {
+                if !self.abandoned.contains(&u) {
+                    let (a, b) = (u * unit, ((u + 1) * unit).min(g.block_count));
+                    match jobs.last_mut() {
+                        Some(j) if j.end_block == a && b - j.first_block <= per_job => {
+                            j.end_block = b
+                        }
+                        _ => jobs.push(Job {
+                            first_block: a,
+                            end_block: b,
+                        }),
+                    }
+                }
+                u += 1;
+            }
+            if jobs.len() > self.req.parallel {
+                break;
+            }
+        }
+        jobs.truncate(self.req.parallel.max(1));
+        jobs
+    }
+
+    fn run_jobs(&mut self, img: &Arc<Image>, jobs: &[Job]) {
+        let picks: Vec<Option<usize>> = jobs.iter().map(|_| self.pick_mirror()).collect();
+        let g = img.geometry;
+        let results: Vec<(Job, usize, Result<Vec<u8>, FetchError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .zip(&picks)
+                .filter_map(|(j, m)| m.map(|m| (j, m)))
+                .map(|(j, m)| {
+                    let mirror = &self.mirrors[m].mirror;
+                    bump(&self.counters().requests);
+                    s.spawn(move || {
+                        let (a, b) = (
+                            g.offset(j.first_block),
+                            g.offset(j.end_block).min(g.total_size),
+                        );
+                        (*j, m, mirror.get_range(a, b, g.total_size))
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (job, m, r) in results {
+            match r {
+                Ok(bytes) => {
+                    let bad = self.take_in(img, job, &bytes);
+                    if bad == 0 {
+                        self.succeeded(m);
+                    } else {
+                        self.forged(img, job, m, bad);
+                    }
+                }
+                Err(e) => {
+                    self.count_error(&e);
+                    let retry = match &e {
+                        FetchError::Busy(r) => *r,
+                        _ => None,
+                    };
+                    let url = self.mirrors[m].mirror.url.clone();
+                    self.mirror_failed(m, format!("{url}: {e}"), retry);
+                }
+            }
+        }
+    }
+
+    /// Feed the blocks of `bytes` (the range of `job`) into the transfer
+    /// as data packets; returns the chunks that failed their hash.
+    fn take_in(&self, img: &Image, job: Job, bytes: &[u8]) -> u64 {
+        let g = img.geometry;
+        let c = self.slot();
+        let _one = self.ingest.lock().unwrap_or_else(|p| p.into_inner());
+        let before = c.drops[DropReason::BadChunk as usize].load(Ordering::Relaxed);
+        let base = g.offset(job.first_block);
+        for i in job.first_block..job.end_block {
+            let at = (g.offset(i) - base) as usize;
+            let block = &bytes[at..at + g.block_len(i)];
+            self.t
+                .ingest(&wire::encode_data(img.session, &g, i, block), c);
+            bump_packets(c);
+        }
+        self.counters()
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        c.drops[DropReason::BadChunk as usize].load(Ordering::Relaxed) - before
+    }
+
+    /// Chunks from mirror `m` failed their hash: counted, the mirror backed
+    /// off (the next range goes to another), and a unit that failed on
+    /// every mirror twice is left to multicast repair.
+    fn forged(&mut self, img: &Image, job: Job, m: usize, bad: u64) {
+        self.counters().bad_chunks.fetch_add(bad, Ordering::Relaxed);
+        let url = self.mirrors[m].mirror.url.clone();
+        log::warn!(
+            "{url}: {bad} chunk(s) of blocks {}..{} failed their signed hash: fetched again from another mirror",
+            job.first_block,
+            job.end_block
+        );
+        let unit = self.unit_blocks(img);
+        let limit = 2 * self.mirrors.len() as u32;
+        for u in job.first_block / unit..job.end_block.div_ceil(unit) {
+            let n = self.attempts.entry(u).or_insert(0);
+            *n += 1;
+            if *n >= limit && self.abandoned.insert(u) {
+                log::warn!(
+                    "blocks {}..{} failed their hash from every mirror: left to multicast repair",
+                    u * unit,
+                    (u + 1) * unit
+                );
+            }
+        }
+        self.mirror_failed(m, format!("{url}: forged bytes"), None);
+    }
+
+    fn count_error(&self, e: &FetchError) {
+        let c = self.counters();
+        bump(match e {
+            FetchError::Busy(_) => &c.busy,
+            FetchError::Refused(_) => &c.refused,
+            FetchError::Bad(_) => &c.bad_replies,
+        });
+    }
+
+    /// The next mirror not backing off, round robin.
+    fn pick_mirror(&mut self) -> Option<usize> {
+        let now = Instant::now();
+        let n = self.mirrors.len();
+        for k in 0..n {
+            let i = (self.next_mirror + k) % n;
+            if self.mirrors[i].not_before <= now {
+                self.next_mirror = (i + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn succeeded(&mut self, m: usize) {
+        self.failures = 0;
+        self.mirrors[m].failures = 0;
+    }
+
+    fn mirror_failed(&mut self, m: usize, why: String, retry_after: Option<Duration>) {
+        let ms = &mut self.mirrors[m];
+        ms.failures += 1;
+        let wait = retry_after.unwrap_or_else(|| {
+            http::backoff(
+                BACKOFF_BASE,
+                ms.failures - 1,
+                BACKOFF_MAX,
+                self.rng.next_u64(),
+            )
+        });
+        ms.not_before = Instant::now() + wait;
+        log::info!("HTTP: {why} (next try in {wait:?})");
+        self.failed(why);
+    }
+
+    /// A failed request; after `max_failures` in a row, give up with one
+    /// clear message.
+    fn failed(&mut self, why: String) {
+        self.failures += 1;
+        self.last_error = why;
+        if self.failures >= self.req.max_failures {
+            self.counters()
+                .state
+                .store(HttpState::GaveUp as u8, Ordering::Relaxed);
+            log::warn!(
+                "HTTP source given up after {} failed requests in a row (last: {}): back to multicast repair",
+                self.failures,
+                self.last_error
+            );
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn bump_packets(c: &WorkerCounters) {
+    c.packets.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,616 @@
+//! `receive --http`: receivers finish from a real nginx (Debian's
+//! nginx-light, started by each test with its own configuration inside a
+//! namespace of the test's LAN) when multicast does not reach them, when
+//! they join late, or when the sender dies; bytes altered on the way are
+//! caught by the signed chunk hashes and fetched again; a web server that
+//! stops mid-way leaves the receiver to NACK repair.
+//!
+//! Images are 8 MiB (4 MiB for the fleet) to keep CI short; the paths
+//! taken are those of any size.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use xdpcast::status::page::State;
+use xdpcast::ErrorCode;
+
+const MIB: usize = 1 << 20;
+const GROUP: &str = "239.7.7.7:5000";
+/// nginx's port (each test has its own namespaces, so a fixed one).
+const PORT: u16 = 8080;
+/// The tampering proxy's port.
+const PROXY_PORT: u16 = 8081;
+
+/// `xdpcast keygen --out DIR/NAME.key`: the secret key path.
+fn keygen(dir: &TempDir, name: &str) -> PathBuf {
+    let key = dir.join(&format!("{name}.key"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&out, "keygen");
+    key
+}
+
+fn pub_of(key: &Path) -> String {
+    format!("{}.pub", key.display())
+}
+
+/// nginx serving `root` on `addr:PORT` inside `ns`: one process
+/// (`master_process off`), its pid, logs and temporary files in a
+/// directory of its own; killed and waited for on drop.
+struct Nginx {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Nginx {
+    fn start(ns: &Netns, addr: &str, root: &Path) -> Nginx {
+        let dir = TempDir::new("xdpc-nginx");
+        let d = dir.0.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+               proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               default_type application/octet-stream;\n  keepalive_requests 10000;\n\
+               server {{\n    listen {addr}:{PORT};\n    root {};\n  }}\n}}\n",
+            root.display()
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut c = ns.cmd("nginx");
+        c.args(["-p", &d.to_string(), "-e", &format!("{d}/error.log")])
+            .args(["-c", conf_path.to_str().unwrap()]);
+        let mut child = spawn(c);
+        // nginx writes its pid file once its listening socket is open.
+        let pid = dir.join("nginx.pid");
+        wait_for(Duration::from_secs(20), "nginx", || {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "nginx exited ({st}): {}",
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            pid.exists().then_some(())
+        });
+        Nginx { child, dir }
+    }
+
+    /// Range requests nginx answered with 206 (from its access log).
+    fn partial_replies(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\" 206 "))
+            .count()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the tampering proxy does to the replies it forwards.
+#[derive(Clone, Copy)]
+enum Tamper {
+    /// Flip one byte in the body of every range reply.
+    FlipAll,
+    /// Forward `n` range replies faithfully, then stop listening (the
+    /// web server gone mid-way).
+    StopAfter(usize),
+}
+
+/// A small HTTP proxy in front of nginx, on `addr:PROXY_PORT` in `ns`:
+/// each connection carries one request (forwarded with `Connection:
+/// close`) and its reply, altered as `tamper` says. Stopped on drop.
+struct Proxy {
+    stop: Arc<AtomicBool>,
+    replies: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(ns: &Netns, addr: &str, tamper: Tamper) -> Proxy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let replies = Arc::new(AtomicUsize::new(0));
+        let (s, r) = (stop.clone(), replies.clone());
+        let listen: SocketAddr = format!("{addr}:{PROXY_PORT}").parse().unwrap();
+        let upstream: SocketAddr = format!("{addr}:{PORT}").parse().unwrap();
+        let path = format!("/var/run/netns/{}", ns.name);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let listener = TcpListener::bind(listen).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let (conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let n = r.load(Ordering::Relaxed);
+                if let Tamper::StopAfter(limit) = tamper {
+                    if n >= limit {
+                        // Gone: this connection and every later one refused.
+                        drop(conn);
+                        drop(listener);
+                        return;
+                    }
+                }
+                if relay(conn, upstream, tamper) {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        Proxy {
+            stop,
+            replies,
+            handle: Some(handle),
+        }
+    }
+
+    fn replies(&self) -> usize {
+        self.replies.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Forward one request from `conn` to `upstream` and its reply back,
+/// altered; whether a range reply went back.
+fn relay(mut conn: TcpStream, upstream: SocketAddr, tamper: Tamper) -> bool {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    let request = format!("{}\r\n\r\n", lines.join("\r\n"));
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return false;
+    };
+    up.write_all(request.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = up.read_to_end(&mut reply);
+    let Some(split) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let partial = reply.starts_with(b"HTTP/1.1 206");
+    let body = split + 4;
+    if partial && matches!(tamper, Tamper::FlipAll) && reply.len() > body {
+        let at = body + (reply.len() - body) / 2;
+        reply[at] ^= 0x5a;
+    }
+    let _ = conn.write_all(&reply);
+    partial
+}
+
+/// `xdpcast receive` on `host` into DIR/NAME.img with the status page in
+/// `dir`.
+fn receiver(host: &Host, dir: &Path, name: &str, args: &[&str]) -> Child {
+    let out = dir.join(format!("{name}.img"));
+    let mut all = vec!["--iface", &host.iface, "--out", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    start_receiver(xdpcast(&host.ns), dir, name, GROUP, &all)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The receiver ended in SUCCESS with the image's SHA-256, every chunk
+/// verified against the signed manifest.
+fn assert_verified(dir: &Path, name: &str, out: &Output, want: &str) -> xdpcast::Snapshot {
+    let all = text(out);
+    assert!(out.status.success(), "{name}: {all}");
+    assert_eq!(sha256_hex(&dir.join(format!("{name}.img"))), want, "{name}");
+    let s = read_page(dir, name);
+    assert_eq!(
+        (s.state, s.error),
+        (State::Success, ErrorCode::None),
+        "{name}: {all}"
+    );
+    assert!(s.trust.chunk_count > 0, "{name}");
+    assert_eq!(s.trust.chunks_verified, s.trust.chunk_count, "{name}");
+    s
+}
+
+/// A receiver whose XDP program drops every frame of the group hears no
+/// multicast: after --http-after it fetches the manifest `send --sign`
+/// wrote beside the image, then the whole image from nginx, with the
+/// sender still running and the group still joined.
+#[test]
+fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
+    if !netns_allowed() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let dir = TempDir::new("xdpc-http-deaf");
+    let src = dir.join("src.img");
+    make_image(&src, 8 * MIB, 71);
+    let key = keygen(&dir, "tx");
+    let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
+    // Slow (8 MiB at 8 Mbit/s, 8 s): still sending while the receiver
+    // fetches; the manifest file is written before the first packet.
+    let tx = start_sender(
+        &tx_host.ns,
+        &tx_host.iface,
+        GROUP,
+        &src,
+        &[
+            "--sign",
+            key.to_str().unwrap(),
+            "--rate",
+            "8M",
+            "--linger",
+            "2",
+        ],
+    );
+    wait_for(Duration::from_secs(30), "the manifest file", || {
+        dir.join("src.img.xdpcast-manifest").exists().then_some(())
+    });
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let rx = receiver(
+        rx_host,
+        &dir.0,
+        "deaf",
+        &[
+            "--mode",
+            "xdp",
+            "--inject-loss",
+            "1000000",
+            "--trust",
+            &pub_of(&key),
+            "--http",
+            &url,
+            "--http-after",
+            "1",
+            "--http-jitter-ms",
+            "200",
+        ],
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "deaf receiver");
+    let s = assert_verified(&dir.0, "deaf", &out, &sha256_hex(&src));
+    assert!(
+        text(&out).contains("the whole image over HTTP"),
+        "{}",
+        text(&out)
+    );
+    // Nothing came by multicast: every block from nginx's range replies.
+    assert!(nginx.partial_replies() > 0);
+    assert_eq!(s.workers.iter().map(|w| w.bytes).sum::<u64>(), 0, "{s:?}");
+    kill_group(&tx);
+    let _ = wait_output(tx, Duration::from_secs(30), "sender");
+}
+
+/// A receiver that starts when the sender is half-way through its pass
+/// takes the rest by multicast and what went by from nginx at once.
+#[test]
+fn a_late_joiner_takes_what_went_by_from_nginx() {
+    if !netns_allowed() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let dir = TempDir::new("xdpc-http-late");
+    let src = dir.join("src.img");
+    make_image(&src, 8 * MIB, 72);
+    let key = keygen(&dir, "tx");
+    let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let _nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
+    let status = TempDir::new("xdpc-http-late-tx");
+    let mut c = xdpcast(&tx_host.ns);
+    c.env("XDPCAST_STATUS_DIR", &status.0)
+        .args(["send", src.to_str().unwrap(), "--group", GROUP])
+        .args(["--iface", &tx_host.iface, "--name", "tx", "--keep-status"])
+        .args([
+            "--sign",
+            key.to_str().unwrap(),
+            "--rate",
+            "8M",
+            "--linger",
+            "5",
+        ]);
+    let tx = spawn(c);
+    let total = (8 * MIB) as u64;
+    wait_for(Duration::from_secs(60), "the sender half-way", || {
+        let s = xdpcast::StatusReader::open(&status.join("xdpcast.tx"))
+            .ok()?
+            .read()
+            .ok()?;
+        (s.bytes_done >= total * 2 / 5).then_some(())
+    });
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let rx = receiver(
+        rx_host,
+        &dir.0,
+        "late",
+        &[
+            "--mode",
+            "xdp",
+            "--trust",
+            &pub_of(&key),
+            "--http",
+            &url,
+            "--http-after",
+            "30",
+            "--http-jitter-ms",
+            "100",
+        ],
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "late receiver");
+    let s = assert_verified(&dir.0, "late", &out, &sha256_hex(&src));
+    assert!(text(&out).contains("joined late"), "{}", text(&out));
+    let multicast: u64 = s.workers.iter().map(|w| w.bytes).sum();
+    assert!(multicast > 0 && multicast < total, "{multicast} of {total}");
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+}
+
+/// 16 receivers lose 5 % each; the sender is killed when its first pass
+/// ends; every receiver finishes from nginx.
+#[test]
+fn a_fleet_whose_sender_dies_finishes_from_nginx() {
+    if !netns_allowed() {
+        return;
+    }
+    let n = 16;
+    let lan = Lan::new(n + 1);
+    let dir = TempDir::new("xdpc-http-fleet");
+    let src = dir.join("src.img");
+    make_image(&src, 4 * MIB, 73);
+    let key = keygen(&dir, "tx");
+    let tx_host = &lan.hosts[0];
+    let nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let names: Vec<String> = (0..n).map(|i| format!("rx{i:02}")).collect();
+    let rxs: Vec<Child> = names
+        .iter()
+        .zip(&lan.hosts[1..])
+        .map(|(name, host)| {
+            receiver(
+                host,
+                &dir.0,
+                name,
+                &[
+                    "--mode",
+                    "xdp",
+                    "--inject-loss",
+                    "50000",
+                    "--trust",
+                    &pub_of(&key),
+                    "--http",
+                    &url,
+                    "--http-after",
+                    "2",
+                    "--http-repair-percent",
+                    "100",
+                ],
+            )
+        })
+        .collect();
+    let status = TempDir::new("xdpc-http-fleet-tx");
+    let mut c = xdpcast(&tx_host.ns);
+    c.env("XDPCAST_STATUS_DIR", &status.0)
+        .args(["send", src.to_str().unwrap(), "--group", GROUP])
+        .args(["--iface", &tx_host.iface, "--name", "tx", "--keep-status"])
+        .args(["--sign", key.to_str().unwrap(), "--rate", "16M"])
+        .args(["--min-receivers", &n.to_string(), "--start-timeout", "60"]);
+    let tx = spawn(c);
+    wait_for(
+        Duration::from_secs(120),
+        "the end of the first pass",
+        || {
+            let s = xdpcast::StatusReader::open(&status.join("xdpcast.tx"))
+                .ok()?
+                .read()
+                .ok()?;
+            (s.sender.phase != xdpcast::status::page::SendPhase::Waiting
+                && s.sender.phase != xdpcast::status::page::SendPhase::Pass)
+                .then_some(())
+        },
+    );
+    kill_group(&tx);
+    let _ = wait_output(tx, Duration::from_secs(30), "sender");
+    let want = sha256_hex(&src);
+    for (name, rx) in names.iter().zip(rxs) {
+        let out = wait_output(rx, Duration::from_secs(180), name);
+        assert_verified(&dir.0, name, &out, &want);
+    }
+    assert!(nginx.partial_replies() > 0);
+}
+
+/// A proxy that flips a byte in every range reply: the chunks fail their
+/// signed hash, are counted, and come again from the honest mirror; with
+/// only the tampering proxy, nothing forged ever makes a SUCCESS.
+#[test]
+fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
+    if !netns_allowed() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let dir = TempDir::new("xdpc-http-tamper");
+    let src = dir.join("src.img");
+    make_image(&src, 8 * MIB, 74);
+    let key = keygen(&dir, "tx");
+    // Made ahead of time: no sender at all.
+    ok(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+            .args([
+                "manifest",
+                src.to_str().unwrap(),
+                "--sign",
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+        "xdpcast manifest",
+    );
+    let (web, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let _nginx = Nginx::start(&web.ns, &web.addr, &dir.0);
+    let proxy = Proxy::start(&web.ns, &web.addr, Tamper::FlipAll);
+    let bad = format!("http://{}:{PROXY_PORT}/src.img", web.addr);
+    let good = format!("http://{}:{PORT}/src.img", web.addr);
+    let common = [
+        "--mode",
+        "socket",
+        "--trust",
+        &pub_of(&key),
+        "--http-after",
+        "1",
+        "--http-jitter-ms",
+        "0",
+        "--idle-timeout",
+        "5",
+    ];
+    // Two mirrors, the first one lying.
+    let mut args = common.to_vec();
+    args.extend(["--http", &bad, "--http", &good]);
+    let out = wait_output(
+        receiver(rx_host, &dir.0, "mirrors", &args),
+        Duration::from_secs(120),
+        "receiver with two mirrors",
+    );
+    let s = assert_verified(&dir.0, "mirrors", &out, &sha256_hex(&src));
+    assert!(proxy.replies() > 0);
+    assert!(s.trust.rejected_blocks > 0, "{:?}", s.trust);
+    assert!(
+        s.drops_for(xdpcast::proto::wire::DropReason::BadChunk) > 0,
+        "{s:?}"
+    );
+    assert!(
+        text(&out).contains("failed their signed hash"),
+        "{}",
+        text(&out)
+    );
+    // The lying proxy alone: FAILURE, and the target never verified.
+    let mut args = common.to_vec();
+    args.extend(["--http", &bad, "--http-max-failures", "3"]);
+    let out = wait_output(
+        receiver(rx_host, &dir.0, "liar", &args),
+        Duration::from_secs(120),
+        "receiver with a lying mirror",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let s = read_page(&dir.0, "liar");
+    assert_eq!(s.state, State::Failure, "{}", text(&out));
+    // Each reply had one byte flipped: the chunks it fell in never verify.
+    assert!(
+        s.trust.chunks_verified < s.trust.chunk_count,
+        "{:?}",
+        s.trust
+    );
+    assert!(s.trust.rejected_blocks > 0, "{:?}", s.trust);
+    assert!(
+        text(&out).contains("back to multicast repair"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The web server answers a few ranges and then goes: one message, and
+/// the receiver finishes by NACK repair from the sender.
+#[test]
+fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
+    if !netns_allowed() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let dir = TempDir::new("xdpc-http-gone");
+    let src = dir.join("src.img");
+    make_image(&src, 8 * MIB, 75);
+    let key = keygen(&dir, "tx");
+    let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let _nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
+    let proxy = Proxy::start(&tx_host.ns, &tx_host.addr, Tamper::StopAfter(2));
+    let url = format!("http://{}:{PROXY_PORT}/src.img", tx_host.addr);
+    // 30 % loss: after the pass the receiver lacks far more than 1 %, so it
+    // turns to HTTP instead of NACKs.
+    let rx = receiver(
+        rx_host,
+        &dir.0,
+        "rx",
+        &[
+            "--mode",
+            "xdp",
+            "--inject-loss",
+            "300000",
+            "--trust",
+            &pub_of(&key),
+            "--http",
+            &url,
+            "--http-repair-percent",
+            "1",
+            "--http-parallel",
+            "1",
+            "--http-range-kib",
+            "64",
+            "--http-jitter-ms",
+            "0",
+            "--http-max-failures",
+            "2",
+        ],
+    );
+    let tx = start_sender(
+        &tx_host.ns,
+        &tx_host.iface,
+        GROUP,
+        &src,
+        &["--sign", key.to_str().unwrap(), "--min-receivers", "1"],
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "receiver");
+    let s = assert_verified(&dir.0, "rx", &out, &sha256_hex(&src));
+    let log = text(&out);
+    assert_eq!(proxy.replies(), 2);
+    assert_eq!(log.matches("back to multicast repair").count(), 1, "{log}");
+    assert!(s.nacks_sent > 0, "{s:?}");
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+}
