@@ -541,3 +541,142 @@ fn forged_udpcast_packets_do_not_land_or_end_the_transfer_over_sockets() {
     }
     forged_packets_neither_land_nor_end_the_transfer("socket", "239.77.0.6", 26, false);
 }
+
+/// A consumer that reads the image from `fifo` in 1 MiB reads, pausing
+/// `pause` seconds each time another `every` MiB have passed (`once`:
+/// only the first time), and writes the SHA-256 of what it read to `sha`.
+const CONSUMER: &str = r#"
+import hashlib, sys, time
+fifo, sha, every, pause, once = sys.argv[1], sys.argv[2], int(sys.argv[3]) << 20, float(sys.argv[4]), sys.argv[5] == "once"
+h, n, at = hashlib.sha256(), 0, int(sys.argv[3]) << 20
+with open(fifo, "rb") as f:
+    while True:
+        b = f.read(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+        if n >= at:
+            time.sleep(pause)
+            at = float("inf") if once else at + every
+open(sha, "w").write(h.hexdigest())
+"#;
+
+/// How a consumer reads: a pause of `pause` s every `every_mib` MiB, or
+/// only once.
+#[derive(Clone, Copy)]
+struct Reader {
+    every_mib: u32,
+    pause: f32,
+    once: bool,
+}
+
+/// The re-xmits udp-sender reports at the end (`re-xmits=0001234`: its
+/// statistics line, rewritten with `\r`; the last one counts).
+fn rexmits(stderr: &str) -> u64 {
+    stderr
+        .rsplit("re-xmits=")
+        .next()
+        .filter(|_| stderr.contains("re-xmits="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no re-xmits in udp-sender's output: {stderr}"))
+}
+
+/// FOG's receiving side, exactly as its funcs.sh runs it:
+/// `udp-receiver --nokbd --portbase P --ttl 32 --mcast-rdv-address SENDER
+/// 2>/dev/null >/tmp/pigz1 &`, with `receiver` as udp-receiver, and a
+/// consumer reading the FIFO as `how`. udp-sender runs with
+/// `sender_args` (FOG's: `--full-duplex`). Returns udp-sender's re-xmits;
+/// the consumer's SHA-256 is checked against the image.
+fn fog_run(receiver: &Path, how: Reader, sender_args: &[&str], tag: &str) -> u64 {
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new(&format!("xdpc-flood-{tag}"), 96 * MIB + 5, 27);
+    let link = dir.join("udp-receiver");
+    std::os::unix::fs::symlink(receiver, &link).unwrap();
+    let fifo = dir.join("pigz1");
+    let sha = dir.join("got.sha256");
+    let script = format!(
+        "mkfifo {fifo}; {link} --nokbd --portbase {PORTBASE} --ttl 32 --mcast-rdv-address {sender} \
+         2>/dev/null >{fifo} & python3 -c '{CONSUMER}' {fifo} {sha} {every} {pause} {once}; wait $!",
+        fifo = fifo.display(),
+        link = link.display(),
+        sender = net.addr_a,
+        sha = sha.display(),
+        every = how.every_mib,
+        pause = how.pause,
+        once = if how.once { "once" } else { "every" },
+    );
+    let mut c = net.b.cmd("bash");
+    c.env("XDPCAST_STATUS_DIR", &dir.0).args(["-c", &script]);
+    let rx = KillOnDrop(Some(spawn(c)));
+    let mut tx = net.a.cmd("udp-sender");
+    tx.args(["--interface", &net.if_a, "--file", src.to_str().unwrap()])
+        .args(["--portbase", PORTBASE, "--min-receivers", "1", "--nokbd"])
+        .args(["--ttl", "32"])
+        .args(sender_args);
+    let tx = wait_output(spawn(tx), LIMIT, "udp-sender");
+    assert_ok(&tx, "udp-sender");
+    assert_ok(&wait_output(rx.take(), LIMIT, tag), tag);
+    assert_eq!(
+        std::fs::read_to_string(&sha).unwrap(),
+        sha256_hex(&src),
+        "{tag}: the consumer's SHA-256"
+    );
+    rexmits(&String::from_utf8_lossy(&tx.stderr))
+}
+
+/// Behind the same slow or stalled consumer, xdpcast costs the LAN no
+/// more retransmissions than udpcast's own receiver (within 1.5 times,
+/// plus one slice for the noise of a small count), in each sender mode.
+fn no_flood_behind(how: Reader, sender_args: &[&str], tag: &str) {
+    if !udpcast_installed() {
+        return;
+    }
+    let theirs = fog_run(
+        Path::new("/usr/bin/udp-receiver"),
+        how,
+        sender_args,
+        &format!("{tag}-udpcast"),
+    );
+    let ours = fog_run(
+        Path::new(env!("CARGO_BIN_EXE_xdpcast")),
+        how,
+        sender_args,
+        &format!("{tag}-xdpcast"),
+    );
+    eprintln!("{tag}: re-xmits behind udp-receiver {theirs}, behind xdpcast {ours}");
+    assert!(
+        ours * 2 <= theirs * 3 + 2 * 1024,
+        "{tag}: xdpcast caused {ours} re-xmits, udp-receiver {theirs}"
+    );
+}
+
+const PAUSING: Reader = Reader {
+    every_mib: 24,
+    pause: 2.0,
+    once: false,
+};
+
+const STALLED: Reader = Reader {
+    every_mib: 16,
+    pause: 15.0,
+    once: true,
+};
+
+#[test]
+fn no_retransmit_flood_behind_a_pausing_consumer() {
+    no_flood_behind(PAUSING, &["--full-duplex"], "pausing");
+}
+
+#[test]
+fn no_retransmit_flood_behind_a_stalled_consumer() {
+    no_flood_behind(STALLED, &["--full-duplex"], "stalled");
+}
+
+#[test]
+fn no_retransmit_flood_behind_a_pausing_consumer_in_other_sender_modes() {
+    // Half duplex, multicast even for one receiver, and FEC.
+    let half = ["--nopointopoint", "--fec", "8x8/128"];
+    no_flood_behind(PAUSING, &half, "pausing-fec");
+}

@@ -350,16 +350,6 @@ impl Ledger {
             .try_fold(self.base, |o, s| Some(o + u64::from(s.bytes?)))
     }
 
-    /// Image offset of the first block `open[i]` lacks, once the sizes of
-    /// the slices before it are known.
-    pub(super) fn first_gap(&self, i: usize, block_size: u64) -> Option<u64> {
-        let s = &self.open[i];
-        let first = (0..s.blocks(block_size))
-            .find(|&b| !bit(&s.got, b))
-            .unwrap_or(0) as u64;
-        Some(self.offset(i)? + first * block_size)
-    }
-
     /// Drop the complete slices at the front.
     pub(super) fn retire(&mut self, block_size: u64) {
         while let Some(s) = self.open.front().filter(|s| s.complete(block_size)) {

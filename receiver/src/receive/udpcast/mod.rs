@@ -54,6 +54,7 @@ use crate::status::page::{
 use crate::store::stream::{self, StreamOut};
 use crate::store::target::open_out;
 
+mod flow;
 mod ledger;
 mod sink;
 

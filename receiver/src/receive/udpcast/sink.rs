@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
+use super::flow::{self, Answer};
 use super::ledger::{Ledger, Refusal};
 use super::{Connected, PUBLISH};
 use crate::error::{Error, Result};
@@ -81,6 +82,15 @@ impl Stream {
         match &self.out {
             Out::File { .. } => u64::MAX,
             Out::Stream(s) => s.limit(),
+        }
+    }
+
+    /// Bytes the consumer has taken from a stream (0 for a file, which
+    /// takes everything: its limit is `u64::MAX`).
+    fn consumed(&self) -> u64 {
+        match &self.out {
+            Out::File { .. } => 0,
+            Out::Stream(s) => s.status().written,
         }
     }
 
@@ -318,16 +328,20 @@ impl Stream {
                     return Ok(());
                 }
                 let lacking = i.filter(|&i| !l.open[i].complete(bs));
-                let gap = lacking.and_then(|i| l.first_gap(i, bs));
-                if gap.is_some_and(|at| at >= self.limit()) {
-                    // The stream's window cannot take the first block the
-                    // slice lacks (the consumer is slow): not answered, so
-                    // the sender waits for its REQACK timeout instead of
-                    // retransmitting at full speed blocks that would be
-                    // refused again (docs/udpcast.md, "A long stall").
-                    return Ok(());
-                }
-                let got = lacking.map(|i| l.open[i].got);
+                let got = match lacking {
+                    // What the stream's window can take decides (flow.rs).
+                    Some(i) => match flow::answer(
+                        &l.open[i],
+                        l.offset(i),
+                        bs,
+                        self.consumed(),
+                        self.limit(),
+                    ) {
+                        Answer::Retransmit(map) => Some(map),
+                        Answer::Wait => return Ok(()),
+                    },
+                    None => None,
+                };
                 l.retire(bs);
                 got
             };
@@ -586,11 +600,14 @@ mod tests {
         // Nobody reads the pipe yet, but its buffer takes what is in order.
         // Block 2 would end at 12, past the window while blocks 0 and 1 are
         // held: refused, not marked, not a drop.
+        // The REQACK asks for blocks 0 and 1, which fit, and says it has
+        // block 2 so that the sender does not send it again for nothing
+        // (the consumer waits for block 0: the window cannot move).
         s.ingest(&data(0, 2, 10, b"EF"), c);
         s.ingest(&reqack(0, 10, &[0; 128]), c);
         assert_eq!(
             &reply(&sender)[..13],
-            &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0]
+            &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0b100]
         );
         assert_eq!(s.stream_status().unwrap().refused, 1);
         assert_eq!(
