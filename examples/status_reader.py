@@ -39,6 +39,7 @@ W = dict(
     workers=128, worker_latency=384, worker_batch_sum=480,
     # layout 2: one 16-word region per subsystem, per-worker extension
     trust=512, storage=528, repair=544, stream=560, sparse=576, diag=592,
+    http=608,
     worker_ext=768,
     # sparse region
     skipped_bytes=576, skipped_blocks=577, zero_method=578,
@@ -89,6 +90,9 @@ STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "overflow_blocks", "write_max_ns", "direct",
                   "handed_off", "lane_full"]
 STREAM_FIELDS = ["window", "held", "written", "refused"]
+# HTTP region (word 608 + i): bytes by multicast and by HTTP (docs/http.md).
+HTTP_FIELDS = ["state", "multicast_bytes", "http_bytes", "requests",
+               "bad_chunks", "bad_replies", "refused", "busy"]
 ZERO_METHODS = ["none", "punch_hole", "zero_range", "blkzeroout", "written"]
 STALE_AFTER_NS = 5 * 10**9
 U64_MAX = 2**64 - 1
@@ -190,6 +194,8 @@ def decode(w, owner_uid):
     out["storage"] = storage
     sm = W["stream"]
     out["stream"] = dict(zip(STREAM_FIELDS, w[sm:sm + len(STREAM_FIELDS)]))
+    hp = W["http"]
+    out["http"] = dict(zip(HTTP_FIELDS, w[hp:hp + len(HTTP_FIELDS)]))
     out["role"] = "sender" if w[W["role"]] == 1 else "receiver"
     out["sender"] = None
     if w[W["role"]] == 1:

@@ -84,6 +84,7 @@ fn valid_packets() -> Vec<Vec<u8>> {
                 requests: 3,
                 state: 1,
                 error: 0,
+                flags: 0,
                 name: wire::Report::name_field("rx-01"),
             },
         ),

@@ -30,21 +30,6 @@ const PORT: u16 = 8080;
 /// The tampering proxy's port.
 const PROXY_PORT: u16 = 8081;
 
-/// `xdpcast keygen --out DIR/NAME.key`: the secret key path.
-fn keygen(dir: &TempDir, name: &str) -> PathBuf {
-    let key = dir.join(&format!("{name}.key"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    ok(&out, "keygen");
-    key
-}
-
-fn pub_of(key: &Path) -> String {
-    format!("{}.pub", key.display())
-}
-
 /// nginx serving `root` on `addr:PORT` inside `ns`: one process
 /// (`master_process off`), its pid, logs and temporary files in a
 /// directory of its own; killed and waited for on drop.
@@ -101,6 +86,49 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test's site: a LAN of hosts, an image in a scratch directory with a
+/// signing key beside it, and nginx serving that directory from host 0
+/// (which also sends). Dropped in this order: nginx, files, namespaces.
+struct Site {
+    nginx: Nginx,
+    key: PathBuf,
+    src: PathBuf,
+    dir: TempDir,
+    lan: Lan,
+}
+
+impl Site {
+    fn new(prefix: &str, hosts: usize, mib: usize, seed: u64) -> Site {
+        let lan = Lan::new(hosts);
+        let dir = TempDir::new(prefix);
+        let src = dir.join("src.img");
+        make_image(&src, mib * MIB, seed);
+        let key = keygen(&dir, "tx");
+        let web = &lan.hosts[0];
+        let nginx = Nginx::start(&web.ns, &web.addr, &dir.0);
+        Site {
+            nginx,
+            key,
+            src,
+            dir,
+            lan,
+        }
+    }
+
+    /// `xdpcast send --sign` of the image from host 0, named `tx`, its
+    /// page kept in `status`.
+    fn send(&self, status: &Path, extra: &[&str]) -> Child {
+        let h = &self.lan.hosts[0];
+        let mut c = xdpcast(&h.ns);
+        c.env("XDPCAST_STATUS_DIR", status)
+            .args(["send", self.src.to_str().unwrap(), "--group", GROUP])
+            .args(["--iface", &h.iface, "--name", "tx", "--keep-status"])
+            .args(["--sign", self.key.to_str().unwrap()])
+            .args(extra);
+        spawn(c)
     }
 }
 
@@ -267,20 +295,16 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
     if !netns_allowed() {
         return;
     }
-    let lan = Lan::new(2);
-    let dir = TempDir::new("xdpc-http-deaf");
-    let src = dir.join("src.img");
-    make_image(&src, 8 * MIB, 71);
-    let key = keygen(&dir, "tx");
+    let site = Site::new("xdpc-http-deaf", 2, 8, 71);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
-    let nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
     // Slow (8 MiB at 8 Mbit/s, 8 s): still sending while the receiver
     // fetches; the manifest file is written before the first packet.
     let tx = start_sender(
         &tx_host.ns,
         &tx_host.iface,
         GROUP,
-        &src,
+        src,
         &[
             "--sign",
             key.to_str().unwrap(),
@@ -304,7 +328,7 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
             "--inject-loss",
             "1000000",
             "--trust",
-            &pub_of(&key),
+            &pub_of(key),
             "--http",
             &url,
             "--http-after",
@@ -314,17 +338,31 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
         ],
     );
     let out = wait_output(rx, Duration::from_secs(120), "deaf receiver");
-    let s = assert_verified(&dir.0, "deaf", &out, &sha256_hex(&src));
+    let s = assert_verified(&dir.0, "deaf", &out, &sha256_hex(src));
     assert!(
         text(&out).contains("the whole image over HTTP"),
         "{}",
         text(&out)
     );
     // Nothing came by multicast: every block from nginx's range replies.
-    assert!(nginx.partial_replies() > 0);
+    assert!(site.nginx.partial_replies() > 0);
     assert_eq!(s.workers.iter().map(|w| w.bytes).sum::<u64>(), 0, "{s:?}");
-    kill_group(&tx);
-    let _ = wait_output(tx, Duration::from_secs(30), "sender");
+    assert_eq!(s.http.multicast_bytes, 0, "{:?}", s.http);
+    assert!(s.http.http_bytes >= (8 * MIB) as u64, "{:?}", s.http);
+    assert!(s.http.state > 0 && s.http.requests > 1, "{:?}", s.http);
+    // The sender heard its reports: finished, over HTTP.
+    let table = ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains(" deaf "))
+        .unwrap_or_else(|| panic!("no row for deaf in {table}"));
+    assert!(
+        row.contains(" finished ") && row.ends_with("multicast+http"),
+        "{row}"
+    );
 }
 
 /// A receiver that starts when the sender is half-way through its pass
@@ -334,27 +372,11 @@ fn a_late_joiner_takes_what_went_by_from_nginx() {
     if !netns_allowed() {
         return;
     }
-    let lan = Lan::new(2);
-    let dir = TempDir::new("xdpc-http-late");
-    let src = dir.join("src.img");
-    make_image(&src, 8 * MIB, 72);
-    let key = keygen(&dir, "tx");
+    let site = Site::new("xdpc-http-late", 2, 8, 72);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
-    let _nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
     let status = TempDir::new("xdpc-http-late-tx");
-    let mut c = xdpcast(&tx_host.ns);
-    c.env("XDPCAST_STATUS_DIR", &status.0)
-        .args(["send", src.to_str().unwrap(), "--group", GROUP])
-        .args(["--iface", &tx_host.iface, "--name", "tx", "--keep-status"])
-        .args([
-            "--sign",
-            key.to_str().unwrap(),
-            "--rate",
-            "8M",
-            "--linger",
-            "5",
-        ]);
-    let tx = spawn(c);
+    let tx = site.send(&status.0, &["--rate", "8M", "--linger", "5"]);
     let total = (8 * MIB) as u64;
     wait_for(Duration::from_secs(60), "the sender half-way", || {
         let s = xdpcast::StatusReader::open(&status.join("xdpcast.tx"))
@@ -372,7 +394,7 @@ fn a_late_joiner_takes_what_went_by_from_nginx() {
             "--mode",
             "xdp",
             "--trust",
-            &pub_of(&key),
+            &pub_of(key),
             "--http",
             &url,
             "--http-after",
@@ -382,10 +404,12 @@ fn a_late_joiner_takes_what_went_by_from_nginx() {
         ],
     );
     let out = wait_output(rx, Duration::from_secs(120), "late receiver");
-    let s = assert_verified(&dir.0, "late", &out, &sha256_hex(&src));
+    let s = assert_verified(&dir.0, "late", &out, &sha256_hex(src));
     assert!(text(&out).contains("joined late"), "{}", text(&out));
     let multicast: u64 = s.workers.iter().map(|w| w.bytes).sum();
     assert!(multicast > 0 && multicast < total, "{multicast} of {total}");
+    assert_eq!(s.http.multicast_bytes, multicast, "{:?}", s.http);
+    assert!(s.http.http_bytes > 0, "{:?}", s.http);
     ok(
         &wait_output(tx, Duration::from_secs(60), "sender"),
         "sender",
@@ -400,13 +424,9 @@ fn a_fleet_whose_sender_dies_finishes_from_nginx() {
         return;
     }
     let n = 16;
-    let lan = Lan::new(n + 1);
-    let dir = TempDir::new("xdpc-http-fleet");
-    let src = dir.join("src.img");
-    make_image(&src, 4 * MIB, 73);
-    let key = keygen(&dir, "tx");
+    let site = Site::new("xdpc-http-fleet", n + 1, 4, 73);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     let tx_host = &lan.hosts[0];
-    let nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
     let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
     let names: Vec<String> = (0..n).map(|i| format!("rx{i:02}")).collect();
     let rxs: Vec<Child> = names
@@ -423,7 +443,7 @@ fn a_fleet_whose_sender_dies_finishes_from_nginx() {
                     "--inject-loss",
                     "50000",
                     "--trust",
-                    &pub_of(&key),
+                    &pub_of(key),
                     "--http",
                     &url,
                     "--http-after",
@@ -435,13 +455,17 @@ fn a_fleet_whose_sender_dies_finishes_from_nginx() {
         })
         .collect();
     let status = TempDir::new("xdpc-http-fleet-tx");
-    let mut c = xdpcast(&tx_host.ns);
-    c.env("XDPCAST_STATUS_DIR", &status.0)
-        .args(["send", src.to_str().unwrap(), "--group", GROUP])
-        .args(["--iface", &tx_host.iface, "--name", "tx", "--keep-status"])
-        .args(["--sign", key.to_str().unwrap(), "--rate", "16M"])
-        .args(["--min-receivers", &n.to_string(), "--start-timeout", "60"]);
-    let tx = spawn(c);
+    let tx = site.send(
+        &status.0,
+        &[
+            "--rate",
+            "16M",
+            "--min-receivers",
+            &n.to_string(),
+            "--start-timeout",
+            "60",
+        ],
+    );
     wait_for(
         Duration::from_secs(120),
         "the end of the first pass",
@@ -457,12 +481,12 @@ fn a_fleet_whose_sender_dies_finishes_from_nginx() {
     );
     kill_group(&tx);
     let _ = wait_output(tx, Duration::from_secs(30), "sender");
-    let want = sha256_hex(&src);
+    let want = sha256_hex(src);
     for (name, rx) in names.iter().zip(rxs) {
         let out = wait_output(rx, Duration::from_secs(180), name);
         assert_verified(&dir.0, name, &out, &want);
     }
-    assert!(nginx.partial_replies() > 0);
+    assert!(site.nginx.partial_replies() > 0);
 }
 
 /// A proxy that flips a byte in every range reply: the chunks fail their
@@ -473,11 +497,8 @@ fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
     if !netns_allowed() {
         return;
     }
-    let lan = Lan::new(2);
-    let dir = TempDir::new("xdpc-http-tamper");
-    let src = dir.join("src.img");
-    make_image(&src, 8 * MIB, 74);
-    let key = keygen(&dir, "tx");
+    let site = Site::new("xdpc-http-tamper", 2, 8, 74);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     // Made ahead of time: no sender at all.
     ok(
         &std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
@@ -492,7 +513,6 @@ fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
         "xdpcast manifest",
     );
     let (web, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
-    let _nginx = Nginx::start(&web.ns, &web.addr, &dir.0);
     let proxy = Proxy::start(&web.ns, &web.addr, Tamper::FlipAll);
     let bad = format!("http://{}:{PROXY_PORT}/src.img", web.addr);
     let good = format!("http://{}:{PORT}/src.img", web.addr);
@@ -500,7 +520,7 @@ fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
         "--mode",
         "socket",
         "--trust",
-        &pub_of(&key),
+        &pub_of(key),
         "--http-after",
         "1",
         "--http-jitter-ms",
@@ -516,7 +536,7 @@ fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
         Duration::from_secs(120),
         "receiver with two mirrors",
     );
-    let s = assert_verified(&dir.0, "mirrors", &out, &sha256_hex(&src));
+    let s = assert_verified(&dir.0, "mirrors", &out, &sha256_hex(src));
     assert!(proxy.replies() > 0);
     assert!(s.trust.rejected_blocks > 0, "{:?}", s.trust);
     assert!(
@@ -528,6 +548,7 @@ fn bytes_altered_on_the_way_are_caught_and_fetched_again() {
         "{}",
         text(&out)
     );
+    assert!(s.http.bad_chunks > 0, "{:?}", s.http);
     // The lying proxy alone: FAILURE, and the target never verified.
     let mut args = common.to_vec();
     args.extend(["--http", &bad, "--http-max-failures", "3"]);
@@ -560,13 +581,9 @@ fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
     if !netns_allowed() {
         return;
     }
-    let lan = Lan::new(2);
-    let dir = TempDir::new("xdpc-http-gone");
-    let src = dir.join("src.img");
-    make_image(&src, 8 * MIB, 75);
-    let key = keygen(&dir, "tx");
+    let site = Site::new("xdpc-http-gone", 2, 8, 75);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
-    let _nginx = Nginx::start(&tx_host.ns, &tx_host.addr, &dir.0);
     let proxy = Proxy::start(&tx_host.ns, &tx_host.addr, Tamper::StopAfter(2));
     let url = format!("http://{}:{PROXY_PORT}/src.img", tx_host.addr);
     // 30 % loss: after the pass the receiver lacks far more than 1 %, so it
@@ -581,7 +598,7 @@ fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
             "--inject-loss",
             "300000",
             "--trust",
-            &pub_of(&key),
+            &pub_of(key),
             "--http",
             &url,
             "--http-repair-percent",
@@ -600,17 +617,116 @@ fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
         &tx_host.ns,
         &tx_host.iface,
         GROUP,
-        &src,
+        src,
         &["--sign", key.to_str().unwrap(), "--min-receivers", "1"],
     );
     let out = wait_output(rx, Duration::from_secs(120), "receiver");
-    let s = assert_verified(&dir.0, "rx", &out, &sha256_hex(&src));
+    let s = assert_verified(&dir.0, "rx", &out, &sha256_hex(src));
     let log = text(&out);
     assert_eq!(proxy.replies(), 2);
     assert_eq!(log.matches("back to multicast repair").count(), 1, "{log}");
     assert!(s.nacks_sent > 0, "{s:?}");
+    // Given up (state 3) after the refusals.
+    assert_eq!(s.http.state, 3, "{:?}", s.http);
+    assert!(s.http.refused >= 2 && s.http.http_bytes > 0, "{:?}", s.http);
     ok(
         &wait_output(tx, Duration::from_secs(60), "sender"),
         "sender",
+    );
+}
+
+/// Bytes nginx sent in range replies (its access log's default format:
+/// `"GET ..." 206 BYTES ...`).
+fn bytes_served(nginx: &Nginx) -> u64 {
+    std::fs::read_to_string(nginx.dir.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split("\" 206 ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The figure of docs/http.md: an image of `XDPCAST_HTTP_BENCH_MIB` MiB
+/// (default 1024) to `XDPCAST_HTTP_BENCH_RX` receivers (16), of which
+/// `XDPCAST_HTTP_BENCH_DEAF` (4) hear no multicast; prints the time from
+/// the sender's start until every receiver verified the image, and the
+/// bytes nginx served. Run alone on the machine:
+///
+/// `XDPCAST_HTTP_BENCH_MIB=1024 cargo test --release --test http -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run alone, see docs/http.md"]
+fn bench_fleet_with_deaf_receivers() {
+    if !netns_allowed() {
+        return;
+    }
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (mib, n, deaf) = (
+        env("XDPCAST_HTTP_BENCH_MIB", 1024),
+        env("XDPCAST_HTTP_BENCH_RX", 16),
+        env("XDPCAST_HTTP_BENCH_DEAF", 4),
+    );
+    assert!(deaf <= n);
+    let site = Site::new("xdpc-http-bench", n + 1, mib, 76);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
+    let tx_host = &lan.hosts[0];
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let key_pub = pub_of(key);
+    let rxs: Vec<(String, Child)> = (0..n)
+        .map(|i| {
+            let name = format!("rx{i:02}");
+            let mut args = vec![
+                "--mode",
+                "xdp",
+                "--trust",
+                &key_pub,
+                "--http",
+                &url,
+                "--http-after",
+                "5",
+            ];
+            if i < deaf {
+                args.extend(["--inject-loss", "1000000"]);
+            }
+            let rx = receiver(&lan.hosts[i + 1], &dir.0, &name, &args);
+            (name, rx)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let tx = site.send(
+        &dir.0,
+        &[
+            "--min-receivers",
+            &(n - deaf).to_string(),
+            "--start-timeout",
+            "120",
+        ],
+    );
+    let want = sha256_hex(src);
+    for (name, rx) in rxs {
+        let out = wait_output(rx, Duration::from_secs(3600), &name);
+        assert_verified(&dir.0, &name, &out, &want);
+    }
+    let elapsed = start.elapsed();
+    let served = bytes_served(&site.nginx);
+    let table = ok(
+        &wait_output(tx, Duration::from_secs(600), "sender"),
+        "sender",
+    );
+    eprintln!("{table}");
+    eprintln!(
+        "http fleet bench: {mib} MiB to {n} receivers ({deaf} without multicast): all SUCCESS in {:.2} s; nginx served {served} bytes ({:.2} images)",
+        elapsed.as_secs_f64(),
+        served as f64 / (mib * MIB) as f64
     );
 }

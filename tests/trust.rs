@@ -8,7 +8,7 @@
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -30,21 +30,6 @@ fn ok(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `xdpcast keygen --out DIR/NAME.key`: the secret key path.
-fn keygen(dir: &TempDir, name: &str) -> PathBuf {
-    let key = dir.join(&format!("{name}.key"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    ok(&out, "keygen");
-    key
-}
-
-fn pub_of(key: &Path) -> String {
-    format!("{}.pub", key.display())
 }
 
 /// Start `f` on a thread inside namespace `ns` (sockets it opens live there).

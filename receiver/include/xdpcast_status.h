@@ -101,6 +101,7 @@ extern "C" {
 #define XDPCAST_W_SKIPPED_BLOCKS 577 /* blocks of those runs */
 #define XDPCAST_W_ZERO_METHOD 578    /* how: XDPCAST_ZERO_* */
 #define XDPCAST_W_DIAG 592    /* data-path diagnostics */
+#define XDPCAST_W_HTTP 608    /* bytes by multicast and by HTTP; the HTTP source (docs/http.md) */
 #define XDPCAST_REGION_WORDS 16
 #define XDPCAST_W_WORKER_EXT 768 /* 32 slots of XDPCAST_WORKER_EXT_WORDS words */
 #define XDPCAST_WORKER_EXT_WORDS 8
@@ -171,6 +172,16 @@ extern "C" {
 /* Words of the diag region, relative to XDPCAST_W_DIAG. */
 #define XDPCAST_DIAG_UNSERVED_FRAMES 0 /* session frames on RX queues without an AF_XDP socket */
 #define XDPCAST_DIAG_UNSERVED_QUEUES 1 /* bit q: RX queue q (0..63) had such frames */
+
+/* Words of the http region, relative to XDPCAST_W_HTTP. */
+#define XDPCAST_HTTP_STATE 0           /* 0 no --http, 1 standing by, 2 fetching, 3 given up */
+#define XDPCAST_HTTP_MULTICAST_BYTES 1 /* image bytes the data path brought */
+#define XDPCAST_HTTP_BYTES 2           /* image bytes taken from web servers */
+#define XDPCAST_HTTP_REQUESTS 3        /* requests sent */
+#define XDPCAST_HTTP_BAD_CHUNKS 4      /* chunks from a web server that failed their signed hash */
+#define XDPCAST_HTTP_BAD_REPLIES 5     /* whole body, wrong Content-Range, length, deadline */
+#define XDPCAST_HTTP_REFUSED 6         /* refusals, connection failures */
+#define XDPCAST_HTTP_BUSY 7            /* 429 and 503 replies */
 
 /* XDPCAST_W_FLAGS bits. */
 #define XDPCAST_FLAG_GEOMETRY 1ULL

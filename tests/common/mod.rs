@@ -37,6 +37,22 @@ pub fn as_nobody(mut setpriv: Command, program: &str) -> Command {
     setpriv
 }
 
+/// `xdpcast keygen --out DIR/NAME.key`: the secret key path.
+pub fn keygen(dir: &TempDir, name: &str) -> PathBuf {
+    let key = dir.join(&format!("{name}.key"));
+    let out = Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&out, "keygen");
+    key
+}
+
+/// The public key file of secret key `key`.
+pub fn pub_of(key: &Path) -> String {
+    format!("{}.pub", key.display())
+}
+
 /// The status page of session `name` in directory `status`.
 pub fn read_page(status: &Path, name: &str) -> xdpcast::Snapshot {
     xdpcast::StatusReader::open(&status.join(format!("xdpcast.{name}")))

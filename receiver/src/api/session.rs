@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, HttpCounters};
 use crate::net::socket;
 use crate::proto::wire::{self, hex, DropReason, Packet, Report};
 use crate::receive::datapath::{self, DataPath};
@@ -145,7 +145,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn start(t: Arc<Transfer>, link: Arc<Link>, name: &str) -> Reporter {
+    fn start(t: Arc<Transfer>, link: Arc<Link>, name: &str, http_slot: Option<usize>) -> Reporter {
         let stop = Arc::new(AtomicBool::new(false));
         let last = Arc::new(Mutex::new((State::InProgress, ErrorCode::None)));
         let (flag, fin) = (stop.clone(), last.clone());
@@ -164,6 +164,13 @@ impl Reporter {
                         requests: link.requests.load(Ordering::Relaxed) as u32,
                         state: state as u8,
                         error: error as u8,
+                        flags: if http_slot
+                            .is_some_and(|i| t.counters(i).bytes.load(Ordering::Relaxed) > 0)
+                        {
+                            wire::REPORT_HTTP
+                        } else {
+                            0
+                        },
                         name,
                     };
                     link.send(&wire::encode_progress(img.session, &img.geometry, &r), &t)
@@ -515,6 +522,7 @@ impl Session {
         self.shared.set(State::InProgress, ErrorCode::None);
         let ctl = Control {
             http_slot: fetch.as_ref().map(|_| http_slot),
+            http_counters: fetch.as_ref().map(Fetcher::counters_handle),
             fetch,
             base: self.base_snapshot(),
             path,
@@ -639,6 +647,8 @@ struct Control {
     fetch: Option<Fetcher>,
     /// Its worker-counter slot (kept after the source stopped).
     http_slot: Option<usize>,
+    /// Its counters (kept after the source stopped).
+    http_counters: Option<Arc<HttpCounters>>,
     base: Snapshot,
     path: DataPath<Transfer>,
     writer: Arc<StatusWriter>,
@@ -748,6 +758,10 @@ impl Control {
             s.avg_rate_bps = (received as f64 / secs) as u64;
         }
         s.rate_bps = meter.rate;
+        s.http.multicast_bytes = received - http_bytes;
+        if let Some(c) = &self.http_counters {
+            s.http = c.status(s.http.multicast_bytes);
+        }
         s
     }
 
@@ -931,6 +945,7 @@ impl Control {
             self.path.sink.clone(),
             self.repair.link.clone(),
             &self.base.name,
+            self.http_slot,
         );
         let mut outcome = self.watch(&mut meter);
         // Nothing more from HTTP once the outcome is known.

@@ -43,6 +43,7 @@ use crate::receive::request::HttpRequest;
 use crate::receive::transfer::{Image, Transfer};
 use crate::receive::workers::{Sink, WorkerCounters};
 use crate::rng::XorShift;
+use crate::status::page::HttpStatus;
 use http::{FetchError, Mirror};
 use manifest_file::ManifestFile;
 
@@ -88,6 +89,22 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
+    /// The status page's region, with `multicast_bytes` from the data path.
+    pub fn status(&self, multicast_bytes: u64) -> HttpStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HttpStatus {
+            // 0 on the page: no HTTP source.
+            state: 1 + u64::from(self.state.load(Ordering::Relaxed)),
+            multicast_bytes,
+            http_bytes: get(&self.bytes),
+            requests: get(&self.requests),
+            bad_chunks: get(&self.bad_chunks),
+            bad_replies: get(&self.bad_replies),
+            refused: get(&self.refused),
+            busy: get(&self.busy),
+        }
+    }
+
     /// The source's state.
     pub fn state(&self) -> HttpState {
         match self.state.load(Ordering::Relaxed) {
@@ -101,7 +118,7 @@ impl HttpCounters {
 struct Shared {
     stop: AtomicBool,
     take_over: AtomicBool,
-    counters: HttpCounters,
+    counters: Arc<HttpCounters>,
 }
 
 /// The HTTP source's thread.
@@ -122,7 +139,7 @@ impl Fetcher {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             take_over: AtomicBool::new(false),
-            counters: HttpCounters::default(),
+            counters: Arc::default(),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -157,6 +174,11 @@ impl Fetcher {
     /// The source's counters.
     pub fn counters(&self) -> &HttpCounters {
         &self.shared.counters
+    }
+
+    /// The counters, to read after the fetcher stopped.
+    pub fn counters_handle(&self) -> Arc<HttpCounters> {
+        self.shared.counters.clone()
     }
 }
 

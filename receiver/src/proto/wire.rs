@@ -51,6 +51,9 @@ pub const CONFIRM_PREFIX_LEN: usize = 12;
 pub const CONFIRM_TOO_SLOW: u32 = 1;
 /// Bytes of a receiver's name in a progress report.
 pub const REPORT_NAME_LEN: usize = 32;
+/// Progress report flag: the receiver took bytes from a web server
+/// (`receive --http`), shown in the sender's receiver table.
+pub const REPORT_HTTP: u8 = 1;
 /// Payload length of a progress report: blocks done (u64), requests sent
 /// (u32), state (u8), error (u8), 2 reserved bytes, name.
 pub const REPORT_PAYLOAD_LEN: usize = 16 + REPORT_NAME_LEN;
@@ -500,6 +503,8 @@ pub struct Report {
     pub state: u8,
     /// Error code as on the status page.
     pub error: u8,
+    /// [`REPORT_HTTP`] when some of its bytes came from a web server.
+    pub flags: u8,
     /// The receiver's session name, zero-padded UTF-8.
     pub name: [u8; REPORT_NAME_LEN],
 }
@@ -785,6 +790,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                 requests: be_u32(payload, 8),
                 state: payload[12],
                 error: payload[13],
+                flags: payload[14],
                 name,
             };
             if report.blocks_done > geometry.block_count || report.state > 3 {
@@ -1013,6 +1019,7 @@ pub fn encode_progress(session: u32, geometry: &Geometry, r: &Report) -> Vec<u8>
     p[8..12].copy_from_slice(&r.requests.to_be_bytes());
     p[12] = r.state;
     p[13] = r.error;
+    p[14] = r.flags;
     p[16..].copy_from_slice(&r.name);
     out
 }
@@ -1279,6 +1286,7 @@ mod tests {
             requests: 5,
             state: 1,
             error: 0,
+            flags: REPORT_HTTP,
             name: Report::name_field("lab-pc-07\n"),
         };
         match parse(&encode_progress(4, &g, &r)).unwrap() {

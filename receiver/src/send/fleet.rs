@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
-use crate::proto::wire::Report;
+use crate::proto::wire::{self, Report};
 
 /// Most receivers the table holds.
 const MAX_ROWS: usize = 65_536;
@@ -58,6 +58,8 @@ pub struct RxInfo {
     pub blocks_done: u64,
     /// NACK and parity request packets it says it sent.
     pub requests: u32,
+    /// It said some of its bytes came from a web server (`receive --http`).
+    pub http: bool,
     /// When its last report arrived.
     pub last_seen: Instant,
     /// When it last reported more blocks than before.
@@ -120,6 +122,7 @@ impl Fleet {
             state,
             blocks_done: r.blocks_done,
             requests: r.requests,
+            http: r.flags & wire::REPORT_HTTP != 0,
             last_seen: now,
             last_progress: now,
         };
@@ -137,6 +140,7 @@ impl Fleet {
                 };
                 *old = RxInfo {
                     last_progress,
+                    http: row.http || old.http,
                     ..row
                 };
             }
@@ -221,6 +225,7 @@ mod tests {
             requests: 1,
             state,
             error,
+            flags: 0,
             name: Report::name_field(name),
         }
     }

@@ -283,7 +283,7 @@ pub fn table(r: &SendReport) -> String {
     }
     let _ = writeln!(
         o,
-        "  {:<28} {:<20} {:<10} {:<18} {:>8} {:>9}",
+        "  {:<28} {:<20} {:<10} {:<18} {:>8} {:>9} VIA",
         "ADDRESS", "NAME", "STATE", "CODE", "DONE", "REQUESTS"
     );
     for x in &r.receivers {
@@ -294,13 +294,18 @@ pub fn table(r: &SendReport) -> String {
         let done = 100.0 * x.blocks_done as f64 / r.geometry.block_count.max(1) as f64;
         let _ = writeln!(
             o,
-            "  {:<28} {:<20} {:<10} {:<18} {:>7.1}% {:>9}",
+            "  {:<28} {:<20} {:<10} {:<18} {:>7.1}% {:>9} {}",
             x.addr.to_string(),
             x.name,
             x.state.name(),
             code,
             done,
-            x.requests
+            x.requests,
+            if x.http {
+                "multicast+http"
+            } else {
+                "multicast"
+            }
         );
     }
     o

@@ -129,6 +129,8 @@ pub mod offsets {
     pub const ZERO_METHOD: usize = SPARSE + 2;
     /// Diagnostics of the data path (16 words).
     pub const DIAG: usize = 592;
+    /// The HTTP source, `receive --http` (16 words).
+    pub const HTTP: usize = 608;
     /// Words of each region above.
     pub const REGION_WORDS: usize = 16;
     /// Per-worker extension: 32 slots of WORKER_EXT_WORDS words.
@@ -153,7 +155,8 @@ pub mod offsets {
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY
             && WORKER_LATENCY + super::MAX_WORKERS * LATENCY_WORDS <= WORKER_BATCH_SUM
             && WORKER_BATCH_SUM + super::MAX_WORKERS <= TRUST
-            && DIAG + REGION_WORDS <= WORKER_EXT
+            && DIAG + REGION_WORDS <= HTTP
+            && HTTP + REGION_WORDS <= WORKER_EXT
             && WORKER_EXT + super::MAX_WORKERS * WORKER_EXT_WORDS <= super::WORDS
     );
 }
@@ -616,6 +619,74 @@ impl WorkerStatus {
     }
 }
 
+/// Bytes by multicast and by HTTP, and what the HTTP source met (region
+/// [`offsets::HTTP`], words 608-615; docs/http.md); also the `http` object
+/// of `xdpcast status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HttpStatus {
+    /// 0 no HTTP source, 1 standing by, 2 fetching, 3 given up.
+    pub state: u64,
+    /// Image bytes the data path brought (multicast).
+    pub multicast_bytes: u64,
+    /// Image bytes taken from web servers (before chunk checks; those of
+    /// chunks that failed also count in `trust.rejected_blocks`).
+    pub http_bytes: u64,
+    /// Requests sent (ranges and the manifest file).
+    pub requests: u64,
+    /// Chunks from a web server that failed their signed hash.
+    pub bad_chunks: u64,
+    /// Replies that broke the range contract: a whole body, a wrong
+    /// Content-Range, too many or too few bytes, past the deadline.
+    pub bad_replies: u64,
+    /// Refusals (status codes, connection failures).
+    pub refused: u64,
+    /// 429 and 503 replies, backed off.
+    pub busy: u64,
+}
+
+impl HttpStatus {
+    const WORDS: usize = 8;
+
+    fn words(self) -> [(usize, u64); Self::WORDS] {
+        let v = [
+            self.state,
+            self.multicast_bytes,
+            self.http_bytes,
+            self.requests,
+            self.bad_chunks,
+            self.bad_replies,
+            self.refused,
+            self.busy,
+        ];
+        std::array::from_fn(|i| (offsets::HTTP + i, v[i]))
+    }
+
+    fn from_page(w: &[u64; WORDS]) -> HttpStatus {
+        let r = &w[offsets::HTTP..offsets::HTTP + Self::WORDS];
+        HttpStatus {
+            state: r[0],
+            multicast_bytes: r[1],
+            http_bytes: r[2],
+            requests: r[3],
+            bad_chunks: r[4],
+            bad_replies: r[5],
+            refused: r[6],
+            busy: r[7],
+        }
+    }
+
+    /// `state` for people.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            0 => "off",
+            1 => "standby",
+            2 => "fetching",
+            3 => "given_up",
+            _ => "unknown",
+        }
+    }
+}
+
 /// Diagnostics of the data path (region [`offsets::DIAG`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiagStatus {
@@ -862,6 +933,8 @@ pub struct Snapshot {
     pub workers: Vec<WorkerStatus>,
     /// Data-path diagnostics.
     pub diag: DiagStatus,
+    /// Bytes by multicast and by HTTP; the HTTP source.
+    pub http: HttpStatus,
     /// Signed session state.
     pub trust: TrustStatus,
     /// The staging writer.
@@ -956,6 +1029,7 @@ impl Snapshot {
             w.extend(ws.words(i));
         }
         w.extend(self.diag.words());
+        w.extend(self.http.words());
         w.extend(self.trust.words());
         w.extend(
             self.storage
@@ -1030,6 +1104,7 @@ impl Snapshot {
                 .map(|i| WorkerStatus::from_page(w, i))
                 .collect(),
             diag: DiagStatus::from_page(w),
+            http: HttpStatus::from_page(w),
             trust: TrustStatus::from_page(w),
             storage: StorageStatus::from_words(&w[STORAGE..STORAGE + storage::USED]),
             stream: StreamStatus::from_page(w),
@@ -1495,6 +1570,16 @@ mod tests {
             diag: DiagStatus {
                 unserved_frames: 12,
                 unserved_queues: 0b1010 | 1 << 63,
+            },
+            http: HttpStatus {
+                state: 2,
+                multicast_bytes: 13,
+                http_bytes: 14,
+                requests: 15,
+                bad_chunks: 16,
+                bad_replies: 17,
+                refused: 18,
+                busy: 19,
             },
             trust: TrustStatus {
                 flags: TRUST_REQUIRED | TRUST_MANIFEST,

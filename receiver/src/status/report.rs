@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
-    DiagStatus, PathMode, Role, SenderStatus, Snapshot, StorageStatus, StreamStatus, TrustStatus,
-    WorkerStatus, FLAG_DIGEST, STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
+    DiagStatus, HttpStatus, PathMode, Role, SenderStatus, Snapshot, StorageStatus, StreamStatus,
+    TrustStatus, WorkerStatus, FLAG_DIGEST, STALE_AFTER, TRUST_MANIFEST, TRUST_REQUIRED,
 };
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
@@ -128,6 +128,21 @@ pub fn human(s: &Snapshot) -> String {
     }
     if s.diag.unserved_frames > 0 {
         let _ = writeln!(o, "unserved  {} ({UNSERVED_FIX})", unserved(&s.diag));
+    }
+    let h = &s.http;
+    if h.state > 0 {
+        let _ = writeln!(
+            o,
+            "http      {}: {} by multicast, {} by HTTP in {} requests; {} chunks failed their hash, {} bad replies, {} refused, {} busy",
+            h.state_name(),
+            bytes(h.multicast_bytes),
+            bytes(h.http_bytes),
+            h.requests,
+            h.bad_chunks,
+            h.bad_replies,
+            h.refused,
+            h.busy
+        );
     }
     let _ = match (
         s.trust.flags & TRUST_REQUIRED,
@@ -362,6 +377,9 @@ pub struct SessionReport {
     pub storage: StorageStatus,
     /// The output stream of `--out -` (words 560-563; all 0 otherwise).
     pub stream: StreamStatus,
+    /// Bytes by multicast and by HTTP, the HTTP source (words 608-615).
+    #[serde(default)]
+    pub http: HttpStatus,
     /// Who writes the page: `receiver` or `sender`.
     pub role: String,
     /// A sender's view of its receivers and repairs (words 545-559); null
@@ -489,6 +507,7 @@ impl SessionReport {
             trust: TrustReport::new(&s.trust),
             storage: s.storage,
             stream: s.stream,
+            http: s.http,
             role: s.role.name().into(),
             sender: (s.role == Role::Sender).then_some(s.sender),
         }
@@ -787,6 +806,46 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "xdpcast_resumed_blocks_total",
         "Blocks taken from the resume file of an earlier run.",
         |s| s.resumed_blocks as f64,
+    ),
+    gauge(
+        "xdpcast_http_state",
+        "HTTP source: 0 none, 1 standing by, 2 fetching, 3 given up.",
+        |s| s.http.state as f64,
+    ),
+    counter(
+        "xdpcast_multicast_bytes_total",
+        "Image bytes the data path brought by multicast.",
+        |s| s.http.multicast_bytes as f64,
+    ),
+    counter(
+        "xdpcast_http_bytes_total",
+        "Image bytes taken from web servers (receive --http).",
+        |s| s.http.http_bytes as f64,
+    ),
+    counter(
+        "xdpcast_http_requests_total",
+        "HTTP requests sent (ranges and the manifest file).",
+        |s| s.http.requests as f64,
+    ),
+    counter(
+        "xdpcast_http_bad_chunks_total",
+        "Chunks from a web server that failed their signed hash.",
+        |s| s.http.bad_chunks as f64,
+    ),
+    counter(
+        "xdpcast_http_bad_replies_total",
+        "HTTP replies that broke the range contract (whole body, wrong range, length, deadline).",
+        |s| s.http.bad_replies as f64,
+    ),
+    counter(
+        "xdpcast_http_refused_total",
+        "HTTP refusals and connection failures.",
+        |s| s.http.refused as f64,
+    ),
+    counter(
+        "xdpcast_http_busy_total",
+        "HTTP 429 and 503 replies (backed off).",
+        |s| s.http.busy as f64,
     ),
     counter(
         "xdpcast_unserved_frames_total",
