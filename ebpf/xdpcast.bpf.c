@@ -2,9 +2,15 @@
 //
 // xdpcast XDP steering program.
 //
-// Matches Ethernet [+ one 802.1Q/802.1ad tag] -> IPv4 (any IHL, not a
-// non-first fragment) or IPv6 (no extension headers) -> UDP whose destination
-// address and port equal the session's group:port from XDPCAST_CONFIG, and
+// Matches Ethernet -> IPv4 (any IHL, not a non-first fragment) or IPv6 (no
+// extension headers) -> UDP whose destination address and port equal the
+// session's group:port from XDPCAST_CONFIG, and
+// - on an untagged port (vlan_set 0, the default): untagged frames only; a
+//   frame with an 802.1Q/802.1ad tag belongs to a VLAN (sub-)interface, not
+//   to the session, and is passed to the kernel;
+// - with vlan_set 1 (`receive --vlan VID`, XDP on a trunk port): frames with
+//   exactly one 802.1Q tag whose VLAN id is `vlan` only;
+// and
 // redirects those frames to the AF_XDP socket registered in XDPCAST_XSKS for
 // the receiving queue. With `unicast4` set, UDP to this host's address and
 // the same port is steered as well (udpcast's point-to-point mode sends
@@ -30,6 +36,8 @@
 
 // IPv4 fragment offset mask (the low 13 bits of frag_off).
 #define IP_OFFSET_MASK 0x1fff
+// VLAN id bits of an 802.1Q tag control information field.
+#define VLAN_VID_MASK 0x0fff
 
 struct xdpcast_config {
 	__u32 group4;           // IPv4 group, network byte order (family 4)
@@ -45,6 +53,9 @@ struct xdpcast_config {
 	__u32 unicast4;         // this host's IPv4 address, network byte order:
 	                        // also steered (a udpcast point-to-point
 	                        // session); 0: none
+	__u16 vlan;             // VLAN id (with vlan_set), host byte order
+	__u8 vlan_set;          // 1: tagged frames of VLAN `vlan` only; 0: untagged only
+	__u8 pad2;
 };
 
 enum xdpcast_stat {
@@ -189,10 +200,18 @@ static __always_inline int steer(struct xdp_md *ctx)
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		struct vlan_hdr *vh = l3;
 
+		// Another VLAN's frame (or any tagged one on an untagged
+		// port, or a stacked 802.1ad tag): not the session's.
+		if (!cfg->vlan_set || proto != bpf_htons(ETH_P_8021Q))
+			return pass();
 		if ((void *)(vh + 1) > data_end)
+			return pass();
+		if ((bpf_ntohs(vh->tci) & VLAN_VID_MASK) != cfg->vlan)
 			return pass();
 		proto = vh->encap_proto;
 		l3 = vh + 1;
+	} else if (cfg->vlan_set) {
+		return pass();
 	}
 
 	int m = match_l3(cfg, l3, data_end, proto);

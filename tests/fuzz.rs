@@ -1,11 +1,33 @@
 //! Bounded property-based fuzzing of everything that parses bytes from the
 //! network: arbitrary and mutated datagrams and frames never panic, and
-//! whatever parses is internally consistent (so it can be written safely).
+//! whatever parses is internally consistent (so it can be written safely);
+//! and of what a packet can make a receiver commit: an image of any size
+//! in any block size is either refused before anything is created or
+//! allocated, or its target and bookkeeping fit the target and the memory
+//! budget.
+//!
+//! `XDPCAST_FUZZ_CASES` sets the cases per property (`cargo xtask fuzz
+//! --seconds N` runs them for longer).
+
+use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use xdpcast::proto::frame::udp_payload;
+use xdpcast::proto::frame::{udp_datagram, udp_payload};
 use xdpcast::proto::manifest::{ChunkTree, Manifest};
-use xdpcast::proto::wire::{self, Control, Geometry, Kind, Packet};
+use xdpcast::proto::wire::{self, Control, Geometry, Kind, Packet, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use xdpcast::receive::transfer::Transfer;
+use xdpcast::receive::workers::Sink;
+use xdpcast::store::target::{self, Target};
+use xdpcast::store::writer::StoreConfig;
+use xdpcast::ErrorCode;
+
+/// Cases per property: `XDPCAST_FUZZ_CASES`, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("XDPCAST_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[5; 32])
@@ -168,12 +190,15 @@ fn check(pkt: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(4000), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
         check(&bytes);
         let _ = udp_payload(&bytes);
+        for vlan in [None, Some(1), Some(4094)] {
+            let _ = udp_datagram(&bytes, vlan);
+        }
     }
 
     #[test]
@@ -216,6 +241,140 @@ proptest! {
         f.truncate(cut.min(f.len()));
         if let Ok(d) = udp_payload(&f) {
             check(d);
+        }
+    }
+}
+
+/// A fresh directory for one case's target.
+fn case_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "xdpcast-fuzz-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Image sizes a forged packet may claim: small, around the bounds, and
+/// up to the largest the wire can say.
+fn sizes() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1u64..=1 << 20,
+        (1u64 << 30)..=(1 << 42),
+        (1u64 << 42)..=u64::MAX,
+        (0u32..64).prop_map(|s| 1u64 << s),
+        Just(u64::MAX),
+        Just(1 << 62),
+    ]
+}
+
+/// What a refusal may say, and that it left nothing behind.
+fn refused_cleanly(code: ErrorCode, out: &Path) {
+    assert!(
+        matches!(
+            code,
+            ErrorCode::DiskFull | ErrorCode::TargetTooSmall | ErrorCode::InvalidArgument
+        ),
+        "{code:?}"
+    );
+    assert!(
+        !out.exists(),
+        "a refused image left {} behind",
+        out.display()
+    );
+}
+
+/// An image of `total` bytes in blocks of `bs` that was admitted fits the
+/// memory budget and, with the default configuration, the free space.
+fn admitted_fits(total: u64, bs: u32, cfg: &StoreConfig, out: &Path) {
+    assert!(target::bookkeeping_bytes(total, bs) <= target::memory_budget());
+    if let Some(max) = cfg.max_image_size {
+        assert!(total <= max);
+    }
+    assert_eq!(std::fs::metadata(out).unwrap().len(), total);
+}
+
+proptest! {
+    // Each case opens a real target: fewer of them.
+    #![proptest_config(ProptestConfig { cases: cases(4000) / 20, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_image_size_is_admitted_within_bounds_or_refused_before_creation(
+        total in sizes(),
+        bs in MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE,
+        max in prop_oneof![Just(None), (1u64..=1 << 40).prop_map(Some)],
+    ) {
+        let dir = case_dir();
+        let out = dir.join("img");
+        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: max };
+        match Target::open(&out, total, bs, &cfg) {
+            Ok(t) => {
+                drop(t);
+                admitted_fits(total, bs, &cfg, &out);
+            }
+            Err(e) => refused_cleanly(e.code, &out),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_forged_packet_of_any_size_never_overcommits(
+        total in sizes(),
+        bs in MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE,
+        kind in 0u8..3,
+    ) {
+        let g = Geometry::new(total, bs);
+        let pkt = match kind {
+            0 => wire::encode_control(Kind::Announce, 9, &g, &Control::new([1; 32], 0, 1)),
+            1 => wire::encode_control(Kind::End, 9, &g, &Control::new([1; 32], 0, 1)),
+            _ => wire::encode_data(9, &g, g.block_count - 1, &vec![7; g.block_len(g.block_count - 1)]),
+        };
+        let dir = case_dir();
+        let out = dir.join("img");
+        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: Some(1 << 30) };
+        let t = Transfer::new(out.clone(), None, 1).with_store(cfg);
+        t.ingest(&pkt, t.counters(0));
+        match t.failure() {
+            Some(e) => refused_cleanly(e.code, &out),
+            None => {
+                if t.image().is_some() {
+                    admitted_fits(total, bs, &cfg, &out);
+                }
+            }
+        }
+        drop(t);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// The crash: one unsigned announce of 2^62 bytes in 64-byte
+/// blocks (and a 1 TiB one, larger than this disk's free space), with the
+/// default configuration, end in FAILURE before anything is created, on
+/// tmpfs and on the disk.
+#[test]
+fn huge_announces_fail_before_anything_is_created() {
+    for (total, bs) in [(1u64 << 62, 64), (1 << 40, 1400), (u64::MAX, 64)] {
+        for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+            let dir = base.join(format!("xdpcast-fuzz-huge-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = dir.join("img");
+            let free = {
+                let f = std::fs::File::open(&dir).unwrap();
+                xdpcast::safe_fs::free_space(std::os::fd::AsFd::as_fd(&f)).unwrap()
+            };
+            let g = Geometry::new(total, bs);
+            let pkt = wire::encode_control(Kind::Announce, 9, &g, &Control::new([1; 32], 0, 1));
+            let t = Transfer::new(out.clone(), None, 1);
+            t.ingest(&pkt, t.counters(0));
+            if wire::parse(&pkt).is_ok() && total > free {
+                let e = t.failure().expect("refused");
+                refused_cleanly(e.code, &out);
+            }
+            drop(t);
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }

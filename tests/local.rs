@@ -333,3 +333,232 @@ fn planted_links_at_out_and_at_the_resume_file_are_not_followed() {
         .file_type()
         .is_symlink());
 }
+
+/// A root-only directory holding root's 0600 victim file.
+fn secret_dir(parent: &Path) -> (PathBuf, PathBuf) {
+    let s = parent.join("secret");
+    std::fs::create_dir(&s).unwrap();
+    std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let v = victim(&s);
+    (s, v)
+}
+
+#[test]
+fn every_component_of_out_is_checked() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-walk");
+    let pages = dir.join("pages");
+    let (secret, v) = secret_dir(&dir.0);
+    let shared = sticky_dir(&dir.0, "pub");
+    // The issue's attack: PUB/imgs/disk.img, imgs nobody's link to a
+    // root-only directory. Neither root's file nor a new one is written.
+    plant_link(&secret, &shared.join("imgs"));
+    let o = receive(&ns, &pages, "walk", &shared.join("imgs/victim"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "protected_symlinks");
+    let o = receive(&ns, &pages, "walk", &shared.join("imgs/new.img"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "protected_symlinks");
+    assert!(!secret.join("new.img").exists());
+    // Through nobody's own directory: its link is not followed either.
+    let theirs = shared.join("theirs");
+    assert!(nobody("mkdir").arg(&theirs).status().unwrap().success());
+    plant_link(&secret, &theirs.join("imgs"));
+    let o = receive(&ns, &pages, "walk", &theirs.join("imgs/victim"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "not followed");
+    // A hard link to root's file in the sticky directory (anyone can make
+    // one where fs.protected_hardlinks is 0): not written.
+    std::fs::hard_link(&v, shared.join("hard.img")).unwrap();
+    let o = receive(&ns, &pages, "walk", &shared.join("hard.img"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "hard link");
+    // A FIFO nobody made: refused at once (its open does not hang).
+    let fifo = shared.join("fifo.img");
+    assert!(nobody("mkfifo").arg(&fifo).status().unwrap().success());
+    let o = receive(&ns, &pages, "walk", &fifo, "1");
+    assert_exit(&o, ErrorCode::TargetIo, "FIFO");
+    // A character device, and a process's descriptor through /proc.
+    let o = receive(&ns, &pages, "walk", Path::new("/dev/null"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "character device");
+    let o = receive(&ns, &pages, "walk", Path::new("/proc/self/fd/1"), "1");
+    assert_exit(&o, ErrorCode::TargetIo, "/proc");
+    assert_untouched(&v);
+    // Legitimate: a relative path, a new file in root's own directory.
+    let o = xdpcast(&ns)
+        .current_dir(&dir.0)
+        .env("XDPCAST_STATUS_DIR", &pages)
+        .args(["receive", "--group", "239.45.0.1:5000", "--iface", "lo"])
+        .args(["--mode", "socket", "--name", "rel", "--start-timeout", "1"])
+        .args(["--out", "rel.img"])
+        .output()
+        .unwrap();
+    assert_exit(&o, ErrorCode::Timeout, "");
+}
+
+/// A swapper of nobody's, killed (with its process group) on drop.
+struct Swapper(std::process::Child);
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        kill_group(&self.0);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn names_swapped_during_the_open_never_lead_to_roots_files() {
+    use xdpcast::store::target::Target;
+    use xdpcast::store::writer::StoreConfig;
+    if !netns_allowed() {
+        return;
+    }
+    let dir = TempDir::new("xdpc-local-race");
+    let (secret, v) = secret_dir(&dir.0);
+    let shared = sticky_dir(&dir.0, "pub");
+    let theirs = shared.join("n");
+    assert!(nobody("mkdir").arg(&theirs).status().unwrap().success());
+    // nobody turns n/x into a link to root's file, its own file, nothing;
+    // and n/d into a link to root's directory, its own directory, nothing.
+    let script = format!(
+        "cd {n} || exit 1; while :; do ln -s {v} x; rm -f x; : > x; rm -f x; \
+         ln -s {s} d; rm -f d; mkdir d; rm -rf d; done",
+        n = theirs.display(),
+        v = v.display(),
+        s = secret.display()
+    );
+    let mut sh = nobody("sh");
+    sh.args(["-c", &script]);
+    let swapper = Swapper(spawn(sh));
+    let cfg = StoreConfig {
+        buffer_bytes: 0,
+        ..StoreConfig::default()
+    };
+    for _ in 0..400 {
+        // Opened or refused, but never root's file: a target is cut to
+        // 4096 bytes when opened.
+        drop(Target::open(&theirs.join("x"), 4096, 64, &cfg));
+        drop(Target::open(&theirs.join("d/victim"), 4096, 64, &cfg));
+        assert_untouched(&v);
+        assert_eq!(std::fs::read_dir(&secret).unwrap().count(), 1);
+    }
+    drop(swapper);
+}
+
+#[test]
+fn a_resume_file_of_someone_else_is_neither_read_nor_written() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-resume");
+    let pages = dir.join("pages");
+    let shared = sticky_dir(&dir.0, "tmp");
+    let v = victim(&dir.0);
+    let out = shared.join("img");
+    // nobody's file at the resume name, and at its temporary name a hard
+    // link to root's file (as fs.protected_hardlinks = 0 allows).
+    let resume = shared.join("img.xdpcast-resume");
+    assert!(nobody("sh")
+        .args(["-c", &format!("echo nobody > {}", resume.display())])
+        .status()
+        .unwrap()
+        .success());
+    std::fs::hard_link(&v, shared.join("img.xdpcast-resume.tmp")).unwrap();
+    let src = dir.join("src.img");
+    make_image(&src, 3 * MIB + 5, 17);
+    let rx = start_receiver(
+        xdpcast(&ns),
+        &pages,
+        "resume-theirs",
+        "239.45.0.5:5000",
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let tx = start_sender(
+        &ns,
+        "lo",
+        "239.45.0.5:5000",
+        &src,
+        &["--rate", "12M", "--block-size", "1400"],
+    );
+    assert!(wait_output(tx, Duration::from_secs(60), "sender")
+        .status
+        .success());
+    let o = wait_output(rx, Duration::from_secs(60), "receiver");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot save the resume file"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(sha256_hex(&src), sha256_hex(&out));
+    assert_untouched(&v);
+    assert_eq!(std::fs::read(&resume).unwrap(), b"nobody\n");
+    assert_eq!(std::fs::metadata(&resume).unwrap().uid(), NOBODY);
+}
+
+#[test]
+fn trusted_keys_only_from_paths_no_one_else_can_change() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = netns();
+    let dir = TempDir::new("xdpc-local-trust");
+    let keys = dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let o = xdpcast(&ns)
+        .args(["keygen", "--out", keys.join("site.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let refused = |spec: &Path, says: &str| {
+        let o = xdpcast(&ns)
+            .env("XDPCAST_STATUS_DIR", dir.join("pages"))
+            .args(["receive", "--group", "239.45.0.6:5000", "--iface", "lo"])
+            .args(["--mode", "socket", "--start-timeout", "1"])
+            .args(["--out", dir.join("out.img").to_str().unwrap()])
+            .args(["--trust", spec.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(says), "{says:?} not in {}", text(&o));
+    };
+    // A mode-1777 directory where nobody dropped a key.
+    let shared = sticky_dir(&dir.0, "shared");
+    assert!(nobody("cp")
+        .arg(keys.join("site.key.pub"))
+        .arg(shared.join("evil.pub"))
+        .status()
+        .unwrap()
+        .success());
+    refused(&shared, "not trusted");
+    // nobody's key file in root's directory, and one writable by others.
+    let own = dir.join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::copy(keys.join("site.key.pub"), own.join("a.pub")).unwrap();
+    std::os::unix::fs::chown(own.join("a.pub"), Some(NOBODY), Some(NOBODY)).unwrap();
+    refused(&own, "not trusted");
+    refused(&own.join("a.pub"), "not trusted");
+    std::os::unix::fs::chown(own.join("a.pub"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(own.join("a.pub"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(&own.join("a.pub"), "not trusted");
+    // Root's key directory reached through nobody's link.
+    plant_link(&keys, &shared.join("keys"));
+    refused(&shared.join("keys"), "not followed");
+    // Root's own directory: trusted (the session then times out).
+    let o = xdpcast(&ns)
+        .env("XDPCAST_STATUS_DIR", dir.join("pages"))
+        .args(["receive", "--group", "239.45.0.6:5000", "--iface", "lo"])
+        .args(["--mode", "socket", "--start-timeout", "1"])
+        .args(["--out", dir.join("out.img").to_str().unwrap()])
+        .args(["--trust", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&o, ErrorCode::Timeout, "");
+}

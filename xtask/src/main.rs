@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask test | demo | build-ebpf | bench | dist`.
+//! Project tasks: `cargo xtask test | demo | build-ebpf | bench | fuzz | dist`.
 
 mod bench;
 mod demo;
 mod finish;
+mod fuzz;
 mod plot;
 mod sparse;
 mod test;
@@ -36,6 +37,9 @@ enum Cmd {
     },
     /// End-to-end benchmark: xdpcast XDP path, socket path and udpcast over veth (needs root).
     Bench(bench::Args),
+    /// Run the fuzzers of tests/fuzz.rs for a while with fresh seeds
+    /// (`--seconds N`, default 600), many more cases per run than the suite.
+    Fuzz(fuzz::Args),
     /// Build the Debian package (target/dist/xdpcast_VERSION_ARCH.deb) from a release build.
     Dist {
         /// Output directory.
@@ -97,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo { size_mib } => demo::run_demo(size_mib),
         Cmd::BuildEbpf { out } => build_ebpf(&out),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Fuzz(args) => fuzz::run_fuzz(args),
         Cmd::Dist { out } => dist(&out),
     }
 }

@@ -181,6 +181,12 @@ enum Cmd {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = Attach::Auto)]
         attach: Attach,
+        /// XDP path on a trunk port: take the session's frames tagged for
+        /// this 802.1Q VLAN id (1-4094) only. By default the port is taken
+        /// as untagged: a tagged frame belongs to a VLAN interface, not to
+        /// the session, and is left to the kernel.
+        #[arg(long, value_name = "VID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
         /// AF_XDP copy mode.
         #[arg(long = "xsk-copy", value_enum, default_value_t = XskCopy::Auto)]
         xsk_copy: XskCopy,
@@ -218,6 +224,15 @@ enum Cmd {
         /// line rate.
         #[arg(long, default_value_t = xdpcast::store::writer::DEFAULT_BUFFER >> 20)]
         buffer_mib: u64,
+        /// Largest image accepted, bytes with optional K/M/G/T suffix (powers
+        /// of 1024). By default an image must fit what the target can hold:
+        /// a block device's size, or the free space of a file's filesystem
+        /// (counting what the file already holds); a larger announcement
+        /// ends the session in FAILURE (target_too_small, disk_full) before
+        /// anything is created. Give this to accept a sparse image larger
+        /// than the free space (its data must still fit).
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        max_image_size: Option<u64>,
         /// Accept only this session id.
         #[arg(long)]
         session: Option<u32>,
@@ -635,6 +650,23 @@ fn parse_rate(s: &str) -> Result<u64, String> {
     Ok((v * mult) as u64)
 }
 
+/// Bytes with an optional K/M/G/T suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        Some((i, 't' | 'T')) => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    let v: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: use e.g. 500G or 2T"))?;
+    v.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("bad size {s:?}: must be positive and below 16 EiB"))
+}
+
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -900,6 +932,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             mode,
             attach,
+            vlan,
             xsk_copy,
             socket_gro,
             queues,
@@ -907,6 +940,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             frames,
             ring_size,
             buffer_mib,
+            max_image_size,
             session,
             start_timeout,
             idle_timeout,
@@ -952,8 +986,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 ..XskConfig::default()
             };
+            req.vlan = vlan;
             req.store = StoreConfig {
                 buffer_bytes: buffer_mib << 20,
+                max_image_size,
             };
             req.socket_gro = match socket_gro {
                 SocketGro::Auto => GroRequest::Auto,

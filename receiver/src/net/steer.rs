@@ -50,10 +50,13 @@ const STAT_PASSED: u32 = 3;
 const STAT_INJECTED_DROP: u32 = 4;
 const STAT_FOREIGN_SOURCE: u32 = 5;
 
+/// VLAN id bits of an 802.1Q tag.
+const VLAN_VID_MASK: u16 = 0x0fff;
+
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
-/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (56 bytes, no padding).
+/// Mirror of `struct xdpcast_config` in `ebpf/xdpcast.bpf.c` (60 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct XdpcastConfig {
@@ -76,9 +79,14 @@ struct XdpcastConfig {
     /// This host's IPv4 address in network byte order, steered as well
     /// (0: none).
     unicast4: [u8; 4],
+    /// VLAN id, host byte order (with `vlan_set`).
+    vlan: u16,
+    /// 1: frames tagged for VLAN `vlan` only; 0: untagged frames only.
+    vlan_set: u8,
+    pad2: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 56);
+const _: () = assert!(std::mem::size_of::<XdpcastConfig>() == 60);
 
 // SAFETY: `XdpcastConfig` is `repr(C)`, consists only of integers and byte
 // arrays, has no padding (size asserted above) and every bit pattern is valid.
@@ -313,6 +321,9 @@ impl Steering {
             pad: [0; 3],
             source6: [0; 16],
             unicast4: [0; 4],
+            vlan: 0,
+            vlan_set: 0,
+            pad2: 0,
         };
         match group {
             IpAddr::V4(g) => config_value.group4 = g.octets(),
@@ -463,6 +474,20 @@ impl Steering {
     pub fn set_unicast(&mut self, local: Ipv4Addr) -> Result<(), SteerError> {
         let mut value = self.config_value;
         value.unicast4 = local.octets();
+        self.config
+            .set(0, value, 0)
+            .map_err(|source| map_err(MAP_CONFIG, "update", source))?;
+        self.config_value = value;
+        Ok(())
+    }
+
+    /// Take the session's frames tagged for VLAN `vid` (802.1Q) only, for
+    /// a program on a trunk port; None (the default): untagged frames only.
+    /// Either way a frame of another VLAN is passed to the kernel.
+    pub fn set_vlan(&mut self, vid: Option<u16>) -> Result<(), SteerError> {
+        let mut value = self.config_value;
+        value.vlan_set = u8::from(vid.is_some());
+        value.vlan = vid.unwrap_or(0) & VLAN_VID_MASK;
         self.config
             .set(0, value, 0)
             .map_err(|source| map_err(MAP_CONFIG, "update", source))?;

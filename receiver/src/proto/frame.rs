@@ -1,5 +1,6 @@
 //! Ethernet frame decapsulation for the AF_XDP path: find the UDP payload in
-//! a raw frame (Ethernet, optional 802.1Q tag, IPv4 or IPv6, UDP).
+//! a raw frame (Ethernet, an 802.1Q tag only with `--vlan`, IPv4 or IPv6,
+//! UDP), matched as the XDP program matches it.
 //!
 //! The XDP program has already matched group and port, so this only has to
 //! find where the datagram starts, check that every length is sound, and
@@ -14,6 +15,8 @@ const VLAN_LEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_VID_MASK: u16 = 0x0fff;
 const IPPROTO_UDP: u8 = 17;
 const UDP_LEN: usize = 8;
 const IPV6_LEN: usize = 40;
@@ -22,25 +25,37 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Return the UDP payload of an Ethernet frame, bounded by the UDP length
-/// field (Ethernet padding is cut off).
+/// Return the UDP payload of an untagged Ethernet frame, bounded by the
+/// UDP length field (Ethernet padding is cut off).
 pub fn udp_payload(frame: &[u8]) -> Result<&[u8], DropReason> {
-    udp_datagram(frame).map(|(_, payload)| payload)
+    udp_datagram(frame, None).map(|(_, payload)| payload)
 }
 
-/// The IP source address and the UDP payload of an Ethernet frame.
-pub fn udp_datagram(frame: &[u8]) -> Result<(IpAddr, &[u8]), DropReason> {
+/// The IP source address and the UDP payload of an Ethernet frame: an
+/// untagged one when `vlan` is None, else one with a single 802.1Q tag of
+/// VLAN id `vlan`, as the XDP program matches them (a frame of another VLAN
+/// is [`DropReason::NotUdp`]: not the session's).
+pub fn udp_datagram(frame: &[u8], vlan: Option<u16>) -> Result<(IpAddr, &[u8]), DropReason> {
     if frame.len() < ETH_LEN {
         return Err(DropReason::Truncated);
     }
     let mut ethertype = be16(frame, 12);
     let mut l3 = ETH_LEN;
-    if ethertype == ETH_P_8021Q {
-        if frame.len() < ETH_LEN + VLAN_LEN {
-            return Err(DropReason::Truncated);
+    let tagged = ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD;
+    match vlan {
+        None if tagged => return Err(DropReason::NotUdp),
+        None => {}
+        Some(_) if ethertype != ETH_P_8021Q => return Err(DropReason::NotUdp),
+        Some(vid) => {
+            if frame.len() < ETH_LEN + VLAN_LEN {
+                return Err(DropReason::Truncated);
+            }
+            if be16(frame, 14) & VLAN_VID_MASK != vid & VLAN_VID_MASK {
+                return Err(DropReason::NotUdp);
+            }
+            ethertype = be16(frame, 16);
+            l3 += VLAN_LEN;
         }
-        ethertype = be16(frame, 16);
-        l3 += VLAN_LEN;
     }
     let ip = &frame[l3..];
     let (proto, l4, source) = match ethertype {
@@ -111,20 +126,42 @@ pub(crate) mod tests {
         f.extend_from_slice(&[0; 20]); // Ethernet minimum-size padding
         assert_eq!(udp_payload(&f), Ok(&b"hello"[..]));
         assert_eq!(
-            udp_datagram(&f),
+            udp_datagram(&f, None),
             Ok((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), &b"hello"[..]))
         );
     }
 
-    #[test]
-    fn vlan_and_ipv6() {
-        let v4 = ipv4_frame(b"abc");
-        let mut tagged = v4[..12].to_vec();
-        tagged.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-        tagged.extend_from_slice(&[0, 5]);
-        tagged.extend_from_slice(&v4[12..]);
-        assert_eq!(udp_payload(&tagged), Ok(&b"abc"[..]));
+    fn tag(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+        let mut tagged = frame[..12].to_vec();
+        tagged.extend_from_slice(&tpid.to_be_bytes());
+        tagged.extend_from_slice(&tci.to_be_bytes());
+        tagged.extend_from_slice(&frame[12..]);
+        tagged
+    }
 
+    #[test]
+    fn vlans_as_the_program_matches_them() {
+        let v4 = ipv4_frame(b"abc");
+        let v5 = tag(&v4, ETH_P_8021Q, 5);
+        // An untagged port takes untagged frames only.
+        assert_eq!(udp_payload(&v5), Err(DropReason::NotUdp));
+        assert_eq!(
+            udp_payload(&tag(&v4, ETH_P_8021AD, 5)),
+            Err(DropReason::NotUdp)
+        );
+        // With --vlan 5: that VLAN's frames only (priority bits ignored).
+        assert_eq!(udp_datagram(&v5, Some(5)).map(|d| d.1), Ok(&b"abc"[..]));
+        let prio = tag(&v4, ETH_P_8021Q, 0xE005);
+        assert_eq!(udp_datagram(&prio, Some(5)).map(|d| d.1), Ok(&b"abc"[..]));
+        assert_eq!(udp_datagram(&v5, Some(99)), Err(DropReason::NotUdp));
+        assert_eq!(udp_datagram(&v4, Some(5)), Err(DropReason::NotUdp));
+        let qinq = tag(&v5, ETH_P_8021AD, 7);
+        assert_eq!(udp_datagram(&qinq, Some(5)), Err(DropReason::NotUdp));
+        assert_eq!(udp_datagram(&v5[..16], Some(5)), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn ipv6() {
         let mut v6 = vec![0u8; ETH_LEN];
         v6[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
         let mut ip = [0u8; IPV6_LEN];
@@ -137,7 +174,7 @@ pub(crate) mod tests {
         v6.extend_from_slice(&[0, 1, 0, 2, 0, 10, 0, 0, b'x', b'y']);
         assert_eq!(udp_payload(&v6), Ok(&b"xy"[..]));
         let src: Ipv6Addr = "fe80::9".parse().unwrap();
-        assert_eq!(udp_datagram(&v6), Ok((IpAddr::V6(src), &b"xy"[..])));
+        assert_eq!(udp_datagram(&v6, None), Ok((IpAddr::V6(src), &b"xy"[..])));
     }
 
     #[test]

@@ -100,6 +100,9 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
     let ip: IpAddr = req.group.0.ip();
     let mut steering = Steering::attach(&req.iface, ip, req.group.0.port(), req.attach)
         .map_err(|e| steer_err(&e))?;
+    if req.vlan.is_some() {
+        steering.set_vlan(req.vlan).map_err(|e| steer_err(&e))?;
+    }
     if req.inject_loss_ppm > 0 {
         steering
             .set_drop_per_million(req.inject_loss_ppm)
@@ -117,7 +120,7 @@ fn open_xdp(req: &SessionRequest) -> Result<Opened> {
         steering
             .register_socket(q, xsk.as_fd())
             .map_err(|e| steer_err(&e))?;
-        sources.push((q, Source::Xsk(Box::new(xsk))));
+        sources.push((q, Source::Xsk(Box::new(xsk), req.vlan)));
     }
     let mode = match steering.mode() {
         AttachMode::Native => PathMode::XdpNative,

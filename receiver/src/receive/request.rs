@@ -60,6 +60,10 @@ pub struct SessionRequest {
     /// XDP path only: drop this many per million matched frames in the XDP
     /// program (loss injection for tests and benchmarks).
     pub inject_loss_ppm: u32,
+    /// XDP path only: take the session's frames tagged for this 802.1Q
+    /// VLAN id (a trunk port) instead of untagged ones (the default: a
+    /// tagged frame belongs to a VLAN interface, not to the session).
+    pub vlan: Option<u16>,
     /// Where to keep the received-block bitmap so that a restarted receiver
     /// resumes (None: no resume).
     pub resume_file: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl SessionRequest {
             rcvbuf: 64 << 20,
             socket_gro: GroRequest::Auto,
             inject_loss_ppm: 0,
+            vlan: None,
             resume_file: None,
             trust: Vec::new(),
             expect_sha256: None,

@@ -28,7 +28,7 @@ use crate::status::page::{StorageStatus, StreamStatus};
 use crate::store::handoff::Held;
 use crate::store::resume;
 use crate::store::stream::{self, StreamOut};
-use crate::store::target::Target;
+use crate::store::target::{self, Target};
 use crate::store::writer::StoreConfig;
 
 /// The image being received, known from the first valid packet.
@@ -612,7 +612,7 @@ impl Transfer {
     /// Remove the resume file (the image is complete and verified).
     pub fn drop_resume(&self) {
         if let Some(p) = &self.resume {
-            let _ = std::fs::remove_file(p);
+            resume::remove(p);
         }
     }
 
@@ -752,7 +752,14 @@ impl Transfer {
                 let (a, b) = s.manifest.chunk_bytes(0);
                 b - a
             });
-            let out = StreamOut::start(stream::stdout()?, self.stream_window.max(chunk))?;
+            let window = self.stream_window.max(chunk);
+            target::admit_image(
+                geometry.total_size,
+                geometry.block_size,
+                &self.store,
+                window,
+            )?;
+            let out = StreamOut::start(stream::stdout()?, window)?;
             let t = Target::stream(
                 out,
                 geometry.total_size,

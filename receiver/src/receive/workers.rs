@@ -168,8 +168,9 @@ fn take(
 
 /// Where a worker gets its packets from.
 pub enum Source {
-    /// One AF_XDP socket: Ethernet frames.
-    Xsk(Box<XskQueue>),
+    /// One AF_XDP socket: Ethernet frames, untagged or (Some) tagged for
+    /// this VLAN only, as the XDP program matches them.
+    Xsk(Box<XskQueue>, Option<u16>),
     /// A kernel UDP socket that joined the group: datagrams, several per
     /// message when `gro` (`UDP_GRO` is on).
     Socket {
@@ -220,7 +221,7 @@ pub fn spawn<S: Sink>(
 
 fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> Result<()> {
     match source {
-        Source::Xsk(mut q) => {
+        Source::Xsk(mut q, vlan) => {
             let mut last_stats = Instant::now();
             let mem = q.memory();
             let lane = Producer::new(lane_capacity(q.frames()), mem.as_ptr(), mem.len(), mem);
@@ -232,7 +233,7 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                 let n = q
                     .poll_batch(POLL, |f, frame| {
                         started.get_or_insert_with(Instant::now);
-                        match frame::udp_datagram(f) {
+                        match frame::udp_datagram(f, vlan) {
                             Ok((from, d)) => {
                                 let held = frame.map(|frame| Held {
                                     producer: &lane,

@@ -6,10 +6,11 @@
 //! - public key (`KEY.pub`): one line `xdpcast-ed25519 <64 hex digits> [comment]`.
 //!
 //! `--trust` takes a public key file, a directory (every `*.pub` file in
-//! it), or the 64 hex digits themselves.
+//! it), or the 64 hex digits themselves. A key file or directory another
+//! user could write (or reached through one of their links) is refused.
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::wire::{from_hex, hex};
+use crate::safe_fs;
 
 const SECRET_TAG: &str = "xdpcast-ed25519-secret";
 const PUBLIC_TAG: &str = "xdpcast-ed25519";
@@ -61,12 +63,9 @@ pub fn generate(path: &Path, comment: &str) -> Result<VerifyingKey> {
     let key = SigningKey::from_bytes(&seed);
     let public = key.verifying_key();
     let create = |p: &Path, mode: u32, line: String| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(p)
+        // Every component checked, created with O_EXCL | O_NOFOLLOW.
+        let mut f = safe_fs::parent(p)
+            .and_then(|(dir, name)| dir.create_exclusive(&name, mode))
             .map_err(|e| bad(format!("cannot create {}: {e}", p.display())))?;
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
@@ -103,39 +102,58 @@ pub fn load_signing(path: &Path) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-fn load_public(path: &Path) -> Result<VerifyingKey> {
-    let (text, _) = read_no_follow(path)?;
-    let bytes = parse(&text, PUBLIC_TAG)
-        .ok_or_else(|| bad(format!("{} is not an xdpcast public key", path.display())))?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| bad(format!("{}: not a valid Ed25519 key", path.display())))
+/// The public key in `text`, read from `what`.
+fn parse_public(text: &str, what: &str) -> Result<VerifyingKey> {
+    let bytes = parse(text, PUBLIC_TAG)
+        .ok_or_else(|| bad(format!("{what} is not an xdpcast public key")))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| bad(format!("{what}: not a valid Ed25519 key")))
+}
+
+fn read_key(f: File, what: &str) -> Result<String> {
+    let mut text = String::new();
+    // A key is one short line: read no more than a page of it.
+    f.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(format!("cannot read key {what}: {e}")))?;
+    Ok(text)
 }
 
 /// The keys named by one `--trust` value: a public key file, a directory
-/// of `*.pub` files, or 64 hex digits.
+/// of `*.pub` files, or 64 hex digits. A file or directory is trusted only
+/// if this user or root owns it and neither group nor others may write it,
+/// and the path to it passes the checks of [`safe_fs`] (no link or file
+/// another user could have planted on the way): see
+/// [`safe_fs::open_trusted`].
 pub fn load_trusted(spec: &str) -> Result<Vec<VerifyingKey>> {
     let path = Path::new(spec);
-    if path.is_dir() {
-        let entries = std::fs::read_dir(path)
-            .map_err(|e| bad(format!("cannot list {}: {e}", path.display())))?;
-        let mut keys = Vec::new();
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "pub") {
-                keys.push(load_public(&p)?);
+    let opened = match safe_fs::open_trusted(path) {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(k) = from_hex::<32>(spec).and_then(|b| VerifyingKey::from_bytes(&b).ok()) {
+                return Ok(vec![k]);
             }
+            return Err(bad(format!("cannot open key {spec}: {e}")));
         }
-        if keys.is_empty() {
-            return Err(bad(format!("no *.pub key in {}", path.display())));
+        Err(e) => return Err(bad(format!("refusing --trust {spec}: {e}"))),
+    };
+    match opened {
+        safe_fs::Trusted::File(f) => Ok(vec![parse_public(&read_key(f, spec)?, spec)?]),
+        safe_fs::Trusted::Dir(dir) => {
+            let files = dir
+                .trusted_files(".pub")
+                .map_err(|e| bad(format!("refusing --trust {spec}: {e}")))?;
+            let mut keys = Vec::new();
+            for (name, f) in files {
+                let what = path.join(&name);
+                let what = what.display().to_string();
+                keys.push(parse_public(&read_key(f, &what)?, &what)?);
+            }
+            if keys.is_empty() {
+                return Err(bad(format!("no *.pub key in {}", path.display())));
+            }
+            Ok(keys)
         }
-        return Ok(keys);
     }
-    if !path.exists() {
-        if let Some(k) = from_hex::<32>(spec).and_then(|b| VerifyingKey::from_bytes(&b).ok()) {
-            return Ok(vec![k]);
-        }
-    }
-    Ok(vec![load_public(path)?])
 }
 
 #[cfg(test)]

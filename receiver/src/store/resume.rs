@@ -8,12 +8,13 @@
 //! u32, block count u64, total size u64, then `ceil(block_count / 64)` u64
 //! words of the bitmap.
 //!
-//! Both files are opened only if they are this user's own, never through a
-//! symbolic link: an older file of someone else is ignored, and a link at
-//! the temporary name makes saving fail (with a warning) rather than
-//! write through it.
+//! Both files are opened only if they are this user's own with one name,
+//! never through a symbolic link, in a directory reached by the checked
+//! walk of [`safe_fs`]: an older file of someone else (or a hard link to
+//! one) is ignored, and a link or another user's file at the temporary
+//! name makes saving fail (with a warning) rather than write through it.
 
-use std::fs::File;
+use std::ffi::CString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -56,26 +57,39 @@ pub fn load(path: &Path, session: u32, g: &Geometry) -> Option<Vec<u64>> {
     )
 }
 
-/// Replace the resume file with `words` (durably).
+/// Replace the resume file with `words` (durably): written to
+/// `<name>.tmp` (created anew, never through a link) and renamed over
+/// `path`, both relative to the directory the checked walk of `path`
+/// opened ([`safe_fs::parent`]), so no name is looked up from the top
+/// again between the steps.
 pub fn save(path: &Path, session: u32, g: &Geometry, words: &[u64]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let (dir, name) = safe_fs::parent(path)?;
+    let mut tmp = name.as_bytes().to_vec();
+    tmp.extend_from_slice(b".tmp");
+    let tmp = CString::new(tmp).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let mut buf = header(session, g);
     buf.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-    // Created anew, never through a symbolic link; rename replaces what is
-    // at `path` (a link there included) without following it.
-    let mut f = safe_fs::create_fresh(&tmp, 0o600)?;
+    let mut f = dir.create_fresh(&tmp, 0o600)?;
+    // rename replaces what is at `path` (a link there included) without
+    // following it.
     let written = f.write_all(&buf).and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+    if let Err(e) = written.and_then(|()| dir.rename(&tmp, &name)) {
         // A full disk leaves a partial file: do not let it take more room.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp);
         return Err(e);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
+    dir.sync()
+}
+
+/// Remove the resume file (the session succeeded) if it is a file of ours
+/// ([`safe_fs::Dir::open_own`]): another user's file at its name is left
+/// alone.
+pub fn remove(path: &Path) {
+    if let Ok((dir, name)) = safe_fs::parent(path) {
+        if dir.open_own(&name).is_some() {
+            let _ = dir.remove(&name);
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

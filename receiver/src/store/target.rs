@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,11 +28,11 @@ use std::thread::JoinHandle;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::safe_fs;
+use crate::safe_fs::{self, Found};
 use crate::status::page::ZeroMethod;
 use crate::store::handoff::Held;
 use crate::store::stream::StreamOut;
-use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters};
+use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters, CHUNK};
 
 /// `BLKSSZGET` ioctl: logical sector size of a block device (<linux/fs.h>).
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -123,22 +123,20 @@ impl Target {
         let io = |what: &str, e: std::io::Error| {
             Error::target_io(&format!("{what} {}", path.display()), &e)
         };
-        let (mut file, block_device) = open_out(path)?;
+        admit_image(len, block_size, cfg, 0)?;
+        let file = safe_fs::open_out_with(
+            path,
+            |e| Error::target_io("cannot open target", &e),
+            |found| admit_target(path, found, len, cfg),
+        )?;
+        let block_device = file
+            .metadata()
+            .map_err(|e| io("cannot stat target", e))?
+            .file_type()
+            .is_block_device();
         let mut direct = None;
         let reserved = !reserve_again && file.metadata().is_ok_and(|m| m.len() == len);
         if block_device {
-            let size = file
-                .seek(SeekFrom::End(0))
-                .map_err(|e| io("cannot size block device", e))?;
-            if size < len {
-                return Err(Error::new(
-                    ErrorCode::TargetTooSmall,
-                    format!(
-                        "block device {} has {size} bytes, the image needs {len}",
-                        path.display()
-                    ),
-                ));
-            }
             direct = open_direct(path, &file);
         } else {
             file.set_len(len).map_err(|e| io("cannot size target", e))?;
@@ -252,7 +250,7 @@ impl Target {
             m.blocks() * 512
         });
         let need = need.saturating_sub(held);
-        if let Some(free) = free_space(file).filter(|&f| f < need) {
+        if let Some(free) = safe_fs::free_space(file.as_fd()).filter(|&f| f < need) {
             let _ = self.reserve_error.set(Error::target_io(
                 &format!(
                     "cannot reserve space for target {}: the image's data needs {need} more bytes, the filesystem has {free}",
@@ -567,56 +565,149 @@ impl Target {
         if let Some(s) = self.as_stream() {
             return s.finish(self.len);
         }
-        let mut f = File::open(&self.path)
-            .map_err(|e| Error::target_io("cannot reopen target to verify", &e))?;
-        sha256_prefix(&mut f, self.len).map_err(|e| Error::target_io("cannot read target", &e))
+        let Some(s) = self.stager() else {
+            return Err(Error::new(ErrorCode::Internal, "no target to read"));
+        };
+        // The file open since the start, not `path` looked up again (it
+        // may name something else by now).
+        let mut f = s
+            .storage()
+            .file
+            .try_clone()
+            .map_err(|e| Error::target_io("cannot read target", &e))?;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| sha256_prefix(&mut f, self.len))
+            .map_err(|e| Error::target_io("cannot read target", &e))
     }
 }
 
-/// Whether `path` can be written: an existing file or device must be
-/// writable, else its directory must let us create it. Checked with
-/// `access(2)` (nothing is opened or created), so a read-only directory or
-/// filesystem is reported when the session starts, not at the first packet.
+/// Whether `path` can be written: its components pass the checks of
+/// [`safe_fs`], an existing file or device opens for writing, else its
+/// directory lets us create it (nothing is created), so a read-only
+/// directory or filesystem or a planted link is reported when the session
+/// starts, not at the first packet.
 pub fn check_writable(path: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     if crate::store::stream::is_stdout(path) {
         return Ok(());
     }
-    safe_fs::check_out(path).map_err(|e| Error::target_io("refusing target", &e))?;
-    let exists = std::fs::symlink_metadata(path).is_ok();
-    let (probe, mode, what) = if exists {
-        (path, libc::W_OK, "cannot write target")
-    } else {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        (dir, libc::W_OK | libc::X_OK, "cannot create target in")
-    };
-    let c = std::ffi::CString::new(probe.as_os_str().as_bytes()).map_err(|_| {
-        Error::new(
-            ErrorCode::InvalidArgument,
-            "target path contains a NUL byte",
-        )
-    })?;
-    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
-    if unsafe { libc::access(c.as_ptr(), mode) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Error::target_io(&format!("{what} {}", probe.display()), &e));
+    match safe_fs::find_output(path).map_err(|e| Error::target_io("refusing target", &e))? {
+        Found::Existing(_) => Ok(()),
+        Found::Absent(dir, _) => dir
+            .writable()
+            .map_err(|e| Error::target_io(&format!("cannot create target {}", path.display()), &e)),
     }
-    Ok(())
 }
 
 /// Open the target `path` for reading and writing: an existing file or
-/// block device, or a new file, never through a symbolic link another user
-/// planted ([`safe_fs::open_out`]). Returns it and whether it is a block
-/// device.
+/// block device, or a new file, never through a link or into a file
+/// another user planted ([`safe_fs::open_out`]). Returns it and whether it
+/// is a block device.
 pub fn open_out(path: &Path) -> Result<(File, bool)> {
     let io =
         |e: std::io::Error| Error::target_io(&format!("cannot open target {}", path.display()), &e);
     let file = safe_fs::open_out(path).map_err(io)?;
     let block_device = file.metadata().map_err(io)?.file_type().is_block_device();
     Ok((file, block_device))
+}
+
+/// Memory a receiver keeps for an image of `len` bytes in blocks of
+/// `block_size`, besides the buffers its flags size: four block bitmaps
+/// (claimed, written, zero runs, resumed) of one bit per block, and three
+/// words per chunk of the staging writer.
+pub fn bookkeeping_bytes(len: u64, block_size: u32) -> u64 {
+    let blocks = len.div_ceil(u64::from(block_size.max(1)));
+    blocks
+        .div_ceil(64)
+        .saturating_mul(8 * 4)
+        .saturating_add(len.div_ceil(CHUNK).saturating_mul(20))
+}
+
+/// Memory one image's bookkeeping and buffers may take: a quarter of the
+/// host's RAM.
+pub fn memory_budget() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64) / 4
+}
+
+/// Check an image of `len` bytes in blocks of `block_size`, announced by
+/// a packet, before anything is created or allocated for it: within
+/// `--max-image-size` when that is given ([`ErrorCode::TargetTooSmall`]),
+/// and its bookkeeping ([`bookkeeping_bytes`]) with `held` bytes of
+/// buffers (a stream's window) and the staging buffer within
+/// [`memory_budget`] ([`ErrorCode::InvalidArgument`]).
+pub fn admit_image(len: u64, block_size: u32, cfg: &StoreConfig, held: u64) -> Result<()> {
+    if let Some(max) = cfg.max_image_size.filter(|&m| len > m) {
+        return Err(Error::new(
+            ErrorCode::TargetTooSmall,
+            format!("the image has {len} bytes, more than --max-image-size {max}"),
+        ));
+    }
+    let need = bookkeeping_bytes(len, block_size)
+        .saturating_add(held)
+        .saturating_add(cfg.buffer_bytes.min(len));
+    let budget = memory_budget();
+    if need > budget {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "an image of {len} bytes in blocks of {block_size} needs {need} bytes of memory \
+                 for its block maps and buffers, more than a quarter of this host's ({budget})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the target found at `path` can hold `len` bytes, checked
+/// before anything is created or sized: a block device must be that long
+/// ([`ErrorCode::TargetTooSmall`]); a file's filesystem must have that
+/// much free, counting what the file already holds
+/// ([`ErrorCode::DiskFull`]), unless `--max-image-size` was given (then
+/// a sparse image may be larger than the free space: its data is still
+/// reserved before it is written, [`Target::reserve`]).
+fn admit_target(path: &Path, found: &Found, len: u64, cfg: &StoreConfig) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |e: std::io::Error| Error::target_io(&format!("cannot size {}", path.display()), &e);
+    let (free, held) = match found {
+        Found::Existing(f) => {
+            let m = f.metadata().map_err(io)?;
+            if m.file_type().is_block_device() {
+                let size = (&*f).seek(SeekFrom::End(0)).map_err(io)?;
+                if size < len {
+                    return Err(Error::new(
+                        ErrorCode::TargetTooSmall,
+                        format!(
+                            "block device {} has {size} bytes, the image needs {len}",
+                            path.display()
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            (safe_fs::free_space(f.as_fd()), m.blocks() * 512)
+        }
+        Found::Absent(dir, _) => (dir.free_space(), 0),
+    };
+    if cfg.max_image_size.is_some() {
+        return Ok(());
+    }
+    match free {
+        Some(free) if len > free.saturating_add(held) => Err(Error::new(
+            ErrorCode::DiskFull,
+            format!(
+                "the image has {len} bytes; the filesystem of {} has {free} free \
+                 (a sparse image larger than that needs --max-image-size)",
+                path.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A second open file description of the block device open as `file`, with
@@ -709,24 +800,6 @@ fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         }
         _ => Err(err),
     }
-}
-
-/// Bytes free on `file`'s filesystem for this process (`fstatvfs(2)`: the
-/// blocks root may use, or those any user may); None if it cannot tell.
-fn free_space(file: &File) -> Option<u64> {
-    // SAFETY: statvfs is plain data, filled by the kernel.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor and out-pointer.
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 || st.f_blocks == 0 {
-        return None;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let blocks = if unsafe { libc::geteuid() } == 0 {
-        st.f_bfree
-    } else {
-        st.f_bavail
-    };
-    Some(blocks as u64 * st.f_frsize as u64)
 }
 
 impl Drop for Target {

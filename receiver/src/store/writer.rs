@@ -88,12 +88,16 @@ const COPIER_BATCH: usize = KICK_AT as usize;
 pub struct StoreConfig {
     /// Bytes of staging buffer (rounded up to whole chunks, at least 4).
     pub buffer_bytes: u64,
+    /// Largest image accepted (`--max-image-size`). None: what the target
+    /// can hold (see `store::target::Target::open`).
+    pub max_image_size: Option<u64>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             buffer_bytes: DEFAULT_BUFFER,
+            max_image_size: None,
         }
     }
 }
@@ -1062,6 +1066,7 @@ mod tests {
         };
         let cfg = StoreConfig {
             buffer_bytes: buffer,
+            ..StoreConfig::default()
         };
         (Stager::new(st, len, block, &cfg).unwrap(), p)
     }
