@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use xdpcast::status::page::{State, ZeroMethod};
+use xdpcast::ErrorCode;
 use xdpcast_bench::fixture::write_sparse_image;
 
 const MIB: u64 = 1 << 20;
@@ -25,14 +26,38 @@ fn loopback(name: &str) -> Netns {
 }
 
 fn receiver(ns: &Netns, iface: &str, status: &Path, name: &str, out: &str) -> Child {
-    let args = ["--iface", iface, "--mode", "socket", "--out", out];
+    receiver_with(ns, iface, status, name, out, &[])
+}
+
+fn receiver_with(
+    ns: &Netns,
+    iface: &str,
+    status: &Path,
+    name: &str,
+    out: &str,
+    extra: &[&str],
+) -> Child {
+    let mut args = vec!["--iface", iface, "--mode", "socket", "--out", out];
+    args.extend_from_slice(extra);
     start_receiver(xdpcast(ns), status, name, GROUP, &args)
 }
 
 /// Send `src` on the namespace's loopback to a receiver writing `out`;
 /// returns the sender's final line, after checking both succeeded.
 fn transfer(ns: &Netns, dir: &Path, name: &str, src: &Path, out: &str) -> String {
-    let rx = receiver(ns, "lo", dir, name, out);
+    transfer_with(ns, dir, name, src, out, &[])
+}
+
+/// [`transfer`] with `extra` receiver arguments.
+fn transfer_with(
+    ns: &Netns,
+    dir: &Path,
+    name: &str,
+    src: &Path,
+    out: &str,
+    extra: &[&str],
+) -> String {
+    let rx = receiver_with(ns, "lo", dir, name, out, extra);
     let tx = start_sender(
         ns,
         "lo",
@@ -113,11 +138,35 @@ fn sparse_image_fits_a_filesystem_smaller_than_the_image() {
     let len = 16 * MIB;
     let zeros = write_sparse_image(&src, len, 4).unwrap();
     assert!(len - zeros < 6 * MIB, "{} bytes of data", len - zeros);
-    // Room for the data, not for the whole image: only the data is
-    // reserved, and the zero runs stay holes.
+    // Room for the data, not for the whole image. By default an image
+    // must fit the free space as if it had no holes: refused before the
+    // target is created.
     let fs = Tmpfs::mount(dir.join("small"), "10m", "xdpc-sparse");
     let dst = fs.0.join("dst.img");
-    transfer(&ns, &dir.0, "fit", &src, dst.to_str().unwrap());
+    let rx = receiver(&ns, "lo", &dir.0, "refused", dst.to_str().unwrap());
+    let tx = start_sender(
+        &ns,
+        "lo",
+        GROUP,
+        &src,
+        &["--block-size", "1400", "--rate", "1G"],
+    );
+    let o = wait_output(rx, Duration::from_secs(120), "receiver");
+    kill_group(&tx);
+    let _ = wait_output(tx, Duration::from_secs(120), "sender");
+    assert_eq!(o.status.code(), Some(100 + ErrorCode::DiskFull as i32));
+    assert_eq!(read_page(&dir.0, "refused").error, ErrorCode::DiskFull);
+    assert!(!dst.exists(), "nothing created");
+    // With --max-image-size, only the data is reserved, and the zero runs
+    // stay holes.
+    transfer_with(
+        &ns,
+        &dir.0,
+        "fit",
+        &src,
+        dst.to_str().unwrap(),
+        &["--max-image-size", "16M"],
+    );
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     assert!(allocated(&dst) < 10 * MIB, "{}", allocated(&dst));
     drop(fs);

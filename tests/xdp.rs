@@ -519,3 +519,139 @@ fn frames_on_a_queue_without_a_socket_are_reported() {
     );
     assert!(!net.xdp_attached_b());
 }
+
+/// The Ethernet frames of a whole unsigned session of `image` to GROUP,
+/// from `source`, each with an 802.1Q tag of VLAN `vid`.
+fn tagged_session(image: &[u8], source: &str, vid: u16) -> Vec<Vec<u8>> {
+    use xdpcast::proto::wire::{self, Control, Geometry, Kind};
+    let g = Geometry::new(image.len() as u64, 1400);
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(image).into();
+    let ctl = Control {
+        flags: wire::FLAG_FINAL,
+        ..Control::new(digest, 0, 1)
+    };
+    let session = 0x7A6;
+    let mut datagrams = vec![wire::encode_control(Kind::Announce, session, &g, &ctl)];
+    for i in 0..g.block_count {
+        let off = g.offset(i) as usize;
+        let block = &image[off..off + g.block_len(i)];
+        datagrams.push(wire::encode_data(session, &g, i, block));
+    }
+    datagrams.push(wire::encode_control(Kind::End, session, &g, &ctl));
+    let src: std::net::Ipv4Addr = source.parse().unwrap();
+    datagrams
+        .iter()
+        .map(|d| {
+            let mut f = vec![0x01, 0x00, 0x5e, 0x08, 0x08, 0x08, 0x02, 0, 0, 0, 0, 1];
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((28 + d.len()) as u16).to_be_bytes());
+            ip[8] = 1;
+            ip[9] = 17;
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&[239, 8, 8, 8]);
+            let sum: u32 = ip
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            let sum = (sum & 0xffff) + (sum >> 16);
+            ip[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&40000u16.to_be_bytes());
+            f.extend_from_slice(&5000u16.to_be_bytes());
+            f.extend_from_slice(&((8 + d.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(d);
+            f
+        })
+        .collect()
+}
+
+/// Send `frames` as they are on `iface` of `ns` (a raw packet socket),
+/// `rounds` times.
+fn send_raw(ns: &Netns, iface: &str, dir: &Path, frames: &[Vec<u8>], rounds: u32) {
+    let file = dir.join("frames.bin");
+    let mut buf = Vec::new();
+    for f in frames {
+        buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        buf.extend_from_slice(f);
+    }
+    std::fs::write(&file, buf).unwrap();
+    let script = "import socket,struct,sys,time\n\
+        d=open(sys.argv[1],'rb').read()\n\
+        s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+        s.bind((sys.argv[2],0))\n\
+        for r in range(int(sys.argv[3])):\n\
+        \x20   i=n=0\n\
+        \x20   while i<len(d):\n\
+        \x20       (l,)=struct.unpack_from('<I',d,i)\n\
+        \x20       s.send(d[i+4:i+4+l])\n\
+        \x20       i+=4+l; n+=1\n\
+        \x20       if n%16==0: time.sleep(0.002)\n\
+        \x20   time.sleep(0.2)\n";
+    let out = ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", script, file.to_str().unwrap(), iface])
+        .arg(rounds.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn frames_tagged_for_another_vlan_are_not_the_sessions() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, dst } = Images::new("xdpc-vlan", 300_000, 5);
+    let image = std::fs::read(&src).unwrap();
+    // The whole session, tagged for VLAN 99, arrives on the receiver's
+    // untagged port (as from a VLAN interface of the sender's host).
+    let frames = tagged_session(&image, &net.addr_a, 99);
+    let rx = receiver(
+        &net,
+        &dir.0,
+        "vlan",
+        &dst,
+        &["--mode", "xdp", "--start-timeout", "3"],
+    );
+    send_raw(&net.a, &net.if_a, &dir.0, &frames, 3);
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    // None of it was taken: the session never started, nothing written.
+    assert_eq!(
+        out.status.code(),
+        Some(100 + ErrorCode::Timeout as i32),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_page(&dir.0, "vlan");
+    assert_eq!(s.mode, PathMode::XdpNative);
+    let packets: u64 = s.workers.iter().map(|w| w.packets).sum();
+    assert_eq!(packets, 0, "no tagged frame reached a worker");
+    assert!(!dst.exists(), "no target opened");
+    // With --vlan 99 (a trunk port) the same frames are the session's.
+    let rx = receiver(
+        &net,
+        &dir.0,
+        "vlan99",
+        &dst,
+        &["--mode", "xdp", "--vlan", "99"],
+    );
+    send_raw(&net.a, &net.if_a, &dir.0, &frames, 3);
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_hex(&src), sha256_hex(&dst));
+    assert_eq!(read_page(&dir.0, "vlan99").mode, PathMode::XdpNative);
+}

@@ -698,13 +698,13 @@ fn admit_target(path: &Path, found: &Found, len: u64, cfg: &StoreConfig) -> Resu
         return Ok(());
     }
     match free {
-        Some(free) if len > free.saturating_add(held) => Err(Error::new(
-            ErrorCode::DiskFull,
-            format!(
-                "the image has {len} bytes; the filesystem of {} has {free} free \
+        Some(free) if len > free.saturating_add(held) => Err(Error::target_io(
+            &format!(
+                "cannot create target {}: the image has {len} bytes, its filesystem {free} free \
                  (a sparse image larger than that needs --max-image-size)",
                 path.display()
             ),
+            &std::io::Error::from_raw_os_error(libc::ENOSPC),
         )),
         _ => Ok(()),
     }
