@@ -8,6 +8,7 @@
 //! repair symbols rebuilds the missing blocks without asking.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use raptorq::{
@@ -104,11 +105,24 @@ pub fn decode(
 
 const SHARDS: usize = 16;
 
+/// Bytes of repair symbols held at most across all groups. Symbols are
+/// not authenticated when they arrive (an unsigned session, or a signed
+/// one before their group verifies): without a cap, symbols one short of
+/// decoding for every group would hold about the image's size in memory.
+/// Past it new symbols are dropped (the blocks are asked for again).
+pub const MAX_PENDING_BYTES: u64 = 256 << 20;
+
 /// Repair symbols waiting for their group to become decodable. Sharded by
 /// group so that workers on different groups do not contend.
 #[derive(Debug, Default)]
 pub struct Pending {
     shards: [Mutex<HashMap<u64, Vec<Vec<u8>>>>; SHARDS],
+    /// Bytes of symbols held now, against [`MAX_PENDING_BYTES`].
+    bytes: AtomicU64,
+}
+
+fn size(symbols: &[Vec<u8>]) -> u64 {
+    symbols.iter().map(|s| s.len() as u64).sum()
 }
 
 impl Pending {
@@ -118,25 +132,55 @@ impl Pending {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Take `symbols` out of the count (they leave the table).
+    fn release(&self, symbols: &[Vec<u8>]) {
+        // Relaxed: a budget, not a synchronisation point; the table itself
+        // is under the shard lock.
+        self.bytes.fetch_sub(size(symbols), Ordering::Relaxed);
+    }
+
     /// Keep `symbol` for `group`; when `have` data blocks plus the kept
     /// symbols reach `needed`, hand all of the group's symbols to the caller
     /// (who decodes, and gives them back with `put_back` if that failed).
+    /// A symbol past [`MAX_PENDING_BYTES`] is dropped.
     pub fn add(&self, group: u64, symbol: &[u8], have: u64, needed: u64) -> Option<Vec<Vec<u8>>> {
         let mut s = self.shard(group);
         let list = s.entry(group).or_default();
         if !list.iter().any(|x| x[..4] == symbol[..4]) {
-            list.push(symbol.to_vec());
+            let n = symbol.len() as u64;
+            if self.bytes.fetch_add(n, Ordering::Relaxed) + n > MAX_PENDING_BYTES {
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+            } else {
+                list.push(symbol.to_vec());
+            }
         }
         if have + list.len() as u64 >= needed {
-            s.remove(&group)
+            let taken = s.remove(&group);
+            if let Some(t) = &taken {
+                self.release(t);
+            }
+            taken
         } else {
+            if list.is_empty() {
+                s.remove(&group);
+            }
             None
         }
     }
 
-    /// Return symbols that did not decode yet.
+    /// Return symbols that did not decode yet (within the cap; the rest are
+    /// dropped).
     pub fn put_back(&self, group: u64, symbols: Vec<Vec<u8>>) {
-        self.shard(group).entry(group).or_default().extend(symbols);
+        let mut s = self.shard(group);
+        let list = s.entry(group).or_default();
+        for sym in symbols {
+            let n = sym.len() as u64;
+            if self.bytes.fetch_add(n, Ordering::Relaxed) + n > MAX_PENDING_BYTES {
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                continue;
+            }
+            list.push(sym);
+        }
     }
 
     /// Distinct symbols held for `group` (not enough to decode yet).
@@ -146,7 +190,14 @@ impl Pending {
 
     /// Drop the symbols of a group that is complete.
     pub fn forget(&self, group: u64) {
-        self.shard(group).remove(&group);
+        if let Some(t) = self.shard(group).remove(&group) {
+            self.release(&t);
+        }
+    }
+
+    /// Bytes of symbols held now.
+    pub fn held_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -209,8 +260,31 @@ mod tests {
         assert_eq!(p.held(3), 2);
         let got = p.add(3, &[0, 0, 0, 3, 9], 5, 8).unwrap();
         assert_eq!(got.len(), 3);
+        assert_eq!(p.held_bytes(), 0);
         p.put_back(3, got);
+        assert_eq!(p.held_bytes(), 15);
         p.forget(3);
+        assert_eq!(p.held_bytes(), 0);
         assert!(p.add(3, &[0, 0, 0, 4, 9], 0, 8).is_none());
+    }
+
+    #[test]
+    fn pending_symbols_are_capped() {
+        let p = Pending::default();
+        let sym = |g: u64| {
+            let mut s = vec![0u8; 8 << 10];
+            s[..4].copy_from_slice(&(g as u32).to_be_bytes());
+            s
+        };
+        // Symbols one short of decoding for many groups: held up to the cap.
+        let n = MAX_PENDING_BYTES / (8 << 10);
+        for g in 0..n + 100 {
+            assert!(p.add(g, &sym(g), 0, 2).is_none());
+        }
+        assert_eq!(p.held_bytes(), MAX_PENDING_BYTES);
+        assert_eq!(p.held(n + 50), 0, "past the cap: dropped");
+        p.forget(0);
+        assert!(p.add(n + 50, &sym(n + 50), 0, 2).is_none());
+        assert_eq!(p.held(n + 50), 1);
     }
 }
