@@ -10,8 +10,7 @@
 //   to the session, and is passed to the kernel;
 // - with vlan_set 1 (`receive --vlan VID`, XDP on a trunk port): frames with
 //   exactly one 802.1Q tag whose VLAN id is `vlan` only;
-// and
-// redirects those frames to the AF_XDP socket registered in XDPCAST_XSKS for
+// and redirects those frames to the AF_XDP socket registered in XDPCAST_XSKS for
 // the receiving queue. With `unicast4` set, UDP to this host's address and
 // the same port is steered as well (udpcast's point-to-point mode sends
 // the data there). Everything else is passed to the kernel untouched.
