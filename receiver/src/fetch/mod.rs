@@ -535,9 +535,11 @@ impl Work {
             self.behind.unwrap_or(0)
         };
         let mut jobs: Vec<Job> = Vec::new();
+        // Units already taken: two missing ranges in one unit make one job.
+        let mut next_unit = 0;
         for (first, count) in self.t.missing_ranges(4096) {
             let end = (first + u64::from(count)).min(limit);
-            let mut u = first / unit;
+            let mut u = (first / unit).max(next_unit);
             while u * unit < end && jobs.len() <= self.req.parallel {
                 if !self.abandoned.contains(&u) {
                     let (a, b) = (u * unit, ((u + 1) * unit).min(g.block_count));
@@ -553,6 +555,7 @@ impl Work {
                 }
                 u += 1;
             }
+            next_unit = next_unit.max(u);
             if jobs.len() > self.req.parallel {
                 break;
             }
