@@ -406,6 +406,8 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
             "1",
             "--receive-timeout",
             "30",
+            "--log",
+            dir.join("rx.log").to_str().unwrap(),
         ],
     );
     let tx = udp_sender(&net.a, &net.if_a, &gz, "239.77.0.5", 1, &[]);
@@ -422,6 +424,14 @@ fn udp_receiver_pipe_gunzips_through_a_slow_consumer() {
     assert_eq!(s.stream.written, std::fs::metadata(&gz).unwrap().len());
     assert!(s.stream.refused > 0, "the slow consumer pushed back: {s:?}");
     assert_eq!(s.stream.window, 1 << 20);
+    // --log: the receiver's messages, each after the time of day.
+    let log = std::fs::read_to_string(dir.join("rx.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("udpcast client #0 of udp-sender"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let (time, _) = line.split_once(' ').unwrap();
+    assert_eq!(time.len(), "HH:MM:SS.uuuuuu".len(), "{line}");
 }
 
 /// A process killed (and reaped) when the test ends, however it ends,
@@ -679,4 +689,109 @@ fn no_retransmit_flood_behind_a_pausing_consumer_in_other_sender_modes() {
     // Half duplex, multicast even for one receiver, and FEC.
     let half = ["--nopointopoint", "--fec", "8x8/128"];
     no_flood_behind(PAUSING, &half, "pausing-fec");
+}
+
+/// How the receiver is ended early in [`exit_status_case`].
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// `udp-receiver ... | head -c 1000`: the consumer exits.
+    ConsumerExits,
+    /// `udp-receiver --pipe false`: the pipe command fails at once.
+    PipeFails,
+    /// A signal to the receiver mid-transfer.
+    Signal(i32),
+}
+
+/// The receiver (`args`: the xdpcast command line after the binary) ended
+/// as `how` says exits with `want`, as udp-receiver does, and tells the
+/// sender it leaves: udp-sender, which waits for no one else, ends.
+fn exit_status_case(args: &[&str], how: Ending, want: i32) {
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new("xdpc-udpc-exit", 32 * MIB, 28);
+    let bin = env!("CARGO_BIN_EXE_xdpcast");
+    let rx_line = format!(
+        "{bin} {} --portbase {PORTBASE} --name udpc --keep-status",
+        args.join(" ").replace("IFACE", &net.if_b)
+    );
+    let rc = dir.join("rc");
+    let (mut c, direct) = match how {
+        Ending::ConsumerExits => {
+            let script = format!(
+                "{rx_line} | head -c 1000 >/dev/null; echo ${{PIPESTATUS[0]}} > {}",
+                rc.display()
+            );
+            let mut c = net.b.cmd("bash");
+            c.args(["-c", &script]);
+            (c, false)
+        }
+        Ending::PipeFails => {
+            let mut c = net.b.cmd(bin);
+            c.args(rx_line.split_whitespace().skip(1))
+                .args(["--pipe", "false"]);
+            (c, true)
+        }
+        Ending::Signal(_) => {
+            let mut c = net.b.cmd(bin);
+            c.args(rx_line.split_whitespace().skip(1));
+            (c, true)
+        }
+    };
+    c.env("XDPCAST_STATUS_DIR", &dir.0);
+    let rx = KillOnDrop(Some(spawn(c)));
+    let tx = udp_sender_as(&net.a, &net.if_a, &src, 1, &[]);
+    if let Ending::Signal(sig) = how {
+        wait_for(LIMIT, "data flowing", || {
+            let s = xdpcast::StatusReader::open(&dir.join("xdpcast.udpc"))
+                .ok()?
+                .read()
+                .ok()?;
+            (s.bytes_done > 0).then_some(())
+        });
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(rx.0.as_ref().unwrap().id() as i32, sig) },
+            0
+        );
+    }
+    let out = wait_output(rx.take(), LIMIT, "receiver");
+    let code = if direct {
+        out.status.code()
+    } else {
+        std::fs::read_to_string(&rc)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    assert_eq!(
+        code,
+        Some(want),
+        "{how:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Told, the sender has no receiver left and ends.
+    let _ = wait_output(tx, LIMIT, "udp-sender");
+    let s = read_page(&dir.0, "udpc");
+    assert_eq!(s.state, State::Failure, "{how:?}");
+}
+
+#[test]
+fn exit_status_on_a_closed_output_or_a_signal_is_udpcasts() {
+    if !udpcast_installed() {
+        return;
+    }
+    let udp_receiver = ["udp-receiver", "--interface", "IFACE", "--nokbd"];
+    let receive = [
+        "receive",
+        "--protocol",
+        "udpcast",
+        "--iface",
+        "IFACE",
+        "--out",
+        "-",
+    ];
+    for args in [&udp_receiver[..], &receive[..]] {
+        exit_status_case(args, Ending::ConsumerExits, 141);
+        exit_status_case(args, Ending::Signal(libc::SIGINT), 130);
+        exit_status_case(args, Ending::Signal(libc::SIGTERM), 143);
+    }
+    exit_status_case(&udp_receiver, Ending::PipeFails, 141);
 }

@@ -291,7 +291,8 @@ fn sigterm_cancels_and_detaches() {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(rx.id() as i32, libc::SIGTERM) }, 0);
     let out = wait_output(rx, Duration::from_secs(20), "receiver");
-    assert_eq!(out.status.code(), Some(100 + ErrorCode::Cancelled as i32));
+    // 128 + SIGTERM, as a shell reports a process SIGTERM ended.
+    assert_eq!(out.status.code(), Some(143));
     assert!(!net.xdp_attached_b());
     let s = read_page(&dir.0, "term");
     assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Cancelled));

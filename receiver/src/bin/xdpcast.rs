@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -335,6 +335,7 @@ enum Cmd {
     /// (what Clonezilla and FOG pass); also what runs when the binary is
     /// invoked as `udp-receiver`. Exit status as udp-receiver: 0, 1, or 255
     /// when no sender came within --start-timeout.
+    #[command(infer_long_args = true, args_override_self = true)]
     UdpReceiver(udp_receiver::UdpReceiverArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -668,9 +669,31 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// The signal that cancelled the run (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::Relaxed);
     SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+/// Exit status of a closed output: a process killed by SIGPIPE (128 + 13),
+/// as udp-receiver and any shell pipeline member reports it.
+const EXIT_OUTPUT_CLOSED: u8 = 141;
+
+/// The exit status shell scripts expect, as from udpcast's udp-receiver,
+/// when a receive ended in `state` with `code` for an outside reason:
+/// 128 plus the signal that cancelled it (130 SIGINT, 143 SIGTERM), or 141
+/// when the output closed (the consumer of `--out -` or `--pipe` exited).
+/// None otherwise.
+fn outside_exit(state: State, code: ErrorCode) -> Option<ExitCode> {
+    let sig = SIGNAL.load(Ordering::Relaxed);
+    match (state, code) {
+        (State::Success, _) => None,
+        (_, ErrorCode::Cancelled) if sig > 0 => Some(ExitCode::from(128 + sig as u8)),
+        (_, ErrorCode::OutputClosed) => Some(ExitCode::from(EXIT_OUTPUT_CLOSED)),
+        _ => None,
+    }
 }
 
 fn install_signal_handlers() {
@@ -721,6 +744,15 @@ fn main() -> ExitCode {
         args.insert(1, "udp-receiver".into());
     }
     let compat = args.get(1).is_some_and(|a| a == "udp-receiver");
+    if compat {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        if let Some(sub) = cmd.find_subcommand("udp-receiver") {
+            let expanded = udp_receiver::expand_prefixes(sub, &args[2..]);
+            args.truncate(2);
+            args.extend(expanded);
+        }
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // udp-receiver exits 1 on a bad command line.
@@ -730,7 +762,18 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    init_logging(cli.quiet, cli.verbose);
+    // udp-receiver --log FILE: its messages go there, timestamped.
+    let log_file = match &cli.cmd {
+        Cmd::UdpReceiver(a) => match a.log.as_ref().map(udp_receiver::open_log).transpose() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("xdpcast: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    init_logging(cli.quiet, cli.verbose, log_file);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -768,12 +811,18 @@ const NOTES: &str = "xdpcast::cli";
 /// `RUST_LOG` (env_logger's syntax) or by default warnings, errors and
 /// notes; `--quiet` (errors only) and `-v`/`-vv`/`-vvv` (info, debug,
 /// trace) set the level over either.
-fn init_logging(quiet: bool, verbose: u8) {
+/// With `log_file`, the records go there instead, each line after the
+/// local time (`HH:MM:SS.uuuuuu`, as udp-receiver's `--log` writes).
+fn init_logging(quiet: bool, verbose: u8, log_file: Option<std::fs::File>) {
     let mut b = env_logger::Builder::new();
+    let stamped = log_file.is_some();
     b.filter_level(log::LevelFilter::Warn)
         .filter_module(NOTES, log::LevelFilter::Info)
         .parse_env(env_logger::Env::default())
-        .format(|out, r| {
+        .format(move |out, r| {
+            if stamped {
+                write!(out, "{} ", udp_receiver::log_time())?;
+            }
             if r.target() == NOTES {
                 writeln!(out, "xdpcast: {}", r.args())
             } else {
@@ -781,6 +830,9 @@ fn init_logging(quiet: bool, verbose: u8) {
                 writeln!(out, "xdpcast: {level}: {}", r.args())
             }
         });
+    if let Some(f) = log_file {
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
     match (quiet, verbose) {
         (true, _) => {
             b.filter_level(log::LevelFilter::Error)
@@ -1009,7 +1061,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bail!("--trust needs a signed xdpcast sender: udpcast has no signatures");
                 }
                 let req = UdpcastRequest::new(req, portbase);
-                let snap = receive_udpcast(&req, keep_status, progress)?;
+                let pb = progress.then(|| bar(0, "receive"));
+                let snap = receive_udpcast(&req, keep_status, false, &mut |s| {
+                    if let Some(pb) = &pb {
+                        pb.set_position(s.bytes_done);
+                    }
+                })?;
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
                 return Ok(exit_code(snap.state, snap.error));
             }
             receive(req, keep_status, progress)
@@ -1140,22 +1200,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `xdpcast.1` and `xdpcast-COMMAND.1` for every visible command, rendered
 /// by clap_mangen from the same definitions as `--help`.
+/// Each page ends with an EXIT STATUS section ([`exit_status_roff`]). No
+/// page for `help` (the pages are the help), and no `-V` on the command
+/// pages: only `xdpcast --version` exists.
 fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
-    let cmd = <Cli as clap::CommandFactory>::command();
+    let cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let write = |page: clap::Command, name: &str| -> anyhow::Result<()> {
+    let write = |page: clap::Command, name: &str, command: &str| -> anyhow::Result<()> {
         let mut roff = Vec::new();
         clap_mangen::Man::new(page).render(&mut roff)?;
+        roff.extend_from_slice(exit_status_roff(command).as_bytes());
         let path = dir.join(format!("{name}.1"));
         std::fs::write(&path, roff).with_context(|| format!("write {}", path.display()))
     };
-    write(cmd.clone(), "xdpcast")?;
+    write(cmd.clone(), "xdpcast", "")?;
     for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
         let name = format!("xdpcast-{}", sub.get_name());
         let version = cmd.get_version().unwrap_or_default().to_string();
-        write(sub.clone().name(name.clone()).version(version), &name)?;
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .version(version)
+            .disable_version_flag(true);
+        write(page, &name, sub.get_name())?;
     }
     Ok(())
+}
+
+/// The EXIT STATUS section of the man page of `command` ("" for
+/// xdpcast(1)), in roff; docs/udpcast.md has the same table.
+fn exit_status_roff(command: &str) -> String {
+    let rows: &[(&str, &str)] = match command {
+        "receive" => &[
+            ("0", "the image arrived (SUCCESS)"),
+            ("141", "the output closed: the consumer of \\fB--out -\\fR exited (as a process killed by SIGPIPE)"),
+            ("130", "SIGINT"),
+            ("143", "SIGTERM"),
+            ("100 + code", "any other failure: 100 plus the error code on the status page (102 timeout, 107 sender_gone, 112 invalid_argument, ...)"),
+            ("2", "a bad command line"),
+        ],
+        "udp-receiver" => &[
+            ("0", "the image arrived"),
+            ("141", "the output closed: the consumer of standard output or the \\fB--pipe\\fR command exited (as udp-receiver, killed by SIGPIPE)"),
+            ("130", "SIGINT"),
+            ("143", "SIGTERM"),
+            ("255", "no sender answered, or sent data, within \\fB--start-timeout\\fR"),
+            ("1", "any other failure, a bad command line, or a \\fB--pipe\\fR command that failed"),
+        ],
+        _ => &[
+            ("0", "success"),
+            ("100 + code", "a failure that carries an xdpcast error code (see xdpcast-status(1))"),
+            ("1", "any other failure"),
+            ("2", "a bad command line"),
+        ],
+    };
+    let mut roff = String::from(".SH \"EXIT STATUS\"\n");
+    for (status, when) in rows {
+        roff.push_str(&format!(".TP\n\\fB{status}\\fR\n{when}\n"));
+    }
+    if matches!(command, "receive" | "udp-receiver") {
+        roff.push_str(".PP\nIn every case but a bad command line, a udpcast receiver tells the sender it leaves.\n");
+    }
+    roff
 }
 
 fn receive(req: SessionRequest, keep_status: bool, progress: bool) -> anyhow::Result<ExitCode> {
@@ -1243,17 +1349,23 @@ fn remove_page(live: &send_view::Live) {
 fn exit_code(state: State, code: ErrorCode) -> ExitCode {
     if state == State::Success {
         ExitCode::SUCCESS
+    } else if let Some(outside) = outside_exit(state, code) {
+        outside
     } else {
         ExitCode::from(EXIT_FAILURE_BASE + code as u8)
     }
 }
 
-/// `receive --protocol udpcast`: the handshake, transfer and status page
-/// all run in `udpcast::receive` on this thread.
+/// `receive --protocol udpcast` and `udp-receiver`: the handshake,
+/// transfer and status page all run in `udpcast::receive` on this thread,
+/// which calls `on_progress` with each update. Each new message of the
+/// page is a note; the final report goes to stderr with `report_to_stderr`
+/// (udp-receiver), else as [`print_report`] says.
 fn receive_udpcast(
     req: &UdpcastRequest,
     keep_status: bool,
-    progress: bool,
+    report_to_stderr: bool,
+    on_progress: &mut dyn FnMut(&Snapshot),
 ) -> anyhow::Result<Snapshot> {
     install_signal_handlers();
     let page = page::writer_page_path(&req.session.name)?;
@@ -1263,16 +1375,19 @@ fn receive_udpcast(
         req.portbase,
         page.display()
     );
-    let pb = progress.then(|| bar(0, "receive"));
+    let mut said = String::new();
     let snap = udpcast::receive(req, &SIGNALLED, &mut |s| {
-        if let Some(pb) = &pb {
-            pb.set_position(s.bytes_done);
+        if s.state == State::InProgress && s.message != said {
+            said.clone_from(&s.message);
+            log::info!(target: NOTES, "{said}");
         }
+        on_progress(s);
     })?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
+    if report_to_stderr {
+        eprint!("{}", report::human(&snap));
+    } else {
+        print_report(&snap, &req.session.target);
     }
-    print_report(&snap, &req.session.target);
     if !keep_status {
         std::fs::remove_file(&page).with_context(|| format!("remove {}", page.display()))?;
     }
