@@ -13,17 +13,20 @@
 //! | --- | --- |
 //! | 0..8 | magic `\x89XDPCMF\n` |
 //! | 8..12 | version, 1 |
-//! | 12..16 | record count: 1 + pages |
-//! | then per record | length (u32), then the payload of one kind 6 packet |
+//! | 12..16 | record count |
+//! | then per record | packet kind (u8), length (u32), then the payload of one packet of that kind |
 //!
-//! Record 0 is the head (sub-type 0), record `1 + i` page `i` (sub-type 1).
+//! Record 0 is the head (kind 6, sub-type 0), then page `i` (kind 6,
+//! sub-type 1) in order, then any signed ends (kind 7) the sender made
+//! (a signed end may carry what the head cannot, such as the image's
+//! digest when the head is signed before the image is read).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::manifest::{ChunkTree, Manifest, SUB_HEAD, SUB_PAGE};
-use crate::proto::wire::MAX_MANIFEST_PAYLOAD;
+use crate::proto::wire::{Kind, MAX_MANIFEST_PAYLOAD};
 
 /// First bytes of the file (the high byte catches 7-bit and text-mode
 /// mangling, the newline line-ending conversion, as PNG's does).
@@ -32,11 +35,13 @@ pub const MAGIC: &[u8; 8] = b"\x89XDPCMF\n";
 pub const VERSION: u32 = 1;
 /// Suffix added to the image's name (and URL).
 pub const SUFFIX: &str = ".xdpcast-manifest";
-/// Most records a file may hold: the head and 2^16 pages
-/// ([`crate::proto::manifest::MAX_DEPTH`]).
-pub const MAX_RECORDS: u32 = 1 + (1 << 16);
+/// Most signed ends a file may hold.
+pub const MAX_ENDS: u32 = 4;
+/// Most records a file may hold: the head, 2^16 pages
+/// ([`crate::proto::manifest::MAX_DEPTH`]) and the signed ends.
+pub const MAX_RECORDS: u32 = 1 + (1 << 16) + MAX_ENDS;
 /// Largest file this code reads (every record at its largest).
-pub const MAX_FILE_LEN: u64 = 16 + MAX_RECORDS as u64 * (4 + MAX_MANIFEST_PAYLOAD as u64);
+pub const MAX_FILE_LEN: u64 = 16 + MAX_RECORDS as u64 * (5 + MAX_MANIFEST_PAYLOAD as u64);
 
 /// The records of a manifest file, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct ManifestFile {
     pub head: Vec<u8>,
     /// Page payloads, page 0 first.
     pub pages: Vec<Vec<u8>>,
+    /// Signed end payloads (kind 7), in the order the sender made them.
+    pub ends: Vec<Vec<u8>>,
 }
 
 impl ManifestFile {
@@ -53,18 +60,23 @@ impl ManifestFile {
         ManifestFile {
             head: manifest.sign(key),
             pages: (0..tree.page_count()).map(|i| tree.page(i)).collect(),
+            ends: Vec::new(),
         }
     }
 
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let len: usize =
-            16 + 4 + self.head.len() + self.pages.iter().map(|p| 4 + p.len()).sum::<usize>();
+        let records: Vec<(Kind, &Vec<u8>)> = std::iter::once((Kind::Manifest, &self.head))
+            .chain(self.pages.iter().map(|p| (Kind::Manifest, p)))
+            .chain(self.ends.iter().map(|e| (Kind::SignedEnd, e)))
+            .collect();
+        let len: usize = 16 + records.iter().map(|(_, r)| 5 + r.len()).sum::<usize>();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(&(1 + self.pages.len() as u32).to_be_bytes());
-        for r in std::iter::once(&self.head).chain(&self.pages) {
+        out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+        for (kind, r) in records {
+            out.push(kind as u8);
             out.extend_from_slice(&(r.len() as u32).to_be_bytes());
             out.extend_from_slice(r);
         }
@@ -72,8 +84,9 @@ impl ManifestFile {
     }
 
     /// Split `bytes` into records. Only the framing is checked here (magic,
-    /// version, lengths, sub-types, nothing left over); the signature and
-    /// the pages are checked by the receiver as for packets.
+    /// version, kinds and their order, lengths, sub-types, nothing left
+    /// over); signatures and pages are checked by the receiver as for
+    /// packets.
     pub fn parse(bytes: &[u8]) -> std::result::Result<ManifestFile, FileError> {
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
             return Err(FileError::NotAManifest);
@@ -88,30 +101,37 @@ impl ManifestFile {
             return Err(FileError::Malformed("record count"));
         }
         let mut at = 16;
-        let mut records = Vec::new();
-        for _ in 0..count {
-            if bytes.len() - at < 4 {
+        let mut file = ManifestFile {
+            head: Vec::new(),
+            pages: Vec::new(),
+            ends: Vec::new(),
+        };
+        for n in 0..count {
+            if bytes.len() - at < 5 {
                 return Err(FileError::Malformed("truncated"));
             }
-            let len = u32_at(at) as usize;
-            at += 4;
+            let kind = bytes[at];
+            let len = u32_at(at + 1) as usize;
+            at += 5;
             if len == 0 || len > MAX_MANIFEST_PAYLOAD || bytes.len() - at < len {
                 return Err(FileError::Malformed("record length"));
             }
-            records.push(bytes[at..at + len].to_vec());
+            let r = bytes[at..at + len].to_vec();
             at += len;
+            // The head, then pages, then signed ends.
+            const MANIFEST: u8 = Kind::Manifest as u8;
+            const END: u8 = Kind::SignedEnd as u8;
+            match (kind, n, r[0]) {
+                (MANIFEST, 0, SUB_HEAD) => file.head = r,
+                (MANIFEST, 1.., SUB_PAGE) if file.ends.is_empty() => file.pages.push(r),
+                (END, 1.., _) if file.ends.len() < MAX_ENDS as usize => file.ends.push(r),
+                _ => return Err(FileError::Malformed("record kind or order")),
+            }
         }
         if at != bytes.len() {
             return Err(FileError::Malformed("bytes after the last record"));
         }
-        let head = records.remove(0);
-        if head[0] != SUB_HEAD || records.iter().any(|p| p[0] != SUB_PAGE) {
-            return Err(FileError::Malformed("record sub-type"));
-        }
-        Ok(ManifestFile {
-            head,
-            pages: records,
-        })
+        Ok(file)
     }
 
     /// Write the file at `path` atomically: into `path.tmp`, synced, then
@@ -228,6 +248,18 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(ManifestFile::parse(&longer).is_err());
+        // Signed ends after the pages; a page before the head, a head
+        // twice, a kind that does not fit are refused.
+        let mut f = ManifestFile::new(&m, &key, &tree);
+        f.ends.push(m.sign_end(&key, 0, 0));
+        let good = f.encode();
+        assert_eq!(ManifestFile::parse(&good), Ok(f.clone()));
+        let mut swapped = f.clone();
+        swapped.pages.insert(0, f.head.clone());
+        assert!(ManifestFile::parse(&swapped.encode()).is_err());
+        let mut kind = good.clone();
+        kind[16] = 7;
+        assert!(ManifestFile::parse(&kind).is_err());
         let mut v2 = bytes.clone();
         v2[11] = 2;
         assert_eq!(ManifestFile::parse(&v2), Err(FileError::Version(2)));

@@ -369,13 +369,14 @@ impl Work {
         self.feed_pages(&file, m.session, &m.geometry);
     }
 
+    /// The file's pages and signed ends, as the packets they are.
     fn feed_pages(&mut self, file: &ManifestFile, session: u32, g: &wire::Geometry) {
         let c = self.t.counters(self.slot);
-        for (i, p) in file.pages.iter().enumerate() {
-            self.t.ingest(
-                &wire::encode_raw(Kind::Manifest, session, g, i as u64, p),
-                c,
-            );
+        let pages = file.pages.iter().enumerate();
+        let pages = pages.map(|(i, p)| (Kind::Manifest, i as u64, p));
+        let ends = file.ends.iter().map(|e| (Kind::SignedEnd, 0, e));
+        for (kind, i, p) in pages.chain(ends) {
+            self.t.ingest(&wire::encode_raw(kind, session, g, i, p), c);
             bump_packets(c);
         }
         self.file_pages_done = true;
