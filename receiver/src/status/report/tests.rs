@@ -1,0 +1,214 @@
+//! The renderings against each other and against docs/status-page.md.
+
+use super::*;
+use crate::proto::wire::DropReason;
+use crate::status::page::{DiagStatus, Role, Snapshot, State, WorkerStatus, FLAG_DIGEST};
+
+#[test]
+fn figures() {
+    assert_eq!(bytes(512), "512 B");
+    assert_eq!(bytes(256 << 20), "256.0 MiB");
+    assert_eq!(rate(125_000_000), "1.00 Gbit/s");
+    assert_eq!(rate(1_250_000), "10.0 Mbit/s");
+}
+
+fn sample() -> Snapshot {
+    let mut s = Snapshot {
+        name: "a\"b".into(),
+        message: "line\nnext".into(),
+        state: State::Success,
+        flags: FLAG_DIGEST,
+        digest: [0xAB; 32],
+        workers: vec![
+            WorkerStatus {
+                cpu: u64::MAX,
+                batch_ns: [1_500, 20_000, 95_000],
+                ..Default::default()
+            },
+            WorkerStatus {
+                queue: 1,
+                cpu: 3,
+                batches: 7,
+                ..Default::default()
+            },
+        ],
+        diag: DiagStatus {
+            unserved_frames: 30,
+            unserved_queues: 0b110,
+        },
+        ..Default::default()
+    };
+    s.drops[DropReason::OutOfRange as usize] = 4;
+    s
+}
+
+#[test]
+fn json_round_trips_and_names_every_field() {
+    let s = sample();
+    let j = json(&s);
+    let back: SessionReport = serde_json::from_str(&j).unwrap();
+    assert_eq!(back, SessionReport::new(&s));
+    assert_eq!(back.name, "a\"b");
+    assert_eq!(back.message, "line\nnext");
+    assert_eq!(back.state, "SUCCESS");
+    assert!(!back.stale, "final pages are never stale");
+    assert_eq!(back.drops["out_of_range"], 4);
+    assert_eq!(back.drops.len(), DropReason::COUNT);
+    assert_eq!(back.sha256, Some("ab".repeat(32)));
+    assert_eq!(back.workers[0].cpu, None);
+    assert_eq!(back.workers[1].cpu, Some(3));
+    assert_eq!(back.workers[0].batch_p99_ns, 20_000);
+    // Keys by name; optional values are explicit nulls.
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["workers"][0]["cpu"], serde_json::Value::Null);
+    assert_eq!(v["workers"][0]["batch_p999_ns"], 95_000);
+    let none = json(&Snapshot::default());
+    assert!(none.contains(r#""sha256":null"#), "{none}");
+    let h = human(&s);
+    assert!(h.contains("SUCCESS") && h.contains("out_of_range=4"));
+    assert!(h.contains("batch p50 1.5 p99 20.0 p99.9 95.0 µs"), "{h}");
+    assert_eq!(
+        (back.unserved_frames, &back.unserved_queues[..]),
+        (30, &[1, 2][..])
+    );
+    assert!(
+        h.contains("unserved  30 frames of the session on RX queues 1,2 without an AF_XDP socket"),
+        "{h}"
+    );
+    assert!(!human(&Snapshot::default()).contains("unserved"));
+}
+
+#[test]
+fn prometheus_groups_families_and_escapes_labels() {
+    let mut a = Snapshot {
+        name: "lab\"1".into(),
+        state: State::InProgress,
+        bytes_done: 4096,
+        diag: DiagStatus {
+            unserved_frames: 17,
+            unserved_queues: 2,
+        },
+        workers: vec![WorkerStatus {
+            queue: 3,
+            packets: 9,
+            batches: 5,
+            batch_ns: [2_000, 40_000, 120_000],
+            batch_sum_ns: 250_000,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    a.drops[DropReason::Duplicate as usize] = 2;
+    let b = Snapshot {
+        name: "lab-2\n".into(),
+        state: State::Failure,
+        error: crate::ErrorCode::DiskFull,
+        ..Default::default()
+    };
+    let text = prometheus(&[a, b], 1);
+    for want in [
+        "xdpcast_received_bytes_total{session=\"lab\\\"1\"} 4096\n",
+        "xdpcast_session_error_code{session=\"lab-2\\n\"} 5\n",
+        "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n",
+        "xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n",
+        "# TYPE xdpcast_worker_batch_latency_seconds summary\n",
+        "xdpcast_worker_batch_latency_seconds{session=\"lab\\\"1\",queue=\"3\",quantile=\"0.99\"} 0.00004\n",
+        "xdpcast_worker_batch_latency_seconds_count{session=\"lab\\\"1\",queue=\"3\"} 5\n",
+        "xdpcast_worker_batch_latency_seconds_sum{session=\"lab\\\"1\",queue=\"3\"} 0.00025\n",
+        "xdpcast_unreadable_pages 1\n",
+        "xdpcast_unserved_frames_total{session=\"lab\\\"1\"} 17\n",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // Each family is declared once, with HELP, before all of its samples.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} ")).count(),
+            1,
+            "{name}"
+        );
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        let first_sample = text.find(&format!("\n{name}{{"));
+        assert!(first_sample.is_none_or(|i| i > text.find(line).unwrap()));
+        if line.ends_with(" counter") {
+            assert!(name.ends_with("_total"), "{name}");
+        }
+    }
+    assert!(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.starts_with("xdpcast_")
+                && l.rsplit(' ').next().unwrap().parse::<f64>().is_ok())
+    );
+}
+
+/// A section of docs/status-page.md, and the `ticked` words in it.
+fn doc_section(title: &str) -> &'static str {
+    const DOC: &str = include_str!("../../../../docs/status-page.md");
+    let start = DOC.find(&format!("\n## {title}\n")).expect(title) + 1;
+    let len = DOC[start + 3..]
+        .find("\n## ")
+        .map_or(DOC.len() - start, |n| n + 3);
+    &DOC[start..start + len]
+}
+
+fn ticked(text: &str) -> std::collections::BTreeSet<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// The ticked words of the first column of a section's table.
+fn first_column(text: &str) -> std::collections::BTreeSet<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| ticked(l.split(" | ").next().unwrap()))
+        .collect()
+}
+
+#[test]
+fn docs_list_every_json_key_and_metric_family() {
+    let s = sample();
+    let v = serde_json::to_value(SessionReport::new(&s)).unwrap();
+    let json = doc_section("JSON");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let worker = v["workers"][0].as_object().unwrap();
+    for k in keys
+        .iter()
+        .copied()
+        .chain(worker.keys().map(String::as_str))
+    {
+        assert!(
+            ticked(json).contains(k),
+            "JSON key {k} not in docs/status-page.md"
+        );
+    }
+    assert!(first_column(json).len() > 20);
+    for k in first_column(json) {
+        assert!(keys.contains(&k), "docs/status-page.md lists JSON key {k}");
+    }
+    let sender = Snapshot {
+        name: "send-lab".into(),
+        role: Role::Sender,
+        ..Snapshot::default()
+    };
+    let text = prometheus(&[s, sender], 0);
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let prom = doc_section("Prometheus");
+    for f in &families {
+        assert!(
+            ticked(prom).contains(f),
+            "family {f} not in docs/status-page.md"
+        );
+    }
+    assert!(first_column(prom).len() > 20);
+    for f in first_column(prom) {
+        assert!(
+            families.contains(&f),
+            "docs/status-page.md lists family {f}"
+        );
+    }
+}
