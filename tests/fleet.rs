@@ -26,6 +26,8 @@ const LOSS_PPM: &str = "50000";
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     repair_packets: u64,
+    /// "repair: N data and symbol packets sent", when requests came in.
+    repair_line_packets: Option<u64>,
     nacks: u64,
     parity_requests: u64,
     rounds: u64,
@@ -58,6 +60,10 @@ impl Figures {
             repair_packets: words[at("round(s)") + 2].parse().unwrap(),
             nacks: word_before("NACKs"),
             parity_requests: word_before("parity"),
+            repair_line_packets: out
+                .lines()
+                .find_map(|l| l.strip_prefix("repair: "))
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap()),
             loss_bp: 0,
         }
     }
@@ -188,6 +194,16 @@ fn sender_page_and_metrics(status: &Path, n: usize, victim: bool, f: &Figures) {
     assert_eq!(x.repair_packets, f.repair_packets, "{x:?}");
     assert_eq!((x.nacks, x.parity_requests), (f.nacks, f.parity_requests));
     assert!(x.repair_bytes >= x.repair_packets * 1000, "{x:?}");
+    // `bytes_sent` counts every data and symbol payload, repairs included
+    // (the image has no zero blocks and the sender loses nothing itself).
+    assert!(
+        x.bytes_sent >= s.total_bytes + x.repair_bytes,
+        "{x:?} for {} bytes",
+        s.total_bytes
+    );
+    if let Some(sent) = f.repair_line_packets {
+        assert_eq!(sent, x.repair_packets, "the log's repair line and the page");
+    }
     let want = [
         format!(
             "xdpcast_sender_receivers_known{{session=\"tx\"}} {}",

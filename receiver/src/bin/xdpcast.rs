@@ -964,8 +964,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             if r.requests() + r.inbound.ignored > 0 {
                 println!(
-                    "repair: {} blocks or symbols sent, {} asked for but not sent (--max-repair budget spent), {} datagrams on the repair socket ignored (malformed, foreign, outside the image, or over 128 requests per address per window)",
-                    r.repair_blocks, r.repair_refused, r.inbound.ignored
+                    "repair: {} data and symbol packets sent ({}), {} blocks or symbols asked for but not sent (--max-repair budget spent), {} datagrams on the repair socket ignored (malformed, foreign, outside the image, or over 128 requests per address per window)",
+                    r.repair_packets, report::bytes(r.repair_bytes), r.repair_refused, r.inbound.ignored
                 );
             }
             live.finish(&r);

@@ -175,17 +175,16 @@ pub struct SendReport {
     pub digest: [u8; 32],
     /// Datagrams sent (all kinds, all passes).
     pub packets: u64,
-    /// Data bytes sent (all passes and repairs).
+    /// Payload bytes of data and FEC symbol packets sent (all passes and
+    /// repairs; the status page's `bytes_sent`).
     pub bytes: u64,
     /// Repair rounds run.
     pub repair_rounds: u32,
-    /// Data and symbol packets sent in repair rounds.
+    /// Data and symbol packets sent in repair rounds (not the pages,
+    /// zero runs and ends sent with them).
     pub repair_packets: u64,
-    /// Payload bytes of those packets.
+    /// Payload bytes of those packets (part of `bytes`).
     pub repair_bytes: u64,
-    /// Blocks resent and symbols sent in repair rounds (each symbol
-    /// repairs one block).
-    pub repair_blocks: u64,
     /// Blocks and symbols asked for but not sent because the repair budget
     /// (`max_repair`) was spent.
     pub repair_refused: u64,
@@ -321,7 +320,11 @@ struct Wire<'a> {
     session: u32,
     geometry: Geometry,
     image: &'a [u8],
+    /// Datagrams sent, all kinds.
     packets: u64,
+    /// Data and FEC symbol packets sent (what loss injection dropped is
+    /// not sent), and their payload bytes.
+    payload_packets: u64,
     bytes: u64,
     stream: usize,
     pacer: Pacer,
@@ -427,6 +430,7 @@ impl Wire<'_> {
                 msgs.push((h, block));
             }
             self.send_all(&msgs)?;
+            self.payload_packets += msgs.len() as u64;
             self.bytes += bytes;
             self.pacer.wait(bytes);
             next = stop;
@@ -458,20 +462,20 @@ impl Wire<'_> {
     }
 
     /// Send `count` repair symbols of FEC group `group`, from repair symbol
-    /// `first`; returns how many went out (loss injection may drop some).
-    fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<u64> {
+    /// `first` (loss injection may drop some).
+    fn fec(&mut self, group_size: u32, group: u64, first: u32, count: u32) -> Result<()> {
         let g = self.geometry;
-        let mut sent = 0;
         for sym in fec::repair_symbols(&g, group_size, group, self.image, first, count) {
             if self.loss.drop_next() {
                 continue;
             }
             let pkt = wire::encode_fec(self.session, &g, group, group_size, &sym);
             self.send_all(&[(&pkt, &[])])?;
+            self.payload_packets += 1;
+            self.bytes += sym.len() as u64;
             self.pacer.wait(pkt.len() as u64);
-            sent += 1;
         }
-        Ok(sent)
+        Ok(())
     }
 }
 
@@ -743,6 +747,7 @@ pub fn send(
         geometry,
         image: &map,
         packets: 0,
+        payload_packets: 0,
         bytes: 0,
         stream: 0,
         pacer: Pacer {
@@ -854,7 +859,6 @@ pub fn send(
     let mut rounds = 0;
     let mut repair_packets = 0;
     let mut repair_bytes = 0;
-    let mut repair_blocks = 0;
     let mut refused = 0;
     // Repairs go at most at the data rate: the one asked for, else the
     // one the passes reached.
@@ -930,7 +934,6 @@ pub fn send(
             }
             let blocks = resent + parity.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
             budget -= blocks;
-            repair_blocks += blocks;
             w.pacer.restart(data_rate);
             quiet = 0;
             rounds += 1;
@@ -943,19 +946,20 @@ pub fn send(
             // Pages again: a receiver whose chunk waits for a lost page
             // NACKs that chunk to get here.
             w.all_pages()?;
-            let (packets, bytes) = (w.packets, w.bytes);
+            let (packets, bytes) = (w.payload_packets, w.bytes);
             for (first, end) in ranges {
                 w.zeros(&list, first, end)?;
                 w.data(&list, first, end)?;
             }
-            let mut symbols = 0;
             for (group, count) in parity {
                 let esi = next_esi.entry(group).or_insert(first_esi);
-                symbols += w.fec(parity_group, group, *esi, count)?;
+                w.fec(parity_group, group, *esi, count)?;
                 *esi += count;
             }
-            repair_packets += w.packets - packets;
-            repair_bytes += w.bytes - bytes + symbols * u64::from(block_size);
+            // What went out, as the page and the log say: data and symbol
+            // packets, not the pages and zero runs sent with them.
+            repair_packets += w.payload_packets - packets;
+            repair_bytes += w.bytes - bytes;
             w.control(Kind::End, &control(pass, 0))?;
         }
         w.control(Kind::End, &control(pass, wire::FLAG_FINAL))?;
@@ -986,7 +990,6 @@ pub fn send(
         repair_rounds: rounds,
         repair_packets,
         repair_bytes,
-        repair_blocks,
         repair_refused: refused,
         inbound,
         receivers,
