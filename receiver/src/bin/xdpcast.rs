@@ -293,7 +293,10 @@ enum Cmd {
     ///
     /// Pages are read from $XDPCAST_STATUS_DIR (default /run/xdpcast); a page
     /// owned by neither root nor you is flagged with a WARNING line (JSON:
-    /// "foreign_owner": true), as another user may have written it.
+    /// "foreign_owner": true), as another user may have written it. Control
+    /// characters in its text are printed escaped. Listing all sessions, a
+    /// page that cannot be read is named on standard error and the others
+    /// are printed; the exit status is then 1.
     Status {
         /// Session name (default: every session on this machine).
         name: Option<String>,
@@ -1121,30 +1124,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name, json } => {
-            let names = match name {
-                Some(n) => vec![n],
-                None => page::list_sessions(),
-            };
-            if names.is_empty() {
+            if let Some(n) = name {
+                // One page asked for by name: unreadable is an error.
+                let s = StatusReader::open_session(&n)?.read()?;
+                emit(&status_text(&s, json))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let entries = monitor::scan();
+            if entries.is_empty() {
                 emit(&format!(
                     "no sessions in {}\n",
-                    page::status_dir().display()
+                    report::printable(&page::status_dir().display().to_string())
                 ))?;
             }
-            for n in names {
-                let s = StatusReader::open_session(&n)?.read()?;
-                if json {
-                    emit(&format!("{}\n", report::json(&s)))?;
-                } else {
-                    let stale = if s.is_stale(page::STALE_AFTER) {
-                        "  (STALE: the receiver is gone)"
-                    } else {
-                        ""
-                    };
-                    emit(&report::human(&s).replacen('\n', &format!("{stale}\n"), 1))?;
+            // One bad page (another user's, truncated, stuck mid-update)
+            // does not hide the others: it is named on stderr, exit 1.
+            let mut unreadable = 0;
+            for e in entries {
+                match e.page {
+                    Ok(s) => emit(&status_text(&s, json))?,
+                    Err(err) => {
+                        unreadable += 1;
+                        eprintln!(
+                            "xdpcast: status page {} unreadable: {}",
+                            report::printable(&e.name),
+                            report::printable(&err.to_string())
+                        );
+                    }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if unreadable > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Close { name, force } => {
             let path = page::page_path(&name)?;
@@ -1330,6 +1343,20 @@ fn print_report(snap: &Snapshot, target: impl AsRef<std::path::Path>) {
 
 /// Write `text` to stdout. A reader that has gone (`xdpcast status | head`)
 /// is not an error: what it wanted it has.
+/// A page as `xdpcast status` prints it: one JSON line, or the lines for
+/// people with `STALE` after the first when the writer is gone or silent.
+fn status_text(s: &Snapshot, json: bool) -> String {
+    if json {
+        return format!("{}\n", report::json(s));
+    }
+    let stale = if s.is_stale(page::STALE_AFTER) {
+        "  (STALE: the receiver is gone)"
+    } else {
+        ""
+    };
+    report::human(s).replacen('\n', &format!("{stale}\n"), 1)
+}
+
 fn emit(text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     match std::io::stdout().lock().write_all(text.as_bytes()) {

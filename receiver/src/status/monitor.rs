@@ -182,9 +182,11 @@ fn progress_bar(fraction: f64, inner: usize) -> String {
 pub fn line(name: &str, page: &Result<Snapshot>, width: Option<usize>, bar: bool) -> String {
     let budget = width.map_or(usize::MAX, |w| w.saturating_sub(1));
     let name_width = NAME_WIDTH.min(budget / 4).max(1);
+    // The name is a file name anyone who can write the directory chose.
+    let name = report::printable(name);
     let mut name = match width {
-        Some(_) => cut(name, name_width),
-        None => name.to_string(),
+        Some(_) => cut(&name, name_width),
+        None => name.into_owned(),
     };
     name.extend(std::iter::repeat_n(
         ' ',
@@ -192,7 +194,10 @@ pub fn line(name: &str, page: &Result<Snapshot>, width: Option<usize>, bar: bool
     ));
     let s = match page {
         Ok(s) => s,
-        Err(err) => return cut(&format!("{name} unreadable: {err}"), budget),
+        Err(err) => {
+            let why = report::printable(&err.to_string()).into_owned();
+            return cut(&format!("{name} unreadable: {why}"), budget);
+        }
     };
     let mut fields = fields(s);
     // The bar is a field too, as wide as its narrowest form until the

@@ -1,15 +1,21 @@
 //! The reading side of a page, and whether its writer still lives.
+//!
+//! A reader never maps a page: the page's owner may truncate the file while
+//! the reader touches the mapping, which kills the reader with `SIGBUS` (a
+//! user's receiver writes its pages in `/dev/shm/xdpcast-UID`, and root's
+//! `xdpcast status` and `metrics` read them). It copies the page with
+//! `pread` into a buffer of its own under the sequence lock instead, and
+//! gives up on a page whose lock never settles.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::layout::*;
 use super::paths::page_path;
 use super::snapshot::Snapshot;
-use super::writer::Mapped;
 use crate::error::{Error, ErrorCode, Result};
 
 /// How long a running session may go without a heartbeat before readers
@@ -19,15 +25,23 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// How long a reader retries a page whose writer seems stuck mid-update.
 pub const STUCK_AFTER: Duration = Duration::from_millis(500);
 
+/// Tries a reader makes back to back before it sleeps [`RETRY_NAP`]
+/// between tries: a writer mid-update is done within microseconds; one
+/// that is not may be dead or hostile, and is not worth a spinning core.
+const QUICK_TRIES: u32 = 64;
+/// The pause between later tries.
+const RETRY_NAP: Duration = Duration::from_millis(1);
+
 /// The reading side: any process, no privileges beyond read access.
 pub struct StatusReader {
-    pub(super) page: Mapped,
+    file: File,
+    path: PathBuf,
     /// Owner of the page file.
-    pub(super) owner_uid: u32,
+    owner_uid: u32,
 }
 
 impl StatusReader {
-    /// Map the page at `path` read-only (not through a symbolic link).
+    /// Open the page at `path` for reading (not through a symbolic link).
     pub fn open(path: &Path) -> Result<StatusReader> {
         let err = |e: std::io::Error| {
             let code = if e.kind() == std::io::ErrorKind::NotFound {
@@ -42,11 +56,27 @@ impl StatusReader {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
             .map_err(err)?;
-        let owner_uid = file.metadata().map_err(err)?.uid();
-        Ok(StatusReader {
-            page: Mapped::map(&file, path, false)?,
+        StatusReader::from_file(file, path)
+    }
+
+    /// Read the page open on `file` (found at `path`, for messages).
+    pub(super) fn from_file(file: File, path: &Path) -> Result<StatusReader> {
+        let owner_uid = file
+            .metadata()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::TargetIo,
+                    format!("status page {}: {e}", path.display()),
+                )
+            })?
+            .uid();
+        let r = StatusReader {
+            file,
+            path: path.to_path_buf(),
             owner_uid,
-        })
+        };
+        r.check_size()?;
+        Ok(r)
     }
 
     /// The snapshot of `words`, with the owner of the file.
@@ -62,23 +92,79 @@ impl StatusReader {
         StatusReader::open(&page_path(name)?)
     }
 
-    /// A consistent copy of the page (retries while the writer is mid-update).
+    fn io_error(&self, e: std::io::Error) -> Error {
+        Error::new(
+            ErrorCode::TargetIo,
+            format!("status page {}: {e}", self.path.display()),
+        )
+    }
+
+    /// Refuse a file shorter than a page (it is not one, or its owner is
+    /// truncating it).
+    fn check_size(&self) -> Result<()> {
+        let len = self.file.metadata().map_err(|e| self.io_error(e))?.len();
+        if len < PAGE_SIZE as u64 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{}: not a status page ({len} bytes)", self.path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `buf.len()` bytes at `offset`; a short read means the file was
+    /// truncated under us.
+    fn pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "{}: not a status page (truncated while read)",
+                        self.path.display()
+                    ),
+                )
+            } else {
+                self.io_error(e)
+            }
+        })
+    }
+
+    fn seq(&self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.pread(&mut b, (offsets::SEQ * 8) as u64)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A consistent private copy of the page (retries while the writer is
+    /// mid-update).
     ///
     /// A writer killed in the middle of an update leaves `seq` odd for good:
     /// after [`STUCK_AFTER`] the reader returns the page as it is if the
     /// writer process is gone (the snapshot is then stale, possibly torn),
-    /// and a `Timeout` error if it still runs.
+    /// and a `Timeout` error if it still runs. A file shorter than a page,
+    /// or cut short while read, is an `InvalidArgument` error.
     pub fn read(&self) -> Result<Snapshot> {
-        let w = self.page.words();
+        let mut raw = vec![0u8; PAGE_SIZE];
         let mut copy = [0u64; WORDS];
-        let start = std::time::Instant::now();
+        let start = Instant::now();
+        let mut tries = 0u32;
         loop {
-            let s1 = w[offsets::SEQ].load(Ordering::Acquire);
-            for (dst, src) in copy.iter_mut().zip(w.iter()) {
-                *dst = src.load(Ordering::Relaxed);
+            tries = tries.saturating_add(1);
+            self.check_size()?;
+            let s1 = self.seq()?;
+            // The copies are the kernel's loads, made by this thread: the
+            // fences order them as the atomic loads of a seqlock reader are
+            // ordered (the first read of `seq` before the copy, the copy
+            // before the second read). On x86-64 the system calls alone do.
+            fence(Ordering::SeqCst);
+            self.pread(&mut raw, 0)?;
+            fence(Ordering::SeqCst);
+            let s2 = self.seq()?;
+            for (w, b) in copy.iter_mut().zip(raw.chunks_exact(8)) {
+                *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
             }
-            fence(Ordering::Acquire);
-            if s1 & 1 == 0 && w[offsets::SEQ].load(Ordering::Relaxed) == s1 {
+            if s1 & 1 == 0 && s1 == s2 {
                 return self.snapshot(&copy);
             }
             if start.elapsed() >= STUCK_AFTER {
@@ -93,7 +179,11 @@ impl StatusReader {
                     ),
                 ));
             }
-            std::hint::spin_loop();
+            if tries <= QUICK_TRIES {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(RETRY_NAP);
+            }
         }
     }
 }

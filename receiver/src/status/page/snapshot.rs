@@ -707,6 +707,9 @@ impl Snapshot {
                 w[VERSION]
             )));
         }
+        if w[PAGE_SIZE] != super::layout::PAGE_SIZE as u64 {
+            return Err(bad(&format!("page size {}", w[PAGE_SIZE])));
+        }
         let workers = (w[WORKER_COUNT] as usize).min(MAX_WORKERS);
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&bytes_of(&w[DIGEST..DIGEST + 4]));
@@ -717,7 +720,12 @@ impl Snapshot {
             owner_uid: w[OWNER_UID] as u32,
             heartbeat_ns: w[HEARTBEAT_NS],
             state: State::from_u64(w[STATE]).ok_or_else(|| bad("unknown state"))?,
-            error: ErrorCode::from_u32(w[ERROR_CODE] as u32).unwrap_or(ErrorCode::Internal),
+            // A code this reader does not know (a newer writer's, or a
+            // forged page's) reads as `internal` (docs/status-page.md, JSON).
+            error: u32::try_from(w[ERROR_CODE])
+                .ok()
+                .and_then(ErrorCode::from_u32)
+                .unwrap_or(ErrorCode::Internal),
             mode: PathMode::from_u64(w[MODE]),
             session_id: w[SESSION_ID],
             block_size: w[BLOCK_SIZE],

@@ -271,3 +271,54 @@ fn a_reused_pid_does_not_hold_a_page() {
     }
     .held());
 }
+
+#[test]
+fn a_page_truncated_under_a_reader_is_unreadable_not_fatal() {
+    let p = tmp_page("truncated");
+    let w = StatusWriter::create(&p).unwrap();
+    w.publish(&sample());
+    let r = StatusReader::open(&p).unwrap();
+    assert_eq!(r.read().unwrap().name, "lab-1");
+    // The owner cuts the file while the reader holds it open: a reader on
+    // a mapping would die of SIGBUS here; this one says why it cannot read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let e = r.read().unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+    assert!(e.message.contains("not a status page (100 bytes)"), "{e}");
+    // Grown back: the first 100 bytes are the page's, the rest zeros.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(PAGE_SIZE as u64)
+        .unwrap();
+    let s = r.read().unwrap();
+    assert_eq!((s.session_id, s.name.as_str()), (77, ""));
+    w.remove().unwrap();
+}
+
+#[test]
+fn a_page_of_another_size_or_state_is_refused() {
+    let p = tmp_page("size");
+    let w = StatusWriter::create(&p).unwrap();
+    w.publish(&sample());
+    let words = w.page.words();
+    words[offsets::PAGE_SIZE].store(4096, Ordering::Relaxed);
+    let e = StatusReader::open(&p).unwrap().read().unwrap_err();
+    assert!(e.message.contains("page size 4096"), "{e}");
+    words[offsets::PAGE_SIZE].store(PAGE_SIZE as u64, Ordering::Relaxed);
+    words[offsets::STATE].store(9, Ordering::Relaxed);
+    let e = StatusReader::open(&p).unwrap().read().unwrap_err();
+    assert!(e.message.contains("unknown state"), "{e}");
+    // An error code no one assigned reads as internal (docs: JSON).
+    words[offsets::STATE].store(State::Failure as u64, Ordering::Relaxed);
+    words[offsets::ERROR_CODE].store((1 << 32) | 17, Ordering::Relaxed);
+    let s = StatusReader::open(&p).unwrap().read().unwrap();
+    assert_eq!(s.error, ErrorCode::Internal);
+    w.remove().unwrap();
+}

@@ -14,12 +14,17 @@ use super::snapshot::Snapshot;
 use crate::error::{Error, ErrorCode, Result};
 use crate::safe_fs::{self, PrivateDir};
 
+/// The writer's shared mapping of its own page. Only the writer maps a
+/// page: the file is its own, in a directory only its user can write, so
+/// no one else can truncate it under the mapping (readers copy pages with
+/// `pread` instead, see `reader`).
 pub(super) struct Mapped {
     map: MmapRaw,
 }
 
 impl Mapped {
-    pub(super) fn map(file: &File, path: &Path, writable: bool) -> Result<Mapped> {
+    /// Map `file`, which the writer has just sized to [`PAGE_SIZE`].
+    pub(super) fn map(file: &File, path: &Path) -> Result<Mapped> {
         let len = file
             .metadata()
             .map_err(|e| Error::new(ErrorCode::TargetIo, format!("{}: {e}", path.display())))?
@@ -31,19 +36,12 @@ impl Mapped {
             ));
         }
         // SAFETY: the file is at least PAGE_SIZE bytes; the mapping is only
-        // accessed as atomics (see `words`), so concurrent writers in other
+        // accessed as atomics (see `words`), so concurrent readers in other
         // processes cannot cause undefined behaviour in this one.
-        let opts = {
-            let mut o = MmapOptions::new();
-            o.len(PAGE_SIZE);
-            o
-        };
-        let map = if writable {
-            opts.map_raw(file)
-        } else {
-            opts.map_raw_read_only(file)
-        }
-        .map_err(|e| Error::new(ErrorCode::TargetIo, format!("map {}: {e}", path.display())))?;
+        let map = MmapOptions::new()
+            .len(PAGE_SIZE)
+            .map_raw(file)
+            .map_err(|e| Error::new(ErrorCode::TargetIo, format!("map {}: {e}", path.display())))?;
         Ok(Mapped { map })
     }
 
@@ -93,7 +91,7 @@ impl StatusWriter {
             r => r.map_err(err)?,
         };
         file.set_len(PAGE_SIZE as u64).map_err(err)?;
-        let page = Mapped::map(&file, path, true)?;
+        let page = Mapped::map(&file, path)?;
         let w = page.words();
         for word in w.iter() {
             word.store(0, Ordering::Relaxed);
@@ -130,13 +128,7 @@ impl StatusWriter {
             )));
         }
         // Not a page at all (or torn beyond reading): nobody's, replaced.
-        let old = Mapped::map(&f, path, false).and_then(|p| {
-            StatusReader {
-                page: p,
-                owner_uid: m.uid(),
-            }
-            .read()
-        });
+        let old = StatusReader::from_file(f, path).and_then(|r| r.read());
         if let Ok(s) = old {
             if s.held() {
                 return Err(refuse(format!(

@@ -1,6 +1,7 @@
 //! `xdpcast status --json`: one [`SessionReport`] per page, through serde.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -261,6 +262,25 @@ impl WorkerReport {
 }
 
 /// The page as one line of JSON ([`SessionReport`]).
+///
+/// serde escapes U+0000–U+001F in strings; U+007F–U+009F (DEL and the C1
+/// controls, such as the one-byte CSI U+009B) are escaped here too, so
+/// that no terminal escape reaches a terminal and a JSON parser still gets
+/// the page's text back unchanged.
 pub fn json(s: &Snapshot) -> String {
-    serde_json::to_string(&SessionReport::new(s)).expect("string keys and plain values")
+    let text = serde_json::to_string(&SessionReport::new(s)).expect("string keys and plain values");
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    // Only strings can hold these characters (JSON's own syntax is ASCII
+    // printable), and `\u00XX` means the same character in a string.
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::text::printable;
 use crate::proto::wire::DropReason;
 use crate::status::page::{Role, SenderStatus, Snapshot, WorkerStatus, STALE_AFTER};
 
@@ -98,7 +99,9 @@ impl Exposition {
         for (i, (k, v)) in labels.iter().enumerate() {
             self.text.push(if i == 0 { '{' } else { ',' });
             let _ = write!(self.text, "{k}=\"");
-            for c in v.chars() {
+            // Control characters escaped first (no terminal escapes from a
+            // page in a scrape), then what the format requires.
+            for c in printable(v).chars() {
                 match c {
                     '\\' => self.text.push_str("\\\\"),
                     '"' => self.text.push_str("\\\""),

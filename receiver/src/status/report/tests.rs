@@ -108,7 +108,8 @@ fn prometheus_groups_families_and_escapes_labels() {
     let text = prometheus(&[a, b], 1);
     for want in [
         "xdpcast_received_bytes_total{session=\"lab\\\"1\"} 4096\n",
-        "xdpcast_session_error_code{session=\"lab-2\\n\"} 5\n",
+        // Control characters escaped (`\n` as text), then the backslash.
+        "xdpcast_session_error_code{session=\"lab-2\\\\n\"} 5\n",
         "xdpcast_dropped_packets_total{session=\"lab\\\"1\",reason=\"duplicate\"} 2\n",
         "xdpcast_worker_packets_total{session=\"lab\\\"1\",queue=\"3\"} 9\n",
         "# TYPE xdpcast_worker_batch_latency_seconds summary\n",
@@ -211,4 +212,46 @@ fn docs_list_every_json_key_and_metric_family() {
             "docs/status-page.md lists family {f}"
         );
     }
+}
+
+#[test]
+fn control_characters_never_reach_a_terminal() {
+    assert_eq!(printable("lab-1 é"), "lab-1 é");
+    assert_eq!(
+        printable("a\u{1b}]0;x\u{7}b\nc\u{7f}\u{9b}2J\0"),
+        "a\\u{1b}]0;x\\u{7}b\\nc\\u{7f}\\u{9b}2J\\0"
+    );
+    let s = Snapshot {
+        name: "evil\u{1b}[2J".into(),
+        group: "239.1.2.3:5000\u{9b}31m".into(),
+        target: "/tmp/\u{7f}x".into(),
+        message: "line\nnext\u{1b}]0;title\u{7}".into(),
+        ..Default::default()
+    };
+    let escapes = |t: &str| t.chars().any(char::is_control);
+    // For people: every text field escaped, the line breaks are ours.
+    let h = human(&s);
+    assert!(!h.lines().any(escapes), "{h:?}");
+    assert!(
+        h.contains("evil\\u{1b}[2J") && h.contains("line\\nnext"),
+        "{h}"
+    );
+    // JSON: nothing raw, and a parser gets the page's text back exactly.
+    let j = json(&s);
+    assert!(!escapes(&j), "{j:?}");
+    assert!(j.contains("\\u009b31m") && j.contains("\\u007fx"), "{j}");
+    let back: SessionReport = serde_json::from_str(&j).unwrap();
+    assert_eq!(
+        (back.name, back.group, back.target, back.message),
+        (
+            s.name.clone(),
+            s.group.clone(),
+            s.target.clone(),
+            s.message.clone()
+        )
+    );
+    // Metrics: label values escaped, then the backslash per the format.
+    let m = prometheus(&[s], 0);
+    assert!(!m.lines().any(escapes), "{m:?}");
+    assert!(m.contains("session=\"evil\\\\u{1b}[2J\""), "{m}");
 }

@@ -1,4 +1,5 @@
-//! `xdpcast status` for people: several lines per page.
+//! `xdpcast status` for people: several lines per page, text from the
+//! page made [`printable`].
 
 use std::fmt::Write as _;
 
@@ -44,7 +45,9 @@ pub fn human(s: &Snapshot) -> String {
     let _ = writeln!(
         o,
         "session   {} ({}, id {:#010x})",
-        s.name, s.group, s.session_id
+        printable(&s.name),
+        printable(&s.group),
+        s.session_id
     );
     if s.foreign_owner() {
         let _ = writeln!(
@@ -58,7 +61,12 @@ pub fn human(s: &Snapshot) -> String {
         sender_lines(&mut o, s);
         return o;
     }
-    let _ = writeln!(o, "path      {}  target {}", s.mode.name(), s.target);
+    let _ = writeln!(
+        o,
+        "path      {}  target {}",
+        s.mode.name(),
+        printable(&s.target)
+    );
     let _ = writeln!(
         o,
         "progress  {}/{} blocks ({pct:.1}%), {} of {}",
@@ -200,7 +208,7 @@ pub fn human(s: &Snapshot) -> String {
         );
     }
     if !s.message.is_empty() {
-        let _ = writeln!(o, "message   {}", s.message);
+        let _ = writeln!(o, "message   {}", printable(&s.message));
     }
     o
 }
@@ -214,7 +222,7 @@ fn sender_lines(o: &mut String, s: &Snapshot) {
         "sender    {} (pass {}), source {}",
         x.phase.name(),
         s.passes_seen,
-        s.target
+        printable(&s.target)
     );
     let _ = writeln!(
         o,
@@ -260,7 +268,7 @@ fn sender_lines(o: &mut String, s: &Snapshot) {
         let _ = writeln!(o, "sha256    {}", hex(&s.digest));
     }
     if !s.message.is_empty() {
-        let _ = writeln!(o, "message   {}", s.message);
+        let _ = writeln!(o, "message   {}", printable(&s.message));
     }
 }
 
@@ -279,3 +287,22 @@ pub fn unserved(d: &DiagStatus) -> String {
 /// The way out of [`unserved`] frames, in short.
 pub const UNSERVED_FIX: &str =
     "use --queues all, or steer the flow to the served queues with ethtool";
+
+/// `text` with its control characters (U+0000–U+001F, U+007F–U+009F)
+/// escaped as [`char::escape_debug`] writes them (`\n`, `\u{1b}`...), for
+/// printing text that may come from another user's page or file name: no
+/// terminal escape sequence gets through. Other characters are unchanged.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
