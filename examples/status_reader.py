@@ -5,17 +5,18 @@
     status_reader.py --path FILE
 
 Prints one JSON object per page, one per line, with the same keys as
-`xdpcast status --json`. The page is mapped read-only and copied under the
-writer's sequence lock (docs/status-page.md): read `seq`; if odd, retry;
-copy the page; if `seq` changed, retry. The writer is never blocked.
+`xdpcast status --json`. A page that cannot be read is reported on stderr
+and the others are still printed (exit status 1 if any was unreadable).
 
-CPython has no memory fences; the copy of the page and the two reads of
-`seq` are separate C calls, which is enough on x86-64 (loads are ordered)
-and in practice elsewhere; the C header has the strict version.
+The page is never mapped: its owner could truncate the file under the
+mapping (SIGBUS). It is copied with os.pread under the writer's sequence
+lock (docs/status-page.md): read `seq`; copy the page; read `seq` again;
+retry while `seq` was odd or changed, and give up after 0.5 s. The writer
+is never blocked. Each pread is a system call, which orders the copies on
+x86-64; the C header (xdpcast_status_read_fd) adds fences for the rest.
 """
 
 import json
-import mmap
 import os
 import struct
 import sys
@@ -95,6 +96,7 @@ HTTP_FIELDS = ["state", "multicast_bytes", "http_bytes", "requests",
                "bad_chunks", "bad_replies", "refused", "busy"]
 ZERO_METHODS = ["none", "punch_hole", "zero_range", "blkzeroout", "written"]
 STALE_AFTER_NS = 5 * 10**9
+START_SLACK_NS = 2 * 10**9
 U64_MAX = 2**64 - 1
 SEQ_OFF = 8 * W["seq"]
 
@@ -103,18 +105,33 @@ class NotAPage(Exception):
     pass
 
 
-def read_words(mm, timeout=0.5):
-    """A consistent copy of the page as WORDS ints (seqlock reader)."""
+def pread_exact(fd, n, offset):
+    b = os.pread(fd, n, offset)
+    if len(b) != n:
+        raise NotAPage("not a status page: truncated (%d of %d bytes at %d)"
+                       % (len(b), n, offset))
+    return b
+
+
+def read_words(fd, timeout=0.5):
+    """A consistent private copy of the page as WORDS ints (seqlock reader)."""
     deadline = time.monotonic() + timeout
+    tries = 0
     while True:
-        (s1,) = struct.unpack_from("<Q", mm, SEQ_OFF)
-        raw = mm[:PAGE_SIZE]
-        (s2,) = struct.unpack_from("<Q", mm, SEQ_OFF)
+        if os.fstat(fd).st_size < PAGE_SIZE:
+            raise NotAPage("not a status page: %d bytes" % os.fstat(fd).st_size)
+        (s1,) = struct.unpack("<Q", pread_exact(fd, 8, SEQ_OFF))
+        raw = pread_exact(fd, PAGE_SIZE, 0)
+        (s2,) = struct.unpack("<Q", pread_exact(fd, 8, SEQ_OFF))
         if s1 % 2 == 0 and s1 == s2:
             return struct.unpack("<%dQ" % WORDS, raw)
+        tries += 1
+        if tries > 64:
+            time.sleep(0.001)
         if time.monotonic() > deadline:
             words = struct.unpack("<%dQ" % WORDS, raw)
-            if not os.path.exists("/proc/%d" % words[W["writer_pid"]]):
+            pid = words[W["writer_pid"]]
+            if pid == 0 or pid > 2**32 - 1 or not os.path.exists("/proc/%d" % pid):
                 return words  # the writer died mid-update: stale page
             raise TimeoutError("writer pid %d is stuck mid-update"
                                % words[W["writer_pid"]])
@@ -125,12 +142,36 @@ def text(words, first, nbytes):
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def process_start_ns(pid):
+    """When process pid started (wall clock, ns), or None: btime of
+    /proc/stat plus field 22 of /proc/PID/stat in clock ticks."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(")") + 1:].split()[22 - 3])
+        with open("/proc/stat") as f:
+            btime = next(int(l.split()[1]) for l in f if l.startswith("btime "))
+        return btime * 10**9 + ticks * (10**9 // os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def writer_alive(pid, heartbeat_ns):
+    """Process pid exists and did not start after the page's last heartbeat
+    (2 s of slack): else it reuses the pid of a writer that died."""
+    if pid == 0 or pid > 2**32 - 1 or not os.path.exists("/proc/%d" % pid):
+        return False
+    start = process_start_ns(pid)
+    if heartbeat_ns == 0 or start is None:
+        return True
+    return start <= heartbeat_ns + START_SLACK_NS
+
+
 def stale(w):
     """Not final, and the writer is gone or silent (docs/status-page.md)."""
     if STATES[w[W["state"]]] in ("SUCCESS", "FAILURE"):
         return False
-    pid = w[W["writer_pid"]]
-    if pid == 0 or not os.path.exists("/proc/%d" % pid):
+    if not writer_alive(w[W["writer_pid"]], w[W["heartbeat_ns"]]):
         return True
     return time.time_ns() - w[W["heartbeat_ns"]] > STALE_AFTER_NS
 
@@ -140,6 +181,10 @@ def decode(w, owner_uid):
         raise NotAPage("not a status page: bad magic")
     if w[W["version"]] != LAYOUT_VERSION:
         raise NotAPage("not a status page: layout version %d" % w[W["version"]])
+    if w[W["page_size"]] != PAGE_SIZE:
+        raise NotAPage("not a status page: page size %d" % w[W["page_size"]])
+    if w[W["state"]] >= len(STATES):
+        raise NotAPage("not a status page: unknown state")
     digest = struct.pack("<4Q", *w[W["digest"]:W["digest"] + 4]).hex()
     nworkers = min(w[W["worker_count"]], MAX_WORKERS)
     workers = []
@@ -155,6 +200,7 @@ def decode(w, owner_uid):
             wk["cpu"] = None
         workers.append(wk)
     err = w[W["error_code"]]
+    known = err < len(ERRORS) and ERRORS[err] is not None
     mode = w[W["mode"]]
     keys = ["session_id", "writer_pid", "heartbeat_ns", "block_size",
             "block_count", "total_bytes", "blocks_done", "bytes_done",
@@ -166,8 +212,9 @@ def decode(w, owner_uid):
         "group": text(w, W["group"], 64),
         "target": text(w, W["target"], 256),
         "state": STATES[w[W["state"]]],
-        "error_code": err,
-        "error": (ERRORS[err] if err < len(ERRORS) else None) or "internal",
+        # A code this reader does not know reads as 13 internal, as in xdpcast.
+        "error_code": err if known else 13,
+        "error": ERRORS[err] if known else "internal",
         "mode": MODES[mode] if mode < len(MODES) else "unknown",
         "stale": stale(w),
         "owner_uid": owner_uid,
@@ -179,7 +226,8 @@ def decode(w, owner_uid):
     out["zero_method"] = ZERO_METHODS[zm] if zm < len(ZERO_METHODS) else "none"
     out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None
     out["message"] = text(w, W["message"], 256)
-    out["drops"] = {n: w[W["drops"] + i] for i, n in enumerate(DROPS)}
+    # Keys in alphabetical order, as xdpcast prints them.
+    out["drops"] = dict(sorted((n, w[W["drops"] + i]) for i, n in enumerate(DROPS)))
     out["workers"] = workers
     out["unserved_frames"] = w[W["diag"]]
     out["unserved_queues"] = [q for q in range(64) if w[W["diag"] + 1] >> q & 1]
@@ -210,10 +258,11 @@ def read_page(path):
     # Not through a symbolic link; the owner is the file's, which the
     # writer cannot choose.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        owner = os.fstat(f.fileno()).st_uid
-        with mmap.mmap(f.fileno(), PAGE_SIZE, prot=mmap.PROT_READ) as mm:
-            return decode(read_words(mm), owner)
+    try:
+        owner = os.fstat(fd).st_uid
+        return decode(read_words(fd), owner)
+    finally:
+        os.close(fd)
 
 
 def main(argv):

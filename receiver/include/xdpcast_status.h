@@ -1,24 +1,34 @@
 /*
- * xdpcast_status.h - the xdpcast status page, layout version 1.
+ * xdpcast_status.h - the xdpcast status page, layout version 2
+ * (XDPCAST_STATUS_LAYOUT_VERSION).
  *
- * A receiver publishes each session in an 8192-byte file
- * $XDPCAST_STATUS_DIR/xdpcast.<name> (default /run/xdpcast/xdpcast.<name>),
- * mode 0644, in a directory only the receiver's user can write. Open it with
- * O_NOFOLLOW and check its owner with xdpcast_status_owner_trusted(): a page
- * of neither root nor your own user may have been written by anyone. The page is 1024 little-endian uint64_t words; XDPCAST_W_* are
- * word indices (byte offset = 8 * index). docs/status-page.md describes
- * every field. Map the file read-only and copy it with
- * xdpcast_status_read(), which follows the writer's sequence lock and never
- * blocks it.
+ * A receiver (or `xdpcast send`) publishes each session in an 8192-byte
+ * file $XDPCAST_STATUS_DIR/xdpcast.<name> (default
+ * /run/xdpcast/xdpcast.<name>), mode 0644, in a directory only the writer's
+ * user can write. The page is 1024 little-endian uint64_t words; XDPCAST_W_*
+ * are word indices (byte offset = 8 * index). docs/status-page.md describes
+ * every field.
  *
- * Only the header's own types, <stdint.h> and POSIX <sys/stat.h> and
- * <unistd.h> are needed; no library.
+ * Reading safely: open the file with O_RDONLY | O_NOFOLLOW and copy it with
+ * xdpcast_status_read_fd(), which reads a private copy with pread(2),
+ * follows the writer's sequence lock, never blocks the writer and gives up
+ * after a timeout. Check the owner with xdpcast_status_owner_trusted(): a
+ * page of neither root nor your own user may have been written by anyone,
+ * and may be hostile. Do not mmap(2) such a page: its owner can truncate
+ * the file under your mapping, and touching the mapping then kills your
+ * process with SIGBUS. xdpcast_status_read() (on a mapping) is only for
+ * pages whose owner you trust.
+ *
+ * Only the header's own types, <stdint.h>, <time.h> and POSIX
+ * <sys/stat.h> and <unistd.h> are needed (POSIX.1-2008: compile with
+ * _POSIX_C_SOURCE=200809L or _DEFAULT_SOURCE); no library.
  */
 #ifndef XDPCAST_STATUS_H
 #define XDPCAST_STATUS_H
 
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef __cplusplus
@@ -63,7 +73,7 @@ extern "C" {
 #define XDPCAST_W_NACKS_SENT 29
 #define XDPCAST_W_RESUMED_BLOCKS 30
 /* word 31 is reserved (zero) */
-#define XDPCAST_W_DROPS 32    /* 16 words, indexed by XDPCAST_DROP_* */
+#define XDPCAST_W_DROPS 32    /* 16 words, indexed by XDPCAST_DROP_*; 15 is reserved */
 #define XDPCAST_W_NAME 48     /* 8 words: NUL-padded text, 64 bytes */
 #define XDPCAST_W_GROUP 56    /* 8 words: NUL-padded text, 64 bytes */
 #define XDPCAST_W_TARGET 64   /* 32 words: NUL-padded text, 256 bytes */
@@ -163,6 +173,13 @@ extern "C" {
 #define XDPCAST_ST_HANDED_OFF 9 /* blocks AF_XDP workers handed to their copiers */
 #define XDPCAST_ST_LANE_FULL 10 /* blocks a worker copied itself: its lane was full */
 
+/* Words of the stream region, relative to XDPCAST_W_STREAM (an image
+ * written to a pipe: --out -, udp-receiver; zero otherwise). */
+#define XDPCAST_SM_WINDOW 0  /* capacity of the reorder window, bytes */
+#define XDPCAST_SM_HELD 1    /* bytes held in the window now */
+#define XDPCAST_SM_WRITTEN 2 /* bytes written to the pipe */
+#define XDPCAST_SM_REFUSED 3 /* blocks refused: they did not fit the window */
+
 /* Words of one latency slot (batch wall time in ns, 0 before the first
  * batch), relative to XDPCAST_W_WORKER_LATENCY + i * XDPCAST_LATENCY_WORDS. */
 #define XDPCAST_LAT_P50 0
@@ -254,21 +271,58 @@ enum xdpcast_drop_reason {
     XDPCAST_DROP_UNAUTHENTICATED = 12,
     XDPCAST_DROP_BAD_CHUNK = 13,
     XDPCAST_DROP_FOREIGN_SOURCE = 14,
-    XDPCAST_DROP_COUNT = 15,
+    XDPCAST_DROP_COUNT = 15, /* reasons in use; the page has XDPCAST_DROP_SLOTS slots */
 };
 
-/* Snake-case name of an error code, as in `xdpcast status --json`. */
+/* Snake-case name of an error code, as in `xdpcast status --json` (tested
+ * against the Rust names for every code in docs/status-page.md); "unknown"
+ * for a number no code has. */
 static inline const char *xdpcast_error_name(uint32_t code)
 {
-    static const char *const names[] = {
-        "none", "cancelled", "timeout", "target_io", "target_too_small",
-        "disk_full", "digest_mismatch", "sender_gone", "protocol_error",
-        "incomplete", "steering_failed", "network", "invalid_argument",
-        "internal", "closed",
-        [18] = "output_closed",
-    };
-    /* Numbers are allocated per subsystem: unassigned ones are NULL. */
-    return code < sizeof names / sizeof names[0] && names[code] ? names[code] : "unknown";
+    switch (code) {
+    case XDPCAST_OK: return "none";
+    case XDPCAST_ERR_CANCELLED: return "cancelled";
+    case XDPCAST_ERR_TIMEOUT: return "timeout";
+    case XDPCAST_ERR_TARGET_IO: return "target_io";
+    case XDPCAST_ERR_TARGET_TOO_SMALL: return "target_too_small";
+    case XDPCAST_ERR_DISK_FULL: return "disk_full";
+    case XDPCAST_ERR_DIGEST_MISMATCH: return "digest_mismatch";
+    case XDPCAST_ERR_SENDER_GONE: return "sender_gone";
+    case XDPCAST_ERR_PROTOCOL_ERROR: return "protocol_error";
+    case XDPCAST_ERR_INCOMPLETE: return "incomplete";
+    case XDPCAST_ERR_STEERING_FAILED: return "steering_failed";
+    case XDPCAST_ERR_NETWORK: return "network";
+    case XDPCAST_ERR_INVALID_ARGUMENT: return "invalid_argument";
+    case XDPCAST_ERR_INTERNAL: return "internal";
+    case XDPCAST_ERR_CLOSED: return "closed";
+    case XDPCAST_ERR_TOO_SLOW: return "too_slow";
+    case XDPCAST_ERR_OUTPUT_CLOSED: return "output_closed";
+    default: return "unknown";
+    }
+}
+
+/* Name of a drop reason, as the keys of `drops` in `xdpcast status --json`
+ * and the `reason` label of the metrics; "unknown" past the last one. */
+static inline const char *xdpcast_drop_name(uint32_t reason)
+{
+    switch (reason) {
+    case XDPCAST_DROP_TRUNCATED: return "truncated";
+    case XDPCAST_DROP_BAD_MAGIC: return "bad_magic";
+    case XDPCAST_DROP_BAD_VERSION: return "bad_version";
+    case XDPCAST_DROP_BAD_KIND: return "bad_kind";
+    case XDPCAST_DROP_FOREIGN_SESSION: return "foreign_session";
+    case XDPCAST_DROP_LENGTH_MISMATCH: return "length_mismatch";
+    case XDPCAST_DROP_OVERSIZE: return "oversize";
+    case XDPCAST_DROP_OUT_OF_RANGE: return "out_of_range";
+    case XDPCAST_DROP_INCONSISTENT: return "inconsistent";
+    case XDPCAST_DROP_NOT_UDP: return "not_udp";
+    case XDPCAST_DROP_DUPLICATE: return "duplicate";
+    case XDPCAST_DROP_BAD_CONTROL: return "bad_control";
+    case XDPCAST_DROP_UNAUTHENTICATED: return "unauthenticated";
+    case XDPCAST_DROP_BAD_CHUNK: return "bad_chunk";
+    case XDPCAST_DROP_FOREIGN_SOURCE: return "foreign_source";
+    default: return "unknown";
+    }
 }
 
 /* Upper-case name of a state. */
@@ -280,14 +334,19 @@ static inline const char *xdpcast_state_name(uint64_t state)
     return state < 4 ? names[state] : "UNKNOWN";
 }
 
-/* Results of xdpcast_status_read. */
+/* Results of xdpcast_status_read and xdpcast_status_read_fd. */
 #define XDPCAST_READ_OK 0
 #define XDPCAST_READ_NOT_A_PAGE (-1) /* bad magic, version or size */
-#define XDPCAST_READ_BUSY (-2)       /* still mid-update after max_tries */
+#define XDPCAST_READ_BUSY (-2)       /* still mid-update after max_tries / timeout_ms */
+#define XDPCAST_READ_SHORT (-3)      /* the file is shorter than a page (truncated) */
+#define XDPCAST_READ_ERRNO (-4)      /* fstat or pread failed: see errno */
 
 /*
  * Copy a consistent snapshot of the page at `page` (a read-only mapping of
- * at least XDPCAST_STATUS_PAGE_SIZE bytes) into `out`, following the sequence lock:
+ * at least XDPCAST_STATUS_PAGE_SIZE bytes) into `out`, following the
+ * sequence lock. Only for a page whose owner you trust (root's or your own):
+ * if the owner truncates the file, touching the mapping raises SIGBUS. Use
+ * xdpcast_status_read_fd() for any other page.
  *
  *   1. s1 = seq (acquire); if s1 is odd the writer is mid-update: retry;
  *   2. copy all XDPCAST_STATUS_WORDS words (relaxed atomic loads);
@@ -322,6 +381,70 @@ static inline int xdpcast_status_read(const volatile uint64_t *page,
         }
     }
     return XDPCAST_READ_BUSY;
+}
+
+/*
+ * Copy a consistent snapshot of the page open on `fd` (O_RDONLY) into
+ * `out` with pread(2), never through a mapping, so that a page truncated or
+ * rewritten by its owner cannot harm the reader:
+ *
+ *   1. fstat: a file shorter than a page is XDPCAST_READ_SHORT;
+ *   2. s1 = seq (pread of word 3); full fence;
+ *   3. pread all XDPCAST_STATUS_PAGE_SIZE bytes (a short read is
+ *      XDPCAST_READ_SHORT: the file was truncated meanwhile); full fence;
+ *   4. s2 = seq again; if s1 is odd or s2 != s1, retry (after 64 tries,
+ *      sleeping 1 ms between tries);
+ *   5. check magic, version and page_size (XDPCAST_READ_NOT_A_PAGE).
+ *
+ * Gives up with XDPCAST_READ_BUSY after `timeout_ms` milliseconds (0
+ * means 500, what the xdpcast tools wait): a writer killed mid-update, or a
+ * hostile one, leaves seq odd for good; `out` then holds the last, possibly
+ * torn, copy (check writer_pid). The fences order the kernel's copies as
+ * the atomic loads of xdpcast_status_read() are ordered.
+ */
+static inline int xdpcast_status_read_fd(int fd, uint64_t out[XDPCAST_STATUS_WORDS],
+                                         unsigned timeout_ms)
+{
+    struct timespec start, now, nap = {0, 1000000};
+    unsigned long tries;
+    if (timeout_ms == 0)
+        timeout_ms = 500;
+    if (clock_gettime(CLOCK_MONOTONIC, &start) != 0)
+        return XDPCAST_READ_ERRNO;
+    for (tries = 0;; tries++) {
+        struct stat st;
+        uint64_t s1, s2;
+        ssize_t n;
+        if (fstat(fd, &st) != 0)
+            return XDPCAST_READ_ERRNO;
+        if (st.st_size < (off_t)XDPCAST_STATUS_PAGE_SIZE)
+            return XDPCAST_READ_SHORT;
+        n = pread(fd, &s1, sizeof s1, XDPCAST_BYTE_OFFSET(XDPCAST_W_SEQ));
+        if (n != (ssize_t)sizeof s1)
+            return n < 0 ? XDPCAST_READ_ERRNO : XDPCAST_READ_SHORT;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        n = pread(fd, out, XDPCAST_STATUS_PAGE_SIZE, 0);
+        if (n != (ssize_t)XDPCAST_STATUS_PAGE_SIZE)
+            return n < 0 ? XDPCAST_READ_ERRNO : XDPCAST_READ_SHORT;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        n = pread(fd, &s2, sizeof s2, XDPCAST_BYTE_OFFSET(XDPCAST_W_SEQ));
+        if (n != (ssize_t)sizeof s2)
+            return n < 0 ? XDPCAST_READ_ERRNO : XDPCAST_READ_SHORT;
+        if ((s1 & 1) == 0 && s1 == s2) {
+            if (out[XDPCAST_W_MAGIC] != XDPCAST_STATUS_MAGIC ||
+                out[XDPCAST_W_VERSION] != XDPCAST_STATUS_LAYOUT_VERSION ||
+                out[XDPCAST_W_PAGE_SIZE] != XDPCAST_STATUS_PAGE_SIZE)
+                return XDPCAST_READ_NOT_A_PAGE;
+            return XDPCAST_READ_OK;
+        }
+        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
+            return XDPCAST_READ_ERRNO;
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >=
+            (long)timeout_ms)
+            return XDPCAST_READ_BUSY;
+        if (tries >= 64)
+            nanosleep(&nap, NULL);
+    }
 }
 
 /*

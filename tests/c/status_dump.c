@@ -9,7 +9,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "xdpcast_status.h"
@@ -25,7 +24,6 @@ static void text(const char *key, const uint64_t *w, unsigned first, unsigned le
 int main(int argc, char **argv)
 {
     static uint64_t w[XDPCAST_STATUS_WORDS];
-    const void *page;
     unsigned i;
     int fd, rc;
 
@@ -38,14 +36,10 @@ int main(int argc, char **argv)
         perror(argv[1]);
         return 1;
     }
-    page = mmap(NULL, XDPCAST_STATUS_PAGE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-    if (page == MAP_FAILED) {
-        perror("mmap");
-        return 1;
-    }
-    rc = xdpcast_status_read(page, w, 0);
+    /* A private copy with pread: safe whoever owns the page. */
+    rc = xdpcast_status_read_fd(fd, w, 0);
     if (rc != XDPCAST_READ_OK) {
-        fprintf(stderr, "xdpcast_status_read: %d\n", rc);
+        fprintf(stderr, "xdpcast_status_read_fd: %d\n", rc);
         return 1;
     }
     {
@@ -90,7 +84,7 @@ int main(int argc, char **argv)
         printf("%02x", ((const unsigned char *)&w[XDPCAST_W_DIGEST])[i]);
     printf("\n");
     for (i = 0; i < XDPCAST_DROP_COUNT; i++)
-        printf("drop%u=%" PRIu64 "\n", i, w[XDPCAST_W_DROPS + i]);
+        printf("drop_%s=%" PRIu64 "\n", xdpcast_drop_name(i), w[XDPCAST_W_DROPS + i]);
     for (i = 0; i < w[XDPCAST_W_WORKER_COUNT] && i < XDPCAST_MAX_WORKERS; i++) {
         const uint64_t *wk = &w[XDPCAST_W_WORKERS + i * XDPCAST_WORKER_WORDS];
         printf("worker%u=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", i,

@@ -687,9 +687,18 @@ impl Control {
             .map(|(&(queue, cpu), c)| c.snapshot(u64::from(queue), cpu))
             .collect();
         s.storage = t.storage_status();
+        // Each counter's drops by reason, loaded once: a slot's `drops`
+        // and the page's `drops[]` are sums of the same values, so that
+        // `packets` is exactly what was taken in less what was dropped
+        // (docs/status-page.md).
+        let mut slots = s.workers.iter_mut();
         for c in t.all_counters() {
-            for (d, v) in s.drops.iter_mut().zip(c.drops.iter()) {
-                *d += v.load(Ordering::Relaxed);
+            let by_reason = c.drops.each_ref().map(|v| v.load(Ordering::Relaxed));
+            if let Some(w) = slots.next() {
+                w.drops = by_reason.iter().sum();
+            }
+            for (d, v) in s.drops.iter_mut().zip(by_reason) {
+                *d += v;
             }
         }
         // What the HTTP source fed in counts like the workers' packets.

@@ -5,3 +5,6 @@ pub mod monitor;
 pub mod page;
 pub mod report;
 pub mod serve;
+
+#[cfg(test)]
+mod doc_tests;

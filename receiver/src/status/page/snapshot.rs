@@ -551,7 +551,7 @@ pub struct Snapshot {
     pub first_pass_missing: u64,
     /// Blocks rebuilt from FEC repair symbols.
     pub fec_recovered: u64,
-    /// NACK packets sent to the sender.
+    /// Repair requests sent to the sender: NACKs and parity requests.
     pub nacks_sent: u64,
     /// Blocks taken from the resume file of an earlier run, less those in
     /// the sender's zero runs (counted in `sparse.skipped_blocks`).
@@ -690,7 +690,7 @@ impl Snapshot {
         w
     }
 
-    pub(super) fn from_words(w: &[u64; WORDS]) -> Result<Snapshot> {
+    pub(crate) fn from_words(w: &[u64; WORDS]) -> Result<Snapshot> {
         use offsets::*;
         let bad = |what: &str| {
             Error::new(

@@ -69,7 +69,7 @@ pub struct SessionReport {
     pub first_pass_missing: u64,
     /// Blocks rebuilt from FEC symbols.
     pub fec_recovered: u64,
-    /// NACK packets sent.
+    /// Repair requests sent: NACKs and parity requests.
     pub nacks_sent: u64,
     /// Blocks taken from a resume file.
     pub resumed_blocks: u64,

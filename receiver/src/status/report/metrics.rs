@@ -263,7 +263,7 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
     ),
     counter(
         "xdpcast_nacks_sent_total",
-        "NACK packets sent to the sender.",
+        "Repair requests (NACK and parity request packets) sent to the sender.",
         |s| s.nacks_sent as f64,
     ),
     counter(

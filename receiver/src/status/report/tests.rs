@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::proto::wire::DropReason;
-use crate::status::page::{DiagStatus, Role, Snapshot, State, WorkerStatus, FLAG_DIGEST};
+use crate::status::page::{DiagStatus, Snapshot, State, WorkerStatus, FLAG_DIGEST};
 
 #[test]
 fn figures() {
@@ -142,76 +142,6 @@ fn prometheus_groups_families_and_escapes_labels() {
             .all(|l| l.starts_with("xdpcast_")
                 && l.rsplit(' ').next().unwrap().parse::<f64>().is_ok())
     );
-}
-
-/// A section of docs/status-page.md, and the `ticked` words in it.
-fn doc_section(title: &str) -> &'static str {
-    const DOC: &str = include_str!("../../../../docs/status-page.md");
-    let start = DOC.find(&format!("\n## {title}\n")).expect(title) + 1;
-    let len = DOC[start + 3..]
-        .find("\n## ")
-        .map_or(DOC.len() - start, |n| n + 3);
-    &DOC[start..start + len]
-}
-
-fn ticked(text: &str) -> std::collections::BTreeSet<&str> {
-    text.split('`').skip(1).step_by(2).collect()
-}
-
-/// The ticked words of the first column of a section's table.
-fn first_column(text: &str) -> std::collections::BTreeSet<&str> {
-    text.lines()
-        .filter(|l| l.starts_with("| `"))
-        .flat_map(|l| ticked(l.split(" | ").next().unwrap()))
-        .collect()
-}
-
-#[test]
-fn docs_list_every_json_key_and_metric_family() {
-    let s = sample();
-    let v = serde_json::to_value(SessionReport::new(&s)).unwrap();
-    let json = doc_section("JSON");
-    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    let worker = v["workers"][0].as_object().unwrap();
-    for k in keys
-        .iter()
-        .copied()
-        .chain(worker.keys().map(String::as_str))
-    {
-        assert!(
-            ticked(json).contains(k),
-            "JSON key {k} not in docs/status-page.md"
-        );
-    }
-    assert!(first_column(json).len() > 20);
-    for k in first_column(json) {
-        assert!(keys.contains(&k), "docs/status-page.md lists JSON key {k}");
-    }
-    let sender = Snapshot {
-        name: "send-lab".into(),
-        role: Role::Sender,
-        ..Snapshot::default()
-    };
-    let text = prometheus(&[s, sender], 0);
-    let families: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap())
-        .collect();
-    let prom = doc_section("Prometheus");
-    for f in &families {
-        assert!(
-            ticked(prom).contains(f),
-            "family {f} not in docs/status-page.md"
-        );
-    }
-    assert!(first_column(prom).len() > 20);
-    for f in first_column(prom) {
-        assert!(
-            families.contains(&f),
-            "docs/status-page.md lists family {f}"
-        );
-    }
 }
 
 #[test]
