@@ -105,6 +105,13 @@ class NotAPage(Exception):
     pass
 
 
+def printable(text):
+    """text with its control characters (U+0000-U+001F, U+007F-U+009F)
+    escaped, for a terminal: a page or file name may be another user's."""
+    return "".join("\\x%02x" % ord(c) if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f
+                   else c for c in text)
+
+
 def pread_exact(fd, n, offset):
     b = os.pread(fd, n, offset)
     if len(b) != n:
@@ -277,9 +284,11 @@ def main(argv):
     status = 0
     for p in paths:
         try:
-            print(json.dumps(read_page(p), separators=(",", ":")))
+            # json escapes every control character but DEL.
+            line = json.dumps(read_page(p), separators=(",", ":"))
+            print(line.replace("\x7f", "\\u007f"))
         except (OSError, ValueError, NotAPage, TimeoutError) as e:
-            print("%s: %s" % (p, e), file=sys.stderr)
+            print(printable("%s: %s" % (p, e)), file=sys.stderr)
             status = 1
     return status
 

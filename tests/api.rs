@@ -20,7 +20,7 @@ use common::*;
 use xdpcast::proto::wire::hex;
 use xdpcast::proto::wire::{self, Control, DropReason, Geometry, Kind};
 use xdpcast::status::page::{
-    self, offsets, Role, SendPhase, Snapshot, State, StatusReader, ZeroMethod,
+    self, offsets, Role, SendPhase, Snapshot, State, StatusReader, StatusWriter, ZeroMethod,
 };
 use xdpcast::status::report::SessionReport;
 use xdpcast::ErrorCode;
@@ -678,7 +678,7 @@ fn expected_c_fields(s: &Snapshot) -> Vec<(String, String)> {
         ("message".into(), s.message.clone()),
     ];
     for r in DropReason::ALL {
-        v.push((format!("drop{}", r as usize), s.drops_for(r).to_string()));
+        v.push((format!("drop_{}", r.name()), s.drops_for(r).to_string()));
     }
     for (i, w) in s.workers.iter().enumerate() {
         v.push((
@@ -1334,4 +1334,73 @@ fn headers_and_python_reader_match_the_rust_constants() {
             && py.contains(&format!("worker_batch_sum={}", WORKER_BATCH_SUM))
             && py.contains(&format!("drops={}", DROPS))
     );
+}
+
+/// The C header's `xdpcast_error_name` and `xdpcast_drop_name`, compiled,
+/// give every error code and drop reason the name `xdpcast status --json`
+/// prints for it (a page per error code), and "unknown" for numbers that
+/// are none.
+#[test]
+fn c_header_names_match_status_json_for_every_code() {
+    let dir = status_dir("xdpc-api-names");
+    let names = dir.join("names");
+    compile_c("names.c", &names, false);
+    let o = Command::new(&names).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let c: Vec<(String, u32, String)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let mut w = l.split(' ');
+            let kind = w.next().unwrap().to_string();
+            let n = w.next().unwrap().parse().unwrap();
+            (kind, n, w.next().unwrap().to_string())
+        })
+        .collect();
+    // One FAILURE page per error code, read back by the binary.
+    let _pages: Vec<StatusWriter> = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            let w = StatusWriter::create(&page_of(&dir.0, &format!("e{}", *code as u32))).unwrap();
+            w.publish(&Snapshot {
+                name: format!("e{}", *code as u32),
+                state: State::Failure,
+                error: *code,
+                ..Default::default()
+            });
+            w
+        })
+        .collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+        .env("XDPCAST_STATUS_DIR", &dir.0)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let reports: Vec<SessionReport> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), ErrorCode::ALL.len());
+    for (kind, n, name) in &c {
+        match kind.as_str() {
+            "error" => match reports.iter().find(|r| r.error_code == *n) {
+                Some(r) => assert_eq!(&r.error, name, "error {n}"),
+                None => assert_eq!(name, "unknown", "error {n} is no code"),
+            },
+            "drop" => match DropReason::ALL.get(*n as usize) {
+                Some(r) => {
+                    assert_eq!(name, r.name(), "drop {n}");
+                    assert!(reports[0].drops.contains_key(name), "{name}");
+                }
+                None => assert_eq!(name, "unknown", "drop slot {n} is no reason"),
+            },
+            k => panic!("{k}"),
+        }
+    }
+    for code in ErrorCode::ALL {
+        let named = c
+            .iter()
+            .any(|(k, n, name)| k == "error" && *n == code as u32 && name == code.name());
+        assert!(named, "{code} missing from the C header's names");
+    }
 }

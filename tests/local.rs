@@ -562,3 +562,198 @@ fn trusted_keys_only_from_paths_no_one_else_can_change() {
         .unwrap();
     assert_exit(&o, ErrorCode::Timeout, "");
 }
+
+const HOSTILE_PY: &str = r#"
+import os, struct, sys, time
+path, mode = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+page = bytearray(os.pread(fd, 8192, 0))
+struct.pack_into("<Q", page, 24, 7)
+struct.pack_into("<Q", page, 32, os.getpid())
+page = bytes(page)
+os.pwrite(fd, page, 0)
+print("ready", flush=True)
+while True:
+    if mode == "truncate":
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, page, 0)
+    else:
+        time.sleep(1)
+"#;
+
+/// nobody's process holding its page file open and, for as long as it
+/// runs, keeping the page's sequence lock odd with its own (live) pid as
+/// the writer; with `truncate` it also cuts the file to 0 bytes and writes
+/// it back, over and over. Killed when the guard is dropped.
+fn hostile_writer(page: &Path, mode: &str) -> Swapper {
+    use std::io::BufRead;
+    let mut c = nobody("/usr/bin/python3");
+    c.args(["-c", HOSTILE_PY]).arg(page).arg(mode);
+    let mut child = spawn(c);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if first != "ready\n" {
+        kill_group(&child);
+        let o = child.wait_with_output().unwrap();
+        panic!("the hostile writer did not start: {}", text(&o));
+    }
+    Swapper(child)
+}
+
+/// No terminal escape in `bytes`: no ESC, no C1 control (UTF-8 C2 80-9F),
+/// no other C0 control than newline.
+fn assert_no_escapes(bytes: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(bytes);
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} prints raw controls {bad:?}:\n{text}"
+    );
+}
+
+/// Root's `xdpcast` reading `pages` (run to its end, at most a minute).
+fn root_reads(pages: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xdpcast"));
+    c.env("XDPCAST_STATUS_DIR", pages).args(args);
+    let o = wait_output(spawn(c), Duration::from_secs(60), &args.join(" "));
+    assert!(o.status.code().is_some(), "{args:?} killed: {:?}", o.status);
+    o
+}
+
+#[test]
+fn readers_survive_hostile_pages_and_list_the_good_ones() {
+    if !netns_allowed() {
+        return;
+    }
+    use xdpcast::status::page::{Snapshot, StatusWriter};
+    let dir = TempDir::new("xdpc-local-hostile");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pages = dir.join("pages");
+    std::fs::create_dir(&pages).unwrap();
+    std::fs::set_permissions(&pages, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let page = |name: &str, s: Snapshot| {
+        let w = StatusWriter::create(&pages.join(format!("xdpcast.{name}"))).unwrap();
+        w.publish(&s);
+        w
+    };
+    let done = |name: &str| Snapshot {
+        name: name.into(),
+        state: State::Success,
+        ..Default::default()
+    };
+    let _good = [
+        page("good-a", done("good-a")),
+        page("good-b", done("good-b")),
+    ];
+    // nobody's pages (in a receiver's directory root reads, like
+    // /dev/shm/xdpcast-UID): one cut and rewritten under the readers, one
+    // whose lock never settles, one full of terminal escapes, and a file
+    // whose very name is an escape sequence.
+    let theirs = |name: &str, s: Snapshot| {
+        let w = page(name, s);
+        std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        w
+    };
+    let _trunc = theirs("bad-trunc", done("bad-trunc"));
+    let _odd = theirs("bad-odd", done("bad-odd"));
+    let _esc = theirs(
+        "esc",
+        Snapshot {
+            name: "evil\u{1b}]0;owned\u{7}".into(),
+            group: "239.1.1.1:5000\u{9b}31m".into(),
+            target: "/dev/\u{1b}[2Jsda".into(),
+            message: "done\n\u{1b}[1;1Hroot# \u{7f}".into(),
+            ..done("esc")
+        },
+    );
+    let named = pages.join("xdpcast.\u{1b}[31mred");
+    std::fs::write(&named, b"not a page").unwrap();
+    std::os::unix::fs::chown(&named, Some(NOBODY), Some(NOBODY)).unwrap();
+    let _cutter = hostile_writer(&pages.join("xdpcast.bad-trunc"), "truncate");
+    let _stuck = hostile_writer(&pages.join("xdpcast.bad-odd"), "odd");
+
+    let (mut server, addr) = start_metrics(&pages, &[]);
+    for _ in 0..3 {
+        // For people: the readable pages, escaped; the others on stderr.
+        let o = root_reads(&pages, &["status"]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        for want in [
+            "good-a",
+            "good-b",
+            "evil\\u{1b}]0;owned\\u{7}",
+            "done\\n\\u{1b}[1;1H",
+        ] {
+            assert!(out.contains(want), "{want:?} not in {out}");
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        for bad in ["bad-trunc", "bad-odd", "\\u{1b}[31mred"] {
+            assert!(
+                err.contains(&format!("status page {bad} unreadable")),
+                "{bad}: {err}"
+            );
+        }
+        assert_no_escapes(&o.stdout, "status");
+        assert_no_escapes(&o.stderr, "status (stderr)");
+        // JSON: every readable page, the text exact once parsed.
+        let o = root_reads(&pages, &["status", "--json"]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_no_escapes(&o.stdout, "status --json");
+        let names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["evil\u{1b}]0;owned\u{7}", "good-a", "good-b"]);
+        // Metrics (printed, and served by a server that stays up).
+        let o = root_reads(&pages, &["metrics", "--print"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let m = String::from_utf8_lossy(&o.stdout);
+        assert!(m.contains("xdpcast_unreadable_pages 3\n"), "{m}");
+        assert!(
+            m.contains("xdpcast_session_state{session=\"good-b\"} 2\n"),
+            "{m}"
+        );
+        assert_no_escapes(&o.stdout, "metrics");
+        let served = scrape(&addr);
+        assert!(served.contains("xdpcast_unreadable_pages 3"), "{served}");
+        let body = served.split_once("\r\n\r\n").unwrap().1;
+        assert_no_escapes(body.as_bytes(), "metrics --listen");
+        // The monitor: a line per page, the bad ones said unreadable.
+        let o = root_reads(&pages, &["monitor", "--once"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let lines = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            lines.contains("bad-odd") && lines.contains("unreadable"),
+            "{lines}"
+        );
+        assert!(lines.contains("good-a"), "{lines}");
+        assert_no_escapes(&o.stdout, "monitor");
+    }
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the metrics server died"
+    );
+    server.kill().unwrap();
+    let _ = server.wait();
+    // The Python reader: the same, with a private copy too.
+    let py = Command::new("/usr/bin/python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/status_reader.py"))
+        .env("XDPCAST_STATUS_DIR", &pages)
+        .output()
+        .unwrap();
+    assert_eq!(py.status.code(), Some(1), "{}", text(&py));
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).lines().count(),
+        3,
+        "{}",
+        text(&py)
+    );
+    assert_no_escapes(&py.stdout, "status_reader.py");
+    assert_no_escapes(&py.stderr, "status_reader.py (stderr)");
+}
