@@ -395,7 +395,8 @@ fn every_component_of_out_is_checked() {
     assert_exit(&o, ErrorCode::Timeout, "");
 }
 
-/// A swapper of nobody's, killed (with its process group) on drop.
+/// A process of nobody's (a swapper, a hostile page writer), killed with its
+/// process group on drop.
 struct Swapper(std::process::Child);
 
 impl Drop for Swapper {

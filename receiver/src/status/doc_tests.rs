@@ -288,6 +288,7 @@ const NOT_NUMBERS: &[&str] = &[
     "stream",
     "sparse",
     "diag",
+    "http",
     "worker_ext",
 ];
 
