@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use xdpcast::proto::frame::{udp_datagram, udp_payload};
-use xdpcast::proto::manifest::{ChunkTree, Manifest};
+use xdpcast::proto::manifest::{Manifest, SignedEnd};
 use xdpcast::proto::wire::{self, Control, Geometry, Kind, Packet, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use xdpcast::receive::transfer::Transfer;
 use xdpcast::receive::workers::Sink;
@@ -33,12 +33,15 @@ fn key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[5; 32])
 }
 
-/// A signed manifest of a 100 000-byte image and its tree.
-fn manifest() -> (Manifest, ChunkTree) {
+/// A 100 000-byte image.
+fn image() -> Vec<u8> {
+    (0..100_000u32).map(|i| i as u8).collect()
+}
+
+/// A signed manifest of [`image`].
+fn manifest() -> Manifest {
     let g = Geometry::new(100_000, 1400);
-    let image: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-    let tree = ChunkTree::build(&image, 1400);
-    let m = Manifest {
+    Manifest {
         session: 7,
         geometry: g,
         digest: [3; 32],
@@ -51,10 +54,8 @@ fn manifest() -> (Manifest, ChunkTree) {
         source: std::net::Ipv6Addr::LOCALHOST,
         chunk_blocks: 1,
         issued_at: 1,
-        root: tree.root(),
         zero_runs: [0; 32],
-    };
-    (m, tree)
+    }
 }
 
 fn valid_packets() -> Vec<Vec<u8>> {
@@ -76,14 +77,20 @@ fn valid_packets() -> Vec<Vec<u8>> {
         wire::encode_control(Kind::End, 7, &g, &ctl),
         wire::encode_nacks(7, &g, &[(0, 5), (60, 2)]).remove(0),
         wire::encode_fec(7, &g, 1, 64, &[4; 1404]),
-        wire::encode_raw(Kind::Manifest, 7, &g, 0, &manifest().0.sign(&key())),
-        wire::encode_raw(Kind::Manifest, 7, &g, 3, &manifest().1.page(3)),
+        wire::encode_raw(Kind::Manifest, 7, &g, 0, &manifest().sign(&key())),
+        wire::encode_raw(
+            Kind::Manifest,
+            7,
+            &g,
+            3,
+            &manifest().page_of(&key(), 3, &image()),
+        ),
         wire::encode_raw(
             Kind::SignedEnd,
             7,
             &g,
             0,
-            &manifest().0.sign_end(&key(), 1, 0),
+            &manifest().sign_end(&key(), 1, 0, &[3; 32]),
         ),
         wire::encode_zeros(7, &g, &[(3, 4), (10, 1)]).remove(0),
         wire::encode_parity_requests(7, &g, 64, &[(0, 5), (1, 64)]).remove(0),
@@ -155,17 +162,24 @@ fn check(pkt: &[u8]) {
             }
             // Whatever verifies is the real thing, untouched.
             Packet::Manifest { index, payload, .. } => {
-                let (m, tree) = manifest();
+                let m = manifest();
                 if let Ok((got, _)) = Manifest::verify(payload, &[key().verifying_key()]) {
                     assert_eq!(got, m);
                 }
-                if m.verify_page(index, payload).is_ok() {
-                    assert_eq!(payload, &tree.page(index)[..]);
+                if m.verify_page(&key().verifying_key(), index, payload)
+                    .is_ok()
+                {
+                    assert_eq!(payload, &m.page_of(&key(), index, &image())[..]);
                 }
             }
             Packet::SignedEnd { payload, .. } => {
-                if let Ok(v) = manifest().0.verify_end(&key().verifying_key(), payload) {
-                    assert_eq!(v, (1, 0));
+                if let Ok(v) = manifest().verify_end(&key().verifying_key(), payload) {
+                    let want = SignedEnd {
+                        pass: 1,
+                        flags: 0,
+                        digest: Some([3; 32]),
+                    };
+                    assert_eq!(v, want);
                 }
             }
             Packet::ParityRequest {

@@ -298,8 +298,10 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
     let site = Site::new("xdpc-http-deaf", 2, 8, 71);
     let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
     let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
-    // Slow (8 MiB at 8 Mbit/s, 8 s): still sending while the receiver
-    // fetches; the manifest file is written before the first packet.
+    // Slow (8 MiB at 8 Mbit/s, 8 s a pass): still sending while the
+    // receiver fetches. The sender reads the image as it sends it, so the
+    // manifest file (every page, the SHA-256) is written when its first
+    // pass ends; the second pass keeps it going meanwhile.
     let tx = start_sender(
         &tx_host.ns,
         &tx_host.iface,
@@ -310,6 +312,8 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
             key.to_str().unwrap(),
             "--rate",
             "8M",
+            "--passes",
+            "2",
             "--linger",
             "2",
         ],

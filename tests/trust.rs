@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use xdpcast::proto::manifest::{ChunkTree, Manifest};
+use xdpcast::proto::manifest::Manifest;
 use xdpcast::proto::wire::{self, Control, Geometry, Kind};
 use xdpcast::status::page::{
     State, FLAG_GEOMETRY, TRUST_MANIFEST, TRUST_NO_READ_BACK, TRUST_REQUIRED,
@@ -206,7 +206,6 @@ fn forgeries(session: u32, g: Geometry, attacker: &ed25519_dalek::SigningKey) ->
         out.push(wire::encode_control(Kind::End, session, &geo, &evil));
     }
     let fake = vec![0xEE; g.total_size as usize];
-    let tree = ChunkTree::build(&fake, 256 * g.block_size as usize);
     let m = Manifest {
         session,
         geometry: huge,
@@ -220,7 +219,6 @@ fn forgeries(session: u32, g: Geometry, attacker: &ed25519_dalek::SigningKey) ->
         source: std::net::Ipv6Addr::UNSPECIFIED,
         chunk_blocks: 256,
         issued_at: 0,
-        root: tree.root(),
         zero_runs: [0; 32],
     };
     out.push(wire::encode_raw(
@@ -235,14 +233,14 @@ fn forgeries(session: u32, g: Geometry, attacker: &ed25519_dalek::SigningKey) ->
         session,
         &g,
         0,
-        &tree.page(0),
+        &Manifest { geometry: g, ..m }.page_of(attacker, 0, &fake),
     ));
     out.push(wire::encode_raw(
         Kind::SignedEnd,
         session,
         &g,
         0,
-        &m.sign_end(attacker, 9, wire::FLAG_FINAL),
+        &m.sign_end(attacker, 9, wire::FLAG_FINAL, &[0xEE; 32]),
     ));
     // Blocks of the fake image, last first (the real sender sends them last).
     for i in (0..g.block_count).rev() {

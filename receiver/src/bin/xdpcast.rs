@@ -87,9 +87,10 @@ enum XskCopy {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Multicast a file or block device.
+    /// Multicast a file, a block device or standard input.
     Send {
-        /// File or block device to send.
+        /// File or block device to send; `-`: standard input, read to its end
+        /// into an unlinked file in TMPDIR first (the size goes in every packet).
         file: PathBuf,
         /// Multicast group and port, e.g. 239.1.2.3:5000 or [ff15::1]:5000; a
         /// link-local IPv6 group (ff02::, ff12::) is sent on --iface.

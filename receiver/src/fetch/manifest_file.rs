@@ -3,9 +3,9 @@
 //! hears no multicast can fetch it from a web server with the image.
 //!
 //! The file holds the very payloads the sender multicasts as kind 6
-//! packets, so a receiver checks it with the same code: the head against
-//! its trusted keys, every page against the head's signed Merkle root.
-//! Nothing in the file is trusted for being in the file.
+//! and 7 packets, so a receiver checks it with the same code: the head
+//! against its trusted keys, every page and signed end against the head's
+//! key. Nothing in the file is trusted for being in the file.
 //!
 //! Layout, big-endian (docs/http.md):
 //!
@@ -25,7 +25,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::proto::manifest::{ChunkTree, Manifest, SUB_HEAD, SUB_PAGE};
+use crate::proto::manifest::{Manifest, MAX_PAGES, SUB_HEAD, SUB_PAGE};
 use crate::proto::wire::{Kind, MAX_MANIFEST_PAYLOAD};
 
 /// First bytes of the file (the high byte catches 7-bit and text-mode
@@ -37,9 +37,9 @@ pub const VERSION: u32 = 1;
 pub const SUFFIX: &str = ".xdpcast-manifest";
 /// Most signed ends a file may hold.
 pub const MAX_ENDS: u32 = 4;
-/// Most records a file may hold: the head, 2^16 pages
-/// ([`crate::proto::manifest::MAX_DEPTH`]) and the signed ends.
-pub const MAX_RECORDS: u32 = 1 + (1 << 16) + MAX_ENDS;
+/// Most records a file may hold: the head, [`MAX_PAGES`] pages and the
+/// signed ends.
+pub const MAX_RECORDS: u32 = 1 + MAX_PAGES as u32 + MAX_ENDS;
 /// Largest file this code reads (every record at its largest).
 pub const MAX_FILE_LEN: u64 = 16 + MAX_RECORDS as u64 * (5 + MAX_MANIFEST_PAYLOAD as u64);
 
@@ -55,12 +55,19 @@ pub struct ManifestFile {
 }
 
 impl ManifestFile {
-    /// The file for `manifest` signed with `key`, with the pages of `tree`.
-    pub fn new(manifest: &Manifest, key: &ed25519_dalek::SigningKey, tree: &ChunkTree) -> Self {
+    /// The file for `manifest` signed with `key`: its signed `pages` (all
+    /// of them, in order) and one signed end carrying `digest`, the image's
+    /// SHA-256.
+    pub fn new(
+        manifest: &Manifest,
+        key: &ed25519_dalek::SigningKey,
+        pages: Vec<Vec<u8>>,
+        digest: &[u8; 32],
+    ) -> Self {
         ManifestFile {
             head: manifest.sign(key),
-            pages: (0..tree.page_count()).map(|i| tree.page(i)).collect(),
-            ends: Vec::new(),
+            pages,
+            ends: vec![manifest.sign_end(key, 0, 0, digest)],
         }
     }
 
@@ -199,10 +206,9 @@ mod tests {
     use crate::proto::wire::Geometry;
     use ed25519_dalek::SigningKey;
 
-    fn sample(len: usize) -> (Manifest, SigningKey, ChunkTree) {
+    fn sample(len: usize) -> (Manifest, SigningKey, ManifestFile) {
         let img: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
         let geometry = Geometry::new(len as u64, 100);
-        let tree = ChunkTree::build(&img, 400);
         let m = Manifest {
             session: 9,
             geometry,
@@ -216,32 +222,38 @@ mod tests {
             source: std::net::Ipv6Addr::UNSPECIFIED,
             chunk_blocks: 4,
             issued_at: 1_800_000_000,
-            root: tree.root(),
             zero_runs: [0; 32],
         };
-        (m, SigningKey::from_bytes(&[5; 32]), tree)
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let pages = (0..m.page_count())
+            .map(|i| m.page_of(&key, i, &img))
+            .collect();
+        let f = ManifestFile::new(&m, &key, pages, &[1; 32]);
+        (m, key, f)
     }
 
     #[test]
     fn round_trip_verifies_with_the_packet_code() {
         for len in [1, 399, 400, 6_401, 40_000] {
-            let (m, key, tree) = sample(len);
-            let f = ManifestFile::new(&m, &key, &tree);
+            let (m, key, f) = sample(len);
             let back = ManifestFile::parse(&f.encode()).unwrap();
             assert_eq!(back, f);
-            let (got, _) = Manifest::verify(&back.head, &[key.verifying_key()]).unwrap();
+            let vk = key.verifying_key();
+            let (got, _) = Manifest::verify(&back.head, &[vk]).unwrap();
             assert_eq!(got, m);
             assert_eq!(back.pages.len() as u64, m.page_count());
             for (i, p) in back.pages.iter().enumerate() {
-                m.verify_page(i as u64, p).unwrap();
+                m.verify_page(&vk, i as u64, p).unwrap();
             }
+            let end = m.verify_end(&vk, &back.ends[0]).unwrap();
+            assert_eq!(end.digest, Some([1; 32]));
         }
     }
 
     #[test]
     fn every_truncation_and_framing_error_is_refused() {
-        let (m, key, tree) = sample(6_401);
-        let bytes = ManifestFile::new(&m, &key, &tree).encode();
+        let (m, key, f) = sample(6_401);
+        let bytes = f.encode();
         for cut in 0..bytes.len() {
             assert!(ManifestFile::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -250,8 +262,8 @@ mod tests {
         assert!(ManifestFile::parse(&longer).is_err());
         // Signed ends after the pages; a page before the head, a head
         // twice, a kind that does not fit are refused.
-        let mut f = ManifestFile::new(&m, &key, &tree);
-        f.ends.push(m.sign_end(&key, 0, 0));
+        let mut f = f.clone();
+        f.ends.push(m.sign_end(&key, 1, 0, &[1; 32]));
         let good = f.encode();
         assert_eq!(ManifestFile::parse(&good), Ok(f.clone()));
         let mut swapped = f.clone();
@@ -280,8 +292,7 @@ mod tests {
         assert!(path
             .to_string_lossy()
             .ends_with("disk.img.xdpcast-manifest"));
-        let (m, key, tree) = sample(1000);
-        let f = ManifestFile::new(&m, &key, &tree);
+        let (_, _, f) = sample(1000);
         f.write_atomic(&path).unwrap();
         assert_eq!(ManifestFile::parse(&std::fs::read(&path).unwrap()), Ok(f));
         assert!(!tmp_path(&path).exists());

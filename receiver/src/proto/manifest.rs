@@ -1,21 +1,26 @@
 //! Signed sessions: the manifest a sender signs with its Ed25519 key, the
-//! BLAKE3 Merkle tree over fixed-size chunks of the image, and the signed
-//! end-of-pass packet. Pure encoding, hashing and verification, no I/O
-//! (key files are in [`crate::store::keys`]).
+//! pages of BLAKE3 chunk hashes it signs one by one as it reads the image,
+//! and the signed end-of-pass packet that carries the image's SHA-256. Pure
+//! encoding, hashing and verification, no I/O (key files are in
+//! [`crate::store::keys`]).
 //!
-//! On the wire (docs/protocol.md, "Signed sessions"):
+//! The sender makes no pass over the image before its first packet: it
+//! signs the head before it has read a byte, hashes the image as it sends
+//! it, and signs each page of chunk hashes as soon as its chunks are hashed,
+//! before it sends their data. On the wire (docs/protocol.md, "Signed
+//! sessions"):
 //! - Kind 6 (`Manifest`), sub-type 0, the *head*: every session parameter a
-//!   receiver acts on (geometry, SHA-256 of the image, passes, repair
-//!   address, FEC parameters, the sender's source address, chunk size, the
-//!   Merkle root of the chunk hashes, the zero-run extension hash), the
-//!   signer's public key and an Ed25519 signature. One packet, verifiable
-//!   on its own.
-//! - Kind 6, sub-type 1, a *page*: up to [`LEAVES_PER_PAGE`] chunk hashes
-//!   and the Merkle path from the page to the root. Each page is checked
-//!   on its own against the signed root, so a forged page is dropped and
-//!   cannot poison the real ones.
-//! - Kind 7 (`SignedEnd`): end of a pass or repair round (pass, flags),
-//!   signed, bound to the manifest by its id.
+//!   receiver acts on (geometry, passes, repair address, FEC parameters, the
+//!   sender's source address, chunk size, the zero-run list hash), the SHA-256
+//!   of the image when the sender knows it up front (else all zero: it comes
+//!   in the signed end), the signer's public key and an Ed25519 signature.
+//!   One packet, verifiable on its own.
+//! - Kind 6, sub-type 1, a *page*: up to [`LEAVES_PER_PAGE`] chunk hashes,
+//!   signed on their own, bound to the head by its id and to their place by
+//!   the page index. A forged page is dropped and cannot poison the real ones.
+//! - Kind 7 (`SignedEnd`): end of a pass or repair round (pass, flags, the
+//!   image's SHA-256 once the sender has read it all), signed, bound to the
+//!   manifest by its id.
 
 use std::net::Ipv6Addr;
 
@@ -31,8 +36,6 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const HASH_LEN: usize = 32;
 /// Chunk hashes per page packet.
 pub const LEAVES_PER_PAGE: usize = 16;
-/// Deepest Merkle tree accepted (2^16 pages of 16 chunks).
-pub const MAX_DEPTH: usize = 16;
 /// Fewest blocks per chunk.
 pub const MIN_CHUNK_BLOCKS: u32 = 256;
 /// A chunk's byte length is a multiple of this (a page, and the logical
@@ -48,20 +51,23 @@ pub const SUB_HEAD: u8 = 0;
 pub const SUB_PAGE: u8 = 1;
 /// Length of the signed body of a head (everything before key and signature).
 pub const BODY_LEN: usize =
-    4 + 4 + 4 + 8 + 8 + DIGEST_LEN + 4 + 4 + 16 + 2 + 2 + 4 + 16 + 4 + 8 + 2 * HASH_LEN;
+    4 + 4 + 4 + 8 + 8 + DIGEST_LEN + 4 + 4 + 16 + 2 + 2 + 4 + 16 + 4 + 8 + HASH_LEN;
 /// Payload of a head packet: body, public key, signature.
 pub const HEAD_LEN: usize = BODY_LEN + PUBLIC_KEY_LEN + SIGNATURE_LEN;
-/// Payload of a signed end packet: pass, flags, signature.
-pub const SIGNED_END_LEN: usize = 4 + 4 + SIGNATURE_LEN;
-/// Fixed part of a page payload: sub-type, depth, leaf count (u16).
+/// Payload of a signed end packet: pass, flags, SHA-256 of the image (all
+/// zero while the sender has not read all of it), signature.
+pub const SIGNED_END_LEN: usize = 4 + 4 + DIGEST_LEN + SIGNATURE_LEN;
+/// Fixed part of a page payload: sub-type, a zero byte, leaf count (u16).
 const PAGE_PREFIX: usize = 4;
 /// Largest page payload.
-pub const MAX_PAGE_LEN: usize = PAGE_PREFIX + (LEAVES_PER_PAGE + MAX_DEPTH) * HASH_LEN;
+pub const MAX_PAGE_LEN: usize = PAGE_PREFIX + LEAVES_PER_PAGE * HASH_LEN + SIGNATURE_LEN;
+/// Most pages a manifest may have (and so most chunks, with
+/// [`LEAVES_PER_PAGE`] each): bounds what a receiver allocates per head.
+pub const MAX_PAGES: u64 = 1 << 16;
 
-const HEAD_CONTEXT: &[u8] = b"xdpcast manifest v1";
-const END_CONTEXT: &[u8] = b"xdpcast signed end v1";
-const PAGE_CONTEXT: &str = "xdpcast 2026 manifest page v1";
-const NODE_CONTEXT: &str = "xdpcast 2026 manifest node v1";
+const HEAD_CONTEXT: &[u8] = b"xdpcast manifest v2";
+const END_CONTEXT: &[u8] = b"xdpcast signed end v2";
+const PAGE_CONTEXT: &[u8] = b"xdpcast manifest page v2";
 
 /// Why a manifest packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -75,9 +81,6 @@ pub enum ManifestError {
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
-    /// A page whose Merkle path does not lead to the signed root.
-    #[error("manifest page does not match the signed root")]
-    BadPage,
 }
 
 /// Everything a signed session fixes. Encoded big-endian in this order.
@@ -87,7 +90,10 @@ pub struct Manifest {
     pub session: u32,
     /// Image geometry.
     pub geometry: Geometry,
-    /// SHA-256 of the whole image (reported, and compared with `--expect-sha256`).
+    /// SHA-256 of the whole image when the sender knew it before it
+    /// signed the head; all zero when it comes in the signed ends (a
+    /// sender that hashes as it sends). Reported, and compared with
+    /// `--expect-sha256`.
     pub digest: [u8; DIGEST_LEN],
     /// Full passes the sender makes.
     pub passes: u32,
@@ -108,8 +114,6 @@ pub struct Manifest {
     pub chunk_blocks: u32,
     /// Seconds since 1970 when the manifest was signed (replay evidence).
     pub issued_at: u64,
-    /// Merkle root over the pages of chunk hashes.
-    pub root: [u8; HASH_LEN],
     /// SHA-256 of the list of zero runs the sender announces instead of
     /// sending: the payloads of its zero-run packets (kind 11) in order;
     /// all zero: no such list. Receivers check the blocks they zero like
@@ -165,11 +169,6 @@ impl Manifest {
         self.chunk_count().div_ceil(LEAVES_PER_PAGE as u64)
     }
 
-    /// Depth of the Merkle tree over the pages.
-    pub fn depth(&self) -> usize {
-        depth_for(self.page_count())
-    }
-
     fn body(&self) -> [u8; BODY_LEN] {
         let mut b = [0u8; BODY_LEN];
         let mut w = Put(&mut b, 0);
@@ -188,7 +187,6 @@ impl Manifest {
         w.put(&self.source.octets());
         w.put(&self.chunk_blocks.to_be_bytes());
         w.put(&self.issued_at.to_be_bytes());
-        w.put(&self.root);
         w.put(&self.zero_runs);
         debug_assert_eq!(w.1, BODY_LEN);
         b
@@ -220,14 +218,13 @@ impl Manifest {
             source: addr(92),
             chunk_blocks: be_u32(b, 108),
             issued_at: be_u64(b, 112),
-            root: arr(120),
-            zero_runs: arr(152),
+            zero_runs: arr(120),
         };
         let sane = m.geometry.is_consistent()
             && m.passes > 0
             && m.fec_group <= crate::proto::wire::MAX_FEC_GROUP
             && m.chunk_blocks > 0
-            && depth_for(m.page_count()) <= MAX_DEPTH;
+            && m.page_count() <= MAX_PAGES;
         if !sane {
             return Err(ManifestError::Malformed);
         }
@@ -274,169 +271,151 @@ impl Manifest {
         Ok((Manifest::from_body(body)?, *key))
     }
 
-    fn end_message(&self, pass: u32, flags: u32) -> Vec<u8> {
+    fn end_message(&self, pass: u32, flags: u32, digest: &[u8; DIGEST_LEN]) -> Vec<u8> {
         [
             END_CONTEXT,
             &self.id(),
             &pass.to_be_bytes(),
             &flags.to_be_bytes(),
+            digest,
         ]
         .concat()
     }
 
-    /// The payload of a signed end packet for `pass` with `flags`.
-    pub fn sign_end(&self, key: &SigningKey, pass: u32, flags: u32) -> Vec<u8> {
-        let sig = key.sign(&self.end_message(pass, flags));
+    /// The payload of a signed end packet for `pass` with `flags` and the
+    /// image's SHA-256 (all zero: not known yet).
+    pub fn sign_end(
+        &self,
+        key: &SigningKey,
+        pass: u32,
+        flags: u32,
+        digest: &[u8; DIGEST_LEN],
+    ) -> Vec<u8> {
+        let sig = key.sign(&self.end_message(pass, flags, digest));
         [
             &pass.to_be_bytes()[..],
             &flags.to_be_bytes(),
+            digest,
             &sig.to_bytes(),
         ]
         .concat()
     }
 
-    /// Check a signed end payload from the signer `key`: (pass, flags).
+    /// Check a signed end payload from the signer `key`: pass, flags and
+    /// the image's SHA-256 (None while the sender has not read it all).
     pub fn verify_end(
         &self,
         key: &VerifyingKey,
         payload: &[u8],
-    ) -> Result<(u32, u32), ManifestError> {
+    ) -> Result<SignedEnd, ManifestError> {
         if payload.len() != SIGNED_END_LEN {
             return Err(ManifestError::Malformed);
         }
         let (pass, flags) = (be_u32(payload, 0), be_u32(payload, 4));
-        let sig = Signature::from_slice(&payload[8..]).map_err(|_| ManifestError::Malformed)?;
-        key.verify_strict(&self.end_message(pass, flags), &sig)
+        let digest: [u8; DIGEST_LEN] = payload[8..8 + DIGEST_LEN].try_into().expect("digest");
+        let sig = Signature::from_slice(&payload[8 + DIGEST_LEN..])
+            .map_err(|_| ManifestError::Malformed)?;
+        key.verify_strict(&self.end_message(pass, flags, &digest), &sig)
             .map_err(|_| ManifestError::BadSignature)?;
-        Ok((pass, flags))
+        Ok(SignedEnd {
+            pass,
+            flags,
+            digest: (digest != [0; DIGEST_LEN]).then_some(digest),
+        })
     }
 
-    /// Check a page payload for page `index` against the signed root;
-    /// returns its chunk hashes (chunks `index * LEAVES_PER_PAGE ..`).
-    pub fn verify_page(
+    /// Chunk hashes page `index` covers (the last page may be short).
+    fn page_leaves(&self, index: u64) -> usize {
+        (self
+            .chunk_count()
+            .saturating_sub(index.saturating_mul(LEAVES_PER_PAGE as u64)))
+        .min(LEAVES_PER_PAGE as u64) as usize
+    }
+
+    fn page_message(&self, index: u64, leaves: &[u8]) -> Vec<u8> {
+        [PAGE_CONTEXT, &self.id(), &index.to_be_bytes(), leaves].concat()
+    }
+
+    /// The payload of page `index`: `leaves`, the hashes of its chunks in
+    /// order, signed with `key`.
+    pub fn sign_page(&self, key: &SigningKey, index: u64, leaves: &[[u8; HASH_LEN]]) -> Vec<u8> {
+        debug_assert_eq!(leaves.len(), self.page_leaves(index));
+        let flat = leaves.as_flattened();
+        let sig = key.sign(&self.page_message(index, flat));
+        let mut out = Vec::with_capacity(PAGE_PREFIX + flat.len() + SIGNATURE_LEN);
+        out.extend_from_slice(&[SUB_PAGE, 0]);
+        out.extend_from_slice(&(leaves.len() as u16).to_be_bytes());
+        out.extend_from_slice(flat);
+        out.extend_from_slice(&sig.to_bytes());
+        out
+    }
+
+    /// Page `index` of `image` (the whole image's bytes): the hashes of its
+    /// chunks, signed with `key` (see [`Self::sign_page`]).
+    pub fn page_of(&self, key: &SigningKey, index: u64, image: &[u8]) -> Vec<u8> {
+        let first = index * LEAVES_PER_PAGE as u64;
+        let leaves: Vec<[u8; HASH_LEN]> = (first..first + self.page_leaves(index) as u64)
+            .map(|c| {
+                let (a, b) = self.chunk_bytes(c);
+                chunk_hash(&image[a as usize..b as usize])
+            })
+            .collect();
+        self.sign_page(key, index, &leaves)
+    }
+
+    /// The chunk hashes of a page payload for page `index`, its shape
+    /// checked but not its signature (to tell a repeat of a page already
+    /// verified from a forgery without the cost of a signature check).
+    pub fn page_hashes(
         &self,
         index: u64,
         payload: &[u8],
     ) -> Result<Vec<[u8; HASH_LEN]>, ManifestError> {
-        if payload.len() < PAGE_PREFIX || payload[0] != SUB_PAGE || index >= self.page_count() {
-            return Err(ManifestError::Malformed);
-        }
-        let depth = usize::from(payload[1]);
-        let n = usize::from(be_u16(payload, 2));
-        let want_n = (self.chunk_count() - index * LEAVES_PER_PAGE as u64)
-            .min(LEAVES_PER_PAGE as u64) as usize;
-        if depth != self.depth()
-            || n != want_n
-            || payload.len() != PAGE_PREFIX + (n + depth) * HASH_LEN
+        let n = self.page_leaves(index);
+        if index >= self.page_count()
+            || payload.len() != PAGE_PREFIX + n * HASH_LEN + SIGNATURE_LEN
+            || payload[..2] != [SUB_PAGE, 0]
+            || usize::from(be_u16(payload, 2)) != n
         {
             return Err(ManifestError::Malformed);
         }
-        let leaves = &payload[PAGE_PREFIX..PAGE_PREFIX + n * HASH_LEN];
-        let mut node = page_hash(index, leaves);
-        let mut at = index;
-        for s in payload[PAGE_PREFIX + n * HASH_LEN..].chunks_exact(HASH_LEN) {
-            let sib: [u8; HASH_LEN] = s.try_into().expect("hash");
-            node = if at & 1 == 0 {
-                node_hash(&node, &sib)
-            } else {
-                node_hash(&sib, &node)
-            };
-            at >>= 1;
-        }
-        if node != self.root {
-            return Err(ManifestError::BadPage);
-        }
-        Ok(leaves
+        Ok(payload[PAGE_PREFIX..PAGE_PREFIX + n * HASH_LEN]
             .chunks_exact(HASH_LEN)
             .map(|l| l.try_into().expect("hash"))
             .collect())
     }
+
+    /// Check a page payload for page `index`, signed by `key`; returns its
+    /// chunk hashes (chunks `index * LEAVES_PER_PAGE ..`).
+    pub fn verify_page(
+        &self,
+        key: &VerifyingKey,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<Vec<[u8; HASH_LEN]>, ManifestError> {
+        let hashes = self.page_hashes(index, payload)?;
+        let end = payload.len() - SIGNATURE_LEN;
+        let sig = Signature::from_slice(&payload[end..]).map_err(|_| ManifestError::Malformed)?;
+        key.verify_strict(&self.page_message(index, &payload[PAGE_PREFIX..end]), &sig)
+            .map_err(|_| ManifestError::BadSignature)?;
+        Ok(hashes)
+    }
 }
 
-/// Depth of a binary tree with `pages` leaves.
-fn depth_for(pages: u64) -> usize {
-    pages.max(1).next_power_of_two().trailing_zeros() as usize
+/// What a verified signed end says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedEnd {
+    /// Pass or repair round it ends.
+    pub pass: u32,
+    /// Control flags (`wire::FLAG_FINAL`).
+    pub flags: u32,
+    /// SHA-256 of the image, once the sender has read all of it.
+    pub digest: Option<[u8; DIGEST_LEN]>,
 }
 
-fn page_hash(index: u64, leaves: &[u8]) -> [u8; HASH_LEN] {
-    let mut h = blake3::Hasher::new_derive_key(PAGE_CONTEXT);
-    h.update(&index.to_be_bytes());
-    h.update(leaves);
-    *h.finalize().as_bytes()
-}
-
-fn node_hash(l: &[u8; HASH_LEN], r: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
-    let mut h = blake3::Hasher::new_derive_key(NODE_CONTEXT);
-    h.update(l);
-    h.update(r);
-    *h.finalize().as_bytes()
-}
-
-/// BLAKE3 of one chunk's bytes (a leaf of the tree).
+/// BLAKE3 of one chunk's bytes (one hash of a page).
 pub fn chunk_hash(bytes: &[u8]) -> [u8; HASH_LEN] {
     *blake3::hash(bytes).as_bytes()
-}
-
-/// The sender's side of the tree: every level, to cut page packets from.
-#[derive(Debug, Clone)]
-pub struct ChunkTree {
-    leaves: Vec<[u8; HASH_LEN]>,
-    /// levels[0]: page hashes padded to a power of two; last: the root.
-    levels: Vec<Vec<[u8; HASH_LEN]>>,
-}
-
-impl ChunkTree {
-    /// The tree over the chunks of `image` (`chunk_bytes` each, the last shorter).
-    pub fn build(image: &[u8], chunk_bytes: usize) -> ChunkTree {
-        let leaves: Vec<[u8; HASH_LEN]> = image.chunks(chunk_bytes).map(chunk_hash).collect();
-        let pages = leaves.len().div_ceil(LEAVES_PER_PAGE) as u64;
-        let width = 1usize << depth_for(pages);
-        let mut level: Vec<[u8; HASH_LEN]> = leaves
-            .chunks(LEAVES_PER_PAGE)
-            .enumerate()
-            .map(|(i, p)| page_hash(i as u64, p.as_flattened()))
-            .collect();
-        level.resize(width, [0; HASH_LEN]);
-        let mut levels = vec![level];
-        while levels.last().is_some_and(|l| l.len() > 1) {
-            let next = levels
-                .last()
-                .expect("a level")
-                .chunks_exact(2)
-                .map(|p| node_hash(&p[0], &p[1]))
-                .collect();
-            levels.push(next);
-        }
-        ChunkTree { leaves, levels }
-    }
-
-    /// The Merkle root.
-    pub fn root(&self) -> [u8; HASH_LEN] {
-        self.levels.last().expect("a level")[0]
-    }
-
-    /// Number of page packets.
-    pub fn page_count(&self) -> u64 {
-        self.leaves.len().div_ceil(LEAVES_PER_PAGE) as u64
-    }
-
-    /// The payload of page `index`: its chunk hashes and Merkle path.
-    pub fn page(&self, index: u64) -> Vec<u8> {
-        let i = index as usize;
-        let leaves =
-            &self.leaves[i * LEAVES_PER_PAGE..((i + 1) * LEAVES_PER_PAGE).min(self.leaves.len())];
-        let depth = self.levels.len() - 1;
-        let mut out = Vec::with_capacity(PAGE_PREFIX + (leaves.len() + depth) * HASH_LEN);
-        out.extend_from_slice(&[SUB_PAGE, depth as u8]);
-        out.extend_from_slice(&(leaves.len() as u16).to_be_bytes());
-        out.extend_from_slice(leaves.as_flattened());
-        let mut at = i;
-        for level in &self.levels[..depth] {
-            out.extend_from_slice(&level[at ^ 1]);
-            at >>= 1;
-        }
-        out
-    }
 }
 
 struct Put<'a>(&'a mut [u8], usize);
@@ -460,13 +439,11 @@ mod tests {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
     }
 
-    fn manifest_of(img: &[u8], block_size: u32, chunk_blocks: u32) -> (Manifest, ChunkTree) {
-        let geometry = Geometry::new(img.len() as u64, block_size);
-        let tree = ChunkTree::build(img, (chunk_blocks * block_size) as usize);
-        let m = Manifest {
+    fn manifest_of(img: &[u8], block_size: u32, chunk_blocks: u32) -> Manifest {
+        Manifest {
             session: 77,
-            geometry,
-            digest: [3; 32],
+            geometry: Geometry::new(img.len() as u64, block_size),
+            digest: [0; 32],
             passes: 1,
             flags: 2,
             repair_addr: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(),
@@ -476,15 +453,13 @@ mod tests {
             source: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(),
             chunk_blocks,
             issued_at: 1_800_000_000,
-            root: tree.root(),
             zero_runs: [0; 32],
-        };
-        (m, tree)
+        }
     }
 
     #[test]
     fn head_round_trip_and_forgeries() {
-        let (m, _) = manifest_of(&image(100_000), 1000, 4);
+        let m = manifest_of(&image(100_000), 1000, 4);
         let k = key(1);
         let head = m.sign(&k);
         assert_eq!(head.len(), 1 + HEAD_LEN);
@@ -512,26 +487,50 @@ mod tests {
     }
 
     #[test]
-    fn pages_verify_against_the_root_for_many_sizes() {
+    fn pages_verify_on_their_own_for_many_sizes() {
+        let k = key(1);
+        let vk = k.verifying_key();
         for chunks in [1usize, 2, 15, 16, 17, 33, 100, 257] {
             let img = image(chunks * 256 - 7);
-            let (m, tree) = manifest_of(&img, 64, 4);
+            let m = manifest_of(&img, 64, 4);
             assert_eq!(m.chunk_count(), chunks as u64);
-            assert_eq!(tree.page_count(), m.page_count());
             let mut all = Vec::new();
             for p in 0..m.page_count() {
-                let page = tree.page(p);
+                let page = m.page_of(&k, p, &img);
                 assert!(page.len() <= MAX_PAGE_LEN);
-                all.extend(m.verify_page(p, &page).unwrap());
-                // A page moved to another index or altered is refused.
+                all.extend(m.verify_page(&vk, p, &page).unwrap());
+                assert_eq!(m.page_hashes(p, &page), m.verify_page(&vk, p, &page));
+                // A page moved to another index, altered, signed by another
+                // key or for another session is refused.
                 if m.page_count() > 1 {
                     let other = (p + 1) % m.page_count();
-                    assert!(m.verify_page(other, &page).is_err());
+                    assert!(m.verify_page(&vk, other, &page).is_err());
                 }
                 let mut bad = page.clone();
                 bad[PAGE_PREFIX] ^= 1;
-                assert_eq!(m.verify_page(p, &bad), Err(ManifestError::BadPage));
+                assert_eq!(
+                    m.verify_page(&vk, p, &bad),
+                    Err(ManifestError::BadSignature)
+                );
+                let forged = m.page_of(&key(2), p, &img);
+                assert_eq!(
+                    m.verify_page(&vk, p, &forged),
+                    Err(ManifestError::BadSignature)
+                );
+                let mut other = m;
+                other.session += 1;
+                assert_eq!(
+                    other.verify_page(&vk, p, &page),
+                    Err(ManifestError::BadSignature)
+                );
+                assert_eq!(
+                    m.verify_page(&vk, p, &page[..page.len() - 1]),
+                    Err(ManifestError::Malformed)
+                );
             }
+            assert!(m
+                .verify_page(&vk, m.page_count(), &[SUB_PAGE, 0, 0, 0])
+                .is_err());
             for (c, h) in all.iter().enumerate() {
                 let (a, b) = m.chunk_bytes(c as u64);
                 assert_eq!(*h, chunk_hash(&img[a as usize..b as usize]), "chunk {c}");
@@ -540,23 +539,35 @@ mod tests {
     }
 
     #[test]
-    fn signed_end_is_bound_to_the_manifest() {
-        let (m, _) = manifest_of(&image(10_000), 1000, 4);
+    fn signed_end_is_bound_to_the_manifest_and_carries_the_digest() {
+        let m = manifest_of(&image(10_000), 1000, 4);
         let k = key(1);
-        let end = m.sign_end(&k, 3, 1);
-        assert_eq!(m.verify_end(&k.verifying_key(), &end), Ok((3, 1)));
+        let vk = k.verifying_key();
+        let end = m.sign_end(&k, 3, 1, &[7; 32]);
+        let want = SignedEnd {
+            pass: 3,
+            flags: 1,
+            digest: Some([7; 32]),
+        };
+        assert_eq!(m.verify_end(&vk, &end), Ok(want));
+        let early = m.sign_end(&k, 0, 0, &[0; 32]);
+        assert_eq!(m.verify_end(&vk, &early).unwrap().digest, None);
         let mut other = m;
         other.session = 78;
         assert_eq!(
-            other.verify_end(&k.verifying_key(), &end),
+            other.verify_end(&vk, &end),
             Err(ManifestError::BadSignature)
         );
-        let mut f = end.clone();
-        f[7] ^= 1;
-        assert_eq!(
-            m.verify_end(&k.verifying_key(), &f),
-            Err(ManifestError::BadSignature)
-        );
+        // The pass, the flags and the digest are all signed.
+        for at in [3, 7, 8, 39] {
+            let mut f = end.clone();
+            f[at] ^= 1;
+            assert_eq!(
+                m.verify_end(&vk, &f),
+                Err(ManifestError::BadSignature),
+                "{at}"
+            );
+        }
     }
 
     #[test]

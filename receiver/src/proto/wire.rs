@@ -1,4 +1,4 @@
-//! Wire format v1: the packets a sender multicasts and a receiver parses.
+//! Wire format v2: the packets a sender multicasts and a receiver parses.
 //!
 //! Every packet is one UDP datagram that starts with a fixed 40-byte header
 //! in network byte order (see docs/protocol.md for the byte layout):
@@ -19,8 +19,10 @@ use crate::proto::manifest;
 
 /// `"XDPC"` in network byte order.
 pub const MAGIC: u32 = 0x5844_5043;
-/// The only version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The only version this crate speaks. 2: signed pages are signed one by
+/// one (no Merkle root in the head), and the image's SHA-256 may first
+/// come in the end packets (a sender that hashes as it sends).
+pub const VERSION: u8 = 2;
 /// Size of the fixed header that starts every packet.
 pub const HEADER_LEN: usize = 40;
 /// Size of the SHA-256 digest carried by announce and end packets.
@@ -950,11 +952,32 @@ pub fn encode_nacks(session: u32, geometry: &Geometry, ranges: &[(u64, u32)]) ->
 /// cut into packets of at most [`max_zero_runs`] runs, packet `i` carrying
 /// `block_index` `i` and the number of packets.
 pub fn encode_zeros(session: u32, geometry: &Geometry, runs: &[(u64, u32)]) -> Vec<Vec<u8>> {
+    encode_more_zeros(session, geometry, 0, runs)
+}
+
+/// Encode `runs` as the packets of a zero-run list that grows while the
+/// sender reads the image: they follow the `seq` packets sent before, and
+/// carry the number of packets in the list so far (`seq` plus theirs).
+pub fn encode_more_zeros(
+    session: u32,
+    geometry: &Geometry,
+    seq: u64,
+    runs: &[(u64, u32)],
+) -> Vec<Vec<u8>> {
     let chunks = runs.chunks(max_zero_runs(geometry.block_size));
-    let count = (chunks.len() as u32).to_be_bytes();
+    let count = ((seq + chunks.len() as u64).min(u64::from(u32::MAX)) as u32).to_be_bytes();
     chunks
         .enumerate()
-        .map(|(i, chunk)| encode_ranges(Kind::Zeros, session, geometry, i as u64, &count, chunk))
+        .map(|(i, chunk)| {
+            encode_ranges(
+                Kind::Zeros,
+                session,
+                geometry,
+                seq + i as u64,
+                &count,
+                chunk,
+            )
+        })
         .collect()
 }
 
@@ -1364,7 +1387,7 @@ mod tests {
             (
                 {
                     let mut p = data_pkt();
-                    p[4] = 2;
+                    p[4] = 1;
                     p
                 },
                 DropReason::BadVersion,

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use ed25519_dalek::VerifyingKey;
 
 use crate::proto::manifest::{chunk_hash, Manifest, HASH_LEN, LEAVES_PER_PAGE};
-use crate::proto::wire::{Control, DropReason, FLAG_FINAL};
+use crate::proto::wire::{Control, DropReason, DIGEST_LEN, FLAG_FINAL};
 use crate::receive::bitmap::BlockBitmap;
 use crate::receive::workers::WorkerCounters;
 use crate::store::target::Target;
@@ -58,6 +58,9 @@ pub struct Signed {
     rejected_blocks: AtomicU64,
     rejected_bytes: AtomicU64,
     pages: AtomicU64,
+    /// The image's SHA-256 as the signer gave it: in the head, or in the
+    /// signed ends of a sender that hashes as it sends.
+    digest: OnceLock<[u8; DIGEST_LEN]>,
 }
 
 impl Signed {
@@ -78,7 +81,23 @@ impl Signed {
             rejected_blocks: AtomicU64::new(0),
             rejected_bytes: AtomicU64::new(0),
             pages: AtomicU64::new(0),
+            digest: if manifest.digest == [0; DIGEST_LEN] {
+                OnceLock::new()
+            } else {
+                OnceLock::from(manifest.digest)
+            },
         }
+    }
+
+    /// The image's SHA-256 as the signer gave it, once known.
+    pub fn digest(&self) -> Option<[u8; DIGEST_LEN]> {
+        self.digest.get().copied()
+    }
+
+    /// Take the SHA-256 a verified signed end carries; false when the
+    /// signer gave another one before (its image changed while it sent it).
+    pub fn learn_digest(&self, digest: [u8; DIGEST_LEN]) -> bool {
+        *self.digest.get_or_init(|| digest) == digest
     }
 
     /// The control block the rest of the receiver acts on (repair
@@ -87,7 +106,7 @@ impl Signed {
     pub fn control(&self, pass: u32, flags: u32) -> Control {
         let m = &self.manifest;
         Control {
-            digest: m.digest,
+            digest: self.digest().unwrap_or_default(),
             pass,
             passes: m.passes,
             flags: m.flags | (flags & FLAG_FINAL),
@@ -112,9 +131,10 @@ impl Signed {
         self.verified.load(SeqCst)
     }
 
-    /// Whether every chunk has verified: the image is complete and right.
+    /// Whether every chunk has verified and the signer has given the
+    /// image's SHA-256: the image is complete and right.
     pub fn complete(&self) -> bool {
-        self.verified_chunks() == self.manifest.chunk_count()
+        self.verified_chunks() == self.manifest.chunk_count() && self.digest().is_some()
     }
 
     /// Blocks written and then unclaimed because their chunk failed.
@@ -133,8 +153,10 @@ impl Signed {
         self.pages.load(SeqCst)
     }
 
-    /// Take in page `index`: dropped unless its Merkle path leads to the
-    /// signed root; then check the chunks that were waiting for it.
+    /// Take in page `index`: dropped unless the manifest's key signed it;
+    /// then check the chunks that were waiting for it. A repeat of a page
+    /// already verified is told from a forgery by its hashes alone, without
+    /// a signature check.
     pub fn page(
         &self,
         image: Slots<'_>,
@@ -142,15 +164,40 @@ impl Signed {
         payload: &[u8],
         c: &WorkerCounters,
     ) -> Result<(), DropReason> {
-        let leaves = self
-            .manifest
-            .verify_page(index, payload)
-            .map_err(|_| DropReason::Unauthenticated)?;
+        let unauthenticated = |_| DropReason::Unauthenticated;
+        if index >= self.manifest.page_count() {
+            return Err(DropReason::Unauthenticated);
+        }
         let first = index as usize * LEAVES_PER_PAGE;
         if self.leaves[first].get().is_some() {
+            let hashes = self
+                .manifest
+                .page_hashes(index, payload)
+                .map_err(unauthenticated)?;
+            let same = hashes
+                .iter()
+                .zip(&self.leaves[first..])
+                .all(|(h, known)| known.get() == Some(h));
+            return Err(if same {
+                DropReason::Duplicate
+            } else {
+                DropReason::Unauthenticated
+            });
+        }
+        let leaves = self
+            .manifest
+            .verify_page(&self.key, index, payload)
+            .map_err(unauthenticated)?;
+        // Two workers may verify the same page at once: the one that sets
+        // its first hash counts it.
+        let mut slots = self.leaves[first..].iter().zip(leaves);
+        if slots
+            .next()
+            .is_some_and(|(slot, leaf)| slot.set(leaf).is_err())
+        {
             return Err(DropReason::Duplicate);
         }
-        for (slot, leaf) in self.leaves[first..].iter().zip(leaves) {
+        for (slot, leaf) in slots {
             let _ = slot.set(leaf);
         }
         self.pages.fetch_add(1, SeqCst);

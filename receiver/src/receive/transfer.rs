@@ -904,7 +904,11 @@ impl Transfer {
                 DropReason::ForeignSession
             });
         }
-        if self.pinned.is_some_and(|d| d != m.digest) {
+        // A head that names the image's SHA-256 is checked against
+        // `--expect-sha256` now; one whose sender hashes as it sends, at its
+        // first signed end that carries the digest.
+        let named = m.digest != [0; wire::DIGEST_LEN];
+        if named && self.pinned.is_some_and(|d| d != m.digest) {
             return Err(DropReason::ForeignSession);
         }
         let mut first = false;
@@ -919,9 +923,15 @@ impl Transfer {
             "session {:#010x}: manifest verified (key {}), SHA-256 {}",
             m.session,
             wire::hex(key.as_bytes()),
-            wire::hex(&m.digest)
+            if named {
+                wire::hex(&m.digest)
+            } else {
+                "to come in the signed end".into()
+            }
         );
-        let _ = self.digest.set(m.digest);
+        if named {
+            let _ = self.digest.set(m.digest);
+        }
         self.remember(&signed.control(0, 0));
         let image = self
             .image
@@ -935,17 +945,45 @@ impl Transfer {
     /// A signed end of pass, verified with the manifest's key.
     fn signed_end(&self, image: &Image, payload: &[u8]) -> std::result::Result<(), DropReason> {
         let s = self.signed().ok_or(DropReason::Unauthenticated)?;
-        let (pass, flags) = s
+        let end = s
             .manifest
             .verify_end(&s.key, payload)
             .map_err(|_| DropReason::Unauthenticated)?;
-        self.end_of_pass(image, &s.control(pass, flags));
+        if let Some(d) = end.digest {
+            if self.pinned.is_some_and(|p| p != d) {
+                self.fail(Error::new(
+                    ErrorCode::DigestMismatch,
+                    format!(
+                        "the signed image has SHA-256 {}, not the one --expect-sha256 names",
+                        wire::hex(&d)
+                    ),
+                ));
+            } else if !s.learn_digest(d) {
+                self.fail(Error::new(
+                    ErrorCode::ProtocolError,
+                    "the signer gave two different SHA-256 digests in one session",
+                ));
+            } else if self.digest.get().is_none() {
+                log::info!(
+                    "session {:#010x}: signed SHA-256 {}",
+                    s.manifest.session,
+                    wire::hex(&d)
+                );
+                let _ = self.digest.set(d);
+            }
+        }
+        self.end_of_pass(image, &s.control(end.pass, end.flags));
         Ok(())
     }
 
     /// Learn the digest of an unsigned session; false (drop the packet)
     /// when it differs from `--expect-sha256`.
     fn learn_digest(&self, control: &Control) -> bool {
+        // All zero: the sender has not read the whole image yet (it hashes
+        // as it sends; the digest comes with its ends).
+        if control.digest == [0; wire::DIGEST_LEN] {
+            return true;
+        }
         let known = self.digest.get_or_init(|| control.digest);
         if *known == control.digest {
             return true;
@@ -1393,13 +1431,13 @@ mod tests {
         assert!(t.failure().is_none());
     }
 
-    /// Manifest of session 5: `g`, digest [4; 32], one pass, chunks of two
-    /// blocks under `root`.
-    fn test_manifest(g: Geometry, root: [u8; 32], issued_at: u64) -> Manifest {
+    /// Manifest of session 5: `g`, `digest` (all zero: in the signed
+    /// ends), one pass, chunks of two blocks.
+    fn test_manifest(g: Geometry, digest: [u8; 32], issued_at: u64) -> Manifest {
         Manifest {
             session: 5,
             geometry: g,
-            digest: [4; 32],
+            digest,
             passes: 1,
             flags: 0,
             repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
@@ -1409,7 +1447,6 @@ mod tests {
             source: std::net::Ipv6Addr::UNSPECIFIED,
             chunk_blocks: 2,
             issued_at,
-            root,
             zero_runs: [0; 32],
         }
     }
@@ -1422,7 +1459,6 @@ mod tests {
         max_age: Option<Duration>,
         max_skew: Option<Duration>,
     ) -> (Transfer, PathBuf, impl Fn(i64) -> Vec<u8>) {
-        use crate::proto::manifest::ChunkTree;
         use ed25519_dalek::SigningKey;
         let (t, path) = setup(name, None);
         let _ = std::fs::remove_file(&path);
@@ -1437,9 +1473,8 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let root = ChunkTree::build(&data, 200).root();
         let head = move |offset: i64| {
-            let m = test_manifest(g, root, now.saturating_add_signed(offset));
+            let m = test_manifest(g, [4; 32], now.saturating_add_signed(offset));
             wire::encode_raw(Kind::Manifest, 5, &g, 0, &m.sign(&key))
         };
         (t, path, head)
@@ -1499,7 +1534,6 @@ mod tests {
 
     #[test]
     fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
-        use crate::proto::manifest::ChunkTree;
         use ed25519_dalek::SigningKey;
         let (t, path) = setup("signed", None);
         let _ = std::fs::remove_file(&path);
@@ -1507,8 +1541,8 @@ mod tests {
         let t = t.with_trust(vec![key.verifying_key()], None);
         let data = image_bytes(10 * 100 - 30);
         let g = Geometry::new(data.len() as u64, 100);
-        let tree = ChunkTree::build(&data, 200);
-        let m = test_manifest(g, tree.root(), 0);
+        // A sender that hashes as it sends: the digest comes in the end.
+        let m = test_manifest(g, [0; 32], 0);
         let c = t.counters(0);
         let d = |r: DropReason| c.drops[r as usize].load(Ordering::Relaxed);
         let block = |i: u64| {
@@ -1528,7 +1562,7 @@ mod tests {
         assert_eq!(d(DropReason::Unauthenticated), 3);
         t.ingest(&raw(Kind::Manifest, 0, &m.sign(&key)), c);
         assert!(t.image().is_some());
-        assert_eq!(t.digest(), Some([4; 32]));
+        assert_eq!(t.digest(), None);
         // Unsigned control and forged ends are ignored.
         let fin = Control {
             flags: wire::FLAG_FINAL,
@@ -1539,37 +1573,81 @@ mod tests {
             &raw(
                 Kind::SignedEnd,
                 0,
-                &m.sign_end(&forger, 0, wire::FLAG_FINAL),
+                &m.sign_end(&forger, 0, wire::FLAG_FINAL, &[1; 32]),
             ),
             c,
         );
-        assert!(!t.final_pass_ended());
+        assert!(!t.final_pass_ended() && t.digest().is_none());
         assert_eq!(d(DropReason::Unauthenticated), 5);
         // A forged block lands first in chunk 1 (blocks 2, 3).
         t.ingest(&encode_data(5, &g, 3, &[0xEE; 100]), c);
         for i in 0..g.block_count {
             t.ingest(&block(i), c);
         }
-        // Pages arrive after the blocks: chunks are checked then.
+        // Pages arrive after the blocks: chunks are checked then. A page
+        // signed by another key is dropped and does not shadow the real one;
+        // a repeat of a verified page is a duplicate, an altered one forged.
+        t.ingest(&raw(Kind::Manifest, 0, &m.page_of(&forger, 0, &data)), c);
+        assert_eq!(d(DropReason::Unauthenticated), 6);
         for p in 0..m.page_count() {
-            t.ingest(&raw(Kind::Manifest, p, &tree.page(p)), c);
+            t.ingest(&raw(Kind::Manifest, p, &m.page_of(&key, p, &data)), c);
         }
+        let dup = d(DropReason::Duplicate);
+        t.ingest(&raw(Kind::Manifest, 0, &m.page_of(&key, 0, &data)), c);
+        assert_eq!(d(DropReason::Duplicate), dup + 1);
+        let mut altered = m.page_of(&key, 0, &data);
+        altered[4] ^= 1;
+        t.ingest(&raw(Kind::Manifest, 0, &altered), c);
+        assert_eq!(d(DropReason::Unauthenticated), 7);
         assert_eq!(d(DropReason::BadChunk), 1);
         assert!(!t.complete());
         assert_eq!(t.missing_ranges(10), vec![(2, 2)]);
         assert_eq!(t.blocks_done(), g.block_count - 2);
         t.ingest(&block(2), c);
         t.ingest(&block(3), c);
-        assert!(t.complete());
         assert_eq!(t.blocks_done(), g.block_count);
+        // Every chunk verified, but not complete before the signer has
+        // given the image's SHA-256.
+        assert!(!t.complete());
+        let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
         t.ingest(
-            &raw(Kind::SignedEnd, 0, &m.sign_end(&key, 0, wire::FLAG_FINAL)),
+            &raw(
+                Kind::SignedEnd,
+                0,
+                &m.sign_end(&key, 0, wire::FLAG_FINAL, &sha),
+            ),
             c,
         );
-        assert!(t.final_pass_ended());
+        assert!(t.final_pass_ended() && t.complete());
+        assert_eq!(t.digest(), Some(sha));
         t.image().unwrap().target.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert!(t.failure().is_none());
+        // The signer naming another digest later is a protocol error.
+        t.ingest(
+            &raw(Kind::SignedEnd, 0, &m.sign_end(&key, 1, 0, &[5; 32])),
+            c,
+        );
+        assert_eq!(t.failure().map(|e| e.code), Some(ErrorCode::ProtocolError));
+    }
+
+    #[test]
+    fn signed_end_digest_other_than_the_pinned_one_fails() {
+        use ed25519_dalek::SigningKey;
+        let (t, path) = setup("signed-pinned", None);
+        let _ = std::fs::remove_file(&path);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let t = t.with_trust(vec![key.verifying_key()], Some([1; 32]));
+        let g = Geometry::new(1000, 100);
+        let m = test_manifest(g, [0; 32], 0);
+        let c = t.counters(0);
+        let raw = |kind, payload: &[u8]| wire::encode_raw(kind, 5, &g, 0, payload);
+        // The head cannot be checked against the pin: it names no digest.
+        t.ingest(&raw(Kind::Manifest, &m.sign(&key)), c);
+        assert!(t.signed().is_some() && t.failure().is_none());
+        t.ingest(&raw(Kind::SignedEnd, &m.sign_end(&key, 0, 0, &[4; 32])), c);
+        assert_eq!(t.failure().map(|e| e.code), Some(ErrorCode::DigestMismatch));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

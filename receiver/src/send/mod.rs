@@ -1,5 +1,6 @@
 //! The sender side.
 
+pub mod ahead;
 pub mod fleet;
 pub mod publish;
 pub mod repair;

@@ -11,9 +11,9 @@ use memmap2::Mmap;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::ManifestFile;
-use crate::proto::manifest::{self, ChunkTree, Manifest};
+use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::Geometry;
-use crate::send::zeros;
+use crate::send::zeros::{self, DataMap};
 
 /// What `xdpcast manifest` signs, besides the image.
 #[derive(Debug, Clone, Copy)]
@@ -44,13 +44,13 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
         ));
     }
     let geometry = Geometry::new(map.len() as u64, o.block_size);
-    let scan = zeros::scan(&file, &map, &geometry, false);
+    let (digest, _) = zeros::sha256(&map, DataMap::of(&file, map.len() as u64));
     let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count, o.block_size);
-    let tree = ChunkTree::build(&map, chunk_blocks as usize * o.block_size as usize);
     let m = Manifest {
         session: o.session,
         geometry,
-        digest: scan.digest,
+        // Read ahead of time: the head names the digest too.
+        digest,
         passes: 1,
         flags: 0,
         repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
@@ -62,10 +62,12 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
         issued_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        root: tree.root(),
         zero_runs: [0; 32],
     };
-    let f = ManifestFile::new(&m, key, &tree);
+    let pages = (0..m.page_count())
+        .map(|i| m.page_of(key, i, &map))
+        .collect();
+    let f = ManifestFile::new(&m, key, pages, &digest);
     Ok((m, f))
 }
 

@@ -4,30 +4,39 @@
 //! receivers' parity requests and NACKs (taken by the back-channel thread,
 //! [`crate::send::repair`]) until every receiver it knows has settled or a
 //! round passes with no request. Runs of all-zero blocks (see
-//! [`zeros`](crate::send::zeros)) are announced in zero-run packets at the
-//! start of every pass, and in repair rounds, instead of being sent.
+//! [`zeros`](crate::send::zeros)) are announced in zero-run packets instead
+//! of being sent: in the first pass as they are found, right before the
+//! data that follows them, then at the start of every pass and in repair
+//! rounds.
+//!
+//! Nothing reads the image before the first packet: it is hashed and
+//! scanned while it is sent ([`crate::send::ahead`]). The image's SHA-256
+//! goes out in the end packets, from the end of the first pass on; in a
+//! signed session each page of chunk hashes is signed when its chunks have
+//! been read and sent before their data.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::Mmap;
-use sha2::{Digest, Sha256};
+use memmap2::MmapOptions;
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::ManifestFile;
 use crate::net::socket::{self, Group, MsgBatch};
 use crate::proto::fec;
-use crate::proto::manifest::{self, ChunkTree, Manifest};
+use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
 use crate::rng::XorShift;
+use crate::send::ahead::{Ahead, Piece, Scan};
 use crate::send::fleet::{FleetCounts, RxInfo};
 use crate::send::publish;
 use crate::send::repair::{Backchannel, Inbound, Plan, Policy};
-use crate::send::zeros::{self, ZeroRuns};
+use crate::send::zeros::{DataMap, ZeroRuns};
 use crate::status::page::SendPhase;
 
 /// Datagrams per `sendmmsg` call.
@@ -104,7 +113,8 @@ pub struct SendOptions {
     pub sign: Option<ed25519_dalek::SigningKey>,
     /// With `sign`: write the signed manifest here for receivers that
     /// fetch over HTTP (`xdpcast send` picks `IMAGE.xdpcast-manifest` for
-    /// a regular file; see [`crate::send::publish`]).
+    /// a regular file; see [`crate::send::publish`]), when the first pass
+    /// ends: every page is made and the image's SHA-256 known by then.
     pub manifest_file: Option<std::path::PathBuf>,
     /// Wait for this many receivers to report before the first pass.
     pub min_receivers: u64,
@@ -194,7 +204,7 @@ pub struct SendReport {
     pub inbound: Inbound,
     /// Every receiver that reported, with its final state.
     pub receivers: Vec<RxInfo>,
-    /// Wall time of the sending (after hashing).
+    /// Wall time of the sending.
     pub elapsed: Duration,
     /// Runs of zero blocks announced instead of sent.
     pub zero_runs: u64,
@@ -202,7 +212,8 @@ pub struct SendReport {
     pub skipped_bytes: u64,
     /// Time spent looking for zero blocks, hashing excluded.
     pub scan_time: Duration,
-    /// Wall time of reading the image (hash and zero scan).
+    /// Wall time from the start until the image's SHA-256 was done (it is
+    /// hashed while it is sent).
     pub read_time: Duration,
 }
 
@@ -234,7 +245,7 @@ pub struct Progress {
     pub total_bytes: u64,
     /// Bytes per block.
     pub block_size: u32,
-    /// SHA-256 of the image.
+    /// SHA-256 of the image (all zero until the sender has read all of it).
     pub digest: [u8; 32],
     /// Datagrams sent so far (all kinds).
     pub packets: u64,
@@ -305,7 +316,8 @@ struct Signer {
     key: ed25519_dalek::SigningKey,
     manifest: Manifest,
     head: Vec<u8>,
-    tree: ChunkTree,
+    /// The signed pages made so far (all of them after the first pass).
+    pages: Vec<Vec<u8>>,
     next_page: u64,
 }
 
@@ -320,6 +332,8 @@ struct Wire<'a> {
     session: u32,
     geometry: Geometry,
     image: &'a [u8],
+    /// The image's SHA-256, once read (all zero before).
+    digest: [u8; 32],
     /// Datagrams sent, all kinds.
     packets: u64,
     /// Data and FEC symbol packets sent (what loss injection dropped is
@@ -351,14 +365,19 @@ impl Wire<'_> {
     }
 
     fn control(&mut self, kind: Kind, control: &Control) -> Result<()> {
-        let pkt = wire::encode_control(kind, self.session, &self.geometry, control);
+        let control = Control {
+            digest: self.digest,
+            ..*control
+        };
+        let pkt = wire::encode_control(kind, self.session, &self.geometry, &control);
         let signed = self.signer.as_ref().map(|s| match kind {
             Kind::End => wire::encode_raw(
                 Kind::SignedEnd,
                 self.session,
                 &self.geometry,
                 0,
-                &s.manifest.sign_end(&s.key, control.pass, control.flags),
+                &s.manifest
+                    .sign_end(&s.key, control.pass, control.flags, &self.digest),
             ),
             _ => wire::encode_raw(Kind::Manifest, self.session, &self.geometry, 0, &s.head),
         });
@@ -374,23 +393,23 @@ impl Wire<'_> {
         Ok(())
     }
 
-    /// Send the next `count` pages of chunk hashes (round robin), at most
-    /// one round of them.
+    /// Send the next `count` pages of chunk hashes made so far (round
+    /// robin), at most one round of them.
     fn pages(&mut self, count: u64) -> Result<()> {
         let Some(s) = self.signer.as_mut() else {
             return Ok(());
         };
-        let n = s.tree.page_count();
+        let n = s.pages.len() as u64;
         let pkts: Vec<Vec<u8>> = (0..count.min(n))
             .map(|_| {
-                let i = s.next_page;
+                let i = s.next_page % n;
                 s.next_page = (i + 1) % n;
                 wire::encode_raw(
                     Kind::Manifest,
                     self.session,
                     &self.geometry,
                     i,
-                    &s.tree.page(i),
+                    &s.pages[i as usize],
                 )
             })
             .collect();
@@ -401,10 +420,34 @@ impl Wire<'_> {
         Ok(())
     }
 
-    /// Send every page once.
+    /// Send every page made so far once.
     fn all_pages(&mut self) -> Result<()> {
-        let n = self.signer.as_ref().map_or(0, |s| s.tree.page_count());
+        let n = self.signer.as_ref().map_or(0, |s| s.pages.len() as u64);
         self.pages(n)
+    }
+
+    /// Take in what the scanner found in the pieces it finished: send each
+    /// new page (before its chunks' data) and the zero runs found (before
+    /// the data that follows them).
+    fn pieces(&mut self, pieces: Vec<Piece>, list: &mut ZeroList) -> Result<()> {
+        for p in pieces {
+            let (session, g) = (self.session, self.geometry);
+            let page = p.page.zip(self.signer.as_mut()).map(|((index, page), s)| {
+                debug_assert_eq!(index, s.pages.len() as u64);
+                let pkt = wire::encode_raw(Kind::Manifest, session, &g, index, &page);
+                s.pages.push(page);
+                pkt
+            });
+            if let Some(pkt) = page {
+                self.send_all(&[(&pkt, &[])])?;
+                self.pacer.wait(pkt.len() as u64);
+            }
+            for pkt in list.append(&p.zeros, self.session, &self.geometry) {
+                self.send_all(&[(&pkt, &[])])?;
+                self.pacer.wait(pkt.len() as u64);
+            }
+        }
+        Ok(())
     }
 
     /// Send blocks `first..end` as data packets, in batches, paced.
@@ -487,35 +530,34 @@ struct ZeroList {
     spans: Vec<(u64, u64)>,
 }
 
+/// Blocks `[first, end)` spanned by the runs of each zero-run packet of `runs`.
+fn spans(runs: &[(u64, u32)], block_size: u32) -> impl Iterator<Item = (u64, u64)> + '_ {
+    runs.chunks(wire::max_zero_runs(block_size)).map(|c| {
+        let (last, n) = c[c.len() - 1];
+        (c[0].0, last + u64::from(n))
+    })
+}
+
 impl ZeroList {
     fn new(runs: ZeroRuns, session: u32, g: &Geometry) -> ZeroList {
         let wire_runs = runs.wire();
-        let packets = wire::encode_zeros(session, g, &wire_runs);
-        let spans = wire_runs
-            .chunks(wire::max_zero_runs(g.block_size))
-            .map(|c| {
-                let (last, n) = c[c.len() - 1];
-                (c[0].0, last + u64::from(n))
-            })
-            .collect();
         ZeroList {
+            packets: wire::encode_zeros(session, g, &wire_runs),
+            spans: spans(&wire_runs, g.block_size).collect(),
             runs,
-            packets,
-            spans,
         }
     }
 
-    /// SHA-256 of the list (the packets' payloads in order), for the
-    /// signed manifest; all zero when there are no runs.
-    fn digest(&self) -> [u8; 32] {
-        if self.packets.is_empty() {
-            return [0; 32];
-        }
-        let mut h = Sha256::new();
-        for p in &self.packets {
-            h.update(&p[wire::HEADER_LEN..]);
-        }
-        h.finalize().into()
+    /// Add the runs found in the next piece of the image (none overlaps a
+    /// run known before); returns their packets, to be sent now. The spans
+    /// (for repair rounds) are those of the list as made by [`Self::new`]:
+    /// the first pass renumbers the whole list when it ends.
+    fn append(&mut self, more: &ZeroRuns, session: u32, g: &Geometry) -> Vec<Vec<u8>> {
+        let seq = self.packets.len() as u64;
+        let new = wire::encode_more_zeros(session, g, seq, &more.wire());
+        self.packets.extend(new.iter().cloned());
+        self.runs.insert(more);
+        new
     }
 }
 
@@ -586,14 +628,10 @@ pub fn send(
     opts: &SendOptions,
     mut progress: impl FnMut(&Progress),
 ) -> Result<SendReport> {
-    let file =
-        File::open(path).map_err(|e| Error::target_io(&format!("open {}", path.display()), &e))?;
-    // SAFETY: read-only mapping; the source must not be modified while it is
-    // sent (a concurrent writer would only corrupt the bytes sent, which the
-    // receivers' digest check catches).
-    let map = unsafe { Mmap::map(&file) }
-        .map_err(|e| Error::target_io(&format!("map {}", path.display()), &e))?;
-    if map.is_empty() {
+    let file = open_source(path)?;
+    let len = source_len(&file)
+        .map_err(|e| Error::target_io(&format!("size of {}", path.display()), &e))?;
+    if len == 0 {
         return Err(Error::new(
             ErrorCode::InvalidArgument,
             format!("{} is empty", path.display()),
@@ -626,10 +664,14 @@ pub fn send(
             ),
         ));
     }
-    let geometry = Geometry::new(map.len() as u64, block_size);
-    let scan = zeros::scan(&file, &map, &geometry, opts.sparse);
-    let digest = scan.digest;
-    let skipped_bytes = scan.zeros.bytes(&geometry);
+    // SAFETY: read-only mapping; the source must not be modified while it is
+    // sent (a concurrent writer would only corrupt the bytes sent, which the
+    // receivers' digest or chunk checks catch).
+    let map = Arc::new(
+        unsafe { MmapOptions::new().len(len as usize).map(&file) }
+            .map_err(|e| Error::target_io(&format!("map {}", path.display()), &e))?,
+    );
+    let geometry = Geometry::new(len, block_size);
     let repair = if opts.repair {
         Some(Repair::open(&opts.iface, opts.group.0)?)
     } else {
@@ -649,16 +691,16 @@ pub fn send(
         .collect::<Result<Vec<_>>>()?;
     let seed = XorShift::from_entropy().next_u64();
     let session = opts.session.unwrap_or((seed >> 32) as u32).max(1);
-    let list = ZeroList::new(scan.zeros.clone(), session, &geometry);
-    if !list.packets.is_empty() {
-        log::info!(
-            "{} of zeros in {} runs, announced in {} packets (zero scan {:?})",
-            skipped_bytes,
-            list.runs.runs().len(),
-            list.packets.len(),
-            scan.scan_time
-        );
-    }
+    // The file's holes are zero runs known without a read: announced from
+    // the first packet on; the zero blocks written as data are found as the
+    // image is read.
+    let data = DataMap::of(&file, len);
+    let holes = if opts.sparse {
+        data.holes(&geometry)
+    } else {
+        ZeroRuns::default()
+    };
+    let mut list = ZeroList::new(holes.clone(), session, &geometry);
     let parity_group = if repair.is_some() && opts.parity {
         group_size
     } else {
@@ -675,12 +717,11 @@ pub fn send(
         0
     };
     let signer = opts.sign.as_ref().map(|key| {
-        let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count, block_size);
-        let tree = ChunkTree::build(&map, chunk_blocks as usize * block_size as usize);
         let manifest = Manifest {
             session,
             geometry,
-            digest,
+            // Not read yet: the signed ends carry it.
+            digest: [0; 32],
             passes: opts.passes,
             flags,
             repair_addr: repair
@@ -690,24 +731,32 @@ pub fn send(
             fec_repair: opts.fec_repair,
             fec_group,
             source: source.map_or(std::net::Ipv6Addr::UNSPECIFIED, mapped),
-            chunk_blocks,
+            chunk_blocks: manifest::chunk_blocks_for(geometry.block_count, block_size),
             issued_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            root: tree.root(),
-            zero_runs: list.digest(),
+            // The zero runs are found as the image is read: receivers check
+            // the blocks they zero through the signed chunk hashes alone.
+            zero_runs: [0; 32],
         };
-        if let Some(path) = &opts.manifest_file {
-            publish::write_beside(&ManifestFile::new(&manifest, key, &tree), path);
-        }
         Signer {
             head: manifest.sign(key),
             key: key.clone(),
             manifest,
-            tree,
+            pages: Vec::new(),
             next_page: 0,
         }
     });
+    let mut ahead = Ahead::start(
+        map.clone(),
+        geometry,
+        data,
+        Scan {
+            zeros: opts.sparse,
+            known: holes,
+            sign: signer.as_ref().map(|s| (s.manifest, s.key.clone())),
+        },
+    )?;
     let policy = Policy {
         session,
         geometry,
@@ -723,7 +772,7 @@ pub fn send(
             .map_or(std::net::Ipv6Addr::UNSPECIFIED, |r| mapped(r.addr.ip())),
         fec_repair: opts.fec_repair,
         fec_group,
-        ..Control::new(digest, 0, opts.passes)
+        ..Control::new([0; 32], 0, opts.passes)
     };
     let bc = match repair {
         Some(r) => {
@@ -745,7 +794,8 @@ pub fn send(
         batch: MsgBatch::new(BATCH),
         session,
         geometry,
-        image: &map,
+        image: &map[..],
+        digest: [0; 32],
         packets: 0,
         payload_packets: 0,
         bytes: 0,
@@ -779,7 +829,7 @@ pub fn send(
             bytes: at.1,
             total_bytes: geometry.total_size,
             block_size,
-            digest,
+            digest: w.digest,
             packets: w.packets,
             bytes_sent: w.bytes,
             skipped_bytes: at.2,
@@ -833,6 +883,10 @@ pub fn send(
         let (mut bytes, mut skipped) = (0, 0);
         for c in 0..chunks {
             let (first, end) = fec::group_blocks(&geometry, chunk, c);
+            // First pass: the pages and zero runs of what is sent next,
+            // once read.
+            let pieces = ahead.until(end)?;
+            w.pieces(pieces, &mut list)?;
             let data = list.runs.data_in(first, end);
             let sent: u64 = data.iter().map(|(a, b)| b - a).sum();
             let group_bytes = geometry.range_bytes(first, end);
@@ -853,6 +907,27 @@ pub fn send(
             bytes += group_bytes;
             skipped += group_bytes - data_bytes;
             show(SendPhase::Pass, pass, (end, bytes, skipped), &w, (0, 0, 0));
+        }
+        if pass == 0 {
+            // The whole image has been read: its digest goes out from this
+            // end on, and later passes announce the complete zero-run list
+            // up front.
+            w.digest = ahead.digest()?.sha256;
+            // Every page is made and the digest known: the manifest file
+            // for HTTP receivers can be written.
+            if let (Some(s), Some(path)) = (&w.signer, &opts.manifest_file) {
+                let file = ManifestFile::new(&s.manifest, &s.key, s.pages.clone(), &w.digest);
+                publish::write_beside(&file, path);
+            }
+            list = ZeroList::new(list.runs, session, &geometry);
+            if !list.packets.is_empty() {
+                log::info!(
+                    "{} of zeros in {} runs, announced in {} packets",
+                    list.runs.bytes(&geometry),
+                    list.runs.runs().len(),
+                    list.packets.len(),
+                );
+            }
         }
         w.control(Kind::End, &control(pass, flags))?;
     }
@@ -981,10 +1056,11 @@ pub fn send(
         .as_ref()
         .map(|b| (b.inbound(), b.rows()))
         .unwrap_or_default();
+    let read = ahead.digest()?;
     Ok(SendReport {
         session,
         geometry,
-        digest,
+        digest: read.sha256,
         packets: w.packets,
         bytes: w.bytes,
         repair_rounds: rounds,
@@ -995,10 +1071,50 @@ pub fn send(
         receivers,
         elapsed: start.elapsed(),
         zero_runs: list.runs.runs().len() as u64,
-        skipped_bytes,
-        scan_time: scan.scan_time,
-        read_time: scan.elapsed,
+        skipped_bytes: list.runs.bytes(&geometry),
+        scan_time: ahead.scan_time(),
+        read_time: read.elapsed,
     })
+}
+
+/// The image at `path`, or standard input for `-`. Every packet carries
+/// the image's size, so standard input is read to its end first, into an
+/// unlinked file in the temporary directory (`TMPDIR`, else /tmp): its first
+/// packet waits for the end of the input.
+fn open_source(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path != Path::new("-") {
+        return File::open(path)
+            .map_err(|e| Error::target_io(&format!("open {}", path.display()), &e));
+    }
+    let dir = std::env::temp_dir();
+    let err = |what: &str, e: std::io::Error| {
+        Error::target_io(&format!("{what} standard input in {}", dir.display()), &e)
+    };
+    let mut spool = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(&dir)
+        .map_err(|e| err("keep", e))?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(|e| err("copy", e))?;
+    Ok(spool)
+}
+
+/// Bytes of the image at `file`: a regular file's length, or a block
+/// device's size (its metadata says 0).
+fn source_len(file: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        // Seeking moves nothing the mapping depends on.
+        let mut f = file;
+        f.seek(SeekFrom::End(0))
+    } else {
+        Ok(meta.len())
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,15 @@
-//! The sender's one read of the image: its SHA-256 and, for a sparse
-//! image, the runs of all-zero blocks, which are announced instead of sent.
+//! What the sender learns from the image as it reads it: its SHA-256 and,
+//! for a sparse image, the runs of all-zero blocks, which are announced
+//! instead of sent (see [`crate::send::ahead`] for who reads when).
 //!
 //! The file's holes come from `lseek(SEEK_DATA/SEEK_HOLE)` where the
 //! filesystem keeps them: a piece of the image inside a hole is hashed from
-//! a buffer of zeros and never read. Every other piece is read once through
-//! the mapping; right after it is hashed (while it is still in the cache)
-//! each of its blocks is checked for zeros. Block devices and filesystems
-//! without hole information are all data to `SEEK_DATA`, so they are simply
-//! scanned.
+//! a buffer of zeros and never read. Every other piece is read through the
+//! mapping. Block devices and filesystems without hole information are all
+//! data to `SEEK_DATA`, so they are simply read.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -78,28 +76,51 @@ impl ZeroRuns {
             .collect()
     }
 
+    /// The runs of `self` less the blocks in `other`'s runs.
+    pub fn without(&self, other: &ZeroRuns) -> ZeroRuns {
+        let mut out = ZeroRuns::default();
+        for &(a, b) in &self.0 {
+            for (c, d) in other.data_in(a, b) {
+                out.push(c, d);
+            }
+        }
+        out
+    }
+
+    /// Add `more`, whose runs lie between two of these (or before or after
+    /// all) without overlapping any: they go in their place, touching runs
+    /// merge.
+    pub fn insert(&mut self, more: &ZeroRuns) {
+        let (Some(&(first, _)), Some(&(_, end))) = (more.0.first(), more.0.last()) else {
+            return;
+        };
+        let at = self.0.partition_point(|r| r.1 < first);
+        let mut mid = ZeroRuns(
+            self.0[at..]
+                .iter()
+                .take_while(|r| r.0 <= end)
+                .copied()
+                .collect(),
+        );
+        let taken = mid.0.len();
+        let mut merged = ZeroRuns::default();
+        mid.0.extend_from_slice(&more.0);
+        mid.0.sort_unstable();
+        for (a, b) in mid.0 {
+            match merged.0.last_mut() {
+                Some(l) if l.1 >= a => l.1 = l.1.max(b),
+                _ => merged.0.push((a, b)),
+            }
+        }
+        self.0.splice(at..at + taken, merged.0);
+    }
+
     fn push(&mut self, first: u64, end: u64) {
         match self.0.last_mut() {
             Some(last) if last.1 == first => last.1 = end,
             _ => self.0.push((first, end)),
         }
     }
-}
-
-/// What the read of the image found.
-#[derive(Debug, Clone)]
-pub struct Scan {
-    /// SHA-256 of the whole image.
-    pub digest: [u8; 32],
-    /// Runs of all-zero blocks (empty when not looked for).
-    pub zeros: ZeroRuns,
-    /// Bytes found in holes (never read).
-    pub hole_bytes: u64,
-    /// Time spent checking blocks for zeros (hashing excluded): the cost of
-    /// sparse sending on the sender.
-    pub scan_time: Duration,
-    /// Wall time of the whole read (hash and scan).
-    pub elapsed: Duration,
 }
 
 /// The data segments `[start, end)` of the first `len` bytes of `file`
@@ -144,59 +165,120 @@ fn is_zero(b: &[u8]) -> bool {
     b.chunks(256).all(|c| c.iter().fold(0, |a, &x| a | x) == 0)
 }
 
-/// Hash `image` (the mapping of `file`), and when `find_zeros`, find its
-/// runs of all-zero blocks of geometry `g`.
-pub fn scan(file: &File, image: &[u8], g: &Geometry, find_zeros: bool) -> Scan {
-    let start = Instant::now();
-    let len = image.len() as u64;
-    let segments = if find_zeros {
-        data_segments(file, len)
-    } else {
-        vec![(0, len)]
-    };
-    let bs = u64::from(g.block_size);
-    let step = (PIECE / bs).max(1);
-    let zero_piece = vec![0u8; (step * bs) as usize];
-    let mut hasher = Sha256::new();
-    let mut zeros = ZeroRuns::default();
-    let mut hole_bytes = 0;
-    let mut scan_time = Duration::ZERO;
-    let mut seg = 0;
-    let mut first = 0;
-    while first < g.block_count {
-        let end = (first + step).min(g.block_count);
-        let (p, q) = (g.offset(first), g.offset(first) + g.range_bytes(first, end));
-        while seg < segments.len() && segments[seg].1 <= p {
-            seg += 1;
+/// Where the image has data: the data segments of its file (everything,
+/// for a block device or a filesystem that does not report holes). Asked
+/// about pieces in increasing order.
+#[derive(Debug, Clone)]
+pub struct DataMap {
+    segments: Vec<(u64, u64)>,
+    at: usize,
+}
+
+impl DataMap {
+    /// The data segments of the first `len` bytes of `file`.
+    pub fn of(file: &File, len: u64) -> DataMap {
+        DataMap {
+            segments: data_segments(file, len),
+            at: 0,
         }
-        let has_data = segments.get(seg).is_some_and(|s| s.0 < q);
-        if !has_data {
-            hasher.update(&zero_piece[..(q - p) as usize]);
-            hole_bytes += q - p;
-            zeros.push(first, end);
-        } else {
-            let piece = &image[p as usize..q as usize];
-            hasher.update(piece);
-            if find_zeros {
-                let t = Instant::now();
-                for i in first..end {
-                    let o = (g.offset(i) - p) as usize;
-                    if is_zero(&piece[o..o + g.block_len(i)]) {
-                        zeros.push(i, i + 1);
-                    }
-                }
-                scan_time += t.elapsed();
+    }
+
+    /// All `len` bytes data.
+    #[cfg(test)]
+    pub fn all(len: u64) -> DataMap {
+        DataMap {
+            segments: vec![(0, len)],
+            at: 0,
+        }
+    }
+
+    /// The blocks of geometry `g` that lie wholly in holes: known to be
+    /// zeros without reading a byte.
+    pub fn holes(&self, g: &Geometry) -> ZeroRuns {
+        let bs = u64::from(g.block_size);
+        let mut runs = ZeroRuns::default();
+        let mut at: u64 = 0;
+        for &(start, end) in self
+            .segments
+            .iter()
+            .chain([(g.total_size, g.total_size)].iter())
+        {
+            // The hole [at, start): its whole blocks (the image's last block
+            // may end short of a block size, at the image's end).
+            let first = at.div_ceil(bs);
+            let last = if start >= g.total_size {
+                g.block_count
+            } else {
+                start / bs
+            };
+            if first < last {
+                runs.push(first, last);
             }
+            at = end;
         }
-        first = end;
+        runs
     }
-    Scan {
-        digest: hasher.finalize().into(),
-        zeros,
-        hole_bytes,
-        scan_time,
-        elapsed: start.elapsed(),
+
+    /// Whether bytes `[start, end)` hold any data; `start` never goes back
+    /// from one call to the next.
+    pub fn has_data(&mut self, start: u64, end: u64) -> bool {
+        while self.segments.get(self.at).is_some_and(|s| s.1 <= start) {
+            self.at += 1;
+        }
+        self.segments.get(self.at).is_some_and(|s| s.0 < end)
     }
+}
+
+/// SHA-256 of `image`, its holes (per `data`) hashed from zeros without
+/// reading them; and the bytes found in holes.
+pub fn sha256(image: &[u8], mut data: DataMap) -> ([u8; 32], u64) {
+    let zero_piece = vec![0u8; PIECE as usize];
+    let mut hasher = Sha256::new();
+    let mut holes = 0;
+    let len = image.len() as u64;
+    let mut p = 0;
+    while p < len {
+        let q = (p + PIECE).min(len);
+        if data.has_data(p, q) {
+            hasher.update(&image[p as usize..q as usize]);
+        } else {
+            hasher.update(&zero_piece[..(q - p) as usize]);
+            holes += q - p;
+        }
+        p = q;
+    }
+    (hasher.finalize().into(), holes)
+}
+
+/// The all-zero blocks of `[first, end)` of `image` (geometry `g`): a
+/// piece in a hole (per `data`) is all zeros without a read, every other
+/// block is checked.
+pub fn zero_runs_in(
+    image: &[u8],
+    g: &Geometry,
+    first: u64,
+    end: u64,
+    data: &mut DataMap,
+) -> ZeroRuns {
+    let mut runs = ZeroRuns::default();
+    let (p, q) = (g.offset(first), g.offset(first) + g.range_bytes(first, end));
+    if !data.has_data(p, q) {
+        runs.push(first, end);
+        return runs;
+    }
+    for i in first..end {
+        let o = g.offset(i) as usize;
+        if is_zero(&image[o..o + g.block_len(i)]) {
+            runs.push(i, i + 1);
+        }
+    }
+    runs
+}
+
+/// Pieces of about [`PIECE`] bytes, whole blocks, in which [`zero_runs_in`]
+/// looks for zeros when nothing else sets the pace.
+pub fn piece_blocks(g: &Geometry) -> u64 {
+    (PIECE / u64::from(g.block_size)).max(1)
 }
 
 #[cfg(test)]
@@ -232,11 +314,19 @@ mod tests {
         let image = std::fs::read(&p).unwrap();
         let f = File::open(&p).unwrap();
         let g = Geometry::new(len, 1400);
-        let s = scan(&f, &image, &g, true);
+        let data = DataMap::of(&f, len);
+        let (digest, holes) = sha256(&image, data.clone());
         let want: [u8; 32] = Sha256::digest(&image).into();
-        assert_eq!(s.digest, want);
-        assert!(s.hole_bytes >= 5 << 20, "{} bytes of holes", s.hole_bytes);
-        // Every block is zero exactly when it is in a run.
+        assert_eq!(digest, want);
+        assert!(holes >= 5 << 20, "{holes} bytes of holes");
+        // Found piece by piece, every block is zero exactly when it is in a run.
+        let mut found = ZeroRuns::default();
+        let mut scan = data;
+        let step = piece_blocks(&g);
+        for first in (0..g.block_count).step_by(step as usize) {
+            let end = (first + step).min(g.block_count);
+            found.insert(&zero_runs_in(&image, &g, first, end, &mut scan));
+        }
         let zero = |i: u64| {
             let o = g.offset(i) as usize;
             image[o..o + g.block_len(i)].iter().all(|&b| b == 0)
@@ -245,17 +335,35 @@ mod tests {
         for i in (0..g.block_count).filter(|&i| zero(i)) {
             expect.push(i, i + 1);
         }
-        assert_eq!(s.zeros, expect);
-        assert_eq!(s.zeros.runs().len(), 3);
+        assert_eq!(found, expect);
+        assert_eq!(found.runs().len(), 3);
+        // The holes alone, known without a read, are among the runs.
+        let holes = DataMap::of(&f, len).holes(&g);
+        assert!(holes.blocks() * 1400 >= 5 << 20, "{holes:?}");
+        assert_eq!(
+            found.without(&holes).blocks() + holes.blocks(),
+            found.blocks()
+        );
+        assert!(holes.without(&found).runs().is_empty());
         let zero_bytes: u64 = (0..g.block_count)
             .filter(|&i| zero(i))
             .map(|i| g.block_len(i) as u64)
             .sum();
-        assert_eq!(s.zeros.bytes(&g), zero_bytes);
-        let off = scan(&f, &image, &g, false);
-        assert_eq!(off.digest, want);
-        assert!(off.zeros.runs().is_empty());
+        assert_eq!(found.bytes(&g), zero_bytes);
         std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn runs_found_later_go_in_their_place() {
+        let mut z = ZeroRuns::new(vec![(0, 10), (50, 60), (100, 200)]);
+        z.insert(&ZeroRuns::new(vec![(10, 12), (20, 30)]));
+        assert_eq!(z.runs(), &[(0, 12), (20, 30), (50, 60), (100, 200)]);
+        z.insert(&ZeroRuns::new(vec![(60, 70), (90, 100)]));
+        assert_eq!(z.runs(), &[(0, 12), (20, 30), (50, 70), (90, 200)]);
+        z.insert(&ZeroRuns::new(vec![(300, 301)]));
+        z.insert(&ZeroRuns::default());
+        assert_eq!(z.runs().last(), Some(&(300, 301)));
+        assert_eq!(z.blocks(), 12 + 10 + 20 + 110 + 1);
     }
 
     #[test]
