@@ -16,12 +16,13 @@
 #                             requests, the signed manifest file); each test starts its
 #                             own nginx with its own config inside a namespace
 #   lintian                   checks the .deb packages (tests/package.rs: -EvIL +pedantic)
+#   zstd                      Clonezilla's `udp-receiver ... | zstd -dc` in tests/package.rs
 #   tmux                      a real terminal of 80 and 200 columns for `xdpcast monitor`
 #                             in tests/api.rs
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool man-db nginx-light lintian)
+pkgs=(clang llvm libbpf-dev bpftool iproute2 iputils-ping util-linux udpcast python3 gcc libc6-dev prometheus tmux ethtool man-db nginx-light lintian zstd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -186,21 +186,20 @@ fn deb_installs_runs_shows_its_man_page_and_purges() {
 }
 
 /// Clonezilla's exact receiving line, `udp-receiver --nokbd --mcast-all-addr
-/// 224.0.0.1 --portbase 2232 --ttl 1 | zstd -dc > out` (zstd stood in for
-/// by gzip, which every machine has), run by `sh` with a bare PATH in a
-/// namespace, against Debian's udp-sender with its defaults: the
-/// installed packages make it xdpcast, and the image lands whole.
+/// 224.0.0.1 --portbase 2232 --ttl 1 | zstd -dc > out`, run by `sh` with a
+/// bare PATH in a namespace, against Debian's udp-sender with its defaults
+/// sending a zstd image: the installed packages make it xdpcast, and the
+/// image lands whole.
 fn clonezilla_line_with_a_bare_path() {
     let net = VethPair::new(1, 1500);
     let Images { dir, src, dst } = Images::new("xdpc-deb-cz", 8 * MIB + 99, 29);
-    let gz = dir.join("src.img.gz");
-    run(Command::new("sh").args([
-        "-c",
-        &format!("gzip -1 -c {} > {}", src.display(), gz.display()),
-    ]));
+    let zst = dir.join("src.img.zst");
+    run(Command::new("zstd")
+        .args(["-q", "-1", "-o"])
+        .arg(&zst)
+        .arg(&src));
     let line = format!(
-        "udp-receiver --nokbd --mcast-all-addr 224.0.0.1 --portbase 2232 --ttl 1 \
-         | gzip -dc > {}",
+        "udp-receiver --nokbd --mcast-all-addr 224.0.0.1 --portbase 2232 --ttl 1 | zstd -dc > {}",
         dst.display()
     );
     let mut rx = net.b.cmd("/usr/bin/env");
@@ -213,7 +212,7 @@ fn clonezilla_line_with_a_bare_path() {
     ]);
     let rx = spawn(rx);
     let mut tx = net.a.cmd("udp-sender");
-    tx.args(["--interface", &net.if_a, "--file", gz.to_str().unwrap()])
+    tx.args(["--interface", &net.if_a, "--file", zst.to_str().unwrap()])
         .args(["--portbase", "2232", "--min-receivers", "1", "--nokbd"]);
     let tx = wait_output(spawn(tx), Duration::from_secs(120), "udp-sender");
     assert!(
