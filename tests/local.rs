@@ -263,6 +263,50 @@ fn readers_flag_a_page_owned_by_another_user() {
     );
 }
 
+/// Receive `src` from a sender on lo into `out` (socket path), both
+/// succeeding, with the warning that the resume file could not be saved.
+fn transfer_without_resume(
+    ns: &Netns,
+    pages: &Path,
+    name: &str,
+    group: &str,
+    src: &Path,
+    out: &Path,
+) {
+    let rx = start_receiver(
+        xdpcast(ns),
+        pages,
+        name,
+        group,
+        &[
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let tx = start_sender(
+        ns,
+        "lo",
+        group,
+        src,
+        &["--rate", "12M", "--block-size", "1400"],
+    );
+    assert!(wait_output(tx, Duration::from_secs(60), "sender")
+        .status
+        .success());
+    let o = wait_output(rx, Duration::from_secs(60), "receiver");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot save the resume file"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(sha256_hex(src), sha256_hex(out));
+}
+
 #[test]
 fn planted_links_at_out_and_at_the_resume_file_are_not_followed() {
     if !netns_allowed() {
@@ -295,37 +339,7 @@ fn planted_links_at_out_and_at_the_resume_file_are_not_followed() {
     plant_link(&v, &resume_tmp);
     let src = dir.join("src.img");
     make_image(&src, 4 * MIB + 3, 31);
-    let rx = start_receiver(
-        xdpcast(&ns),
-        &pages,
-        "resume",
-        "239.45.0.4:5000",
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            by_id.to_str().unwrap(),
-        ],
-    );
-    let tx = start_sender(
-        &ns,
-        "lo",
-        "239.45.0.4:5000",
-        &src,
-        &["--rate", "12M", "--block-size", "1400"],
-    );
-    assert!(wait_output(tx, Duration::from_secs(60), "sender")
-        .status
-        .success());
-    let o = wait_output(rx, Duration::from_secs(60), "receiver");
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("cannot save the resume file"),
-        "{}",
-        text(&o)
-    );
+    transfer_without_resume(&ns, &pages, "resume", "239.45.0.4:5000", &src, &by_id);
     assert_eq!(sha256_hex(&src), sha256_hex(&target));
     assert_untouched(&v);
     assert!(std::fs::symlink_metadata(&resume_tmp)
@@ -467,38 +481,7 @@ fn a_resume_file_of_someone_else_is_neither_read_nor_written() {
     std::fs::hard_link(&v, shared.join("img.xdpcast-resume.tmp")).unwrap();
     let src = dir.join("src.img");
     make_image(&src, 3 * MIB + 5, 17);
-    let rx = start_receiver(
-        xdpcast(&ns),
-        &pages,
-        "resume-theirs",
-        "239.45.0.5:5000",
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    let tx = start_sender(
-        &ns,
-        "lo",
-        "239.45.0.5:5000",
-        &src,
-        &["--rate", "12M", "--block-size", "1400"],
-    );
-    assert!(wait_output(tx, Duration::from_secs(60), "sender")
-        .status
-        .success());
-    let o = wait_output(rx, Duration::from_secs(60), "receiver");
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("cannot save the resume file"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(sha256_hex(&src), sha256_hex(&out));
+    transfer_without_resume(&ns, &pages, "resume-theirs", "239.45.0.5:5000", &src, &out);
     assert_untouched(&v);
     assert_eq!(std::fs::read(&resume).unwrap(), b"nobody\n");
     assert_eq!(std::fs::metadata(&resume).unwrap().uid(), NOBODY);
