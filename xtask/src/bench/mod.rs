@@ -74,6 +74,10 @@ pub struct Args {
     /// part takes tmpfs only with --quick).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TargetKind::Tmpfs, TargetKind::Ext4, TargetKind::Loop])]
     targets: Vec<TargetKind>,
+    /// Image sizes of the e2e part in MiB, comma separated (default: 128
+    /// with --quick, else 1024,4096).
+    #[arg(long, value_delimiter = ',')]
+    e2e_sizes: Option<Vec<u64>>,
     /// Directory for results.md, results.json and plot.png, relative to the workspace.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -91,8 +95,12 @@ enum Part {
     Keepup,
     /// A 75 % zero image, `xdpcast send` sparse and `--no-sparse`.
     Sparse,
+    /// Deployment time: sender start to verified SUCCESS, xdpcast (unsigned,
+    /// signed, fed by udp-sender) and udpcast, against the path's limit.
+    E2e,
 }
 
+mod e2e;
 mod harness;
 mod report;
 mod runs;
@@ -165,7 +173,7 @@ pub fn run(args: Args) -> Result<()> {
     });
     let image = work.0.join("image");
     // The sparse part writes its own image.
-    let digest = if args.part == Part::Sparse && !args.finish {
+    let digest = if matches!(args.part, Part::Sparse | Part::E2e) && !args.finish {
         String::new()
     } else {
         eprintln!("bench: writing a {} MiB random image", size >> 20);
@@ -200,9 +208,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     let machine = machine();
     let mut md = format!(
-        "Machine: {machine}. Image {} MiB, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}, \
+        "Machine: {machine}. {}, sender on CPU {TX_CPU}, receiver on CPU {RX_CPU}, \
          {runs} runs per row: median (min-max).\n\n",
-        size >> 20
+        if args.part == Part::E2e {
+            "Image sizes per section".to_string()
+        } else {
+            format!("Image {} MiB", size >> 20)
+        }
     );
 
     let mut outcomes = Vec::new();
@@ -323,6 +335,14 @@ pub fn run(args: Args) -> Result<()> {
         sparse_rows = rows;
     }
 
+    let mut e2e_results = e2e::Results::default();
+    if matches!(args.part, Part::All | Part::E2e) {
+        let sizes = e2e::sizes(&args.e2e_sizes, args.quick);
+        let (section, results) = e2e::run(&ctx, &sizes, &args.targets, runs)?;
+        md += &section;
+        e2e_results = results;
+    }
+
     println!("\n{md}");
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
@@ -333,6 +353,7 @@ pub fn run(args: Args) -> Result<()> {
             &outcomes,
             &rows,
             &sparse_rows,
+            &e2e_results,
             size,
             args.rate_mbps,
             machine,
@@ -425,6 +446,7 @@ mod tests {
             &outcomes,
             &[],
             &[],
+            &e2e::Results::default(),
             1 << 30,
             Some(2000),
             "test machine".into(),

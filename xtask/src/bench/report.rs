@@ -123,6 +123,8 @@ pub(super) struct Results<'a> {
     runs: Vec<Run<'a>>,
     /// The sparse part's rows, each with its runs.
     sparse: &'a [crate::sparse::Row],
+    /// The deployment-time part's rows and path limits.
+    e2e: &'a super::e2e::Results,
 }
 
 /// One run of `results.json`: what it measured, or why it failed.
@@ -180,6 +182,7 @@ pub(super) fn results_json(
     outcomes: &[Outcome],
     keepup: &[(TargetKind, String, Outcome)],
     sparse: &[crate::sparse::Row],
+    e2e: &super::e2e::Results,
     size: u64,
     rate_mbps: Option<u64>,
     machine: String,
@@ -199,6 +202,7 @@ pub(super) fn results_json(
         rate_mbps,
         runs,
         sparse,
+        e2e,
     };
     serde_json::to_string_pretty(&r).expect("plain values") + "\n"
 }

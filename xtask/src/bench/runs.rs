@@ -189,6 +189,24 @@ pub(crate) fn start_receiver(
     out: &Path,
     extra: &[&str],
 ) -> Result<(Proc, StatusReader)> {
+    start_receiver_for(
+        ctx,
+        net,
+        name,
+        out,
+        &[&["--group", GROUP][..], extra].concat(),
+    )
+}
+
+/// [`start_receiver`] with no group of its own: `extra` names the group
+/// (xdpcast) or the protocol (`--protocol udpcast`, which finds its group).
+pub(super) fn start_receiver_for(
+    ctx: &Ctx,
+    net: &VethPair,
+    name: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Result<(Proc, StatusReader)> {
     let status_dir = ctx.work.join("status");
     std::fs::create_dir_all(&status_dir)?;
     let page = status_dir.join(format!("xdpcast.{name}"));
@@ -198,8 +216,6 @@ pub(crate) fn start_receiver(
     let mut argv = vec![
         &*recv,
         "receive",
-        "--group",
-        GROUP,
         "--iface",
         &net.if_b,
         "--out",
@@ -534,13 +550,24 @@ impl Metrics {
         match self.offered_gbps {
             Some(o) if o > 1.2 * goodput => format!("receiver (sender offered {o:.1} Gbit/s)"),
             Some(o) => format!("sender ({o:.1} Gbit/s, CPU {:.0}%)", tx_util * 100.0),
-            None if tx_util.max(rx_util) < 0.8 => format!(
-                "protocol (sender CPU {:.0}%, receiver {:.0}%)",
-                tx_util * 100.0,
-                rx_util * 100.0
-            ),
-            None if tx_util >= rx_util => format!("sender (CPU {:.0}%)", tx_util * 100.0),
-            None => format!("receiver (CPU {:.0}%)", rx_util * 100.0),
+            None => busier_side(tx_util, rx_util),
         }
+    }
+}
+
+/// Which side limited a run from the share of its wall time each side's
+/// CPU was busy: one near 100 % (at least 80 %) is the limit; with both
+/// below, the protocol (waits, round trips) is.
+pub(super) fn busier_side(tx_util: f64, rx_util: f64) -> String {
+    if tx_util.max(rx_util) < 0.8 {
+        format!(
+            "protocol (sender CPU {:.0}%, receiver {:.0}%)",
+            tx_util * 100.0,
+            rx_util * 100.0
+        )
+    } else if tx_util >= rx_util {
+        format!("sender (CPU {:.0}%)", tx_util * 100.0)
+    } else {
+        format!("receiver (CPU {:.0}%)", rx_util * 100.0)
     }
 }
