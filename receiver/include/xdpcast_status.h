@@ -271,7 +271,8 @@ enum xdpcast_drop_reason {
     XDPCAST_DROP_UNAUTHENTICATED = 12,
     XDPCAST_DROP_BAD_CHUNK = 13,
     XDPCAST_DROP_FOREIGN_SOURCE = 14,
-    XDPCAST_DROP_COUNT = 15, /* reasons in use; the page has XDPCAST_DROP_SLOTS slots */
+    /* Reasons in use; the page has XDPCAST_DROP_SLOTS slots. */
+    XDPCAST_DROP_COUNT = 15,
 };
 
 /* Snake-case name of an error code, as in `xdpcast status --json` (tested
