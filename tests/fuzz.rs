@@ -323,7 +323,7 @@ proptest! {
     ) {
         let dir = case_dir();
         let out = dir.join("img");
-        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: max };
+        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: max, ..StoreConfig::default() };
         match Target::open(&out, total, bs, &cfg) {
             Ok(t) => {
                 drop(t);
@@ -348,7 +348,7 @@ proptest! {
         };
         let dir = case_dir();
         let out = dir.join("img");
-        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: Some(1 << 30) };
+        let cfg = StoreConfig { buffer_bytes: 0, max_image_size: Some(1 << 30), ..StoreConfig::default() };
         let t = Transfer::new(out.clone(), None, 1).with_store(cfg);
         t.ingest(&pkt, t.counters(0));
         match t.failure() {

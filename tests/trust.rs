@@ -526,3 +526,95 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
     assert_eq!(s.stream.written, s.total_bytes);
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
 }
+
+/// Sectors the kernel has read from block device `dev`
+/// (`/sys/block/NAME/stat`, field 3).
+fn sectors_read(dev: &str) -> u64 {
+    let name = Path::new(dev).file_name().unwrap().to_str().unwrap();
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+    stat.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// A loop device of `len` bytes over a file of old data (0xA5), in `dir`.
+fn old_disk(dir: &TempDir, len: usize) -> LoopDev {
+    LoopDev::filled(&dir.join("old-disk.img"), len as u64, Some(0xA5))
+}
+
+#[test]
+fn signed_receive_onto_a_block_device_reads_nothing_back() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new("xdpc-signed-blk", 16 * MIB, 14);
+    let disk = old_disk(&dir, 16 * MIB);
+    let key = keygen(&dir, "site");
+    let rx = receiver(
+        &net,
+        &dir.0,
+        Path::new(&disk.0),
+        &["--trust", &pub_of(&key)],
+    );
+    // From before the first packet to the receiver's exit (after SUCCESS).
+    let before = sectors_read(&disk.0);
+    let tx = start_sender(
+        &net.a,
+        &net.if_a,
+        GROUP,
+        &src,
+        &["--rate", "1G", "--sign", key.to_str().unwrap()],
+    );
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    ok(&out, "receiver");
+    let s = read_page(&dir.0, "trust");
+    assert_eq!(
+        sectors_read(&disk.0),
+        before,
+        "read the device: {s:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    assert!(s.trust.chunk_count > 1);
+    assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
+    assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
+    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
+}
+
+#[test]
+fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
+    if !netns_allowed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    let Images { dir, src, .. } = Images::new("xdpc-forge-blk", 16 * MIB, 15);
+    let disk = old_disk(&dir, 16 * MIB);
+    let key = keygen(&dir, "site");
+    let rx = receiver(
+        &net,
+        &dir.0,
+        Path::new(&disk.0),
+        &["--trust", &pub_of(&key)],
+    );
+    let before = sectors_read(&disk.0);
+    // 20 % loss and forged blocks of another image on every slot.
+    let tx = send_forged(&net, &dir, &src, &key, 0x5159);
+    ok(
+        &wait_output(tx, Duration::from_secs(120), "sender"),
+        "sender",
+    );
+    ok(
+        &wait_output(rx, Duration::from_secs(60), "receiver"),
+        "receiver",
+    );
+    let s = read_page(&dir.0, "trust");
+    assert_eq!(sectors_read(&disk.0), before, "read the device: {s:?}");
+    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
+    assert!(s.trust.rejected_blocks > 0, "{s:?}");
+    assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
+    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
+}

@@ -701,6 +701,9 @@ impl Control {
                 *d += v;
             }
         }
+        // Chunks that failed their hash: found by the staging writer (or a
+        // page's worker), counted by the signed state, not by a worker.
+        s.drops[DropReason::BadChunk as usize] += t.signed().map_or(0, |sg| sg.bad_chunks());
         // What the HTTP source fed in counts like the workers' packets.
         let http = self.http_slot.map(|slot| t.counters(slot));
         let http_bytes = http.map_or(0, |c| c.bytes.load(Ordering::Relaxed));

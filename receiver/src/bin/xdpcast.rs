@@ -1046,6 +1046,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.store = StoreConfig {
                 buffer_bytes: buffer_mib << 20,
                 max_image_size,
+                ..StoreConfig::default()
             };
             req.socket_gro = match socket_gro {
                 SocketGro::Auto => GroRequest::Auto,

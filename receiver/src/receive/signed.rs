@@ -1,27 +1,32 @@
 //! The receiving side of a signed session (`--trust`): the verified
 //! manifest, the chunk hashes learnt from verified pages, and the check of
-//! every chunk as its last block lands.
+//! every chunk against them.
 //!
-//! A chunk moves OPEN -> CHECKING -> VERIFIED, or back to OPEN with its
-//! blocks unclaimed when its hash differs from the signed one (a forged
-//! block took a slot), so that the real blocks are requested again. Only
-//! one thread holds a chunk in CHECKING; whoever releases it looks again
-//! whether the chunk became ready meanwhile, so a page and a last block
-//! arriving at once on two workers never leave a chunk unchecked. These
-//! transitions are rare (once per chunk), so they use SeqCst throughout:
-//! the "is it ready" reads after a release must see the other worker's
-//! write that made its own CAS fail.
+//! Where chunks are hashed (docs/architecture.md, "Signed chunks"): a file
+//! or device target stages each signed chunk as one unit of its staging
+//! buffer ([`crate::store::writer`]); once all of a chunk's bytes are there
+//! the writer thread hashes it from that memory, before writing it, and
+//! hands the hash to [`Signed::hashed`]. No worker hashes, waits for a
+//! copier or reads the target. A stream (`--out -`) hashes a chunk from its
+//! reorder window when the chunk's last block lands.
+//!
+//! A chunk is OPEN (no hash yet), HASHED (hashed, its page not here yet)
+//! or VERIFIED. Whoever brings the second of (hash, signed leaf) compares
+//! them, under the chunk's lock: the writer thread with a new hash, or the
+//! worker that takes the page. A chunk whose hash differs from the signed
+//! one (a forged block took a slot) goes back to OPEN with its blocks
+//! unclaimed, so that the real blocks are requested again; if its page was
+//! already here, its bytes are never written.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::SeqCst};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use ed25519_dalek::VerifyingKey;
 
 use crate::proto::manifest::{chunk_hash, Manifest, HASH_LEN, LEAVES_PER_PAGE};
 use crate::proto::wire::{Control, DropReason, DIGEST_LEN, FLAG_FINAL};
 use crate::receive::bitmap::BlockBitmap;
-use crate::receive::workers::WorkerCounters;
 use crate::store::target::Target;
 
 /// Where a session's blocks are: the target and the two block bitmaps of
@@ -39,7 +44,7 @@ pub struct Slots<'a> {
 }
 
 const OPEN: u8 = 0;
-const CHECKING: u8 = 1;
+const HASHED: u8 = 1;
 const VERIFIED: u8 = 2;
 
 /// A verified manifest and the state of its chunks.
@@ -52,11 +57,20 @@ pub struct Signed {
     /// The sender's address from the manifest, if it names one.
     pub source: Option<IpAddr>,
     leaves: Vec<OnceLock<[u8; HASH_LEN]>>,
-    written: Vec<AtomicU32>,
+    /// The hash of each chunk as received, until it is compared. The lock
+    /// is taken once per chunk by the writer and per page by a worker.
+    got: Vec<Mutex<Option<[u8; HASH_LEN]>>>,
+    /// OPEN / HASHED / VERIFIED, written under the chunk's lock, read
+    /// without it by scans (Relaxed: a scan is a snapshot).
     state: Vec<AtomicU8>,
+    /// Blocks of each chunk in a stream's window (streams only).
+    written: Vec<AtomicU32>,
+    /// BLAKE3 of a whole chunk of zeros (computed once, by the writer).
+    zero_hash: OnceLock<[u8; HASH_LEN]>,
     verified: AtomicU64,
     rejected_blocks: AtomicU64,
     rejected_bytes: AtomicU64,
+    bad_chunks: AtomicU64,
     pages: AtomicU64,
     /// The image's SHA-256 as the signer gave it: in the head, or in the
     /// signed ends of a sender that hashes as it sends.
@@ -75,11 +89,14 @@ impl Signed {
             manifest,
             key,
             leaves: (0..n).map(|_| OnceLock::new()).collect(),
-            written: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            got: (0..n).map(|_| Mutex::new(None)).collect(),
             state: (0..n).map(|_| AtomicU8::new(OPEN)).collect(),
+            written: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            zero_hash: OnceLock::new(),
             verified: AtomicU64::new(0),
             rejected_blocks: AtomicU64::new(0),
             rejected_bytes: AtomicU64::new(0),
+            bad_chunks: AtomicU64::new(0),
             pages: AtomicU64::new(0),
             digest: if manifest.digest == [0; DIGEST_LEN] {
                 OnceLock::new()
@@ -118,11 +135,16 @@ impl Signed {
     }
 
     /// Count the blocks a resume file brought in, so that their chunks are
-    /// checked (read back, hashed) once their page arrives like any other.
+    /// checked like any other: a file or device counts their bytes as
+    /// landed (its writer reads them when their chunk is complete: the one
+    /// read a signed session makes, of bytes an earlier run wrote).
     pub fn resumed(&self, image: Slots<'_>) {
-        for (c, n) in self.written.iter().enumerate() {
-            let (first, end) = self.manifest.chunk_range(c as u64);
-            n.store(image.written.count_range(first, end) as u32, SeqCst);
+        if image.target.as_stream().is_some() {
+            return;
+        }
+        let g = &self.manifest.geometry;
+        for (a, b) in image.written.set_ranges() {
+            image.target.on_storage(g.offset(a), g.range_bytes(a, b));
         }
     }
 
@@ -148,22 +170,21 @@ impl Signed {
         self.rejected_bytes.load(SeqCst)
     }
 
+    /// Chunks that failed their hash (drops of reason `bad_chunk`).
+    pub fn bad_chunks(&self) -> u64 {
+        self.bad_chunks.load(Relaxed)
+    }
+
     /// Pages of chunk hashes learnt (each counted once).
     pub fn pages(&self) -> u64 {
         self.pages.load(SeqCst)
     }
 
     /// Take in page `index`: dropped unless the manifest's key signed it;
-    /// then check the chunks that were waiting for it. A repeat of a page
+    /// then compare the chunks hashed before it came. A repeat of a page
     /// already verified is told from a forgery by its hashes alone, without
     /// a signature check.
-    pub fn page(
-        &self,
-        image: Slots<'_>,
-        index: u64,
-        payload: &[u8],
-        c: &WorkerCounters,
-    ) -> Result<(), DropReason> {
+    pub fn page(&self, image: Slots<'_>, index: u64, payload: &[u8]) -> Result<(), DropReason> {
         let unauthenticated = |_| DropReason::Unauthenticated;
         if index >= self.manifest.page_count() {
             return Err(DropReason::Unauthenticated);
@@ -201,29 +222,65 @@ impl Signed {
             let _ = slot.set(leaf);
         }
         self.pages.fetch_add(1, SeqCst);
+        // Each chunk under its lock, also those that look unhashed: the
+        // lock orders our leaves against a concurrent `hashed` (which
+        // stores its hash and reads the leaf under the same lock), so one
+        // of the two sees both.
         for chunk in first..(first + LEAVES_PER_PAGE).min(self.leaves.len()) {
-            self.try_verify(image, chunk as u64, c);
+            self.compare(image, chunk as u64, &mut self.lock(chunk));
         }
         Ok(())
     }
 
-    /// Block `index` has been written: check its chunk if that was the last one.
-    pub fn block_written(&self, image: Slots<'_>, index: u64, c: &WorkerCounters) {
-        self.blocks_written(image, index, index + 1, c);
+    /// The writer thread hashed chunk `chunk` as `hash`: compare it with
+    /// the signed leaf if that is here (else when its page comes). False
+    /// when it differs: the bytes are not to be written.
+    pub fn hashed(&self, image: Slots<'_>, chunk: u64, hash: [u8; HASH_LEN]) -> bool {
+        let mut got = self.lock(chunk as usize);
+        *got = Some(hash);
+        self.state[chunk as usize].store(HASHED, Relaxed);
+        self.compare(image, chunk, &mut got)
     }
 
-    /// Blocks `[first, end)` have been written (or zeroed for a zero run):
-    /// check each chunk whose last blocks they were. A zero run is thus
-    /// covered by the signature like data: its chunks' hashes are signed.
-    pub fn blocks_written(&self, image: Slots<'_>, first: u64, end: u64, c: &WorkerCounters) {
+    /// [`Self::hashed`] for a chunk whose bytes are all zeros (zero runs).
+    pub fn hashed_zeros(&self, image: Slots<'_>, chunk: u64) -> bool {
+        let (a, b) = self.manifest.chunk_bytes(chunk);
+        let whole = self.manifest.chunk_bytes(0);
+        let hash = if b - a == whole.1 - whole.0 {
+            *self
+                .zero_hash
+                .get_or_init(|| chunk_hash(&vec![0; (b - a) as usize]))
+        } else {
+            chunk_hash(&vec![0; (b - a) as usize])
+        };
+        self.hashed(image, chunk, hash)
+    }
+
+    /// Stream targets: block `index` is in the window; hash its chunk from
+    /// there if that was its last block.
+    pub fn block_written(&self, image: Slots<'_>, index: u64) {
+        self.blocks_written(image, index, index + 1);
+    }
+
+    /// Stream targets: blocks `[first, end)` are in the window (or zeroed
+    /// for a zero run); hash each chunk whose last blocks they were. A zero
+    /// run is thus covered by the signature like data.
+    pub fn blocks_written(&self, image: Slots<'_>, first: u64, end: u64) {
         let per = u64::from(self.manifest.chunk_blocks);
         let mut at = first;
         while at < end {
             let chunk = at / per;
             let (a, b) = self.manifest.chunk_range(chunk);
             let n = end.min(b) - at;
+            // SeqCst: one thread sees the count reach the chunk's size.
             if u64::from(self.written[chunk as usize].fetch_add(n as u32, SeqCst)) + n == b - a {
-                self.try_verify(image, chunk, c);
+                let (start, stop) = self.manifest.chunk_bytes(chunk);
+                match image.target.read_at(start, (stop - start) as usize) {
+                    Ok(bytes) => {
+                        self.hashed(image, chunk, chunk_hash(&bytes));
+                    }
+                    Err(e) => log::warn!("chunk {chunk}: {e}"),
+                }
             }
             at += n;
         }
@@ -233,73 +290,50 @@ impl Signed {
     /// as block ranges: asked for again so that the sender runs another
     /// round, in which it repeats the pages.
     pub fn waiting_for_pages(&self, max: usize) -> Vec<(u64, u64)> {
-        (0..self.leaves.len() as u64)
-            .filter(|&c| self.ready_blocks(c) && self.leaves[c as usize].get().is_none())
-            .map(|c| self.manifest.chunk_range(c))
+        (0..self.leaves.len())
+            .filter(|&c| self.state[c].load(Relaxed) == HASHED && self.leaves[c].get().is_none())
+            .map(|c| self.manifest.chunk_range(c as u64))
             .take(max)
             .collect()
     }
 
-    fn ready_blocks(&self, chunk: u64) -> bool {
-        let (first, end) = self.manifest.chunk_range(chunk);
-        u64::from(self.written[chunk as usize].load(SeqCst)) == end - first
+    fn lock(&self, chunk: usize) -> MutexGuard<'_, Option<[u8; HASH_LEN]>> {
+        self.got[chunk].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn try_verify(&self, image: Slots<'_>, chunk: u64, c: &WorkerCounters) {
+    /// Compare chunk `chunk`'s hash (held in `got`, under its lock) with
+    /// its leaf; true unless they differ.
+    fn compare(&self, image: Slots<'_>, chunk: u64, got: &mut Option<[u8; HASH_LEN]>) -> bool {
         let i = chunk as usize;
-        loop {
-            let Some(want) = self.leaves[i].get() else {
-                return;
-            };
-            if !self.ready_blocks(chunk) {
-                return;
-            }
-            if self.state[i]
-                .compare_exchange(OPEN, CHECKING, SeqCst, SeqCst)
-                .is_err()
-            {
-                // Verified, or another thread checks it and looks again
-                // after it lets go.
-                return;
-            }
-            if !self.ready_blocks(chunk) {
-                self.state[i].store(OPEN, SeqCst);
-                continue;
-            }
-            let (a, b) = self.manifest.chunk_bytes(chunk);
-            let bytes = match image.target.read_at(a, (b - a) as usize) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    // The target cannot be read back: the writer's error
-                    // fails the transfer; leave the chunk unverified.
-                    log::warn!("chunk {chunk}: {e}");
-                    self.state[i].store(OPEN, SeqCst);
-                    return;
-                }
-            };
-            let got = chunk_hash(&bytes);
-            if got == *want {
-                self.state[i].store(VERIFIED, SeqCst);
+        let (Some(hash), Some(want)) = (*got, self.leaves[i].get()) else {
+            return true;
+        };
+        let (a, b) = self.manifest.chunk_bytes(chunk);
+        if hash == *want {
+            if self.state[i].swap(VERIFIED, Relaxed) != VERIFIED {
                 self.verified.fetch_add(1, SeqCst);
                 // Only now may a stream let the chunk's bytes leave.
                 image.target.release(a, b);
-                return;
             }
-            // A forged block is in this chunk: forget all of its blocks so
-            // that they are claimed again by the next copies and NACKed.
-            let (first, end) = self.manifest.chunk_range(chunk);
-            log::warn!("chunk {chunk} (blocks {first}..{end}) failed its hash: asking again");
-            c.drop_packet(DropReason::BadChunk);
-            self.written[i].store(0, SeqCst);
-            image.written.remove_range(first, end);
-            image.zeros.remove_range(first, end);
-            self.rejected_blocks.fetch_add(end - first, SeqCst);
-            self.rejected_bytes.fetch_add(b - a, SeqCst);
-            // Out of a stream's window before the blocks can be claimed
-            // again, so that only the right ones are there to release.
-            image.target.discard(a, b);
-            image.claimed.remove_range(first, end);
-            self.state[i].store(OPEN, SeqCst);
+            return true;
         }
+        // A forged block is in this chunk: forget all of its blocks so
+        // that they are claimed again by the next copies and NACKed.
+        *got = None;
+        let (first, end) = self.manifest.chunk_range(chunk);
+        log::warn!("chunk {chunk} (blocks {first}..{end}) failed its hash: asking again");
+        self.bad_chunks.fetch_add(1, Relaxed);
+        self.written[i].store(0, SeqCst);
+        image.written.remove_range(first, end);
+        image.zeros.remove_range(first, end);
+        self.rejected_blocks.fetch_add(end - first, SeqCst);
+        self.rejected_bytes.fetch_add(b - a, SeqCst);
+        // Out of a stream's window, or out of the staging writer's count,
+        // before the blocks can be claimed again, so that only the right
+        // ones are there to release (or to complete the chunk).
+        image.target.discard(a, b);
+        image.claimed.remove_range(first, end);
+        self.state[i].store(OPEN, Relaxed);
+        false
     }
 }

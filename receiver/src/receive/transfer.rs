@@ -29,7 +29,7 @@ use crate::store::handoff::Held;
 use crate::store::resume;
 use crate::store::stream::{self, StreamOut};
 use crate::store::target::{self, Target};
-use crate::store::writer::StoreConfig;
+use crate::store::writer::{StoreConfig, Verify};
 
 /// The image being received, known from the first valid packet.
 #[derive(Debug)]
@@ -132,6 +132,12 @@ impl Image {
         if !self.reserve_data() {
             return Landed::Refused;
         }
+        // A signed session's block with no staging buffer to go to is
+        // left to come again rather than written before its chunk is
+        // checked (it would have to be read back to check it).
+        if !self.target.has_room(self.geometry.offset(index), held) {
+            return Landed::Refused;
+        }
         if !self.claimed.insert(index) {
             return Landed::Duplicate;
         }
@@ -143,8 +149,10 @@ impl Image {
         self.written.insert(index);
         bump(&c.bytes, payload.len() as u64);
         c.blocks.fetch_add(1, Ordering::Release);
-        if let Some(s) = signed {
-            s.block_written(self.slots(), index, c);
+        // A file or device: its writer hashes the chunk once it is
+        // complete in the staging buffer (see `Checker`), not this worker.
+        if let (Some(s), Some(_)) = (signed, self.target.as_stream()) {
+            s.block_written(self.slots(), index);
         }
         if kept {
             Landed::Kept
@@ -185,12 +193,7 @@ impl Image {
     /// are checked like data chunks. The part of a run beyond a stream's
     /// window is refused like data blocks (the sender repeats zero runs in
     /// repair rounds).
-    fn zero_runs(
-        &self,
-        runs: wire::Ranges<'_>,
-        c: &WorkerCounters,
-        signed: Option<&Signed>,
-    ) -> Result<()> {
+    fn zero_runs(&self, runs: wire::Ranges<'_>, signed: Option<&Signed>) -> Result<()> {
         let g = &self.geometry;
         let stop = self.window_end();
         for (first, count) in runs.iter() {
@@ -201,13 +204,16 @@ impl Image {
             }
             for (a, b) in self.claimed.insert_range(first, cut) {
                 let bytes = g.range_bytes(a, b);
-                self.target.zero(g.offset(a), bytes)?;
+                // In the zero set before the target counts them towards
+                // their chunk: the writer checking it fills these blocks
+                // in as zeros rather than reading them.
                 self.zeros.insert_range(a, b);
+                self.target.zero(g.offset(a), bytes)?;
                 self.written.insert_range(a, b);
                 self.skipped_bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.skipped_blocks.fetch_add(b - a, Ordering::Release);
-                if let Some(s) = signed {
-                    s.blocks_written(self.slots(), a, b, c);
+                if let (Some(s), Some(_)) = (signed, self.target.as_stream()) {
+                    s.blocks_written(self.slots(), a, b);
                 }
             }
             // Runs an earlier run of a resumed session made: already on
@@ -243,6 +249,37 @@ impl Image {
             }
         }
         read.ok()
+    }
+}
+
+/// The check of a signed session's chunks in the staging writer: each
+/// complete chunk is hashed there, on the writer thread, from the staging
+/// buffer (no read-back, no worker), and compared with its signed leaf.
+struct Checker {
+    signed: Arc<Signed>,
+    /// The image whose target holds this checker (weak: no cycle).
+    image: std::sync::Weak<Image>,
+}
+
+impl Verify for Checker {
+    fn is_zero(&self, index: u64) -> bool {
+        self.image
+            .upgrade()
+            .is_some_and(|i| i.zeros.contains(index))
+    }
+
+    fn check(&self, k: u64, bytes: &[u8]) -> bool {
+        // Dropped: the session is over; nothing to keep.
+        self.image.upgrade().is_none_or(|i| {
+            self.signed
+                .hashed(i.slots(), k, crate::proto::manifest::chunk_hash(bytes))
+        })
+    }
+
+    fn check_zeros(&self, k: u64, _len: u64) -> bool {
+        self.image
+            .upgrade()
+            .is_none_or(|i| self.signed.hashed_zeros(i.slots(), k))
     }
 }
 
@@ -315,7 +352,7 @@ pub struct Transfer {
     /// A replayed (or future-dated) manifest has been reported (once per
     /// session).
     replay_warned: AtomicBool,
-    signed: OnceLock<Signed>,
+    signed: OnceLock<Arc<Signed>>,
     /// `--source`: the only sender address taken.
     source: Option<IpAddr>,
     /// Target `-`: bytes of the stream's reorder window.
@@ -415,7 +452,7 @@ impl Transfer {
 
     /// The verified manifest and chunk state, once a manifest verified.
     pub fn signed(&self) -> Option<&Signed> {
-        self.signed.get()
+        self.signed.get().map(|s| &**s)
     }
 
     /// Whether the image is complete and known right: every chunk verified
@@ -503,6 +540,17 @@ impl Transfer {
             _ => out.ranges.push((a, (b - a) as u32)),
         };
         let missing = missing_in_window(img);
+        // A signed session onto a file or device asks for block ranges
+        // only: decoding parity needs the group's other blocks, which are
+        // on the target by then, and it reads nothing back (see
+        // `fec_symbol`).
+        if self.is_signed() && img.target.as_stream().is_none() {
+            for (a, b) in missing {
+                push_range(&mut out, a, b);
+            }
+            out.ranges.truncate(max);
+            return out;
+        }
         // A stream asks for block ranges in the group of its first missing
         // block and in a group its window does not hold whole.
         let as_ranges = img.target.as_stream().map(|_| {
@@ -776,11 +824,20 @@ impl Transfer {
             Some(_) => Target::reopen,
             None => Target::open,
         };
+        // A signed session stages each signed chunk as one unit, hashed
+        // in the staging buffer before it is written (see `Checker`).
+        let store = match self.signed() {
+            Some(s) => StoreConfig {
+                unit: s.manifest.chunk_bytes(0).1,
+                ..self.store
+            },
+            None => self.store,
+        };
         let target = open(
             &self.target_path,
             geometry.total_size,
             geometry.block_size,
-            &self.store,
+            &store,
         )?;
         Ok((target, saved))
     }
@@ -818,7 +875,7 @@ impl Transfer {
                 geometry.block_count
             );
         }
-        Ok(Arc::new(Image {
+        let image = Arc::new(Image {
             session,
             geometry,
             target,
@@ -834,7 +891,15 @@ impl Transfer {
                 .map(|words| BlockBitmap::from_words(geometry.block_count, words)),
             resumed_zero_blocks: AtomicU64::new(0),
             resumed_zero_bytes: AtomicU64::new(0),
-        }))
+        });
+        // Before the image is published (no block is written before it).
+        if let Some(signed) = self.signed.get() {
+            image.target.set_verify(Arc::new(Checker {
+                signed: signed.clone(),
+                image: Arc::downgrade(&image),
+            }));
+        }
+        Ok(image)
     }
 
     /// The image for this packet: opened on the first packet, afterwards the
@@ -914,7 +979,7 @@ impl Transfer {
         let mut first = false;
         let signed = self.signed.get_or_init(|| {
             first = true;
-            Signed::new(m, key)
+            Arc::new(Signed::new(m, key))
         });
         if !first {
             return Err(DropReason::Duplicate);
@@ -1023,6 +1088,12 @@ impl Transfer {
         symbol: &[u8],
         c: &WorkerCounters,
     ) {
+        // A signed session onto a file or device does not decode: the
+        // group's other blocks would be read back from the target (it
+        // asks for block ranges instead, see `needs`).
+        if self.is_signed() && image.target.as_stream().is_none() {
+            return;
+        }
         let g = &image.geometry;
         let (first, end) = fec::group_blocks(g, group_size, group);
         let have = image.written.count_range(first, end);
@@ -1092,7 +1163,7 @@ impl Transfer {
                 }
                 Packet::Manifest { index, payload, .. } => {
                     let s = self.signed().ok_or(DropReason::Unauthenticated)?;
-                    s.page(image.slots(), index, payload, c)?;
+                    s.page(image.slots(), index, payload)?;
                 }
                 Packet::SignedEnd { payload, .. } => {
                     if !signed {
@@ -1120,7 +1191,7 @@ impl Transfer {
                     self.fec_symbol(image, group, group_size, symbol, c)
                 }
                 Packet::Zeros { runs, .. } => {
-                    if let Err(e) = image.zero_runs(runs, c, self.signed()) {
+                    if let Err(e) = image.zero_runs(runs, self.signed()) {
                         self.fail(e);
                     }
                 }
@@ -1330,7 +1401,7 @@ mod tests {
         let zeros = wire::encode_zeros(1, &g, &[(3, 7)]);
         while !img.claimed.missing_ranges().is_empty() {
             match wire::parse(&zeros[0]) {
-                Ok(Packet::Zeros { runs, .. }) => img.zero_runs(runs, &c, None).unwrap(),
+                Ok(Packet::Zeros { runs, .. }) => img.zero_runs(runs, None).unwrap(),
                 _ => panic!("a zero-run packet"),
             }
             img.target.release(0, 1000);
@@ -1532,6 +1603,16 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// Wait for work another thread does (the staging writer's checks);
+    /// no time is asserted: the deadline only ends a hung test.
+    fn wait_until(done: impl Fn() -> bool) {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < until, "never happened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
         use ed25519_dalek::SigningKey;
@@ -1584,7 +1665,19 @@ mod tests {
         for i in 0..g.block_count {
             t.ingest(&block(i), c);
         }
-        // Pages arrive after the blocks: chunks are checked then. A page
+        // The staging writer hashes each chunk once it is complete, on its
+        // own thread (chunks of 200 bytes: every one but the last, 170).
+        let img = t.image().unwrap().clone();
+        let checked = || {
+            img.target
+                .store_counters()
+                .unwrap()
+                .chunks_checked
+                .load(Ordering::Relaxed)
+        };
+        wait_until(|| checked() == m.chunk_count());
+        assert_eq!(t.signed().unwrap().verified_chunks(), 0);
+        // Pages arrive after the blocks: hashes are compared then. A page
         // signed by another key is dropped and does not shadow the real one;
         // a repeat of a verified page is a duplicate, an altered one forged.
         t.ingest(&raw(Kind::Manifest, 0, &m.page_of(&forger, 0, &data)), c);
@@ -1599,12 +1692,25 @@ mod tests {
         altered[4] ^= 1;
         t.ingest(&raw(Kind::Manifest, 0, &altered), c);
         assert_eq!(d(DropReason::Unauthenticated), 7);
-        assert_eq!(d(DropReason::BadChunk), 1);
+        assert_eq!(t.signed().unwrap().bad_chunks(), 1);
         assert!(!t.complete());
         assert_eq!(t.missing_ranges(10), vec![(2, 2)]);
         assert_eq!(t.blocks_done(), g.block_count - 2);
+        // With its page known, a chunk with a forged block is refused
+        // before it is written: the target keeps what it had there.
+        t.ingest(&encode_data(5, &g, 2, &[0xDD; 100]), c);
+        t.ingest(&block(3), c);
+        wait_until(|| t.signed().unwrap().bad_chunks() == 2);
+        t.image().unwrap().target.flush().unwrap();
+        assert!(!std::fs::read(&path).unwrap()[200..300].contains(&0xDD));
+        assert_eq!(t.missing_ranges(10), vec![(2, 2)]);
         t.ingest(&block(2), c);
         t.ingest(&block(3), c);
+        let signed = t.signed().unwrap();
+        wait_until(|| signed.verified_chunks() == m.chunk_count());
+        // No byte was read back from the target to check a chunk.
+        let st = img.target.store_counters().unwrap();
+        assert_eq!(st.bytes_read_back.load(Ordering::Relaxed), 0);
         assert_eq!(t.blocks_done(), g.block_count);
         // Every chunk verified, but not complete before the signer has
         // given the image's SHA-256.

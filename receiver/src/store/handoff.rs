@@ -264,6 +264,9 @@ pub struct Producer {
     head: Cell<u64>,
     /// Cached `full`.
     full: Cell<u64>,
+    /// The staging chunk this worker last attached a buffer to, + 1 (0:
+    /// none), see [`crate::store::writer::Stager::has_room`].
+    attached: Cell<u64>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -303,8 +306,19 @@ impl Producer {
             lane: Arc::new(lane),
             head: Cell::new(0),
             full: Cell::new(0),
+            attached: Cell::new(0),
             _not_sync: PhantomData,
         }
+    }
+
+    /// The staging chunk this worker last made sure had a buffer.
+    pub(crate) fn attached(&self) -> Option<u64> {
+        self.attached.get().checked_sub(1)
+    }
+
+    /// Remember staging chunk `k` as having a buffer.
+    pub(crate) fn set_attached(&self, k: u64) {
+        self.attached.set(k + 1);
     }
 
     /// The lane, for the stager to register.

@@ -32,7 +32,7 @@ use crate::safe_fs::{self, Found};
 use crate::status::page::ZeroMethod;
 use crate::store::handoff::Held;
 use crate::store::stream::StreamOut;
-use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters, CHUNK};
+use crate::store::writer::{Stager, Storage, StoreConfig, StoreCounters, Verify, CHUNK};
 
 /// `BLKSSZGET` ioctl: logical sector size of a block device (<linux/fs.h>).
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -205,12 +205,36 @@ impl Target {
         }
     }
 
-    /// Forget the bytes `[start, end)` of a gated stream (their chunk
-    /// failed its hash; they are received again). Files are overwritten
-    /// in place instead.
+    /// Forget the bytes `[start, end)`, a signed chunk that failed its
+    /// hash (they are received again): a gated stream drops them from its
+    /// window; a staged file or device forgets what landed of the chunk
+    /// (its bytes are not written, or are overwritten in place later).
     pub fn discard(&self, start: u64, end: u64) {
-        if let Some(s) = self.as_stream() {
-            s.discard(start, end);
+        match &self.out {
+            Out::Stream { out, .. } => out.discard(start, end),
+            Out::Staged(s) => s.forget(start / s.unit()),
+        }
+    }
+
+    /// Whether the block at `offset` can be taken now (see
+    /// [`Stager::has_room`]; always for a stream).
+    pub fn has_room(&self, offset: u64, held: Option<Held<'_>>) -> bool {
+        self.stager().is_none_or(|s| s.has_room(offset, held))
+    }
+
+    /// Check each complete chunk of the staging buffer with `v` before it
+    /// is written (a signed session; nothing for a stream).
+    pub fn set_verify(&self, v: Arc<dyn Verify>) {
+        if let Some(s) = self.stager() {
+            s.set_verify(v);
+        }
+    }
+
+    /// Bytes `[offset, offset + len)` are on the target already (from a
+    /// resume file): with a verifier set, they count towards their chunks.
+    pub fn on_storage(&self, offset: u64, len: u64) {
+        if let Some(s) = self.stager() {
+            s.landed_elsewhere(offset, len);
         }
     }
 
@@ -393,8 +417,16 @@ impl Target {
                 }
                 ZeroMethod::Written
             }
-            Out::Staged(s) if self.block_device => self.zero_out(&s.storage().file, offset, end)?,
-            Out::Staged(s) => self.punch(&s.storage().file, offset, len)?,
+            Out::Staged(s) => {
+                let m = if self.block_device {
+                    self.zero_out(&s.storage().file, offset, end)?
+                } else {
+                    self.punch(&s.storage().file, offset, len)?
+                };
+                // With a verifier: the zeros count towards their chunks.
+                s.landed_elsewhere(offset, len);
+                m
+            }
         };
         self.zeroed_by.store(method as u8, Ordering::Relaxed);
         Ok(method)

@@ -53,7 +53,11 @@ use crate::error::{Error, Result};
 
 /// Bytes per chunk: the unit of assembly and of writes. A multiple of any
 /// page and logical block size, so chunk writes need no read-modify-write.
+/// A signed session stages its signed chunks instead ([`StoreConfig::unit`]).
 pub const CHUNK: u64 = 1 << 20;
+/// Staging buffers start on a multiple of this (`O_DIRECT` needs the
+/// memory aligned to the logical block size too).
+const BUFFER_ALIGN: u64 = 4096;
 /// Default staging buffer: 256 MiB absorbs a storage stall of about 215 ms
 /// at 10 GbE line rate (1.25 GB/s).
 pub const DEFAULT_BUFFER: u64 = 256 << 20;
@@ -91,6 +95,10 @@ pub struct StoreConfig {
     /// Largest image accepted (`--max-image-size`). None: what the target
     /// can hold (see `store::target::Target::open`).
     pub max_image_size: Option<u64>,
+    /// Bytes per chunk of the buffer: [`CHUNK`], or in a signed session
+    /// the bytes of a signed chunk, so that each signed chunk is assembled
+    /// in one buffer and hashed there ([`Verify`]).
+    pub unit: u64,
 }
 
 impl Default for StoreConfig {
@@ -98,8 +106,25 @@ impl Default for StoreConfig {
         StoreConfig {
             buffer_bytes: DEFAULT_BUFFER,
             max_image_size: None,
+            unit: CHUNK,
         }
     }
+}
+
+/// Checks each complete chunk of the buffer before it is written (a signed
+/// session: its BLAKE3 against the signed chunk hash). Called on the
+/// writer thread only, never on a worker or copier.
+pub trait Verify: Send + Sync {
+    /// Whether block `index` is one of the sender's zero runs: its bytes
+    /// are zeros put in place on the storage, filled in here as zeros
+    /// rather than read.
+    fn is_zero(&self, index: u64) -> bool;
+    /// Chunk `k` is complete and `bytes` are all of it: whether to keep
+    /// them (false: they fail the check and are not written; the verifier
+    /// has [`forgotten`](Stager::forget) the chunk).
+    fn check(&self, k: u64, bytes: &[u8]) -> bool;
+    /// [`Self::check`] for a chunk of `len` bytes that are all zeros.
+    fn check_zeros(&self, k: u64, len: u64) -> bool;
 }
 
 /// What the writer did, for the status page.
@@ -117,6 +142,18 @@ pub struct StoreCounters {
     pub buffer_peak: AtomicU64,
     /// Longest single write or writeback wait of the writer, ns.
     pub write_max_ns: AtomicU64,
+    /// Bytes the writer read from the storage to check a chunk: blocks a
+    /// resume file says are there, or that were written before their
+    /// chunk was complete (an incomplete chunk evicted, a full buffer).
+    /// Zero in a signed session without resume or eviction.
+    pub bytes_read_back: AtomicU64,
+    /// Blocks refused (not claimed, so asked for again) because their
+    /// checked chunk had no buffer and none was free: with a [`Verify`],
+    /// a block written straight to the target would have to be read back.
+    /// Also counted in `overflow_blocks`.
+    pub blocks_refused: AtomicU64,
+    /// Chunks checked by the [`Verify`] (zero without one).
+    pub chunks_checked: AtomicU64,
 }
 
 /// Where chunks go: the target file or block device. `direct` is a second
@@ -222,7 +259,19 @@ struct Shared {
     flushing: Box<[AtomicU32]>,
     next_seq: AtomicU64,
     len: u64,
+    /// Bytes per chunk ([`StoreConfig::unit`]).
+    unit: u64,
+    /// Bytes between two buffers' starts: `unit` rounded up to
+    /// [`BUFFER_ALIGN`].
+    stride: u64,
     block_size: u64,
+    /// Checks complete chunks before they are written (signed sessions).
+    verify: OnceLock<Arc<dyn Verify>>,
+    /// Chunks complete with no buffer attached (their bytes went to the
+    /// storage some other way: zeros, resume, a worker's own write), for
+    /// the writer to check. Pushed only off the data path (zero runs,
+    /// resume) or where a worker writes to storage itself anyway.
+    bufferless: Mutex<Vec<u64>>,
     storage: Storage,
     counters: StoreCounters,
     error: OnceLock<Error>,
@@ -270,18 +319,23 @@ impl std::fmt::Debug for Stager {
 
 impl Shared {
     fn chunk_len(&self, k: u64) -> u64 {
-        CHUNK.min(self.len - k * CHUNK)
+        self.unit.min(self.len - k * self.unit)
     }
 
     fn first_block(&self, k: u64) -> u64 {
-        k * CHUNK / self.block_size
+        k * self.unit / self.block_size
     }
 
     /// Pointer to byte `at` of buffer `b`.
     fn buf_ptr(&self, b: usize, at: u64) -> *mut u8 {
-        debug_assert!(at <= CHUNK);
-        // SAFETY: b < buffers and at <= CHUNK keep the pointer inside the pool.
-        unsafe { self.pool_ptr.as_ptr().add(b * CHUNK as usize + at as usize) }
+        debug_assert!(at <= self.unit);
+        // SAFETY: b < buffers and at <= unit <= stride keep the pointer
+        // inside the pool.
+        unsafe {
+            self.pool_ptr
+                .as_ptr()
+                .add(b * self.stride as usize + at as usize)
+        }
     }
 
     fn take_buffer(&self) -> Option<usize> {
@@ -299,7 +353,7 @@ impl Shared {
                 ) {
                     Ok(_) => {
                         let left = self.free_count.fetch_sub(1, Ordering::Relaxed) - 1;
-                        let used = (self.buffers.len() - left) as u64 * CHUNK;
+                        let used = (self.buffers.len() - left) as u64 * self.unit;
                         self.counters.buffer_peak.fetch_max(used, Ordering::Relaxed);
                         return Some(w * 64 + bit);
                     }
@@ -389,9 +443,11 @@ impl Shared {
         let mut at = offset;
         while at < end {
             // One block's bytes within one chunk at a time.
-            let k = at / CHUNK;
+            let k = at / self.unit;
             let index = at / self.block_size;
-            let piece_end = end.min((k + 1) * CHUNK).min((index + 1) * self.block_size);
+            let piece_end = end
+                .min((k + 1) * self.unit)
+                .min((index + 1) * self.block_size);
             let piece = &data[(at - offset) as usize..(piece_end - offset) as usize];
             let pinned = self.pin(k, true);
             match pinned {
@@ -404,7 +460,7 @@ impl Shared {
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             piece.as_ptr(),
-                            self.buf_ptr(b, at - k * CHUNK),
+                            self.buf_ptr(b, at - k * self.unit),
                             piece.len(),
                         );
                     }
@@ -425,21 +481,34 @@ impl Shared {
             // copy (Release/Acquire chain on `landed`).
             let n = piece.len() as u64;
             let landed = self.landed[k as usize].fetch_add(n, Ordering::AcqRel) + n;
-            if let Some(b) = pinned {
-                if landed == self.chunk_len(k) {
-                    // Release: pairs with the writer's Acquire load of `ready`.
-                    self.buffers[b].ready.store(true, Ordering::Release);
-                    wake = true;
+            match pinned {
+                Some(b) => {
+                    if landed == self.chunk_len(k) {
+                        // Release: pairs with the writer's Acquire load of `ready`.
+                        self.buffers[b].ready.store(true, Ordering::Release);
+                        wake = true;
+                    }
+                    self.unpin(k);
                 }
-                self.unpin(k);
+                // Written to the storage above (no buffer was free): a
+                // check still needs the chunk complete somewhere.
+                None if landed == self.chunk_len(k) => wake |= self.complete_elsewhere(k),
+                None => {}
             }
             at = piece_end;
         }
         wake || self.crowded()
     }
 
-    /// More than half of the buffers handed out so far are in use.
+    /// More than half of the buffers handed out so far are in use, and
+    /// it matters: with a [`Verify`] and a buffer for every chunk at once
+    /// (an image no larger than the buffer), incomplete chunks just wait
+    /// for their blocks, since one written early would be read back to be
+    /// checked.
     fn crowded(&self) -> bool {
+        if self.verify.get().is_some() && self.buffers.len() >= self.slots.len() {
+            return false;
+        }
         self.free_count.load(Ordering::Relaxed) * 2 < self.populated.load(Ordering::Relaxed)
     }
 
@@ -471,9 +540,61 @@ impl Shared {
         }
     }
 
+    /// Bytes `[offset, offset + len)` are on the storage already (zeros of
+    /// a zero run, blocks of a resume file): count them as landed, so that
+    /// a checked chunk completes. Nothing to do without a [`Verify`].
+    fn landed_elsewhere(&self, offset: u64, len: u64) -> bool {
+        if self.verify.get().is_none() {
+            return false;
+        }
+        let mut wake = false;
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let k = at / self.unit;
+            let piece_end = end.min((k + 1) * self.unit);
+            let n = piece_end - at;
+            // AcqRel: as in `write`; the bytes are on the storage before.
+            if self.landed[k as usize].fetch_add(n, Ordering::AcqRel) + n == self.chunk_len(k) {
+                wake |= self.complete_elsewhere(k);
+            }
+            at = piece_end;
+        }
+        wake
+    }
+
+    /// Chunk `k` became complete on a thread that holds none of its
+    /// buffer: mark its buffer ready, or, with none attached, queue it for
+    /// the writer to check from the storage. True: wake the writer.
+    fn complete_elsewhere(&self, k: u64) -> bool {
+        if self.verify.get().is_none() {
+            return false;
+        }
+        if let Some(b) = self.pin(k, false) {
+            // Release: pairs with the writer's Acquire load of `ready`.
+            self.buffers[b].ready.store(true, Ordering::Release);
+            self.unpin(k);
+        } else {
+            self.bufferless
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(k);
+        }
+        true
+    }
+
+    /// Forget what landed of chunk `k` (it failed its check: its blocks
+    /// come again, and count from zero). The caller holds all of the
+    /// chunk's blocks (none can land meanwhile).
+    fn forget(&self, k: u64) {
+        // Release: the reset happens before the blocks are handed out
+        // again (the caller's bitmap update follows), so the next landing
+        // counts from zero.
+        self.landed[k as usize].store(0, Ordering::Release);
+    }
+
     /// Byte runs of chunk `k` (relative to the chunk) present in buffer `b`.
     fn runs(&self, b: usize, k: u64) -> Vec<(u64, u64)> {
-        let (base, clen) = (k * CHUNK, self.chunk_len(k));
+        let (base, clen) = (k * self.unit, self.chunk_len(k));
         let first = self.first_block(k);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for (w, word) in self.buffers[b].present.iter().enumerate() {
@@ -493,9 +614,116 @@ impl Shared {
         runs
     }
 
-    /// Write detached buffer `b` (chunk `k`) and free it.
+    /// Detached buffer `b` holds complete chunk `k` (or part of it, the
+    /// rest on the storage): fill in the rest (zeros of zero runs, else
+    /// read from the storage, counted) and check it; whether to write it.
+    fn check(&self, v: &dyn Verify, b: usize, k: u64, runs: &[(u64, u64)]) -> bool {
+        let clen = self.chunk_len(k);
+        let mut at = 0;
+        let gaps = runs
+            .iter()
+            .chain(std::iter::once(&(clen, clen)))
+            .filter_map(|&(s, e)| {
+                let gap = (at < s).then_some((at, s));
+                at = e;
+                gap
+            })
+            .collect::<Vec<_>>();
+        for (s, e) in gaps {
+            if let Err(e) = self.fill(v, b, k, s, e) {
+                self.fail(Error::target_io("cannot read target to check a chunk", &e));
+                return false;
+            }
+        }
+        bump(&self.counters.chunks_checked, 1);
+        // SAFETY: buffer b is detached (only this thread uses it until it
+        // is freed) and every byte of the chunk is in it now.
+        let bytes = unsafe { std::slice::from_raw_parts(self.buf_ptr(b, 0), clen as usize) };
+        v.check(k, bytes)
+    }
+
+    /// Fill bytes `[s, e)` of chunk `k` in detached buffer `b`: blocks of
+    /// zero runs with zeros, others from the storage.
+    fn fill(&self, v: &dyn Verify, b: usize, k: u64, s: u64, e: u64) -> std::io::Result<()> {
+        let base = k * self.unit;
+        let mut at = s;
+        while at < e {
+            let zero = v.is_zero((base + at) / self.block_size);
+            // The run of blocks alike (zeros or not) from here.
+            let mut to = ((base + at) / self.block_size + 1) * self.block_size - base;
+            while to < e && v.is_zero((base + to) / self.block_size) == zero {
+                to += self.block_size;
+            }
+            let to = to.min(e);
+            // SAFETY: buffer b is detached (ours alone) and [at, to) lies
+            // inside the chunk.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(b, at), (to - at) as usize) };
+            if zero {
+                dst.fill(0);
+            } else {
+                self.storage.file.read_exact_at(dst, base + at)?;
+                bump(&self.counters.bytes_read_back, to - at);
+            }
+            at = to;
+        }
+        Ok(())
+    }
+
+    /// Check the chunks queued as complete with no buffer, using a free
+    /// buffer to put each together in (none free: later).
+    fn check_bufferless(&self, v: &dyn Verify) -> bool {
+        let queued =
+            std::mem::take(&mut *self.bufferless.lock().unwrap_or_else(|p| p.into_inner()));
+        let worked = !queued.is_empty();
+        let mut left = Vec::new();
+        for k in queued {
+            let clen = self.chunk_len(k);
+            let first = self.first_block(k);
+            let blocks = clen.div_ceil(self.block_size);
+            if (first..first + blocks).all(|i| v.is_zero(i)) {
+                bump(&self.counters.chunks_checked, 1);
+                v.check_zeros(k, clen);
+                continue;
+            }
+            let Some(b) = self.take_buffer() else {
+                left.push(k);
+                continue;
+            };
+            // Nothing of the chunk is in the buffer: its bytes were
+            // written already, so there is nothing to write back whatever
+            // the verdict (a failed chunk's blocks come again).
+            self.check(v, b, k, &[]);
+            self.put_buffer(b);
+        }
+        if !left.is_empty() {
+            self.bufferless
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(left);
+        }
+        worked
+    }
+
+    /// Write detached buffer `b` (chunk `k`) and free it; a complete chunk
+    /// is checked first when there is a [`Verify`], and not written if it
+    /// fails.
     fn write_out(&self, b: usize, k: u64, lag: &mut Writeback) {
         let runs = self.runs(b, k);
+        // Acquire: every byte landed elsewhere is on the storage before
+        // its count (see `write`).
+        let complete = self.landed[k as usize].load(Ordering::Acquire) == self.chunk_len(k);
+        let keep = match self.verify.get() {
+            // Nothing of the chunk in the buffer (attached for a block
+            // that turned out a duplicate): nothing to check or write.
+            Some(_) if runs.is_empty() => false,
+            Some(v) if complete => self.check(&**v, b, k, &runs),
+            _ => true,
+        };
+        if !keep {
+            self.free_detached(b, k);
+            return;
+        }
         let full = runs == [(0, self.chunk_len(k))];
         let t0 = Instant::now();
         let mut result = Ok(());
@@ -506,12 +734,12 @@ impl Shared {
                 std::slice::from_raw_parts(self.buf_ptr(b, s) as *const u8, (e - s) as usize)
             };
             if self.error.get().is_none() {
-                result = result.and_then(|()| self.storage.write(bytes, k * CHUNK + s, full));
+                result = result.and_then(|()| self.storage.write(bytes, k * self.unit + s, full));
             }
         }
         let stored: u64 = runs.iter().map(|r| r.1 - r.0).sum();
         if result.is_ok() && self.storage.paced && stored > 0 {
-            result = lag.started(&self.storage, k * CHUNK, self.chunk_len(k));
+            result = lag.started(&self.storage, k * self.unit, self.chunk_len(k));
         }
         max_ns(&self.counters.write_max_ns, t0);
         match result {
@@ -526,6 +754,11 @@ impl Shared {
             }
             Err(e) => self.fail(Error::target_io("cannot write target", &e)),
         }
+        self.free_detached(b, k);
+    }
+
+    /// Free detached buffer `b` (it held chunk `k`).
+    fn free_detached(&self, b: usize, k: u64) {
         let meta = &self.buffers[b];
         for w in meta.present.iter() {
             w.store(0, Ordering::Relaxed);
@@ -543,9 +776,11 @@ impl Shared {
         let end = offset + out.len() as u64;
         let mut at = offset;
         while at < end {
-            let k = at / CHUNK;
+            let k = at / self.unit;
             let block = at / self.block_size;
-            let piece_end = end.min((k + 1) * CHUNK).min((block + 1) * self.block_size);
+            let piece_end = end
+                .min((k + 1) * self.unit)
+                .min((block + 1) * self.block_size);
             let dst = &mut out[(at - offset) as usize..(piece_end - offset) as usize];
             let mut from_buffer = false;
             if let Some(b) = self.pin(k, false) {
@@ -558,7 +793,7 @@ impl Shared {
                     // while pinned.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            self.buf_ptr(b, at - k * CHUNK),
+                            self.buf_ptr(b, at - k * self.unit),
                             dst.as_mut_ptr(),
                             dst.len(),
                         );
@@ -657,10 +892,11 @@ fn max_ns(c: &AtomicU64, since: Instant) {
     c.fetch_max(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
-/// Fault in buffers `from..to` of the pool (advice: without
-/// MADV_POPULATE_WRITE, before 5.14, pages fault on first use instead).
-fn populate(pool: NonNull<u8>, from: usize, to: usize) {
-    let chunk = CHUNK as usize;
+/// Fault in buffers `from..to` of the pool, `stride` bytes apart (advice:
+/// without MADV_POPULATE_WRITE, before 5.14, pages fault on first use
+/// instead).
+fn populate(pool: NonNull<u8>, stride: u64, from: usize, to: usize) {
+    let chunk = stride as usize;
     // SAFETY: advice on a range of our own pool mapping (callers pass
     // buffer indices inside it); the kernel only faults pages in.
     unsafe {
@@ -709,12 +945,14 @@ impl Stager {
         let internal = |what: &str, e: std::io::Error| {
             Error::new(crate::error::ErrorCode::Internal, format!("{what}: {e}"))
         };
-        let chunks = len.div_ceil(CHUNK);
-        let nbuf = (cfg.buffer_bytes.div_ceil(CHUNK) as usize)
+        let unit = cfg.unit.max(1);
+        let stride = unit.next_multiple_of(BUFFER_ALIGN);
+        let chunks = len.div_ceil(unit);
+        let nbuf = (cfg.buffer_bytes.div_ceil(unit) as usize)
             .max(MIN_CHUNKS)
             .min(chunks.max(MIN_CHUNKS as u64) as usize);
         let mut pool = MmapOptions::new()
-            .len(nbuf * CHUNK as usize)
+            .len(nbuf * stride as usize)
             .map_anon()
             .map_err(|e| internal("cannot allocate the staging buffer", e))?;
         // Small pages, even where THP is on for every mapping: in the bench
@@ -732,7 +970,7 @@ impl Stager {
         let pool_ptr = NonNull::new(pool.as_mut_ptr())
             .ok_or_else(|| internal("staging buffer", std::io::ErrorKind::OutOfMemory.into()))?;
         let block_size = u64::from(block_size.max(1));
-        let bits = (CHUNK / block_size + 2) as usize;
+        let bits = (unit / block_size + 2) as usize;
         let buffers = (0..nbuf)
             .map(|_| BufferMeta {
                 chunk: AtomicU64::new(u64::MAX),
@@ -742,7 +980,7 @@ impl Stager {
             })
             .collect();
         let eager = nbuf.min(EAGER);
-        populate(pool_ptr, 0, eager);
+        populate(pool_ptr, stride, 0, eager);
         let free = (0..nbuf.div_ceil(64))
             .map(|w| {
                 let n = eager.saturating_sub(w * 64).min(64);
@@ -761,7 +999,11 @@ impl Stager {
             flushing: (0..chunks).map(|_| AtomicU32::new(0)).collect(),
             next_seq: AtomicU64::new(0),
             len,
+            unit,
+            stride,
             block_size,
+            verify: OnceLock::new(),
+            bufferless: Mutex::new(Vec::new()),
             storage,
             counters: StoreCounters::default(),
             error: OnceLock::new(),
@@ -929,7 +1171,74 @@ impl Stager {
     pub fn buffer_use(&self) -> (u64, u64) {
         let n = self.shared.buffers.len();
         let free = self.shared.free_count.load(Ordering::Relaxed);
-        (n as u64 * CHUNK, (n - free) as u64 * CHUNK)
+        (
+            n as u64 * self.shared.unit,
+            (n - free) as u64 * self.shared.unit,
+        )
+    }
+
+    /// Check every complete chunk with `v` before it is written (a signed
+    /// session). Set before any block is written; a second call is ignored.
+    pub fn set_verify(&self, v: Arc<dyn Verify>) {
+        let _ = self.shared.verify.set(v);
+    }
+
+    /// Bytes `[offset, offset + len)` are on the storage already (made
+    /// zeros, or from a resume file): with a [`Verify`], count them
+    /// towards their chunks, whose check then reads (or, for zero runs,
+    /// fills in) them.
+    pub fn landed_elsewhere(&self, offset: u64, len: u64) {
+        if self.shared.landed_elsewhere(offset, len) {
+            self.waker.unpark();
+        }
+    }
+
+    /// Chunk `k` failed its check: what landed of it is forgotten, so that
+    /// its blocks, received again, complete it again. The caller holds
+    /// every block of it (none lands meanwhile).
+    pub fn forget(&self, k: u64) {
+        self.shared.forget(k);
+    }
+
+    /// Whether the block at `offset` can be taken now without going to
+    /// the storage before its chunk is checked: always without a
+    /// [`Verify`]; with one, its chunk gets a buffer attached here if it
+    /// has none (none free: false, counted, and the caller leaves the
+    /// block to be sent again). The buffer stays attached until the chunk
+    /// is complete (or evicted, which only a buffer smaller than the image
+    /// does), so the copy that follows finds it. `held`'s producer
+    /// remembers the chunk it last saw attached: once per chunk per worker,
+    /// not per block.
+    pub fn has_room(&self, offset: u64, held: Option<Held<'_>>) -> bool {
+        let sh = &self.shared;
+        if sh.verify.get().is_none() {
+            return true;
+        }
+        let k = offset / sh.unit;
+        if held.is_some_and(|h| h.producer.attached() == Some(k)) {
+            return true;
+        }
+        // Relaxed: a complete chunk's block is a duplicate (the claim that
+        // follows says so); a stale value only attaches a buffer that is
+        // freed unwritten.
+        if sh.landed[k as usize].load(Ordering::Relaxed) == sh.chunk_len(k) {
+            return true;
+        }
+        if sh.pin(k, true).is_none() {
+            bump(&sh.counters.overflow_blocks, 1);
+            bump(&sh.counters.blocks_refused, 1);
+            return false;
+        }
+        sh.unpin(k);
+        if let Some(h) = held {
+            h.producer.set_attached(k);
+        }
+        true
+    }
+
+    /// Bytes per chunk of the buffer ([`StoreConfig::unit`]).
+    pub fn unit(&self) -> u64 {
+        self.shared.unit
     }
 
     /// The storage.
@@ -958,7 +1267,12 @@ impl Drop for Stager {
             let _ = h.join();
         }
         if let Some(h) = self.writer.take() {
-            let _ = h.join();
+            // The writer itself may hold the last reference to the target
+            // for a moment (a verifier's upgrade); it must not join itself:
+            // it sees `stop` and ends on its own.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -971,7 +1285,7 @@ fn populate_rest(sh: &Shared) {
     let mut ready = sh.populated.load(Ordering::Relaxed);
     while ready < nbuf && !sh.stop.load(Ordering::Relaxed) {
         let to = nbuf.min(ready + POPULATE_STEP);
-        populate(sh.pool_ptr, ready, to);
+        populate(sh.pool_ptr, sh.stride, ready, to);
         (ready..to).for_each(|b| sh.put_buffer(b));
         // Release, after the buffers are free: the writer's Acquire load
         // bounds its scan of buffers in use, which must not take a
@@ -993,6 +1307,11 @@ fn writer_loop(sh: &Shared) {
         let flush_to = sh.flush_req.load(Ordering::Acquire);
         let flush_all =
             stopping || flush_to > *sh.flush_done.lock().unwrap_or_else(|p| p.into_inner());
+        // Chunks complete without a buffer: check them (rare: resume,
+        // zero runs, a full buffer).
+        if let Some(v) = sh.verify.get() {
+            worked |= sh.check_bufferless(&**v);
+        }
         // Complete chunks first, in any order.
         for b in 0..nbuf {
             if sh.buffers[b].ready.load(Ordering::Acquire) {
