@@ -616,7 +616,13 @@ impl Work {
         let g = img.geometry;
         let c = self.slot();
         let _one = self.ingest.lock().unwrap_or_else(|p| p.into_inner());
-        let before = c.drops[DropReason::BadChunk as usize].load(Ordering::Relaxed);
+        // Chunks failed so far: the staging writer checks them on its own
+        // thread (counted by the signed state), a stream as they land.
+        let failed = || {
+            self.t.signed().map_or(0, |s| s.bad_chunks())
+                + c.drops[DropReason::BadChunk as usize].load(Ordering::Relaxed)
+        };
+        let before = failed();
         let base = g.offset(job.first_block);
         for i in job.first_block..job.end_block {
             let at = (g.offset(i) - base) as usize;
@@ -628,7 +634,15 @@ impl Work {
         self.counters()
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        c.drops[DropReason::BadChunk as usize].load(Ordering::Relaxed) - before
+        // The verdict on these chunks (the deadline only guards against a
+        // writer that stopped: the transfer has failed then).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.t.chunks_checked(job.first_block, job.end_block)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        failed() - before
     }
 
     /// Chunks from mirror `m` failed their hash: counted, the mirror backed

@@ -297,6 +297,18 @@ impl Signed {
             .collect()
     }
 
+    /// Whether every chunk of blocks `[first, end)` whose blocks are all
+    /// in has been hashed (compared, or waiting for its page): the staging
+    /// writer checks chunks on its own thread, so a caller that needs the
+    /// verdict on blocks it fed in (the HTTP source) waits for this.
+    pub fn checked(&self, image: Slots<'_>, first: u64, end: u64) -> bool {
+        let per = u64::from(self.manifest.chunk_blocks);
+        (first / per..end.div_ceil(per).min(self.manifest.chunk_count())).all(|c| {
+            let (a, b) = self.manifest.chunk_range(c);
+            self.state[c as usize].load(Relaxed) != OPEN || image.written.count_range(a, b) < b - a
+        })
+    }
+
     fn lock(&self, chunk: usize) -> MutexGuard<'_, Option<[u8; HASH_LEN]>> {
         self.got[chunk].lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -445,6 +445,16 @@ impl Transfer {
         self
     }
 
+    /// Signed sessions: whether every complete chunk of blocks `[first,
+    /// end)` has been hashed and compared (see [`Signed::checked`]);
+    /// always true otherwise.
+    pub fn chunks_checked(&self, first: u64, end: u64) -> bool {
+        match (self.signed(), self.image()) {
+            (Some(s), Some(img)) => s.checked(img.slots(), first, end),
+            _ => true,
+        }
+    }
+
     /// Whether this is a signed session (`--trust`).
     pub fn is_signed(&self) -> bool {
         !self.trusted.is_empty()
