@@ -69,9 +69,9 @@ impl Figures {
     }
 }
 
-fn receiver(host: &Host, dir: &Path, name: &str) -> Child {
+fn receiver(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Child {
     let out = dir.join(format!("{name}.img"));
-    let args = [
+    let mut args = vec![
         "--iface",
         &host.iface,
         "--out",
@@ -81,6 +81,7 @@ fn receiver(host: &Host, dir: &Path, name: &str) -> Child {
         "--inject-loss",
         LOSS_PPM,
     ];
+    args.extend_from_slice(extra);
     start_receiver(xdpcast(&host.ns), dir, name, GROUP, &args)
 }
 
@@ -105,9 +106,9 @@ fn fleet(n: usize, mib: usize, victim: bool, extra: &[&str]) -> (Figures, String
     let rxs: Vec<Child> = names
         .iter()
         .zip(&lan.hosts[2..])
-        .map(|(name, host)| receiver(host, &dir.0, name))
+        .map(|(name, host)| receiver(host, &dir.0, name, &[]))
         .collect();
-    let mut victim_rx = victim.then(|| receiver(&lan.hosts[1], &dir.0, "victim"));
+    let mut victim_rx = victim.then(|| receiver(&lan.hosts[1], &dir.0, "victim", &[]));
     let expected = (n + usize::from(victim)).to_string();
     let mut args = vec![
         "--min-receivers",
@@ -333,8 +334,9 @@ fn print_row(what: &str, run: &str, r: [u64; 8]) {
 /// A receiver that loses 80% of its frames is still more than 10% behind
 /// after three repair rounds (about 0.8^4 = 41% of the image): the sender tells it it is too slow, it ends
 /// with `too_slow` (17), and the other receiver finishes.
-#[test]
-fn a_receiver_far_behind_is_told_it_is_too_slow() {
+/// With `signed`, the session is signed and the receivers trust its key:
+/// the verdict is then signed for the slow receiver, which takes no other.
+fn too_slow(signed: bool) {
     if !netns_allowed() {
         return;
     }
@@ -342,7 +344,10 @@ fn a_receiver_far_behind_is_told_it_is_too_slow() {
     let dir = TempDir::new("xdpc-slow");
     let src = dir.join("src.img");
     make_image(&src, 4 * MIB, 71);
-    let good = receiver(&lan.hosts[1], &dir.0, "good");
+    let key = keygen(&dir, "site");
+    let public = pub_of(&key);
+    let trust: &[&str] = if signed { &["--trust", &public] } else { &[] };
+    let good = receiver(&lan.hosts[1], &dir.0, "good", trust);
     let out = dir.join("slow.img");
     let slow_args = [
         "--iface",
@@ -353,24 +358,32 @@ fn a_receiver_far_behind_is_told_it_is_too_slow() {
         "xdp",
         "--inject-loss",
         "800000",
-    ];
+    ]
+    .iter()
+    .chain(trust)
+    .copied()
+    .collect::<Vec<_>>();
     let slow = start_receiver(xdpcast(&lan.hosts[2].ns), &dir.0, "slow", GROUP, &slow_args);
+    let mut tx_args = vec![
+        "--min-receivers",
+        "2",
+        "--max-behind",
+        "10",
+        "--max-repair",
+        "10",
+        "--rate",
+        "200M",
+    ];
+    if signed {
+        tx_args.extend(["--sign", key.to_str().unwrap()]);
+    }
     let tx = start_sender(
         &lan.hosts[0].ns,
         &lan.hosts[0].iface,
         GROUP,
         &src,
         // A budget for more than three rounds of an 80% loss.
-        &[
-            "--min-receivers",
-            "2",
-            "--max-behind",
-            "10",
-            "--max-repair",
-            "10",
-            "--rate",
-            "200M",
-        ],
+        &tx_args,
     );
     let table = ok(
         &wait_output(tx, Duration::from_secs(120), "sender"),
@@ -384,7 +397,24 @@ fn a_receiver_far_behind_is_told_it_is_too_slow() {
     );
     let s = read_page(&dir.0, "slow");
     assert_eq!((s.state, s.error), (State::Failure, ErrorCode::TooSlow));
+    if signed {
+        assert!(
+            s.message.contains("signed by the session's key"),
+            "{}",
+            s.message
+        );
+    }
     assert!(row(&table, "slow").contains("too_slow (17)"), "{table}");
     assert!(row(&table, "good").contains(" finished "), "{table}");
     assert_eq!(sha256_hex(&dir.join("good.img")), sha256_hex(&src));
+}
+
+#[test]
+fn a_receiver_far_behind_is_told_it_is_too_slow() {
+    too_slow(false);
+}
+
+#[test]
+fn a_signed_receiver_far_behind_takes_the_signed_verdict() {
+    too_slow(true);
 }

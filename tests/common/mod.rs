@@ -362,3 +362,4 @@ pub fn lib_dir() -> PathBuf {
     );
     dir
 }
+pub mod attacker;

@@ -49,6 +49,11 @@ const FINAL_REPORTS: usize = 3;
 const NACK_AGAIN: Duration = Duration::from_millis(250);
 /// Most missing ranges one receiver reports per round (64 packets).
 const NACK_MAX_RANGES: usize = 64 * crate::proto::wire::MAX_NACK_RANGES;
+/// An unsigned session takes the sender's "too slow" verdict only when it
+/// keeps coming for this long (the sender repeats it in answer to every
+/// report, about once a second): one forged packet, or a short burst of
+/// them, ends nothing.
+const VERDICT_SPAN: Duration = Duration::from_millis(500);
 
 /// Keeps the resume file up to date from its own thread, so that syncing
 /// the target never delays status updates or NACKs.
@@ -107,6 +112,13 @@ struct Link {
     /// Index of the receiving interface: the scope of a link-local repair
     /// address.
     scope: u32,
+    /// The session name as reports carry it: a signed verdict names it.
+    name: [u8; wire::REPORT_NAME_LEN],
+    /// Unsigned session: when the first "too slow" verdict came.
+    verdict_since: Mutex<Option<Instant>>,
+    /// Verdicts dropped: not from the repair address, not signed by the
+    /// session's key, or not for this receiver.
+    bad_verdicts: AtomicU64,
 }
 
 impl Link {
@@ -145,11 +157,11 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn start(t: Arc<Transfer>, link: Arc<Link>, name: &str, http_slot: Option<usize>) -> Reporter {
+    fn start(t: Arc<Transfer>, link: Arc<Link>, http_slot: Option<usize>) -> Reporter {
         let stop = Arc::new(AtomicBool::new(false));
         let last = Arc::new(Mutex::new((State::InProgress, ErrorCode::None)));
         let (flag, fin) = (stop.clone(), last.clone());
-        let name = Report::name_field(name);
+        let name = link.name;
         let handle = std::thread::Builder::new()
             .name("xdpcast-report".into())
             .spawn(move || {
@@ -177,7 +189,7 @@ impl Reporter {
                 };
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(TICK);
-                    take_verdict(&t, &link);
+                    take_verdict(&t, &link, false);
                     if Instant::now() >= next {
                         if let Err(e) = report(State::InProgress, ErrorCode::None) {
                             log::debug!("progress report: {e}");
@@ -218,33 +230,81 @@ impl Drop for Reporter {
     }
 }
 
-/// A "too slow" verdict from the sender's repair address ends the transfer.
-fn take_verdict(t: &Transfer, link: &Link) {
+/// The sender's "too slow" verdict, unicast from its repair address, ends
+/// the transfer: in a signed session only when signed with the session's
+/// key for this receiver (its port and name); in an unsigned one when it
+/// has kept coming for [`VERDICT_SPAN`], or, `at_end` (the session fails
+/// anyway), when one came at all.
+fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
     let (Some((sock, to)), Some(img)) = (link.sock.get(), t.image()) else {
         return;
     };
+    let port = sock.local_addr().map_or(0, |a| a.port());
     let mut buf = [0u8; 256];
+    let mut verdict = None;
     while let Ok((n, from)) = sock.recv_from(&mut buf) {
         if from.ip() != to.ip() || from.port() != to.port() {
+            link.bad_verdicts.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if let Ok(Packet::Confirm {
+        let Ok(Packet::Confirm {
             session,
             geometry,
+            round,
             flags,
+            proof,
             ..
         }) = wire::parse(&buf[..n])
+        else {
+            continue;
+        };
+        if session != img.session || geometry != img.geometry || flags & wire::CONFIRM_TOO_SLOW == 0
         {
-            if session == img.session
-                && geometry == img.geometry
-                && flags & wire::CONFIRM_TOO_SLOW != 0
-            {
-                t.fail(Error::new(
-                    ErrorCode::TooSlow,
-                    "the sender says this receiver is too far behind the others (send --max-behind)",
-                ));
-            }
+            continue;
         }
+        // Signed: for this receiver, and true of it (the report the
+        // sender judged by may have been forged in its name).
+        let trusted = match t.signed() {
+            Some(s) => s
+                .manifest
+                .verify_verdict(&s.key, round, port, &link.name, proof)
+                .is_ok_and(|ppm| {
+                    let n = img.geometry.block_count;
+                    let behind = n.saturating_sub(t.blocks_done());
+                    behind as f64 > f64::from(ppm) / 1e6 * n as f64
+                }),
+            None => !t.is_signed(),
+        };
+        if !trusted {
+            if link.bad_verdicts.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::warn!("a \"too slow\" verdict not signed for this receiver is ignored");
+            }
+            continue;
+        }
+        verdict = Some(if t.is_signed() {
+            "signed by the session's key"
+        } else {
+            "repeated"
+        });
+    }
+    let pending = {
+        let mut since = link.verdict_since.lock().unwrap_or_else(|p| p.into_inner());
+        if verdict == Some("repeated") {
+            since.get_or_insert_with(Instant::now);
+        }
+        *since
+    };
+    let corroborated = match (verdict, pending) {
+        (Some(how), _) if t.is_signed() => Some(how),
+        (Some(_), Some(at)) if at.elapsed() >= VERDICT_SPAN => Some("repeated"),
+        (_, Some(_)) if at_end => Some("repeated"),
+        _ => None,
+    };
+    if let Some(how) = corroborated {
+        t.fail(Error::new(
+            ErrorCode::TooSlow,
+            format!("the sender says this receiver is too far behind the others (send --max-behind; verdict {how})"),
+        ));
     }
 }
 
@@ -298,7 +358,10 @@ impl Repairer {
             self.progress = Some(now);
         }
         let passes = t.passes_seen();
-        let repairing = passes >= u64::from(control.passes) && !t.final_pass_ended();
+        // An unsigned FINAL is a hint anyone can send: ask on regardless
+        // (a sender that has really finished ignores it).
+        let repairing =
+            passes >= u64::from(control.passes) && !(t.is_signed() && t.final_pass_ended());
         let stalled = |at: Option<Instant>| at.is_some_and(|at| now - at >= NACK_AGAIN);
         if repairing && passes > self.answered_pass {
             self.answered_pass = passes;
@@ -534,6 +597,7 @@ impl Session {
             repair: Repairer {
                 link: Arc::new(Link {
                     scope: socket::iface_index(&self.req.iface).unwrap_or(0),
+                    name: Report::name_field(&self.req.name),
                     ..Link::default()
                 }),
                 ..Repairer::default()
@@ -803,10 +867,12 @@ impl Control {
             }
             let s = self.snapshot(State::InProgress, meter);
             self.publish(&s);
-            // Other sessions' and other senders' packets say nothing of ours.
-            let received = s.packets + s.total_drops()
-                - s.drops_for(DropReason::ForeignSession)
-                - s.drops_for(DropReason::ForeignSource);
+            // Only packets the session took (or took already: duplicates)
+            // show the sender at work. Dropped ones (unauthenticated,
+            // forged, other sessions' and senders', malformed) say nothing
+            // of it: anyone can send them, and counting them would let one
+            // packet turn --start-timeout into --idle-timeout.
+            let received = s.packets + s.drops_for(DropReason::Duplicate);
             if received != last_packets {
                 last_packets = received;
                 last_activity = Instant::now();
@@ -836,7 +902,10 @@ impl Control {
                     }
                 }
                 let http = self.fetch.as_ref().filter(|f| f.usable());
-                if t.final_pass_ended() && last_progress.elapsed() >= LAST_PASS_GRACE {
+                let final_for = t.final_since().map(|at| at.elapsed());
+                if final_for.is_some_and(|d| d >= LAST_PASS_GRACE)
+                    && last_progress.elapsed() >= LAST_PASS_GRACE
+                {
                     if let Some(f) = http {
                         // The web server has the rest: no failure while it serves.
                         f.take_over();
@@ -844,7 +913,7 @@ impl Control {
                     }
                     // The sender's "too slow" comes just before its final
                     // end: that, not `incomplete`, is why blocks are missing.
-                    take_verdict(&t, &self.repair.link);
+                    take_verdict(&t, &self.repair.link, true);
                     if let Some(e) = t.failure() {
                         return Err(e);
                     }
@@ -863,10 +932,14 @@ impl Control {
                 }
             }
             if last_packets == 0 && meter.start.elapsed() >= self.start_timeout {
+                let dropped = match s.total_drops() {
+                    0 => String::new(),
+                    n => format!(" ({n} packets dropped, see the status page's drop counters)"),
+                };
                 return Err(Error::new(
                     ErrorCode::Timeout,
                     self.path.explain_silence(format!(
-                        "no packet of the session within {:?}",
+                        "no packet of the session within {:?}{dropped}",
                         self.start_timeout
                     )),
                 ));
@@ -875,6 +948,12 @@ impl Control {
                 if let Some(f) = self.fetch.as_ref().filter(|f| f.usable()) {
                     f.take_over();
                     continue;
+                }
+                // A verdict not yet repeated explains the silence: the
+                // sender stopped serving this receiver.
+                take_verdict(&t, &self.repair.link, true);
+                if let Some(e) = t.failure() {
+                    return Err(e);
                 }
                 return Err(Error::new(
                     ErrorCode::SenderGone,
@@ -956,7 +1035,6 @@ impl Control {
         let reporter = Reporter::start(
             self.path.sink.clone(),
             self.repair.link.clone(),
-            &self.base.name,
             self.http_slot,
         );
         let mut outcome = self.watch(&mut meter);

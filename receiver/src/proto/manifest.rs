@@ -26,7 +26,9 @@ use std::net::Ipv6Addr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::proto::wire::{be_u16, be_u32, be_u64, Geometry, DIGEST_LEN};
+use crate::proto::wire::{
+    be_u16, be_u32, be_u64, Geometry, DIGEST_LEN, REPORT_NAME_LEN, VERDICT_LEN,
+};
 
 /// Bytes of an Ed25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -68,6 +70,7 @@ pub const MAX_PAGES: u64 = 1 << 16;
 const HEAD_CONTEXT: &[u8] = b"xdpcast manifest v2";
 const END_CONTEXT: &[u8] = b"xdpcast signed end v2";
 const PAGE_CONTEXT: &[u8] = b"xdpcast manifest page v2";
+const VERDICT_CONTEXT: &[u8] = b"xdpcast verdict v2";
 
 /// Why a manifest packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -299,6 +302,70 @@ impl Manifest {
             &sig.to_bytes(),
         ]
         .concat()
+    }
+
+    fn verdict_message(
+        &self,
+        round: u64,
+        port: u16,
+        behind_ppm: u32,
+        name: &[u8; REPORT_NAME_LEN],
+    ) -> Vec<u8> {
+        [
+            VERDICT_CONTEXT,
+            &self.id(),
+            &round.to_be_bytes(),
+            &port.to_be_bytes(),
+            &behind_ppm.to_be_bytes(),
+            name,
+        ]
+        .concat()
+    }
+
+    /// The [`VERDICT_LEN`] bytes of a signed "too slow" verdict for the
+    /// receiver reporting as `name` from port `port`, in repair round
+    /// `round`, which the sender judged to miss more than `behind_ppm`
+    /// millionths of the image (`send --max-behind`): bound to this
+    /// manifest (id), the receiver's port and name, so that it verifies for
+    /// no other session and no other receiver, and carrying the threshold,
+    /// so that the receiver can see it is true of itself (a report forged
+    /// in its name cannot make the sender end a receiver that keeps up).
+    pub fn sign_verdict(
+        &self,
+        key: &SigningKey,
+        round: u64,
+        port: u16,
+        behind_ppm: u32,
+        name: &[u8; REPORT_NAME_LEN],
+    ) -> Vec<u8> {
+        let sig = key.sign(&self.verdict_message(round, port, behind_ppm, name));
+        let mut out = Vec::with_capacity(VERDICT_LEN);
+        out.extend_from_slice(&port.to_be_bytes());
+        out.extend_from_slice(&behind_ppm.to_be_bytes());
+        out.extend_from_slice(&[0; 2]);
+        out.extend_from_slice(&sig.to_bytes());
+        out
+    }
+
+    /// Check a signed verdict's `proof` for round `round`, addressed to
+    /// this receiver (its report socket's `port`, its `name`); the
+    /// threshold it was judged by, in millionths of the image.
+    pub fn verify_verdict(
+        &self,
+        key: &VerifyingKey,
+        round: u64,
+        port: u16,
+        name: &[u8; REPORT_NAME_LEN],
+        proof: &[u8],
+    ) -> Result<u32, ManifestError> {
+        if proof.len() != VERDICT_LEN || be_u16(proof, 0) != port {
+            return Err(ManifestError::Malformed);
+        }
+        let behind_ppm = be_u32(proof, 2);
+        let sig = Signature::from_slice(&proof[8..]).map_err(|_| ManifestError::Malformed)?;
+        key.verify_strict(&self.verdict_message(round, port, behind_ppm, name), &sig)
+            .map_err(|_| ManifestError::BadSignature)?;
+        Ok(behind_ppm)
     }
 
     /// Check a signed end payload from the signer `key`: pass, flags and
@@ -568,6 +635,58 @@ mod tests {
                 "{at}"
             );
         }
+    }
+
+    #[test]
+    fn a_verdict_is_bound_to_the_manifest_and_the_receiver() {
+        use crate::proto::wire::{self, ConfirmHeader, Packet};
+        let m = manifest_of(&image(10_000), 1000, 4);
+        let (k, pk) = (key(1), key(1).verifying_key());
+        let name = wire::Report::name_field("lab-17");
+        let proof = m.sign_verdict(&k, 5, 40_000, 100_000, &name);
+        assert_eq!(m.verify_verdict(&pk, 5, 40_000, &name, &proof), Ok(100_000));
+        let mut lower = proof.clone();
+        lower[5] = 0;
+        assert!(m.verify_verdict(&pk, 5, 40_000, &name, &lower).is_err());
+        // Another receiver (port or name), round, session or key: refused.
+        let other_name = wire::Report::name_field("lab-18");
+        assert!(m.verify_verdict(&pk, 5, 40_001, &name, &proof).is_err());
+        assert!(m
+            .verify_verdict(&pk, 5, 40_000, &other_name, &proof)
+            .is_err());
+        assert!(m.verify_verdict(&pk, 6, 40_000, &name, &proof).is_err());
+        let mut other = m;
+        other.issued_at += 1;
+        assert!(other.verify_verdict(&pk, 5, 40_000, &name, &proof).is_err());
+        let forged = m.sign_verdict(&key(2), 5, 40_000, 100_000, &name);
+        assert!(m.verify_verdict(&pk, 5, 40_000, &name, &forged).is_err());
+        // On the wire: a confirmation with no entries and the proof.
+        let h = ConfirmHeader {
+            round: 5,
+            group_size: 1,
+            receivers: 0,
+            flags: 0,
+        };
+        let pkt = wire::encode_verdict(m.session, &m.geometry, &h, &proof);
+        match wire::parse(&pkt) {
+            Ok(Packet::Confirm {
+                round,
+                flags,
+                proof: p,
+                counts,
+                ..
+            }) => {
+                assert_eq!(
+                    (round, flags),
+                    (5, wire::CONFIRM_TOO_SLOW | wire::CONFIRM_SIGNED)
+                );
+                assert_eq!((p, counts.iter().count()), (&proof[..], 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut cut = pkt.clone();
+        cut.pop();
+        assert!(wire::parse(&cut).is_err());
     }
 
     #[test]

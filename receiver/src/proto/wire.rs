@@ -51,6 +51,15 @@ pub const CONFIRM_PREFIX_LEN: usize = 12;
 /// Confirmation flag: sent by unicast to one receiver, which is too far
 /// behind; it stops with the `too_slow` error.
 pub const CONFIRM_TOO_SLOW: u32 = 1;
+/// Confirmation flag (with [`CONFIRM_TOO_SLOW`] only): the verdict is
+/// signed with the session's key; in place of entries the payload carries
+/// [`VERDICT_LEN`] bytes (see `Manifest::sign_verdict`). A signed
+/// session's receiver takes no other verdict.
+pub const CONFIRM_SIGNED: u32 = 2;
+/// Bytes of a signed verdict after the confirmation's prefix: the
+/// receiver's port (u16), the sender's `--max-behind` in millionths of the
+/// image (u32), 2 reserved zero bytes, the Ed25519 signature.
+pub const VERDICT_LEN: usize = 8 + 64;
 /// Bytes of a receiver's name in a progress report.
 pub const REPORT_NAME_LEN: usize = 32;
 /// Progress report flag: the receiver took bytes from a web server
@@ -480,8 +489,12 @@ pub enum Packet<'a> {
         receivers: u32,
         /// `CONFIRM_*` bits.
         flags: u32,
-        /// `(group, symbols to be sent)`, 0 to 100 entries.
+        /// `(group, symbols to be sent)`, 0 to 100 entries (none in a
+        /// signed verdict).
         counts: Ranges<'a>,
+        /// A signed verdict's [`VERDICT_LEN`] bytes ([`CONFIRM_SIGNED`]);
+        /// empty otherwise.
+        proof: &'a [u8],
     },
     /// A receiver's progress report.
     Progress {
@@ -744,6 +757,27 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
             }
             let group_size = be_u32(payload, 0);
             let body = &payload[prefix..];
+            if kind == Kind::Confirm && be_u32(payload, 8) & CONFIRM_SIGNED != 0 {
+                // A signed verdict: no entries, the proof instead.
+                let flags = be_u32(payload, 8);
+                if flags & CONFIRM_TOO_SLOW == 0
+                    || body.len() != VERDICT_LEN
+                    || group_size == 0
+                    || group_size > MAX_FEC_GROUP
+                {
+                    return Err(DropReason::BadControl);
+                }
+                return Ok(Packet::Confirm {
+                    session,
+                    geometry,
+                    round: index,
+                    group_size,
+                    receivers: be_u32(payload, 4),
+                    flags,
+                    counts: Ranges(&[]),
+                    proof: body,
+                });
+            }
             let n = body.len() / NACK_RANGE_LEN;
             let min = usize::from(kind == Kind::ParityRequest);
             if group_size == 0
@@ -771,6 +805,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                     receivers: be_u32(payload, 4),
                     flags: be_u32(payload, 8),
                     counts: entries,
+                    proof: &[],
                 }
             } else {
                 Packet::ParityRequest {
@@ -1024,6 +1059,23 @@ pub fn encode_confirm(
     prefix[8..].copy_from_slice(&h.flags.to_be_bytes());
     let counts = &counts[..counts.len().min(MAX_PARITY_ENTRIES)];
     encode_ranges(Kind::Confirm, session, geometry, h.round, &prefix, counts)
+}
+
+/// Encode a signed "too slow" verdict: `h.flags` gets
+/// [`CONFIRM_TOO_SLOW`] and [`CONFIRM_SIGNED`], `proof` is the
+/// [`VERDICT_LEN`] bytes of `Manifest::sign_verdict`.
+pub fn encode_verdict(
+    session: u32,
+    geometry: &Geometry,
+    h: &ConfirmHeader,
+    proof: &[u8],
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(CONFIRM_PREFIX_LEN + proof.len());
+    payload.extend_from_slice(&h.group_size.to_be_bytes());
+    payload.extend_from_slice(&h.receivers.to_be_bytes());
+    payload.extend_from_slice(&(h.flags | CONFIRM_TOO_SLOW | CONFIRM_SIGNED).to_be_bytes());
+    payload.extend_from_slice(proof);
+    encode_raw(Kind::Confirm, session, geometry, h.round, &payload)
 }
 
 /// Encode a progress report.

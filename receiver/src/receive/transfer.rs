@@ -6,12 +6,11 @@
 //! worker counts into its own cache-padded
 //! [`WorkerCounters`](crate::receive::workers::WorkerCounters).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
@@ -22,6 +21,7 @@ use crate::proto::fec;
 use crate::proto::manifest::{Manifest, SUB_HEAD};
 use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
 use crate::receive::bitmap::BlockBitmap;
+use crate::receive::control::{Announced, Confirmed};
 use crate::receive::signed::{Signed, Slots};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
 use crate::status::page::{StorageStatus, StreamStatus};
@@ -303,15 +303,6 @@ fn missing_in_window(img: &Image) -> Vec<(u64, u64)> {
     }
 }
 
-/// The sender's confirmations of the current repair round: symbols it
-/// will send per FEC group (the largest count heard).
-#[derive(Debug, Default)]
-struct Confirmed {
-    round: u64,
-    group_size: u32,
-    counts: HashMap<u64, u32>,
-}
-
 /// What a receiver should ask for: parity symbols for groups it partly
 /// has, block ranges for groups it has nothing of.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -320,6 +311,9 @@ pub struct Needs {
     pub parity: Vec<(u64, u32)>,
     /// `(first block, count)`.
     pub ranges: Vec<(u64, u32)>,
+    /// Groups left out because the sender confirmed enough symbols (until
+    /// a second window of the round opens, see [`Confirmed`]).
+    pub silenced: usize,
 }
 
 /// Shared state of one transfer.
@@ -332,9 +326,10 @@ pub struct Transfer {
     failure: Mutex<Option<Error>>,
     failed: AtomicBool,
     passes_seen: AtomicU64,
-    final_pass_ended: AtomicBool,
     first_pass_missing: OnceLock<u64>,
     last_control: Mutex<Option<Control>>,
+    /// Announce and end packets taken, and the sender's `FINAL`.
+    announced: Mutex<Announced>,
     confirmed: Mutex<Confirmed>,
     fec: fec::Pending,
     resume: Option<PathBuf>,
@@ -353,6 +348,8 @@ pub struct Transfer {
     /// session).
     replay_warned: AtomicBool,
     signed: OnceLock<Arc<Signed>>,
+    /// The payload of the head that fixed the session.
+    head: OnceLock<Vec<u8>>,
     /// `--source`: the only sender address taken.
     source: Option<IpAddr>,
     /// Target `-`: bytes of the stream's reorder window.
@@ -371,9 +368,9 @@ impl Transfer {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             passes_seen: AtomicU64::new(0),
-            final_pass_ended: AtomicBool::new(false),
             first_pass_missing: OnceLock::new(),
             last_control: Mutex::new(None),
+            announced: Mutex::default(),
             confirmed: Mutex::default(),
             fec: fec::Pending::default(),
             resume: None,
@@ -386,6 +383,7 @@ impl Transfer {
             max_skew: None,
             replay_warned: AtomicBool::new(false),
             signed: OnceLock::new(),
+            head: OnceLock::new(),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
         }
@@ -494,7 +492,7 @@ impl Transfer {
 
     /// The latest announce/end control block (digest, passes, repair address).
     pub fn last_control(&self) -> Option<Control> {
-        *self.last_control.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.last_control)
     }
 
     /// Blocks not claimed yet, as `(first, count)` ranges, at most `max`
@@ -537,14 +535,7 @@ impl Transfer {
             return out;
         };
         let g = &img.geometry;
-        let confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        let covered = |group: u64| {
-            if confirmed.round == round && confirmed.group_size == group_size {
-                confirmed.counts.get(&group).copied().unwrap_or(0)
-            } else {
-                0
-            }
-        };
+        let confirmed = lock(&self.confirmed);
         let push_range = |out: &mut Needs, a: u64, b: u64| match out.ranges.last_mut() {
             Some((first, n)) if *first + u64::from(*n) == a => *n += (b - a) as u32,
             _ => out.ranges.push((a, (b - a) as u32)),
@@ -590,7 +581,9 @@ impl Transfer {
                     continue;
                 }
                 let need = missing.saturating_sub(held).max(1) as u32;
-                if need > covered(group) {
+                if confirmed.silences(round, group_size, group, need) {
+                    out.silenced += 1;
+                } else {
                     out.parity.push((group, need));
                 }
             }
@@ -598,25 +591,6 @@ impl Transfer {
         out.parity.truncate(max);
         out.ranges.truncate(max);
         out
-    }
-
-    /// Take in the sender's confirmation for `round`: a later round
-    /// replaces what an earlier one said.
-    fn confirm(&self, round: u64, group_size: u32, counts: wire::Ranges<'_>) {
-        let mut c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        if round > c.round || group_size != c.group_size {
-            *c = Confirmed {
-                round,
-                group_size,
-                counts: HashMap::new(),
-            };
-        } else if round < c.round {
-            return;
-        }
-        for (group, n) in counts.iter() {
-            let e = c.counts.entry(group).or_default();
-            *e = (*e).max(n);
-        }
     }
 
     /// Sync the target, then save the written bitmap to the resume file.
@@ -776,9 +750,15 @@ impl Transfer {
         self.passes_seen.load(Ordering::Relaxed)
     }
 
-    /// Whether the sender's last pass has ended.
+    /// Whether the sender's last pass has ended (in an unsigned session:
+    /// a `FINAL` end that nothing from the sender has taken back since).
     pub fn final_pass_ended(&self) -> bool {
-        self.final_pass_ended.load(Ordering::Relaxed)
+        self.final_since().is_some()
+    }
+
+    /// Since when the sender's last pass has ended, if it has.
+    pub fn final_since(&self) -> Option<Instant> {
+        lock(&self.announced).final_since()
     }
 
     /// Blocks missing at the end of the first pass (loss before repair).
@@ -947,6 +927,16 @@ impl Transfer {
     /// `--session` and `--expect-sha256`) fixes the session and opens the
     /// target.
     fn manifest_head(&self, p: &Packet<'_>, payload: &[u8]) -> std::result::Result<(), DropReason> {
+        // Once a head fixed the session, the sender's copies are the same
+        // bytes, and any other head is none of this session's business: no
+        // signature is checked on a worker for a flood of forged heads.
+        if let Some(head) = self.head.get() {
+            return Err(if head[..] == *payload {
+                DropReason::Duplicate
+            } else {
+                DropReason::Unauthenticated
+            });
+        }
         let (m, key) =
             Manifest::verify(payload, &self.trusted).map_err(|_| DropReason::Unauthenticated)?;
         if m.session != p.session() || m.geometry != p.geometry() {
@@ -994,6 +984,7 @@ impl Transfer {
         if !first {
             return Err(DropReason::Duplicate);
         }
+        let _ = self.head.set(payload.to_vec());
         log::info!(
             "session {:#010x}: manifest verified (key {}), SHA-256 {}",
             m.session,
@@ -1051,39 +1042,59 @@ impl Transfer {
         Ok(())
     }
 
-    /// Learn the digest of an unsigned session; false (drop the packet)
-    /// when it differs from `--expect-sha256`.
-    fn learn_digest(&self, control: &Control) -> bool {
-        // All zero: the sender has not read the whole image yet (it hashes
-        // as it sends; the digest comes with its ends).
-        if control.digest == [0; wire::DIGEST_LEN] {
-            return true;
+    /// An announce or end of an unsigned session: acted on once its
+    /// parameters (passes, repair address, FEC) are corroborated and only
+    /// while they agree (see [`Announced`]); its digest (all zero while
+    /// the sender has not read the whole image: it comes with the ends) is
+    /// taken once corroborated too; a digest other than
+    /// `--expect-sha256`'s is another session's.
+    fn unsigned_control(
+        &self,
+        image: &Image,
+        control: &Control,
+        is_end: bool,
+    ) -> std::result::Result<(), DropReason> {
+        let known = control.digest != [0; wire::DIGEST_LEN];
+        if known && self.pinned.is_some_and(|d| d != control.digest) {
+            return Err(DropReason::ForeignSession);
         }
-        let known = self.digest.get_or_init(|| control.digest);
-        if *known == control.digest {
-            return true;
+        let mut a = lock(&self.announced);
+        let take = a.offer(control)?;
+        if let Some(d) = a.offer_digest(&control.digest)? {
+            let _ = self.digest.set(d);
         }
-        if self.pinned.is_some() {
-            return false;
+        drop(a);
+        if !take {
+            return Ok(());
         }
-        self.fail(Error::new(
-            ErrorCode::ProtocolError,
-            "the sender announced two different digests in one session",
-        ));
-        true
+        if is_end {
+            self.end_of_pass(image, control);
+        } else {
+            self.remember(control);
+            lock(&self.announced).note_final(control, false);
+        }
+        Ok(())
     }
 
     fn remember(&self, control: &Control) {
-        *self.last_control.lock().unwrap_or_else(|p| p.into_inner()) = Some(*control);
+        *lock(&self.last_control) = Some(*control);
     }
 
+    /// An end taken: a verified signed one, or an unsigned one that agrees
+    /// with the corroborated parameters (its `FINAL` is then only a hint
+    /// that the sender's next packet takes back).
     fn end_of_pass(&self, image: &Image, control: &Control) {
         self.remember(control);
         self.first_pass_missing
             .get_or_init(|| image.geometry.block_count - image.claimed.count());
-        if control.flags & wire::FLAG_FINAL != 0 {
-            self.final_pass_ended.store(true, Ordering::Relaxed);
+        let mut a = lock(&self.announced);
+        if !self.is_signed() {
+            a.note_final(control, true);
+        } else if control.flags & wire::FLAG_FINAL != 0 {
+            a.set_final();
         }
+        drop(a);
+        lock(&self.confirmed).end_seen(u64::from(control.pass));
         self.passes_seen
             .fetch_max(u64::from(control.pass) + 1, Ordering::Release);
     }
@@ -1160,16 +1171,10 @@ impl Transfer {
                     return Err(DropReason::Unauthenticated)
                 }
                 Packet::Announce { control, .. } => {
-                    if !self.learn_digest(&control) {
-                        return Err(DropReason::ForeignSession);
-                    }
-                    self.remember(&control);
+                    self.unsigned_control(image, &control, false)?;
                 }
                 Packet::End { control, .. } => {
-                    if !self.learn_digest(&control) {
-                        return Err(DropReason::ForeignSession);
-                    }
-                    self.end_of_pass(image, &control);
+                    self.unsigned_control(image, &control, true)?;
                 }
                 Packet::Manifest { index, payload, .. } => {
                     let s = self.signed().ok_or(DropReason::Unauthenticated)?;
@@ -1201,6 +1206,8 @@ impl Transfer {
                     self.fec_symbol(image, group, group_size, symbol, c)
                 }
                 Packet::Zeros { runs, .. } => {
+                    // In a signed session each run is checked like data,
+                    // through the signed hashes of the chunks it falls in.
                     if let Err(e) = image.zero_runs(runs, self.signed()) {
                         self.fail(e);
                     }
@@ -1217,7 +1224,7 @@ impl Transfer {
                     if flags & wire::CONFIRM_TOO_SLOW != 0 {
                         return Err(DropReason::BadControl);
                     }
-                    self.confirm(round, group_size, counts);
+                    lock(&self.confirmed).confirm(round, group_size, counts);
                 }
                 // Requests and reports go to the sender; one on the group
                 // is misdirected.
@@ -1266,6 +1273,12 @@ impl Sink for Transfer {
     fn source(&self) -> Option<IpAddr> {
         self.source.or_else(|| self.signed().and_then(|s| s.source))
     }
+}
+
+/// The data behind `m`, even if a thread panicked holding it (the state
+/// stays consistent: every update is one assignment).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `m`'s date against this host's clock: how long ago it was signed (0
@@ -1433,7 +1446,7 @@ mod tests {
     }
 
     #[test]
-    fn expected_session_filters_and_digest_conflict_fails() {
+    fn expected_session_filters_and_a_second_digest_is_counted_not_fatal() {
         let (t, _) = setup("filter", Some(7));
         let g = Geometry::new(100, 100);
         let c = t.counters(0);
@@ -1451,9 +1464,84 @@ mod tests {
         t.ingest(&encode_control(Kind::End, 7, &g, &ctl), c);
         assert!(!t.final_pass_ended());
         assert_eq!(t.first_pass_missing(), Some(1));
+        assert_eq!(t.digest(), Some([1; 32]));
+        // Another digest (a forgery, whoever's it is) is counted, and
+        // neither taken nor fatal: the read-back decides.
         ctl.digest = [2; 32];
-        t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
-        assert_eq!(t.failure().unwrap().code, ErrorCode::ProtocolError);
+        for _ in 0..3 {
+            t.ingest(&encode_control(Kind::Announce, 7, &g, &ctl), c);
+        }
+        assert!(t.failure().is_none());
+        assert_eq!(t.digest(), Some([1; 32]));
+        assert_eq!(
+            c.drops[DropReason::Inconsistent as usize].load(Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn one_forged_control_packet_sets_nothing_and_final_is_taken_back() {
+        let (t, _) = setup("corroborate", None);
+        let g = Geometry::new(300, 100);
+        let c = t.counters(0);
+        let real = Control {
+            flags: wire::FLAG_REPAIR,
+            repair_port: 5000,
+            ..Control::new([1; 32], 0, 1)
+        };
+        let redirect = Control {
+            repair_port: 666,
+            ..real
+        };
+        // One forged announce first: neither digest nor repair address.
+        t.ingest(&encode_control(Kind::Announce, 7, &g, &redirect), c);
+        assert!(t.last_control().is_none() && t.digest().is_none());
+        for _ in 0..2 {
+            t.ingest(&encode_control(Kind::Announce, 7, &g, &real), c);
+        }
+        assert_eq!(t.last_control().unwrap().repair_port, 5000);
+        // Redirects every so often, and a forged FINAL end in the window.
+        t.ingest(&encode_control(Kind::Announce, 7, &g, &redirect), c);
+        let fin = Control {
+            flags: real.flags | wire::FLAG_FINAL,
+            ..real
+        };
+        t.ingest(&encode_control(Kind::End, 7, &g, &fin), c);
+        assert_eq!(t.last_control().unwrap().repair_port, 5000);
+        assert!(t.final_pass_ended());
+        // The sender's next end (a reminder of the round) takes it back.
+        t.ingest(&encode_control(Kind::End, 7, &g, &real), c);
+        assert!(!t.final_pass_ended());
+        assert!(t.failure().is_none());
+    }
+
+    #[test]
+    fn a_confirmation_silences_a_group_for_a_while() {
+        let (t, _) = setup("confirm", None);
+        let g = Geometry::new(1000, 100);
+        let c = t.counters(0);
+        t.ingest(&encode_data(7, &g, 0, &[1; 100]), c);
+        // Groups of 5 blocks: group 0 has one block, group 1 none.
+        let h = wire::ConfirmHeader {
+            round: 0,
+            group_size: 5,
+            receivers: 1,
+            flags: 0,
+        };
+        t.ingest(&wire::encode_confirm(7, &g, &h, &[(0, 5), (1, 5)]), c);
+        let n = t.needs(5, 0, 100);
+        assert_eq!((n.parity.len(), n.silenced), (0, 1));
+        assert_eq!(n.ranges, vec![(5, 5)]);
+        // A second window of round 0 (four sends of its end): the
+        // confirmation counts no more.
+        let end = encode_control(Kind::End, 7, &g, &Control::new([1; 32], 0, 1));
+        for _ in 0..crate::receive::control::SILENCE_ENDS {
+            t.ingest(&end, c);
+            t.ingest(&end, c);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let n = t.needs(5, 0, 100);
+        assert_eq!((n.parity, n.silenced), (vec![(0, 4)], 0));
     }
 
     #[test]

@@ -35,9 +35,11 @@ pub const SLOW_ROUNDS: u32 = 3;
 /// receiver sends at most 64 of each kind (6400 entries); more come from a
 /// flood, which NACKs cannot be authenticated against.
 pub const REQUESTS_PER_SOURCE: u32 = 128;
+/// NACKed ranges collected before they are first merged.
+const MERGE_AT: usize = 1 << 16;
 
 /// What the back-channel needs to know about the session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Session id.
     pub session: u32,
@@ -50,6 +52,9 @@ pub struct Policy {
     /// Share of the image (0..=1) a receiver may still miss after
     /// [`SLOW_ROUNDS`] repair rounds before it is told it is too slow.
     pub max_behind: f64,
+    /// A signed session's key and manifest: "too slow" verdicts are signed
+    /// (a signed session's receivers take no other).
+    pub signer: Option<(ed25519_dalek::SigningKey, crate::proto::manifest::Manifest)>,
 }
 
 /// A repair round's work.
@@ -89,6 +94,8 @@ pub struct Inbound {
 #[derive(Debug)]
 struct Inbox {
     ranges: Vec<(u64, u64)>,
+    /// Length of `ranges` at which it is merged.
+    merge_at: usize,
     parity: HashMap<u64, u32>,
     round: u64,
     rounds_done: u32,
@@ -162,6 +169,7 @@ impl Inbox {
 
     fn take(&mut self, p: &Policy) -> Plan {
         let ranges = merge(std::mem::take(&mut self.ranges));
+        self.merge_at = MERGE_AT;
         let mut parity: Vec<(u64, u32)> = self
             .parity
             .drain()
@@ -223,6 +231,14 @@ impl Listener {
                 inbox
                     .ranges
                     .extend(ranges.iter().map(|(a, c)| (a, a + u64::from(c))));
+                // Spoofed sources escape the per-address limit: merge as
+                // the list grows, so that it stays within twice the
+                // distinct ranges asked for (bounded by the image).
+                if inbox.ranges.len() >= inbox.merge_at {
+                    let merged = merge(std::mem::take(&mut inbox.ranges));
+                    inbox.merge_at = (2 * merged.len()).max(MERGE_AT);
+                    inbox.ranges = merged;
+                }
             }
             Packet::ParityRequest {
                 group_size, needs, ..
@@ -280,8 +296,17 @@ impl Listener {
                         receivers: 0,
                         flags: wire::CONFIRM_TOO_SLOW,
                     };
-                    self.sock
-                        .send_to(&wire::encode_confirm(p.session, &p.geometry, &h, &[]), from)?;
+                    // Signed, bound to this receiver's port and name: no
+                    // one else can end a signed receiver this way.
+                    let pkt = match &p.signer {
+                        Some((key, m)) => {
+                            let ppm = (p.max_behind * 1e6) as u32;
+                            let proof = m.sign_verdict(key, round, from.port(), ppm, &report.name);
+                            wire::encode_verdict(p.session, &p.geometry, &h, &proof)
+                        }
+                        None => wire::encode_confirm(p.session, &p.geometry, &h, &[]),
+                    };
+                    self.sock.send_to(&pkt, from)?;
                 }
             }
             _ => inbox.counts.ignored += 1,
@@ -300,6 +325,7 @@ impl Backchannel {
     pub fn start(sock: UdpSocket, ncf: Socket, policy: Policy) -> Result<Backchannel> {
         let inbox = Arc::new(Mutex::new(Inbox {
             ranges: Vec::new(),
+            merge_at: MERGE_AT,
             parity: HashMap::new(),
             round: 0,
             rounds_done: 0,
@@ -392,12 +418,14 @@ mod tests {
             group_size: 256,
             vanish_after: Duration::from_secs(5),
             max_behind: 0.5,
+            signer: None,
         }
     }
 
     fn inbox() -> Inbox {
         Inbox {
             ranges: Vec::new(),
+            merge_at: MERGE_AT,
             parity: HashMap::new(),
             round: 0,
             rounds_done: 0,

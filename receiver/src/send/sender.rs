@@ -35,7 +35,7 @@ use crate::rng::XorShift;
 use crate::send::ahead::{Ahead, Piece, Scan};
 use crate::send::fleet::{FleetCounts, RxInfo};
 use crate::send::publish;
-use crate::send::repair::{Backchannel, Inbound, Plan, Policy};
+use crate::send::repair::{merge, Backchannel, Inbound, Plan, Policy};
 use crate::send::zeros::{DataMap, ZeroRuns};
 use crate::status::page::SendPhase;
 
@@ -45,11 +45,20 @@ const BATCH: usize = 32;
 const CONTROL_REPEAT: usize = 3;
 /// NACK windows in a row that must pass without a NACK before the final end.
 const QUIET_WINDOWS: u32 = 2;
+/// Once `--max-repair` is spent (a flood of forged requests can spend it),
+/// each repair round may still send this share of the image: 1/32, so the
+/// requested blocks are all served again within 32 rounds and a flood costs
+/// at most `max_repair_rounds / 32` images more.
+const REPAIR_FLOOR_DIVISOR: u64 = 32;
 /// Blocks sent between progress reports when there is no FEC grouping.
 const CHUNK: u32 = 1024;
 /// A receiver whose reports showed new blocks this recently is still at
 /// work (reports come every second or so).
 const PROGRESSING: Duration = Duration::from_millis(2500);
+/// Windows in a row that reports of progress may keep from counting as
+/// quiet: reports are not authenticated, and forged ones must not keep
+/// the sender from ever ending.
+const PROGRESS_HOLD: u32 = 20;
 /// How often the sender looks at its receivers while it waits (for them
 /// to join, in a repair window, after the final end).
 const LOOK: Duration = Duration::from_millis(50);
@@ -592,32 +601,60 @@ fn mapped(ip: IpAddr) -> std::net::Ipv6Addr {
     }
 }
 
-/// Cut the symbol counts of `parity` to at most `budget` in total; returns
-/// the symbols cut.
-fn clip_counts(parity: &mut Vec<(u64, u32)>, budget: u64) -> u64 {
+/// Cut the symbol counts of `parity` to at most `budget` in total, taking
+/// groups from `cursor` on (wrapping round) and moving `cursor` past the
+/// last group served; returns the symbols cut.
+fn clip_counts(parity: &mut Vec<(u64, u32)>, budget: u64, cursor: &mut u64) -> u64 {
+    parity.sort_unstable_by_key(|&(g, _)| (g < *cursor, g));
     let mut left = budget;
     let mut cut = 0;
-    parity.retain_mut(|(_, n)| {
+    parity.retain_mut(|(g, n)| {
         let take = u64::from(*n).min(left);
         cut += u64::from(*n) - take;
         left -= take;
         *n = take as u32;
+        if take > 0 {
+            *cursor = *g + 1;
+        }
         take > 0
     });
+    parity.sort_unstable();
     cut
 }
 
-/// Cut `ranges` to at most `budget` blocks in total; returns the blocks cut.
-fn clip(ranges: &mut Vec<(u64, u64)>, budget: u64) -> u64 {
+/// Cut `ranges` (merged, in order) to at most `budget` blocks in total,
+/// taking blocks from `cursor` on (wrapping round) and moving `cursor`
+/// past the last block served; returns the blocks cut. The cursor makes
+/// a flood of requests for some blocks unable to keep the budget from
+/// the others: the next round starts where this one stopped.
+fn clip(ranges: &mut Vec<(u64, u64)>, budget: u64, cursor: &mut u64) -> u64 {
+    let at = *cursor;
+    let mut order: Vec<(u64, u64)> = Vec::with_capacity(ranges.len() + 1);
+    order.extend(
+        ranges
+            .iter()
+            .filter(|r| r.1 > at)
+            .map(|&(a, b)| (a.max(at), b)),
+    );
+    order.extend(
+        ranges
+            .iter()
+            .filter(|r| r.0 < at)
+            .map(|&(a, b)| (a, b.min(at))),
+    );
     let mut left = budget;
     let mut cut = 0;
-    ranges.retain_mut(|(a, b)| {
+    order.retain_mut(|(a, b)| {
         let take = (*b - *a).min(left);
         cut += *b - *a - take;
         left -= take;
         *b = *a + take;
+        if take > 0 {
+            *cursor = *b;
+        }
         take > 0
     });
+    *ranges = merge(order);
     cut
 }
 
@@ -763,6 +800,7 @@ pub fn send(
         group_size: parity_group,
         vanish_after: opts.vanish_after,
         max_behind: opts.max_behind.clamp(0.0, 1.0),
+        signer: signer.as_ref().map(|s| (s.key.clone(), s.manifest)),
     };
     let base = Control {
         flags,
@@ -777,7 +815,7 @@ pub fn send(
     let bc = match repair {
         Some(r) => {
             let ncf = socket::sender_socket(opts.group, &opts.iface, opts.ttl, source)?;
-            Some(Backchannel::start(r.sock, ncf, policy)?)
+            Some(Backchannel::start(r.sock, ncf, policy.clone())?)
         }
         None => None,
     };
@@ -942,6 +980,14 @@ pub fn send(
         (secs > 0.0).then(|| ((w.bytes * 8) as f64 / secs) as u64 + 1)
     });
     let mut budget = (opts.max_repair.max(0.0) * geometry.block_count as f64).ceil() as u64;
+    // Blocks or symbols a round may send once the budget is spent (none
+    // when --max-repair 0 asks for no repair at all).
+    let floor = if budget > 0 {
+        geometry.block_count.div_ceil(REPAIR_FLOOR_DIVISOR)
+    } else {
+        0
+    };
+    let (mut range_cursor, mut group_cursor) = (0, 0);
     if let Some(bc) = &bc {
         let mut pass = opts.passes - 1;
         // Fresh symbols for every parity round: the next unused repair
@@ -954,6 +1000,7 @@ pub fn send(
         // request, so that one lost NACK or one late receiver does not end
         // the session for everyone.
         let mut quiet = 0;
+        let mut held = 0;
         while quiet < QUIET_WINDOWS && rounds < opts.max_repair_rounds {
             bc.set_round(u64::from(pass), rounds);
             // Repeat the end that opened the window at a quarter and at
@@ -962,7 +1009,6 @@ pub fn send(
             // misses every end of a round never asks.
             let opened = Instant::now();
             let mut reminders = vec![opts.repair_wait / 2, opts.repair_wait / 4];
-            let mut done = false;
             while opened.elapsed() < opts.repair_wait {
                 if reminders.last().is_some_and(|&at| opened.elapsed() >= at) {
                     reminders.pop();
@@ -975,31 +1021,37 @@ pub fn send(
                     &w,
                     (rounds, repair_packets, repair_bytes),
                 );
-                if settled(fleet()) {
-                    done = true;
-                    break;
-                }
                 std::thread::sleep(LOOK.min(opts.repair_wait / 8));
-            }
-            if done {
-                break;
             }
             let Plan {
                 mut ranges,
                 mut parity,
             } = bc.take(&policy);
             if ranges.is_empty() && parity.is_empty() {
+                // Reports are not authenticated (receivers hold no keys):
+                // "everyone finished" ends the repair only after a whole
+                // window in which no one asked, and a request always wins.
+                if settled(fleet()) {
+                    break;
+                }
                 // Not quiet while a receiver is still writing blocks: it
                 // may be working through a backlog (rebuilding groups) and
                 // ask once it reaches the end of the round.
-                if !bc.progressing(PROGRESSING) {
+                if held < PROGRESS_HOLD && bc.progressing(PROGRESSING) {
+                    held += 1;
+                } else {
                     quiet += 1;
                 }
                 continue;
             }
-            let mut cut = clip(&mut ranges, budget);
+            // Requests are not authenticated: once a flood has spent the
+            // budget, each round still sends a floor (taken in turn over
+            // what is asked, see `clip`), so that forged requests delay
+            // the others' repairs but cannot starve them.
+            let allowance = budget.max(floor);
+            let mut cut = clip(&mut ranges, allowance, &mut range_cursor);
             let resent: u64 = ranges.iter().map(|(a, b)| b - a).sum();
-            cut += clip_counts(&mut parity, budget - resent);
+            cut += clip_counts(&mut parity, allowance - resent, &mut group_cursor);
             if cut > 0 {
                 refused += cut;
                 log::warn!("repair budget spent: {cut} blocks or symbols asked for are not sent");
@@ -1008,9 +1060,10 @@ pub fn send(
                 break;
             }
             let blocks = resent + parity.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
-            budget -= blocks;
+            budget = budget.saturating_sub(blocks);
             w.pacer.restart(data_rate);
             quiet = 0;
+            held = 0;
             rounds += 1;
             pass += 1;
             log::info!(
@@ -1122,16 +1175,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clips_ranges_to_the_budget() {
+    fn clips_ranges_to_the_budget_in_turn() {
+        let mut at = 0;
         let mut r = vec![(0, 10), (20, 30), (40, 50)];
-        assert_eq!(clip(&mut r, 15), 15);
-        assert_eq!(r, vec![(0, 10), (20, 25)]);
+        assert_eq!(clip(&mut r, 15, &mut at), 15);
+        assert_eq!((r, at), (vec![(0, 10), (20, 25)], 25));
+        // The next round starts where this one stopped, and wraps round:
+        // requests for the first blocks cannot keep the budget forever.
+        let mut r = vec![(0, 10), (20, 30), (40, 50)];
+        assert_eq!(clip(&mut r, 15, &mut at), 15);
+        assert_eq!((r, at), (vec![(25, 30), (40, 50)], 50));
+        let mut r = vec![(0, 10), (20, 30), (40, 50)];
+        assert_eq!(clip(&mut r, 12, &mut at), 18);
+        assert_eq!((r, at), (vec![(0, 10), (20, 22)], 22));
         let mut r = vec![(0, 10)];
-        assert_eq!(clip(&mut r, 0), 10);
+        assert_eq!(clip(&mut r, 0, &mut at), 10);
         assert!(r.is_empty());
+        let mut g = 0;
         let mut p = vec![(0, 5), (3, 5), (7, 5)];
-        assert_eq!(clip_counts(&mut p, 7), 8);
-        assert_eq!(p, vec![(0, 5), (3, 2)]);
+        assert_eq!(clip_counts(&mut p, 7, &mut g), 8);
+        assert_eq!((p, g), (vec![(0, 5), (3, 2)], 4));
+        let mut p = vec![(0, 5), (3, 5), (7, 5)];
+        assert_eq!(clip_counts(&mut p, 7, &mut g), 8);
+        assert_eq!((p, g), (vec![(0, 2), (7, 5)], 1));
     }
 
     #[test]
