@@ -105,9 +105,14 @@ fn interrupt(child: &Child) {
     assert!(ok.success());
 }
 
-/// Exit status of `xdpcast receive` for a failure with `code`.
+/// Exit status of `xdpcast receive` for a failure with `code`: the tests
+/// cancel with SIGINT ([`interrupt`]), which ends it with 128 + SIGINT, as
+/// a shell reports it (docs/udpcast.md, "Exit status").
 fn exit_for(code: ErrorCode) -> Option<i32> {
-    Some(100 + code as i32)
+    match code {
+        ErrorCode::Cancelled => Some(128 + libc::SIGINT),
+        _ => Some(100 + code as i32),
+    }
 }
 
 /// A session that ended with `code`: exit status, page state and code.
