@@ -296,7 +296,8 @@ pub fn table(r: &SendReport) -> String {
             o,
             "  {:<28} {:<20} {:<10} {:<18} {:>7.1}% {:>9} {}",
             x.addr.to_string(),
-            x.name,
+            // A name comes from the network: no control character reaches the terminal.
+            report::printable(&x.name),
             x.state.name(),
             code,
             done,
