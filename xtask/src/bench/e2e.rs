@@ -28,7 +28,9 @@ use xdpcast::status::page::now_ns;
 use xdpcast_bench::netns::VethPair;
 
 use super::harness::*;
-use super::runs::{busier_side, start_receiver, start_receiver_for, start_sender};
+use super::runs::{
+    busier_side, spawn_udp_receiver, start_receiver, start_receiver_for, start_sender,
+};
 use super::{GROUP, POLL, RX_CPU, UDPCAST_DATA, UDPCAST_PORTBASE, UDPCAST_RDV};
 
 /// How the image is deployed.
@@ -365,26 +367,7 @@ fn udp_sender_to_xdpcast(ctx: &Ctx, net: &VethPair, target: &Target) -> Result<D
 /// `udp-sender` to `udp-receiver --file`, then `sha256sum` of what landed.
 fn udpcast(ctx: &Ctx, net: &VethPair, target: &Target) -> Result<Deployment> {
     let out = target.path.to_string_lossy();
-    let mut rx = Proc::spawn(
-        Some(&net.b.name),
-        RX_CPU,
-        &[
-            "udp-receiver",
-            "--file",
-            &out,
-            "--interface",
-            &net.if_b,
-            "--portbase",
-            UDPCAST_PORTBASE,
-            "--mcast-rdv-address",
-            UDPCAST_RDV,
-            "--nokbd",
-        ],
-        &[],
-        &ctx.work.join("rx-e2e-udpcast.log"),
-    )?;
-    // udp-receiver has no ready signal: give it the time to join.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut rx = spawn_udp_receiver(ctx, net, &out, "rx-e2e-udpcast.log")?;
     let image = ctx.image.to_string_lossy();
     let t0 = now_ns();
     let mut tx = start_sender(

@@ -412,18 +412,17 @@ pub(super) fn run_xdpcast(
     })
 }
 
-pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
-    let out = ctx.work.join("out.img");
-    let _ = std::fs::remove_file(&out);
-    let outs = out.to_string_lossy();
-    let pk0 = rx_packets(net)?;
-    let mut rx = Proc::spawn(
+/// Start udpcast's own `udp-receiver --file OUT` in the receiving
+/// namespace, logging to `log` in the work directory, and give it the time
+/// to join (it has no ready signal).
+pub(super) fn spawn_udp_receiver(ctx: &Ctx, net: &VethPair, out: &str, log: &str) -> Result<Proc> {
+    let rx = Proc::spawn(
         Some(&net.b.name),
         RX_CPU,
         &[
             "udp-receiver",
             "--file",
-            &outs,
+            out,
             "--interface",
             &net.if_b,
             "--portbase",
@@ -433,9 +432,18 @@ pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
             "--nokbd",
         ],
         &[],
-        &ctx.work.join("rx-udpcast.log"),
+        &ctx.work.join(log),
     )?;
     std::thread::sleep(Duration::from_millis(300));
+    Ok(rx)
+}
+
+pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
+    let out = ctx.work.join("out.img");
+    let _ = std::fs::remove_file(&out);
+    let outs = out.to_string_lossy();
+    let pk0 = rx_packets(net)?;
+    let mut rx = spawn_udp_receiver(ctx, net, &outs, "rx-udpcast.log")?;
     let soft0 = softirq_s()?;
     let rate = ctx.rate_mbps.map(|m| format!("{m}m"));
     let mut argv = vec![
