@@ -2,10 +2,8 @@
 
 mod bench;
 mod demo;
-mod finish;
 mod fuzz;
 mod plot;
-mod sparse;
 mod test;
 
 use std::path::PathBuf;

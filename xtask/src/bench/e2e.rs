@@ -31,7 +31,6 @@ use super::harness::*;
 use super::runs::{
     busier_side, spawn_udp_receiver, start_receiver, start_receiver_for, start_sender,
 };
-use super::{GROUP, POLL, RX_CPU, UDPCAST_DATA, UDPCAST_PORTBASE, UDPCAST_RDV};
 
 /// How the image is deployed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -16,7 +16,8 @@ use anyhow::{ensure, Context, Result};
 use xdpcast::status::page::State;
 use xdpcast_bench::netns::VethPair;
 
-use crate::bench::{completion, follow, start_receiver, xdpcast_send, Ctx};
+use super::harness::{cmd_ok, completion, follow, Ctx};
+use super::runs::{start_receiver, xdpcast_send};
 
 /// Seconds from the last block to the receiver's exit with SUCCESS.
 fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Path>) -> Result<f64> {
@@ -59,7 +60,7 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<String> {
     let ext4 = std::path::PathBuf::from(format!("/var/tmp/xdpcast-finish-{}", std::process::id()));
     std::fs::create_dir_all(&ext4)?;
     let fs_of = |p: &Path| -> String {
-        crate::bench::cmd_ok("findmnt", &["-no", "FSTYPE", "-T", &p.to_string_lossy()])
+        cmd_ok("findmnt", &["-no", "FSTYPE", "-T", &p.to_string_lossy()])
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "?".into())
     };

@@ -12,7 +12,17 @@ use anyhow::{bail, ensure, Context, Result};
 use xdpcast::status::page::{now_ns, Snapshot, StatusReader};
 use xdpcast_bench::netns::VethPair;
 
-use super::{POLL, RX_CPU};
+/// The xdpcast session's group and port on the bench's veth pair.
+pub(super) const GROUP: &str = "239.77.0.1:5000";
+/// udpcast's rendezvous and data groups, and its port base.
+pub(super) const UDPCAST_RDV: &str = "239.77.0.2";
+pub(super) const UDPCAST_DATA: &str = "239.77.0.3";
+pub(super) const UDPCAST_PORTBASE: &str = "9000";
+/// The sender's and the receiver's CPU.
+pub(super) const TX_CPU: &str = "0";
+pub(super) const RX_CPU: &str = "1";
+/// How often the harness samples a status page or a file's size.
+pub(super) const POLL: Duration = Duration::from_millis(2);
 
 /// Where the keep-up part writes the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,7 @@
 //!   device (direct I/O) over a disk file full of old data; with the
 //!   kernel's ring-drop counters, the device bytes read during the receive
 //!   and the bytes on disk by the halfway point.
-//! - **sparse** (`crate::sparse`): a 75 % zero image sent by the real
+//! - **sparse** (`sparse`): a 75 % zero image sent by the real
 //!   `xdpcast send` with and without `--no-sparse`.
 //!
 //! Times come from the receiver side: the start is when the target file
@@ -37,14 +37,6 @@ use anyhow::{ensure, Context, Result};
 use xdpcast_bench::netns::VethPair;
 
 use crate::plot::{self, Panel};
-
-pub(crate) const GROUP: &str = "239.77.0.1:5000";
-const UDPCAST_RDV: &str = "239.77.0.2";
-const UDPCAST_DATA: &str = "239.77.0.3";
-const UDPCAST_PORTBASE: &str = "9000";
-pub(crate) const TX_CPU: &str = "0";
-pub(crate) const RX_CPU: &str = "1";
-pub(crate) const POLL: Duration = Duration::from_millis(2);
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -101,13 +93,15 @@ enum Part {
 }
 
 mod e2e;
+mod finish;
 mod harness;
 mod report;
 mod runs;
+mod sparse;
 
-pub(crate) use harness::*;
+use harness::*;
 use report::*;
-pub(crate) use runs::*;
+use runs::*;
 
 /// Run the benchmark and write `results.md`, `results.json` and `plot.png`
 /// into `args.out`.
@@ -198,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
             machine(),
             size >> 20,
             args.rate_mbps.unwrap_or(2000),
-            crate::finish::run(&ctx, runs)?
+            finish::run(&ctx, runs)?
         );
         println!("\n{md}");
         let out = root.join(&args.out);
@@ -330,7 +324,7 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             args.targets.clone()
         };
-        let (section, rows) = crate::sparse::run(&ctx, &targets, runs)?;
+        let (section, rows) = sparse::run(&ctx, &targets, runs)?;
         md += &section;
         sparse_rows = rows;
     }

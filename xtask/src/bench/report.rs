@@ -122,7 +122,7 @@ pub(super) struct Results<'a> {
     rate_mbps: Option<u64>,
     runs: Vec<Run<'a>>,
     /// The sparse part's rows, each with its runs.
-    sparse: &'a [crate::sparse::Row],
+    sparse: &'a [super::sparse::Row],
     /// The deployment-time part's rows and path limits.
     e2e: &'a super::e2e::Results,
 }
@@ -181,7 +181,7 @@ pub(super) fn runs_of<'a>(
 pub(super) fn results_json(
     outcomes: &[Outcome],
     keepup: &[(TargetKind, String, Outcome)],
-    sparse: &[crate::sparse::Row],
+    sparse: &[super::sparse::Row],
     e2e: &super::e2e::Results,
     size: u64,
     rate_mbps: Option<u64>,

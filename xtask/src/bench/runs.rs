@@ -10,7 +10,6 @@ use xdpcast::status::page::{now_ns, State, StatusReader};
 use xdpcast_bench::netns::VethPair;
 
 use super::harness::*;
-use super::{GROUP, POLL, RX_CPU, TX_CPU, UDPCAST_DATA, UDPCAST_PORTBASE, UDPCAST_RDV};
 
 /// Which receiver a run measures.
 #[derive(Clone, Copy, PartialEq, Eq)]

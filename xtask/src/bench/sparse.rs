@@ -30,10 +30,11 @@ use xdpcast::store::target::sha256_prefix;
 use xdpcast_bench::fixture::write_sparse_image;
 use xdpcast_bench::netns::VethPair;
 
-use crate::bench::{
-    check_interrupt, completion, follow, median, rx_counter, spread, start_receiver, xdpcast_send,
-    Ctx, LoopDev, Target, TargetKind, WorkDir,
+use super::harness::{
+    check_interrupt, completion, follow, median, rx_counter, spread, Ctx, LoopDev, Target,
+    TargetKind, WorkDir,
 };
+use super::runs::{start_receiver, xdpcast_send};
 
 /// Seed of the bench's sparse image.
 const SEED: u64 = 1;
