@@ -18,7 +18,7 @@ use xdpcast::proto::wire::hex;
 use xdpcast::status::page::{State, StatusReader};
 use xdpcast_bench::{fixture, netns::VethPair};
 
-use crate::{root, run};
+use crate::workspace::{root, run};
 
 const GROUP: &str = "239.9.9.9:5000";
 

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::run;
+use crate::workspace::run;
 
 /// Cases per property per run (the suite runs a few thousand).
 const CASES_PER_RUN: u32 = 50_000;

@@ -5,10 +5,13 @@ mod demo;
 mod fuzz;
 mod plot;
 mod test;
+mod workspace;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use workspace::{root, run};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "xdpcast project tasks")]
@@ -44,21 +47,6 @@ enum Cmd {
         #[arg(long, default_value = "target/dist")]
         out: PathBuf,
     },
-}
-
-/// The workspace root (xtask lives one level below it).
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// Run a command in the workspace root, failing with its name if it fails.
-pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
-    let status = cmd.current_dir(root()).status()?;
-    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
-    Ok(())
 }
 
 /// Build the receiver (whose build.rs compiles the XDP program) and copy the

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::run;
+use crate::workspace::run;
 
 /// Formatting, lints, then every test of the workspace. Namespace and XDP
 /// tests need root; they fail rather than skip unless XDPCAST_SKIP_NETNS=1.
