@@ -36,9 +36,23 @@
 //! lane's copier thread, which does the copy above and gives the frame
 //! back. One copier per lane, so copying scales with the workers. Reads
 //! and flushes first wait for the lanes to be copied ("settle").
+//!
+//! Where things are: this file holds the buffer, its slot protocol and the
+//! [`Stager`] the receiver calls; `storage` the target's descriptors and
+//! paced writeback; `copier` the hand-off from the workers' lanes;
+//! `verify` the check of signed chunks before they are written;
+//! `thread` the writer and populating threads.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
+mod copier;
+mod storage;
+#[cfg(test)]
+mod tests;
+mod thread;
+mod verify;
+
+pub use storage::Storage;
+pub use verify::Verify;
+
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -48,7 +62,8 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
 
-use super::handoff::{Held, Lane, Pending, KICK_AT};
+use self::thread::{populate, populate_rest, writer_loop};
+use super::handoff::Lane;
 use crate::error::{Error, Result};
 
 /// Bytes per chunk: the unit of assembly and of writes. A multiple of any
@@ -79,13 +94,6 @@ const POPULATE_STEP: usize = 16;
 const IDLE: Duration = Duration::from_millis(2);
 /// The next stager's id.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-/// How long a copier sleeps when its lane is empty: at low rates it finds
-/// what came meanwhile when it wakes up (at 2 Gbit/s about 180 blocks); the
-/// worker wakes it earlier once [`KICK_AT`] entries wait.
-const COPIER_IDLE: Duration = Duration::from_millis(1);
-/// Entries a copier takes from its lane at a time (frames go back to the
-/// worker per batch).
-const COPIER_BATCH: usize = KICK_AT as usize;
 
 /// Staging sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,22 +117,6 @@ impl Default for StoreConfig {
             unit: CHUNK,
         }
     }
-}
-
-/// Checks each complete chunk of the buffer before it is written (a signed
-/// session: its BLAKE3 against the signed chunk hash). Called on the
-/// writer thread only, never on a worker or copier.
-pub trait Verify: Send + Sync {
-    /// Whether block `index` is one of the sender's zero runs: its bytes
-    /// are zeros put in place on the storage, filled in here as zeros
-    /// rather than read.
-    fn is_zero(&self, index: u64) -> bool;
-    /// Chunk `k` is complete and `bytes` are all of it: whether to keep
-    /// them (false: they fail the check and are not written; the verifier
-    /// has [`forgotten`](Stager::forget) the chunk).
-    fn check(&self, k: u64, bytes: &[u8]) -> bool;
-    /// [`Self::check`] for a chunk of `len` bytes that are all zeros.
-    fn check_zeros(&self, k: u64, len: u64) -> bool;
 }
 
 /// What the writer did, for the status page.
@@ -154,60 +146,6 @@ pub struct StoreCounters {
     pub blocks_refused: AtomicU64,
     /// Chunks checked by the [`Verify`] (zero without one).
     pub chunks_checked: AtomicU64,
-}
-
-/// Where chunks go: the target file or block device. `direct` is a second
-/// descriptor with `O_DIRECT` for whole, aligned chunks (block devices).
-#[derive(Debug)]
-pub struct Storage {
-    /// Buffered descriptor (reads, unaligned writes, sync).
-    pub file: File,
-    /// `O_DIRECT` descriptor and the device's logical block size.
-    pub direct: Option<(File, u64)>,
-    /// Start writeback of each written chunk at once and wait for it
-    /// [`WRITEBACK_LAG`] later (`sync_file_range`).
-    pub paced: bool,
-}
-
-impl Storage {
-    /// Write `buf` at `offset`; with `O_DIRECT` where allowed, aligned and
-    /// `whole` (a complete chunk: no page of it is in the page cache).
-    fn write(&self, buf: &[u8], offset: u64, whole: bool) -> std::io::Result<()> {
-        if let (Some((d, lbs)), true) = (&self.direct, whole) {
-            let aligned = buf.len() as u64 / lbs * lbs;
-            if offset % lbs == 0 && aligned > 0 && (buf.as_ptr() as u64) % lbs == 0 {
-                d.write_all_at(&buf[..aligned as usize], offset)?;
-                if aligned as usize == buf.len() {
-                    return Ok(());
-                }
-                return self
-                    .file
-                    .write_all_at(&buf[aligned as usize..], offset + aligned);
-            }
-        }
-        self.file.write_all_at(buf, offset)
-    }
-
-    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
-        // SAFETY: plain syscall on an open descriptor; no memory is passed.
-        let rc = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                flags,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        // Filesystems without it (ESPIPE/EINVAL): writeback stays the kernel's.
-        match e.raw_os_error() {
-            Some(libc::ESPIPE | libc::EINVAL | libc::EOPNOTSUPP) => Ok(()),
-            _ => Err(e),
-        }
-    }
 }
 
 /// The slot word of a chunk: low 32 bits the attached buffer + 1 (0: none),
@@ -540,235 +478,6 @@ impl Shared {
         }
     }
 
-    /// Bytes `[offset, offset + len)` are on the storage already (zeros of
-    /// a zero run, blocks of a resume file): count them as landed, so that
-    /// a checked chunk completes. Nothing to do without a [`Verify`].
-    fn landed_elsewhere(&self, offset: u64, len: u64) -> bool {
-        if self.verify.get().is_none() {
-            return false;
-        }
-        let mut wake = false;
-        let (mut at, end) = (offset, offset + len);
-        while at < end {
-            let k = at / self.unit;
-            let piece_end = end.min((k + 1) * self.unit);
-            let n = piece_end - at;
-            // AcqRel: as in `write`; the bytes are on the storage before.
-            if self.landed[k as usize].fetch_add(n, Ordering::AcqRel) + n == self.chunk_len(k) {
-                wake |= self.complete_elsewhere(k);
-            }
-            at = piece_end;
-        }
-        wake
-    }
-
-    /// Chunk `k` became complete on a thread that holds none of its
-    /// buffer: mark its buffer ready, or, with none attached, queue it for
-    /// the writer to check from the storage. True: wake the writer.
-    fn complete_elsewhere(&self, k: u64) -> bool {
-        if self.verify.get().is_none() {
-            return false;
-        }
-        if let Some(b) = self.pin(k, false) {
-            // Release: pairs with the writer's Acquire load of `ready`.
-            self.buffers[b].ready.store(true, Ordering::Release);
-            self.unpin(k);
-        } else {
-            self.bufferless
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(k);
-        }
-        true
-    }
-
-    /// Forget what landed of chunk `k` (it failed its check: its blocks
-    /// come again, and count from zero). The caller holds all of the
-    /// chunk's blocks (none can land meanwhile).
-    fn forget(&self, k: u64) {
-        // Release: the reset happens before the blocks are handed out
-        // again (the caller's bitmap update follows), so the next landing
-        // counts from zero.
-        self.landed[k as usize].store(0, Ordering::Release);
-    }
-
-    /// Byte runs of chunk `k` (relative to the chunk) present in buffer `b`.
-    fn runs(&self, b: usize, k: u64) -> Vec<(u64, u64)> {
-        let (base, clen) = (k * self.unit, self.chunk_len(k));
-        let first = self.first_block(k);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (w, word) in self.buffers[b].present.iter().enumerate() {
-            let mut v = word.load(Ordering::Relaxed);
-            while v != 0 {
-                let bit = v.trailing_zeros() as u64;
-                v &= v - 1;
-                let block = first + w as u64 * 64 + bit;
-                let s = (block * self.block_size).max(base) - base;
-                let e = ((block + 1) * self.block_size).min(base + clen) - base;
-                match runs.last_mut() {
-                    Some(r) if r.1 == s => r.1 = e,
-                    _ => runs.push((s, e)),
-                }
-            }
-        }
-        runs
-    }
-
-    /// Detached buffer `b` holds complete chunk `k` (or part of it, the
-    /// rest on the storage): fill in the rest (zeros of zero runs, else
-    /// read from the storage, counted) and check it; whether to write it.
-    fn check(&self, v: &dyn Verify, b: usize, k: u64, runs: &[(u64, u64)]) -> bool {
-        let clen = self.chunk_len(k);
-        let mut at = 0;
-        let gaps = runs
-            .iter()
-            .chain(std::iter::once(&(clen, clen)))
-            .filter_map(|&(s, e)| {
-                let gap = (at < s).then_some((at, s));
-                at = e;
-                gap
-            })
-            .collect::<Vec<_>>();
-        for (s, e) in gaps {
-            if let Err(e) = self.fill(v, b, k, s, e) {
-                self.fail(Error::target_io("cannot read target to check a chunk", &e));
-                return false;
-            }
-        }
-        bump(&self.counters.chunks_checked, 1);
-        // SAFETY: buffer b is detached (only this thread uses it until it
-        // is freed) and every byte of the chunk is in it now.
-        let bytes = unsafe { std::slice::from_raw_parts(self.buf_ptr(b, 0), clen as usize) };
-        v.check(k, bytes)
-    }
-
-    /// Fill bytes `[s, e)` of chunk `k` in detached buffer `b`: blocks of
-    /// zero runs with zeros, others from the storage.
-    fn fill(&self, v: &dyn Verify, b: usize, k: u64, s: u64, e: u64) -> std::io::Result<()> {
-        let base = k * self.unit;
-        let mut at = s;
-        while at < e {
-            let zero = v.is_zero((base + at) / self.block_size);
-            // The run of blocks alike (zeros or not) from here.
-            let mut to = ((base + at) / self.block_size + 1) * self.block_size - base;
-            while to < e && v.is_zero((base + to) / self.block_size) == zero {
-                to += self.block_size;
-            }
-            let to = to.min(e);
-            // SAFETY: buffer b is detached (ours alone) and [at, to) lies
-            // inside the chunk.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(b, at), (to - at) as usize) };
-            if zero {
-                dst.fill(0);
-            } else {
-                self.storage.file.read_exact_at(dst, base + at)?;
-                bump(&self.counters.bytes_read_back, to - at);
-            }
-            at = to;
-        }
-        Ok(())
-    }
-
-    /// Check the chunks queued as complete with no buffer, using a free
-    /// buffer to put each together in (none free: later).
-    fn check_bufferless(&self, v: &dyn Verify) -> bool {
-        let queued =
-            std::mem::take(&mut *self.bufferless.lock().unwrap_or_else(|p| p.into_inner()));
-        let worked = !queued.is_empty();
-        let mut left = Vec::new();
-        for k in queued {
-            let clen = self.chunk_len(k);
-            let first = self.first_block(k);
-            let blocks = clen.div_ceil(self.block_size);
-            if (first..first + blocks).all(|i| v.is_zero(i)) {
-                bump(&self.counters.chunks_checked, 1);
-                v.check_zeros(k, clen);
-                continue;
-            }
-            let Some(b) = self.take_buffer() else {
-                left.push(k);
-                continue;
-            };
-            // Nothing of the chunk is in the buffer: its bytes were
-            // written already, so there is nothing to write back whatever
-            // the verdict (a failed chunk's blocks come again).
-            self.check(v, b, k, &[]);
-            self.put_buffer(b);
-        }
-        if !left.is_empty() {
-            self.bufferless
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(left);
-        }
-        worked
-    }
-
-    /// Write detached buffer `b` (chunk `k`) and free it; a complete chunk
-    /// is checked first when there is a [`Verify`], and not written if it
-    /// fails.
-    fn write_out(&self, b: usize, k: u64, lag: &mut Writeback) {
-        let runs = self.runs(b, k);
-        // Acquire: every byte landed elsewhere is on the storage before
-        // its count (see `write`).
-        let complete = self.landed[k as usize].load(Ordering::Acquire) == self.chunk_len(k);
-        let keep = match self.verify.get() {
-            // Nothing of the chunk in the buffer (attached for a block
-            // that turned out a duplicate): nothing to check or write.
-            Some(_) if runs.is_empty() => false,
-            Some(v) if complete => self.check(&**v, b, k, &runs),
-            _ => true,
-        };
-        if !keep {
-            self.free_detached(b, k);
-            return;
-        }
-        let full = runs == [(0, self.chunk_len(k))];
-        let t0 = Instant::now();
-        let mut result = Ok(());
-        for &(s, e) in &runs {
-            // SAFETY: buffer b is detached: no worker writes it until it is
-            // freed below; [s, e) lies inside the chunk.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(self.buf_ptr(b, s) as *const u8, (e - s) as usize)
-            };
-            if self.error.get().is_none() {
-                result = result.and_then(|()| self.storage.write(bytes, k * self.unit + s, full));
-            }
-        }
-        let stored: u64 = runs.iter().map(|r| r.1 - r.0).sum();
-        if result.is_ok() && self.storage.paced && stored > 0 {
-            result = lag.started(&self.storage, k * self.unit, self.chunk_len(k));
-        }
-        max_ns(&self.counters.write_max_ns, t0);
-        match result {
-            Ok(()) => {
-                bump(&self.counters.bytes_stored, stored);
-                let c = if full {
-                    &self.counters.chunks_full
-                } else {
-                    &self.counters.chunks_partial
-                };
-                bump(c, 1);
-            }
-            Err(e) => self.fail(Error::target_io("cannot write target", &e)),
-        }
-        self.free_detached(b, k);
-    }
-
-    /// Free detached buffer `b` (it held chunk `k`).
-    fn free_detached(&self, b: usize, k: u64) {
-        let meta = &self.buffers[b];
-        for w in meta.present.iter() {
-            w.store(0, Ordering::Relaxed);
-        }
-        meta.ready.store(false, Ordering::Relaxed);
-        // Release: readers waiting for 0 then read the storage we wrote.
-        self.flushing[k as usize].fetch_sub(1, Ordering::Release);
-        self.put_buffer(b);
-    }
-
     /// Read `out.len()` bytes at `offset`, from the buffer where a block
     /// still is, else from the storage (after any write in flight).
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
@@ -815,127 +524,12 @@ impl Shared {
     }
 }
 
-impl Shared {
-    /// Wait until every block handed off before the call is copied into
-    /// the buffer (the reads and flushes that follow then find it).
-    fn settle(&self) {
-        // Acquire: pairs with the Release store in `register`.
-        if self.lane_count.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        // Under the lock, so without a copy of the list (a read may run on
-        // a worker): copiers never take it, and only a worker's first
-        // hand-off and the status publisher wait for it meanwhile.
-        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        for (lane, _) in lanes.iter() {
-            lane.settle();
-        }
-    }
-
-    /// Copy up to a batch of `lane`'s entries; how many.
-    fn copy_lane(&self, lane: &Lane, writer: &Thread) -> usize {
-        let mut wake = false;
-        let n = lane.drain(COPIER_BATCH, |p: &Pending| {
-            // SAFETY: the producer checked that [ptr, ptr + len) lies in
-            // the memory the lane keeps mapped, and the frame is not given
-            // back to the kernel until `drain` is done with it.
-            let data = unsafe { std::slice::from_raw_parts(p.ptr, p.len) };
-            wake |= self.write(p.offset, data);
-        });
-        if wake {
-            writer.unpark();
-        }
-        n
-    }
-}
-
-/// Closes a copier's lane when the copier ends; if it ends by a panic, the
-/// blocks left in the lane are lost, so the stager fails.
-struct Closing<'a>(&'a Shared, &'a Lane);
-
-impl Drop for Closing<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.fail(Error::new(
-                crate::error::ErrorCode::Internal,
-                "a copier thread panicked; blocks it had not copied are lost",
-            ));
-        }
-        self.1.close();
-    }
-}
-
-/// A lane's copier thread: copy what its worker hands off into the
-/// buffer; on stop, what is left in the lane, then end.
-fn copier_loop(sh: &Shared, lane: &Lane, writer: &Thread) {
-    loop {
-        if sh.copy_lane(lane, writer) > 0 {
-            continue;
-        }
-        // Acquire: the stager is being dropped, so the worker pushes no
-        // more: the lane was empty after that, so it is drained.
-        if sh.copier_stop.load(Ordering::Acquire) {
-            if sh.copy_lane(lane, writer) == 0 {
-                return;
-            }
-            continue;
-        }
-        lane.sleep(COPIER_IDLE);
-    }
-}
-
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
 fn max_ns(c: &AtomicU64, since: Instant) {
     c.fetch_max(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-}
-
-/// Fault in buffers `from..to` of the pool, `stride` bytes apart (advice:
-/// without MADV_POPULATE_WRITE, before 5.14, pages fault on first use
-/// instead).
-fn populate(pool: NonNull<u8>, stride: u64, from: usize, to: usize) {
-    let chunk = stride as usize;
-    // SAFETY: advice on a range of our own pool mapping (callers pass
-    // buffer indices inside it); the kernel only faults pages in.
-    unsafe {
-        libc::madvise(
-            pool.as_ptr().add(from * chunk).cast(),
-            (to - from) * chunk,
-            libc::MADV_POPULATE_WRITE,
-        );
-    }
-}
-
-/// Paced writeback: start it as soon as a chunk is written, wait for it
-/// [`WRITEBACK_LAG`] later.
-#[derive(Default)]
-struct Writeback {
-    started: std::collections::VecDeque<(u64, u64)>,
-    in_flight: u64,
-}
-
-impl Writeback {
-    fn started(&mut self, st: &Storage, offset: u64, len: u64) -> std::io::Result<()> {
-        st.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE)?;
-        self.started.push_back((offset, len));
-        self.in_flight += len;
-        while self.in_flight > WRITEBACK_LAG {
-            let Some((o, l)) = self.started.pop_front() else {
-                break;
-            };
-            self.in_flight -= l;
-            st.sync_range(
-                o,
-                l,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )?;
-        }
-        Ok(())
-    }
 }
 
 impl Stager {
@@ -1052,78 +646,6 @@ impl Stager {
         })
     }
 
-    /// Hand block bytes `data` (image `offset`, a block's start) to the
-    /// copier, still in the worker's frame `held`; true when the frame is
-    /// now the copier's (it comes back through the lane), false when the
-    /// bytes were copied here (the lane is full, or bound to another
-    /// stager, or `data` is not in the lane's memory).
-    pub fn hand_off(&self, offset: u64, data: &[u8], held: Held<'_>) -> bool {
-        let lane = held.producer.lane();
-        if lane.bound_to(self.id()) || self.register(lane) {
-            let p = Pending {
-                offset,
-                ptr: data.as_ptr(),
-                len: data.len(),
-                frame: held.frame,
-            };
-            if held.producer.push(p) {
-                return true;
-            }
-        }
-        self.write(offset, data);
-        false
-    }
-
-    /// Blocks the workers handed off so far, and blocks they copied
-    /// themselves because their lane was full (summed over the lanes:
-    /// each lane counts its own, so that no two workers share a counter).
-    pub fn handoff_counts(&self) -> (u64, u64) {
-        let lanes = self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.iter().fold((0, 0), |(h, f), (l, _)| {
-            let (lh, lf) = l.counts();
-            (h + lh, f + lf)
-        })
-    }
-
-    /// Identity of this stager, for binding lanes.
-    fn id(&self) -> usize {
-        self.shared.id
-    }
-
-    /// Bind `lane` to this stager and start its copier; false when it is
-    /// bound to another stager, or the copier cannot be started (then the
-    /// worker copies, and tries again with its next block).
-    fn register(&self, lane: &Arc<Lane>) -> bool {
-        if !lane.unbound() {
-            return false;
-        }
-        let (s, l, w) = (self.shared.clone(), lane.clone(), self.waker.clone());
-        let copier = std::thread::Builder::new()
-            .name("xdpcast-copy".into())
-            .spawn(move || {
-                // Off the workers' cores when there are others, above
-                // other work but below the worker (see `cpu`).
-                crate::cpu::place_copier();
-                l.register_copier(std::thread::current());
-                let _closing = Closing(&s, &l);
-                copier_loop(&s, &l, &w)
-            });
-        let copier = match copier {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("cannot start a copier thread ({e}): the worker copies its blocks");
-                return false;
-            }
-        };
-        // Only the lane's producer binds it, and it is here: this succeeds.
-        lane.bind(self.id());
-        let mut lanes = self.shared.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.push((lane.clone(), copier));
-        // Release: see `settle`.
-        self.shared.lane_count.store(lanes.len(), Ordering::Release);
-        true
-    }
-
     /// Copy block bytes `data` to image `offset` (a block's start). Never
     /// waits for storage unless the whole buffer is in use.
     pub fn write(&self, offset: u64, data: &[u8]) {
@@ -1176,66 +698,6 @@ impl Stager {
             (n - free) as u64 * self.shared.unit,
         )
     }
-
-    /// Check every complete chunk with `v` before it is written (a signed
-    /// session). Set before any block is written; a second call is ignored.
-    pub fn set_verify(&self, v: Arc<dyn Verify>) {
-        let _ = self.shared.verify.set(v);
-    }
-
-    /// Bytes `[offset, offset + len)` are on the storage already (made
-    /// zeros, or from a resume file): with a [`Verify`], count them
-    /// towards their chunks, whose check then reads (or, for zero runs,
-    /// fills in) them.
-    pub fn landed_elsewhere(&self, offset: u64, len: u64) {
-        if self.shared.landed_elsewhere(offset, len) {
-            self.waker.unpark();
-        }
-    }
-
-    /// Chunk `k` failed its check: what landed of it is forgotten, so that
-    /// its blocks, received again, complete it again. The caller holds
-    /// every block of it (none lands meanwhile).
-    pub fn forget(&self, k: u64) {
-        self.shared.forget(k);
-    }
-
-    /// Whether the block at `offset` can be taken now without going to
-    /// the storage before its chunk is checked: always without a
-    /// [`Verify`]; with one, its chunk gets a buffer attached here if it
-    /// has none (none free: false, counted, and the caller leaves the
-    /// block to be sent again). The buffer stays attached until the chunk
-    /// is complete (or evicted, which only a buffer smaller than the image
-    /// does), so the copy that follows finds it. `held`'s producer
-    /// remembers the chunk it last saw attached: once per chunk per worker,
-    /// not per block.
-    pub fn has_room(&self, offset: u64, held: Option<Held<'_>>) -> bool {
-        let sh = &self.shared;
-        if sh.verify.get().is_none() {
-            return true;
-        }
-        let k = offset / sh.unit;
-        if held.is_some_and(|h| h.producer.attached() == Some(k)) {
-            return true;
-        }
-        // Relaxed: a complete chunk's block is a duplicate (the claim that
-        // follows says so); a stale value only attaches a buffer that is
-        // freed unwritten.
-        if sh.landed[k as usize].load(Ordering::Relaxed) == sh.chunk_len(k) {
-            return true;
-        }
-        if sh.pin(k, true).is_none() {
-            bump(&sh.counters.overflow_blocks, 1);
-            bump(&sh.counters.blocks_refused, 1);
-            return false;
-        }
-        sh.unpin(k);
-        if let Some(h) = held {
-            h.producer.set_attached(k);
-        }
-        true
-    }
-
     /// Bytes per chunk of the buffer ([`StoreConfig::unit`]).
     pub fn unit(&self) -> u64 {
         self.shared.unit
@@ -1274,250 +736,5 @@ impl Drop for Stager {
                 let _ = h.join();
             }
         }
-    }
-}
-
-/// The populating thread: fault in the buffers `Stager::new` did not, a
-/// step at a time (here, not on a worker's first copy), and hand each step
-/// out as it is ready.
-fn populate_rest(sh: &Shared) {
-    let nbuf = sh.buffers.len();
-    let mut ready = sh.populated.load(Ordering::Relaxed);
-    while ready < nbuf && !sh.stop.load(Ordering::Relaxed) {
-        let to = nbuf.min(ready + POPULATE_STEP);
-        populate(sh.pool_ptr, sh.stride, ready, to);
-        (ready..to).for_each(|b| sh.put_buffer(b));
-        // Release, after the buffers are free: the writer's Acquire load
-        // bounds its scan of buffers in use, which must not take a
-        // populated buffer for one in use before it was ever handed out.
-        sh.populated.store(to, Ordering::Release);
-        ready = to;
-    }
-}
-
-/// The writer thread: write ready chunks, evict the oldest incomplete ones
-/// when more than half the buffer is in use, and everything on a flush
-/// request or at the end.
-fn writer_loop(sh: &Shared) {
-    let mut lag = Writeback::default();
-    let nbuf = sh.buffers.len();
-    loop {
-        let mut worked = false;
-        let stopping = sh.stop.load(Ordering::Acquire);
-        let flush_to = sh.flush_req.load(Ordering::Acquire);
-        let flush_all =
-            stopping || flush_to > *sh.flush_done.lock().unwrap_or_else(|p| p.into_inner());
-        // Chunks complete without a buffer: check them (rare: resume,
-        // zero runs, a full buffer).
-        if let Some(v) = sh.verify.get() {
-            worked |= sh.check_bufferless(&**v);
-        }
-        // Complete chunks first, in any order.
-        for b in 0..nbuf {
-            if sh.buffers[b].ready.load(Ordering::Acquire) {
-                if let Some(k) = sh.detach(b) {
-                    sh.write_out(b, k, &mut lag);
-                    worked = true;
-                }
-            }
-        }
-        // Then the oldest incomplete ones while more than half is in use,
-        // and on a flush every one attached before the request.
-        let mark = if flush_all {
-            sh.next_seq.load(Ordering::Acquire)
-        } else {
-            0
-        };
-        loop {
-            // Buffers not faulted in yet are not free either: skip them.
-            let oldest = (0..sh.populated.load(Ordering::Acquire))
-                .filter(|&b| sh.free[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) == 0)
-                .map(|b| (sh.buffers[b].seq.load(Ordering::Relaxed), b))
-                .min();
-            let Some((seq, b)) = oldest else { break };
-            if seq >= mark && !sh.crowded() {
-                break;
-            }
-            match sh.detach(b) {
-                Some(k) => {
-                    sh.write_out(b, k, &mut lag);
-                    worked = true;
-                }
-                // Taken by a worker and not attached yet: its seq is about
-                // to change; look again.
-                None => std::thread::yield_now(),
-            }
-        }
-        if flush_all {
-            let mut done = sh.flush_done.lock().unwrap_or_else(|p| p.into_inner());
-            *done = (*done).max(flush_to);
-            sh.flushed.notify_all();
-            if stopping {
-                return;
-            }
-        }
-        if !worked {
-            std::thread::park_timeout(IDLE);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stager(name: &str, len: u64, block: u32, buffer: u64) -> (Stager, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("xdpcast-writer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        file.set_len(len).unwrap();
-        let st = Storage {
-            file,
-            direct: None,
-            paced: true,
-        };
-        let cfg = StoreConfig {
-            buffer_bytes: buffer,
-            ..StoreConfig::default()
-        };
-        (Stager::new(st, len, block, &cfg).unwrap(), p)
-    }
-
-    fn image(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 131 % 251) as u8).collect()
-    }
-
-    #[test]
-    fn blocks_in_any_order_from_threads_land_and_read_back() {
-        let len = 5 * CHUNK + 12_345;
-        let block = 1400u64;
-        let (s, p) = stager("order", len, block as u32, 16 * CHUNK);
-        let img = image(len as usize);
-        let blocks = len.div_ceil(block);
-        std::thread::scope(|sc| {
-            for t in 0..3u64 {
-                let (s, img) = (&s, &img);
-                sc.spawn(move || {
-                    // Each thread takes every third block, backwards.
-                    for i in (0..blocks).rev().filter(|i| i % 3 == t) {
-                        let o = i * block;
-                        let e = (o + block).min(len);
-                        s.write(o, &img[o as usize..e as usize]);
-                    }
-                });
-            }
-        });
-        // Read back through the stager before and after the flush.
-        let mut out = vec![0; 3000];
-        s.read(CHUNK - 1000, &mut out).unwrap();
-        assert_eq!(out, img[(CHUNK - 1000) as usize..(CHUNK + 2000) as usize]);
-        s.flush().unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), img);
-        let c = s.counters();
-        // Every byte written once, by the writer or (buffer full) a worker.
-        assert_eq!(c.bytes_stored.load(Ordering::Relaxed), len);
-        std::fs::remove_file(p).unwrap();
-    }
-
-    #[test]
-    fn handed_off_blocks_land_read_back_and_their_frames_come_back() {
-        use crate::store::handoff::Producer;
-        let len = 4 * CHUNK + 999;
-        let block = 1400u64;
-        let (s, p) = stager("handoff", len, block as u32, 16 * CHUNK);
-        // The "frames": the image itself, one frame per block.
-        let img = Arc::new(image(len as usize));
-        let blocks = len.div_ceil(block);
-        let back: Vec<Vec<u64>> = std::thread::scope(|sc| {
-            let workers: Vec<_> = (0..2u64)
-                .map(|t| {
-                    let (s, img) = (&s, img.clone());
-                    sc.spawn(move || {
-                        // A small lane, so that some blocks find it full.
-                        let lane = Producer::new(64, img.as_ptr(), img.len(), img.clone());
-                        let mut kept = 0;
-                        for i in (0..blocks).filter(|i| i % 2 == t) {
-                            let (o, e) = (i * block, ((i + 1) * block).min(len));
-                            let held = Held {
-                                producer: &lane,
-                                frame: i,
-                            };
-                            if s.hand_off(o, &img[o as usize..e as usize], held) {
-                                kept += 1;
-                            }
-                            if i % 64 == t {
-                                lane.kick();
-                            }
-                        }
-                        // Blocks read back through the stager once handed off.
-                        let o = (blocks - 1 - t) * block;
-                        let mut out = vec![0; (len - o).min(block) as usize];
-                        s.read(o, &mut out).unwrap();
-                        assert_eq!(out, img[o as usize..o as usize + out.len()]);
-                        s.flush().unwrap();
-                        let mut back = Vec::new();
-                        lane.take_returned(&mut back);
-                        assert_eq!(back.len(), kept, "every kept frame comes back once");
-                        back
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
-        });
-        assert_eq!(std::fs::read(&p).unwrap(), *img);
-        let kept: usize = back.iter().map(Vec::len).sum();
-        let (handed_off, lane_full) = s.handoff_counts();
-        assert_eq!(handed_off, kept as u64);
-        assert_eq!(handed_off + lane_full, blocks);
-        for (t, b) in back.iter().enumerate() {
-            assert!(b.iter().all(|&i| i % 2 == t as u64));
-        }
-        std::fs::remove_file(p).unwrap();
-    }
-
-    #[test]
-    fn many_blocks_in_one_write_land() {
-        let len = 3 * CHUNK + 777;
-        let (s, p) = stager("whole", len, 1400, 16 * CHUNK);
-        let img = image(len as usize);
-        s.write(0, &img);
-        s.flush().unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), img);
-        std::fs::remove_file(p).unwrap();
-    }
-
-    #[test]
-    fn holes_are_written_partially_then_filled() {
-        // More buffers than are faulted in eagerly, fewer than chunks: the
-        // writer faults buffers in while it evicts.
-        let len = 24 * CHUNK;
-        let block = 4096u64;
-        let (s, p) = stager("holes", len, block as u32, 16 * CHUNK);
-        let img = image(len as usize);
-        let blocks = len / block;
-        let put = |i: u64| {
-            s.write(
-                i * block,
-                &img[(i * block) as usize..((i + 1) * block) as usize],
-            )
-        };
-        // Every 10th block lost in the first pass: no chunk completes and the
-        // writer must evict incomplete chunks to keep buffers free.
-        (0..blocks).filter(|i| i % 10 != 0).for_each(put);
-        (0..blocks).filter(|i| i % 10 == 0).for_each(put);
-        s.flush().unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), img);
-        assert!(s.counters().chunks_partial.load(Ordering::Relaxed) > 0);
-        let mut out = vec![0; block as usize];
-        s.read(5 * block, &mut out).unwrap();
-        assert_eq!(out, img[(5 * block) as usize..(6 * block) as usize]);
-        std::fs::remove_file(p).unwrap();
     }
 }
