@@ -89,7 +89,8 @@ WORKER_EXT_FIELDS = ["rx_dropped", "rx_invalid_descs", "rx_ring_full",
 STORAGE_FIELDS = ["buffer_bytes", "buffer_used", "buffer_peak",
                   "bytes_stored", "chunks_full", "chunks_partial",
                   "overflow_blocks", "write_max_ns", "direct",
-                  "handed_off", "lane_full"]
+                  "handed_off", "lane_full", "bytes_read_back",
+                  "blocks_refused", "chunks_checked"]
 STREAM_FIELDS = ["window", "held", "written", "refused"]
 # HTTP region (word 608 + i): bytes by multicast and by HTTP (docs/http.md).
 HTTP_FIELDS = ["state", "multicast_bytes", "http_bytes", "requests",
@@ -238,6 +239,7 @@ def decode(w, owner_uid):
     out["workers"] = workers
     out["unserved_frames"] = w[W["diag"]]
     out["unserved_queues"] = [q for q in range(64) if w[W["diag"] + 1] >> q & 1]
+    out["last_block_ns"] = w[W["diag"] + 2]
     t = W["trust"] + 1
     trust = dict(zip(TRUST_FIELDS, w[t:t + len(TRUST_FIELDS)]))
     s = t + len(TRUST_FIELDS)

@@ -558,6 +558,14 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
     assert!(s.trust.chunk_count > 1);
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
     assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
+    // The store's own account agrees: every chunk checked once, from
+    // memory, nothing read back or refused.
+    assert_eq!(s.storage.chunks_checked, s.trust.chunk_count, "{s:?}");
+    assert_eq!(s.storage.bytes_read_back, 0, "{s:?}");
+    assert!(
+        s.diag.last_block_ns > 0 && s.diag.last_block_ns <= s.end_ns,
+        "{s:?}"
+    );
     assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
 }
 
@@ -593,5 +601,12 @@ fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
     assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
     assert!(s.trust.rejected_blocks > 0, "{s:?}");
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
+    // Each failed check is a `bad_chunk` drop; each chunk passed once.
+    assert_eq!(
+        s.storage.chunks_checked,
+        s.trust.chunk_count + s.drops_for(wire::DropReason::BadChunk),
+        "{s:?}"
+    );
+    assert_eq!(s.storage.bytes_read_back, 0, "{s:?}");
     assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
 }

@@ -172,6 +172,9 @@ extern "C" {
 #define XDPCAST_ST_DIRECT 8
 #define XDPCAST_ST_HANDED_OFF 9 /* blocks AF_XDP workers handed to their copiers */
 #define XDPCAST_ST_LANE_FULL 10 /* blocks a worker copied itself: its lane was full */
+#define XDPCAST_ST_BYTES_READ_BACK 11 /* bytes read from the target to check signed chunks */
+#define XDPCAST_ST_BLOCKS_REFUSED 12  /* signed blocks refused: no free buffer for their chunk */
+#define XDPCAST_ST_CHUNKS_CHECKED 13  /* signed chunks hashed and compared by the writer */
 
 /* Words of the stream region, relative to XDPCAST_W_STREAM (an image
  * written to a pipe: --out -, udp-receiver; zero otherwise). */
@@ -189,6 +192,7 @@ extern "C" {
 /* Words of the diag region, relative to XDPCAST_W_DIAG. */
 #define XDPCAST_DIAG_UNSERVED_FRAMES 0 /* session frames on RX queues without an AF_XDP socket */
 #define XDPCAST_DIAG_UNSERVED_QUEUES 1 /* bit q: RX queue q (0..63) had such frames */
+#define XDPCAST_DIAG_LAST_BLOCK_NS 2   /* when a worker last took a new block, ns since the epoch */
 
 /* Words of the http region, relative to XDPCAST_W_HTTP. */
 #define XDPCAST_HTTP_STATE 0           /* 0 no --http, 1 standing by, 2 fetching, 3 given up */

@@ -346,14 +346,20 @@ impl<S: Sink> DataPath<S> {
     /// attached (and kept after); logs a warning, naming the queues and
     /// the fix, when session frames arrive on queues without a socket.
     pub fn diag(&mut self) -> DiagStatus {
-        match (&mut self.unserved, &self.steering) {
+        let mut d = match (&mut self.unserved, &self.steering) {
             (Some(u), Some(s)) => {
                 u.update(s);
                 u.status
             }
             (Some(u), None) => u.status,
             _ => DiagStatus::default(),
-        }
+        };
+        // Relaxed: each worker's time is a value on its own.
+        d.last_block_ns = (0..self.slots.len())
+            .map(|i| self.sink.counters(i).last_block_ns.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        d
     }
 
     /// `msg`, followed by why nothing arrived when session frames went to
@@ -407,6 +413,7 @@ mod tests {
             status: DiagStatus {
                 unserved_frames: frames,
                 unserved_queues: queues,
+                last_block_ns: 0,
             },
             last_read: None,
             queues_read_at: 0,

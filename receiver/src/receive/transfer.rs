@@ -704,6 +704,9 @@ impl Transfer {
             direct: t.is_direct(),
             handed_off,
             lane_full,
+            bytes_read_back: get(&c.bytes_read_back),
+            blocks_refused: get(&c.blocks_refused),
+            chunks_checked: get(&c.chunks_checked),
         }
     }
 

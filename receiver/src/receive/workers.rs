@@ -17,7 +17,7 @@ use crate::net::rings::{XskQueue, XskStats};
 use crate::net::socket::{MsgBatch, MAX_UDP_PAYLOAD};
 use crate::proto::frame;
 use crate::proto::wire::DropReason;
-use crate::status::page::WorkerStatus;
+use crate::status::page::{now_ns, WorkerStatus};
 use crate::store::handoff::{lane_capacity, Held, Producer};
 
 /// How long a worker waits for packets before it looks at the stop flag.
@@ -59,6 +59,9 @@ pub struct WorkerCounters {
     pub batch_ns: [AtomicU64; 3],
     /// Sum of the batch wall times, ns, added by the worker per batch.
     pub batch_sum_ns: AtomicU64,
+    /// When the worker last ended a batch in which it took a new block
+    /// (`blocks` grew), ns since the Unix epoch; 0 before the first.
+    pub last_block_ns: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -337,10 +340,18 @@ fn drive(
     mut batch: impl FnMut() -> Result<Option<(usize, Instant)>>,
 ) -> Result<()> {
     let mut latency = Latency::new()?;
+    // Relaxed: `blocks` is this worker's own counter (only it adds to it).
+    let mut blocks = c.blocks.load(Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) && !t.has_failed() {
         if let Some((n, started)) = batch()? {
             c.batch(n);
             latency.record(started, c);
+            let now = c.blocks.load(Ordering::Relaxed);
+            if now != blocks {
+                blocks = now;
+                // Relaxed: a time on its own, read by the status publisher.
+                c.last_block_ns.store(now_ns(), Ordering::Relaxed);
+            }
         }
     }
     latency.publish(c, Instant::now());

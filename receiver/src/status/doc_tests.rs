@@ -368,6 +368,7 @@ fn python_has(field: &str, word: u64) -> bool {
         (field == "signer").then(|| python_word("trust").unwrap() + 7),
         (field == "unserved_frames").then(|| python_word("diag").unwrap()),
         (field == "unserved_queues").then(|| python_word("diag").unwrap() + 1),
+        (field == "last_block_ns").then(|| python_word("diag").unwrap() + 2),
     ]
     .contains(&Some(word))
 }

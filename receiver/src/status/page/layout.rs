@@ -125,7 +125,10 @@ pub mod offsets {
         pub const DIRECT: usize = 8;
         pub const HANDED_OFF: usize = 9;
         pub const LANE_FULL: usize = 10;
-        pub const USED: usize = 11;
+        pub const BYTES_READ_BACK: usize = 11;
+        pub const BLOCKS_REFUSED: usize = 12;
+        pub const CHUNKS_CHECKED: usize = 13;
+        pub const USED: usize = 14;
     }
     const _: () = assert!(
         WORKERS + super::MAX_WORKERS * WORKER_WORDS <= WORKER_LATENCY

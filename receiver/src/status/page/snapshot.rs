@@ -128,7 +128,7 @@ pub struct WorkerStatus {
     pub gro_messages: u64,
 }
 
-/// The staging writer between the workers and the target (words 528-536);
+/// The staging writer between the workers and the target (words 528-541);
 /// also the `storage` object of `xdpcast status --json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StorageStatus {
@@ -157,6 +157,15 @@ pub struct StorageStatus {
     /// Blocks an AF_XDP worker copied itself because its lane to the
     /// copier was full (the copier fell behind).
     pub lane_full: u64,
+    /// Bytes the writer read from the target to check a signed chunk
+    /// (blocks of a resume file, or written before their chunk was
+    /// complete); zero in a signed session without resume.
+    pub bytes_read_back: u64,
+    /// Blocks of a signed session refused unclaimed (asked for again)
+    /// because their chunk found no free buffer.
+    pub blocks_refused: u64,
+    /// Signed chunks hashed and compared by the staging writer.
+    pub chunks_checked: u64,
 }
 
 impl StorageStatus {
@@ -173,6 +182,9 @@ impl StorageStatus {
             u64::from(self.direct),
             self.handed_off,
             self.lane_full,
+            self.bytes_read_back,
+            self.blocks_refused,
+            self.chunks_checked,
         ]
     }
 
@@ -189,6 +201,9 @@ impl StorageStatus {
             direct: w[8] != 0,
             handed_off: w[9],
             lane_full: w[10],
+            bytes_read_back: w[11],
+            blocks_refused: w[12],
+            chunks_checked: w[13],
         }
     }
 }
@@ -339,14 +354,19 @@ pub struct DiagStatus {
     pub unserved_frames: u64,
     /// Bit `q` set: RX queue `q` (0..63) had such frames.
     pub unserved_queues: u64,
+    /// When a worker last took a block it did not have yet (the end of
+    /// that batch), ns since the Unix epoch; 0 before the first. With
+    /// `end_ns`, the time from the last block to the session's end.
+    pub last_block_ns: u64,
 }
 
 impl DiagStatus {
-    fn words(self) -> [(usize, u64); 2] {
+    fn words(self) -> [(usize, u64); 3] {
         use offsets::DIAG;
         [
             (DIAG, self.unserved_frames),
             (DIAG + 1, self.unserved_queues),
+            (DIAG + 2, self.last_block_ns),
         ]
     }
 
@@ -355,6 +375,7 @@ impl DiagStatus {
         DiagStatus {
             unserved_frames: w[DIAG],
             unserved_queues: w[DIAG + 1],
+            last_block_ns: w[DIAG + 2],
         }
     }
 

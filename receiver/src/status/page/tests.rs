@@ -59,6 +59,7 @@ fn sample() -> Snapshot {
         diag: DiagStatus {
             unserved_frames: 12,
             unserved_queues: 0b1010 | 1 << 63,
+            last_block_ns: 1_700_000_000_123_456_789,
         },
         http: HttpStatus {
             state: 2,
@@ -87,6 +88,9 @@ fn sample() -> Snapshot {
             write_max_ns: 99,
             handed_off: 7,
             lane_full: 2,
+            bytes_read_back: 4096,
+            blocks_refused: 5,
+            chunks_checked: 77,
             ..Default::default()
         },
         ..Default::default()

@@ -92,9 +92,11 @@ pub struct SessionReport {
     pub unserved_frames: u64,
     /// Those RX queues (0..63).
     pub unserved_queues: Vec<u32>,
+    /// When a worker last took a new block, ns since the epoch.
+    pub last_block_ns: u64,
     /// Signed-session state.
     pub trust: TrustReport,
-    /// The staging writer (words 528-536).
+    /// The staging writer (words 528-541).
     pub storage: StorageStatus,
     /// The output stream of `--out -` (words 560-563; all 0 otherwise).
     pub stream: StreamStatus,
@@ -225,6 +227,7 @@ impl SessionReport {
             workers: s.workers.iter().map(WorkerReport::new).collect(),
             unserved_frames: s.diag.unserved_frames,
             unserved_queues: s.diag.queues().collect(),
+            last_block_ns: s.diag.last_block_ns,
             trust: TrustReport::new(&s.trust),
             storage: s.storage,
             stream: s.stream,

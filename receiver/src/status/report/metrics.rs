@@ -351,6 +351,21 @@ pub const SESSION_METRICS: &[Metric<Snapshot>] = &[
         "Blocks an AF_XDP worker copied itself because its lane to the copier was full.",
         |s| s.storage.lane_full as f64,
     ),
+    counter(
+        "xdpcast_storage_read_back_bytes_total",
+        "Bytes the staging writer read from the target to check signed chunks.",
+        |s| s.storage.bytes_read_back as f64,
+    ),
+    counter(
+        "xdpcast_storage_refused_blocks_total",
+        "Signed blocks refused (asked for again) because their chunk found no free buffer.",
+        |s| s.storage.blocks_refused as f64,
+    ),
+    counter(
+        "xdpcast_storage_checked_chunks_total",
+        "Signed chunks the staging writer hashed and compared.",
+        |s| s.storage.chunks_checked as f64,
+    ),
     gauge(
         "xdpcast_storage_write_max_seconds",
         "Longest single write or writeback wait of the writer thread.",

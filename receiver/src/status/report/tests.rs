@@ -35,6 +35,7 @@ fn sample() -> Snapshot {
         diag: DiagStatus {
             unserved_frames: 30,
             unserved_queues: 0b110,
+            last_block_ns: 42,
         },
         ..Default::default()
     };
@@ -87,6 +88,7 @@ fn prometheus_groups_families_and_escapes_labels() {
         diag: DiagStatus {
             unserved_frames: 17,
             unserved_queues: 2,
+            ..Default::default()
         },
         workers: vec![WorkerStatus {
             queue: 3,

@@ -193,7 +193,7 @@ pub fn human(s: &Snapshot) -> String {
         let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
         let _ = writeln!(
             o,
-            "storage   {:.0} MiB buffer, {:.0} MiB in use (peak {:.0}), {:.1} MiB written{}: {} whole + {} partial chunks, {} overflow blocks, longest write {:.1} ms; {} blocks handed off, {} copied by workers (lane full)",
+            "storage   {:.0} MiB buffer, {:.0} MiB in use (peak {:.0}), {:.1} MiB written{}: {} whole + {} partial chunks, {} overflow blocks, longest write {:.1} ms; {} blocks handed off, {} copied by workers (lane full){}",
             mib(st.buffer_bytes),
             mib(st.buffer_used),
             mib(st.buffer_peak),
@@ -204,7 +204,17 @@ pub fn human(s: &Snapshot) -> String {
             st.overflow_blocks,
             st.write_max_ns as f64 / 1e6,
             st.handed_off,
-            st.lane_full
+            st.lane_full,
+            if st.chunks_checked + st.bytes_read_back + st.blocks_refused > 0 {
+                format!(
+                    "; {} signed chunks checked, {:.1} MiB read back, {} blocks refused (no buffer)",
+                    st.chunks_checked,
+                    mib(st.bytes_read_back),
+                    st.blocks_refused
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if !s.message.is_empty() {
