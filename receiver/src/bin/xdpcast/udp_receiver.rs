@@ -16,7 +16,8 @@ use anyhow::Context;
 use xdpcast::receive::udpcast::{self, UdpcastRequest};
 use xdpcast::{ErrorCode, ModeRequest, SessionRequest, State};
 
-use super::{outside_exit, receive_udpcast, Mode};
+use crate::exit::outside_exit;
+use crate::receive::{receive_udpcast, Mode};
 
 /// udp-receiver's exit status when no sender showed up within
 /// `--start-timeout` (its receiver returns -1).
@@ -520,7 +521,7 @@ mod tests {
     ];
 
     fn command() -> clap::Command {
-        let mut cmd = crate::Cli::command();
+        let mut cmd = crate::cli::Cli::command();
         cmd.build();
         cmd.find_subcommand("udp-receiver").unwrap().clone()
     }
@@ -608,8 +609,9 @@ mod tests {
             let os: Vec<OsString> = args.iter().map(OsString::from).collect();
             let mut all = os[..2].to_vec();
             all.extend(expand_prefixes(&command(), &os[2..]));
-            let cli = crate::Cli::try_parse_from(&all).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-            let crate::Cmd::UdpReceiver(a) = cli.cmd else {
+            let cli =
+                crate::cli::Cli::try_parse_from(&all).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let crate::cli::Cmd::UdpReceiver(a) = cli.cmd else {
                 panic!("{line:?}")
             };
             match line[0] {
