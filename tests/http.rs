@@ -74,10 +74,19 @@ impl Nginx {
 
     /// Range requests nginx answered with 206 (from its access log).
     fn partial_replies(&self) -> usize {
+        self.replies(|l| l.contains("\" 206 "))
+    }
+
+    /// Requests for a manifest file nginx answered with 404.
+    fn manifest_not_found(&self) -> usize {
+        self.replies(|l| l.contains(".xdpcast-manifest HTTP/1.1\" 404 "))
+    }
+
+    fn replies(&self, want: impl Fn(&str) -> bool) -> usize {
         std::fs::read_to_string(self.dir.join("access.log"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("\" 206 "))
+            .filter(|l| want(l))
             .count()
     }
 }
@@ -367,6 +376,101 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
         row.contains(" finished ") && row.ends_with("multicast+http"),
         "{row}"
     );
+}
+
+/// The sender makes one pass and nothing is published before it: a deaf
+/// receiver that asked first (nginx answered 404) keeps asking, takes the
+/// manifest file the sender writes when its pass ends, and finishes from
+/// nginx. The next session of the unchanged image publishes the kept
+/// file's chunk hashes, signed anew, before its first packet: a deaf
+/// receiver is then the one receiver that sender waits for
+/// (`--min-receivers 1`), which it can only be if it started from the file.
+#[test]
+fn deaf_receivers_finish_from_nginx_with_a_one_pass_sender() {
+    if !netns_allowed() {
+        return;
+    }
+    let site = Site::new("xdpc-http-once", 2, 4, 77);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
+    let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let key_pub = pub_of(key);
+    // Two failures in a row would end a source that is refused; a file
+    // not there yet is no failure.
+    let deaf = [
+        "--mode",
+        "xdp",
+        "--inject-loss",
+        "1000000",
+        "--trust",
+        &key_pub,
+        "--http",
+        &url,
+        "--http-after",
+        "1",
+        "--http-jitter-ms",
+        "100",
+        "--http-max-failures",
+        "2",
+        "--start-timeout",
+        "120",
+    ];
+    let want = sha256_hex(src);
+    let rx = receiver(rx_host, &dir.0, "first", &deaf);
+    wait_for(
+        Duration::from_secs(60),
+        "a 404 for the manifest file",
+        || (site.nginx.manifest_not_found() > 0).then_some(()),
+    );
+    let status = TempDir::new("xdpc-http-once-tx");
+    let tx = site.send(&status.0, &["--rate", "8M", "--passes", "1"]);
+    let out = wait_output(rx, Duration::from_secs(120), "first deaf receiver");
+    let s = assert_verified(&dir.0, "first", &out, &want);
+    let log = text(&out);
+    assert!(log.contains("asking again until it is there"), "{log}");
+    assert!(!log.contains("given up"), "{log}");
+    assert_eq!(s.http.multicast_bytes, 0, "{:?}", s.http);
+    assert!(s.http.http_bytes >= (4 * MIB) as u64, "{:?}", s.http);
+    assert!(s.http.refused >= 1, "{:?}", s.http);
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "first sender"),
+        "first sender",
+    );
+    let kept = dir.join("src.img.xdpcast-manifest");
+    let file =
+        xdpcast::fetch::manifest_file::ManifestFile::parse(&std::fs::read(&kept).unwrap()).unwrap();
+    assert!(file.stamp.is_some(), "the sender stamps the file it wrote");
+
+    let status = TempDir::new("xdpc-http-once-tx2");
+    let tx = site.send(
+        &status.0,
+        &[
+            "--rate",
+            "8M",
+            "--passes",
+            "1",
+            "--min-receivers",
+            "1",
+            "--start-timeout",
+            "60",
+            "-v",
+        ],
+    );
+    let rx = receiver(rx_host, &dir.0, "second", &deaf);
+    let out = wait_output(rx, Duration::from_secs(120), "second deaf receiver");
+    assert_verified(&dir.0, "second", &out, &want);
+    let out = wait_output(tx, Duration::from_secs(60), "second sender");
+    let table = ok(&out, "second sender");
+    assert!(
+        text(&out).contains("before the first pass"),
+        "{}",
+        text(&out)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains(" second "))
+        .unwrap_or_else(|| panic!("no row for second in {table}"));
+    assert!(row.contains(" finished ") && row.contains("http"), "{row}");
 }
 
 /// A receiver that starts when the sender is half-way through its pass
@@ -700,7 +804,9 @@ fn bench_fleet_with_deaf_receivers() {
                 "5",
             ];
             if i < deaf {
-                args.extend(["--inject-loss", "1000000"]);
+                // Deaf: the manifest file comes when the sender's first
+                // pass ends (a fresh image), so they wait that long.
+                args.extend(["--inject-loss", "1000000", "--start-timeout", "3600"]);
             }
             let rx = receiver(&lan.hosts[i + 1], &dir.0, &name, &args);
             (name, rx)

@@ -54,6 +54,9 @@ impl BadReply {
 pub enum FetchError {
     /// `429` or `503`: come back later (after `Retry-After`, when given).
     Busy(Option<Duration>),
+    /// `404` or `410`: no such file there (yet: a manifest file the sender
+    /// writes later).
+    NotFound(u16),
     /// Any other refusal: a status (404, 403, 500...), a connection or name
     /// resolution failure, a TLS error.
     Refused(String),
@@ -66,6 +69,7 @@ impl std::fmt::Display for FetchError {
         match self {
             FetchError::Busy(Some(d)) => write!(f, "busy (retry after {} s)", d.as_secs()),
             FetchError::Busy(None) => write!(f, "busy"),
+            FetchError::NotFound(s) => write!(f, "HTTP status {s} (not there)"),
             FetchError::Refused(why) => write!(f, "{why}"),
             FetchError::Bad(b) => write!(f, "bad reply: {}", b.name()),
         }
@@ -206,6 +210,7 @@ fn status_error(status: u16, resp: &ureq::http::Response<ureq::Body>) -> FetchEr
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now())),
         ),
+        404 | 410 => FetchError::NotFound(status),
         s => FetchError::Refused(format!("HTTP status {s}")),
     }
 }
@@ -541,7 +546,11 @@ mod tests {
             ),
             (
                 reply("404 Not Found", &[cl(0)], &[]),
-                FetchError::Refused("HTTP status 404".into()),
+                FetchError::NotFound(404),
+            ),
+            (
+                reply("403 Forbidden", &[cl(0)], &[]),
+                FetchError::Refused("HTTP status 403".into()),
             ),
         ];
         for (bytes, want) in cases {

@@ -19,9 +19,16 @@
 //! Record 0 is the head (kind 6, sub-type 0), then page `i` (kind 6,
 //! sub-type 1) in order, then any signed ends (kind 7) the sender made
 //! (a signed end may carry what the head cannot, such as the image's
-//! digest when the head is signed before the image is read).
+//! digest when the head is signed before the image is read), then at most
+//! one *stamp* (kind 0x80, not a packet kind): the image file's device,
+//! inode, size, modification and change times when the file was made.
+//! Receivers skip the stamp; a sender uses it only to tell whether a file
+//! it finds beside the image was made from the image as it is now, and
+//! then checks every record's signature with its own key before it reuses
+//! the chunk hashes ([`crate::send::publish::ahead`]).
 
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -37,11 +44,77 @@ pub const VERSION: u32 = 1;
 pub const SUFFIX: &str = ".xdpcast-manifest";
 /// Most signed ends a file may hold.
 pub const MAX_ENDS: u32 = 4;
-/// Most records a file may hold: the head, [`MAX_PAGES`] pages and the
-/// signed ends.
-pub const MAX_RECORDS: u32 = 1 + MAX_PAGES as u32 + MAX_ENDS;
+/// Most records a file may hold: the head, [`MAX_PAGES`] pages, the
+/// signed ends and a stamp.
+pub const MAX_RECORDS: u32 = 1 + MAX_PAGES as u32 + MAX_ENDS + 1;
 /// Largest file this code reads (every record at its largest).
 pub const MAX_FILE_LEN: u64 = 16 + MAX_RECORDS as u64 * (5 + MAX_MANIFEST_PAYLOAD as u64);
+
+/// Record kind of the stamp (above every packet kind).
+pub const STAMP_KIND: u8 = 0x80;
+/// Bytes of a stamp record.
+pub const STAMP_LEN: usize = 48;
+
+/// What identifies a regular file's contents without reading them: the
+/// same device, inode, size, modification and change time (nanoseconds)
+/// mean the same bytes unless someone wrote the file and then reset both
+/// times (only root can reset the change time), as build tools and
+/// BitTorrent clients take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Device of the filesystem.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds and nanoseconds since 1970.
+    pub mtime: (i64, u32),
+    /// Change time (inode), seconds and nanoseconds since 1970.
+    pub ctime: (i64, u32),
+}
+
+impl Stamp {
+    /// The stamp of `file` as it is now; None unless it is a regular file.
+    pub fn of(file: &std::fs::File) -> Option<Stamp> {
+        let m = file.metadata().ok()?;
+        m.is_file().then(|| Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec() as u32),
+            ctime: (m.ctime(), m.ctime_nsec() as u32),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        [
+            &self.dev.to_be_bytes()[..],
+            &self.ino.to_be_bytes(),
+            &self.size.to_be_bytes(),
+            &self.mtime.0.to_be_bytes(),
+            &self.mtime.1.to_be_bytes(),
+            &self.ctime.0.to_be_bytes(),
+            &self.ctime.1.to_be_bytes(),
+        ]
+        .concat()
+    }
+
+    fn decode(b: &[u8]) -> Option<Stamp> {
+        if b.len() != STAMP_LEN {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let u32_at = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        Some(Stamp {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mtime: (u64_at(24) as i64, u32_at(32)),
+            ctime: (u64_at(36) as i64, u32_at(44)),
+        })
+    }
+}
 
 /// The records of a manifest file, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +125,9 @@ pub struct ManifestFile {
     pub pages: Vec<Vec<u8>>,
     /// Signed end payloads (kind 7), in the order the sender made them.
     pub ends: Vec<Vec<u8>>,
+    /// The image file the records were made from, as it was then (None:
+    /// not a regular file, or not known).
+    pub stamp: Option<Stamp>,
 }
 
 impl ManifestFile {
@@ -68,14 +144,17 @@ impl ManifestFile {
             head: manifest.sign(key),
             pages,
             ends: vec![manifest.sign_end(key, 0, 0, digest)],
+            stamp: None,
         }
     }
 
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let records: Vec<(Kind, &Vec<u8>)> = std::iter::once((Kind::Manifest, &self.head))
-            .chain(self.pages.iter().map(|p| (Kind::Manifest, p)))
-            .chain(self.ends.iter().map(|e| (Kind::SignedEnd, e)))
+        let stamp = self.stamp.map(|s| s.encode());
+        let records: Vec<(u8, &Vec<u8>)> = std::iter::once((Kind::Manifest as u8, &self.head))
+            .chain(self.pages.iter().map(|p| (Kind::Manifest as u8, p)))
+            .chain(self.ends.iter().map(|e| (Kind::SignedEnd as u8, e)))
+            .chain(stamp.iter().map(|s| (STAMP_KIND, s)))
             .collect();
         let len: usize = 16 + records.iter().map(|(_, r)| 5 + r.len()).sum::<usize>();
         let mut out = Vec::with_capacity(len);
@@ -83,7 +162,7 @@ impl ManifestFile {
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&(records.len() as u32).to_be_bytes());
         for (kind, r) in records {
-            out.push(kind as u8);
+            out.push(kind);
             out.extend_from_slice(&(r.len() as u32).to_be_bytes());
             out.extend_from_slice(r);
         }
@@ -112,6 +191,7 @@ impl ManifestFile {
             head: Vec::new(),
             pages: Vec::new(),
             ends: Vec::new(),
+            stamp: None,
         };
         for n in 0..count {
             if bytes.len() - at < 5 {
@@ -125,13 +205,20 @@ impl ManifestFile {
             }
             let r = bytes[at..at + len].to_vec();
             at += len;
-            // The head, then pages, then signed ends.
+            // The head, then pages, then signed ends, then a stamp.
             const MANIFEST: u8 = Kind::Manifest as u8;
             const END: u8 = Kind::SignedEnd as u8;
+            let stamped = file.stamp.is_some();
             match (kind, n, r[0]) {
                 (MANIFEST, 0, SUB_HEAD) => file.head = r,
-                (MANIFEST, 1.., SUB_PAGE) if file.ends.is_empty() => file.pages.push(r),
-                (END, 1.., _) if file.ends.len() < MAX_ENDS as usize => file.ends.push(r),
+                (MANIFEST, 1.., SUB_PAGE) if file.ends.is_empty() && !stamped => file.pages.push(r),
+                (END, 1.., _) if file.ends.len() < MAX_ENDS as usize && !stamped => {
+                    file.ends.push(r)
+                }
+                (STAMP_KIND, 1.., _) if !stamped => {
+                    file.stamp =
+                        Some(Stamp::decode(&r).ok_or(FileError::Malformed("stamp length"))?)
+                }
                 _ => return Err(FileError::Malformed("record kind or order")),
             }
         }
@@ -248,6 +335,34 @@ mod tests {
             let end = m.verify_end(&vk, &back.ends[0]).unwrap();
             assert_eq!(end.digest, Some([1; 32]));
         }
+    }
+
+    #[test]
+    fn a_stamp_comes_last_and_round_trips() {
+        let (_, _, mut f) = sample(6_401);
+        let me = std::fs::File::open("/proc/self/exe").unwrap();
+        f.stamp = Stamp::of(&me);
+        assert!(f.stamp.is_some());
+        assert_eq!(ManifestFile::parse(&f.encode()), Ok(f.clone()));
+        // Not a regular file: no stamp.
+        assert_eq!(Stamp::of(&std::fs::File::open("/dev/null").unwrap()), None);
+        // A record after the stamp, or a stamp of another length, refused.
+        let mut after = f.encode();
+        let page = f.pages[0].clone();
+        after.push(Kind::Manifest as u8);
+        after.extend_from_slice(&(page.len() as u32).to_be_bytes());
+        after.extend_from_slice(&page);
+        let n = u32::from_be_bytes(after[12..16].try_into().unwrap()) + 1;
+        after[12..16].copy_from_slice(&n.to_be_bytes());
+        assert!(ManifestFile::parse(&after).is_err());
+        let mut short = f.encode();
+        let at = short.len() - STAMP_LEN - 4;
+        short[at..at + 4].copy_from_slice(&(STAMP_LEN as u32 - 1).to_be_bytes());
+        short.pop();
+        assert_eq!(
+            ManifestFile::parse(&short),
+            Err(FileError::Malformed("stamp length"))
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@
 //!
 //! Mirrors that refuse or fail are backed off (429/503: `Retry-After`);
 //! after `max_failures` failed requests in a row the source is given up
-//! with one message, and the receiver goes on with multicast repair.
+//! with one message, and the receiver goes on with multicast repair. A
+//! manifest file a mirror does not have yet (404: the sender writes it
+//! before or at the end of its first pass) is asked for again after a
+//! short jittered backoff and is no failure; while no session is known the
+//! source is never given up (the start timeout ends the wait).
 
 pub mod http;
 pub mod manifest_file;
@@ -53,6 +57,11 @@ const TICK: Duration = Duration::from_millis(100);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest backoff after failures (a `Retry-After` may be longer).
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// First wait before asking again for a manifest file a mirror does not
+/// have yet (doubling, jittered).
+const MANIFEST_POLL_BASE: Duration = Duration::from_millis(500);
+/// Longest wait between two asks for a manifest file not there yet.
+const MANIFEST_POLL_MAX: Duration = Duration::from_secs(5);
 /// Blocks per unit of an unsigned session's ranges (no chunks to align to).
 const UNSIGNED_UNIT_BYTES: u64 = 1 << 20;
 
@@ -196,6 +205,9 @@ struct MirrorState {
     /// Not before this (backoff, Retry-After).
     not_before: Instant,
     failures: u32,
+    /// Manifest file requests it answered with 404 or 410 (the poll's
+    /// backoff; no failure).
+    misses: u32,
 }
 
 /// One range request: units `[first, end)` of the image.
@@ -257,6 +269,7 @@ impl Work {
                     mirror: Mirror::new(u, req.timeout),
                     not_before: now,
                     failures: 0,
+                    misses: 0,
                 })
                 .collect(),
             next_mirror: (rng.next_u64() % req.urls.len().max(1) as u64) as usize,
@@ -382,35 +395,57 @@ impl Work {
         self.file_pages_done = true;
     }
 
-    /// The manifest file from the next mirror that serves one.
+    /// The manifest file from the next mirror that serves one. A mirror
+    /// that has none (404, 410) is asked again after a short jittered
+    /// backoff and this is no failure of the server: the sender writes the
+    /// file before its first pass when it can, else when that pass ends.
     fn manifest_file(&mut self) -> Option<(usize, ManifestFile)> {
         let i = self.pick_mirror()?;
         let url = format!("{}{}", self.mirrors[i].mirror.url, manifest_file::SUFFIX);
         bump(&self.counters().requests);
-        match self.mirrors[i]
+        let e = match self.mirrors[i]
             .mirror
             .get_small(&url, manifest_file::MAX_FILE_LEN)
         {
             Ok(bytes) => match ManifestFile::parse(&bytes) {
                 Ok(f) => {
                     self.succeeded(i);
-                    Some((i, f))
+                    return Some((i, f));
                 }
                 Err(e) => {
                     self.mirror_failed(i, format!("{url}: {e}"), None);
-                    None
+                    return None;
                 }
             },
-            Err(e) => {
-                self.count_error(&e);
-                let retry = match &e {
-                    FetchError::Busy(r) => *r,
-                    _ => None,
-                };
-                self.mirror_failed(i, format!("{url}: {e}"), retry);
-                None
-            }
+            Err(e) => e,
+        };
+        self.count_error(&e);
+        match e {
+            FetchError::NotFound(_) => self.not_there_yet(i, &url, &e),
+            FetchError::Busy(retry) => self.mirror_failed(i, format!("{url}: {e}"), retry),
+            _ => self.mirror_failed(i, format!("{url}: {e}"), None),
         }
+        None
+    }
+
+    /// Mirror `m` has no manifest file (yet): asked again after
+    /// [`MANIFEST_POLL_BASE`] doubled per miss up to [`MANIFEST_POLL_MAX`],
+    /// jittered; one message per mirror.
+    fn not_there_yet(&mut self, m: usize, url: &str, e: &FetchError) {
+        let ms = &mut self.mirrors[m];
+        if ms.misses == 0 {
+            log::warn!(
+                "{url}: {e}: asking again until it is there (the sender writes it before or at the end of its first pass)"
+            );
+        }
+        let wait = http::backoff(
+            MANIFEST_POLL_BASE,
+            ms.misses,
+            MANIFEST_POLL_MAX,
+            self.rng.next_u64(),
+        );
+        ms.misses = ms.misses.saturating_add(1);
+        ms.not_before = Instant::now() + wait;
     }
 
     /// Decide, from the transfer's state, what to fetch; fetch it.
@@ -676,7 +711,7 @@ impl Work {
         let c = self.counters();
         bump(match e {
             FetchError::Busy(_) => &c.busy,
-            FetchError::Refused(_) => &c.refused,
+            FetchError::Refused(_) | FetchError::NotFound(_) => &c.refused,
             FetchError::Bad(_) => &c.bad_replies,
         });
     }
@@ -717,11 +752,14 @@ impl Work {
     }
 
     /// A failed request; after `max_failures` in a row, give up with one
-    /// clear message.
+    /// clear message. Not while no session is known: there is no multicast
+    /// repair to go back to, and the manifest file is asked for again
+    /// (after the mirror's backoff) until the start timeout ends the
+    /// session.
     fn failed(&mut self, why: String) {
         self.failures += 1;
         self.last_error = why;
-        if self.failures >= self.req.max_failures {
+        if self.failures >= self.req.max_failures && self.t.image().is_some() {
             self.counters()
                 .state
                 .store(HttpState::GaveUp as u8, Ordering::Relaxed);

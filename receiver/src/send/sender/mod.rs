@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapOptions;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::fetch::manifest_file::ManifestFile;
+use crate::fetch::manifest_file::Stamp;
 use crate::net::socket::{self, MsgBatch};
 use crate::proto::fec;
 use crate::proto::manifest::{self, Manifest};
@@ -230,6 +230,13 @@ pub fn send(
             next_page: 0,
         }
     });
+    // The image as opened: a manifest file kept beside it is published
+    // now if it was made from these bytes.
+    let stamp = Stamp::of(&file);
+    let published = match (&signer, &opts.manifest_file) {
+        (Some(s), Some(path)) => publish::ahead(path, stamp, &s.manifest, &s.key),
+        _ => None,
+    };
     let mut ahead = Ahead::start(
         map.clone(),
         geometry,
@@ -398,8 +405,9 @@ pub fn send(
             // Every page is made and the digest known: the manifest file
             // for HTTP receivers can be written.
             if let (Some(s), Some(path)) = (&w.signer, &opts.manifest_file) {
-                let file = ManifestFile::new(&s.manifest, &s.key, s.pages.clone(), &w.digest);
-                publish::write_beside(&file, path);
+                let pages = s.pages.clone();
+                let (m, key) = (&s.manifest, &s.key);
+                publish::after_first_pass(path, &file, stamp, published, m, key, pages, &w.digest);
             }
             list = ZeroList::new(list.runs, session, &geometry);
             if !list.packets.is_empty() {
