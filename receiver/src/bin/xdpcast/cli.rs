@@ -1,9 +1,10 @@
 //! The command line: `xdpcast` and its commands (`send` and `receive` keep
 //! their options beside their code).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::receive::ReceiveArgs;
 use crate::send::{SendArgs, MIN_MTU};
@@ -135,4 +136,71 @@ pub(crate) enum Cmd {
         #[arg(long)]
         iface: String,
     },
+}
+
+/// The usage line of the binary invoked as `udp-receiver`: the command it
+/// stands in for (clap would name it `udp-receiver udp-receiver`).
+const UDP_RECEIVER_USAGE: &str = "udp-receiver [OPTIONS]";
+
+/// Parse the command line `args` (the program's name first). Returns the
+/// parsed command line, and whether it is udp-receiver's: the binary
+/// invoked as `udp-receiver` (a link to it), with udp-receiver's command
+/// line unchanged, or `xdpcast udp-receiver`. udp-receiver's options are
+/// taken with getopt_long's prefixes ([`udp_receiver::expand_prefixes`]).
+pub(crate) fn parse(mut args: Vec<OsString>) -> (Result<Cli, clap::Error>, bool) {
+    let mut cmd = Cli::command();
+    let invoked_as = args.first().and_then(|a| Path::new(a).file_name());
+    if invoked_as == Some("udp-receiver".as_ref()) {
+        args.insert(1, "udp-receiver".into());
+        cmd = cmd.mut_subcommand("udp-receiver", |s| s.override_usage(UDP_RECEIVER_USAGE));
+    }
+    let compat = args.get(1).is_some_and(|a| a == "udp-receiver");
+    if compat {
+        cmd.build();
+        if let Some(sub) = cmd.find_subcommand("udp-receiver") {
+            let expanded = udp_receiver::expand_prefixes(sub, &args[2..]);
+            args.truncate(2);
+            args.extend(expanded);
+        }
+    }
+    let cli = cmd
+        .try_get_matches_from_mut(args)
+        .and_then(|m| Cli::from_arg_matches(&m).map_err(|e| e.format(&mut cmd)));
+    (cli, compat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What clap prints for `args`, which end in `--help` or a bad option.
+    fn shown(args: &[&str]) -> String {
+        let (cli, compat) = parse(args.iter().map(OsString::from).collect());
+        assert!(compat, "{args:?}");
+        cli.err().expect("help or an error").render().to_string()
+    }
+
+    fn usage(text: &str) -> &str {
+        text.lines()
+            .find(|l| l.starts_with("Usage: "))
+            .unwrap_or_else(|| panic!("no usage line in {text}"))
+    }
+
+    #[test]
+    fn udp_receiver_shows_its_usage_as_udp_receiver() {
+        let linked = shown(&["/usr/bin/udp-receiver", "--help"]);
+        assert_eq!(usage(&linked), format!("Usage: {UDP_RECEIVER_USAGE}"));
+        assert!(!linked.contains("udp-receiver udp-receiver"), "{linked}");
+        // The same usage as clap makes for `xdpcast udp-receiver`, less
+        // the `xdpcast `: nothing is hidden or made up by the override.
+        let sub = shown(&["xdpcast", "udp-receiver", "--help"]);
+        assert_eq!(usage(&sub), format!("Usage: xdpcast {UDP_RECEIVER_USAGE}"));
+        assert_eq!(
+            linked.replace(usage(&linked), ""),
+            sub.replace(usage(&sub), "")
+        );
+        // A bad command line names it the same way.
+        let bad = shown(&["udp-receiver", "--no-such-option"]);
+        assert_eq!(usage(&bad), format!("Usage: {UDP_RECEIVER_USAGE}"));
+    }
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser as _;
 
 use xdpcast::net::steer;
 use xdpcast::proto::wire::hex;
@@ -25,27 +24,8 @@ use exit::error_exit_code;
 use ui::{emit, invalid, NOTES};
 
 fn main() -> ExitCode {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    // Invoked as `udp-receiver` (a link to this binary): udp-receiver's
-    // command line, unchanged.
-    let invoked_as = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .map(|n| n.to_os_string());
-    if invoked_as.as_deref() == Some("udp-receiver".as_ref()) {
-        args.insert(1, "udp-receiver".into());
-    }
-    let compat = args.get(1).is_some_and(|a| a == "udp-receiver");
-    if compat {
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        cmd.build();
-        if let Some(sub) = cmd.find_subcommand("udp-receiver") {
-            let expanded = udp_receiver::expand_prefixes(sub, &args[2..]);
-            args.truncate(2);
-            args.extend(expanded);
-        }
-    }
-    let cli = match Cli::try_parse_from(&args) {
+    let (cli, compat) = cli::parse(std::env::args_os().collect());
+    let cli = match cli {
         Ok(cli) => cli,
         // udp-receiver exits 1 on a bad command line.
         Err(e) if compat && e.use_stderr() => {
