@@ -534,38 +534,144 @@ impl MsgBatch<1> {
     }
 }
 
-impl MsgBatch<2> {
-    /// Send one datagram per `(header, payload)` pair on a connected socket.
-    /// Returns how many were sent (the rest should be retried).
-    pub fn send(&mut self, sock: &Socket, msgs: &[(&[u8], &[u8])]) -> io::Result<usize> {
-        let n = msgs.len().min(self.capacity());
-        for (i, (h, p)) in msgs.iter().take(n).enumerate() {
-            self.iovs[i] = [
-                libc::iovec {
-                    iov_base: h.as_ptr() as *mut libc::c_void,
-                    iov_len: h.len(),
-                },
-                libc::iovec {
-                    iov_base: p.as_ptr() as *mut libc::c_void,
-                    iov_len: p.len(),
-                },
-            ];
-            self.point(i, 2);
+/// Most datagrams in one UDP GSO message (the kernel's `UDP_MAX_SEGMENTS`
+/// is 64 on older kernels, 128 on newer ones).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Most payload bytes in one UDP GSO message: the kernel refuses a
+/// message whose datagram would exceed 64 KiB before it is cut.
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Datagrams for one `sendmmsg(2)` call, as `(header, payload)` pairs.
+///
+/// With `segments` > 1, consecutive datagrams of the same size go in one
+/// message that the kernel cuts into them (UDP GSO: a `UDP_SEGMENT`
+/// control message per message), so the socket layer is walked once per
+/// message instead of once per datagram; the last datagram of a message
+/// may be shorter. Where the device takes no GSO (a veth whose peer runs
+/// XDP) the kernel cuts the message in software before the device, which
+/// still saves the per-datagram walk. The pointers are filled in right
+/// before each call and only live for it.
+pub struct SendBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    ctrl: Vec<[u64; CTRL_WORDS]>,
+    /// Datagrams in each message of the last call, and their size (the
+    /// last one's may be less).
+    counts: Vec<(usize, usize)>,
+    segments: usize,
+}
+
+// SAFETY: as for MsgBatch: the raw pointers inside are only set and used
+// within one call of `send` on the owning thread.
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    /// Room for `messages` messages of up to `segments` datagrams each
+    /// (at most [`MAX_GSO_SEGMENTS`]; 1: one datagram per message, no GSO).
+    pub fn new(messages: usize, segments: usize) -> SendBatch {
+        // SAFETY: mmsghdr is a plain C struct for which all-zero bytes are
+        // a valid (empty) value.
+        let zero_hdr: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        let segments = segments.clamp(1, MAX_GSO_SEGMENTS);
+        SendBatch {
+            hdrs: vec![zero_hdr; messages.max(1)],
+            iovs: Vec::with_capacity(2 * messages.max(1) * segments),
+            ctrl: vec![[0; CTRL_WORDS]; messages.max(1)],
+            counts: Vec::with_capacity(messages.max(1)),
+            segments,
         }
-        // SAFETY: the first `n` headers point at iovecs over `msgs`, which
-        // outlive the call; the kernel only reads them.
+    }
+
+    /// Datagrams a call may carry: messages times segments.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len() * self.segments
+    }
+
+    /// Datagrams per message (1: no GSO).
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// Send one datagram per message from now on (the kernel refused GSO).
+    pub fn without_gso(&mut self) {
+        self.segments = 1;
+    }
+
+    /// Send `msgs`, one datagram per `(header, payload)` pair, on a
+    /// connected socket. Returns how many datagrams the kernel took (the
+    /// rest should be retried).
+    pub fn send(&mut self, sock: &Socket, msgs: &[(&[u8], &[u8])]) -> io::Result<usize> {
+        let len = |(h, p): &(&[u8], &[u8])| h.len() + p.len();
+        self.iovs.clear();
+        self.counts.clear();
+        let mut i = 0;
+        while i < msgs.len() && self.counts.len() < self.hdrs.len() {
+            // A message of datagrams of the first one's size, ended by a
+            // shorter one, by the segment limit or by the byte limit.
+            let size = len(&msgs[i]);
+            let (mut n, mut bytes) = (0, 0);
+            while i < msgs.len() && n < self.segments {
+                let l = len(&msgs[i]);
+                if n > 0 && (l > size || bytes + l > MAX_GSO_BYTES) {
+                    break;
+                }
+                let (h, p) = msgs[i];
+                for part in [h, p] {
+                    self.iovs.push(libc::iovec {
+                        iov_base: part.as_ptr() as *mut libc::c_void,
+                        iov_len: part.len(),
+                    });
+                }
+                (n, bytes, i) = (n + 1, bytes + l, i + 1);
+                if l < size {
+                    break;
+                }
+            }
+            self.counts.push((n, size));
+        }
+        let mut at = 0;
+        for (m, &(n, size)) in self.counts.iter().enumerate() {
+            let h = &mut self.hdrs[m];
+            // The iovecs are all pushed: their vector no longer moves.
+            h.msg_hdr.msg_iov = self.iovs[at..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 2 * n;
+            at += 2 * n;
+            h.msg_len = 0;
+            if n > 1 {
+                let ctrl = &mut self.ctrl[m];
+                h.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the control
+                // buffer (32 bytes); CMSG_FIRSTHDR of a header whose control
+                // length covers it is that buffer's start, and CMSG_DATA
+                // points inside it (written unaligned).
+                unsafe {
+                    h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
+                }
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+        }
+        // SAFETY: the first `counts.len()` headers point at iovecs over
+        // `msgs`, which outlive the call, and at their own control
+        // buffers; the kernel only reads them.
         let rc = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
+                self.counts.len() as libc::c_uint,
                 0,
             )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(rc as usize)
+        Ok(self.counts[..rc as usize].iter().map(|c| c.0).sum())
     }
 }
 
@@ -630,7 +736,7 @@ mod tests {
     fn batched_send_and_receive_over_loopback_unicast() {
         let (rx, tx) = loopback_pair();
         let msgs: Vec<(&[u8], &[u8])> = vec![(b"ab", b"cd"), (b"e", b"")];
-        assert_eq!(MsgBatch::<2>::new(8).send(&tx, &msgs).unwrap(), 2);
+        assert_eq!(SendBatch::new(8, 1).send(&tx, &msgs).unwrap(), 2);
         let mut bufs = vec![vec![0u8; 64]; 4];
         let mut lens = Vec::new();
         let mut batch = MsgBatch::<1>::new(4);
@@ -645,6 +751,43 @@ mod tests {
         }
         let from = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(got, vec![(b"abcd".to_vec(), from), (b"e".to_vec(), from)]);
+    }
+
+    #[test]
+    fn gso_batches_arrive_as_their_datagrams() {
+        // Datagrams of one size share a message; a shorter one ends it, a
+        // longer one starts the next; every datagram arrives as sent.
+        let (rx, tx) = loopback_pair();
+        let body: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+        let sizes = [100, 100, 100, 40, 100, 100, 300, 300, 20];
+        let mut at = 0;
+        let msgs: Vec<(&[u8], &[u8])> = sizes
+            .iter()
+            .map(|&n| {
+                at += n;
+                (&body[at - n..at - n + 4], &body[at - n + 4..at])
+            })
+            .collect();
+        let mut batch = SendBatch::new(2, 3);
+        let mut sent = 0;
+        while sent < msgs.len() {
+            let n = batch.send(&tx, &msgs[sent..]).unwrap();
+            assert!(n > 0);
+            sent += n;
+        }
+        assert_eq!(batch.segments(), 3);
+        let mut bufs = vec![vec![0u8; MAX_UDP_PAYLOAD]; 16];
+        let mut recv = MsgBatch::<1>::new(16);
+        let (mut got, mut messages) = (Vec::new(), Vec::new());
+        while got.len() < sizes.len() {
+            recv.recv(&rx, &mut bufs, &mut messages).unwrap();
+            assert!(!messages.is_empty(), "timed out after {}", got.len());
+            for (r, b) in messages.iter().zip(&bufs) {
+                got.extend(r.segments(b).map(<[u8]>::to_vec));
+            }
+        }
+        let want: Vec<Vec<u8>> = msgs.iter().map(|(h, p)| [*h, *p].concat()).collect();
+        assert_eq!(got, want);
     }
 
     /// A loopback pair: the receiver bound with a timeout, the sender

@@ -150,6 +150,7 @@ pub(super) fn run(
     );
     let mut results = Results::default();
     for &size in sizes {
+        ensure_room(size, &base.work, &disk.0)?;
         let image = base.work.join("e2e-image");
         eprintln!("bench: e2e: writing a {} MiB random image", size >> 20);
         let mut src = std::io::Read::take(std::fs::File::open("/dev/urandom")?, size);
@@ -471,8 +472,9 @@ fn section(size: u64, limit: &Limit, rows: &[Row]) -> String {
             let _ = writeln!(t, "Path limit: not measured ({e}).\n");
         }
     }
-    t += "| target | deployment | runs | sender start → verified SUCCESS, s | × limit | × udpcast | first data, s | sender CPU, s | receiver CPU, s | bottleneck |\n\
-          |---|---|---|---|---|---|---|---|---|---|\n";
+    t += "| target | deployment | runs | sender start → verified SUCCESS, s | × limit | × udpcast | first data, s | sender CPU, s | sender CPU, s/GB | receiver CPU, s | bottleneck |\n\
+          |---|---|---|---|---|---|---|---|---|---|---|\n";
+    let gb = size as f64 / 1e9;
     let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
         (Some(v), Some(b)) => format!("{:.2}", v / b),
         _ => "-".into(),
@@ -487,7 +489,7 @@ fn section(size: u64, limit: &Limit, rows: &[Row]) -> String {
             let e = r.runs.iter().find_map(|x| x.as_ref().err());
             let _ = writeln!(
                 t,
-                "| {} | {} | 0/{} | failed: {} | | | | | | |",
+                "| {} | {} | 0/{} | failed: {} | | | | | | | |",
                 r.target,
                 r.way,
                 r.runs.len(),
@@ -499,7 +501,7 @@ fn section(size: u64, limit: &Limit, rows: &[Row]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.way,
             r.ok().len(),
@@ -509,11 +511,57 @@ fn section(size: u64, limit: &Limit, rows: &[Row]) -> String {
             ratio(total, udpcast),
             r.spread(3, |d| d.first_data_s),
             r.spread(2, |d| Some(d.tx_cpu_s)),
+            r.spread(2, |d| Some(d.tx_cpu_s / gb)),
             r.spread(2, |d| Some(d.rx_cpu_s)),
             first.bottleneck(),
         );
     }
     t
+}
+
+/// Fail early, with what is missing, when one size cannot fit: the image
+/// and a tmpfs target in `work` (tmpfs, so also in memory), and an ext4
+/// target or a loop device's backing file (one at a time, a little larger
+/// than the image) in `disk`.
+fn ensure_room(size: u64, work: &Path, disk: &Path) -> Result<()> {
+    let margin = 256 << 20;
+    for (dir, need, what) in [
+        (work, 2 * size + margin, "the image and a tmpfs target"),
+        (
+            disk,
+            size + margin,
+            "an ext4 target or a loop device's backing file",
+        ),
+    ] {
+        let free = free_bytes(dir)?;
+        ensure!(
+            free >= need,
+            "{} MiB image: {what} need {} MiB in {}, {} MiB free",
+            size >> 20,
+            need >> 20,
+            dir.display(),
+            free >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still write in the file system of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid value for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs,
+    // both alive for the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    ensure!(
+        rc == 0,
+        "statvfs {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Image sizes of the part: `--e2e-sizes` MiB, else 128 MiB with `--quick`,

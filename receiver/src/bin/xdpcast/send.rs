@@ -60,6 +60,11 @@ pub(crate) struct SendArgs {
     /// (by default they are found while hashing and never sent).
     #[arg(long)]
     no_sparse: bool,
+    /// Send one datagram per sendmmsg message instead of UDP GSO
+    /// messages of up to 64 blocks each cut by the kernel (GSO is used
+    /// wherever the kernel takes it).
+    #[arg(long)]
+    no_gso: bool,
     #[command(flatten)]
     repair: SendRepair,
     /// Sign the session with this secret key (from `xdpcast keygen`):
@@ -210,6 +215,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
         ttl,
         streams,
         no_sparse,
+        no_gso,
         repair,
         sign,
         manifest_file,
@@ -227,6 +233,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
     }
     let mut opts = SendOptions::new(group, &iface);
     opts.sparse = !no_sparse;
+    opts.gso = !no_gso;
     repair.apply(&mut opts);
     opts.sign = sign
         .as_deref()

@@ -25,7 +25,7 @@ use memmap2::MmapOptions;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::Stamp;
-use crate::net::socket::{self, MsgBatch};
+use crate::net::socket;
 use crate::proto::fec;
 use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind};
@@ -46,7 +46,7 @@ pub use options::{Progress, SendOptions, SendReport, FEC_GROUP, PARITY_GROUP};
 
 use budget::{clip, clip_counts};
 use source::{open_source, source_len};
-use transmit::{Loss, Pacer, Signer, Wire, ZeroList, BATCH};
+use transmit::{Loss, Pacer, Signer, Wire, ZeroList};
 
 /// Longest time between two announces (each with the signed head) during a
 /// pass: a receiver that joins late learns the session within about this
@@ -278,11 +278,13 @@ pub fn send(
             "waiting for receivers needs their reports: not with --no-repair",
         ));
     }
+    let (batch, burst) = Wire::batching(&geometry, opts.rate_bps, opts.gso);
     let start = Instant::now();
     let mut w = Wire {
         socks,
         signer,
-        batch: MsgBatch::new(BATCH),
+        batch,
+        burst,
         session,
         geometry,
         image: &map[..],

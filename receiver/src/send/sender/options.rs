@@ -86,6 +86,10 @@ pub struct SendOptions {
     pub linger: Duration,
     /// Announce runs of all-zero blocks instead of sending them.
     pub sparse: bool,
+    /// Send consecutive data blocks as UDP GSO messages (one message cut
+    /// into datagrams by the kernel); falls back to one datagram per
+    /// message where the kernel refuses.
+    pub gso: bool,
 }
 
 impl SendOptions {
@@ -126,6 +130,7 @@ impl SendOptions {
             max_behind: 1.0,
             linger: Duration::from_secs(30),
             sparse: true,
+            gso: true,
         }
     }
 }

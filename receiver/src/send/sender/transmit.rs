@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::net::socket::MsgBatch;
+use crate::net::socket::{SendBatch, MAX_GSO_SEGMENTS};
 use crate::proto::fec;
 use crate::proto::manifest::Manifest;
 use crate::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
@@ -15,8 +15,16 @@ use crate::rng::XorShift;
 use crate::send::ahead::Piece;
 use crate::send::zeros::ZeroRuns;
 
-/// Datagrams per `sendmmsg` call.
-pub(super) const BATCH: usize = 32;
+/// Messages per `sendmmsg` call: with UDP GSO each carries up to
+/// [`MAX_GSO_SEGMENTS`] blocks (45 of 1432 bytes), so one call sends a few
+/// hundred datagrams.
+const MESSAGES: usize = 8;
+/// A paced sender sends at most what takes this long at its rate in one
+/// call (but at least [`MIN_BURST`] datagrams), so the receivers' rings
+/// see no longer bursts than that.
+const BURST: Duration = Duration::from_millis(1);
+/// Datagrams a paced sender may always send in one call.
+const MIN_BURST: usize = 32;
 /// Control packets are sent this many times (they are tiny; loss is cheap to beat).
 const CONTROL_REPEAT: usize = 3;
 
@@ -94,7 +102,9 @@ const PAGES_PER_ANNOUNCE: u64 = 16;
 pub(super) struct Wire<'a> {
     pub(super) socks: Vec<Socket>,
     pub(super) signer: Option<Signer>,
-    pub(super) batch: MsgBatch<2>,
+    pub(super) batch: SendBatch,
+    /// Data packets per call (fewer when paced, see [`BURST`]).
+    pub(super) burst: usize,
     pub(super) session: u32,
     pub(super) geometry: Geometry,
     pub(super) image: &'a [u8],
@@ -112,6 +122,19 @@ pub(super) struct Wire<'a> {
 }
 
 impl Wire<'_> {
+    /// The batch and burst for blocks of `g` at `rate_bps` (None:
+    /// unpaced), with UDP GSO if `gso`.
+    pub(super) fn batching(g: &Geometry, rate_bps: Option<u64>, gso: bool) -> (SendBatch, usize) {
+        let batch = SendBatch::new(MESSAGES, if gso { MAX_GSO_SEGMENTS } else { 1 });
+        let most = batch.capacity();
+        let burst = rate_bps.map_or(most, |rate| {
+            let bytes = rate as f64 / 8.0 * BURST.as_secs_f64();
+            let datagrams = bytes / f64::from(g.block_size + HEADER_LEN as u32);
+            (datagrams as usize).clamp(MIN_BURST, most.max(MIN_BURST))
+        });
+        (batch, burst)
+    }
+
     /// Send all of `msgs` on the next socket, retrying on a full queue.
     fn send_all(&mut self, msgs: &[(&[u8], &[u8])]) -> Result<()> {
         let s = self.stream;
@@ -122,6 +145,18 @@ impl Wire<'_> {
                 Ok(n) => done += n,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN)) => {
                     std::thread::sleep(Duration::from_micros(50));
+                }
+                // A kernel or device without UDP GSO: one datagram per
+                // message from now on (the refused message sent again).
+                Err(e)
+                    if self.batch.segments() > 1
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                        ) =>
+                {
+                    log::info!("UDP GSO refused ({e}): one datagram per message");
+                    self.batch.without_gso();
                 }
                 Err(e) => return Err(Error::new(ErrorCode::Network, format!("sendmmsg: {e}"))),
             }
@@ -220,11 +255,12 @@ impl Wire<'_> {
     pub(super) fn blocks(&mut self, first: u64, end: u64) -> Result<()> {
         let image = self.image;
         let g = self.geometry;
-        let mut headers = [[0u8; HEADER_LEN]; BATCH];
+        let burst = self.burst;
+        let mut headers = vec![[0u8; HEADER_LEN]; burst];
         let mut next = first;
         while next < end {
-            let stop = (next + BATCH as u64).min(end);
-            let mut msgs: Vec<(&[u8], &[u8])> = Vec::with_capacity(BATCH);
+            let stop = (next + burst as u64).min(end);
+            let mut msgs: Vec<(&[u8], &[u8])> = Vec::with_capacity(burst);
             let mut bytes = 0;
             for (h, idx) in headers.iter_mut().zip(next..stop) {
                 wire::encode_data_header(h, self.session, &g, idx);
