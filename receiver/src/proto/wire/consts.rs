@@ -1,0 +1,80 @@
+//! The wire format's sizes, limits and flag bits.
+
+use crate::proto::manifest;
+
+/// `"XDPC"` in network byte order.
+pub const MAGIC: u32 = 0x5844_5043;
+/// The only version this crate speaks. 2: signed pages are signed one by
+/// one (no Merkle root in the head), and the image's SHA-256 may first
+/// come in the end packets (a sender that hashes as it sends).
+pub const VERSION: u8 = 2;
+/// Size of the fixed header that starts every packet.
+pub const HEADER_LEN: usize = 40;
+/// Size of the SHA-256 digest carried by announce and end packets.
+pub const DIGEST_LEN: usize = 32;
+/// Payload length of announce and end packets: digest, pass, passes, flags,
+/// repair port, FEC repair symbols, FEC group size, repair address.
+pub const CONTROL_PAYLOAD_LEN: usize = DIGEST_LEN + 4 + 4 + 4 + 2 + 2 + 4 + 16;
+/// Control flag: this end packet is the sender's last; no repair follows.
+pub const FLAG_FINAL: u32 = 1;
+/// Control flag: the sender takes NACKs at `repair_addr:repair_port`.
+pub const FLAG_REPAIR: u32 = 2;
+/// Control flag: the sender answers parity requests ([`Kind::ParityRequest`](super::Kind::ParityRequest))
+/// for groups of `fec_group` blocks with fresh RaptorQ symbols.
+pub const FLAG_PARITY: u32 = 4;
+/// Control flags bits 8-15: the sender's group-size estimate, as
+/// `ceil(log2(receivers known + 1))`; receivers scale their request backoff
+/// by it (NORM's GSIZE).
+pub const GSIZE_SHIFT: u32 = 8;
+/// Largest number of entries in one parity request or confirmation.
+pub const MAX_PARITY_ENTRIES: usize = MAX_NACK_RANGES;
+/// Bytes in front of the entries of a parity request: group size (u32).
+pub const PARITY_PREFIX_LEN: usize = 4;
+/// Bytes in front of the entries of a confirmation: group size, receivers
+/// known, flags (u32 each).
+pub const CONFIRM_PREFIX_LEN: usize = 12;
+/// Confirmation flag: sent by unicast to one receiver, which is too far
+/// behind; it stops with the `too_slow` error.
+pub const CONFIRM_TOO_SLOW: u32 = 1;
+/// Confirmation flag (with [`CONFIRM_TOO_SLOW`] only): the verdict is
+/// signed with the session's key; in place of entries the payload carries
+/// [`VERDICT_LEN`] bytes (see `Manifest::sign_verdict`). A signed
+/// session's receiver takes no other verdict.
+pub const CONFIRM_SIGNED: u32 = 2;
+/// Bytes of a signed verdict after the confirmation's prefix: the
+/// receiver's port (u16), the sender's `--max-behind` in millionths of the
+/// image (u32), 2 reserved zero bytes, the Ed25519 signature.
+pub const VERDICT_LEN: usize = 8 + 64;
+/// Bytes of a receiver's name in a progress report.
+pub const REPORT_NAME_LEN: usize = 32;
+/// Progress report flag: the receiver took bytes from a web server
+/// (`receive --http`), shown in the sender's receiver table.
+pub const REPORT_HTTP: u8 = 1;
+/// Payload length of a progress report: blocks done (u64), requests sent
+/// (u32), state (u8), error (u8), 2 reserved bytes, name.
+pub const REPORT_PAYLOAD_LEN: usize = 16 + REPORT_NAME_LEN;
+/// Largest number of ranges in one NACK packet.
+pub const MAX_NACK_RANGES: usize = 100;
+/// Bytes of one block range (NACK, zero run): first block (u64) and count (u32).
+pub const NACK_RANGE_LEN: usize = 12;
+/// Bytes in front of the runs of a zero-run packet: the number of
+/// zero-run packets in the sender's list (u32).
+pub const ZEROS_PREFIX_LEN: usize = 4;
+/// Largest FEC group (source blocks per RaptorQ source block).
+pub const MAX_FEC_GROUP: u32 = 1024;
+/// FEC payload bytes in front of the symbol: group size (u32) and the
+/// RaptorQ payload id (4 bytes).
+pub const FEC_PREFIX_LEN: usize = 8;
+/// IPv4 (20) plus UDP (8) header bytes in front of our header.
+pub const IPV4_UDP_OVERHEAD: usize = 28;
+/// Largest block size accepted from the wire (fits a 9000-byte jumbo frame).
+pub const MAX_BLOCK_SIZE: u32 = 9000 - (IPV4_UDP_OVERHEAD + HEADER_LEN) as u32;
+/// Smallest block size accepted from the wire.
+pub const MIN_BLOCK_SIZE: u32 = 64;
+
+/// Largest manifest packet payload (a head or a page).
+pub const MAX_MANIFEST_PAYLOAD: usize = if manifest::MAX_PAGE_LEN > 1 + manifest::HEAD_LEN {
+    manifest::MAX_PAGE_LEN
+} else {
+    1 + manifest::HEAD_LEN
+};
