@@ -27,17 +27,17 @@ use std::net::Ipv6Addr;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::proto::wire::{
-    be_u16, be_u32, be_u64, Geometry, DIGEST_LEN, REPORT_NAME_LEN, VERDICT_LEN,
+    be_u16, be_u32, be_u64, Geometry, DIGEST_LEN, PAGE_PREFIX_LEN as PAGE_PREFIX, REPORT_NAME_LEN,
+    VERDICT_LEN,
+};
+// The signed packets' sizes live with the wire format's other sizes (the
+// parser bounds manifest and signed-end payloads by them): imports run one
+// way, manifest -> wire.
+pub use crate::proto::wire::{
+    BODY_LEN, HASH_LEN, HEAD_LEN, LEAVES_PER_PAGE, MAX_PAGE_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN,
+    SIGNED_END_LEN,
 };
 
-/// Bytes of an Ed25519 public key.
-pub const PUBLIC_KEY_LEN: usize = 32;
-/// Bytes of an Ed25519 signature.
-pub const SIGNATURE_LEN: usize = 64;
-/// Bytes of a BLAKE3 hash.
-pub const HASH_LEN: usize = 32;
-/// Chunk hashes per page packet.
-pub const LEAVES_PER_PAGE: usize = 16;
 /// Fewest blocks per chunk.
 pub const MIN_CHUNK_BLOCKS: u32 = 256;
 /// A chunk's byte length is a multiple of this (a page, and the logical
@@ -51,18 +51,6 @@ pub const TARGET_CHUNKS: u64 = 1 << 16;
 pub const SUB_HEAD: u8 = 0;
 /// Sub-type byte of a manifest page.
 pub const SUB_PAGE: u8 = 1;
-/// Length of the signed body of a head (everything before key and signature).
-pub const BODY_LEN: usize =
-    4 + 4 + 4 + 8 + 8 + DIGEST_LEN + 4 + 4 + 16 + 2 + 2 + 4 + 16 + 4 + 8 + HASH_LEN;
-/// Payload of a head packet: body, public key, signature.
-pub const HEAD_LEN: usize = BODY_LEN + PUBLIC_KEY_LEN + SIGNATURE_LEN;
-/// Payload of a signed end packet: pass, flags, SHA-256 of the image (all
-/// zero while the sender has not read all of it), signature.
-pub const SIGNED_END_LEN: usize = 4 + 4 + DIGEST_LEN + SIGNATURE_LEN;
-/// Fixed part of a page payload: sub-type, a zero byte, leaf count (u16).
-const PAGE_PREFIX: usize = 4;
-/// Largest page payload.
-pub const MAX_PAGE_LEN: usize = PAGE_PREFIX + LEAVES_PER_PAGE * HASH_LEN + SIGNATURE_LEN;
 /// Most pages a manifest may have (and so most chunks, with
 /// [`LEAVES_PER_PAGE`] each): bounds what a receiver allocates per head.
 pub const MAX_PAGES: u64 = 1 << 16;

@@ -1,7 +1,5 @@
 //! The wire format's sizes, limits and flag bits.
 
-use crate::proto::manifest;
-
 /// `"XDPC"` in network byte order.
 pub const MAGIC: u32 = 0x5844_5043;
 /// The only version this crate speaks. 2: signed pages are signed one by
@@ -72,9 +70,33 @@ pub const MAX_BLOCK_SIZE: u32 = 9000 - (IPV4_UDP_OVERHEAD + HEADER_LEN) as u32;
 /// Smallest block size accepted from the wire.
 pub const MIN_BLOCK_SIZE: u32 = 64;
 
+// Signed sessions' packets (proto::manifest encodes and verifies them and
+// re-exports these).
+
+/// Bytes of an Ed25519 public key.
+pub const PUBLIC_KEY_LEN: usize = 32;
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of a BLAKE3 hash.
+pub const HASH_LEN: usize = 32;
+/// Chunk hashes per page packet.
+pub const LEAVES_PER_PAGE: usize = 16;
+/// Length of the signed body of a head (everything before key and signature).
+pub const BODY_LEN: usize =
+    4 + 4 + 4 + 8 + 8 + DIGEST_LEN + 4 + 4 + 16 + 2 + 2 + 4 + 16 + 4 + 8 + HASH_LEN;
+/// Payload of a head packet: body, public key, signature.
+pub const HEAD_LEN: usize = BODY_LEN + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+/// Payload of a signed end packet: pass, flags, SHA-256 of the image (all
+/// zero while the sender has not read all of it), signature.
+pub const SIGNED_END_LEN: usize = 4 + 4 + DIGEST_LEN + SIGNATURE_LEN;
+/// Fixed part of a page payload: sub-type, a zero byte, leaf count (u16).
+pub const PAGE_PREFIX_LEN: usize = 4;
+/// Largest page payload.
+pub const MAX_PAGE_LEN: usize = PAGE_PREFIX_LEN + LEAVES_PER_PAGE * HASH_LEN + SIGNATURE_LEN;
+
 /// Largest manifest packet payload (a head or a page).
-pub const MAX_MANIFEST_PAYLOAD: usize = if manifest::MAX_PAGE_LEN > 1 + manifest::HEAD_LEN {
-    manifest::MAX_PAGE_LEN
+pub const MAX_MANIFEST_PAYLOAD: usize = if MAX_PAGE_LEN > 1 + HEAD_LEN {
+    MAX_PAGE_LEN
 } else {
-    1 + manifest::HEAD_LEN
+    1 + HEAD_LEN
 };

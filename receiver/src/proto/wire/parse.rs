@@ -1,7 +1,6 @@
 //! Parsing one datagram: never panics, never allocates.
 
 use super::*;
-use crate::proto::manifest;
 
 /// Parse one datagram. Never panics, whatever the input.
 pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
@@ -146,7 +145,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
             })
         }
         Kind::SignedEnd => {
-            if payload_len != manifest::SIGNED_END_LEN {
+            if payload_len != SIGNED_END_LEN {
                 return Err(DropReason::BadControl);
             }
             Ok(Packet::SignedEnd {
