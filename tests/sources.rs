@@ -1,6 +1,7 @@
 //! Image sources that are not regular files: a block device sent as it is
 //! (`send /dev/loopN`, its size from the device) and standard input (`send
-//! -`, kept in an unlinked file first), signed and unsigned; each case ends
+//! -`: a pipe kept in an unlinked file, first or, with `--size`, while it
+//! is sent; a file on standard input sent as it is), signed and unsigned; each case ends
 //! with the source's SHA-256 on the receiver's target, on its status page
 //! and in the sender's report (hashed while it sent).
 
@@ -121,17 +122,51 @@ fn a_block_device_is_sent_signed() {
     );
 }
 
-/// `xdpcast send -` fed from a pipe (here, a file on standard input).
-fn send_stdin(ns: &Netns, src: &Path, extra: &[&str]) -> std::process::Child {
+/// How `xdpcast send -` gets its standard input.
+#[derive(Clone, Copy, Debug)]
+enum Stdin {
+    /// The image file itself (sent as a file, nothing kept).
+    File,
+    /// A pipe, written by a thread of the test.
+    Pipe,
+}
+
+/// `xdpcast send -` in `ns` fed `src` as `how` says; the thread writing the pipe,
+/// if any, ends when it has written it all or the sender closed it.
+fn send_stdin(ns: &Netns, src: &Path, how: Stdin, extra: &[&str]) -> std::process::Child {
     let mut c = xdpcast(ns);
+    // A status page of each test's own (the tests run at once).
+    let page = format!("{}-tx", ns.name);
     c.args(["send", "-", "--group", GROUP, "--iface", "lo"])
-        .args(["--block-size", "1400", "--rate", "1G", "--name", "stdin-tx"])
+        .args(["--block-size", "1400", "--rate", "1G", "--name", &page])
         .args(extra)
         .env(
             "XDPCAST_STATUS_DIR",
             std::env::temp_dir().join("xdpcast-test-senders"),
-        )
-        .stdin(std::fs::File::open(src).unwrap());
+        );
+    match how {
+        Stdin::File => {
+            c.stdin(std::fs::File::open(src).unwrap());
+        }
+        Stdin::Pipe => {
+            use std::os::fd::FromRawFd;
+            let mut fds = [0; 2];
+            // SAFETY: pipe2(2) writes two new descriptors into `fds`;
+            // close-on-exec, so that the sender gets only the read end (as
+            // its standard input) and sees the end of the input.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both are open and owned by nothing else.
+            let (r, mut w) = unsafe {
+                (
+                    std::fs::File::from_raw_fd(fds[0]),
+                    std::fs::File::from_raw_fd(fds[1]),
+                )
+            };
+            let bytes = std::fs::read(src).unwrap();
+            std::thread::spawn(move || std::io::Write::write_all(&mut w, &bytes));
+            c.stdin(r);
+        }
+    }
     spawn(c)
 }
 
@@ -146,7 +181,18 @@ fn standard_input_is_sent_signed_and_unsigned() {
     let signed = ["--sign", key.to_str().unwrap()];
     let trust = ["--trust".to_string(), pub_of(&key)];
     let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
-    for (name, send, recv) in [("in", &[][..], &[][..]), ("ins", &signed[..], &trust[..])] {
+    let size = format!("{}", 5 * MIB + 99);
+    let sized = ["--size", &size];
+    let signed_sized = [&signed[..], &sized[..]].concat();
+    for (name, how, send, recv) in [
+        // A pipe without its size: kept to its end first.
+        ("in", Stdin::Pipe, &[][..], &[][..]),
+        // A pipe with its size: sent while it is read.
+        ("ins", Stdin::Pipe, &signed_sized[..], &trust[..]),
+        ("inz", Stdin::Pipe, &sized[..], &[][..]),
+        // A file on standard input: sent as a file.
+        ("inf", Stdin::File, &signed[..], &trust[..]),
+    ] {
         let _ = std::fs::remove_file(&dst);
         let args = [
             &[
@@ -161,7 +207,7 @@ fn standard_input_is_sent_signed_and_unsigned() {
         ]
         .concat();
         let rx = start_receiver(xdpcast(&ns), &dir.0, name, GROUP, &args);
-        let tx = send_stdin(&ns, &src, send);
+        let tx = send_stdin(&ns, &src, how, send);
         let sent = ok(
             &wait_output(tx, Duration::from_secs(120), "sender"),
             "sender",
@@ -175,5 +221,30 @@ fn standard_input_is_sent_signed_and_unsigned() {
         assert!(sent.contains(&format!("sha256 {want}")), "{sent}");
         let s = read_page(&dir.0, name);
         assert_eq!((s.state, s.total_bytes), (State::Success, 5 * MIB + 99));
+    }
+}
+
+#[test]
+fn standard_input_of_another_size_than_given_fails_before_any_end() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = loopback("xdpc-src-sz");
+    let len = 3 * MIB + 7;
+    let Images { dir: _dir, src, .. } = Images::new("xdpc-src-sz", len as usize, 34);
+    for (size, says) in [
+        (
+            len + 1,
+            format!("ended after {len} bytes, short of --size {}", len + 1),
+        ),
+        (len - 1, format!("longer than --size {}", len - 1)),
+    ] {
+        let size = size.to_string();
+        let tx = send_stdin(&ns, &src, Stdin::Pipe, &["--size", &size, "--no-repair"]);
+        let out = wait_output(tx, Duration::from_secs(120), "sender");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&says), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("sha256"));
     }
 }

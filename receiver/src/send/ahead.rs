@@ -188,6 +188,8 @@ fn scanner(
         } else {
             ZeroRuns::default()
         };
+        // Pages read the image whatever `zeros` found.
+        data.ready(g.offset(first) + g.range_bytes(first, end));
         let page = scan
             .sign
             .as_ref()

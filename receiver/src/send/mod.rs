@@ -1,6 +1,7 @@
 //! The sender side.
 
 pub mod ahead;
+pub mod fill;
 pub mod fleet;
 pub mod publish;
 pub mod repair;

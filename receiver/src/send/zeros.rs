@@ -10,10 +10,12 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::proto::wire::Geometry;
+use crate::send::fill::Fill;
 
 /// Bytes hashed and scanned per step (about; steps are whole blocks).
 const PIECE: u64 = 1 << 20;
@@ -172,6 +174,9 @@ fn is_zero(b: &[u8]) -> bool {
 pub struct DataMap {
     segments: Vec<(u64, u64)>,
     at: usize,
+    /// Standard input still being copied in: bytes are there to read once
+    /// the copy has passed them.
+    fill: Option<Arc<Fill>>,
 }
 
 impl DataMap {
@@ -180,15 +185,35 @@ impl DataMap {
         DataMap {
             segments: data_segments(file, len),
             at: 0,
+            fill: None,
         }
     }
 
     /// All `len` bytes data.
-    #[cfg(test)]
     pub fn all(len: u64) -> DataMap {
         DataMap {
             segments: vec![(0, len)],
             at: 0,
+            fill: None,
+        }
+    }
+
+    /// All `len` bytes data, readable as `fill` says (standard input
+    /// copied into a spool while it is sent: no holes, whatever the spool
+    /// file's look).
+    pub fn filling(len: u64, fill: Arc<Fill>) -> DataMap {
+        DataMap {
+            fill: Some(fill),
+            ..DataMap::all(len)
+        }
+    }
+
+    /// Wait until the bytes before `end` can be read (at once but for
+    /// standard input still being copied; if the copy failed, the sending
+    /// loop ends the session, so the bytes read meanwhile do not matter).
+    pub fn ready(&self, end: u64) {
+        if let Some(f) = &self.fill {
+            let _ = f.wait(end);
         }
     }
 
@@ -219,9 +244,11 @@ impl DataMap {
         runs
     }
 
-    /// Whether bytes `[start, end)` hold any data; `start` never goes back
-    /// from one call to the next.
+    /// Whether bytes `[start, end)` hold any data (once they can be read,
+    /// see [`Self::ready`]); `start` never goes back from one call to the
+    /// next.
     pub fn has_data(&mut self, start: u64, end: u64) -> bool {
+        self.ready(end);
         while self.segments.get(self.at).is_some_and(|s| s.1 <= start) {
             self.at += 1;
         }

@@ -348,7 +348,7 @@ fn parse_queues(s: &str) -> Result<Queues, String> {
 }
 
 /// Bytes with an optional K/M/G/T suffix (powers of 1024).
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let (num, shift) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 10),
         Some((i, 'm' | 'M')) => (&s[..i], 20),

@@ -1,7 +1,7 @@
 //! `xdpcast send`: its options, the sending run with its progress bar and
 //! status page, and the final report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,9 +22,16 @@ pub(crate) const MIN_MTU: i64 = (xdpcast::proto::wire::MIN_BLOCK_SIZE as usize
 /// The options of `xdpcast send`.
 #[derive(clap::Args)]
 pub(crate) struct SendArgs {
-    /// File or block device to send; `-`: standard input, read to its end
-    /// into an unlinked file in TMPDIR first (the size goes in every packet).
+    /// File or block device to send; `-`: standard input (a pipe is kept
+    /// in an unlinked file in TMPDIR, sent while it is read with --size,
+    /// else read to its end first: the size goes in every packet).
     file: PathBuf,
+    /// With FILE `-`: the size of the image on standard input (bytes, or
+    /// with a K/M/G/T suffix), so that the first packet leaves at once; an
+    /// input of another size fails the send before the end of its first
+    /// pass.
+    #[arg(long, value_name = "SIZE", value_parser = crate::receive::parse_bytes)]
+    size: Option<u64>,
     /// Multicast group and port, e.g. 239.1.2.3:5000 or [ff15::1]:5000; a
     /// link-local IPv6 group (ff02::, ff12::) is sent on --iface.
     #[arg(long)]
@@ -205,6 +212,7 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
     let SendArgs {
         file,
+        size,
         group,
         iface,
         rate,
@@ -231,7 +239,13 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
                 )));
         }
     }
+    if size.is_some() && file != Path::new("-") {
+        return Err(invalid(
+            "--size is for standard input (FILE -): a file's size is known".into(),
+        ));
+    }
     let mut opts = SendOptions::new(group, &iface);
+    opts.stdin_size = size;
     opts.sparse = !no_sparse;
     opts.gso = !no_gso;
     repair.apply(&mut opts);

@@ -34,7 +34,7 @@ use crate::send::ahead::{Ahead, Scan};
 use crate::send::fleet::FleetCounts;
 use crate::send::publish;
 use crate::send::repair::{Backchannel, Plan, Policy};
-use crate::send::zeros::{DataMap, ZeroRuns};
+use crate::send::zeros::ZeroRuns;
 use crate::status::page::SendPhase;
 
 mod budget;
@@ -45,7 +45,7 @@ mod transmit;
 pub use options::{Progress, SendOptions, SendReport, FEC_GROUP, PARITY_GROUP};
 
 use budget::{clip, clip_counts};
-use source::{open_source, source_len};
+use source::{open_source, Source};
 use transmit::{Loss, Pacer, Signer, Wire, ZeroList};
 
 /// Longest time between two announces (each with the signed head) during a
@@ -111,9 +111,12 @@ pub fn send(
     opts: &SendOptions,
     mut progress: impl FnMut(&Progress),
 ) -> Result<SendReport> {
-    let file = open_source(path)?;
-    let len = source_len(&file)
-        .map_err(|e| Error::target_io(&format!("size of {}", path.display()), &e))?;
+    let Source {
+        file,
+        len,
+        data,
+        fill,
+    } = open_source(path, opts.stdin_size)?;
     if len == 0 {
         return Err(Error::new(
             ErrorCode::InvalidArgument,
@@ -177,7 +180,6 @@ pub fn send(
     // The file's holes are zero runs known without a read: announced from
     // the first packet on; the zero blocks written as data are found as the
     // image is read.
-    let data = DataMap::of(&file, len);
     let holes = if opts.sparse {
         data.holes(&geometry)
     } else {
@@ -375,6 +377,10 @@ pub fn send(
             let (first, end) = fec::group_blocks(&geometry, chunk, c);
             // First pass: the pages and zero runs of what is sent next,
             // once read.
+            // Standard input: what is sent next must have been read.
+            if let Some(f) = &fill {
+                f.wait(geometry.offset(first) + geometry.range_bytes(first, end))?;
+            }
             let pieces = ahead.until(end)?;
             w.pieces(pieces, &mut list)?;
             let data = list.runs.data_in(first, end);
@@ -403,6 +409,11 @@ pub fn send(
             // The whole image has been read: its digest goes out from this
             // end on, and later passes announce the complete zero-run list
             // up front.
+            // Standard input must have had exactly the size announced
+            // before an end can carry a digest.
+            if let Some(f) = &fill {
+                f.finish()?;
+            }
             w.digest = ahead.digest()?.sha256;
             // Every page is made and the digest known: the manifest file
             // for HTTP receivers can be written.

@@ -90,6 +90,10 @@ pub struct SendOptions {
     /// into datagrams by the kernel); falls back to one datagram per
     /// message where the kernel refuses.
     pub gso: bool,
+    /// Size of the image on standard input (`send - --size`): sent while
+    /// it is read (see [`crate::send::fill`]); None: a pipe is read to its
+    /// end before the first packet.
+    pub stdin_size: Option<u64>,
 }
 
 impl SendOptions {
@@ -131,6 +135,7 @@ impl SendOptions {
             linger: Duration::from_secs(30),
             sparse: true,
             gso: true,
+            stdin_size: None,
         }
     }
 }
