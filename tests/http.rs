@@ -30,7 +30,8 @@ const PORT: u16 = 8080;
 /// The tampering proxy's port.
 const PROXY_PORT: u16 = 8081;
 
-/// nginx serving `root` on `addr:PORT` inside `ns`: one process
+/// nginx serving `root` on `addr:PORT` inside `ns`, `extra` directives in
+/// its server block (HTTPS): one process
 /// (`master_process off`), its pid, logs and temporary files in a
 /// directory of its own; killed and waited for on drop.
 struct Nginx {
@@ -39,7 +40,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(ns: &Netns, addr: &str, root: &Path) -> Nginx {
+    fn start(ns: &Netns, addr: &str, root: &Path, extra: &str) -> Nginx {
         let dir = TempDir::new("xdpc-nginx");
         let d = dir.0.display();
         let conf = format!(
@@ -49,7 +50,7 @@ impl Nginx {
                proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
                uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                default_type application/octet-stream;\n  keepalive_requests 10000;\n\
-               server {{\n    listen {addr}:{PORT};\n    root {};\n  }}\n}}\n",
+               server {{\n    listen {addr}:{PORT};\n    root {};\n{extra}  }}\n}}\n",
             root.display()
         );
         let conf_path = dir.join("nginx.conf");
@@ -111,13 +112,24 @@ struct Site {
 
 impl Site {
     fn new(prefix: &str, hosts: usize, mib: usize, seed: u64) -> Site {
+        Site::with_server(prefix, hosts, mib, seed, |_| String::new())
+    }
+
+    /// A site whose nginx has `extra(host 0)` in its server block.
+    fn with_server(
+        prefix: &str,
+        hosts: usize,
+        mib: usize,
+        seed: u64,
+        extra: impl FnOnce(&Host) -> String,
+    ) -> Site {
         let lan = Lan::new(hosts);
         let dir = TempDir::new(prefix);
         let src = dir.join("src.img");
         make_image(&src, mib * MIB, seed);
         let key = keygen(&dir, "tx");
         let web = &lan.hosts[0];
-        let nginx = Nginx::start(&web.ns, &web.addr, &dir.0);
+        let nginx = Nginx::start(&web.ns, &web.addr, &dir.0, &extra(web));
         Site {
             nginx,
             key,
@@ -741,6 +753,156 @@ fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
         &wait_output(tx, Duration::from_secs(60), "sender"),
         "sender",
     );
+}
+
+/// A lab's own certificate authority, made by the test with openssl, and a
+/// server certificate it signed for `ip` (subjectAltName IP, as rustls
+/// checks); PEM files in `dir`: ca.pem, server.pem, server.key.
+fn lab_ca(dir: &TempDir, ip: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        ok(&out, &format!("openssl {args:?}"));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+    ca.extend(["-subj", "/CN=xdpcast test lab CA"]);
+    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    ca.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=web",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+/// nginx serving HTTPS with a certificate of a lab CA: a receiver given the
+/// CA (`--http-ca`) finishes from it; one without trusts only Mozilla's
+/// roots, refuses the server at every try and ends at its start timeout,
+/// nothing taken from it.
+#[test]
+fn https_with_a_lab_ca_given_by_http_ca() {
+    if !netns_allowed() {
+        return;
+    }
+    const TLS_PORT: u16 = 8443;
+    let pki = TempDir::new("xdpc-http-pki");
+    let site = Site::with_server("xdpc-http-tls", 2, 4, 78, |web| {
+        lab_ca(&pki, &web.addr);
+        format!(
+            "    listen {}:{TLS_PORT} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n",
+            web.addr,
+            pki.join("server.pem").display(),
+            pki.join("server.key").display()
+        )
+    });
+    let (lan, dir, src, key, nginx) = (&site.lan, &site.dir, &site.src, &site.key, &site.nginx);
+    let (web, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    ok(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+            .args([
+                "manifest",
+                src.to_str().unwrap(),
+                "--sign",
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+        "xdpcast manifest",
+    );
+    let url = format!("https://{}:{TLS_PORT}/src.img", web.addr);
+    let ca = pki.join("ca.pem");
+    let key_pub = pub_of(key);
+    let common = [
+        "--mode",
+        "socket",
+        "--trust",
+        &key_pub,
+        "--http",
+        &url,
+        "--http-after",
+        "1",
+        "--http-jitter-ms",
+        "0",
+        "--idle-timeout",
+        "5",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--http-ca", ca.to_str().unwrap()]);
+    let out = wait_output(
+        receiver(rx_host, &dir.0, "lab", &args),
+        Duration::from_secs(120),
+        "receiver with --http-ca",
+    );
+    let s = assert_verified(&dir.0, "lab", &out, &sha256_hex(src));
+    assert!(s.http.http_bytes >= (4 * MIB) as u64, "{:?}", s.http);
+    assert!(nginx.partial_replies() > 0);
+    // Without the CA: refused at every try, never given up while no
+    // session is known; the start timeout ends it.
+    let served = nginx.partial_replies();
+    let mut args = common.to_vec();
+    args.extend(["--start-timeout", "6"]);
+    let out = wait_output(
+        receiver(rx_host, &dir.0, "nolab", &args),
+        Duration::from_secs(120),
+        "receiver without --http-ca",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let s = read_page(&dir.0, "nolab");
+    assert_eq!(
+        (s.state, s.error),
+        (State::Failure, ErrorCode::Timeout),
+        "{}",
+        text(&out)
+    );
+    assert!(s.http.refused > 0, "{:?}", s.http);
+    assert_eq!(s.http.http_bytes, 0, "{:?}", s.http);
+    assert!(
+        text(&out).to_lowercase().contains("certificate"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(nginx.partial_replies(), served);
 }
 
 /// Bytes nginx sent in range replies (its access log's default format:

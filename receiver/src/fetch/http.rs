@@ -12,6 +12,7 @@
 use std::io::Read as _;
 use std::time::{Duration, SystemTime};
 
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
 
 /// Most redirects followed per request.
@@ -84,10 +85,42 @@ pub struct Mirror {
     agent: Agent,
 }
 
+/// The certificate authorities an HTTPS server's chain must lead to:
+/// Mozilla's roots (webpki-roots, as rustls ships them), and with
+/// `extra` (DER certificates, `--http-ca`) those too.
+pub fn roots(extra: &[Vec<u8>]) -> RootCerts {
+    if extra.is_empty() {
+        return RootCerts::WebPki;
+    }
+    let mozilla = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned());
+    let lab = extra.iter().map(|d| Certificate::from_der(d).to_owned());
+    mozilla.chain(lab).collect::<Vec<_>>().into()
+}
+
+/// The certificates of a PEM file's text (`--http-ca`): every
+/// `CERTIFICATE` block, as DER; an error if there is none or a block is
+/// malformed (private keys and other blocks are skipped).
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item.map_err(|e| e.to_string())? {
+            PemItem::Certificate(c) => out.push(c.der().to_vec()),
+            _ => continue,
+        }
+    }
+    if out.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    Ok(out)
+}
+
 impl Mirror {
     /// A client for `url`: proxy from the environment as curl picks it,
-    /// `timeout` for each whole request.
-    pub fn new(url: &str, timeout: Duration) -> Mirror {
+    /// `timeout` for each whole request, HTTPS servers checked against
+    /// `roots` ([`roots`]).
+    pub fn new(url: &str, timeout: Duration, roots: &RootCerts) -> Mirror {
         let proxy =
             proxy_for(url, &|k| std::env::var(k).ok()).and_then(|p| match ureq::Proxy::new(&p) {
                 Ok(p) => Some(p),
@@ -104,6 +137,7 @@ impl Mirror {
             .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
             .proxy(proxy)
             .user_agent(concat!("xdpcast/", env!("CARGO_PKG_VERSION")))
+            .tls_config(TlsConfig::builder().root_certs(roots.clone()).build())
             .build()
             .into();
         Mirror {
@@ -465,7 +499,7 @@ mod tests {
         let (url, h) = canned(reply, stall);
         let m = Mirror {
             url: url.clone(),
-            agent: Mirror::new(&url, timeout).agent,
+            agent: Mirror::new(&url, timeout, &RootCerts::WebPki).agent,
         };
         let r = m.get_range(100, 200, 1000);
         drop(m);
@@ -576,6 +610,37 @@ mod tests {
             Duration::from_millis(500),
         );
         assert_eq!(r, Err(FetchError::Bad(BadReply::Timeout)));
+    }
+
+    #[test]
+    fn lab_cas_come_from_pem_certificate_blocks_beside_mozilla_s() {
+        let pem = b"junk\n-----BEGIN PRIVATE KEY-----\nAQID\n-----END PRIVATE KEY-----\n\
+-----BEGIN CERTIFICATE-----\nBAUG\n-----END CERTIFICATE-----\n\
+-----BEGIN CERTIFICATE-----\nBwgJ\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            pem_certificates(pem),
+            Ok(vec![vec![4, 5, 6], vec![7, 8, 9]])
+        );
+        assert!(pem_certificates(b"").is_err());
+        assert!(pem_certificates(
+            b"-----BEGIN PRIVATE KEY-----\nAQID\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
+        assert!(pem_certificates(
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
+        assert!(matches!(roots(&[]), RootCerts::WebPki));
+        match roots(&[vec![4, 5, 6]]) {
+            RootCerts::Specific(all) => {
+                assert_eq!(
+                    all.len(),
+                    webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() + 1
+                );
+                assert_eq!(all.last().unwrap().der(), &[4, 5, 6]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -261,12 +261,13 @@ impl Work {
             .jitter
             .mul_f64((rng.next_u64() % 10_000) as f64 / 10_000.0);
         let now = Instant::now();
+        let roots = http::roots(&req.extra_roots);
         Work {
             mirrors: req
                 .urls
                 .iter()
                 .map(|u| MirrorState {
-                    mirror: Mirror::new(u, req.timeout),
+                    mirror: Mirror::new(u, req.timeout, &roots),
                     not_before: now,
                     failures: 0,
                     misses: 0,
@@ -747,7 +748,13 @@ impl Work {
             )
         });
         ms.not_before = Instant::now() + wait;
-        log::info!("HTTP: {why} (next try in {wait:?})");
+        // No session yet: the source is not given up, so the first failure
+        // of each mirror is said once (a wrong CA, a wrong URL).
+        if ms.failures == 1 && self.t.image().is_none() {
+            log::warn!("HTTP: {why} (asking again until the start timeout; next in {wait:?})");
+        } else {
+            log::info!("HTTP: {why} (next try in {wait:?})");
+        }
         self.failed(why);
     }
 

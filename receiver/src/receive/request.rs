@@ -114,6 +114,9 @@ pub struct HttpRequest {
     /// Failed requests in a row, over all mirrors, after which the HTTP
     /// source is given up (back to multicast repair).
     pub max_failures: u32,
+    /// Certificates (DER) of certificate authorities trusted for HTTPS in
+    /// addition to Mozilla's roots (`--http-ca`: a lab's own CA).
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 impl HttpRequest {
@@ -128,6 +131,7 @@ impl HttpRequest {
             timeout: Duration::from_secs(60),
             range_bytes: 8 << 20,
             max_failures: 8,
+            extra_roots: Vec::new(),
         }
     }
 }

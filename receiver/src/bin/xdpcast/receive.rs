@@ -221,6 +221,10 @@ struct ReceiveHttp {
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..))]
     http_max_failures: u32,
+    /// A PEM file of certificate authorities trusted for https:// URLs in
+    /// addition to Mozilla's roots (a lab's own CA).
+    #[arg(long, value_name = "FILE")]
+    http_ca: Option<std::path::PathBuf>,
 }
 
 impl ReceiveHttp {
@@ -247,9 +251,25 @@ impl ReceiveHttp {
         h.timeout = Duration::from_secs(self.http_timeout.max(1));
         h.range_bytes = self.http_range_kib << 10;
         h.max_failures = self.http_max_failures;
+        if let Some(path) = &self.http_ca {
+            h.extra_roots = read_ca(path)?;
+        }
         r.http = Some(h);
         Ok(())
     }
+}
+
+/// The certificates of the PEM file at `path` (`--http-ca`), read once at
+/// the start (at most 1 MiB) so that a wrong file is an error before the
+/// session, not a refusal of every HTTPS server later.
+fn read_ca(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut pem))
+        .map_err(|e| invalid(format!("--http-ca {}: {e}", path.display())))?;
+    xdpcast::fetch::http::pem_certificates(&pem)
+        .map_err(|e| invalid(format!("--http-ca {}: {e}", path.display())))
 }
 
 /// Signed sessions and image pinning on the receiving side.
