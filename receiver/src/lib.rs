@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod core;
 pub mod cpu;
 pub mod error;
 pub mod fetch;

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask test | demo | build-ebpf | bench | fuzz | dist`.
+//! Project tasks: `cargo xtask test | demo | build-ebpf | bench | fuzz | dist | fleet-sim`.
 
 mod bench;
 mod demo;
+mod fleet_sim;
 mod fuzz;
 mod plot;
 mod test;
@@ -41,6 +42,10 @@ enum Cmd {
     /// Run the fuzzers of tests/fuzz.rs for a while with fresh seeds
     /// (`--seconds N`, default 600), many more cases per run than the suite.
     Fuzz(fuzz::Args),
+    /// The repair logic (xdpcast::core) with one sender and up to 1000
+    /// receivers in virtual time: sends per block, requests and rounds per
+    /// loss scenario (no root; deterministic by seed).
+    FleetSim(fleet_sim::Args),
     /// Build the Debian package (target/dist/xdpcast_VERSION_ARCH.deb) from a release build.
     Dist {
         /// Output directory.
@@ -89,5 +94,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Fuzz(args) => fuzz::run_fuzz(args),
         Cmd::Dist { out } => dist(&out),
+        Cmd::FleetSim(args) => fleet_sim::run(args),
     }
 }

@@ -1,0 +1,19 @@
+//! The repair protocol as state machines, without sockets, threads or a
+//! clock of their own (sans-IO, in the style of quinn-proto and
+//! s2n-quic-core): packets and the time go in, packets to send and the
+//! next time to be woken come out.
+//!
+//! - [`gaps`]: the receiver's side: what it lacks, when it asks (backoff,
+//!   asking again) and what it leaves out (the sender's confirmations);
+//! - [`rounds`]: the sender's side: requests, confirmations, progress
+//!   reports and "too slow" verdicts in, the repair windows and each
+//!   round's plan out, within the repair budget.
+//!
+//! The real binaries drive them from their sockets (`api/session.rs`,
+//! `receive/transfer.rs`, `send/repair.rs`, `send/sender.rs`); `cargo
+//! xtask fleet-sim` drives one sender and a thousand receivers in virtual
+//! time (docs/reliability.md). Time is a [`std::time::Instant`] handed in
+//! by the caller: the simulator's start plus virtual time.
+
+pub mod gaps;
+pub mod rounds;
