@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::core::gaps::{Heard, Requester};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::{Fetcher, HttpCounters};
 use crate::net::socket;
@@ -34,19 +35,10 @@ const TICK: Duration = Duration::from_millis(50);
 const LAST_PASS_GRACE: Duration = Duration::from_secs(1);
 /// How often the resume file is brought up to date.
 const RESUME_EVERY: Duration = Duration::from_secs(1);
-/// Backoff before a request, per doubling of the sender's group-size
-/// estimate: the window grows with the group (20 ms for one receiver,
-/// 120 ms for 24, 180 ms for 200).
-const BACKOFF_UNIT: Duration = Duration::from_millis(20);
-/// Longest backoff window (well inside the sender's 500 ms repair window).
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// How often a receiver reports its progress to the sender.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Copies of the final report (it is not repeated later).
 const FINAL_REPORTS: usize = 3;
-/// A receiver that NACKed and got nothing new for this long asks again
-/// (well inside the sender's 500 ms collection window).
-const NACK_AGAIN: Duration = Duration::from_millis(250);
 /// Most missing ranges one receiver reports per round (64 packets).
 const NACK_MAX_RANGES: usize = 64 * crate::proto::wire::MAX_NACK_RANGES;
 /// An unsigned session takes the sender's "too slow" verdict only when it
@@ -308,40 +300,23 @@ fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
     }
 }
 
-/// Asks for repair: after each end of pass from a sender that takes
-/// requests, once no full pass is left, after a random backoff scaled to
-/// the group, it sends parity requests (per FEC group, the symbols it
-/// lacks beyond what the sender has confirmed for the round) and NACKs
-/// (block ranges for groups it has nothing of, or when the sender takes no
-/// parity requests).
+/// Asks for repair: the repair core's [`Requester`] says when (a random
+/// backoff after each end of pass or round, once no full pass is left, and
+/// again when a request brought nothing); then it sends parity requests
+/// (per FEC group, the symbols it lacks beyond what the sender has
+/// confirmed for the round) and NACKs (block ranges for groups it has
+/// nothing of, or when the sender takes no parity requests).
 #[derive(Default)]
 struct Repairer {
     link: Arc<Link>,
-    answered_pass: u64,
-    due: Option<Instant>,
-    last_sent: Option<Instant>,
-    blocks: u64,
-    progress: Option<Instant>,
-    rng: Option<XorShift>,
+    requester: Requester,
 }
 
 impl Repairer {
-    /// A random delay from a truncated exponential distribution over a
-    /// window that grows with the log of the group size (as NORM does):
-    /// most receivers wait long, a few answer early, and their requests
-    /// (confirmed by the sender to everyone) keep the others quiet.
-    fn backoff(&mut self, gsize_log2: u32) -> Duration {
-        let rng = self.rng.get_or_insert_with(XorShift::from_entropy);
-        let window = (BACKOFF_UNIT * (1 + gsize_log2)).min(BACKOFF_MAX);
-        let lambda = f64::from(gsize_log2) * std::f64::consts::LN_2 + 1.0;
-        let x = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let z = (x * lambda.exp_m1()).ln_1p() / lambda;
-        window.mul_f64(z.clamp(0.0, 1.0))
-    }
-
     /// How long the control thread may sleep before a request is due.
     fn wake_in(&self) -> Option<Duration> {
-        self.due
+        self.requester
+            .poll_timeout()
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
@@ -352,40 +327,23 @@ impl Repairer {
         if control.repair_to().is_none() {
             return Ok(());
         }
-        let now = Instant::now();
-        if blocks_done != self.blocks || self.progress.is_none() {
-            self.blocks = blocks_done;
-            self.progress = Some(now);
-        }
-        let passes = t.passes_seen();
         // An unsigned FINAL is a hint anyone can send: ask on regardless
         // (a sender that has really finished ignores it).
-        let repairing =
-            passes >= u64::from(control.passes) && !(t.is_signed() && t.final_pass_ended());
-        let stalled = |at: Option<Instant>| at.is_some_and(|at| now - at >= NACK_AGAIN);
-        if repairing && passes > self.answered_pass {
-            self.answered_pass = passes;
-            self.due = Some(now + self.backoff(control.gsize_log2()));
-        } else if repairing
-            && self.due.is_none()
-            && stalled(self.last_sent)
-            && stalled(self.progress)
-        {
-            // The end of the last round may have been lost: ask again
-            // rather than wait for a sender that thinks everyone is done.
-            self.due = Some(now + self.backoff(control.gsize_log2()));
-        }
-        if self.due.is_none_or(|d| Instant::now() < d) {
+        let heard = Heard {
+            passes_seen: t.passes_seen(),
+            passes: u64::from(control.passes),
+            gsize_log2: control.gsize_log2(),
+            over: t.is_signed() && t.final_pass_ended(),
+        };
+        if !self.requester.poll(Instant::now(), &heard, blocks_done) {
             return Ok(());
         }
-        self.due = None;
         let Some(img) = t.image() else {
             return Ok(());
         };
         if blocks_done >= img.geometry.block_count {
             return Ok(());
         }
-        self.last_sent = Some(Instant::now());
         let (session, g) = (img.session, &img.geometry);
         let pkts = match control.parity_group() {
             Some(gs) => {

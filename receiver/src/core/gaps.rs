@@ -364,6 +364,34 @@ mod tests {
         assert!(c.silences(3, 100, 0, 50));
     }
 
+    #[test]
+    fn a_flood_of_confirmations_keeps_at_most_max_confirmed_groups() {
+        // 2^20 groups of one block: every confirmation names 100 new ones.
+        let g = Geometry::new(64 << 20, 64);
+        let h = ConfirmHeader {
+            round: 1,
+            group_size: 1,
+            receivers: 1,
+            flags: 0,
+        };
+        let mut c = Confirmed::default();
+        let per = wire::MAX_PARITY_ENTRIES as u64;
+        for k in 0..(2 * MAX_CONFIRMED_GROUPS as u64 / per + 1) {
+            let entries: Vec<(u64, u32)> = (0..per).map(|i| (k * per + i, 1)).collect();
+            let pkt = encode_confirm(1, &g, &h, &entries);
+            let Ok(Packet::Confirm { counts, .. }) = wire::parse(&pkt) else {
+                panic!("a confirmation");
+            };
+            c.confirm(1, 1, counts);
+        }
+        assert_eq!(c.counts.len(), MAX_CONFIRMED_GROUPS);
+        // A group beyond the cap is not silenced (the receiver asks: delay
+        // at most); one inside it still is.
+        c.end_seen(1, Instant::now());
+        assert!(c.silences(1, 1, 0, 1));
+        assert!(!c.silences(1, 1, 2 * MAX_CONFIRMED_GROUPS as u64, 1));
+    }
+
     /// Blocks held as a list of missing ranges; symbols per group.
     struct Held(Vec<(u64, u64)>, HashMap<u64, u64>);
 

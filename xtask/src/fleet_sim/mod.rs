@@ -208,7 +208,11 @@ fn row(s: &Scenario, n: usize, seeds: u64) -> String {
         notes.push(format!("{unfinished} receiver runs unfinished"));
     }
     if http > 0 {
-        notes.push(format!("{} of {} fetched over HTTP", http, seeds as usize * n));
+        notes.push(format!(
+            "{} of {} fetched over HTTP",
+            http,
+            seeds as usize * n
+        ));
     }
     format!(
         "| {} | {n} | {:.3} ({lo:.3}–{hi:.3}) | {:.0} | {:.1} | {:.0} | {:.0} | {slow} | {} |",
@@ -231,13 +235,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         format!("cargo xtask fleet-sim --seeds {seeds} --write-docs")
     };
-    let _ = writeln!(table, "`{command}` (medians over seeds 1–{seeds}; in brackets the lowest and highest run):\n");
+    let _ = writeln!(
+        table,
+        "`{command}` (medians over seeds 1–{seeds}; in brackets the lowest and highest run):\n"
+    );
     table.push_str("| loss | receivers | sends per block | repair packets per round | requests per round | requests | rounds | others' last finish × alone | notes |\n");
     table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     println!("{}", table.trim_end());
     for (s, n) in scenarios(args.quick) {
         let key = format!("{} | {n}", s.name);
-        if args.only.as_ref().is_some_and(|o| !key.starts_with(o.as_str())) {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !key.starts_with(o.as_str()))
+        {
             continue;
         }
         let line = row(&s, n, seeds);
@@ -269,7 +280,10 @@ mod tests {
         let b = world::run(Setup::default(), &s.rxs, 3);
         assert!(a.finished.iter().all(Option::is_some), "{a:?}");
         assert_eq!(a.finished, b.finished);
-        assert_eq!((a.repair_packets, a.requests), (b.repair_packets, b.requests));
+        assert_eq!(
+            (a.repair_packets, a.requests),
+            (b.repair_packets, b.requests)
+        );
         assert!(a.rounds >= 1 && a.requests >= 1);
     }
 

@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use xdpcast::core::gaps::{self, Confirmed, Heard, Holdings, Requester};
-use xdpcast::core::rounds::{FleetView, Next, Plan, Policy, Rounds, Schedule, Transmit, Window, WindowEvent};
+use xdpcast::core::rounds::{
+    FleetView, Next, Plan, Policy, Rounds, Schedule, Transmit, Window, WindowEvent,
+};
 use xdpcast::proto::fec;
 use xdpcast::proto::wire::{self, Geometry, Packet, Report};
 
@@ -370,7 +372,10 @@ impl Sim {
         match self.schedule.close(plan, view) {
             Next::Repair(Plan { ranges, parity }) => {
                 if std::env::var_os("SIMDBG").is_some() {
-                    eprintln!("round at {:?}: ranges {ranges:?} parity {parity:?}", self.now);
+                    eprintln!(
+                        "round at {:?}: ranges {ranges:?} parity {parity:?}",
+                        self.now
+                    );
                 }
                 self.pass += 1;
                 for (a, b) in ranges {
@@ -395,7 +400,10 @@ impl Sim {
     fn alive(&self, i: usize) -> bool {
         let rx = &self.rxs[i];
         let share = self.now.as_secs_f64() / self.pass_time.as_secs_f64();
-        !rx.gone && !rx.spec.absent && share >= rx.spec.join && rx.spec.leave.is_none_or(|l| share < l)
+        !rx.gone
+            && !rx.spec.absent
+            && share >= rx.spec.join
+            && rx.spec.leave.is_none_or(|l| share < l)
     }
 
     fn deliver(&mut self, pkt: &Pkt) {
@@ -480,7 +488,7 @@ impl Sim {
         self.at(next, Ev::Tick(i));
     }
 
-    fn to_sender(&mut self, i: usize, bytes: &[u8]) {
+    fn at_sender(&mut self, i: usize, bytes: &[u8]) {
         if matches!(self.phase, Phase::Over) {
             return;
         }
@@ -508,7 +516,10 @@ impl Sim {
         self.at(l, Ev::ToSender(i, r));
         if self.rxs[i].finished.is_none() {
             let jitter = Duration::from_millis(self.rng.next() % 200);
-            self.at(REPORT_EVERY - Duration::from_millis(100) + jitter, Ev::Report(i));
+            self.at(
+                REPORT_EVERY - Duration::from_millis(100) + jitter,
+                Ev::Report(i),
+            );
         }
     }
 }
@@ -590,7 +601,7 @@ pub fn run(setup: Setup, rxs: &[RxSpec], seed: u64) -> Outcome {
         match ev {
             Ev::Sender => sim.sender(),
             Ev::Multicast(p) => sim.deliver(&p),
-            Ev::ToSender(i, b) => sim.to_sender(i, &b),
+            Ev::ToSender(i, b) => sim.at_sender(i, &b),
             Ev::Verdict(i) => sim.rxs[i].gone = true,
             Ev::Tick(i) => sim.tick(i),
             Ev::Report(i) => sim.report(i),

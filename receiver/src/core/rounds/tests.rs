@@ -34,9 +34,36 @@ fn merges_ranges() {
 #[test]
 fn margin_grows_with_the_group() {
     assert_eq!(margin(16, 1), 0);
-    assert_eq!(margin(16, 2), 4);
-    assert_eq!(margin(16, 24), 8);
-    assert_eq!(margin(16, 200), 10);
+    assert_eq!(margin(16, 2), 5);
+    assert_eq!(margin(16, 24), 11);
+    assert_eq!(margin(16, 200), 14);
+}
+
+fn report(name: &str) -> Vec<u8> {
+    let r = wire::Report {
+        blocks_done: 0,
+        requests: 0,
+        state: 1,
+        error: 0,
+        flags: 0,
+        name: wire::Report::name_field(name),
+    };
+    wire::encode_progress(1, &policy().geometry, &r)
+}
+
+#[test]
+fn the_first_request_of_a_group_gets_the_fleet_margin_later_ones_less() {
+    let mut i = Rounds::new(policy());
+    let now = Instant::now();
+    for k in 0..200u32 {
+        let from = SocketAddr::from(([10, 0, (k >> 8) as u8, k as u8], 4000));
+        assert!(i.handle(&report(&format!("rx{k}")), from, now).is_empty());
+    }
+    assert_eq!(i.fleet(now).known, 200);
+    assert_eq!(i.add_parity(needs(&entries(&[(0, 16)]))), vec![(0, 30)]);
+    // A receiver still above lacks more than the worst of 200 was
+    // expected to: it is in the tail already.
+    assert_eq!(i.add_parity(needs(&entries(&[(0, 36)]))), vec![(0, 36 + 8)]);
 }
 
 #[test]
@@ -80,8 +107,13 @@ fn a_parity_request_is_confirmed_to_the_group_and_limited_per_address() {
     let now = Instant::now();
     let out = i.handle(&entries(&[(0, 3)]), from, now);
     assert_eq!(out.len(), CONFIRM_REPEAT);
-    assert!(matches!(&out[0], Transmit::Group(p) if matches!(wire::parse(p), Ok(Packet::Confirm { .. }))));
-    assert!(i.handle(&entries(&[(0, 2)]), from, now).is_empty(), "covered");
+    assert!(
+        matches!(&out[0], Transmit::Group(p) if matches!(wire::parse(p), Ok(Packet::Confirm { .. })))
+    );
+    assert!(
+        i.handle(&entries(&[(0, 2)]), from, now).is_empty(),
+        "covered"
+    );
     for _ in 2..REQUESTS_PER_SOURCE {
         i.handle(&entries(&[(0, 1)]), from, now);
     }
@@ -89,7 +121,10 @@ fn a_parity_request_is_confirmed_to_the_group_and_limited_per_address() {
     assert!(i.handle(&entries(&[(1, 9)]), from, now).is_empty());
     assert_eq!(i.inbound().ignored, 1, "over the limit");
     i.open_window(1, 1);
-    assert!(!i.handle(&entries(&[(1, 9)]), from, now).is_empty(), "a new window");
+    assert!(
+        !i.handle(&entries(&[(1, 9)]), from, now).is_empty(),
+        "a new window"
+    );
     assert!(i.handle(b"noise", from, now).is_empty());
     assert_eq!(i.inbound().ignored, 2);
 }

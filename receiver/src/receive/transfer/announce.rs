@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::image::Image;
 use super::{lock, Transfer};
@@ -193,7 +193,7 @@ impl Transfer {
             a.set_final();
         }
         drop(a);
-        lock(&self.confirmed).end_seen(u64::from(control.pass));
+        lock(&self.confirmed).end_seen(u64::from(control.pass), Instant::now());
         self.passes_seen
             .fetch_max(u64::from(control.pass) + 1, Ordering::Release);
     }

@@ -25,9 +25,10 @@ use crossbeam_utils::CachePadded;
 use crate::error::{Error, Result};
 use ed25519_dalek::VerifyingKey;
 
+use crate::core::gaps::Confirmed;
 use crate::proto::fec;
 use crate::proto::wire::{self, Control};
-use crate::receive::control::{Announced, Confirmed};
+use crate::receive::control::Announced;
 use crate::receive::signed::Signed;
 use crate::receive::workers::{Sink, WorkerCounters};
 use crate::status::page::{StorageStatus, StreamStatus};
@@ -43,8 +44,8 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::core::gaps::Needs;
 pub use image::{DoneSplit, Image};
-pub use requests::Needs;
 
 /// Shared state of one transfer.
 #[derive(Debug)]

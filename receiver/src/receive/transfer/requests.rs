@@ -1,21 +1,35 @@
 //! What a receiver asks the sender for: block ranges and parity symbols,
 //! less what the sender has confirmed.
 
-use super::image::missing_in_window;
+use super::image::{missing_in_window, Image};
 use super::{lock, Transfer};
+use crate::core::gaps::{self, Holdings, Needs};
 use crate::proto::fec;
 
-/// What a receiver should ask for: parity symbols for groups it partly
-/// has, block ranges for groups it has nothing of.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Needs {
-    /// `(group, symbols lacking)`.
-    pub parity: Vec<(u64, u32)>,
-    /// `(first block, count)`.
-    pub ranges: Vec<(u64, u32)>,
-    /// Groups left out because the sender confirmed enough symbols (until
-    /// a second window of the round opens, see [`Confirmed`](crate::receive::control::Confirmed)).
-    pub silenced: usize,
+/// What an image holds, as the repair core reads it.
+struct Held<'a> {
+    img: &'a Image,
+    fec: &'a fec::Pending,
+    missing: Vec<(u64, u64)>,
+    /// A stream: the group of its first missing block and the end of its
+    /// window.
+    stream: Option<(Option<u64>, u64)>,
+}
+
+impl Holdings for Held<'_> {
+    fn missing(&self) -> Vec<(u64, u64)> {
+        self.missing.clone()
+    }
+    fn held(&self, first: u64, end: u64) -> u64 {
+        self.img.claimed.count_range(first, end)
+    }
+    fn symbols(&self, group: u64) -> u64 {
+        self.fec.held(group)
+    }
+    fn as_ranges(&self, group: u64, end: u64) -> bool {
+        self.stream
+            .is_some_and(|(f, w)| f == Some(group) || end > w)
+    }
 }
 
 impl Transfer {
@@ -58,12 +72,6 @@ impl Transfer {
         let Some(img) = self.image() else {
             return out;
         };
-        let g = &img.geometry;
-        let confirmed = lock(&self.confirmed);
-        let push_range = |out: &mut Needs, a: u64, b: u64| match out.ranges.last_mut() {
-            Some((first, n)) if *first + u64::from(*n) == a => *n += (b - a) as u32,
-            _ => out.ranges.push((a, (b - a) as u32)),
-        };
         let missing = missing_in_window(img);
         // A signed session onto a file or device asks for block ranges
         // only: decoding parity needs the group's other blocks, which are
@@ -71,49 +79,24 @@ impl Transfer {
         // `fec_symbol`).
         if self.is_signed() && img.target.as_stream().is_none() {
             for (a, b) in missing {
-                push_range(&mut out, a, b);
+                out.push_range(a, b);
             }
             out.ranges.truncate(max);
             return out;
         }
         // A stream asks for block ranges in the group of its first missing
         // block and in a group its window does not hold whole.
-        let as_ranges = img.target.as_stream().map(|_| {
+        let stream = img.target.as_stream().map(|_| {
             let frontier = missing.first().map(|&(a, _)| a / u64::from(group_size));
             (frontier, img.window_end())
         });
-        let mut last_group = None;
-        for (s, e) in missing {
-            let mut b = s;
-            while b < e {
-                let group = b / u64::from(group_size);
-                let (first, end) = fec::group_blocks(g, group_size, group);
-                let (a, stop) = (b, end.min(e));
-                b = stop;
-                if as_ranges.is_some_and(|(f, w)| f == Some(group) || end > w) {
-                    push_range(&mut out, a, stop);
-                    continue;
-                }
-                if last_group == Some(group) {
-                    continue;
-                }
-                last_group = Some(group);
-                let missing = (end - first) - img.claimed.count_range(first, end);
-                let held = self.fec.held(group);
-                if missing == end - first && held == 0 {
-                    push_range(&mut out, first, end);
-                    continue;
-                }
-                let need = missing.saturating_sub(held).max(1) as u32;
-                if confirmed.silences(round, group_size, group, need) {
-                    out.silenced += 1;
-                } else {
-                    out.parity.push((group, need));
-                }
-            }
-        }
-        out.parity.truncate(max);
-        out.ranges.truncate(max);
-        out
+        let held = Held {
+            img,
+            fec: &self.fec,
+            missing,
+            stream,
+        };
+        let confirmed = lock(&self.confirmed);
+        gaps::needs(&held, &img.geometry, group_size, round, &confirmed, max)
     }
 }

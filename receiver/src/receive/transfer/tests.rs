@@ -242,7 +242,7 @@ fn a_confirmation_silences_a_group_for_a_while() {
     // A second window of round 0 (four sends of its end): the
     // confirmation counts no more.
     let end = encode_control(Kind::End, 7, &g, &Control::new([1; 32], 0, 1));
-    for _ in 0..crate::receive::control::SILENCE_ENDS {
+    for _ in 0..crate::core::gaps::SILENCE_ENDS {
         t.ingest(&end, c);
         t.ingest(&end, c);
         std::thread::sleep(Duration::from_millis(25));

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapOptions;
 
+use crate::core::rounds::{FleetView, Next, Plan, Policy, Schedule, Window, WindowEvent};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::Stamp;
 use crate::net::socket;
@@ -33,18 +34,16 @@ use crate::rng::XorShift;
 use crate::send::ahead::{Ahead, Scan};
 use crate::send::fleet::FleetCounts;
 use crate::send::publish;
-use crate::send::repair::{Backchannel, Plan, Policy};
+use crate::send::repair::Backchannel;
 use crate::send::zeros::ZeroRuns;
 use crate::status::page::SendPhase;
 
-mod budget;
 mod options;
 mod source;
 mod transmit;
 
 pub use options::{Progress, SendOptions, SendReport, FEC_GROUP, PARITY_GROUP};
 
-use budget::{clip, clip_counts};
 use source::{open_source, Source};
 use transmit::{Loss, Pacer, Signer, Wire, ZeroList};
 
@@ -53,22 +52,11 @@ use transmit::{Loss, Pacer, Signer, Wire, ZeroList};
 /// long at any rate, not only after `announce_every` more packets (5.7 MB
 /// of 1400-byte blocks: seconds at a few Mbit/s).
 pub const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
-/// NACK windows in a row that must pass without a NACK before the final end.
-const QUIET_WINDOWS: u32 = 2;
-/// Once `--max-repair` is spent (a flood of forged requests can spend it),
-/// each repair round may still send this share of the image: 1/32, so the
-/// requested blocks are all served again within 32 rounds and a flood costs
-/// at most `max_repair_rounds / 32` images more.
-const REPAIR_FLOOR_DIVISOR: u64 = 32;
 /// Blocks sent between progress reports when there is no FEC grouping.
 const CHUNK: u32 = 1024;
 /// A receiver whose reports showed new blocks this recently is still at
 /// work (reports come every second or so).
 const PROGRESSING: Duration = Duration::from_millis(2500);
-/// Windows in a row that reports of progress may keep from counting as
-/// quiet: reports are not authenticated, and forged ones must not keep
-/// the sender from ever ending.
-const PROGRESS_HOLD: u32 = 20;
 /// How often the sender looks at its receivers while it waits (for them
 /// to join, in a repair window, after the final end).
 const LOOK: Duration = Duration::from_millis(50);
@@ -434,25 +422,19 @@ pub fn send(
         }
         w.control(Kind::End, &control(pass, flags))?;
     }
-    let mut rounds = 0;
     let mut repair_packets = 0;
     let mut repair_bytes = 0;
-    let mut refused = 0;
     // Repairs go at most at the data rate: the one asked for, else the
     // one the passes reached.
     let data_rate = opts.rate_bps.or_else(|| {
         let secs = start.elapsed().as_secs_f64();
         (secs > 0.0).then(|| ((w.bytes * 8) as f64 / secs) as u64 + 1)
     });
-    let mut budget = (opts.max_repair.max(0.0) * geometry.block_count as f64).ceil() as u64;
-    // Blocks or symbols a round may send once the budget is spent (none
-    // when --max-repair 0 asks for no repair at all).
-    let floor = if budget > 0 {
-        geometry.block_count.div_ceil(REPAIR_FLOOR_DIVISOR)
-    } else {
-        0
-    };
-    let (mut range_cursor, mut group_cursor) = (0, 0);
+    let mut schedule = Schedule::new(
+        opts.max_repair,
+        geometry.block_count,
+        opts.max_repair_rounds,
+    );
     if let Some(bc) = &bc {
         let mut pass = opts.passes - 1;
         // Fresh symbols for every parity round: the next unused repair
@@ -461,78 +443,43 @@ pub fn send(
         let first_esi = opts.passes * u32::from(opts.fec_repair);
         // Everyone the sender knows of is done: no window to wait out.
         let settled = |f: FleetCounts| f.known >= opts.min_receivers.max(1) && f.receiving == 0;
-        // The sender stops after QUIET_WINDOWS windows in a row without a
-        // request, so that one lost NACK or one late receiver does not end
-        // the session for everyone.
-        let mut quiet = 0;
-        let mut held = 0;
-        while quiet < QUIET_WINDOWS && rounds < opts.max_repair_rounds {
+        while schedule.open() {
+            let rounds = schedule.rounds();
             bc.set_round(u64::from(pass), rounds);
-            // Repeat the end that opened the window at a quarter and at
-            // half of it: the copies sent right after a burst of data are
-            // the ones a receiver's full ring drops, and a receiver that
-            // misses every end of a round never asks.
-            let opened = Instant::now();
-            let mut reminders = vec![opts.repair_wait / 2, opts.repair_wait / 4];
-            while opened.elapsed() < opts.repair_wait {
-                if reminders.last().is_some_and(|&at| opened.elapsed() >= at) {
-                    reminders.pop();
-                    w.control(Kind::End, &control(pass, 0))?;
+            let mut window = Window::new(Instant::now(), opts.repair_wait);
+            loop {
+                match window.poll(Instant::now()) {
+                    WindowEvent::Remind => w.control(Kind::End, &control(pass, 0))?,
+                    WindowEvent::Close => break,
+                    WindowEvent::Wait => {
+                        show(
+                            SendPhase::Repair,
+                            pass,
+                            (0, 0, 0),
+                            &w,
+                            (rounds, repair_packets, repair_bytes),
+                        );
+                        let left = window
+                            .poll_timeout()
+                            .saturating_duration_since(Instant::now());
+                        std::thread::sleep(left.min(LOOK));
+                    }
                 }
-                show(
-                    SendPhase::Repair,
-                    pass,
-                    (0, 0, 0),
-                    &w,
-                    (rounds, repair_packets, repair_bytes),
-                );
-                std::thread::sleep(LOOK.min(opts.repair_wait / 8));
             }
-            let Plan {
-                mut ranges,
-                mut parity,
-            } = bc.take(&policy);
-            if ranges.is_empty() && parity.is_empty() {
-                // Reports are not authenticated (receivers hold no keys):
-                // "everyone finished" ends the repair only after a whole
-                // window in which no one asked, and a request always wins.
-                if settled(fleet()) {
-                    break;
-                }
-                // Not quiet while a receiver is still writing blocks: it
-                // may be working through a backlog (rebuilding groups) and
-                // ask once it reaches the end of the round.
-                if held < PROGRESS_HOLD && bc.progressing(PROGRESSING) {
-                    held += 1;
-                } else {
-                    quiet += 1;
-                }
-                continue;
-            }
-            // Requests are not authenticated: once a flood has spent the
-            // budget, each round still sends a floor (taken in turn over
-            // what is asked, see `clip`), so that forged requests delay
-            // the others' repairs but cannot starve them.
-            let allowance = budget.max(floor);
-            let mut cut = clip(&mut ranges, allowance, &mut range_cursor);
-            let resent: u64 = ranges.iter().map(|(a, b)| b - a).sum();
-            cut += clip_counts(&mut parity, allowance - resent, &mut group_cursor);
-            if cut > 0 {
-                refused += cut;
-                log::warn!("repair budget spent: {cut} blocks or symbols asked for are not sent");
-            }
-            if ranges.is_empty() && parity.is_empty() {
-                break;
-            }
-            let blocks = resent + parity.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
-            budget = budget.saturating_sub(blocks);
+            let view = FleetView {
+                settled: settled(fleet()),
+                progressing: bc.progressing(PROGRESSING),
+            };
+            let Plan { ranges, parity } = match schedule.close(bc.take(), view) {
+                Next::Repair(plan) => plan,
+                Next::Wait => continue,
+                Next::Stop => break,
+            };
             w.pacer.restart(data_rate);
-            quiet = 0;
-            held = 0;
-            rounds += 1;
             pass += 1;
             log::info!(
-                "repair round {rounds}: {} ranges, {} groups",
+                "repair round {}: {} ranges, {} groups",
+                schedule.rounds(),
                 ranges.len(),
                 parity.len()
             );
@@ -565,7 +512,7 @@ pub fn send(
                 pass,
                 (0, 0, 0),
                 &w,
-                (rounds, repair_packets, repair_bytes),
+                (schedule.rounds(), repair_packets, repair_bytes),
             );
             std::thread::sleep(LOOK);
         }
@@ -581,10 +528,10 @@ pub fn send(
         digest: read.sha256,
         packets: w.packets,
         bytes: w.bytes,
-        repair_rounds: rounds,
+        repair_rounds: schedule.rounds(),
         repair_packets,
         repair_bytes,
-        repair_refused: refused,
+        repair_refused: schedule.refused(),
         inbound,
         receivers,
         elapsed: start.elapsed(),
