@@ -7,7 +7,8 @@
 //!   asking again) and what it leaves out (the sender's confirmations);
 //! - [`rounds`]: the sender's side: requests, confirmations, progress
 //!   reports and "too slow" verdicts in, the repair windows and each
-//!   round's plan out, within the repair budget.
+//!   round's plan out, within the repair budget;
+//! - [`fleet`]: the sender's table of its receivers, from their reports.
 //!
 //! The real binaries drive them from their sockets (`api/session.rs`,
 //! `receive/transfer.rs`, `send/repair.rs`, `send/sender.rs`); `cargo
@@ -15,5 +16,6 @@
 //! time (docs/reliability.md). Time is a [`std::time::Instant`] handed in
 //! by the caller: the simulator's start plus virtual time.
 
+pub mod fleet;
 pub mod gaps;
 pub mod rounds;

@@ -21,10 +21,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::core::fleet::{Fleet, FleetCounts, RxState};
 use crate::error::ErrorCode;
 use crate::proto::fec;
 use crate::proto::wire::{self, ConfirmHeader, Geometry, Packet};
-use crate::send::fleet::{Fleet, FleetCounts, RxState};
 
 /// Copies of each confirmation multicast: they are tiny, and a receiver
 /// that loses every copy asks although it is covered.

@@ -2,7 +2,6 @@
 
 pub mod ahead;
 pub mod fill;
-pub mod fleet;
 pub mod publish;
 pub mod repair;
 pub mod sender;

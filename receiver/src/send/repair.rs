@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::core::fleet::{FleetCounts, RxInfo};
 use crate::core::rounds::{Plan, Policy, Rounds, Transmit};
 use crate::error::{Error, ErrorCode, Result};
-use crate::send::fleet::{FleetCounts, RxInfo};
 
 pub use crate::core::rounds::Inbound;
 

@@ -11,8 +11,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::core::fleet::{FleetCounts, RxState};
 use crate::error::Error;
-use crate::send::fleet::{FleetCounts, RxState};
 use crate::send::sender::{Progress, SendReport};
 use crate::status::page::{
     now_ns, PathMode, Role, SendPhase, SenderStatus, Snapshot, SparseStatus, State, StatusWriter,

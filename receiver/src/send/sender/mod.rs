@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapOptions;
 
+use crate::core::fleet::FleetCounts;
 use crate::core::rounds::{FleetView, Next, Plan, Policy, Schedule, Window, WindowEvent};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::Stamp;
@@ -32,7 +33,6 @@ use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind};
 use crate::rng::XorShift;
 use crate::send::ahead::{Ahead, Scan};
-use crate::send::fleet::FleetCounts;
 use crate::send::publish;
 use crate::send::repair::Backchannel;
 use crate::send::zeros::ZeroRuns;

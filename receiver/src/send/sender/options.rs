@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::core::fleet::{FleetCounts, RxInfo};
 use crate::net::socket::Group;
 use crate::proto::wire::{self, Geometry};
-use crate::send::fleet::{FleetCounts, RxInfo};
 use crate::send::repair::Inbound;
 use crate::status::page::SendPhase;
 
