@@ -485,6 +485,79 @@ fn deaf_receivers_finish_from_nginx_with_a_one_pass_sender() {
     assert!(row.contains(" finished ") && row.contains("http"), "{row}");
 }
 
+/// The sender names nginx in its signed manifest (`send --http-url`); a
+/// receiver given no `--http` that lost 30 % of one pass fetches the rest
+/// from there. With `--no-http` it takes nothing from any web server.
+#[test]
+fn urls_named_by_the_signed_manifest_serve_a_receiver_given_none() {
+    if !netns_allowed() {
+        return;
+    }
+    let site = Site::new("xdpc-http-named", 2, 4, 79);
+    let (lan, dir, src, key) = (&site.lan, &site.dir, &site.src, &site.key);
+    let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
+    let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
+    let key_pub = pub_of(key);
+    let lossy = [
+        "--mode",
+        "xdp",
+        "--inject-loss",
+        "300000",
+        "--trust",
+        &key_pub,
+    ];
+    let rx = receiver(rx_host, &dir.0, "named", &lossy);
+    let status = TempDir::new("xdpc-http-named-tx");
+    let tx = site.send(
+        &status.0,
+        &[
+            "--http-url",
+            &url,
+            "--min-receivers",
+            "1",
+            "--no-manifest-file",
+        ],
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "receiver given no --http");
+    let s = assert_verified(&dir.0, "named", &out, &sha256_hex(src));
+    assert!(
+        text(&out).contains(&format!("names {url}")),
+        "{}",
+        text(&out)
+    );
+    assert!(s.http.state > 0 && s.http.http_bytes > 0, "{:?}", s.http);
+    assert!(s.http.multicast_bytes > 0, "{:?}", s.http);
+    assert!(site.nginx.partial_replies() > 0);
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+    // --no-http: the named URL is not used; NACK repair finishes.
+    let served = site.nginx.partial_replies();
+    let mut args = lossy.to_vec();
+    args.push("--no-http");
+    let rx = receiver(rx_host, &dir.0, "nohttp", &args);
+    let tx = site.send(
+        &status.0,
+        &[
+            "--http-url",
+            &url,
+            "--min-receivers",
+            "1",
+            "--no-manifest-file",
+        ],
+    );
+    let out = wait_output(rx, Duration::from_secs(120), "receiver with --no-http");
+    let s = assert_verified(&dir.0, "nohttp", &out, &sha256_hex(src));
+    assert_eq!((s.http.state, s.http.http_bytes), (0, 0), "{:?}", s.http);
+    assert!(s.nacks_sent > 0, "{s:?}");
+    assert_eq!(site.nginx.partial_replies(), served);
+    ok(
+        &wait_output(tx, Duration::from_secs(60), "sender"),
+        "sender",
+    );
+}
+
 /// A receiver that starts when the sender is half-way through its pass
 /// takes the rest by multicast and what went by from nginx at once.
 #[test]

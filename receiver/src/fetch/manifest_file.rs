@@ -131,17 +131,18 @@ pub struct ManifestFile {
 }
 
 impl ManifestFile {
-    /// The file for `manifest` signed with `key`: its signed `pages` (all
-    /// of them, in order) and one signed end carrying `digest`, the image's
-    /// SHA-256.
+    /// The file for `manifest` whose signed head payload is `head` (made
+    /// with `key`, naming URLs or not): its signed `pages` (all of them,
+    /// in order) and one signed end carrying `digest`, the image's SHA-256.
     pub fn new(
+        head: Vec<u8>,
         manifest: &Manifest,
         key: &ed25519_dalek::SigningKey,
         pages: Vec<Vec<u8>>,
         digest: &[u8; 32],
     ) -> Self {
         ManifestFile {
-            head: manifest.sign(key),
+            head,
             pages,
             ends: vec![manifest.sign_end(key, 0, 0, digest)],
             stamp: None,
@@ -315,7 +316,7 @@ mod tests {
         let pages = (0..m.page_count())
             .map(|i| m.page_of(&key, i, &img))
             .collect();
-        let f = ManifestFile::new(&m, &key, pages, &[1; 32]);
+        let f = ManifestFile::new(m.sign(&key), &m, &key, pages, &[1; 32]);
         (m, key, f)
     }
 

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::proto::manifest::Manifest;
+use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::{self, DropReason, Kind, FLAG_REPAIR};
 use crate::receive::request::HttpRequest;
 use crate::receive::transfer::{Image, Transfer};
@@ -95,6 +95,10 @@ pub struct HttpCounters {
     pub busy: AtomicU64,
     /// [`HttpState`].
     pub state: AtomicU8,
+    /// Whether there is any URL to fetch from (given, or named by the
+    /// signed manifest): without one the source does nothing and the
+    /// status page shows none.
+    pub has_urls: AtomicBool,
 }
 
 impl HttpCounters {
@@ -103,7 +107,11 @@ impl HttpCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         HttpStatus {
             // 0 on the page: no HTTP source.
-            state: 1 + u64::from(self.state.load(Ordering::Relaxed)),
+            state: if self.has_urls.load(Ordering::Relaxed) {
+                1 + u64::from(self.state.load(Ordering::Relaxed))
+            } else {
+                0
+            },
             multicast_bytes,
             http_bytes: get(&self.bytes),
             requests: get(&self.requests),
@@ -175,9 +183,10 @@ impl Fetcher {
         self.counters().state() == HttpState::Active
     }
 
-    /// Whether the source is still usable (not given up).
+    /// Whether the source is usable: it has URLs and is not given up.
     pub fn usable(&self) -> bool {
-        self.counters().state() != HttpState::GaveUp
+        self.counters().has_urls.load(Ordering::Relaxed)
+            && self.counters().state() != HttpState::GaveUp
     }
 
     /// The source's counters.
@@ -303,9 +312,9 @@ impl Work {
     }
 
     fn run(&mut self) {
-        if self.mirrors.is_empty() {
-            return;
-        }
+        self.counters()
+            .has_urls
+            .store(!self.mirrors.is_empty(), Ordering::Relaxed);
         loop {
             std::thread::sleep(TICK);
             if self.shared.stop.load(Ordering::Relaxed)
@@ -319,12 +328,44 @@ impl Work {
             if self.started.elapsed() < self.jitter {
                 continue;
             }
+            if self.mirrors.is_empty() {
+                match self.t.head_payload().map(manifest::head_urls) {
+                    // No session yet: nothing to ask for.
+                    None => continue,
+                    Some(urls) if urls.is_empty() => return,
+                    Some(urls) => self.adopt(urls),
+                }
+            }
             let image = self.t.image().cloned();
             match image {
                 None => self.bootstrap(),
                 Some(img) => self.fetch_missing(&img),
             }
         }
+    }
+
+    /// No URL given: take those the verified head names (signed by a
+    /// trusted key; a URL only says where to ask, the chunk hashes still
+    /// decide what is genuine).
+    fn adopt(&mut self, urls: Vec<String>) {
+        log::warn!(
+            "no --http given: the signed manifest names {}; what multicast does not bring is fetched from there",
+            urls.join(", ")
+        );
+        let roots = http::roots(&self.req.extra_roots);
+        let now = Instant::now();
+        self.mirrors = urls
+            .iter()
+            .map(|u| MirrorState {
+                mirror: Mirror::new(u, self.req.timeout, &roots),
+                not_before: now,
+                failures: 0,
+                misses: 0,
+            })
+            .collect();
+        self.next_mirror = (self.rng.next_u64() % self.mirrors.len() as u64) as usize;
+        self.req.urls = urls;
+        self.counters().has_urls.store(true, Ordering::Relaxed);
     }
 
     /// Packets the multicast data path took (every slot but ours).

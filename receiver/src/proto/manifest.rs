@@ -34,8 +34,8 @@ use crate::proto::wire::{
 // parser bounds manifest and signed-end payloads by them): imports run one
 // way, manifest -> wire.
 pub use crate::proto::wire::{
-    BODY_LEN, HASH_LEN, HEAD_LEN, LEAVES_PER_PAGE, MAX_PAGE_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN,
-    SIGNED_END_LEN,
+    BODY_LEN, HASH_LEN, HEAD_LEN, LEAVES_PER_PAGE, MAX_PAGE_LEN, MAX_URL_BYTES, PUBLIC_KEY_LEN,
+    SIGNATURE_LEN, SIGNED_END_LEN,
 };
 
 /// Fewest blocks per chunk.
@@ -228,36 +228,50 @@ impl Manifest {
         *blake3::hash(&self.body()).as_bytes()
     }
 
-    /// The payload of a head packet, signed with `key`.
+    /// The payload of a head packet, signed with `key`, naming no URLs.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        self.sign_with_urls(key, &[])
+            .expect("no URLs: always well formed")
+    }
+
+    /// The payload of a head packet naming `urls` (web servers with the
+    /// same image, for receivers given none: `send --http-url`), signed
+    /// with `key`. Without URLs it is the head [`Self::sign`] makes, byte
+    /// for byte; with them, the URL block (their length, u16, then the
+    /// URLs joined by newlines) follows the body and is signed with it.
+    /// An error if a URL is not http(s), holds a control character or a
+    /// space, or they take more than [`MAX_URL_BYTES`].
+    pub fn sign_with_urls(&self, key: &SigningKey, urls: &[String]) -> Result<Vec<u8>, String> {
+        let block = url_block(urls)?;
         let body = self.body();
-        let sig = key.sign(&[HEAD_CONTEXT, &body[..]].concat());
-        let mut out = Vec::with_capacity(1 + HEAD_LEN);
+        let sig = key.sign(&[HEAD_CONTEXT, &body[..], &block].concat());
+        let mut out = Vec::with_capacity(1 + HEAD_LEN + block.len());
         out.push(SUB_HEAD);
         out.extend_from_slice(&body);
+        out.extend_from_slice(&block);
         out.extend_from_slice(key.verifying_key().as_bytes());
         out.extend_from_slice(&sig.to_bytes());
-        out
+        Ok(out)
     }
 
     /// Check a head payload: well formed, signed by one of `trusted`.
-    /// Returns the manifest and the key that signed it.
+    /// Returns the manifest and the key that signed it (the URLs it may
+    /// name: [`head_urls`]).
     pub fn verify(
         payload: &[u8],
         trusted: &[VerifyingKey],
     ) -> Result<(Manifest, VerifyingKey), ManifestError> {
-        if payload.len() != 1 + HEAD_LEN || payload[0] != SUB_HEAD {
-            return Err(ManifestError::Malformed);
-        }
+        let block = head_url_block(payload).ok_or(ManifestError::Malformed)?;
         let body = &payload[1..1 + BODY_LEN];
-        let key_bytes = &payload[1 + BODY_LEN..1 + BODY_LEN + PUBLIC_KEY_LEN];
+        let at = 1 + BODY_LEN + block.len();
+        let key_bytes = &payload[at..at + PUBLIC_KEY_LEN];
         let key = trusted
             .iter()
             .find(|k| k.as_bytes()[..] == *key_bytes)
             .ok_or(ManifestError::UntrustedKey)?;
-        let sig = Signature::from_slice(&payload[1 + BODY_LEN + PUBLIC_KEY_LEN..])
+        let sig = Signature::from_slice(&payload[at + PUBLIC_KEY_LEN..])
             .map_err(|_| ManifestError::Malformed)?;
-        key.verify_strict(&[HEAD_CONTEXT, body].concat(), &sig)
+        key.verify_strict(&[HEAD_CONTEXT, body, block].concat(), &sig)
             .map_err(|_| ManifestError::BadSignature)?;
         Ok((Manifest::from_body(body)?, *key))
     }
@@ -457,6 +471,70 @@ impl Manifest {
     }
 }
 
+/// The URL block of `urls`: empty for none, else their length (u16) and
+/// the URLs joined by newlines.
+fn url_block(urls: &[String]) -> Result<Vec<u8>, String> {
+    if urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    for u in urls {
+        if !url_acceptable(u) {
+            return Err(format!(
+                "{u:?}: not an http:// or https:// URL without spaces and control characters"
+            ));
+        }
+    }
+    let joined = urls.join("\n");
+    if joined.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "the URLs take {} bytes, more than the {MAX_URL_BYTES} a head holds",
+            joined.len()
+        ));
+    }
+    Ok([&(joined.len() as u16).to_be_bytes()[..], joined.as_bytes()].concat())
+}
+
+fn url_acceptable(u: &str) -> bool {
+    let lower = u.to_ascii_lowercase();
+    (lower.starts_with("http://") || lower.starts_with("https://"))
+        && u.len() > "http://".len()
+        && u.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The URL block of a head payload (empty: none), its framing checked:
+/// sub-type, total length, the block's length within
+/// 1..=[`MAX_URL_BYTES`], and every URL acceptable. None if malformed.
+fn head_url_block(payload: &[u8]) -> Option<&[u8]> {
+    if payload.first() != Some(&SUB_HEAD) {
+        return None;
+    }
+    if payload.len() == 1 + HEAD_LEN {
+        return Some(&[]);
+    }
+    let at = 1 + BODY_LEN;
+    let n = usize::from(be_u16(payload.get(at..at + 2)?, 0));
+    if n == 0 || n > MAX_URL_BYTES || payload.len() != 1 + HEAD_LEN + 2 + n {
+        return None;
+    }
+    let urls = std::str::from_utf8(&payload[at + 2..at + 2 + n]).ok()?;
+    urls.split('\n')
+        .all(url_acceptable)
+        .then_some(&payload[at..at + 2 + n])
+}
+
+/// The URLs a head payload names (none if it names none or is
+/// malformed). Only what [`Manifest::verify`] accepted counts: a URL says
+/// where the image may be fetched, never what is genuine (chunk hashes do).
+pub fn head_urls(payload: &[u8]) -> Vec<String> {
+    match head_url_block(payload) {
+        Some(b) if b.len() > 2 => String::from_utf8_lossy(&b[2..])
+            .split('\n')
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a verified signed end says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignedEnd {
@@ -492,6 +570,56 @@ mod tests {
 
     fn image(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    #[test]
+    fn a_head_names_urls_under_its_signature() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let vk = key.verifying_key();
+        let m = manifest_of(&[7u8; 5000], 1000, 256);
+        // No URLs: the head of `sign`, byte for byte.
+        assert_eq!(m.sign_with_urls(&key, &[]).unwrap(), m.sign(&key));
+        assert!(head_urls(&m.sign(&key)).is_empty());
+        let urls = vec![
+            "http://fog.lab/images/disk.img".to_string(),
+            "https://mirror.lab:8443/disk.img".to_string(),
+        ];
+        let head = m.sign_with_urls(&key, &urls).unwrap();
+        assert!(head.len() <= crate::proto::wire::MAX_MANIFEST_PAYLOAD);
+        assert_eq!(Manifest::verify(&head, &[vk]).unwrap().0, m);
+        assert_eq!(head_urls(&head), urls);
+        // A URL changed, added or removed breaks the signature or the frame.
+        let mut other = head.clone();
+        let at = 1 + BODY_LEN + 2 + 7;
+        other[at] = b'g';
+        assert_eq!(
+            Manifest::verify(&other, &[vk]),
+            Err(ManifestError::BadSignature)
+        );
+        let mut cut = head.clone();
+        cut.remove(1 + BODY_LEN + 5);
+        assert!(Manifest::verify(&cut, &[vk]).is_err());
+        let stripped = [&head[..1 + BODY_LEN], &head[head.len() - 96..]].concat();
+        assert_eq!(
+            Manifest::verify(&stripped, &[vk]),
+            Err(ManifestError::BadSignature)
+        );
+        // Not http(s), a space or control character, too long: refused.
+        for bad in [
+            "ftp://x/y",
+            "http://a b",
+            "http://x/\n",
+            "http://",
+            "file:///etc",
+        ] {
+            assert!(m.sign_with_urls(&key, &[bad.to_string()]).is_err(), "{bad}");
+        }
+        let long = format!("http://x/{}", "a".repeat(MAX_URL_BYTES));
+        assert!(m.sign_with_urls(&key, &[long]).is_err());
+        let fits = format!("http://x/{}", "a".repeat(MAX_URL_BYTES - 9));
+        let head = m.sign_with_urls(&key, std::slice::from_ref(&fits)).unwrap();
+        assert_eq!(head_urls(&head), vec![fits]);
+        assert!(Manifest::verify(&head, &[vk]).is_ok());
     }
 
     fn manifest_of(img: &[u8], block_size: u32, chunk_blocks: u32) -> Manifest {

@@ -78,7 +78,7 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
     let pages = (0..m.page_count())
         .map(|i| m.page_of(key, i, &map))
         .collect();
-    let mut f = ManifestFile::new(&m, key, pages, &digest);
+    let mut f = ManifestFile::new(m.sign(key), &m, key, pages, &digest);
     f.stamp = Stamp::of(&file);
     Ok((m, f))
 }
@@ -94,20 +94,21 @@ pub fn write_beside(file: &ManifestFile, path: &Path) {
 }
 
 /// Before the first pass: publish the manifest file at `path` for the
-/// session `m` if the file kept there was made from the image as it is
-/// (`stamp`, taken when the sender opened it) and signed by `key`; the
-/// image's SHA-256 it names then. A kept file that does not fit is
+/// session `m` (its signed head payload `head`) if the file kept there was
+/// made from the image as it is (`stamp`, taken when the sender opened it)
+/// and signed by `key`; the image's SHA-256 it names then. A kept file that does not fit is
 /// removed (it would send HTTP receivers to another image); the file is
 /// then written when the first pass ends.
 pub fn ahead(
     path: &Path,
     stamp: Option<Stamp>,
+    head: &[u8],
     m: &Manifest,
     key: &SigningKey,
 ) -> Option<[u8; 32]> {
     let stamp = stamp?;
     let kept = read_kept(path)?;
-    match reuse(&kept, stamp, m, key) {
+    match reuse(&kept, stamp, head, m, key) {
         Ok((file, digest)) => match file.write_atomic(path) {
             Ok(()) => {
                 log::info!(
@@ -137,18 +138,18 @@ pub fn ahead(
 /// When the first pass has read the whole image (`digest`, every page in
 /// `pages`): write the manifest file at `path` unless [`ahead`] published
 /// the same already (`published`: the digest it named). Stamped only if the
-/// image is still as it was when the sender opened it (`stamp`).
-#[allow(clippy::too_many_arguments)]
+/// image is still as it was when the sender opened it (`stamp`). `signed`:
+/// the session's head payload, manifest and key.
 pub fn after_first_pass(
     path: &Path,
     image: &File,
     stamp: Option<Stamp>,
     published: Option<[u8; 32]>,
-    m: &Manifest,
-    key: &SigningKey,
+    signed: (Vec<u8>, &Manifest, &SigningKey),
     pages: Vec<Vec<u8>>,
     digest: &[u8; 32],
 ) {
+    let (head, m, key) = signed;
     if published == Some(*digest) {
         return;
     }
@@ -158,7 +159,7 @@ pub fn after_first_pass(
             path.display()
         );
     }
-    let mut file = ManifestFile::new(m, key, pages, digest);
+    let mut file = ManifestFile::new(head, m, key, pages, digest);
     file.stamp = stamp.filter(|s| Stamp::of(image) == Some(*s) && published.is_none());
     write_beside(&file, path);
 }
@@ -191,6 +192,7 @@ fn read_kept(path: &Path) -> Option<ManifestFile> {
 fn reuse(
     kept: &ManifestFile,
     stamp: Stamp,
+    head: &[u8],
     m: &Manifest,
     key: &SigningKey,
 ) -> std::result::Result<(ManifestFile, [u8; 32]), &'static str> {
@@ -222,7 +224,7 @@ fn reuse(
             Ok(m.sign_page(key, i as u64, &leaves))
         })
         .collect::<std::result::Result<Vec<_>, &'static str>>()?;
-    let mut file = ManifestFile::new(m, key, pages, &digest);
+    let mut file = ManifestFile::new(head.to_vec(), m, key, pages, &digest);
     file.stamp = Some(stamp);
     Ok((file, digest))
 }
@@ -283,7 +285,7 @@ mod tests {
         let stamp = Stamp::of(&File::open(&img).unwrap()).unwrap();
         assert_eq!(kept.stamp, Some(stamp));
         let now = session_of(&m);
-        let (file, digest) = reuse(&kept, stamp, &now, &key).unwrap();
+        let (file, digest) = reuse(&kept, stamp, &now.sign(&key), &now, &key).unwrap();
         let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
         assert_eq!(digest, sha);
         // Every record verifies for this session, and the pages are the
@@ -313,14 +315,14 @@ mod tests {
             mtime: (stamp.mtime.0, stamp.mtime.1 ^ 1),
             ..stamp
         };
-        assert!(reuse(&kept, changed, &now, &key).is_err());
+        assert!(reuse(&kept, changed, &now.sign(&key), &now, &key).is_err());
         let unstamped = ManifestFile {
             stamp: None,
             ..kept.clone()
         };
-        assert!(reuse(&unstamped, stamp, &now, &key).is_err());
+        assert!(reuse(&unstamped, stamp, &now.sign(&key), &now, &key).is_err());
         let other = SigningKey::from_bytes(&[5; 32]);
-        assert!(reuse(&kept, stamp, &now, &other).is_err());
+        assert!(reuse(&kept, stamp, &now.sign(&other), &now, &other).is_err());
         let (m2, _) = offline(
             &img,
             &key,
@@ -330,14 +332,21 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(reuse(&kept, stamp, &session_of(&m2), &key).is_err());
+        assert!(reuse(
+            &kept,
+            stamp,
+            &session_of(&m2).sign(&key),
+            &session_of(&m2),
+            &key
+        )
+        .is_err());
         let mut bad = kept.clone();
         bad.pages[0][10] ^= 1;
-        assert!(reuse(&bad, stamp, &now, &key).is_err());
+        assert!(reuse(&bad, stamp, &now.sign(&key), &now, &key).is_err());
         let mut short = kept.clone();
         short.pages.pop();
-        assert!(reuse(&short, stamp, &now, &key).is_err());
-        assert!(reuse(&kept, stamp, &now, &key).is_ok());
+        assert!(reuse(&short, stamp, &now.sign(&key), &now, &key).is_err());
+        assert!(reuse(&kept, stamp, &now.sign(&key), &now, &key).is_ok());
     }
 
     #[test]
@@ -350,16 +359,16 @@ mod tests {
         kept.write_atomic(&path).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap());
         let now = session_of(&m);
-        assert!(ahead(&path, stamp, &now, &key).is_some());
+        assert!(ahead(&path, stamp, &now.sign(&key), &now, &key).is_some());
         let file = ManifestFile::parse(&std::fs::read(&path).unwrap()).unwrap();
         let vk = key.verifying_key();
         assert_eq!(Manifest::verify(&file.head, &[vk]).unwrap().0, now);
         // The image rewritten: the kept file names other bytes and goes.
         std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap());
-        assert_eq!(ahead(&path, stamp, &now, &key), None);
+        assert_eq!(ahead(&path, stamp, &now.sign(&key), &now, &key), None);
         assert!(!path.exists());
         // Nothing kept: nothing published.
-        assert_eq!(ahead(&path, stamp, &now, &key), None);
+        assert_eq!(ahead(&path, stamp, &now.sign(&key), &now, &key), None);
     }
 }

@@ -225,11 +225,18 @@ struct ReceiveHttp {
     /// addition to Mozilla's roots (a lab's own CA).
     #[arg(long, value_name = "FILE")]
     http_ca: Option<std::path::PathBuf>,
+    /// Fetch nothing over HTTP, not even from URLs the signed manifest
+    /// names (send --http-url); without --http those are used.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
 }
 
 impl ReceiveHttp {
     fn apply(&self, r: &mut SessionRequest) -> anyhow::Result<()> {
-        if self.http.is_empty() {
+        // No URL given: a signed session's head may name some (only a
+        // signed one: an unsigned session cannot start from HTTP or name
+        // where to fetch).
+        if self.no_http || (self.http.is_empty() && r.trust.is_empty()) {
             return Ok(());
         }
         for u in &self.http {
@@ -466,11 +473,11 @@ pub(crate) fn run(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
     req.start_timeout = Duration::from_secs(start_timeout);
     req.idle_timeout = Duration::from_secs(idle_timeout);
     if protocol == Protocol::Udpcast {
-        if req.http.is_some() {
-            bail!("--http works with xdpcast senders only");
-        }
         if !req.trust.is_empty() {
             bail!("--trust needs a signed xdpcast sender: udpcast has no signatures");
+        }
+        if req.http.is_some() {
+            bail!("--http works with xdpcast senders only");
         }
         let req = UdpcastRequest::new(req, portbase);
         let pb = progress.then(|| bar(0, "receive"));

@@ -86,6 +86,11 @@ pub(crate) struct SendArgs {
     /// With --sign: write no manifest file.
     #[arg(long, conflicts_with = "manifest_file")]
     no_manifest_file: bool,
+    /// With --sign: a URL of the same image on a web server (repeatable),
+    /// named in the signed manifest: receivers given no --http fetch from
+    /// it what multicast does not bring (docs/http.md).
+    #[arg(long, value_name = "URL", requires = "sign")]
+    http_url: Vec<String>,
     #[command(flatten)]
     fleet: SendFleet,
     /// Show a progress bar (with the receivers' states).
@@ -228,6 +233,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
         sign,
         manifest_file,
         no_manifest_file,
+        http_url,
         fleet,
         progress,
     } = a;
@@ -258,6 +264,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
         opts.manifest_file = manifest_file
             .or_else(|| regular.then(|| xdpcast::fetch::manifest_file::path_beside(&file)));
     }
+    opts.http_urls = http_url;
     opts.rate_bps = rate;
     opts.passes = passes;
     opts.block_size = block_size.or(mtu.map(xdpcast::proto::wire::block_size_for_mtu));

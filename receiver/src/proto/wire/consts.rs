@@ -84,8 +84,12 @@ pub const LEAVES_PER_PAGE: usize = 16;
 /// Length of the signed body of a head (everything before key and signature).
 pub const BODY_LEN: usize =
     4 + 4 + 4 + 8 + 8 + DIGEST_LEN + 4 + 4 + 16 + 2 + 2 + 4 + 16 + 4 + 8 + HASH_LEN;
-/// Payload of a head packet: body, public key, signature.
+/// Payload of a head packet that names no URLs: body, public key,
+/// signature (after the sub-type byte).
 pub const HEAD_LEN: usize = BODY_LEN + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+/// Most bytes of the URLs a head may name (`send --http-url`), joined by
+/// newlines; the block adds their length (u16) before the key.
+pub const MAX_URL_BYTES: usize = 512;
 /// Payload of a signed end packet: pass, flags, SHA-256 of the image (all
 /// zero while the sender has not read all of it), signature.
 pub const SIGNED_END_LEN: usize = 4 + 4 + DIGEST_LEN + SIGNATURE_LEN;
@@ -94,9 +98,9 @@ pub const PAGE_PREFIX_LEN: usize = 4;
 /// Largest page payload.
 pub const MAX_PAGE_LEN: usize = PAGE_PREFIX_LEN + LEAVES_PER_PAGE * HASH_LEN + SIGNATURE_LEN;
 
-/// Largest manifest packet payload (a head or a page).
-pub const MAX_MANIFEST_PAYLOAD: usize = if MAX_PAGE_LEN > 1 + HEAD_LEN {
+/// Largest manifest packet payload (a head naming URLs, or a page).
+pub const MAX_MANIFEST_PAYLOAD: usize = if MAX_PAGE_LEN > 1 + HEAD_LEN + 2 + MAX_URL_BYTES {
     MAX_PAGE_LEN
 } else {
-    1 + HEAD_LEN
+    1 + HEAD_LEN + 2 + MAX_URL_BYTES
 };

@@ -189,6 +189,12 @@ impl Transfer {
         !self.trusted.is_empty()
     }
 
+    /// The signed head payload that fixed the session, once verified
+    /// (the URLs it names: [`crate::proto::manifest::head_urls`]).
+    pub fn head_payload(&self) -> Option<&[u8]> {
+        self.head.get().map(Vec::as_slice)
+    }
+
     /// The verified manifest and chunk state, once a manifest verified.
     pub fn signed(&self) -> Option<&Signed> {
         self.signed.get().map(|s| &**s)

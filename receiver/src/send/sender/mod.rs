@@ -189,7 +189,7 @@ pub fn send(
     } else {
         0
     };
-    let signer = opts.sign.as_ref().map(|key| {
+    let signer = opts.sign.as_ref().map(|key| -> Result<Signer> {
         let manifest = Manifest {
             session,
             geometry,
@@ -212,19 +212,23 @@ pub fn send(
             // the blocks they zero through the signed chunk hashes alone.
             zero_runs: [0; 32],
         };
-        Signer {
-            head: manifest.sign(key),
+        Ok(Signer {
+            // The URLs receivers given none fetch from (`--http-url`).
+            head: manifest
+                .sign_with_urls(key, &opts.http_urls)
+                .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("--http-url {e}")))?,
             key: key.clone(),
             manifest,
             pages: Vec::new(),
             next_page: 0,
-        }
+        })
     });
+    let signer = signer.transpose()?;
     // The image as opened: a manifest file kept beside it is published
     // now if it was made from these bytes.
     let stamp = Stamp::of(&file);
     let published = match (&signer, &opts.manifest_file) {
-        (Some(s), Some(path)) => publish::ahead(path, stamp, &s.manifest, &s.key),
+        (Some(s), Some(path)) => publish::ahead(path, stamp, &s.head, &s.manifest, &s.key),
         _ => None,
     };
     let mut ahead = Ahead::start(
@@ -407,8 +411,8 @@ pub fn send(
             // for HTTP receivers can be written.
             if let (Some(s), Some(path)) = (&w.signer, &opts.manifest_file) {
                 let pages = s.pages.clone();
-                let (m, key) = (&s.manifest, &s.key);
-                publish::after_first_pass(path, &file, stamp, published, m, key, pages, &w.digest);
+                let signed = (s.head.clone(), &s.manifest, &s.key);
+                publish::after_first_pass(path, &file, stamp, published, signed, pages, &w.digest);
             }
             list = ZeroList::new(list.runs, session, &geometry);
             if !list.packets.is_empty() {

@@ -72,6 +72,10 @@ pub struct SendOptions {
     /// a regular file; see [`crate::send::publish`]), when the first pass
     /// ends: every page is made and the image's SHA-256 known by then.
     pub manifest_file: Option<std::path::PathBuf>,
+    /// With `sign`: URLs of the same image on web servers, named in the
+    /// signed head for receivers given no `--http` of their own
+    /// (`send --http-url`).
+    pub http_urls: Vec<String>,
     /// Wait for this many receivers to report before the first pass.
     pub min_receivers: u64,
     /// Give up (`timeout`) if `min_receivers` have not reported by then.
@@ -128,6 +132,7 @@ impl SendOptions {
             max_repair: 2.0,
             sign: None,
             manifest_file: None,
+            http_urls: Vec::new(),
             min_receivers: 0,
             start_timeout: None,
             vanish_after: Duration::from_secs(5),
