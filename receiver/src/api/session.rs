@@ -159,9 +159,11 @@ impl Reporter {
             .spawn(move || {
                 let mut rng = XorShift::from_entropy();
                 let mut next = Instant::now();
+                // Whether a report went out: none before the session's
+                // image is known.
                 let report = |state: State, error: ErrorCode| {
                     let Some(img) = t.image() else {
-                        return Ok(());
+                        return Ok(false);
                     };
                     let r = Report {
                         blocks_done: t.blocks_done(),
@@ -178,13 +180,20 @@ impl Reporter {
                         name,
                     };
                     link.send(&wire::encode_progress(img.session, &img.geometry, &r), &t)
+                        .map(|()| true)
                 };
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(TICK);
                     take_verdict(&t, &link, false);
                     if Instant::now() >= next {
-                        if let Err(e) = report(State::InProgress, ErrorCode::None) {
-                            log::debug!("progress report: {e}");
+                        match report(State::InProgress, ErrorCode::None) {
+                            // The first report goes out at the first tick
+                            // after the session is heard (a sender waiting
+                            // for --min-receivers starts then), not a
+                            // period after the receiver started.
+                            Ok(false) => continue,
+                            Ok(true) => {}
+                            Err(e) => log::debug!("progress report: {e}"),
                         }
                         // 75-125% of the period, so reports do not bunch up.
                         let jitter = rng.next_u64() % 500;
@@ -194,7 +203,7 @@ impl Reporter {
                 }
                 let (state, error) = *fin.lock().unwrap_or_else(|p| p.into_inner());
                 for _ in 0..FINAL_REPORTS {
-                    if report(state, error).is_err() {
+                    if !matches!(report(state, error), Ok(true)) {
                         break;
                     }
                 }

@@ -323,8 +323,10 @@ pub fn send(
         })
     };
     if opts.min_receivers > 0 {
-        // Announce until enough receivers have reported (they learn where
-        // to report from the announce).
+        // Announce (every 4 looks) until enough receivers have reported
+        // (they learn where to report from the announce); a report is
+        // noticed within a look.
+        let mut looks = 0u32;
         loop {
             let known = fleet().known;
             show(SendPhase::Waiting, 0, (0, 0, 0), &w, (0, 0, 0));
@@ -341,8 +343,11 @@ pub fn send(
                     ),
                 ));
             }
-            w.control(Kind::Announce, &control(0, 0))?;
-            std::thread::sleep(LOOK * 4);
+            if looks % 4 == 0 {
+                w.control(Kind::Announce, &control(0, 0))?;
+            }
+            looks = looks.wrapping_add(1);
+            std::thread::sleep(LOOK);
         }
         w.pacer.restart(opts.rate_bps);
     }
