@@ -15,7 +15,8 @@
 //! veth only counts the frames). Every row gives its ratio to that limit
 //! and to udpcast's time on the same target, the time to the first data at
 //! the receiver (status page heartbeat, or udp-receiver's output growing;
-//! not seen on a loop device) and which side's CPU was the limit.
+//! not seen on a loop device), each sender's CPU per GB of image (xdpcast
+//! send's beside udp-sender's) and which side's CPU was the limit.
 
 use std::fmt::Write as _;
 use std::path::Path;
