@@ -504,14 +504,6 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
 }
 
-/// Sectors the kernel has read from block device `dev`
-/// (`/sys/block/NAME/stat`, field 3).
-fn sectors_read(dev: &str) -> u64 {
-    let name = Path::new(dev).file_name().unwrap().to_str().unwrap();
-    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
-    stat.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
 /// A loop device of `len` bytes over a file of old data (0xA5), in `dir`.
 fn old_disk(dir: &TempDir, len: usize) -> LoopDev {
     LoopDev::filled(&dir.join("old-disk.img"), len as u64, Some(0xA5))
@@ -533,7 +525,7 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
         &["--trust", &pub_of(&key)],
     );
     // From before the first packet to the receiver's exit (after SUCCESS).
-    let before = sectors_read(&disk.0);
+    let before = disk.sectors_read();
     let tx = start_sender(
         &net.a,
         &net.if_a,
@@ -549,7 +541,7 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
     ok(&out, "receiver");
     let s = read_page(&dir.0, "trust");
     assert_eq!(
-        sectors_read(&disk.0),
+        disk.sectors_read(),
         before,
         "read the device: {s:?} {}",
         String::from_utf8_lossy(&out.stderr)
@@ -584,7 +576,7 @@ fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
         Path::new(&disk.0),
         &["--trust", &pub_of(&key)],
     );
-    let before = sectors_read(&disk.0);
+    let before = disk.sectors_read();
     // 20 % loss and forged blocks of another image on every slot.
     let tx = send_forged(&net, &dir, &src, &key, 0x5159);
     ok(
@@ -596,7 +588,7 @@ fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
         "receiver",
     );
     let s = read_page(&dir.0, "trust");
-    assert_eq!(sectors_read(&disk.0), before, "read the device: {s:?}");
+    assert_eq!(disk.sectors_read(), before, "read the device: {s:?}");
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
     assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
     assert!(s.trust.rejected_blocks > 0, "{s:?}");

@@ -165,6 +165,42 @@ fn udp_sender_to_xdpcast_over_af_xdp() {
     );
 }
 
+/// Onto a block device full of old data. udpcast blocks (1456 bytes)
+/// straddle pages, and a write of part of a page the kernel does not hold
+/// makes it read that page from the device first: written block by block,
+/// every page of the image was read from the device before it was written.
+/// The receiver writes whole slices in order, in whole pages, as
+/// udp-receiver does: nothing is read from the device.
+#[test]
+fn udp_sender_onto_a_block_device_reads_nothing_from_it() {
+    if !udpcast_installed() {
+        return;
+    }
+    let net = VethPair::new(1, 1500);
+    // A whole number of pages (so the last page is whole too), not of
+    // udpcast blocks.
+    let Images { dir, src, .. } = Images::new("xdpc-udpc-blk", 16 * MIB, 24);
+    let disk = LoopDev::filled(&dir.join("old-disk.img"), 16 * MIB as u64, Some(0xA5));
+    let group = "239.77.0.1";
+    let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, Path::new(&disk.0), group, &[]);
+    // From before the first packet to the receiver's exit (after its
+    // SHA-256 of what landed, from the page cache).
+    let before = disk.sectors_read();
+    let tx = udp_sender(&net.a, &net.if_a, &src, group, 1, &[]);
+    assert_ok(&wait_output(tx, LIMIT, "udp-sender"), "udp-sender");
+    let out = wait_output(rx, LIMIT, "xdpcast");
+    assert_ok(&out, "xdpcast");
+    let s = read_page(&dir.0, "udpc");
+    assert_eq!(
+        disk.sectors_read(),
+        before,
+        "read the device: {s:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_page(&dir.0, &src);
+    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
+}
+
 /// udp-sender's defaults with one receiver: point-to-point mode, the data
 /// and REQACKs by unicast to the receiver's address. The XDP program steers
 /// that address on the port as well, so every block still comes through

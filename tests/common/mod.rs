@@ -312,6 +312,16 @@ impl LoopDev {
     }
 }
 
+impl LoopDev {
+    /// Sectors the kernel has read from the device
+    /// (`/sys/block/NAME/stat`, field 3).
+    pub fn sectors_read(&self) -> u64 {
+        let name = Path::new(&self.0).file_name().unwrap().to_str().unwrap();
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+        stat.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+}
+
 impl Drop for LoopDev {
     fn drop(&mut self) {
         let _ = std::process::Command::new("losetup")

@@ -137,11 +137,23 @@ impl Slice {
         };
         self.fec[stripe] = Vec::new();
         let rebuilt = rebuilt?;
-        for &b in &lost {
+        for (&b, data) in lost.iter().zip(&rebuilt) {
             self.mark(b);
+            // Kept like a received block: the slice is written from its
+            // copies once complete.
+            self.copies[b * bs..(b + 1) * bs].copy_from_slice(data);
         }
         Ok(lost.into_iter().zip(rebuilt).collect())
     }
+}
+
+/// A complete slice taken off the ledger: its bytes, the offset in the
+/// target where they go, and its number of blocks.
+#[derive(Debug)]
+pub(super) struct Retired {
+    pub(super) at: u64,
+    pub(super) data: Vec<u8>,
+    pub(super) blocks: u64,
 }
 
 /// Where every slice goes: the unfinished ones and the offset of the first.
@@ -293,6 +305,7 @@ impl Ledger {
                 }
                 self.open[0].bytes = Some(0);
                 self.end = Some(no);
+                // The end marker's slice: empty, nothing to write.
                 self.retire(block_size);
                 Ok(true)
             }
@@ -350,18 +363,30 @@ impl Ledger {
             .try_fold(self.base, |o, s| Some(o + u64::from(s.bytes?)))
     }
 
-    /// Drop the complete slices at the front.
-    pub(super) fn retire(&mut self, block_size: u64) {
-        while let Some(s) = self.open.front().filter(|s| s.complete(block_size)) {
+    /// Take the complete slices off the front, in order, with their
+    /// bytes and where they land.
+    pub(super) fn retire(&mut self, block_size: u64) -> Vec<Retired> {
+        let mut retired = Vec::new();
+        while self.open.front().is_some_and(|s| s.complete(block_size)) {
+            let Some(mut s) = self.open.pop_front() else {
+                break;
+            };
             let bytes = s.bytes.unwrap_or(0);
+            let mut data = std::mem::take(&mut s.copies);
+            data.truncate(bytes as usize);
+            retired.push(Retired {
+                at: self.base,
+                data,
+                blocks: u64::from(s.count),
+            });
             self.base += u64::from(bytes);
             self.first += 1;
-            self.open.pop_front();
             if self.sizes.len() == KEEP_SIZES {
                 self.sizes.pop_front();
             }
             self.sizes.push_back(bytes);
         }
+        retired
     }
 
     /// Rebuild what stripe `stripe` of `open[i]` lacks, if its FEC blocks

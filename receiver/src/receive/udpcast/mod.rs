@@ -56,6 +56,7 @@ use crate::store::target::open_out;
 
 mod flow;
 mod ledger;
+mod pages;
 mod sink;
 
 use sink::Out;
@@ -406,7 +407,7 @@ fn open_output(path: &Path, window: u64) -> Result<Out> {
         return Ok(Out::Stream(StreamOut::start(stream::stdout()?, window)?));
     }
     let (file, block_device) = open_out(path)?;
-    Ok(Out::File { file, block_device })
+    Ok(Out::file(file, block_device))
 }
 
 /// The control thread's view of a running transfer.

@@ -11,7 +11,8 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 
 use super::flow::{self, Answer};
-use super::ledger::{Ledger, Refusal};
+use super::ledger::{Ledger, Refusal, Retired};
+use super::pages::Pages;
 use super::{Connected, PUBLISH};
 use crate::error::{Error, Result};
 use crate::proto::udpcast::fec as udpcast_fec;
@@ -24,8 +25,13 @@ use crate::store::target::sha256_prefix;
 
 /// Where the blocks go.
 pub(super) enum Out {
-    /// A file or block device, written with `pwrite` at each block's offset.
-    File { file: File, block_device: bool },
+    /// A file or block device, written slice by slice in order, in whole
+    /// pages, as the slices complete ([`Pages`]).
+    File {
+        file: File,
+        block_device: bool,
+        pages: Mutex<Pages>,
+    },
     /// A pipe (`--out -`: stdout), written in order through a reorder window.
     Stream(StreamOut),
 }
@@ -43,6 +49,17 @@ pub struct Stream {
     pub(super) ledger: Mutex<Ledger>,
     pub(super) counters: Vec<CachePadded<WorkerCounters>>,
     pub(super) failure: OnceLock<Error>,
+}
+
+impl Out {
+    /// The file or block device `file`.
+    pub(super) fn file(file: File, block_device: bool) -> Out {
+        Out::File {
+            file,
+            block_device,
+            pages: Mutex::new(Pages::default()),
+        }
+    }
 }
 
 impl Stream {
@@ -120,7 +137,17 @@ impl Stream {
     /// wait for the stream to drain; the SHA-256 of what was written.
     pub(super) fn finish(&self, len: u64) -> Result<[u8; 32]> {
         match &self.out {
-            Out::File { file, block_device } => finish_target(file, *block_device, len),
+            Out::File {
+                file,
+                block_device,
+                pages,
+            } => {
+                let mut pages = pages.lock().unwrap_or_else(|p| p.into_inner());
+                pages
+                    .flush(&mut |at, b| file.write_all_at(b, at))
+                    .map_err(|e| Error::target_io("cannot write target", &e))?;
+                finish_target(file, *block_device, len)
+            }
             Out::Stream(s) => s.finish(len),
         }
     }
@@ -163,7 +190,7 @@ impl Stream {
         let bs = self.block_size;
         // Read before the lock: the limit only grows, so this is safe.
         let limit = self.limit();
-        let (offset, len, rebuilt) = {
+        let (l, offset, len, rebuilt) = {
             let (mut l, i) = self.opened(slice, bytes, c)?;
             let i = i.ok_or(DropReason::Duplicate)?;
             let start = u64::from(block) * bs;
@@ -200,42 +227,54 @@ impl Stream {
             } else {
                 Vec::new()
             };
-            l.retire(bs);
-            (at, len, rebuilt)
+            (l, at, len, rebuilt)
         };
-        self.write(&payload[..len], offset, c);
-        self.write_rebuilt(rebuilt, c);
+        self.retire(l, c);
+        self.put(&payload[..len], offset, c);
+        self.put_rebuilt(rebuilt, c);
         Ok(())
     }
 
-    /// Write one block taken for writing and count it.
-    fn write(&self, block: &[u8], offset: u64, c: &WorkerCounters) -> bool {
-        let written = match &self.out {
-            Out::File { file, .. } => file.write_all_at(block, offset),
-            Out::Stream(s) => {
-                s.put(offset, block);
-                Ok(())
-            }
+    /// Take the complete slices off the front of the ledger `l` (let go
+    /// here) and write them to a file, in order: the file's [`Pages`] are
+    /// taken before the ledger is let go, so slices reach them in the order
+    /// they retire. (A stream took each block as it came.)
+    fn retire(&self, mut l: MutexGuard<'_, Ledger>, c: &WorkerCounters) {
+        let retired = l.retire(self.block_size);
+        let Out::File { file, pages, .. } = &self.out else {
+            return;
         };
-        match written {
-            Ok(()) => {
-                c.bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
-                c.blocks.fetch_add(1, Ordering::Release);
-                true
-            }
-            Err(e) => {
+        if retired.is_empty() {
+            return;
+        }
+        let mut pages = pages.lock().unwrap_or_else(|p| p.into_inner());
+        drop(l);
+        for Retired { at, data, blocks } in retired {
+            if let Err(e) = pages.append(at, &data, &mut |at, b| file.write_all_at(b, at)) {
                 self.fail(Error::target_io("cannot write target", &e));
-                false
+                return;
             }
+            c.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            c.blocks.fetch_add(blocks, Ordering::Release);
         }
     }
 
-    /// Write blocks rebuilt from FEC blocks.
-    fn write_rebuilt(&self, rebuilt: Vec<(u64, Vec<u8>)>, c: &WorkerCounters) {
+    /// Put one block taken for writing into a stream and count it. (A
+    /// file's blocks are written and counted with their slice, by
+    /// [`Stream::retire`].)
+    fn put(&self, block: &[u8], offset: u64, c: &WorkerCounters) {
+        if let Out::Stream(s) = &self.out {
+            s.put(offset, block);
+            c.bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
+            c.blocks.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Blocks rebuilt from FEC blocks: counted, and put into a stream.
+    fn put_rebuilt(&self, rebuilt: Vec<(u64, Vec<u8>)>, c: &WorkerCounters) {
         for (offset, block) in rebuilt {
-            if self.write(&block, offset, c) {
-                c.fec_recovered.fetch_add(1, Ordering::Relaxed);
-            }
+            self.put(&block, offset, c);
+            c.fec_recovered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -296,10 +335,11 @@ impl Stream {
             }
             s.fec[stripe].push((row, payload[..bs as usize].into()));
             let rebuilt = l.repair(i, stripe, bs, limit);
-            l.retire(bs);
-            rebuilt
+            (l, rebuilt)
         };
-        self.write_rebuilt(rebuilt, c);
+        let (l, rebuilt) = rebuilt;
+        self.retire(l, c);
+        self.put_rebuilt(rebuilt, c);
         Ok(())
     }
 
@@ -328,7 +368,7 @@ impl Stream {
                     return Ok(());
                 }
                 let lacking = i.filter(|&i| !l.open[i].complete(bs));
-                let got = match lacking {
+                match lacking {
                     // What the stream's window can take decides (flow.rs).
                     Some(i) => match flow::answer(
                         &l.open[i],
@@ -341,11 +381,9 @@ impl Stream {
                         Answer::Wait => return Ok(()),
                     },
                     None => None,
-                };
-                l.retire(bs);
-                got
+                }
             };
-            match missing {
+            let reply = match missing {
                 Some(got) => retransmit(slice, rxmit, &got),
                 None => {
                     if l.acked.is_none_or(|a| a < slice) {
@@ -353,7 +391,9 @@ impl Stream {
                     }
                     ok(slice)
                 }
-            }
+            };
+            self.retire(l, c);
+            reply
         };
         if let Err(e) = self.replies.send_to(&reply, self.sender) {
             log::warn!("answering the sender's REQACK for slice {slice}: {e}");
@@ -452,7 +492,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         let (file, block_device) = open_out(&path).unwrap();
-        let (s, sender) = stream_to(Out::File { file, block_device });
+        let (s, sender) = stream_to(Out::file(file, block_device));
         (s, sender, path)
     }
 
