@@ -42,19 +42,14 @@ fn image() -> Vec<u8> {
 fn manifest() -> Manifest {
     let g = Geometry::new(100_000, 1400);
     Manifest {
-        session: 7,
-        geometry: g,
         digest: [3; 32],
         passes: 2,
         flags: wire::FLAG_REPAIR,
         repair_addr: std::net::Ipv6Addr::LOCALHOST,
         repair_port: 9,
-        fec_repair: 0,
-        fec_group: 0,
         source: std::net::Ipv6Addr::LOCALHOST,
-        chunk_blocks: 1,
         issued_at: 1,
-        zero_runs: [0; 32],
+        ..Manifest::new(7, g, 1)
     }
 }
 

@@ -171,19 +171,10 @@ fn forgeries(session: u32, g: Geometry, attacker: &ed25519_dalek::SigningKey) ->
     }
     let fake = vec![0xEE; g.total_size as usize];
     let m = Manifest {
-        session,
-        geometry: huge,
         digest: [0xEE; 32],
-        passes: 1,
-        flags: 0,
         repair_addr: evil.repair_addr,
         repair_port: 9,
-        fec_repair: 0,
-        fec_group: 0,
-        source: std::net::Ipv6Addr::UNSPECIFIED,
-        chunk_blocks: 256,
-        issued_at: 0,
-        zero_runs: [0; 32],
+        ..Manifest::new(session, huge, 256)
     };
     out.push(wire::encode_raw(
         Kind::Manifest,

@@ -298,19 +298,9 @@ mod tests {
         let img: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
         let geometry = Geometry::new(len as u64, 100);
         let m = Manifest {
-            session: 9,
-            geometry,
             digest: [1; 32],
-            passes: 1,
-            flags: 0,
-            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-            repair_port: 0,
-            fec_repair: 0,
-            fec_group: 0,
-            source: std::net::Ipv6Addr::UNSPECIFIED,
-            chunk_blocks: 4,
             issued_at: 1_800_000_000,
-            zero_runs: [0; 32],
+            ..Manifest::new(9, geometry, 4)
         };
         let key = SigningKey::from_bytes(&[5; 32]);
         let pages = (0..m.page_count())

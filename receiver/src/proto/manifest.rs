@@ -130,6 +130,28 @@ pub fn chunk_blocks_for(block_count: u64, block_size: u32) -> u32 {
 }
 
 impl Manifest {
+    /// The manifest of session `session` for an image of geometry `g` in
+    /// chunks of `chunk_blocks` blocks, the rest at its plainest: one pass,
+    /// no repair address or FEC, no source, digest, date or zero-run list.
+    /// Senders and tests set what they have with struct update syntax.
+    pub fn new(session: u32, geometry: Geometry, chunk_blocks: u32) -> Manifest {
+        Manifest {
+            session,
+            geometry,
+            digest: [0; DIGEST_LEN],
+            passes: 1,
+            flags: 0,
+            repair_addr: Ipv6Addr::UNSPECIFIED,
+            repair_port: 0,
+            fec_repair: 0,
+            fec_group: 0,
+            source: Ipv6Addr::UNSPECIFIED,
+            chunk_blocks,
+            issued_at: 0,
+            zero_runs: [0; HASH_LEN],
+        }
+    }
+
     /// Number of chunks.
     pub fn chunk_count(&self) -> u64 {
         self.geometry
@@ -623,20 +645,18 @@ mod tests {
     }
 
     fn manifest_of(img: &[u8], block_size: u32, chunk_blocks: u32) -> Manifest {
+        let lan = std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped();
         Manifest {
-            session: 77,
-            geometry: Geometry::new(img.len() as u64, block_size),
-            digest: [0; 32],
-            passes: 1,
             flags: 2,
-            repair_addr: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(),
+            repair_addr: lan,
             repair_port: 4000,
-            fec_repair: 0,
-            fec_group: 0,
-            source: std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(),
-            chunk_blocks,
+            source: lan,
             issued_at: 1_800_000_000,
-            zero_runs: [0; 32],
+            ..Manifest::new(
+                77,
+                Geometry::new(img.len() as u64, block_size),
+                chunk_blocks,
+            )
         }
     }
 

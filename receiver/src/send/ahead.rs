@@ -219,21 +219,7 @@ mod tests {
             })
             .collect();
         let key = SigningKey::from_bytes(&[3; 32]);
-        let m = Manifest {
-            session: 1,
-            geometry: g,
-            digest: [0; 32],
-            passes: 1,
-            flags: 0,
-            repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-            repair_port: 0,
-            fec_repair: 0,
-            fec_group: 0,
-            source: std::net::Ipv6Addr::UNSPECIFIED,
-            chunk_blocks: 8,
-            issued_at: 0,
-            zero_runs: [0; 32],
-        };
+        let m = Manifest::new(1, g, 8);
         let all = DataMap::all(g.total_size);
         let mut pieces = Vec::new();
         let scan = Scan {

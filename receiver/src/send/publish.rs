@@ -58,22 +58,12 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
     let (digest, _) = zeros::sha256(&map, DataMap::of(&file, map.len() as u64));
     let chunk_blocks = manifest::chunk_blocks_for(geometry.block_count, o.block_size);
     let m = Manifest {
-        session: o.session,
-        geometry,
         // Read ahead of time: the head names the digest too.
         digest,
-        passes: 1,
-        flags: 0,
-        repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-        repair_port: 0,
-        fec_repair: 0,
-        fec_group: 0,
-        source: std::net::Ipv6Addr::UNSPECIFIED,
-        chunk_blocks,
         issued_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        zero_runs: [0; 32],
+        ..Manifest::new(o.session, geometry, chunk_blocks)
     };
     let pages = (0..m.page_count())
         .map(|i| m.page_of(key, i, &map))

@@ -311,19 +311,9 @@ fn resumed_blocks_count_in_bytes_and_an_unwritable_resume_file_only_warns() {
 /// ends), one pass, chunks of two blocks.
 fn test_manifest(g: Geometry, digest: [u8; 32], issued_at: u64) -> Manifest {
     Manifest {
-        session: 5,
-        geometry: g,
         digest,
-        passes: 1,
-        flags: 0,
-        repair_addr: std::net::Ipv6Addr::UNSPECIFIED,
-        repair_port: 0,
-        fec_repair: 0,
-        fec_group: 0,
-        source: std::net::Ipv6Addr::UNSPECIFIED,
-        chunk_blocks: 2,
         issued_at,
-        zero_runs: [0; 32],
+        ..Manifest::new(5, g, 2)
     }
 }
 
