@@ -33,6 +33,11 @@
 //! - `block/<size>/blake3_chunk`: what a signed session adds per block: the
 //!   BLAKE3 hash of a 256-block chunk (read back from the warm target, as
 //!   the receiver does when the chunk's last block lands), divided by 256.
+//! - `chunk_hash/<block size>`: BLAKE3 of one signed chunk, from memory
+//!   (the staging buffer, as the writer thread hashes it: no read-back), on
+//!   one thread; a chunk as a signed session of a 1 GiB image lays it out
+//!   (`manifest::chunk_blocks_for`: 512 blocks of 1400 bytes, 700 KiB). The
+//!   throughput is the per-core rate to set beside the line rate.
 //! - `status/publish/<workers>` and `status/read`: one seqlock update of the
 //!   4 KiB status page, and one consistent read of it.
 //! - `zeros/scan` and `zeros/hash`: the sender's check of every 1400-byte
@@ -310,5 +315,29 @@ fn zero_scan(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, per_block, status_page, zero_scan);
+/// BLAKE3 of a signed chunk from warm memory, one thread: GB/s per core.
+fn chunk_hash(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chunk_hash");
+    for block_size in [1400u32, 8192] {
+        let blocks = (1u64 << 30).div_ceil(u64::from(block_size));
+        let chunk =
+            u64::from(manifest::chunk_blocks_for(blocks, block_size)) * u64::from(block_size);
+        // Several chunks, hashed in turn, so that the input is not all in L2.
+        let buf: Vec<u8> = (0..chunk as usize * 16)
+            .map(|i| (i * 131 % 251) as u8)
+            .collect();
+        group.throughput(Throughput::Bytes(chunk));
+        group.bench_function(BenchmarkId::from_parameter(block_size), |b| {
+            let mut at = 0;
+            b.iter(|| {
+                let c = &buf[at..at + chunk as usize];
+                at = (at + chunk as usize) % buf.len();
+                black_box(manifest::chunk_hash(black_box(c)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_block, chunk_hash, status_page, zero_scan);
 criterion_main!(benches);

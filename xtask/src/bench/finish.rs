@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 use xdpcast::status::page::State;
 use xdpcast_bench::netns::VethPair;
 
-use super::harness::{cmd_ok, completion, follow, Ctx};
+use super::harness::{cmd_ok, completion, follow, keygen, Ctx};
 use super::runs::{start_receiver, xdpcast_send};
 
 /// Seconds from the last block to the receiver's exit with SUCCESS.
@@ -49,14 +49,7 @@ fn last_block_to_success(ctx: &Ctx, net: &VethPair, dir: &Path, key: Option<&Pat
 /// The rows: (target filesystem, mode) -> median and spread of `runs` runs.
 pub fn run(ctx: &Ctx, runs: usize) -> Result<String> {
     let net = VethPair::new(1, 1500);
-    let key = ctx.work.join("bench.key");
-    let _ = std::fs::remove_file(&key);
-    let _ = std::fs::remove_file(ctx.work.join("bench.key.pub"));
-    let kg = std::process::Command::new(ctx.bin.join("xdpcast"))
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()?;
-    ensure!(kg.status.success(), "keygen failed");
+    let key = keygen(ctx)?;
     let ext4 = std::path::PathBuf::from(format!("/var/tmp/xdpcast-finish-{}", std::process::id()));
     std::fs::create_dir_all(&ext4)?;
     let fs_of = |p: &Path| -> String {

@@ -417,6 +417,24 @@ pub(crate) struct Ctx {
     pub(crate) timeout: Duration,
 }
 
+/// The bench's signing key, `bench.key` in the work directory (its public
+/// half `bench.key.pub`), made by `xdpcast keygen` on first use.
+pub(crate) fn keygen(ctx: &Ctx) -> Result<PathBuf> {
+    let key = ctx.work.join("bench.key");
+    if !key.exists() {
+        let kg = Command::new(ctx.bin.join("xdpcast"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()?;
+        ensure!(
+            kg.status.success(),
+            "keygen failed: {}",
+            String::from_utf8_lossy(&kg.stderr)
+        );
+    }
+    Ok(key)
+}
+
 /// Softirq time of all CPUs, seconds (USER_HZ is 100 on Linux).
 pub(super) fn softirq_s() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;

@@ -70,6 +70,10 @@ pub struct Args {
     /// with --quick, else 1024,4096).
     #[arg(long, value_delimiter = ',')]
     e2e_sizes: Option<Vec<u64>>,
+    /// Senders of the keep-up part, comma separated: blast (xdpcast-bench,
+    /// unsigned), send (`xdpcast send`), signed (`send --sign`, `receive --trust`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Feed::Blast, Feed::Send, Feed::Signed])]
+    feeds: Vec<Feed>,
     /// Directory for results.md, results.json and plot.png, relative to the workspace.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -90,6 +94,24 @@ enum Part {
     /// Deployment time: sender start to verified SUCCESS, xdpcast (unsigned,
     /// signed, fed by udp-sender) and udpcast, against the path's limit.
     E2e,
+}
+
+/// Who sends the image in the keep-up part.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Feed {
+    Blast,
+    Send,
+    Signed,
+}
+
+impl Feed {
+    fn receiver(self) -> Receiver {
+        match self {
+            Feed::Blast => Receiver::Xdp,
+            Feed::Send => Receiver::Send,
+            Feed::Signed => Receiver::Signed,
+        }
+    }
 }
 
 mod e2e;
@@ -231,21 +253,20 @@ pub fn run(args: Args) -> Result<()> {
                     check_interrupt()?;
                     eprintln!("bench: MTU {mtu}, {}, run {}", r.name(), i + 1);
                     let result = match r {
-                        Receiver::Xdp => run_xdpcast(&ctx, &net, "xdp", &[], &tmpfs, ctx.rate_mbps),
                         Receiver::Socket => {
                             let off = ["--socket-gro", "off"];
-                            run_xdpcast(&ctx, &net, "socket", &off, &tmpfs, ctx.rate_mbps)
+                            run_xdpcast(&ctx, &net, r, &off, &tmpfs, ctx.rate_mbps)
                         }
                         Receiver::SocketGro => VethGro::on(&net).and_then(|gro| {
                             let on = ["--socket-gro", "on"];
                             let napi0 = gro.cpu_s();
-                            let mut m =
-                                run_xdpcast(&ctx, &net, "socket", &on, &tmpfs, ctx.rate_mbps)?;
+                            let mut m = run_xdpcast(&ctx, &net, r, &on, &tmpfs, ctx.rate_mbps)?;
                             // The receive side's kernel work, as softirq is.
                             m.softirq_s += gro.cpu_s() - napi0;
                             Ok(m)
                         }),
                         Receiver::Udpcast => run_udpcast(&ctx, &net),
+                        _ => run_xdpcast(&ctx, &net, r, &[], &tmpfs, ctx.rate_mbps),
                     };
                     check_interrupt()?;
                     o.runs.push(result.map_err(|e| format!("{e:#}")));
@@ -278,42 +299,61 @@ pub fn run(args: Args) -> Result<()> {
                     "max" => None,
                     r => Some(r.parse::<u64>().with_context(|| format!("rate {r}"))?),
                 };
-                let mut o = Outcome {
-                    receiver: Receiver::Xdp,
-                    mtu: 1500,
-                    runs: Vec::new(),
-                };
+                let mut outcomes: Vec<Outcome> = args
+                    .feeds
+                    .iter()
+                    .map(|f| Outcome {
+                        receiver: f.receiver(),
+                        mtu: 1500,
+                        runs: Vec::new(),
+                    })
+                    .collect();
+                // Run i of every sender in turn, so that a drift of the
+                // machine touches signed and unsigned rows alike.
                 for i in 0..runs {
-                    check_interrupt()?;
-                    eprintln!(
-                        "bench: keep-up, {}, {rate} Mbit/s, run {}",
-                        kind.name(),
-                        i + 1
-                    );
-                    if let Some(l) = &lo {
-                        l.drop_cache()?;
-                    }
-                    let result = run_xdpcast(&ctx, &net, "xdp", &[], &target, mbps);
-                    check_interrupt()?;
-                    o.runs.push(result.map_err(|e| format!("{e:#}")));
-                    if let Some(Err(e)) = o.runs.last() {
-                        eprintln!("bench:   failed: {e}");
+                    for o in &mut outcomes {
+                        check_interrupt()?;
+                        eprintln!(
+                            "bench: keep-up, {}, {rate} Mbit/s, {}, run {}",
+                            kind.name(),
+                            o.receiver.name(),
+                            i + 1
+                        );
+                        // Old data under every run, out of the cache.
+                        if let Some(l) = &lo {
+                            l.refill(ctx.size)?;
+                            l.drop_cache()?;
+                        }
+                        let result = run_xdpcast(&ctx, &net, o.receiver, &[], &target, mbps);
+                        check_interrupt()?;
+                        o.runs.push(result.map_err(|e| format!("{e:#}")));
+                        if let Some(Err(e)) = o.runs.last() {
+                            eprintln!("bench:   failed: {e}");
+                        }
                     }
                 }
-                rows.push((kind, rate.clone(), o));
+                rows.extend(outcomes.into_iter().map(|o| (kind, rate.clone(), o)));
             }
             if target.dev_stat.is_none() {
                 let _ = std::fs::remove_file(&target.path);
             }
         }
         md += "\n### Keep-up: XDP path, MTU 1500, paced and unpaced, three targets\n\n\
-               The loop device does direct I/O on a file of old data on the disk, its \
-               cache dropped before each run. \"ring drops\" are the kernel's AF_XDP \
-               rx_ring_full + rx_dropped; \"device read\" is the loop device's read \
-               sectors (files: the receiver's /proc/PID/io read_bytes) from the sender's \
-               start until the last block was in (not the SHA-256 read-back); \
-               \"on disk at half\" is the loop device's written sectors, or the ext4 file's \
-               clean and evicted pages (cachestat), when half the blocks were in.\n\n";
+               Senders: `blast` (xdpcast-bench, unsigned, one datagram per frame), \
+               `send` (the real `xdpcast send`, unsigned: the receiver checks the \
+               SHA-256 by reading the target back) and `send --sign` (`receive \
+               --trust`: each chunk hashed in the staging buffer, nothing read back); \
+               run i of each in turn. The loop device does direct I/O on a file \
+               refilled with old data and its cache dropped before each run. \
+               \"ring drops\" are the kernel's AF_XDP rx_ring_full + rx_dropped; \
+               \"device read\" is the loop device's read sectors (files: the \
+               receiver's /proc/PID/io read_bytes) from the sender's start until the \
+               last block was in, \"read to exit\" the same until the receiver \
+               exited (the unsigned SHA-256 read-back included); \"last block → \
+               SUCCESS\" is the receiver's own page: `end_ns` − `last_block_ns`; \
+               \"on disk at half\" is the loop device's written sectors, or the ext4 \
+               file's clean and evicted pages (cachestat), when half the blocks were \
+               in.\n\n";
         md += &keepup_table(&rows, size);
     }
 
@@ -420,6 +460,8 @@ mod tests {
             ring_drops: Some(0),
             fill_empty: Some(3),
             dev_read: Some(4096),
+            dev_read_total: Some(8192),
+            tail_ms: Some(12.5),
             written_half: None,
             overflow: Some(0),
             lane_full: Some(0),

@@ -70,10 +70,19 @@ pub(super) fn table(outcomes: &[Outcome], size: u64) -> String {
 }
 
 /// The keep-up table: one row per target and rate, XDP path.
+/// The keep-up table's name for the sender of `r`'s runs.
+fn feed(r: Receiver) -> &'static str {
+    match r {
+        Receiver::Send => "send",
+        Receiver::Signed => "send --sign",
+        _ => "blast",
+    }
+}
+
 pub(super) fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) -> String {
     let mut t = String::from(
-        "| target | rate Mbit/s | runs | goodput Gbit/s | ring drops | fill ring empty | first-pass loss % | device read MiB | on disk at half MiB | overflow blocks | lane full blocks | rx CPU s/GB | total CPU s/GB | batch p99.9 µs |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | rate Mbit/s | sender | runs | goodput Gbit/s | ring drops | fill ring empty | first-pass loss % | device read MiB | read to exit MiB | last block → SUCCESS ms | on disk at half MiB | overflow blocks | lane full blocks | rx CPU s/GB | total CPU s/GB | batch p99.9 µs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let gb = size as f64 / 1e9;
     let mib = |b: Option<u64>| b.map(|b| b as f64 / f64::from(1u32 << 20));
@@ -82,8 +91,9 @@ pub(super) fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) ->
             let e = o.failure().map_or("", |e| e.as_str());
             let _ = writeln!(
                 t,
-                "| {} | {rate} | {} | failed: {} | | | | | | | | | | |",
+                "| {} | {rate} | {} | {} | failed: {} | | | | | | | | | | | | |",
                 kind.name(),
+                feed(o.receiver),
                 o.runs_ok(),
                 e.replace('|', "/").replace('\n', " ")
             );
@@ -91,14 +101,17 @@ pub(super) fn keepup_table(rows: &[(TargetKind, String, Outcome)], size: u64) ->
         }
         let _ = writeln!(
             t,
-            "| {} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
+            feed(o.receiver),
             o.runs_ok(),
             o.spread(2, |m| Some(m.goodput_gbps(size))),
             o.spread(0, |m| m.ring_drops.map(|v| v as f64)),
             o.spread(0, |m| m.fill_empty.map(|v| v as f64)),
             o.spread(2, |m| Some(m.loss * 100.0)),
             o.spread(1, |m| mib(m.dev_read)),
+            o.spread(1, |m| mib(m.dev_read_total)),
+            o.spread(1, |m| m.tail_ms),
             o.spread(0, |m| mib(m.written_half)),
             o.spread(0, |m| m.overflow.map(|v| v as f64)),
             o.spread(0, |m| m.lane_full.map(|v| v as f64)),

@@ -20,6 +20,12 @@ pub(super) enum Receiver {
     /// `recvmmsg` with `UDP_GRO` (`--socket-gro on`), GRO on the veth.
     SocketGro,
     Udpcast,
+    /// The XDP path fed by the real `xdpcast send` (keep-up part), unsigned:
+    /// the receiver checks the image's SHA-256 by reading the target back.
+    Send,
+    /// The same, `send --sign` and `receive --trust`: each chunk checked
+    /// from the staging buffer, nothing read back.
+    Signed,
 }
 
 impl Receiver {
@@ -36,6 +42,16 @@ impl Receiver {
             Receiver::Socket => "xdpcast socket",
             Receiver::SocketGro => "xdpcast socket+GRO",
             Receiver::Udpcast => "udpcast",
+            Receiver::Send => "xdpcast XDP, send",
+            Receiver::Signed => "xdpcast XDP, send --sign",
+        }
+    }
+
+    /// The receiver's `--mode`.
+    fn mode(self) -> &'static str {
+        match self {
+            Receiver::Socket | Receiver::SocketGro => "socket",
+            _ => "xdp",
         }
     }
 }
@@ -134,6 +150,14 @@ pub(super) struct Metrics {
     /// Bytes read from the target's device from the sender's start until
     /// the last block was in (not the verification that follows).
     pub(super) dev_read: Option<u64>,
+    /// The same until the receiver's exit, its verification included (the
+    /// unsigned SHA-256 read-back; a signed session reads nothing back).
+    /// For files, the receiver's last /proc/PID/io read_bytes before it
+    /// exited (sampled every 2 ms).
+    pub(super) dev_read_total: Option<u64>,
+    /// From the last new block a worker took to SUCCESS, ms: the page's
+    /// `end_ns` - `last_block_ns` (both written by the receiver).
+    pub(super) tail_ms: Option<f64>,
     /// Bytes of the image on the device when half the blocks were in.
     pub(super) written_half: Option<u64>,
     /// Blocks written straight to the target (staging buffer full).
@@ -280,12 +304,14 @@ pub(crate) fn xdpcast_send(ctx: &Ctx, net: &VethPair, extra: &[&str], log: &str)
     start_sender(ctx, net, &argv, log)
 }
 
-/// One xdpcast receive over `net` into `target`, the blast sender paced to
-/// `rate_mbps` (None: unpaced), one datagram per frame (no GSO).
+/// One xdpcast receive over `net` into `target`, paced to `rate_mbps`
+/// (None: unpaced), fed by the blast sender (one datagram per frame, no
+/// GSO) or, for [`Receiver::Send`] and [`Receiver::Signed`], by `xdpcast
+/// send` (signed with `key`, made by [`keygen`]).
 pub(super) fn run_xdpcast(
     ctx: &Ctx,
     net: &VethPair,
-    mode: &str,
+    r: Receiver,
     flags: &[&str],
     target: &Target,
     rate_mbps: Option<u64>,
@@ -294,35 +320,46 @@ pub(super) fn run_xdpcast(
     if target.dev_stat.is_none() {
         let _ = std::fs::remove_file(out);
     }
+    let mode = r.mode();
+    let key = (r == Receiver::Signed).then(|| keygen(ctx)).transpose()?;
+    let public = key.as_ref().map(|k| format!("{}.pub", k.display()));
     let extra: Vec<&str> = ["--mode", mode]
         .into_iter()
         .chain(flags.iter().copied())
+        .chain(public.iter().flat_map(|p| ["--trust", p.as_str()]))
         .collect();
     let (mut rx, reader) = start_receiver(ctx, net, &format!("bench-{mode}"), out, &extra)?;
     let soft0 = softirq_s()?;
     let dev0 = target.dev_stat.as_deref().map(dev_sectors).transpose()?;
-    let blast = ctx.bin.join("xdpcast-bench");
+    let (blast, xdpcast) = (ctx.bin.join("xdpcast-bench"), ctx.bin.join("xdpcast"));
+    let image = ctx.image.to_str().context("path")?;
+    let key_s = key.as_ref().map(|k| k.to_string_lossy().into_owned());
     let rate = rate_mbps.map(|m| (m * 1_000_000).to_string());
-    let mut argv = vec![
-        blast.to_str().context("path")?,
-        "blast",
-        ctx.image.to_str().context("path")?,
-        "--group",
-        GROUP,
-        "--iface",
-        &net.if_a,
-        "--passes",
-        "1000",
-        "--no-gso",
-    ];
-    if let Some(r) = &rate {
-        argv.extend(["--rate-bps", r]);
-    }
+    let argv = match r {
+        Receiver::Send | Receiver::Signed => {
+            let mut a = vec![xdpcast.to_str().context("path")?, "send", image];
+            a.extend(["--group", GROUP, "--iface", &net.if_a]);
+            a.extend(key_s.iter().flat_map(|k| ["--sign", k.as_str()]));
+            if let Some(r) = &rate {
+                a.extend(["--rate", r]);
+            }
+            a
+        }
+        _ => {
+            let mut a = vec![blast.to_str().context("path")?, "blast", image];
+            a.extend(["--group", GROUP, "--iface", &net.if_a]);
+            a.extend(["--passes", "1000", "--no-gso"]);
+            if let Some(r) = &rate {
+                a.extend(["--rate-bps", r]);
+            }
+            a
+        }
+    };
     let mut tx = start_sender(ctx, net, &argv, "tx.log")?;
     let tx_start = now_ns();
     let mut first = None;
     let mut samples: Vec<(u64, u64, u64)> = Vec::new();
-    let mut read_bytes = None;
+    let (mut read_bytes, mut read_bytes_total) = (None, None);
     let mut dev_read_now = None;
     let mut written_half = None;
     let deadline = Instant::now() + ctx.timeout;
@@ -344,8 +381,9 @@ pub(super) fn run_xdpcast(
         }
         // Reads until the last block is in: the receiver's own SHA-256
         // check reads the whole target back afterwards.
+        read_bytes_total = proc_read_bytes(rx.pid).or(read_bytes_total);
         if s.block_count == 0 || s.blocks_done < s.block_count {
-            read_bytes = proc_read_bytes(rx.pid).or(read_bytes);
+            read_bytes = read_bytes_total;
             if let Some(stat) = &target.dev_stat {
                 dev_read_now = Some(dev_sectors(stat)?.0);
             }
@@ -381,6 +419,13 @@ pub(super) fn run_xdpcast(
         (Some(r), Some((r0, _))) => Some((r - r0) * 512),
         _ => read_bytes,
     };
+    // After the exit: the receiver's whole run, its own check included.
+    let dev_read_total = match (&target.dev_stat, dev0) {
+        (Some(stat), Some((r0, _))) => Some((dev_sectors(stat)?.0 - r0) * 512),
+        _ => read_bytes_total,
+    };
+    let tail_ms = (s.diag.last_block_ns > 0 && s.end_ns >= s.diag.last_block_ns)
+        .then(|| (s.end_ns - s.diag.last_block_ns) as f64 / 1e6);
     let first = first.context("the target never appeared")?;
     let (done_at, packets) =
         completion(&samples, s.block_count).context("the page never showed all blocks")?;
@@ -405,6 +450,8 @@ pub(super) fn run_xdpcast(
         ring_drops: Some(ring_drops),
         fill_empty: Some(s.workers.iter().map(|w| w.kernel.fill_ring_empty).sum()),
         dev_read,
+        dev_read_total,
+        tail_ms,
         written_half: written_half.flatten(),
         overflow: Some(s.storage.overflow_blocks),
         lane_full: Some(s.storage.lane_full),
@@ -534,6 +581,8 @@ pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
         ring_drops: None,
         fill_empty: None,
         dev_read: None,
+        dev_read_total: None,
+        tail_ms: None,
         written_half: None,
         overflow: None,
         lane_full: None,
