@@ -519,7 +519,8 @@ impl Session {
                 .with_max_manifest_age(self.req.max_manifest_age)
                 .with_max_clock_skew(self.req.max_clock_skew)
                 .with_source(self.req.source)
-                .with_stream_window(self.req.stream_window),
+                .with_stream_window(self.req.stream_window)
+                .with_hash_threads(self.req.hash_threads),
             );
             DataPath::start(opened, transfer, self.req.cores.as_deref())
         }) {

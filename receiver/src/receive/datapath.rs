@@ -283,6 +283,7 @@ impl<S: Sink> DataPath<S> {
     /// may use).
     pub fn start(opened: Opened, sink: Arc<S>, cores: Option<&[usize]>) -> Result<DataPath<S>> {
         let stop = Arc::new(AtomicBool::new(false));
+        sink.start_helpers(Arc::downgrade(&sink));
         // The CPUs this process may use (e.g. under taskset), not 0..n.
         let allowed = crate::cpu::allowed(0).unwrap_or_default();
         let mut path = DataPath {

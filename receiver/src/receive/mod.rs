@@ -2,6 +2,7 @@
 //! pinned workers that drain it, and the sinks that check and place blocks.
 
 pub mod bitmap;
+pub mod checks;
 pub mod control;
 pub mod datapath;
 pub mod request;

@@ -85,6 +85,9 @@ pub struct SessionRequest {
     pub source: Option<std::net::IpAddr>,
     /// Target `-` (stdout): bytes of the reorder window in memory.
     pub stream_window: u64,
+    /// `--hash-threads`: threads of the checking pool of a signed session
+    /// (see [`crate::receive::checks`]).
+    pub hash_threads: usize,
     /// `--http`: the same image on web servers, for what multicast does
     /// not deliver (see [`crate::fetch`]); None: multicast only.
     pub http: Option<HttpRequest>,
@@ -170,6 +173,7 @@ impl SessionRequest {
             max_clock_skew: Some(DEFAULT_MAX_CLOCK_SKEW),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
+            hash_threads: crate::receive::checks::DEFAULT_THREADS,
             http: None,
         }
     }

@@ -8,12 +8,14 @@
 //! the writer thread hashes it from that memory, before writing it, and
 //! hands the hash to [`Signed::hashed`]. No worker hashes, waits for a
 //! copier or reads the target. A stream (`--out -`) hashes a chunk from its
-//! reorder window when the chunk's last block lands.
+//! reorder window once the chunk's last block is in, on a thread of the
+//! checking pool ([`crate::receive::checks`]), which also checks the
+//! signatures of pages and ends.
 //!
 //! A chunk is OPEN (no hash yet), HASHED (hashed, its page not here yet)
 //! or VERIFIED. Whoever brings the second of (hash, signed leaf) compares
-//! them, under the chunk's lock: the writer thread with a new hash, or the
-//! worker that takes the page. A chunk whose hash differs from the signed
+//! them, under the chunk's lock: the thread that brings a new hash, or the
+//! thread that checks the page. A chunk whose hash differs from the signed
 //! one (a forged block took a slot) goes back to OPEN with its blocks
 //! unclaimed, so that the real blocks are requested again; if its page was
 //! already here, its bytes are never written.
@@ -27,6 +29,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::proto::manifest::{chunk_hash, Manifest, HASH_LEN, LEAVES_PER_PAGE};
 use crate::proto::wire::{Control, DropReason, DIGEST_LEN, FLAG_FINAL};
 use crate::receive::bitmap::BlockBitmap;
+use crate::receive::checks;
 use crate::store::target::Target;
 
 /// Where a session's blocks are: the target and the two block bitmaps of
@@ -75,6 +78,9 @@ pub struct Signed {
     /// The image's SHA-256 as the signer gave it: in the head, or in the
     /// signed ends of a sender that hashes as it sends.
     digest: OnceLock<[u8; DIGEST_LEN]>,
+    /// Where a stream's complete chunks go to be hashed (None: hashed on
+    /// the thread that brought their last block).
+    pool: OnceLock<checks::Handle>,
 }
 
 impl Signed {
@@ -103,7 +109,22 @@ impl Signed {
             } else {
                 OnceLock::from(manifest.digest)
             },
+            pool: OnceLock::new(),
         }
+    }
+
+    /// Hash a stream's complete chunks on the checking pool behind `h`.
+    pub fn use_pool(&self, h: checks::Handle) {
+        let _ = self.pool.set(h);
+    }
+
+    /// Whether page `index` was verified already (a copy of it is then
+    /// told from a forgery by its hashes alone, see [`Self::page`]).
+    pub fn has_page(&self, index: u64) -> bool {
+        index < self.manifest.page_count()
+            && self.leaves[index as usize * LEAVES_PER_PAGE]
+                .get()
+                .is_some()
     }
 
     /// The image's SHA-256 as the signer gave it, once known.
@@ -263,8 +284,9 @@ impl Signed {
     }
 
     /// Stream targets: blocks `[first, end)` are in the window (or zeroed
-    /// for a zero run); hash each chunk whose last blocks they were. A zero
-    /// run is thus covered by the signature like data.
+    /// for a zero run); hash each chunk whose last blocks they were, on the
+    /// checking pool if there is one. A zero run is thus covered by the
+    /// signature like data.
     pub fn blocks_written(&self, image: Slots<'_>, first: u64, end: u64) {
         let per = u64::from(self.manifest.chunk_blocks);
         let mut at = first;
@@ -274,15 +296,24 @@ impl Signed {
             let n = end.min(b) - at;
             // SeqCst: one thread sees the count reach the chunk's size.
             if u64::from(self.written[chunk as usize].fetch_add(n as u32, SeqCst)) + n == b - a {
-                let (start, stop) = self.manifest.chunk_bytes(chunk);
-                match image.target.read_at(start, (stop - start) as usize) {
-                    Ok(bytes) => {
-                        self.hashed(image, chunk, chunk_hash(&bytes));
-                    }
-                    Err(e) => log::warn!("chunk {chunk}: {e}"),
+                match self.pool.get() {
+                    Some(h) => h.chunk(chunk),
+                    None => self.hash_stream_chunk(image, chunk),
                 }
             }
             at += n;
+        }
+    }
+
+    /// Stream targets: hash chunk `chunk`, all of whose blocks are in the
+    /// window (they stay there until it verified), and compare it.
+    pub fn hash_stream_chunk(&self, image: Slots<'_>, chunk: u64) {
+        let (start, stop) = self.manifest.chunk_bytes(chunk);
+        match image.target.read_at(start, (stop - start) as usize) {
+            Ok(bytes) => {
+                self.hashed(image, chunk, chunk_hash(&bytes));
+            }
+            Err(e) => log::warn!("chunk {chunk}: {e}"),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,8 @@ const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 const PUBLISH: Duration = Duration::from_millis(100);
 
 /// Counters of one worker. Each is written by its worker only and read by
-/// the status publisher.
+/// the status publisher, except `drops`: the checking pool counts there
+/// the drops of the packets a worker queued for it.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
     /// Packets taken in (valid or not).
@@ -133,6 +134,14 @@ pub trait Sink: Send + Sync + 'static {
     fn ingest_held(&self, datagram: &[u8], _held: Held<'_>, c: &WorkerCounters) -> bool {
         self.ingest(datagram, c);
         false
+    }
+    /// Called once by the data path before its workers start, with a weak
+    /// reference to the sink itself: a sink that hands work to threads of
+    /// its own (the transfer's checking pool) starts them here.
+    fn start_helpers(&self, _me: Weak<Self>)
+    where
+        Self: Sized,
+    {
     }
     /// Counters of worker `i`.
     fn counters(&self, i: usize) -> &WorkerCounters;

@@ -83,6 +83,13 @@ pub(crate) struct ReceiveArgs {
     /// it wait for the sender's repair.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     stream_window_mib: u64,
+    /// With `--trust`: threads that check the signatures of the manifest,
+    /// its pages and the signed ends, and hash the chunks of a stream
+    /// (`--out -`), so that no worker does. One core hashes BLAKE3 several
+    /// times faster than a 10 GbE link brings data; a file or device's
+    /// chunks are hashed by the staging writer's thread.
+    #[arg(long, default_value_t = xdpcast::receive::checks::DEFAULT_THREADS as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    hash_threads: u16,
     /// Session name for the status page (default: derived from the group).
     #[arg(long)]
     name: Option<String>,
@@ -420,6 +427,7 @@ pub(crate) fn run(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
         http,
         progress,
         stream_window_mib,
+        hash_threads,
     } = a;
     let group = match (group, protocol) {
         (Some(g), _) => g,
@@ -436,6 +444,7 @@ pub(crate) fn run(a: ReceiveArgs) -> anyhow::Result<ExitCode> {
     trust.apply(&mut req)?;
     http.apply(&mut req)?;
     req.stream_window = stream_window_mib << 20;
+    req.hash_threads = usize::from(hash_threads);
     req.mode = match mode {
         Mode::Auto => ModeRequest::Auto,
         Mode::Xdp => ModeRequest::Xdp,

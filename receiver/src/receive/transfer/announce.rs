@@ -9,7 +9,7 @@ use super::image::Image;
 use super::{lock, Transfer};
 use crate::error::{Error, ErrorCode};
 use crate::proto::manifest::Manifest;
-use crate::proto::wire::{self, Control, DropReason, Packet};
+use crate::proto::wire::{self, Control, DropReason, Geometry};
 use crate::receive::signed::Signed;
 use crate::receive::workers::Sink;
 
@@ -19,7 +19,8 @@ impl Transfer {
     /// target.
     pub(super) fn manifest_head(
         &self,
-        p: &Packet<'_>,
+        session: u32,
+        geometry: Geometry,
         payload: &[u8],
     ) -> std::result::Result<(), DropReason> {
         // Once a head fixed the session, the sender's copies are the same
@@ -34,7 +35,7 @@ impl Transfer {
         }
         let (m, key) =
             Manifest::verify(payload, &self.trusted).map_err(|_| DropReason::Unauthenticated)?;
-        if m.session != p.session() || m.geometry != p.geometry() {
+        if m.session != session || m.geometry != geometry {
             return Err(DropReason::Inconsistent);
         }
         let (age, ahead) = manifest_clock(&m);
@@ -74,7 +75,11 @@ impl Transfer {
         let mut first = false;
         let signed = self.signed.get_or_init(|| {
             first = true;
-            Arc::new(Signed::new(m, key))
+            let s = Signed::new(m, key);
+            if self.checks.is_started() {
+                s.use_pool(self.checks.handle());
+            }
+            Arc::new(s)
         });
         if !first {
             return Err(DropReason::Duplicate);

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Weak;
 
 use super::image::{Image, Landed};
 use super::{lock, Transfer};
@@ -10,6 +11,7 @@ use crate::error::Error;
 use crate::proto::fec;
 use crate::proto::manifest::SUB_HEAD;
 use crate::proto::wire::{self, DropReason, Packet};
+use crate::receive::checks::{self, Job};
 use crate::receive::workers::{bump, Sink, WorkerCounters};
 use crate::store::handoff::Held;
 
@@ -66,7 +68,18 @@ impl Transfer {
                     return Err(DropReason::BadKind);
                 }
                 if payload[0] == SUB_HEAD {
-                    return self.manifest_head(&p, payload);
+                    // Once a head fixed the session, a copy is told from
+                    // another by a byte compare, here; until then each is
+                    // verified on the pool.
+                    if let (None, Some(worker)) = (self.head.get(), self.pool_for(c)) {
+                        return self.queue(Job::Head {
+                            session: p.session(),
+                            geometry: p.geometry(),
+                            payload: payload.into(),
+                            worker,
+                        });
+                    }
+                    return self.manifest_head(p.session(), p.geometry(), payload);
                 }
             }
             let image = self.image_for(&p)?;
@@ -90,13 +103,28 @@ impl Transfer {
                 }
                 Packet::Manifest { index, payload, .. } => {
                     let s = self.signed().ok_or(DropReason::Unauthenticated)?;
-                    s.page(image.slots(), index, payload)?;
+                    // A copy of a verified page is compared here (no
+                    // signature); a new one is verified on the pool.
+                    match self.pool_for(c) {
+                        Some(worker) if !s.has_page(index) => self.queue(Job::Page {
+                            index,
+                            payload: payload.into(),
+                            worker,
+                        })?,
+                        _ => s.page(image.slots(), index, payload)?,
+                    }
                 }
                 Packet::SignedEnd { payload, .. } => {
                     if !signed {
                         return Err(DropReason::BadKind);
                     }
-                    self.signed_end(image, payload)?;
+                    match self.pool_for(c) {
+                        Some(worker) => self.queue(Job::End {
+                            payload: payload.into(),
+                            worker,
+                        })?,
+                        None => self.signed_end(image, payload)?,
+                    }
                 }
                 Packet::Fec {
                     group,
@@ -153,7 +181,79 @@ impl Transfer {
     }
 }
 
+impl Transfer {
+    /// The slot of worker `c` when the checking pool runs and `c` is one of
+    /// this transfer's workers: its checks then go to the pool. None: run
+    /// them here (no data path, or a caller with counters of its own).
+    fn pool_for(&self, c: &WorkerCounters) -> Option<usize> {
+        if !self.checks.is_started() {
+            return None;
+        }
+        self.workers.iter().position(|w| std::ptr::eq(&**w, c))
+    }
+
+    /// Queue a packet's check; a full queue drops the packet unchecked.
+    fn queue(&self, job: Job) -> std::result::Result<(), DropReason> {
+        if self.checks.packet(job) {
+            Ok(())
+        } else {
+            Err(DropReason::Unauthenticated)
+        }
+    }
+}
+
+/// The checking pool's jobs, run on its threads: what a worker would have
+/// done with the packet, and the drop it would have counted, counted in
+/// that worker's counters.
+impl checks::Checker for Transfer {
+    fn run(&self, job: Job) {
+        let (worker, outcome) = match job {
+            Job::Head {
+                session,
+                geometry,
+                payload,
+                worker,
+            } => (worker, self.manifest_head(session, geometry, &payload)),
+            Job::Page {
+                index,
+                payload,
+                worker,
+            } => {
+                let r = match (self.signed(), self.image()) {
+                    (Some(s), Some(img)) => s.page(img.slots(), index, &payload),
+                    _ => Err(DropReason::Unauthenticated),
+                };
+                (worker, r)
+            }
+            Job::End { payload, worker } => {
+                let r = match self.image() {
+                    Some(img) => self.signed_end(img, &payload),
+                    None => Err(DropReason::Unauthenticated),
+                };
+                (worker, r)
+            }
+            Job::Chunk(k) => {
+                if let (Some(s), Some(img)) = (self.signed(), self.image()) {
+                    s.hash_stream_chunk(img.slots(), k);
+                }
+                return;
+            }
+        };
+        if let (Err(r), Some(c)) = (outcome, self.workers.get(worker)) {
+            c.drop_packet(r);
+        }
+    }
+
+    fn fail(&self, err: Error) {
+        Sink::fail(self, err);
+    }
+}
+
 impl Sink for Transfer {
+    fn start_helpers(&self, me: Weak<Self>) {
+        self.checks.start(me);
+    }
+
     fn ingest(&self, datagram: &[u8], c: &WorkerCounters) {
         self.take(datagram, None, c);
     }

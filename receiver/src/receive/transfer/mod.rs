@@ -28,6 +28,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::core::gaps::Confirmed;
 use crate::proto::fec;
 use crate::proto::wire::{self, Control};
+use crate::receive::checks;
 use crate::receive::control::Announced;
 use crate::receive::signed::Signed;
 use crate::receive::workers::{Sink, WorkerCounters};
@@ -85,6 +86,9 @@ pub struct Transfer {
     source: Option<IpAddr>,
     /// Target `-`: bytes of the stream's reorder window.
     stream_window: u64,
+    /// Where the signature checks and a stream's chunk hashes run, off the
+    /// workers (`--hash-threads`), once the data path started it.
+    checks: checks::Pool,
 }
 
 impl Transfer {
@@ -117,7 +121,20 @@ impl Transfer {
             head: OnceLock::new(),
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
+            checks: checks::Pool::new(checks::DEFAULT_THREADS),
         }
+    }
+
+    /// Check signatures and hash a stream's chunks on `threads` threads
+    /// (`--hash-threads`; see [`crate::receive::checks`]).
+    pub fn with_hash_threads(mut self, threads: usize) -> Transfer {
+        self.checks = checks::Pool::new(threads);
+        self
+    }
+
+    /// Jobs queued for the checking pool, and jobs its threads ran.
+    pub fn checks_counts(&self) -> (u64, u64) {
+        self.checks.counts()
     }
 
     /// With target `-`: a reorder window of `bytes` (see

@@ -410,11 +410,28 @@ fn wait_until(done: impl Fn() -> bool) {
 
 #[test]
 fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
+    signed_session(false);
+}
+
+#[test]
+fn signed_checks_run_on_the_pool_with_the_same_outcome() {
+    signed_session(true);
+}
+
+/// A signed session fed by hand, its signature checks on the calling
+/// thread or (`pooled`, as under a data path) on the checking pool.
+fn signed_session(pooled: bool) {
     use ed25519_dalek::SigningKey;
-    let (t, path) = setup("signed", None);
+    let (t, path) = setup(if pooled { "signed-pool" } else { "signed" }, None);
     let _ = std::fs::remove_file(&path);
     let key = SigningKey::from_bytes(&[9; 32]);
-    let t = t.with_trust(vec![key.verifying_key()], None);
+    let t = Arc::new(t.with_trust(vec![key.verifying_key()], None));
+    if pooled {
+        t.start_helpers(Arc::downgrade(&t));
+    }
+    // Every check queued so far has run.
+    let settled = || wait_until(|| t.checks_counts().0 == t.checks_counts().1);
+    let t = &*t;
     let data = image_bytes(10 * 100 - 30);
     let g = Geometry::new(data.len() as u64, 100);
     // A sender that hashes as it sends: the digest comes in the end.
@@ -434,9 +451,11 @@ fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
     );
     let forger = SigningKey::from_bytes(&[7; 32]);
     t.ingest(&raw(Kind::Manifest, 0, &m.sign(&forger)), c);
+    settled();
     assert!(t.image().is_none() && !path.exists());
     assert_eq!(d(DropReason::Unauthenticated), 3);
     t.ingest(&raw(Kind::Manifest, 0, &m.sign(&key)), c);
+    settled();
     assert!(t.image().is_some());
     assert_eq!(t.digest(), None);
     // Unsigned control and forged ends are ignored.
@@ -453,6 +472,7 @@ fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
         ),
         c,
     );
+    settled();
     assert!(!t.final_pass_ended() && t.digest().is_none());
     assert_eq!(d(DropReason::Unauthenticated), 5);
     // A forged block lands first in chunk 1 (blocks 2, 3).
@@ -476,16 +496,19 @@ fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
     // signed by another key is dropped and does not shadow the real one;
     // a repeat of a verified page is a duplicate, an altered one forged.
     t.ingest(&raw(Kind::Manifest, 0, &m.page_of(&forger, 0, &data)), c);
+    settled();
     assert_eq!(d(DropReason::Unauthenticated), 6);
     for p in 0..m.page_count() {
         t.ingest(&raw(Kind::Manifest, p, &m.page_of(&key, p, &data)), c);
     }
+    settled();
     let dup = d(DropReason::Duplicate);
     t.ingest(&raw(Kind::Manifest, 0, &m.page_of(&key, 0, &data)), c);
     assert_eq!(d(DropReason::Duplicate), dup + 1);
     let mut altered = m.page_of(&key, 0, &data);
     altered[4] ^= 1;
     t.ingest(&raw(Kind::Manifest, 0, &altered), c);
+    settled();
     assert_eq!(d(DropReason::Unauthenticated), 7);
     assert_eq!(t.signed().unwrap().bad_chunks(), 1);
     assert!(!t.complete());
@@ -519,6 +542,7 @@ fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
         ),
         c,
     );
+    settled();
     assert!(t.final_pass_ended() && t.complete());
     assert_eq!(t.digest(), Some(sha));
     t.image().unwrap().target.flush().unwrap();
@@ -529,7 +553,17 @@ fn signed_session_writes_nothing_unverified_and_rejects_forged_chunks() {
         &raw(Kind::SignedEnd, 0, &m.sign_end(&key, 1, 0, &[5; 32])),
         c,
     );
+    settled();
     assert_eq!(t.failure().map(|e| e.code), Some(ErrorCode::ProtocolError));
+    // Pooled: the two heads, the forged page and the real pages, and the
+    // three ends ran there (copies of a verified page are compared here).
+    let (queued, ran) = t.checks_counts();
+    assert_eq!(queued, ran);
+    if pooled {
+        assert_eq!(ran, 2 + 1 + m.page_count() + 3);
+    } else {
+        assert_eq!(ran, 0);
+    }
 }
 
 #[test]
