@@ -64,7 +64,12 @@ impl Persister {
                 let mut saved = 0;
                 let mut last = Instant::now();
                 while !flag.load(Ordering::Acquire) {
-                    std::thread::sleep(TICK);
+                    // Unparked by the drop: the session's end does not
+                    // wait out a tick here.
+                    std::thread::park_timeout(TICK);
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
                     let done = t.blocks_done();
                     if done != saved && last.elapsed() >= RESUME_EVERY {
                         if let Err(e) = t.save_resume() {
@@ -84,6 +89,7 @@ impl Drop for Persister {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -823,9 +829,11 @@ impl Control {
         let mut last_blocks = 0;
         let mut last_progress = Instant::now();
         let mut announced = false;
+        // A signed image's last chunk or digest wakes this thread at once.
+        self.path.sink.wake_on_complete(std::thread::current());
         loop {
             // Sooner when a request is due: the backoff is finer than a tick.
-            std::thread::sleep(self.repair.wake_in().map_or(TICK, |d| d.min(TICK)));
+            std::thread::park_timeout(self.repair.wake_in().map_or(TICK, |d| d.min(TICK)));
             if self.shared.cancel.load(Ordering::Acquire) {
                 return Err(Error::new(ErrorCode::Cancelled, "cancelled"));
             }

@@ -81,6 +81,8 @@ pub struct Signed {
     /// Where a stream's complete chunks go to be hashed (None: hashed on
     /// the thread that brought their last block).
     pool: OnceLock<checks::Handle>,
+    /// Woken when the image may have become complete.
+    waker: OnceLock<std::thread::Thread>,
 }
 
 impl Signed {
@@ -110,6 +112,7 @@ impl Signed {
                 OnceLock::from(manifest.digest)
             },
             pool: OnceLock::new(),
+            waker: OnceLock::new(),
         }
     }
 
@@ -135,7 +138,27 @@ impl Signed {
     /// Take the SHA-256 a verified signed end carries; false when the
     /// signer gave another one before (its image changed while it sent it).
     pub fn learn_digest(&self, digest: [u8; DIGEST_LEN]) -> bool {
-        *self.digest.get_or_init(|| digest) == digest
+        let mut new = false;
+        let same = *self.digest.get_or_init(|| {
+            new = true;
+            digest
+        }) == digest;
+        if new {
+            self.wake();
+        }
+        same
+    }
+
+    /// Unpark `t` (the session's watch) when the image may have become
+    /// complete: the last chunk verified, or the digest came.
+    pub fn wake_on_complete(&self, t: std::thread::Thread) {
+        let _ = self.waker.set(t);
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.waker.get() {
+            t.unpark();
+        }
     }
 
     /// The control block the rest of the receiver acts on (repair
@@ -354,7 +377,9 @@ impl Signed {
         let (a, b) = self.manifest.chunk_bytes(chunk);
         if hash == *want {
             if self.state[i].swap(VERIFIED, Relaxed) != VERIFIED {
-                self.verified.fetch_add(1, SeqCst);
+                if self.verified.fetch_add(1, SeqCst) + 1 == self.manifest.chunk_count() {
+                    self.wake();
+                }
                 // Only now may a stream let the chunk's bytes leave.
                 image.target.release(a, b);
             }

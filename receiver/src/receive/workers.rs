@@ -20,8 +20,13 @@ use crate::proto::wire::DropReason;
 use crate::status::page::{now_ns, WorkerStatus};
 use crate::store::handoff::{lane_capacity, Held, Producer};
 
-/// How long a worker waits for packets before it looks at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
+/// How long a worker waits for packets before it looks at the stop flag:
+/// a stop (at the end of a session, before SUCCESS is published) waits
+/// this long for an idle worker, so it is part of the time from the last
+/// block to SUCCESS. An idle worker wakes 100 times a second for it.
+const POLL: Duration = Duration::from_millis(10);
+/// How often a worker reads its socket's kernel counters.
+const STATS_EVERY: Duration = Duration::from_millis(50);
 /// Datagrams per recvmmsg call on the socket path.
 const SOCKET_BATCH: usize = 64;
 /// Receive buffer per message without GRO (largest jumbo frame); with
@@ -75,7 +80,7 @@ impl WorkerCounters {
         bump(&self.drops[r as usize], 1);
     }
 
-    /// Publish the socket's kernel counters (read every [`POLL`] and when
+    /// Publish the socket's kernel counters (read every [`STATS_EVERY`] and when
     /// the worker stops). Relaxed: each is a value on its own.
     pub fn publish_kernel(&self, s: &XskStats) {
         self.ring_drops
@@ -263,7 +268,7 @@ fn run(source: Source, t: &impl Sink, c: &WorkerCounters, stop: &AtomicBool) -> 
                         Error::new(ErrorCode::SteeringFailed, format!("AF_XDP receive: {e}"))
                     })?;
                 lane.kick();
-                if last_stats.elapsed() >= POLL {
+                if last_stats.elapsed() >= STATS_EVERY {
                     last_stats = Instant::now();
                     if let Ok(s) = q.stats() {
                         c.publish_kernel(&s);

@@ -79,6 +79,9 @@ impl Transfer {
             if self.checks.is_started() {
                 s.use_pool(self.checks.handle());
             }
+            if let Some(w) = self.waker.get() {
+                s.wake_on_complete(w.clone());
+            }
             Arc::new(s)
         });
         if !first {

@@ -89,6 +89,8 @@ pub struct Transfer {
     /// Where the signature checks and a stream's chunk hashes run, off the
     /// workers (`--hash-threads`), once the data path started it.
     checks: checks::Pool,
+    /// The session's watch, woken when a signed image may be complete.
+    waker: OnceLock<std::thread::Thread>,
 }
 
 impl Transfer {
@@ -122,6 +124,7 @@ impl Transfer {
             source: None,
             stream_window: stream::DEFAULT_WINDOW,
             checks: checks::Pool::new(checks::DEFAULT_THREADS),
+            waker: OnceLock::new(),
         }
     }
 
@@ -130,6 +133,16 @@ impl Transfer {
     pub fn with_hash_threads(mut self, threads: usize) -> Transfer {
         self.checks = checks::Pool::new(threads);
         self
+    }
+
+    /// Unpark `t` as soon as a signed image may be complete (its last
+    /// chunk verified or its digest came), so that SUCCESS does not wait
+    /// for `t`'s next look.
+    pub fn wake_on_complete(&self, t: std::thread::Thread) {
+        let _ = self.waker.set(t.clone());
+        if let Some(s) = self.signed() {
+            s.wake_on_complete(t);
+        }
     }
 
     /// Jobs queued for the checking pool, and jobs its threads ran.
