@@ -2,6 +2,7 @@
 //! path), optionally pinned to a core, draining its source in batches into
 //! the shared [`Sink`]. No locks on this path.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -68,6 +69,25 @@ pub struct WorkerCounters {
     /// When the worker last ended a batch in which it took a new block
     /// (`blocks` grew), ns since the Unix epoch; 0 before the first.
     pub last_block_ns: AtomicU64,
+}
+
+thread_local! {
+    /// Set on the threads that drain a ring or socket (see [`spawn`]).
+    static DRAINS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is a worker that drains a ring or socket:
+/// such a thread hands signature checks to the checking pool
+/// ([`crate::receive::checks`]); any other (the HTTP source, a test)
+/// runs them itself.
+pub fn on_worker() -> bool {
+    DRAINS.with(Cell::get)
+}
+
+/// Make the calling thread count as a worker (tests of the checking pool).
+#[cfg(test)]
+pub(crate) fn act_as_worker() {
+    DRAINS.with(|d| d.set(true));
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -224,6 +244,7 @@ pub fn spawn<S: Sink>(
     let handle = std::thread::Builder::new()
         .name(format!("xdpcast-q{queue}"))
         .spawn(move || {
+            DRAINS.with(|d| d.set(true));
             let _pinned = cpu.map(cpu::pin_worker).transpose()?;
             let counters = sink.counters(index);
             let r = run(source, &*sink, counters, &stop);

@@ -182,11 +182,12 @@ impl Transfer {
 }
 
 impl Transfer {
-    /// The slot of worker `c` when the checking pool runs and `c` is one of
-    /// this transfer's workers: its checks then go to the pool. None: run
-    /// them here (no data path, or a caller with counters of its own).
+    /// The slot of worker `c` when the checking pool runs and the caller
+    /// is a worker draining a ring with one of this transfer's slots: its
+    /// checks then go to the pool. None: run them here (no data path, the
+    /// HTTP source's thread, a caller with counters of its own).
     fn pool_for(&self, c: &WorkerCounters) -> Option<usize> {
-        if !self.checks.is_started() {
+        if !self.checks.is_started() || !crate::receive::workers::on_worker() {
             return None;
         }
         self.workers.iter().position(|w| std::ptr::eq(&**w, c))

@@ -428,6 +428,7 @@ fn signed_session(pooled: bool) {
     let t = Arc::new(t.with_trust(vec![key.verifying_key()], None));
     if pooled {
         t.start_helpers(Arc::downgrade(&t));
+        crate::receive::workers::act_as_worker();
     }
     // Every check queued so far has run.
     let settled = || wait_until(|| t.checks_counts().0 == t.checks_counts().1);
