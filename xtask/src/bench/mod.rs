@@ -12,9 +12,12 @@
 //!   fed by its own `udp-sender`; target on tmpfs.
 //! - **keepup**: the XDP path only, paced at `--rates` (and unpaced, "max"),
 //!   into a file on tmpfs, a file on the machine's ext4 disk, and a loop
-//!   device (direct I/O) over a disk file full of old data; with the
-//!   kernel's ring-drop counters, the device bytes read during the receive
-//!   and the bytes on disk by the halfway point.
+//!   device (direct I/O) over a disk file full of old data; fed by the
+//!   blast sender and by the real `xdpcast send`, unsigned and signed
+//!   (`--feeds`), run i of each in turn; with the kernel's ring-drop
+//!   counters, the device bytes read until the last block and until the
+//!   receiver's exit, the time from the last block to SUCCESS (the
+//!   receiver's page) and the bytes on disk by the halfway point.
 //! - **sparse** (`sparse`): a 75 % zero image sent by the real
 //!   `xdpcast send` with and without `--no-sparse`.
 //!
