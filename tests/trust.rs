@@ -495,11 +495,6 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
 }
 
-/// A loop device of `len` bytes over a file of old data (0xA5), in `dir`.
-fn old_disk(dir: &TempDir, len: usize) -> LoopDev {
-    LoopDev::filled(&dir.join("old-disk.img"), len as u64, Some(0xA5))
-}
-
 #[test]
 fn signed_receive_onto_a_block_device_reads_nothing_back() {
     if !netns_allowed() {
@@ -507,7 +502,7 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
     }
     let net = VethPair::new(1, 1500);
     let Images { dir, src, .. } = Images::new("xdpc-signed-blk", 16 * MIB, 14);
-    let disk = old_disk(&dir, 16 * MIB);
+    let disk = LoopDev::old_disk(&dir, 16 * MIB as u64);
     let key = keygen(&dir, "site");
     let rx = receiver(
         &net,
@@ -559,7 +554,7 @@ fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
     }
     let net = VethPair::new(1, 1500);
     let Images { dir, src, .. } = Images::new("xdpc-forge-blk", 16 * MIB, 15);
-    let disk = old_disk(&dir, 16 * MIB);
+    let disk = LoopDev::old_disk(&dir, 16 * MIB as u64);
     let key = keygen(&dir, "site");
     let rx = receiver(
         &net,

@@ -180,7 +180,7 @@ fn udp_sender_onto_a_block_device_reads_nothing_from_it() {
     // A whole number of pages (so the last page is whole too), not of
     // udpcast blocks.
     let Images { dir, src, .. } = Images::new("xdpc-udpc-blk", 16 * MIB, 24);
-    let disk = LoopDev::filled(&dir.join("old-disk.img"), 16 * MIB as u64, Some(0xA5));
+    let disk = LoopDev::old_disk(&dir, 16 * MIB as u64);
     let group = "239.77.0.1";
     let rx = xdpcast_udpcast(&net.b, &net.if_b, &dir.0, Path::new(&disk.0), group, &[]);
     // From before the first packet to the receiver's exit (after its

@@ -313,6 +313,12 @@ impl LoopDev {
 }
 
 impl LoopDev {
+    /// A device of `len` bytes over `dir`/old-disk.img full of old data
+    /// (0xA5): a disk that held something else, to write an image over.
+    pub fn old_disk(dir: &TempDir, len: u64) -> LoopDev {
+        LoopDev::filled(&dir.join("old-disk.img"), len, Some(0xA5))
+    }
+
     /// Sectors the kernel has read from the device
     /// (`/sys/block/NAME/stat`, field 3).
     pub fn sectors_read(&self) -> u64 {
