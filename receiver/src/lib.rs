@@ -14,6 +14,10 @@
 //! - [`store`]: turning blocks into bytes on a file or device, resume files;
 //! - [`status`]: the shared-memory status page and what reads it (reports,
 //!   monitor, metrics);
+//! - [`core`]: the repair protocol as state machines without sockets,
+//!   threads or a clock of their own (gaps and requests, rounds and
+//!   confirmations, the sender's receiver table), driven by `receive`,
+//!   `send` and `api`, and by `cargo xtask fleet-sim`;
 //! - [`proto`]: what is on the wire (xdpcast packets, RaptorQ groups,
 //!   udpcast's erasure code), no I/O;
 //! - [`net`]: the kernel edge: the XDP program's loader, AF_XDP rings,

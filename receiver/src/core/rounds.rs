@@ -41,6 +41,10 @@ pub const REQUESTS_PER_SOURCE: u32 = 128;
 /// The margin of a request raising a count confirmed already in the
 /// window is that of the worst of this many receivers.
 const TAIL_KNOWN: u64 = 2;
+/// A request raising a group's count to more than this many times what
+/// the window's first request for it asked (a receiver far lossier than
+/// the one drawn first) is served after the bulk's share of every group.
+const BULK_SPREAD: u32 = 2;
 /// NACKed ranges collected before they are first merged.
 const MERGE_AT: usize = 1 << 16;
 /// NACK windows in a row that must pass without a request before the final end.
@@ -82,9 +86,45 @@ pub struct Plan {
     /// Fresh symbols to send per group, `(group, count)`; groups whose
     /// blocks are all in `ranges` are left out.
     pub parity: Vec<(u64, u32)>,
+    /// Per group, sorted, the symbols the bulk of the receivers asked for
+    /// (see [`Plan::symbol_runs`]); the rest is for a few that lack far
+    /// more. A group not listed is all bulk.
+    pub bulk: Vec<(u64, u32)>,
 }
 
 impl Plan {
+    /// The order in which to send the parity symbols, as `(group, first,
+    /// count)` runs (`first` counting from the group's first fresh symbol
+    /// of the round), in layers: the bulk's share of every group, then as
+    /// many again of every group, then twice as many, and so on. A
+    /// receiver of the bulk thus has what it needs after the bulk's share
+    /// of the last group, and one a few symbols short soon after, not
+    /// after the symbols of a few much lossier receivers in every group
+    /// before it. (A layer costs one more encoding of the group, and there
+    /// are about log2(count / bulk) of them.)
+    pub fn symbol_runs(&self) -> Vec<(u64, u32, u32)> {
+        let bulk = |g: u64, n: u32| match self.bulk.binary_search_by_key(&g, |&(g, _)| g) {
+            Ok(i) => self.bulk[i].1.clamp(1, n),
+            Err(_) => n,
+        };
+        let mut out = Vec::new();
+        let mut from: Vec<(u64, u32, u32, u32)> = self
+            .parity
+            .iter()
+            .map(|&(g, n)| (g, 0, bulk(g, n), n))
+            .collect();
+        while !from.is_empty() {
+            for (g, lo, size, n) in &mut from {
+                let hi = (*lo + *size).min(*n);
+                out.push((*g, *lo, hi - *lo));
+                *lo = hi;
+                *size *= 2;
+            }
+            from.retain(|&(_, lo, _, n)| lo < n);
+        }
+        out
+    }
+
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty() && self.parity.is_empty()
@@ -163,6 +203,10 @@ pub struct Rounds {
     /// Length of `ranges` at which it is merged.
     merge_at: usize,
     parity: HashMap<u64, u32>,
+    /// Per group, the count of the window's first request, raised by later
+    /// ones within [`BULK_SPREAD`] times it: what the bulk of the
+    /// receivers needs.
+    bulk: HashMap<u64, u32>,
     round: u64,
     rounds_done: u32,
     fleet: Fleet,
@@ -183,6 +227,7 @@ impl Rounds {
             ranges: Vec::new(),
             merge_at: MERGE_AT,
             parity: HashMap::new(),
+            bulk: HashMap::new(),
             round: 0,
             rounds_done: 0,
             counts: Inbound::default(),
@@ -219,6 +264,10 @@ impl Rounds {
                 known.min(TAIL_KNOWN)
             };
             let count = (need + margin(need, tail)).min((end - first) as u32);
+            let bulk = self.bulk.entry(group).or_default();
+            if *bulk == 0 || count <= BULK_SPREAD * *bulk {
+                *bulk = (*bulk).max(count);
+            }
             if count > *e {
                 *e = count;
                 raised.push((group, count));
@@ -242,7 +291,16 @@ impl Rounds {
             .collect();
         parity.sort_unstable();
         self.in_flight = parity.iter().map(|&(g, _)| g).collect();
-        Plan { ranges, parity }
+        let asked = std::mem::take(&mut self.bulk);
+        let bulk = parity
+            .iter()
+            .filter_map(|&(g, n)| asked.get(&g).filter(|&&b| b < n).map(|&b| (g, b)))
+            .collect();
+        Plan {
+            ranges,
+            parity,
+            bulk,
+        }
     }
 
     /// The window of `round` opens (confirmations carry it), after

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use xdpcast::core::gaps::{self, Confirmed, Heard, Holdings, Requester};
 use xdpcast::core::rounds::{
-    FleetView, Next, Plan, Policy, Rounds, Schedule, Transmit, Window, WindowEvent,
+    FleetView, Next, Policy, Rounds, Schedule, Transmit, Window, WindowEvent,
 };
 use xdpcast::proto::fec;
 use xdpcast::proto::wire::{self, Geometry, Packet, Report};
@@ -370,18 +370,15 @@ impl Sim {
             progressing: self.rounds.progressing(Duration::from_millis(2500), now),
         };
         match self.schedule.close(plan, view) {
-            Next::Repair(Plan { ranges, parity }) => {
+            Next::Repair(plan) => {
                 if std::env::var_os("SIMDBG").is_some() {
-                    eprintln!(
-                        "round at {:?}: ranges {ranges:?} parity {parity:?}",
-                        self.now
-                    );
+                    eprintln!("round at {:?}: {plan:?}", self.now);
                 }
                 self.pass += 1;
-                for (a, b) in ranges {
+                for &(a, b) in &plan.ranges {
                     self.outbox.extend((a..b).map(Pkt::Data));
                 }
-                for (group, n) in parity {
+                for (group, _, n) in plan.symbol_runs() {
                     self.outbox.extend((0..n).map(|_| Pkt::Symbol(group)));
                 }
                 self.phase = Phase::Sending;

@@ -159,12 +159,14 @@ fn the_schedule_stops_after_quiet_windows_unless_receivers_progress() {
     let plan = Plan {
         ranges: vec![(0, 10)],
         parity: vec![(1, 5)],
+        bulk: Vec::new(),
     };
     assert_eq!(
         s.close(plan, FleetView::default()),
         Next::Repair(Plan {
             ranges: vec![(0, 10)],
-            parity: vec![(1, 5)]
+            parity: vec![(1, 5)],
+            bulk: Vec::new(),
         })
     );
     assert_eq!(s.rounds(), 1);
@@ -182,6 +184,7 @@ fn a_spent_budget_leaves_a_floor_a_round() {
     let all = || Plan {
         ranges: vec![(0, 1000)],
         parity: Vec::new(),
+        bulk: Vec::new(),
     };
     let Next::Repair(p) = s.close(all(), FleetView::default()) else {
         panic!("a round");
@@ -218,4 +221,26 @@ fn clips_ranges_to_the_budget_in_turn() {
     let mut p = vec![(0, 5), (3, 5), (7, 5)];
     assert_eq!(clip_counts(&mut p, 7, &mut g), 8);
     assert_eq!((p, g), (vec![(0, 2), (7, 5)], 1));
+}
+
+#[test]
+fn the_bulk_share_of_every_group_goes_first() {
+    let mut i = Rounds::new(policy());
+    i.add_parity(needs(&entries(&[(0, 10), (1, 10), (2, 10)])));
+    // A far lossier receiver; and one a little above the first.
+    i.add_parity(needs(&entries(&[(0, 80), (1, 15)])));
+    let plan = i.take();
+    assert_eq!(plan.parity, vec![(0, 80), (1, 15), (2, 10)]);
+    assert_eq!(plan.bulk, vec![(0, 10)]);
+    assert_eq!(
+        plan.symbol_runs(),
+        vec![
+            (0, 0, 10),
+            (1, 0, 15),
+            (2, 0, 10),
+            (0, 10, 20),
+            (0, 30, 40),
+            (0, 70, 10)
+        ]
+    );
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapOptions;
 
 use crate::core::fleet::FleetCounts;
-use crate::core::rounds::{FleetView, Next, Plan, Policy, Schedule, Window, WindowEvent};
+use crate::core::rounds::{FleetView, Next, Policy, Schedule, Window, WindowEvent};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::Stamp;
 use crate::net::socket;
@@ -479,7 +479,7 @@ pub fn send(
                 settled: settled(fleet()),
                 progressing: bc.progressing(PROGRESSING),
             };
-            let Plan { ranges, parity } = match schedule.close(bc.take(), view) {
+            let plan = match schedule.close(bc.take(), view) {
                 Next::Repair(plan) => plan,
                 Next::Wait => continue,
                 Next::Stop => break,
@@ -489,21 +489,23 @@ pub fn send(
             log::info!(
                 "repair round {}: {} ranges, {} groups",
                 schedule.rounds(),
-                ranges.len(),
-                parity.len()
+                plan.ranges.len(),
+                plan.parity.len()
             );
             // Pages again: a receiver whose chunk waits for a lost page
             // NACKs that chunk to get here.
             w.all_pages()?;
             let (packets, bytes) = (w.payload_packets, w.bytes);
-            for (first, end) in ranges {
+            for &(first, end) in &plan.ranges {
                 w.zeros(&list, first, end)?;
                 w.data(&list, first, end)?;
             }
-            for (group, count) in parity {
-                let esi = next_esi.entry(group).or_insert(first_esi);
-                w.fec(parity_group, group, *esi, count)?;
-                *esi += count;
+            for (group, from, count) in plan.symbol_runs() {
+                let esi = *next_esi.entry(group).or_insert(first_esi);
+                w.fec(parity_group, group, esi + from, count)?;
+            }
+            for &(group, count) in &plan.parity {
+                *next_esi.entry(group).or_insert(first_esi) += count;
             }
             // What went out, as the page and the log say: data and symbol
             // packets, not the pages and zero runs sent with them.
