@@ -167,9 +167,11 @@ impl Scene {
                 }
             }
             let sprays = if signed { 3 } else { 1 };
+            // The receiver's token is not known to the attacker.
             let finished = wire::encode_progress(
                 h.session,
                 &h.geometry,
+                0x5eed,
                 &Report {
                     blocks_done: h.geometry.block_count,
                     requests: 0,

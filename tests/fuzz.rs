@@ -70,7 +70,7 @@ fn valid_packets() -> Vec<Vec<u8>> {
         ),
         wire::encode_control(Kind::Announce, 7, &g, &ctl),
         wire::encode_control(Kind::End, 7, &g, &ctl),
-        wire::encode_nacks(7, &g, &[(0, 5), (60, 2)]).remove(0),
+        wire::encode_nacks(7, &g, 3, &[(0, 5), (60, 2)]).remove(0),
         wire::encode_fec(7, &g, 1, 64, &[4; 1404]),
         wire::encode_raw(Kind::Manifest, 7, &g, 0, &manifest().sign(&key())),
         wire::encode_raw(
@@ -88,7 +88,7 @@ fn valid_packets() -> Vec<Vec<u8>> {
             &manifest().sign_end(&key(), 1, 0, &[3; 32]),
         ),
         wire::encode_zeros(7, &g, &[(3, 4), (10, 1)]).remove(0),
-        wire::encode_parity_requests(7, &g, 64, &[(0, 5), (1, 64)]).remove(0),
+        wire::encode_parity_requests(7, &g, 3, 64, &[(0, 5), (1, 64)]).remove(0),
         wire::encode_confirm(
             7,
             &g,
@@ -103,6 +103,7 @@ fn valid_packets() -> Vec<Vec<u8>> {
         wire::encode_progress(
             7,
             &g,
+            3,
             &wire::Report {
                 blocks_done: 12,
                 requests: 3,

@@ -338,8 +338,8 @@ fn forged_nack_flood_is_bounded_and_reported() {
             .step_by(100)
             .map(|a| (a, (g.block_count - a).min(100) as u32))
             .collect();
-        let mut nacks = wire::encode_nacks(session, &g, &all);
-        let mut outside = wire::encode_nacks(session, &g, &[(0, 1)]).remove(0);
+        let mut nacks = wire::encode_nacks(session, &g, 1, &all);
+        let mut outside = wire::encode_nacks(session, &g, 1, &[(0, 1)]).remove(0);
         outside[wire::HEADER_LEN..wire::HEADER_LEN + 8]
             .copy_from_slice(&g.block_count.to_be_bytes());
         nacks.push(outside);

@@ -5,6 +5,18 @@
 use std::fs::File;
 use std::io::Read;
 
+/// A receiver's per-session token (never 0): 8 bytes of /dev/urandom, so
+/// that no one else on the LAN can guess it (it tells the sender's row of
+/// this receiver from reports and requests forged in its name); from the
+/// pid and clock only if /dev/urandom cannot be read.
+pub(crate) fn token() -> u64 {
+    let mut b = [0u8; 8];
+    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_ne_bytes(b).max(1),
+        Err(_) => XorShift::from_entropy().next_u64(),
+    }
+}
+
 /// xorshift64 (Marsaglia); never yields 0, period 2^64 − 1.
 #[derive(Debug, Clone)]
 pub(crate) struct XorShift(u64);

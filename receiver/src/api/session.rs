@@ -112,6 +112,11 @@ struct Link {
     scope: u32,
     /// The session name as reports carry it: a signed verdict names it.
     name: [u8; wire::REPORT_NAME_LEN],
+    /// This receiver's random per-session token, in every report and
+    /// request: the sender keys its row by address, port and token, so
+    /// reports forged in this receiver's name (same address, port and
+    /// name) make a row of their own and cannot change this one.
+    token: u64,
     /// Unsigned session: when the first "too slow" verdict came.
     verdict_since: Mutex<Option<Instant>>,
     /// Verdicts dropped: not from the repair address, not signed by the
@@ -185,8 +190,11 @@ impl Reporter {
                         },
                         name,
                     };
-                    link.send(&wire::encode_progress(img.session, &img.geometry, &r), &t)
-                        .map(|()| true)
+                    link.send(
+                        &wire::encode_progress(img.session, &img.geometry, link.token, &r),
+                        &t,
+                    )
+                    .map(|()| true)
                 };
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(TICK);
@@ -363,11 +371,23 @@ impl Repairer {
         let pkts = match control.parity_group() {
             Some(gs) => {
                 let needs = t.needs(gs, u64::from(control.pass), NACK_MAX_RANGES);
-                let mut p = wire::encode_nacks(session, g, &needs.ranges);
-                p.extend(wire::encode_parity_requests(session, g, gs, &needs.parity));
+                let token = self.link.token;
+                let mut p = wire::encode_nacks(session, g, token, &needs.ranges);
+                p.extend(wire::encode_parity_requests(
+                    session,
+                    g,
+                    token,
+                    gs,
+                    &needs.parity,
+                ));
                 p
             }
-            None => wire::encode_nacks(session, g, &t.missing_ranges(NACK_MAX_RANGES)),
+            None => wire::encode_nacks(
+                session,
+                g,
+                self.link.token,
+                &t.missing_ranges(NACK_MAX_RANGES),
+            ),
         };
         if pkts.is_empty() {
             self.link.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -572,6 +592,7 @@ impl Session {
                 link: Arc::new(Link {
                     scope: socket::iface_index(&self.req.iface).unwrap_or(0),
                     name: Report::name_field(&self.req.name),
+                    token: crate::rng::token(),
                     ..Link::default()
                 }),
                 ..Repairer::default()

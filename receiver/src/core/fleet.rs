@@ -2,9 +2,16 @@
 //! (wire kind 10): who is there, how far each is, how each ended, and who
 //! went silent before ending (vanished).
 //!
-//! A receiver is known by its IP address and session name, so a receiver
-//! restarted on the same machine (a resume after a crash) takes over its
-//! old row instead of leaving a vanished one behind.
+//! A receiver is known by its address, port and per-session token (a random
+//! number it puts in every report and request). Reports are not
+//! authenticated, but the token is not known to anyone who cannot read the
+//! receiver's unicast to the sender: a report forged with a receiver's exact
+//! address, port and name but another token makes a row of its own (bounded
+//! by [`MAX_ROWS`]) and cannot mark the genuine receiver finished or too
+//! slow. A receiver restarted on the same machine (a resume after a crash:
+//! new port, new token) takes over its old row once that row is settled
+//! (vanished, failed or finished) instead of leaving it behind; a forger
+//! can do that too, which at most keeps the sender waiting.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -48,8 +55,10 @@ impl RxState {
 /// One receiver.
 #[derive(Debug, Clone)]
 pub struct RxInfo {
-    /// Address its reports come from (the latest).
+    /// Address its reports come from.
     pub addr: SocketAddr,
+    /// Its per-session token (0 from a receiver that sends none).
+    pub token: u64,
     /// Its session name (from the report, printable ASCII only).
     pub name: String,
     /// Where it stands.
@@ -100,14 +109,25 @@ impl Fleet {
         }
     }
 
-    fn find(&mut self, ip: IpAddr, name: &str) -> Option<&mut RxInfo> {
+    fn find(&mut self, from: SocketAddr, token: u64) -> Option<&mut RxInfo> {
         self.rows
             .iter_mut()
-            .find(|r| r.addr.ip() == ip && r.name == name)
+            .find(|r| r.addr == from && r.token == token)
     }
 
-    /// Take in a report from `from`.
-    pub fn report(&mut self, from: SocketAddr, r: &Report, now: Instant) {
+    /// A settled row of `name` on `ip` that a restarted receiver takes
+    /// over (the sender's own "too slow" verdict stands).
+    fn restarted(&mut self, ip: IpAddr, name: &str) -> Option<&mut RxInfo> {
+        self.rows.iter_mut().find(|r| {
+            r.addr.ip() == ip
+                && r.name == name
+                && r.state.is_settled()
+                && r.state != RxState::Failed(ErrorCode::TooSlow)
+        })
+    }
+
+    /// Take in a report from `from` carrying `token`.
+    pub fn report(&mut self, from: SocketAddr, token: u64, r: &Report, now: Instant) {
         let state = match r.state {
             2 => RxState::Finished,
             3 => {
@@ -118,6 +138,7 @@ impl Fleet {
         let name = r.name();
         let row = RxInfo {
             addr: from,
+            token,
             name: name.clone(),
             state,
             blocks_done: r.blocks_done,
@@ -127,7 +148,13 @@ impl Fleet {
             last_progress: now,
         };
         let full = self.rows.len() >= MAX_ROWS;
-        match self.find(from.ip(), &name) {
+        if self.find(from, token).is_none() {
+            if let Some(old) = self.restarted(from.ip(), &name) {
+                *old = row;
+                return;
+            }
+        }
+        match self.find(from, token) {
             // A verdict of the sender's own (too slow) stands.
             Some(old) if old.state == RxState::Failed(ErrorCode::TooSlow) => {
                 old.last_seen = now;
@@ -150,26 +177,28 @@ impl Fleet {
         }
     }
 
-    /// Mark `from` failed with `code` (the sender's verdict).
-    pub fn fail(&mut self, from: SocketAddr, name: &str, code: ErrorCode) {
-        if let Some(r) = self.find(from.ip(), name) {
+    /// Mark the receiver at `from` with `token` failed with `code` (the
+    /// sender's verdict).
+    pub fn fail(&mut self, from: SocketAddr, token: u64, code: ErrorCode) {
+        if let Some(r) = self.find(from, token) {
             r.state = RxState::Failed(code);
         }
     }
 
-    /// The row of the receiver reporting from `from` as `name`.
-    pub fn get(&self, from: SocketAddr, name: &str) -> Option<&RxInfo> {
+    /// The row of the receiver reporting from `from` with `token`.
+    pub fn get(&self, from: SocketAddr, token: u64) -> Option<&RxInfo> {
         self.rows
             .iter()
-            .find(|r| r.addr.ip() == from.ip() && r.name == name)
+            .find(|r| r.addr == from && r.token == token)
     }
 
-    /// Whether requests from `from` should be ignored (its receiver was
-    /// told it is too slow).
-    pub fn is_dropped(&self, from: SocketAddr) -> bool {
-        self.rows
-            .iter()
-            .any(|r| r.addr == from && r.state == RxState::Failed(ErrorCode::TooSlow))
+    /// Whether requests from `from` with `token` should be ignored (its
+    /// receiver was told it is too slow). Requests with any other token
+    /// are served: a verdict earned by forged reports drops only the
+    /// forger's requests.
+    pub fn is_dropped(&self, from: SocketAddr, token: u64) -> bool {
+        self.get(from, token)
+            .is_some_and(|r| r.state == RxState::Failed(ErrorCode::TooSlow))
     }
 
     /// Whether a receiver still receiving wrote more blocks within `within`
@@ -237,27 +266,57 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let c: SocketAddr = "10.0.0.3:4000".parse().unwrap();
-        f.report(a, &report(1, 0, "a"), t0);
-        f.report(b, &report(1, 0, "b"), t0);
-        f.report(c, &report(1, 0, "c"), t0);
+        f.report(a, 1, &report(1, 0, "a"), t0);
+        f.report(b, 2, &report(1, 0, "b"), t0);
+        f.report(c, 3, &report(1, 0, "c"), t0);
         assert!(f.progressing(Duration::from_secs(1), t0));
-        f.report(a, &report(2, 0, "a"), t0 + Duration::from_secs(1));
-        f.report(b, &report(3, 9, "b"), t0 + Duration::from_secs(1));
-        f.report(c, &report(1, 0, "c"), t0 + Duration::from_millis(1500));
+        f.report(a, 1, &report(2, 0, "a"), t0 + Duration::from_secs(1));
+        f.report(b, 2, &report(3, 9, "b"), t0 + Duration::from_secs(1));
+        f.report(c, 3, &report(1, 0, "c"), t0 + Duration::from_millis(1500));
         assert!(!f.progressing(Duration::from_secs(1), t0 + Duration::from_secs(2)));
         f.sweep(t0 + Duration::from_millis(3500));
         let n = f.counts();
         assert_eq!((n.known, n.finished, n.failed, n.vanished), (3, 1, 1, 1));
         assert_eq!(f.rows()[1].state, RxState::Failed(ErrorCode::Incomplete));
         assert_eq!(f.rows()[2].state, RxState::Vanished);
-        // A restart on the same machine (new port) takes over its row.
+        // A restart on the same machine (new port, new token) takes over
+        // its vanished row.
         let c2: SocketAddr = "10.0.0.3:4999".parse().unwrap();
-        f.report(c2, &report(1, 0, "c"), t0 + Duration::from_secs(4));
+        f.report(c2, 33, &report(1, 0, "c"), t0 + Duration::from_secs(4));
         assert_eq!(f.counts().known, 3);
         assert_eq!(f.rows()[2].state, RxState::Receiving);
-        f.fail(c2, "c", ErrorCode::TooSlow);
-        assert!(f.is_dropped(c2));
-        f.report(c2, &report(1, 0, "c"), t0 + Duration::from_secs(5));
+        f.fail(c2, 33, ErrorCode::TooSlow);
+        assert!(f.is_dropped(c2, 33));
+        f.report(c2, 33, &report(1, 0, "c"), t0 + Duration::from_secs(5));
         assert_eq!(f.rows()[2].state, RxState::Failed(ErrorCode::TooSlow));
+    }
+
+    #[test]
+    fn reports_forged_in_a_receivers_name_without_its_token_change_nothing_of_it() {
+        let mut f = Fleet::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        f.report(a, 77, &report(1, 0, "a"), t0);
+        // Same address, port and name, another token: "finished", then a
+        // row the sender judges too slow.
+        for token in [0, 78, u64::MAX] {
+            f.report(a, token, &report(2, 0, "a"), t0);
+        }
+        f.report(a, 79, &report(1, 0, "a"), t0);
+        f.fail(a, 79, ErrorCode::TooSlow);
+        assert_eq!(f.get(a, 77).unwrap().state, RxState::Receiving);
+        assert!(
+            !f.is_dropped(a, 77),
+            "the genuine receiver's requests are served"
+        );
+        assert!(f.is_dropped(a, 79));
+        let n = f.counts();
+        // The forged reports share one row (each took over the one before
+        // once it was settled); it keeps the sender waiting, nothing more.
+        assert_eq!((n.known, n.receiving, n.finished, n.failed), (2, 1, 0, 1));
+        // A forged report cannot take over the genuine row while it is
+        // receiving; the genuine row's own reports still move it.
+        f.report(a, 77, &report(2, 0, "a"), t0 + Duration::from_secs(1));
+        assert_eq!(f.get(a, 77).unwrap().state, RxState::Finished);
     }
 }

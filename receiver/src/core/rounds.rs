@@ -18,7 +18,7 @@
 //! docs/security.md).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::core::fleet::{Fleet, FleetCounts, RxState};
@@ -34,10 +34,16 @@ pub const CONFIRM_REPEAT: usize = 3;
 /// lost much of the pass (a busy moment, a late start) catches up in the
 /// first rounds; one whose disk cannot keep up does not.
 pub const SLOW_ROUNDS: u32 = 3;
-/// Requests (NACK and parity) taken from one address per repair window: a
-/// receiver sends at most 64 of each kind (6400 entries); more come from a
-/// flood, which NACKs cannot be authenticated against.
+/// Requests (NACK and parity) taken from one receiver (address, port and
+/// token) per repair window: a receiver sends at most 64 of each kind (6400
+/// entries); more come from a flood, which NACKs cannot be authenticated
+/// against. Keyed by the token too, so that a flood forged with a
+/// receiver's address cannot spend that receiver's allowance.
 pub const REQUESTS_PER_SOURCE: u32 = 128;
+/// Receivers counted against [`REQUESTS_PER_SOURCE`] per window: beyond
+/// this many (a flood of made-up tokens) requests are taken unlimited (the
+/// merged ranges and the parity map stay bounded by the image either way).
+const MAX_SOURCES: usize = 1 << 14;
 /// The margin of a request raising a count confirmed already in the
 /// window is that of the worst of this many receivers.
 const TAIL_KNOWN: u64 = 2;
@@ -211,7 +217,7 @@ pub struct Rounds {
     rounds_done: u32,
     fleet: Fleet,
     counts: Inbound,
-    per_source: HashMap<IpAddr, u32>,
+    per_source: HashMap<(SocketAddr, u64), u32>,
     /// Groups whose symbols the round taken last is sending, until the
     /// next window opens: a request for one of them was made before its
     /// sender had all of them and is stale (see [`Rounds::add_parity`]).
@@ -323,16 +329,19 @@ impl Rounds {
                 return Vec::new();
             }
         };
-        if matches!(parsed, Packet::Nack { .. } | Packet::ParityRequest { .. }) {
-            let seen = self.per_source.entry(from.ip()).or_default();
-            *seen += 1;
-            if *seen > REQUESTS_PER_SOURCE {
-                self.counts.ignored += 1;
-                return Vec::new();
+        if let Packet::Nack { token, .. } | Packet::ParityRequest { token, .. } = parsed {
+            let key = (from, token);
+            if self.per_source.len() < MAX_SOURCES || self.per_source.contains_key(&key) {
+                let seen = self.per_source.entry(key).or_default();
+                *seen += 1;
+                if *seen > REQUESTS_PER_SOURCE {
+                    self.counts.ignored += 1;
+                    return Vec::new();
+                }
             }
         }
         match parsed {
-            Packet::Nack { ranges, .. } if !self.fleet.is_dropped(from) => {
+            Packet::Nack { ranges, token, .. } if !self.fleet.is_dropped(from, token) => {
                 self.counts.nacks += 1;
                 self.ranges
                     .extend(ranges.iter().map(|(a, c)| (a, a + u64::from(c))));
@@ -347,8 +356,11 @@ impl Rounds {
                 Vec::new()
             }
             Packet::ParityRequest {
-                group_size, needs, ..
-            } if group_size == p.group_size && !self.fleet.is_dropped(from) => {
+                group_size,
+                needs,
+                token,
+                ..
+            } if group_size == p.group_size && !self.fleet.is_dropped(from, token) => {
                 self.counts.parity_requests += 1;
                 let raised = self.add_parity(needs);
                 if raised.is_empty() {
@@ -369,9 +381,9 @@ impl Rounds {
                 }
                 out
             }
-            Packet::Progress { report, .. } => {
+            Packet::Progress { report, token, .. } => {
                 self.counts.reports += 1;
-                self.report(from, &report, now)
+                self.report(from, token, &report, now)
             }
             _ => {
                 self.counts.ignored += 1;
@@ -382,14 +394,20 @@ impl Rounds {
 
     /// A progress report: the receiver's row, and a "too slow" verdict
     /// when it is still too far behind after [`SLOW_ROUNDS`] rounds.
-    fn report(&mut self, from: SocketAddr, report: &wire::Report, now: Instant) -> Vec<Transmit> {
+    fn report(
+        &mut self,
+        from: SocketAddr,
+        token: u64,
+        report: &wire::Report,
+        now: Instant,
+    ) -> Vec<Transmit> {
         let p = &self.policy;
-        self.fleet.report(from, report, now);
+        self.fleet.report(from, token, report, now);
         self.fleet.sweep(now);
         let name = report.name();
         let behind = p.geometry.block_count - report.blocks_done;
         let too_far = behind as f64 > p.max_behind * p.geometry.block_count as f64;
-        let row = self.fleet.get(from, &name).map(|r| r.state);
+        let row = self.fleet.get(from, token).map(|r| r.state);
         let verdict = match row {
             Some(RxState::Failed(ErrorCode::TooSlow)) => true,
             Some(RxState::Receiving) if self.rounds_done >= SLOW_ROUNDS && too_far => {
@@ -398,7 +416,7 @@ impl Rounds {
                     p.geometry.block_count,
                     self.rounds_done
                 );
-                self.fleet.fail(from, &name, ErrorCode::TooSlow);
+                self.fleet.fail(from, token, ErrorCode::TooSlow);
                 true
             }
             _ => false,

@@ -123,6 +123,10 @@ enum Ev {
     Report(usize),
 }
 
+/// Every simulated receiver's token (each has an address of its own, so
+/// the sender's rows stay apart).
+const SIM_TOKEN: u64 = 1;
+
 struct Rx {
     spec: RxSpec,
     channel: Channel,
@@ -228,7 +232,7 @@ impl Rx {
             flags: u8::from(self.http) * wire::REPORT_HTTP,
             name: Report::name_field(&self.name),
         };
-        wire::encode_progress(session, g, &r)
+        wire::encode_progress(session, g, SIM_TOKEN, &r)
     }
 }
 
@@ -470,8 +474,10 @@ impl Sim {
         if rx.requester.poll(now, &rx.heard, rx.done) {
             let view = View { rx, g: &g, group };
             let n = gaps::needs(&view, &g, group, rx.round, &rx.confirmed, MAX_ENTRIES);
-            pkts = wire::encode_nacks(session, &g, &n.ranges);
-            pkts.extend(wire::encode_parity_requests(session, &g, group, &n.parity));
+            pkts = wire::encode_nacks(session, &g, SIM_TOKEN, &n.ranges);
+            pkts.extend(wire::encode_parity_requests(
+                session, &g, SIM_TOKEN, group, &n.parity,
+            ));
         }
         let next = rx
             .requester

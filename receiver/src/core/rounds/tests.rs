@@ -12,7 +12,7 @@ fn policy() -> Policy {
 }
 
 fn entries(e: &[(u64, u32)]) -> Vec<u8> {
-    wire::encode_parity_requests(1, &policy().geometry, 256, e).remove(0)
+    wire::encode_parity_requests(1, &policy().geometry, 1, 256, e).remove(0)
 }
 
 fn needs(pkt: &[u8]) -> wire::Ranges<'_> {
@@ -48,7 +48,7 @@ fn report(name: &str) -> Vec<u8> {
         flags: 0,
         name: wire::Report::name_field(name),
     };
-    wire::encode_progress(1, &policy().geometry, &r)
+    wire::encode_progress(1, &policy().geometry, 1, &r)
 }
 
 #[test]
@@ -243,4 +243,48 @@ fn the_bulk_share_of_every_group_goes_first() {
             (0, 70, 10)
         ]
     );
+}
+
+/// Reports and requests forged with a receiver's exact address, port and
+/// name but not its token: the forger's row is judged too slow and its
+/// requests are dropped or limited, the genuine receiver's are still served
+/// (issue 21 (a)).
+#[test]
+fn forgeries_from_a_receivers_address_without_its_token_do_not_starve_it() {
+    let p = policy();
+    let g = p.geometry;
+    let mut i = Rounds::new(p);
+    i.open_window(3, SLOW_ROUNDS);
+    let now = Instant::now();
+    // Genuine and forged packets come from the very same address.
+    let at = SocketAddr::from(([10, 0, 0, 7], 40_001));
+    let report = |done: u64| wire::Report {
+        blocks_done: done,
+        requests: 0,
+        state: 1,
+        error: 0,
+        flags: 0,
+        name: wire::Report::name_field("victim"),
+    };
+    let genuine = wire::encode_progress(1, &g, 77, &report(g.block_count - 1));
+    assert!(i.handle(&genuine, at, now).is_empty());
+    // Forged: far behind (a "too slow" verdict for the forger's row), and a
+    // flood of requests over the per-receiver limit.
+    let verdict = i.handle(&wire::encode_progress(1, &g, 78, &report(0)), at, now);
+    assert_eq!(verdict.len(), 1, "a verdict for the forger's row");
+    let flood = wire::encode_nacks(1, &g, 79, &[(5, 1)]).remove(0);
+    for _ in 0..REQUESTS_PER_SOURCE + 10 {
+        i.handle(&flood, at, now);
+    }
+    i.handle(&wire::encode_nacks(1, &g, 78, &[(7, 1)]).remove(0), at, now);
+    i.handle(&wire::encode_nacks(1, &g, 77, &[(9, 1)]).remove(0), at, now);
+    assert_eq!(
+        i.inbound().ignored,
+        11,
+        "the flood's excess and the too-slow row's NACK"
+    );
+    let state = |t: u64| i.table().get(at, t).map(|r| r.state);
+    assert_eq!(state(77), Some(RxState::Receiving));
+    assert_eq!(state(78), Some(RxState::Failed(ErrorCode::TooSlow)));
+    assert_eq!(i.take().ranges, vec![(5, 6), (9, 10)]);
 }

@@ -99,11 +99,17 @@ pub(super) fn encode_ranges(
 }
 
 /// Encode NACK packets for `ranges` of missing blocks, at most
-/// `MAX_NACK_RANGES` ranges per packet.
-pub fn encode_nacks(session: u32, geometry: &Geometry, ranges: &[(u64, u32)]) -> Vec<Vec<u8>> {
+/// `MAX_NACK_RANGES` ranges per packet, from the receiver whose
+/// per-session token is `token` (in the header's block index).
+pub fn encode_nacks(
+    session: u32,
+    geometry: &Geometry,
+    token: u64,
+    ranges: &[(u64, u32)],
+) -> Vec<Vec<u8>> {
     ranges
         .chunks(MAX_NACK_RANGES)
-        .map(|chunk| encode_ranges(Kind::Nack, session, geometry, 0, &[], chunk))
+        .map(|chunk| encode_ranges(Kind::Nack, session, geometry, token, &[], chunk))
         .collect()
 }
 
@@ -141,10 +147,12 @@ pub fn encode_more_zeros(
 }
 
 /// Encode parity requests: `needs` are `(group, symbols lacking)` for
-/// groups of `group_size` blocks, at most 100 per packet.
+/// groups of `group_size` blocks, at most 100 per packet, from the
+/// receiver whose per-session token is `token`.
 pub fn encode_parity_requests(
     session: u32,
     geometry: &Geometry,
+    token: u64,
     group_size: u32,
     needs: &[(u64, u32)],
 ) -> Vec<Vec<u8>> {
@@ -152,7 +160,14 @@ pub fn encode_parity_requests(
         .chunks(MAX_PARITY_ENTRIES)
         .map(|chunk| {
             let prefix = group_size.to_be_bytes();
-            encode_ranges(Kind::ParityRequest, session, geometry, 0, &prefix, chunk)
+            encode_ranges(
+                Kind::ParityRequest,
+                session,
+                geometry,
+                token,
+                &prefix,
+                chunk,
+            )
         })
         .collect()
 }
@@ -202,15 +217,16 @@ pub fn encode_verdict(
     encode_raw(Kind::Confirm, session, geometry, h.round, &payload)
 }
 
-/// Encode a progress report.
-pub fn encode_progress(session: u32, geometry: &Geometry, r: &Report) -> Vec<u8> {
+/// Encode a progress report from the receiver whose per-session token is
+/// `token`.
+pub fn encode_progress(session: u32, geometry: &Geometry, token: u64, r: &Report) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_LEN + REPORT_PAYLOAD_LEN];
     write_header(
         &mut out,
         Kind::Progress,
         session,
         geometry,
-        0,
+        token,
         REPORT_PAYLOAD_LEN,
     );
     let p = &mut out[HEADER_LEN..];

@@ -65,6 +65,11 @@ pub enum Packet<'a> {
         session: u32,
         /// Image geometry.
         geometry: Geometry,
+        /// The receiver's per-session token (header block index): the
+        /// sender keeps one row per address, port and token, so a packet
+        /// forged in a receiver's name but without its token cannot change
+        /// that receiver's row (0 from a receiver that sends none).
+        token: u64,
         /// Missing ranges, each inside the image.
         ranges: Ranges<'a>,
     },
@@ -120,6 +125,11 @@ pub enum Packet<'a> {
         session: u32,
         /// Image geometry.
         geometry: Geometry,
+        /// The receiver's per-session token (header block index): the
+        /// sender keeps one row per address, port and token, so a packet
+        /// forged in a receiver's name but without its token cannot change
+        /// that receiver's row (0 from a receiver that sends none).
+        token: u64,
         /// Blocks per group.
         group_size: u32,
         /// `(group, symbols lacking)`, each group inside the image, each
@@ -153,6 +163,11 @@ pub enum Packet<'a> {
         session: u32,
         /// Image geometry.
         geometry: Geometry,
+        /// The receiver's per-session token (header block index): the
+        /// sender keeps one row per address, port and token, so a packet
+        /// forged in a receiver's name but without its token cannot change
+        /// that receiver's row (0 from a receiver that sends none).
+        token: u64,
         /// The report's content.
         report: Report,
     },

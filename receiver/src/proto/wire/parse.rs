@@ -91,6 +91,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
         Kind::Nack => Ok(Packet::Nack {
             session,
             geometry,
+            token: index,
             ranges: ranges(payload, &geometry, MAX_NACK_RANGES, false)?,
         }),
         Kind::Zeros => {
@@ -219,6 +220,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
                 Packet::ParityRequest {
                     session,
                     geometry,
+                    token: index,
                     group_size,
                     needs: entries,
                 }
@@ -244,6 +246,7 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
             Ok(Packet::Progress {
                 session,
                 geometry,
+                token: index,
                 report,
             })
         }

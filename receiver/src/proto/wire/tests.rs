@@ -82,15 +82,18 @@ fn repair_address_and_flags() {
 fn nack_and_fec_round_trip() {
     let g = geo();
     let ranges: Vec<(u64, u32)> = (0..150).map(|i| (i % 8, 1)).collect();
-    let pkts = encode_nacks(3, &g, &ranges);
+    let pkts = encode_nacks(3, &g, 9, &ranges);
     assert_eq!(pkts.len(), 2);
     let mut back = Vec::new();
     for p in &pkts {
         match parse(p).unwrap() {
             Packet::Nack {
-                session, ranges, ..
+                session,
+                ranges,
+                token,
+                ..
             } => {
-                assert_eq!(session, 3);
+                assert_eq!((session, token), (3, 9));
                 back.extend(ranges.iter());
             }
             other => panic!("{other:?}"),
@@ -182,15 +185,18 @@ fn malformed_zero_runs_are_rejected() {
 fn parity_confirm_and_progress_round_trip() {
     let g = Geometry::new(1400 * 300, 1400);
     let needs: Vec<(u64, u32)> = (0..130).map(|i| (i % 5, 1 + i as u32 % 64)).collect();
-    let pkts = encode_parity_requests(4, &g, 64, &needs);
+    let pkts = encode_parity_requests(4, &g, 9, 64, &needs);
     assert_eq!(pkts.len(), 2);
     let mut back = Vec::new();
     for p in &pkts {
         match parse(p).unwrap() {
             Packet::ParityRequest {
-                group_size, needs, ..
+                group_size,
+                needs,
+                token,
+                ..
             } => {
-                assert_eq!(group_size, 64);
+                assert_eq!((group_size, token), (64, 9));
                 back.extend(needs.iter());
             }
             other => panic!("{other:?}"),
@@ -226,9 +232,9 @@ fn parity_confirm_and_progress_round_trip() {
         flags: REPORT_HTTP,
         name: Report::name_field("lab-pc-07\n"),
     };
-    match parse(&encode_progress(4, &g, &r)).unwrap() {
-        Packet::Progress { report, .. } => {
-            assert_eq!(report, r);
+    match parse(&encode_progress(4, &g, 9, &r)).unwrap() {
+        Packet::Progress { report, token, .. } => {
+            assert_eq!((report, token), (r, 9));
             assert_eq!(report.name(), "lab-pc-07?");
         }
         other => panic!("{other:?}"),
@@ -236,9 +242,9 @@ fn parity_confirm_and_progress_round_trip() {
     // Out of range: group past the image, count 0 or above the group,
     // no entry in a request, too many blocks done, unknown state.
     for bad in [
-        encode_parity_requests(4, &g, 64, &[(5, 1)]).remove(0),
-        encode_parity_requests(4, &g, 64, &[(0, 0)]).remove(0),
-        encode_parity_requests(4, &g, 64, &[(0, 65)]).remove(0),
+        encode_parity_requests(4, &g, 9, 64, &[(5, 1)]).remove(0),
+        encode_parity_requests(4, &g, 9, 64, &[(0, 0)]).remove(0),
+        encode_parity_requests(4, &g, 9, 64, &[(0, 65)]).remove(0),
     ] {
         assert_eq!(parse(&bad), Err(DropReason::OutOfRange));
     }
@@ -257,7 +263,7 @@ fn parity_confirm_and_progress_round_trip() {
         Report { state: 4, ..r },
     ] {
         assert_eq!(
-            parse(&encode_progress(4, &g, &r)),
+            parse(&encode_progress(4, &g, 9, &r)),
             Err(DropReason::BadControl)
         );
     }
@@ -396,11 +402,11 @@ fn rejects_each_malformed_case() {
             DropReason::BadControl,
         ),
         (
-            encode_nacks(1, &g, &[(7, 2)]).remove(0),
+            encode_nacks(1, &g, 9, &[(7, 2)]).remove(0),
             DropReason::OutOfRange,
         ),
         (
-            encode_nacks(1, &g, &[(0, 0)]).remove(0),
+            encode_nacks(1, &g, 9, &[(0, 0)]).remove(0),
             DropReason::OutOfRange,
         ),
         (encode_fec(1, &g, 0, 64, &[0; 10]), DropReason::BadControl),
