@@ -77,9 +77,10 @@ fn multicast_forgeries(h: &Heard) -> Vec<Vec<u8>> {
     out
 }
 
-/// Zero runs over the whole image, sent once (in an unsigned session they
-/// are forged blocks, which the read-back catches; sent without end they
-/// keep failing a signed session's chunks: docs/security.md).
+/// Zero runs over the whole image, sent once, unsigned (in an unsigned
+/// session they are forged blocks, which the read-back catches; a signed
+/// session applies no run whose signature does not verify and counts it
+/// as unauthenticated: docs/security.md).
 fn forged_zero_runs(h: &Heard) -> Vec<Vec<u8>> {
     let all = h.geometry.block_count.min(u64::from(u32::MAX)) as u32;
     wire::encode_zeros(h.session, &h.geometry, &[(0, all)])

@@ -21,6 +21,9 @@
 //! - Kind 7 (`SignedEnd`): end of a pass or repair round (pass, flags, the
 //!   image's SHA-256 once the sender has read it all), signed, bound to the
 //!   manifest by its id.
+//! - Kind 11 (`Zeros`): each zero-run packet carries a signature after its
+//!   runs, bound to the manifest by its id and to the packet's place in the
+//!   list; a receiver applies no run before it verifies.
 
 use std::net::Ipv6Addr;
 
@@ -59,6 +62,7 @@ const HEAD_CONTEXT: &[u8] = b"xdpcast manifest v2";
 const END_CONTEXT: &[u8] = b"xdpcast signed end v2";
 const PAGE_CONTEXT: &[u8] = b"xdpcast manifest page v2";
 const VERDICT_CONTEXT: &[u8] = b"xdpcast verdict v2";
+const ZEROS_CONTEXT: &[u8] = b"xdpcast zero runs v2";
 
 /// Why a manifest packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,11 +109,10 @@ pub struct Manifest {
     pub chunk_blocks: u32,
     /// Seconds since 1970 when the manifest was signed (replay evidence).
     pub issued_at: u64,
-    /// SHA-256 of the list of zero runs the sender announces instead of
-    /// sending: the payloads of its zero-run packets (kind 11) in order;
-    /// all zero: no such list. Receivers check the blocks they zero like
-    /// data, through the signed chunk hashes, so a forged run fails its
-    /// chunk and is asked for again.
+    /// Reserved for a hash of the zero-run list; senders write all zero
+    /// (they find the runs while they read the image, after the head is
+    /// signed) and receivers ignore it: each zero-run packet (kind 11)
+    /// carries a signature of its own instead ([`Manifest::sign_zeros`]).
     pub zero_runs: [u8; HASH_LEN],
 }
 
@@ -326,6 +329,30 @@ impl Manifest {
             &sig.to_bytes(),
         ]
         .concat()
+    }
+
+    fn zeros_message(&self, seq: u64, body: &[u8]) -> Vec<u8> {
+        [ZEROS_CONTEXT, &self.id(), &seq.to_be_bytes(), body].concat()
+    }
+
+    /// The signature of zero-run packet `seq` whose payload (count and
+    /// runs) is `body`: bound to this manifest (so to the session) and to
+    /// the packet's place in the list.
+    pub fn sign_zeros(&self, key: &SigningKey, seq: u64, body: &[u8]) -> [u8; SIGNATURE_LEN] {
+        key.sign(&self.zeros_message(seq, body)).to_bytes()
+    }
+
+    /// Check the signature of zero-run packet `seq` from the signer `key`.
+    pub fn verify_zeros(
+        &self,
+        key: &VerifyingKey,
+        seq: u64,
+        body: &[u8],
+        signature: &[u8],
+    ) -> Result<(), ManifestError> {
+        let sig = Signature::from_slice(signature).map_err(|_| ManifestError::Malformed)?;
+        key.verify_strict(&self.zeros_message(seq, body), &sig)
+            .map_err(|_| ManifestError::BadSignature)
     }
 
     fn verdict_message(

@@ -1,7 +1,8 @@
 //! The checking pool of a signed session: the signature and hash work that
 //! arrives on a worker runs here, on `receive --hash-threads` threads, never
 //! on a thread that drains a ring. That is the Ed25519 check of a manifest
-//! head, of each page of chunk hashes and of each signed end, and, for a
+//! head, of each page of chunk hashes, of each signed end and of each
+//! zero-run packet (applied here once it verifies), and, for a
 //! stream (`--out -`), the BLAKE3 hash of each chunk whose last block came
 //! (a file or device hashes its chunks on the staging writer's thread, see
 //! [`crate::store::writer`]).
@@ -10,7 +11,7 @@
 //! back to its ring. It never waits for the pool: the queue's lock is held
 //! only to push or pop one job, and when [`MAX_PACKETS`] packets already
 //! wait the packet is dropped unchecked (counted as `unauthenticated`; the
-//! sender repeats heads, pages and ends, so a flood of forged ones delays
+//! sender repeats heads, pages, ends and zero runs, so a flood of forged ones delays
 //! the real ones at most). A stream's chunk jobs are never refused: there
 //! are at most as many as complete chunks fit its reorder window.
 //!
@@ -33,7 +34,7 @@ use crate::proto::wire::Geometry;
 /// a few Ed25519 checks per 16 chunks (one page) and per pass; one thread
 /// leaves the other cores to the workers, copiers and the writer.
 pub const DEFAULT_THREADS: usize = 1;
-/// Packets (heads, pages, ends) that may wait for a check at once; more are
+/// Packets (heads, pages, ends, zero runs) that may wait for a check at once; more are
 /// dropped unchecked. 256 payloads of at most a jumbo frame: at most 2.3 MiB.
 pub const MAX_PACKETS: usize = 256;
 
@@ -64,6 +65,14 @@ pub enum Job {
     End {
         /// The end.
         payload: Box<[u8]>,
+        /// The worker that took it.
+        worker: usize,
+    },
+    /// A zero-run packet of a signed session (the whole datagram): verify
+    /// its signature, then apply its runs.
+    Zeros {
+        /// The datagram.
+        packet: Box<[u8]>,
         /// The worker that took it.
         worker: usize,
     },

@@ -58,6 +58,10 @@ pub const NACK_RANGE_LEN: usize = 12;
 /// Bytes in front of the runs of a zero-run packet: the number of
 /// zero-run packets in the sender's list (u32).
 pub const ZEROS_PREFIX_LEN: usize = 4;
+/// Bytes of the signature a signed session's zero-run packet carries after
+/// its runs ([`SIGNATURE_LEN`]). Runs take 12 bytes each and 64 is not a
+/// multiple of 12, so the length tells a signed packet from an unsigned one.
+pub const ZEROS_SIGNATURE_LEN: usize = SIGNATURE_LEN;
 /// Largest FEC group (source blocks per RaptorQ source block).
 pub const MAX_FEC_GROUP: u32 = 1024;
 /// FEC payload bytes in front of the symbol: group size (u32) and the

@@ -17,10 +17,20 @@ pub fn encode_raw(
     out
 }
 
-/// Most runs in one zero-run packet: the payload stays within a block, so
-/// it fits every frame the session's data packets fit.
+/// Most runs in one zero-run packet: the payload, with room for a signed
+/// session's signature, stays within a block, so it fits every frame the
+/// session's data packets fit (blocks under 80 bytes: one run).
 pub fn max_zero_runs(block_size: u32) -> usize {
-    (block_size as usize - ZEROS_PREFIX_LEN) / NACK_RANGE_LEN
+    ((block_size as usize).saturating_sub(ZEROS_PREFIX_LEN + ZEROS_SIGNATURE_LEN) / NACK_RANGE_LEN)
+        .max(1)
+}
+
+/// Append `signature` to the payload of `packet` (a zero-run packet of a
+/// signed session), fixing the header's payload length.
+pub fn append_signature(packet: &mut Vec<u8>, signature: &[u8]) {
+    packet.extend_from_slice(signature);
+    let len = (packet.len() - HEADER_LEN) as u16;
+    packet[6..8].copy_from_slice(&len.to_be_bytes());
 }
 
 fn write_header(

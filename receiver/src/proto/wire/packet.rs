@@ -118,6 +118,12 @@ pub enum Packet<'a> {
         count: u32,
         /// Sorted, disjoint runs `(first block, count)`, each inside the image.
         runs: Ranges<'a>,
+        /// The payload without its signature (what a signed session's
+        /// signature covers, see [`crate::proto::manifest`]).
+        body: &'a [u8],
+        /// The Ed25519 signature a signed session's sender puts after the
+        /// runs; None in an unsigned session.
+        signature: Option<&'a [u8]>,
     },
     /// Symbols a receiver lacks, per FEC group.
     ParityRequest {

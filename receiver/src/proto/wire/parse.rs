@@ -102,17 +102,28 @@ pub fn parse(buf: &[u8]) -> Result<Packet<'_>, DropReason> {
             if u64::from(count) <= index {
                 return Err(DropReason::OutOfRange);
             }
+            // A signed session's packet ends in a signature: told by the
+            // length, as runs are 12 bytes each.
+            let rest = payload_len - ZEROS_PREFIX_LEN;
+            let signed = rest >= ZEROS_SIGNATURE_LEN
+                && rest % NACK_RANGE_LEN == ZEROS_SIGNATURE_LEN % NACK_RANGE_LEN;
+            let (body, signature) = if signed {
+                let (b, s) = payload.split_at(payload_len - ZEROS_SIGNATURE_LEN);
+                (b, Some(s))
+            } else {
+                (payload, None)
+            };
+            // As many runs as fill a block (what senders before signed
+            // zero runs put in one packet).
+            let most = ((geometry.block_size as usize - ZEROS_PREFIX_LEN) / NACK_RANGE_LEN).max(1);
             Ok(Packet::Zeros {
                 session,
                 geometry,
                 seq: index,
                 count,
-                runs: ranges(
-                    &payload[ZEROS_PREFIX_LEN..],
-                    &geometry,
-                    max_zero_runs(geometry.block_size),
-                    true,
-                )?,
+                runs: ranges(&body[ZEROS_PREFIX_LEN..], &geometry, most, true)?,
+                body,
+                signature,
             })
         }
         Kind::Fec => {

@@ -118,10 +118,12 @@ fn nack_and_fec_round_trip() {
 #[test]
 fn zero_runs_round_trip_in_numbered_packets() {
     let g = Geometry::new(1000 * 100, 100);
-    assert_eq!(max_zero_runs(100), 8);
+    // Room for a signed session's signature: (100 - 4 - 64) / 12.
+    assert_eq!(max_zero_runs(100), 2);
+    assert_eq!(max_zero_runs(64), 1);
     let runs: Vec<(u64, u32)> = (0..20).map(|i| (i * 50, 3)).collect();
     let pkts = encode_zeros(9, &g, &runs);
-    assert_eq!(pkts.len(), 3);
+    assert_eq!(pkts.len(), 10);
     let mut back = Vec::new();
     for (i, p) in pkts.iter().enumerate() {
         assert!(p.len() - HEADER_LEN <= 100, "fits a block");
@@ -133,7 +135,7 @@ fn zero_runs_round_trip_in_numbered_packets() {
                 runs,
                 ..
             } => {
-                assert_eq!((session, seq, count), (9, i as u64, 3));
+                assert_eq!((session, seq, count), (9, i as u64, 10));
                 back.extend(runs.iter());
             }
             other => panic!("{other:?}"),
@@ -141,6 +143,31 @@ fn zero_runs_round_trip_in_numbered_packets() {
     }
     assert_eq!(back, runs);
     assert!(encode_zeros(9, &g, &[]).is_empty());
+    // A signed session's packet: the signature after the runs, told by
+    // the length, and the packet still within a block.
+    let mut p = pkts[0].clone();
+    append_signature(&mut p, &[0xA5; ZEROS_SIGNATURE_LEN]);
+    assert!(p.len() - HEADER_LEN <= 100, "fits a block signed");
+    match parse(&p).unwrap() {
+        Packet::Zeros {
+            runs: r,
+            body,
+            signature,
+            ..
+        } => {
+            assert_eq!(r.iter().collect::<Vec<_>>(), runs[..2]);
+            assert_eq!(body, &pkts[0][HEADER_LEN..]);
+            assert_eq!(signature, Some(&[0xA5; ZEROS_SIGNATURE_LEN][..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&pkts[0]),
+        Ok(Packet::Zeros {
+            signature: None,
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use super::image::Image;
 use super::{lock, Transfer};
 use crate::error::{Error, ErrorCode};
 use crate::proto::manifest::Manifest;
-use crate::proto::wire::{self, Control, DropReason, Geometry};
+use crate::proto::wire::{self, Control, DropReason, Geometry, Packet};
 use crate::receive::signed::Signed;
 use crate::receive::workers::Sink;
 
@@ -146,6 +146,34 @@ impl Transfer {
             }
         }
         self.end_of_pass(image, &s.control(end.pass, end.flags));
+        Ok(())
+    }
+
+    /// A zero-run packet of a signed session: its runs are applied (and
+    /// their chunks checked like data) only once its signature verifies
+    /// with the manifest's key; else it is dropped as unauthenticated.
+    pub(super) fn signed_zeros(
+        &self,
+        image: &Image,
+        p: &Packet<'_>,
+    ) -> std::result::Result<(), DropReason> {
+        let s = self.signed().ok_or(DropReason::Unauthenticated)?;
+        let Packet::Zeros {
+            seq,
+            runs,
+            body,
+            signature: Some(sig),
+            ..
+        } = *p
+        else {
+            return Err(DropReason::Unauthenticated);
+        };
+        s.manifest
+            .verify_zeros(&s.key, seq, body, sig)
+            .map_err(|_| DropReason::Unauthenticated)?;
+        if let Err(e) = image.zero_runs(runs, Some(s)) {
+            self.fail(e);
+        }
         Ok(())
     }
 

@@ -145,11 +145,24 @@ impl Transfer {
                     }
                     self.fec_symbol(image, group, group_size, symbol, c)
                 }
-                Packet::Zeros { runs, .. } => {
-                    // In a signed session each run is checked like data,
-                    // through the signed hashes of the chunks it falls in.
-                    if let Err(e) = image.zero_runs(runs, self.signed()) {
+                Packet::Zeros { runs, .. } if !signed => {
+                    if let Err(e) = image.zero_runs(runs, None) {
                         self.fail(e);
+                    }
+                }
+                // In a signed session a run is applied only once its
+                // packet's signature verifies, on the pool; its chunks are
+                // then checked like data too.
+                Packet::Zeros { signature, .. } => {
+                    if signature.is_none() {
+                        return Err(DropReason::Unauthenticated);
+                    }
+                    match self.pool_for(c) {
+                        Some(worker) => self.queue(Job::Zeros {
+                            packet: datagram.into(),
+                            worker,
+                        })?,
+                        None => self.signed_zeros(image, &p)?,
                     }
                 }
                 Packet::Confirm {
@@ -230,6 +243,13 @@ impl checks::Checker for Transfer {
                 let r = match self.image() {
                     Some(img) => self.signed_end(img, &payload),
                     None => Err(DropReason::Unauthenticated),
+                };
+                (worker, r)
+            }
+            Job::Zeros { packet, worker } => {
+                let r = match (wire::parse(&packet), self.image()) {
+                    (Ok(p), Some(img)) => self.signed_zeros(img, &p),
+                    _ => Err(DropReason::Unauthenticated),
                 };
                 (worker, r)
             }

@@ -418,18 +418,29 @@ fn signed_checks_run_on_the_pool_with_the_same_outcome() {
     signed_session(true);
 }
 
-/// A signed session fed by hand, its signature checks on the calling
-/// thread or (`pooled`, as under a data path) on the checking pool.
-fn signed_session(pooled: bool) {
-    use ed25519_dalek::SigningKey;
-    let (t, path) = setup(if pooled { "signed-pool" } else { "signed" }, None);
+/// A signed transfer (key [9; 32]) named `name`, its target not there
+/// yet; with `pooled` (as under a data path) its checks run on the
+/// checking pool and the calling thread acts as a worker.
+fn signed_transfer(
+    name: &str,
+    pooled: bool,
+) -> (Arc<Transfer>, PathBuf, ed25519_dalek::SigningKey) {
+    let (t, path) = setup(name, None);
     let _ = std::fs::remove_file(&path);
-    let key = SigningKey::from_bytes(&[9; 32]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let t = Arc::new(t.with_trust(vec![key.verifying_key()], None));
     if pooled {
         t.start_helpers(Arc::downgrade(&t));
         crate::receive::workers::act_as_worker();
     }
+    (t, path, key)
+}
+
+/// A signed session fed by hand, its signature checks on the calling
+/// thread or (`pooled`, as under a data path) on the checking pool.
+fn signed_session(pooled: bool) {
+    use ed25519_dalek::SigningKey;
+    let (t, path, key) = signed_transfer(if pooled { "signed-pool" } else { "signed" }, pooled);
     // Every check queued so far has run.
     let settled = || wait_until(|| t.checks_counts().0 == t.checks_counts().1);
     let t = &*t;
@@ -611,4 +622,64 @@ fn unopenable_target_fails_the_transfer() {
     t.ingest(&encode_data(1, &g, 0, &[1; 100]), t.counters(0));
     assert_eq!(t.failure().unwrap().code, ErrorCode::TargetIo);
     assert_eq!(t.blocks_done(), 0);
+}
+
+#[test]
+fn signed_zero_runs_are_applied_only_when_the_session_key_signed_them() {
+    signed_zero_runs(false);
+}
+
+#[test]
+fn signed_zero_runs_are_verified_on_the_pool() {
+    signed_zero_runs(true);
+}
+
+/// Issue 21 (b): in a signed session a zero-run packet without a
+/// signature, or signed by another key, or moved to another place in the
+/// list, zeroes nothing and is counted as unauthenticated; the sender's
+/// own is applied.
+fn signed_zero_runs(pooled: bool) {
+    use ed25519_dalek::SigningKey;
+    let (t, path, key) = signed_transfer(if pooled { "zeros-pool" } else { "zeros" }, pooled);
+    let settled = || wait_until(|| t.checks_counts().0 == t.checks_counts().1);
+    let g = Geometry::new(10 * 100 - 30, 100);
+    let m = test_manifest(g, [0; 32], 0);
+    let c = t.counters(0);
+    let unauthenticated = || c.drops[DropReason::Unauthenticated as usize].load(Ordering::Relaxed);
+    t.ingest(
+        &wire::encode_raw(Kind::Manifest, 5, &g, 0, &m.sign(&key)),
+        c,
+    );
+    settled();
+    assert!(t.image().is_some());
+    let signed_by = |k: &SigningKey, seq: u64| {
+        let mut p = wire::encode_zeros(5, &g, &[(2, 3)]).remove(0);
+        let sig = m.sign_zeros(k, seq, &p[wire::HEADER_LEN..]);
+        wire::append_signature(&mut p, &sig);
+        p
+    };
+    let forger = SigningKey::from_bytes(&[7; 32]);
+    let forged = [
+        wire::encode_zeros(5, &g, &[(2, 3)]).remove(0),
+        signed_by(&forger, 0),
+        // Genuine signature, but made for packet 1 of the list.
+        signed_by(&key, 1),
+    ];
+    for (i, p) in forged.iter().enumerate() {
+        t.ingest(p, c);
+        settled();
+        assert_eq!(unauthenticated(), i as u64 + 1, "forgery {i}");
+        assert_eq!(t.blocks_done(), 0, "forgery {i} zeroed nothing");
+    }
+    t.ingest(&signed_by(&key, 0), c);
+    settled();
+    assert_eq!(unauthenticated(), 3);
+    assert_eq!(t.blocks_done(), 3);
+    assert_eq!(t.resumed_and_skipped().skipped_blocks, 3);
+    if pooled {
+        // The head and the three zero-run packets with a signature ran on
+        // the pool (the unsigned one was dropped on the worker).
+        assert_eq!(t.checks_counts().1, 1 + 3);
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -173,7 +173,6 @@ pub fn send(
     } else {
         ZeroRuns::default()
     };
-    let mut list = ZeroList::new(holes.clone(), session, &geometry);
     let parity_group = if repair.is_some() && opts.parity {
         group_size
     } else {
@@ -224,6 +223,8 @@ pub fn send(
         })
     });
     let signer = signer.transpose()?;
+    let zero_signer = signer.as_ref().map(|s| (s.manifest, s.key.clone()));
+    let mut list = ZeroList::new(holes.clone(), session, &geometry, zero_signer);
     // The image as opened: a manifest file kept beside it is published
     // now if it was made from these bytes.
     let stamp = Stamp::of(&file);
@@ -419,7 +420,7 @@ pub fn send(
                 let signed = (s.head.clone(), &s.manifest, &s.key);
                 publish::after_first_pass(path, &file, stamp, published, signed, pages, &w.digest);
             }
-            list = ZeroList::new(list.runs, session, &geometry);
+            list = ZeroList::new(list.runs, session, &geometry, list.sign);
             if !list.packets.is_empty() {
                 log::info!(
                     "{} of zeros in {} runs, announced in {} packets",

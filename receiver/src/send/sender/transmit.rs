@@ -336,6 +336,9 @@ pub(super) struct ZeroList {
     pub(super) packets: Vec<Vec<u8>>,
     /// Blocks `[first, end)` spanned by the runs of each packet.
     pub(super) spans: Vec<(u64, u64)>,
+    /// A signed session's manifest and key: each packet carries its
+    /// signature (receivers with `--trust` apply no run unsigned).
+    pub(super) sign: Option<(Manifest, ed25519_dalek::SigningKey)>,
 }
 
 /// Blocks `[first, end)` spanned by the runs of each zero-run packet of `runs`.
@@ -347,13 +350,33 @@ fn spans(runs: &[(u64, u32)], block_size: u32) -> impl Iterator<Item = (u64, u64
 }
 
 impl ZeroList {
-    pub(super) fn new(runs: ZeroRuns, session: u32, g: &Geometry) -> ZeroList {
+    pub(super) fn new(
+        runs: ZeroRuns,
+        session: u32,
+        g: &Geometry,
+        sign: Option<(Manifest, ed25519_dalek::SigningKey)>,
+    ) -> ZeroList {
         let wire_runs = runs.wire();
-        ZeroList {
-            packets: wire::encode_zeros(session, g, &wire_runs),
+        let mut list = ZeroList {
+            packets: Vec::new(),
             spans: spans(&wire_runs, g.block_size).collect(),
             runs,
+            sign,
+        };
+        list.packets = list.signed(0, wire::encode_zeros(session, g, &wire_runs));
+        list
+    }
+
+    /// `packets`, the list's packets from `seq` on, each with its
+    /// signature in a signed session.
+    fn signed(&self, seq: u64, mut packets: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if let Some((m, key)) = &self.sign {
+            for (i, pkt) in packets.iter_mut().enumerate() {
+                let sig = m.sign_zeros(key, seq + i as u64, &pkt[HEADER_LEN..]);
+                wire::append_signature(pkt, &sig);
+            }
         }
+        packets
     }
 
     /// Add the runs found in the next piece of the image (none overlaps a
@@ -362,7 +385,7 @@ impl ZeroList {
     /// the first pass renumbers the whole list when it ends.
     pub(super) fn append(&mut self, more: &ZeroRuns, session: u32, g: &Geometry) -> Vec<Vec<u8>> {
         let seq = self.packets.len() as u64;
-        let new = wire::encode_more_zeros(session, g, seq, &more.wire());
+        let new = self.signed(seq, wire::encode_more_zeros(session, g, seq, &more.wire()));
         self.packets.extend(new.iter().cloned());
         self.runs.insert(more);
         new
