@@ -132,6 +132,24 @@ impl HttpCounters {
     }
 }
 
+/// Whether the sender's last announced pass has been seen.
+fn passes_over(t: &Transfer) -> bool {
+    t.last_control()
+        .is_some_and(|c| t.passes_seen() >= u64::from(c.passes))
+}
+
+/// Whether the passes are over with at least `share` of the image (and
+/// at least one block) missing: the policy's case for the web server
+/// instead of NACK rounds.
+fn much_missing_after_passes(t: &Transfer, share: f64) -> bool {
+    let Some(img) = t.image() else {
+        return false;
+    };
+    let g = img.geometry;
+    let missing = g.block_count.saturating_sub(t.blocks_done());
+    passes_over(t) && missing > 0 && missing as f64 >= share * g.block_count as f64
+}
+
 struct Shared {
     stop: AtomicBool,
     take_over: AtomicBool,
@@ -141,6 +159,8 @@ struct Shared {
 /// The HTTP source's thread.
 pub struct Fetcher {
     shared: Arc<Shared>,
+    t: Arc<Transfer>,
+    repair_share: f64,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -158,7 +178,7 @@ impl Fetcher {
             take_over: AtomicBool::new(false),
             counters: Arc::default(),
         });
-        let s = shared.clone();
+        let (s, t2, repair_share) = (shared.clone(), t.clone(), req.repair_share);
         let handle = std::thread::Builder::new()
             .name("xdpcast-http".into())
             .spawn(move || {
@@ -167,6 +187,8 @@ impl Fetcher {
             })?;
         Ok(Fetcher {
             shared,
+            t: t2,
+            repair_share,
             handle: Some(handle),
         })
     }
@@ -177,10 +199,14 @@ impl Fetcher {
         self.shared.take_over.store(true, Ordering::Relaxed);
     }
 
-    /// Whether it is fetching now (the receiver then sends no NACKs: the
-    /// web server brings what they would ask for).
+    /// Whether the web server brings what is missing (the receiver then
+    /// sends no NACKs): it is fetching now, or the passes are over with at
+    /// least `--http-repair-percent` missing and the source is usable. The
+    /// fetcher's thread takes that case on its next look; a NACK sent
+    /// before then would start the repair round the policy skips.
     pub fn fetching(&self) -> bool {
         self.counters().state() == HttpState::Active
+            || (self.usable() && much_missing_after_passes(&self.t, self.repair_share))
     }
 
     /// Whether the source is usable: it has URLs and is not given up.
@@ -498,10 +524,7 @@ impl Work {
             self.multicast = (mc, now);
         }
         let g = img.geometry;
-        let passes_over = self
-            .t
-            .last_control()
-            .is_some_and(|c| self.t.passes_seen() >= u64::from(c.passes));
+        let passes_over = passes_over(&self.t);
         let missing = g.block_count.saturating_sub(self.t.blocks_done());
         let why = if self.all {
             None
@@ -509,10 +532,7 @@ impl Work {
             Some("the sender's passes ended with blocks missing, or the sender is gone")
         } else if now.duration_since(self.multicast.1) >= self.req.after {
             Some("multicast silent")
-        } else if passes_over
-            && missing as f64 >= self.req.repair_share * g.block_count as f64
-            && missing > 0
-        {
+        } else if much_missing_after_passes(&self.t, self.req.repair_share) {
             Some("much missing after the sender's passes")
         } else if passes_over
             && self
