@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ErrorCode, Result};
 use crate::proto::manifest::{Manifest, MAX_PAGES, SUB_HEAD, SUB_PAGE};
 use crate::proto::wire::{Kind, MAX_MANIFEST_PAYLOAD};
+use crate::safe_fs;
 
 /// First bytes of the file (the high byte catches 7-bit and text-mode
 /// mangling, the newline line-ending conversion, as PNG's does).
@@ -231,32 +232,32 @@ impl ManifestFile {
 
     /// Write the file at `path` atomically: into `path.tmp`, synced, then
     /// renamed over `path`, so a web server never serves half a file. The
-    /// temporary file is created new (`O_EXCL`: a symlink planted in a
-    /// directory others may write is never followed), after removing a
-    /// stale one (unlink removes a link, not its target).
+    /// directory is reached by [`safe_fs::parent`]'s held-descriptor walk
+    /// (a symbolic link another user planted in a directory others may
+    /// write is not followed); the temporary file is created in that
+    /// descriptor anew ([`safe_fs::Dir::create_fresh`]: `O_EXCL`, a stale
+    /// one of ours removed first, anything else there refused) and renamed
+    /// over the last name with `renameat`, which replaces a link there
+    /// rather than following it.
     pub fn write_atomic(&self, path: &Path) -> Result<()> {
         let tmp = tmp_path(path);
-        let _ = std::fs::remove_file(&tmp);
-        let io = |what: &str, e: std::io::Error| {
-            Error::new(
-                ErrorCode::TargetIo,
-                format!("{what} {}: {e}", tmp.display()),
-            )
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            Error::new(ErrorCode::TargetIo, format!("{what} {}: {e}", p.display()))
         };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io("cannot create", e))?;
+        let (dir, name) =
+            safe_fs::parent(path).map_err(|e| io("cannot open the directory of", path, e))?;
+        let mut tmp_name = name.as_bytes().to_vec();
+        tmp_name.extend_from_slice(b".tmp");
+        let tmp_name = std::ffi::CString::new(tmp_name).expect("a name holds no NUL");
+        let mut f = dir
+            .create_fresh(&tmp_name, 0o644)
+            .map_err(|e| io("cannot create", &tmp, e))?;
         f.write_all(&self.encode())
             .and_then(|()| f.sync_all())
-            .map_err(|e| io("cannot write", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::new(
-                ErrorCode::TargetIo,
-                format!("cannot rename {} to {}: {e}", tmp.display(), path.display()),
-            )
+            .map_err(|e| io("cannot write", &tmp, e))?;
+        dir.rename(&tmp_name, &name).map_err(|e| {
+            let _ = dir.remove(&tmp_name);
+            io("cannot rename", &tmp, e)
         })
     }
 }
@@ -403,5 +404,61 @@ mod tests {
         assert_eq!(ManifestFile::parse(&std::fs::read(&path).unwrap()), Ok(f));
         assert!(!tmp_path(&path).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 21 (e): in a directory others may write (sticky, like /tmp),
+    /// links another user planted at the manifest's path, at its temporary
+    /// path or as a directory on the way are never written through.
+    #[test]
+    fn links_another_user_planted_are_not_followed() {
+        use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+        // lchown to another user needs root (the suite runs as root).
+        if crate::safe_fs::euid() != 0 {
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        let top = std::env::temp_dir().join(format!("xdpcast-mf-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let secret = top.join("secret");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let victim = secret.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let public = top.join("pub");
+        std::fs::create_dir(&public).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let plant = |at: &Path, to: &Path| {
+            symlink(to, at).unwrap();
+            lchown(at, Some(NOBODY), Some(NOBODY)).unwrap();
+        };
+        let (_, _, f) = sample(1000);
+
+        // As a directory on the way: refused.
+        plant(&public.join("imgs"), &secret);
+        assert!(f
+            .write_atomic(&path_beside(&public.join("imgs/c.img")))
+            .is_err());
+        assert!(!secret.join("c.img.xdpcast-manifest").exists());
+        assert!(!secret.join("c.img.xdpcast-manifest.tmp").exists());
+
+        // At the manifest's path: replaced by the file, not followed.
+        let path = path_beside(&public.join("a.img"));
+        plant(&path, &victim);
+        f.write_atomic(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "the link was replaced");
+        assert_eq!(
+            ManifestFile::parse(&std::fs::read(&path).unwrap()),
+            Ok(f.clone())
+        );
+
+        // At its temporary path: refused, nothing written.
+        let path = path_beside(&public.join("b.img"));
+        plant(&tmp_path(&path), &victim);
+        assert!(f.write_atomic(&path).is_err());
+        assert!(!path.exists());
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }
