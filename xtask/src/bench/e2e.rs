@@ -436,16 +436,7 @@ fn sha256_of(path: &Path, len: u64, log: &Path) -> Result<(String, Exit)> {
         return sha256sum(path, log);
     }
     let cmd = format!("head -c {len} {} | sha256sum", path.display());
-    let mut p = Proc::spawn(None, RX_CPU, &["sh", "-c", &cmd], &[], log)?;
-    let e = p.wait(Duration::from_secs(600));
-    ensure!(e.success(), "sha256sum failed: {}", p.last_line());
-    let digest = p
-        .output()
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    Ok((digest, e))
+    digest_by(&["sh", "-c", &cmd], log)
 }
 
 /// The markdown of one size: the path's limit, then a row per target and way.

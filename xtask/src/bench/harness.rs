@@ -464,13 +464,13 @@ pub(crate) fn rx_counter(net: &VethPair, name: &str) -> Result<u64> {
 }
 
 pub(super) fn sha256sum(path: &Path, log: &Path) -> Result<(String, Exit)> {
-    let mut p = Proc::spawn(
-        None,
-        RX_CPU,
-        &["sha256sum", &path.to_string_lossy()],
-        &[],
-        log,
-    )?;
+    digest_by(&["sha256sum", &path.to_string_lossy()], log)
+}
+
+/// The digest `args` (a sha256sum command line) prints first, on the
+/// receiver's CPU, with its exit.
+pub(super) fn digest_by(args: &[&str], log: &Path) -> Result<(String, Exit)> {
+    let mut p = Proc::spawn(None, RX_CPU, args, &[], log)?;
     let e = p.wait(Duration::from_secs(600));
     ensure!(e.success(), "sha256sum failed: {}", p.last_line());
     let digest = p
