@@ -495,13 +495,23 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
 }
 
-#[test]
-fn signed_receive_onto_a_block_device_reads_nothing_back() {
+/// A signed receive onto a loop device over old data (16 MiB image from
+/// `seed`) from the sender `send(net, dir, src, key)` starts: the
+/// receiver's page once both ended, having checked that the device was not
+/// read from before the first packet to the receiver's exit (after
+/// SUCCESS), that the session succeeded with every chunk verified, that
+/// the store read nothing back, and the SHA-256 on the device. None
+/// without network namespaces.
+fn signed_onto_old_disk(
+    prefix: &str,
+    seed: u64,
+    send: impl FnOnce(&VethPair, &TempDir, &Path, &Path) -> std::process::Child,
+) -> Option<xdpcast::Snapshot> {
     if !netns_allowed() {
-        return;
+        return None;
     }
     let net = VethPair::new(1, 1500);
-    let Images { dir, src, .. } = Images::new("xdpc-signed-blk", 16 * MIB, 14);
+    let Images { dir, src, .. } = Images::new(prefix, 16 * MIB, seed);
     let disk = LoopDev::old_disk(&dir, 16 * MIB as u64);
     let key = keygen(&dir, "site");
     let rx = receiver(
@@ -510,17 +520,10 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
         Path::new(&disk.0),
         &["--trust", &pub_of(&key)],
     );
-    // From before the first packet to the receiver's exit (after SUCCESS).
     let before = disk.sectors_read();
-    let tx = start_sender(
-        &net.a,
-        &net.if_a,
-        GROUP,
-        &src,
-        &["--rate", "1G", "--sign", key.to_str().unwrap()],
-    );
+    let tx = send(&net, &dir, &src, &key);
     ok(
-        &wait_output(tx, Duration::from_secs(60), "sender"),
+        &wait_output(tx, Duration::from_secs(120), "sender"),
         "sender",
     );
     let out = wait_output(rx, Duration::from_secs(60), "receiver");
@@ -535,56 +538,65 @@ fn signed_receive_onto_a_block_device_reads_nothing_back() {
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
     assert!(s.trust.chunk_count > 1);
     assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
+    assert_eq!(s.storage.bytes_read_back, 0, "{s:?}");
+    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
+    Some(s)
+}
+
+/// A signed sender of `src` with `key` and `args` before `--sign`.
+fn signed_sender(net: &VethPair, src: &Path, key: &Path, args: &str) -> std::process::Child {
+    let mut args: Vec<&str> = args.split(' ').collect();
+    args.extend(["--sign", key.to_str().unwrap()]);
+    start_sender(&net.a, &net.if_a, GROUP, src, &args)
+}
+
+#[test]
+fn signed_receive_onto_a_block_device_reads_nothing_back() {
+    let Some(s) = signed_onto_old_disk("xdpc-signed-blk", 14, |net, _, src, key| {
+        signed_sender(net, src, key, "--rate 1G")
+    }) else {
+        return;
+    };
     assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
     // The store's own account agrees: every chunk checked once, from
-    // memory, nothing read back or refused.
+    // memory, nothing refused.
     assert_eq!(s.storage.chunks_checked, s.trust.chunk_count, "{s:?}");
-    assert_eq!(s.storage.bytes_read_back, 0, "{s:?}");
     assert!(
         s.diag.last_block_ns > 0 && s.diag.last_block_ns <= s.end_ns,
         "{s:?}"
     );
-    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
 }
 
 #[test]
 fn forged_blocks_on_a_block_device_are_counted_and_nothing_is_read_back() {
-    if !netns_allowed() {
-        return;
-    }
-    let net = VethPair::new(1, 1500);
-    let Images { dir, src, .. } = Images::new("xdpc-forge-blk", 16 * MIB, 15);
-    let disk = LoopDev::old_disk(&dir, 16 * MIB as u64);
-    let key = keygen(&dir, "site");
-    let rx = receiver(
-        &net,
-        &dir.0,
-        Path::new(&disk.0),
-        &["--trust", &pub_of(&key)],
-    );
-    let before = disk.sectors_read();
     // 20 % loss and forged blocks of another image on every slot.
-    let tx = send_forged(&net, &dir, &src, &key, 0x5159);
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    ok(
-        &wait_output(rx, Duration::from_secs(60), "receiver"),
-        "receiver",
-    );
-    let s = read_page(&dir.0, "trust");
-    assert_eq!(disk.sectors_read(), before, "read the device: {s:?}");
-    assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
+    let Some(s) = signed_onto_old_disk("xdpc-forge-blk", 15, |net, dir, src, key| {
+        send_forged(net, dir, src, key, 0x5159)
+    }) else {
+        return;
+    };
     assert!(s.drops_for(wire::DropReason::BadChunk) >= 1, "{s:?}");
     assert!(s.trust.rejected_blocks > 0, "{s:?}");
-    assert_eq!(s.trust.chunks_verified, s.trust.chunk_count);
     // Each failed check is a `bad_chunk` drop; each chunk passed once.
     assert_eq!(
         s.storage.chunks_checked,
         s.trust.chunk_count + s.drops_for(wire::DropReason::BadChunk),
         "{s:?}"
     );
-    assert_eq!(s.storage.bytes_read_back, 0, "{s:?}");
-    assert_eq!(sha256_hex(&src), sha256_hex(Path::new(&disk.0)));
+}
+
+#[test]
+fn signed_fec_onto_a_block_device_rebuilds_from_memory() {
+    // 16 repair symbols per 64 blocks against 5 % loss: the lost blocks
+    // are rebuilt from the group's blocks still in the staging buffer
+    // (their chunks are not complete), never read back from the device.
+    let Some(s) = signed_onto_old_disk("xdpc-signed-fec", 16, |net, _, src, key| {
+        signed_sender(net, src, key, "--rate 1G --loss 0.05 --fec 16")
+    }) else {
+        return;
+    };
+    assert!(s.fec_recovered > 0, "FEC rebuilt lost blocks: {s:?}");
+    // Rebuilt blocks were checked with their chunks like any block.
+    assert_eq!(s.storage.chunks_checked, s.trust.chunk_count, "{s:?}");
+    assert_eq!(s.drops_for(wire::DropReason::BadChunk), 0);
 }

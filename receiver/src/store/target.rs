@@ -541,6 +541,25 @@ impl Target {
         }
     }
 
+    /// `len` bytes at `offset` if the receiver still holds every one of
+    /// them in memory (the staging buffer, a stream's window); None
+    /// otherwise. Never reads the storage.
+    pub fn read_held(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        match &self.out {
+            Out::Staged(s) => {
+                let mut out = vec![0u8; len];
+                s.read_buffered(offset, &mut out).then_some(out)
+            }
+            Out::Stream { out, .. } => out.read(offset, len as u64),
+        }
+    }
+
+    /// Whether the staging buffer holds every block at `offsets` now
+    /// (false for a stream).
+    pub fn all_buffered(&self, offsets: impl IntoIterator<Item = u64>) -> bool {
+        self.stager().is_some_and(|s| s.all_buffered(offsets))
+    }
+
     /// Write every staged block and wait for the device (nothing to do
     /// for a stream: [`Self::sha256`] drains it).
     pub fn flush(&self) -> Result<()> {

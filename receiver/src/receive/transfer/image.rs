@@ -232,6 +232,32 @@ impl Image {
         }
         read.ok()
     }
+
+    /// Bytes of written block `index` if they are still in memory (zeros
+    /// of a zero run, the staging buffer, a stream's window); None
+    /// otherwise: nothing is read back from the target.
+    pub(super) fn read_block_held(&self, index: u64) -> Option<Vec<u8>> {
+        let len = self.geometry.block_len(index);
+        if self.zeros.contains(index) {
+            return Some(vec![0; len]);
+        }
+        if !self.written.contains(index) {
+            return None;
+        }
+        self.target.read_held(self.geometry.offset(index), len)
+    }
+
+    /// Whether every written block of `[first, end)` is still in memory
+    /// (zeros, or in the staging buffer): a FEC group that can be rebuilt
+    /// without reading the target back.
+    pub(super) fn held_in_memory(&self, first: u64, end: u64) -> bool {
+        let g = &self.geometry;
+        self.target.all_buffered(
+            (first..end)
+                .filter(|&i| self.written.contains(i) && !self.zeros.contains(i))
+                .map(|i| g.offset(i)),
+        )
+    }
 }
 
 /// The check of a signed session's chunks in the staging writer: each

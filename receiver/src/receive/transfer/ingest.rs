@@ -26,16 +26,16 @@ impl Transfer {
         symbol: &[u8],
         c: &WorkerCounters,
     ) {
-        // A signed session onto a file or device does not decode: the
-        // group's other blocks would be read back from the target (it
-        // asks for block ranges instead, see `needs`).
-        if self.is_signed() && image.target.as_stream().is_none() {
-            return;
-        }
         let g = &image.geometry;
         let (first, end) = fec::group_blocks(g, group_size, group);
         let have = image.written.count_range(first, end);
         let k = end - first;
+        // A signed session onto a file or device decodes only from what
+        // it still holds in memory (the group's blocks in the staging
+        // buffer, whose chunk is not complete yet): it never reads the
+        // target back. A group part of which was written out already is
+        // asked for as block ranges instead (see `needs`).
+        let in_memory = self.is_signed() && image.target.as_stream().is_none();
         if have == k {
             // Not needed: the group is complete.
             self.fec.forget(group);
@@ -44,7 +44,19 @@ impl Transfer {
         let Some(symbols) = self.fec.add(group, symbol, have, k) else {
             return;
         };
-        match fec::decode(g, group_size, group, |i| image.read_block(i), &symbols) {
+        if in_memory && !image.held_in_memory(first, end) {
+            // Enough symbols, but the group cannot be rebuilt here: they
+            // go (they are not asked for again).
+            return;
+        }
+        let block = |i| match in_memory {
+            true => image.read_block_held(i),
+            false => image.read_block(i),
+        };
+        // Rebuilt blocks land like received ones: in a signed session
+        // their chunk is checked against its signed hash before it is
+        // written (or, failing, forgotten and asked for again).
+        match fec::decode(g, group_size, group, block, &symbols) {
             Some(data) => {
                 for (n, idx) in (first..end).enumerate() {
                     let at = n * g.block_size as usize;

@@ -14,6 +14,9 @@ struct Held<'a> {
     /// A stream: the group of its first missing block and the end of its
     /// window.
     stream: Option<(Option<u64>, u64)>,
+    /// A signed session onto a file or device: its groups' size. Only a
+    /// group whose blocks are all still in memory can be decoded there.
+    in_memory: Option<u32>,
 }
 
 impl Holdings for Held<'_> {
@@ -29,6 +32,9 @@ impl Holdings for Held<'_> {
     fn as_ranges(&self, group: u64, end: u64) -> bool {
         self.stream
             .is_some_and(|(f, w)| f == Some(group) || end > w)
+            || self
+                .in_memory
+                .is_some_and(|size| !self.img.held_in_memory(group * u64::from(size), end))
     }
 }
 
@@ -66,35 +72,32 @@ impl Transfer {
     /// and as block ranges in the group holding the first missing block
     /// (its blocks before that one may have left the window already, so
     /// its symbols could not be decoded) and in a group the window does
-    /// not hold whole (symbols would rebuild blocks it must refuse).
+    /// not hold whole (symbols would rebuild blocks it must refuse). A
+    /// signed session onto a file or device asks for block ranges in a
+    /// group some of whose blocks were written out already (it decodes
+    /// only from memory).
     pub fn needs(&self, group_size: u32, round: u64, max: usize) -> Needs {
-        let mut out = Needs::default();
         let Some(img) = self.image() else {
-            return out;
+            return Needs::default();
         };
         let missing = missing_in_window(img);
-        // A signed session onto a file or device asks for block ranges
-        // only: decoding parity needs the group's other blocks, which are
-        // on the target by then, and it reads nothing back (see
-        // `fec_symbol`).
-        if self.is_signed() && img.target.as_stream().is_none() {
-            for (a, b) in missing {
-                out.push_range(a, b);
-            }
-            out.ranges.truncate(max);
-            return out;
-        }
         // A stream asks for block ranges in the group of its first missing
         // block and in a group its window does not hold whole.
         let stream = img.target.as_stream().map(|_| {
             let frontier = missing.first().map(|&(a, _)| a / u64::from(group_size));
             (frontier, img.window_end())
         });
+        // A signed session onto a file or device reads nothing back: it
+        // asks for symbols only for groups it holds in memory (see
+        // `fec_symbol`), block ranges for the others.
+        let in_memory =
+            (self.is_signed() && img.target.as_stream().is_none()).then_some(group_size);
         let held = Held {
             img,
             fec: &self.fec,
             missing,
             stream,
+            in_memory,
         };
         let confirmed = lock(&self.confirmed);
         gaps::needs(&held, &img.geometry, group_size, round, &confirmed, max)

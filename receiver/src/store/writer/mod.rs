@@ -481,6 +481,13 @@ impl Shared {
     /// Read `out.len()` bytes at `offset`, from the buffer where a block
     /// still is, else from the storage (after any write in flight).
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.read_from(offset, out, true).map(|_| ())
+    }
+
+    /// [`Self::read`], going to the storage for the pieces no buffer holds
+    /// only when `storage` is set; without it, false as soon as one piece
+    /// is not in a buffer (`out` then holds part of the bytes).
+    fn read_from(&self, offset: u64, out: &mut [u8], storage: bool) -> std::io::Result<bool> {
         self.settle();
         let end = offset + out.len() as u64;
         let mut at = offset;
@@ -491,27 +498,10 @@ impl Shared {
                 .min((k + 1) * self.unit)
                 .min((block + 1) * self.block_size);
             let dst = &mut out[(at - offset) as usize..(piece_end - offset) as usize];
-            let mut from_buffer = false;
-            if let Some(b) = self.pin(k, false) {
-                let bit = block - self.first_block(k);
-                let word = self.buffers[b].present[bit as usize / 64].load(Ordering::Relaxed);
-                if word & (1 << (bit % 64)) != 0 {
-                    // SAFETY: the block is present (its copy happened before
-                    // its writer's unpin, which our pin's Acquire follows)
-                    // and nobody writes a block twice; b stays attached
-                    // while pinned.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            self.buf_ptr(b, at - k * self.unit),
-                            dst.as_mut_ptr(),
-                            dst.len(),
-                        );
-                    }
-                    from_buffer = true;
+            if !self.copy_buffered(k, block, at, dst) {
+                if !storage {
+                    return Ok(false);
                 }
-                self.unpin(k);
-            }
-            if !from_buffer {
                 // Acquire: pairs with `write_out`'s Release.
                 while self.flushing[k as usize].load(Ordering::Acquire) != 0 {
                     std::thread::sleep(Duration::from_micros(50));
@@ -520,7 +510,38 @@ impl Shared {
             }
             at = piece_end;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Copy the bytes of block `block` of chunk `k` from image offset `at`
+    /// into `dst` if the chunk's buffer holds the block; whether it did.
+    fn copy_buffered(&self, k: u64, block: u64, at: u64, dst: &mut [u8]) -> bool {
+        self.with_buffered(k, block, |b| {
+            // SAFETY: the block is present (its copy happened before its
+            // writer's unpin, which our pin's Acquire follows) and nobody
+            // writes a block twice; b stays attached while pinned.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.buf_ptr(b, at - k * self.unit),
+                    dst.as_mut_ptr(),
+                    dst.len(),
+                );
+            }
+        })
+        .is_some()
+    }
+
+    /// `f(buffer)` with chunk `k`'s buffer pinned, if it holds block
+    /// `block`; None when the chunk has no buffer or the block is not in it.
+    fn with_buffered<R>(&self, k: u64, block: u64, f: impl FnOnce(usize) -> R) -> Option<R> {
+        let b = self.pin(k, false)?;
+        let bit = block - self.first_block(k);
+        // Relaxed: the present bit was published by the unpin (Release)
+        // that our pin's Acquire follows.
+        let word = self.buffers[b].present[bit as usize / 64].load(Ordering::Relaxed);
+        let r = (word & (1 << (bit % 64)) != 0).then(|| f(b));
+        self.unpin(k);
+        r
     }
 }
 
@@ -657,6 +678,27 @@ impl Stager {
     /// Bytes at `offset`, wherever they are now.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
         self.shared.read(offset, out)
+    }
+
+    /// Bytes at `offset` if every one of them is still in the staging
+    /// buffer (not written out yet); false, and nothing read from the
+    /// storage, when some are not. A signed session rebuilds a FEC group
+    /// from these only: it never reads the target back.
+    pub fn read_buffered(&self, offset: u64, out: &mut [u8]) -> bool {
+        // Without the storage, nothing can fail but a missing piece.
+        self.shared.read_from(offset, out, false).unwrap_or(false)
+    }
+
+    /// Whether the staging buffer holds every block at `offsets` now
+    /// (their chunks not written out yet), once the workers' lanes are
+    /// copied.
+    pub fn all_buffered(&self, offsets: impl IntoIterator<Item = u64>) -> bool {
+        let sh = &self.shared;
+        sh.settle();
+        offsets.into_iter().all(|at| {
+            sh.with_buffered(at / sh.unit, at / sh.block_size, |_| ())
+                .is_some()
+        })
     }
 
     /// Write every staged block to the storage and wait until it is written
