@@ -1081,3 +1081,50 @@ fn bench_fleet_with_deaf_receivers() {
         served as f64 / (mib * MIB) as f64
     );
 }
+
+/// `xdpcast manifest --http-url`: the URLs are in the file's signed head,
+/// as `send --http-url` puts them (a receiver that verified it and was
+/// given no `--http` fetches from them), the head verifies with the public
+/// key and names the image's SHA-256; a URL a head cannot carry is refused
+/// before the image is read, and no file is written.
+#[test]
+fn the_manifest_subcommand_names_urls_in_the_signed_head() {
+    let dir = TempDir::new("xdpc-http-mfurl");
+    let src = dir.join("src.img");
+    make_image(&src, MIB + 123, 81);
+    let key = keygen(&dir, "tx");
+    let urls = [
+        "http://fog.lab/images/src.img",
+        "https://mirror.lab/src.img",
+    ];
+    let out = dir.join("src.img.xdpcast-manifest");
+    let manifest = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xdpcast"))
+            .args(["manifest", src.to_str().unwrap()])
+            .args(["--sign", key.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    ok(
+        &manifest(&["--http-url", urls[0], "--http-url", urls[1]]),
+        "xdpcast manifest --http-url",
+    );
+    let file =
+        xdpcast::fetch::manifest_file::ManifestFile::parse(&std::fs::read(&out).unwrap()).unwrap();
+    let trusted = xdpcast::store::keys::load_trusted(&pub_of(&key)).unwrap();
+    let (m, _) = xdpcast::proto::manifest::Manifest::verify(&file.head, &trusted).unwrap();
+    assert_eq!(xdpcast::proto::wire::hex(&m.digest), sha256_hex(&src));
+    assert_eq!(xdpcast::proto::manifest::head_urls(&file.head), urls);
+    // Another key does not verify it: the URLs are signed with the head.
+    let other = keygen(&dir, "other");
+    let others = xdpcast::store::keys::load_trusted(&pub_of(&other)).unwrap();
+    assert!(xdpcast::proto::manifest::Manifest::verify(&file.head, &others).is_err());
+    // A URL no head can carry: refused, nothing written.
+    std::fs::remove_file(&out).unwrap();
+    let bad = manifest(&["--http-url", "ftp://fog.lab/src.img"]);
+    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(text(&bad).contains("--http-url"), "{}", text(&bad));
+    assert!(!out.exists());
+}

@@ -522,6 +522,12 @@ impl Manifest {
 
 /// The URL block of `urls`: empty for none, else their length (u16) and
 /// the URLs joined by newlines.
+/// Whether a head can name `urls` ([`Manifest::sign_with_urls`] takes
+/// them): the reason if not.
+pub fn check_urls(urls: &[String]) -> Result<(), String> {
+    url_block(urls).map(drop)
+}
+
 fn url_block(urls: &[String]) -> Result<Vec<u8>, String> {
     if urls.is_empty() {
         return Ok(Vec::new());

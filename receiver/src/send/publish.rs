@@ -27,7 +27,7 @@ use crate::proto::wire::Geometry;
 use crate::send::zeros::{self, DataMap};
 
 /// What `xdpcast manifest` signs, besides the image.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Offline {
     /// Session id: give `send --session` the same one, so receivers that
     /// started from the file also take the multicast session's blocks.
@@ -35,12 +35,21 @@ pub struct Offline {
     /// Block size: the same as the sender's (its MTU), or the chunk
     /// hashes differ from the multicast session's.
     pub block_size: u32,
+    /// Web servers holding the image, named in the signed head (as `send
+    /// --http-url` does): receivers that verified it and were given no
+    /// `--http` fetch from them.
+    pub urls: Vec<String>,
 }
 
 /// Sign a manifest of the image at `image` for a session made later (no
 /// repair address, one pass; the file's receivers fetch over HTTP), with
-/// the chunk hashes a sender of the same block size makes.
+/// the chunk hashes a sender of the same block size makes. URLs that are
+/// not http(s), hold a space or a control character, or take more than
+/// 512 bytes are an `invalid_argument` error, before the image is read.
 pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, ManifestFile)> {
+    let invalid = |e: String| Error::new(ErrorCode::InvalidArgument, format!("--http-url {e}"));
+    // The URL block is checked before hours of hashing, not after.
+    manifest::check_urls(&o.urls).map_err(invalid)?;
     let file = File::open(image)
         .map_err(|e| Error::target_io(&format!("open {}", image.display()), &e))?;
     // SAFETY: read-only mapping; if the image changes while it is hashed
@@ -68,7 +77,8 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
     let pages = (0..m.page_count())
         .map(|i| m.page_of(key, i, &map))
         .collect();
-    let mut f = ManifestFile::new(m.sign(key), &m, key, pages, &digest);
+    let head = m.sign_with_urls(key, &o.urls).map_err(invalid)?;
+    let mut f = ManifestFile::new(head, &m, key, pages, &digest);
     f.stamp = Stamp::of(&file);
     Ok((m, f))
 }
@@ -252,6 +262,7 @@ mod tests {
     const O: Offline = Offline {
         session: 7,
         block_size: 1400,
+        urls: Vec::new(),
     };
 
     /// This session's manifest: the kept one's geometry and chunk size,
@@ -271,7 +282,7 @@ mod tests {
         let dir = Scratch::new("reuse");
         let (img, bytes) = image(&dir, 3 << 20);
         let key = SigningKey::from_bytes(&[4; 32]);
-        let (m, kept) = offline(&img, &key, O).unwrap();
+        let (m, kept) = offline(&img, &key, O.clone()).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap()).unwrap();
         assert_eq!(kept.stamp, Some(stamp));
         let now = session_of(&m);
@@ -298,7 +309,7 @@ mod tests {
         let dir = Scratch::new("refuse");
         let (img, _) = image(&dir, 2 << 20);
         let key = SigningKey::from_bytes(&[4; 32]);
-        let (m, kept) = offline(&img, &key, O).unwrap();
+        let (m, kept) = offline(&img, &key, O.clone()).unwrap();
         let stamp = kept.stamp.unwrap();
         let now = session_of(&m);
         let changed = Stamp {
@@ -345,7 +356,7 @@ mod tests {
         let (img, _) = image(&dir, 1 << 20);
         let key = SigningKey::from_bytes(&[4; 32]);
         let path = manifest_file::path_beside(&img);
-        let (m, kept) = offline(&img, &key, O).unwrap();
+        let (m, kept) = offline(&img, &key, O.clone()).unwrap();
         kept.write_atomic(&path).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap());
         let now = session_of(&m);

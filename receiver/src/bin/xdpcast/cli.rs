@@ -57,6 +57,11 @@ pub(crate) enum Cmd {
         #[arg(long, conflicts_with = "block_size",
               value_parser = clap::value_parser!(u32).range(MIN_MTU..=65535))]
         mtu: Option<u32>,
+        /// A URL of the image on a web server (repeatable), named in the
+        /// signed head as `send --http-url` does: receivers that verified
+        /// the head and were given no --http fetch from it (docs/http.md).
+        #[arg(long, value_name = "URL")]
+        http_url: Vec<String>,
     },
     /// Make an Ed25519 key pair for signed sessions: KEYFILE (secret, mode
     /// 0600) and KEYFILE.pub (give it to receivers' --trust).

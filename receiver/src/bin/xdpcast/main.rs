@@ -116,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session,
             block_size,
             mtu,
+            http_url,
         } => {
             let key = xdpcast::store::keys::load_signing(&sign)?;
             let block_size = block_size
@@ -131,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 xdpcast::send::publish::Offline {
                     session,
                     block_size,
+                    urls: http_url,
                 },
             )?;
             let out = out.unwrap_or_else(|| xdpcast::fetch::manifest_file::path_beside(&image));
