@@ -525,7 +525,12 @@ fn urls_named_by_the_signed_manifest_serve_a_receiver_given_none() {
         "{}",
         text(&out)
     );
-    assert!(s.http.state > 0 && s.http.http_bytes > 0, "{:?}", s.http);
+    assert!(
+        s.http.state > 0 && s.http.http_bytes > 0,
+        "{:?}\n{}",
+        s.http,
+        text(&out)
+    );
     assert!(s.http.multicast_bytes > 0, "{:?}", s.http);
     assert!(site.nginx.partial_replies() > 0);
     ok(

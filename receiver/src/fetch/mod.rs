@@ -209,10 +209,18 @@ impl Fetcher {
             || (self.usable() && much_missing_after_passes(&self.t, self.repair_share))
     }
 
-    /// Whether the source is usable: it has URLs and is not given up.
+    /// Whether the source is usable: it has URLs and is not given up. The
+    /// URLs a verified head names count from the moment it verified, not
+    /// only once the fetcher's jittered start has taken them up: a NACK
+    /// sent in between would start the repair round the policy skips.
     pub fn usable(&self) -> bool {
-        self.counters().has_urls.load(Ordering::Relaxed)
-            && self.counters().state() != HttpState::GaveUp
+        let c = self.counters();
+        c.state() != HttpState::GaveUp
+            && (c.has_urls.load(Ordering::Relaxed)
+                || self
+                    .t
+                    .head_payload()
+                    .is_some_and(|p| !manifest::head_urls(p).is_empty()))
     }
 
     /// The source's counters.
@@ -243,6 +251,9 @@ struct MirrorState {
     /// Manifest file requests it answered with 404 or 410 (the poll's
     /// backoff; no failure).
     misses: u32,
+    /// The manifest file is not asked for again before this (after a 404
+    /// or 410: the mirror still serves ranges meanwhile).
+    file_not_before: Instant,
 }
 
 /// One range request: units `[first, end)` of the image.
@@ -306,6 +317,7 @@ impl Work {
                     not_before: now,
                     failures: 0,
                     misses: 0,
+                    file_not_before: now,
                 })
                 .collect(),
             next_mirror: (rng.next_u64() % req.urls.len().max(1) as u64) as usize,
@@ -387,6 +399,7 @@ impl Work {
                 not_before: now,
                 failures: 0,
                 misses: 0,
+                file_not_before: now,
             })
             .collect();
         self.next_mirror = (self.rng.next_u64() % self.mirrors.len() as u64) as usize;
@@ -468,7 +481,7 @@ impl Work {
     /// backoff and this is no failure of the server: the sender writes the
     /// file before its first pass when it can, else when that pass ends.
     fn manifest_file(&mut self) -> Option<(usize, ManifestFile)> {
-        let i = self.pick_mirror()?;
+        let i = self.pick_mirror(|ms| ms.not_before.max(ms.file_not_before))?;
         let url = format!("{}{}", self.mirrors[i].mirror.url, manifest_file::SUFFIX);
         bump(&self.counters().requests);
         let e = match self.mirrors[i]
@@ -513,7 +526,7 @@ impl Work {
             self.rng.next_u64(),
         );
         ms.misses = ms.misses.saturating_add(1);
-        ms.not_before = Instant::now() + wait;
+        ms.file_not_before = Instant::now() + wait;
     }
 
     /// Decide, from the transfer's state, what to fetch; fetch it.
@@ -560,6 +573,16 @@ impl Work {
             self.pages_from_file(img);
         }
         let jobs = self.jobs(img);
+        if jobs.is_empty() && self.all && missing > 0 && !self.abandoned.is_empty() {
+            // Everything still missing failed its hash from every mirror:
+            // nothing is left to ask the web servers for, and while the
+            // source counts as usable the session would wait on it.
+            self.give_up(format!(
+                "every missing range failed its signed hash from every mirror ({} units left)",
+                self.abandoned.len()
+            ));
+            return;
+        }
         if jobs.is_empty() {
             self.counters()
                 .state
@@ -663,7 +686,10 @@ impl Work {
     }
 
     fn run_jobs(&mut self, img: &Arc<Image>, jobs: &[Job]) {
-        let picks: Vec<Option<usize>> = jobs.iter().map(|_| self.pick_mirror()).collect();
+        let picks: Vec<Option<usize>> = jobs
+            .iter()
+            .map(|_| self.pick_mirror(|ms| ms.not_before))
+            .collect();
         let g = img.geometry;
         let results: Vec<(Job, usize, Result<Vec<u8>, FetchError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
@@ -778,13 +804,13 @@ impl Work {
         });
     }
 
-    /// The next mirror not backing off, round robin.
-    fn pick_mirror(&mut self) -> Option<usize> {
+    /// The next mirror whose `ready` time has come, round robin.
+    fn pick_mirror(&mut self, ready: impl Fn(&MirrorState) -> Instant) -> Option<usize> {
         let now = Instant::now();
         let n = self.mirrors.len();
         for k in 0..n {
             let i = (self.next_mirror + k) % n;
-            if self.mirrors[i].not_before <= now {
+            if ready(&self.mirrors[i]) <= now {
                 self.next_mirror = (i + 1) % n;
                 return Some(i);
             }
@@ -828,15 +854,20 @@ impl Work {
         self.failures += 1;
         self.last_error = why;
         if self.failures >= self.req.max_failures && self.t.image().is_some() {
-            self.counters()
-                .state
-                .store(HttpState::GaveUp as u8, Ordering::Relaxed);
-            log::warn!(
-                "HTTP source given up after {} failed requests in a row (last: {}): back to multicast repair",
-                self.failures,
-                self.last_error
-            );
+            self.give_up(format!(
+                "{} failed requests in a row (last: {})",
+                self.failures, self.last_error
+            ));
         }
+    }
+
+    /// The source is given up (the session's NACKs resume, its timeouts
+    /// count again): one clear message.
+    fn give_up(&self, why: String) {
+        self.counters()
+            .state
+            .store(HttpState::GaveUp as u8, Ordering::Relaxed);
+        log::warn!("HTTP source given up after {why}: back to multicast repair");
     }
 }
 
