@@ -88,8 +88,11 @@ fn forged_zero_runs(h: &Heard) -> Vec<Vec<u8>> {
 
 /// A "too slow" verdict to every ephemeral port of `rx`, from the sender's
 /// repair address and port: unsigned, and in the signed form with a
-/// signature of the attacker's making.
-fn spray_verdicts(spoof: &Spoofer, h: &Heard, repair: SocketAddrV4, rx: Ipv4Addr) {
+/// signature of the attacker's making. Port `first` first: the receiver's
+/// back-channel port as the test sees it (an attacker who guessed right at
+/// once), so that the verdicts reach the receiver while it runs however
+/// slowly the rest of the spray goes.
+fn spray_verdicts(spoof: &Spoofer, h: &Heard, repair: SocketAddrV4, rx: Ipv4Addr, first: u16) {
     let c = ConfirmHeader {
         round: 0,
         group_size: h.control.fec_group.max(1),
@@ -97,7 +100,7 @@ fn spray_verdicts(spoof: &Spoofer, h: &Heard, repair: SocketAddrV4, rx: Ipv4Addr
         flags: wire::CONFIRM_TOO_SLOW,
     };
     let plain = wire::encode_confirm(h.session, &h.geometry, &c, &[]);
-    for port in EPHEMERAL {
+    for port in std::iter::once(first).chain(EPHEMERAL.filter(|&p| p != first)) {
         let mut proof = vec![0xA7; wire::VERDICT_LEN];
         proof[..2].copy_from_slice(&port.to_be_bytes());
         let signed = wire::encode_verdict(h.session, &h.geometry, &c, &proof);
@@ -141,15 +144,19 @@ impl Scene {
     }
 
     /// The attacker on host 2: once it hears an announce, it forges every
-    /// `period` until `stop`: [`multicast_forgeries`] from the sender's
-    /// address, "finished" reports from the receiver's address and name to
-    /// the repair address, and [`spray_verdicts`]: three sprays in a signed
-    /// session, one (a burst of forged packets) in an unsigned one.
-    /// Returns once it listens.
-    fn attack(&self, stop: Arc<AtomicBool>, signed: bool) -> std::thread::JoinHandle<u64> {
+    /// 50 ms until `stop` (at least once): [`multicast_forgeries`] from the
+    /// sender's address and "finished" reports from the receiver's address
+    /// and name to the repair address; beside that, from the start,
+    /// [`spray_verdicts`]: three sprays a second apart in a signed session,
+    /// one (a burst of forged packets) in an unsigned one. The sprays have
+    /// a thread of their own: 57,000 packets take seconds on a loaded
+    /// machine, and the forgeries do not wait for them. Returns once it
+    /// listens.
+    fn attack(&self, stop: Arc<AtomicBool>, signed: bool) -> std::thread::JoinHandle<()> {
         let hosts = &self.lan.hosts;
         let (tx_ip, rx_ip, me) = (v4(&hosts[0].addr), v4(&hosts[1].addr), v4(&hosts[2].addr));
         let iface = hosts[2].iface.clone();
+        let rx_ns = hosts[1].ns.name.clone();
         let (joined, listening) = std::sync::mpsc::channel();
         let t = spawn_in_netns(&hosts[2].ns, move || {
             let h = hear_announce(GROUP, &iface, || joined.send(()).unwrap());
@@ -168,6 +175,33 @@ impl Scene {
                 }
             }
             let sprays = if signed { 3 } else { 1 };
+            // A thread made here is in this one's namespace.
+            let sprayer = std::thread::spawn({
+                let stop = stop.clone();
+                move || {
+                    let spoof = Spoofer::new(me);
+                    // Bound once the receiver has taken the announce.
+                    let port = wait_for(Duration::from_secs(60), "a back-channel socket", || {
+                        if stop.load(Ordering::Relaxed) {
+                            return Some(None);
+                        }
+                        let ports = udp_ports(&rx_ns);
+                        ports.into_iter().find(|p| EPHEMERAL.contains(p)).map(Some)
+                    });
+                    let Some(port) = port else {
+                        return;
+                    };
+                    for n in 0..sprays {
+                        if n > 0 {
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        spray_verdicts(&spoof, &h, repair, rx_ip, port);
+                    }
+                }
+            });
             // The receiver's token is not known to the attacker.
             let finished = wire::encode_progress(
                 h.session,
@@ -182,21 +216,19 @@ impl Scene {
                     name: Report::name_field(NAME),
                 },
             );
-            let mut rounds = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            loop {
                 for p in &forged {
                     spoof.send(as_sender, group, p);
                 }
                 for _ in 0..4 {
                     spoof.send(as_receiver, repair, &finished);
                 }
-                if rounds % 20 == 0 && rounds / 20 < sprays {
-                    spray_verdicts(&spoof, &h, repair, rx_ip);
+                if stop.load(Ordering::Relaxed) {
+                    break;
                 }
-                rounds += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            rounds
+            sprayer.join().unwrap();
         });
         listening.recv().unwrap();
         t
@@ -221,13 +253,15 @@ impl Scene {
         tx: std::process::Child,
         rx: std::process::Child,
         stop: &AtomicBool,
-        attacker: std::thread::JoinHandle<u64>,
+        attacker: std::thread::JoinHandle<()>,
     ) -> xdpcast::Snapshot {
         let tx_out = wait_output(tx, Duration::from_secs(120), "sender");
         let rx_out = wait_output(rx, Duration::from_secs(60), "receiver");
         stop.store(true, Ordering::Relaxed);
-        let rounds = attacker.join().unwrap();
-        assert!(rounds > 5, "the attack ran: {rounds} rounds");
+        // That the forgeries reached the receiver during the session, its
+        // page's drop counters say (each test asserts them), not how many
+        // rounds the attacker managed (a matter of time).
+        attacker.join().unwrap();
         ok(&tx_out, "sender");
         ok(&rx_out, "receiver");
         assert_eq!(sha256_hex(&self.src), sha256_hex(&self.dst));

@@ -15,7 +15,16 @@ pub fn spawn_in_netns<T: Send + 'static>(
     ns: &Netns,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{}", ns.name);
+    spawn_in_named_netns(ns.name.clone(), f)
+}
+
+/// [`spawn_in_netns`] by the namespace's name (for a thread that does
+/// not hold the [`Netns`]).
+fn spawn_in_named_netns<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{name}");
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: setns on this thread only, with a namespace fd we own.
@@ -28,6 +37,22 @@ pub fn spawn_in_netns<T: Send + 'static>(
 /// Run `f` inside namespace `ns` and wait for it.
 pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
     spawn_in_netns(ns, f).join().unwrap()
+}
+
+/// The local ports of the UDP sockets in namespace `name` (IPv4).
+pub fn udp_ports(name: &str) -> Vec<u16> {
+    spawn_in_named_netns(name.to_owned(), || {
+        // This thread's namespace's table, not the process's.
+        let table = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1)?.split(':').nth(1))
+            .filter_map(|port| u16::from_str_radix(port, 16).ok())
+            .collect()
+    })
+    .join()
+    .unwrap()
 }
 
 /// Multicast `packets` to `group` from `ns` on `iface`, from address
