@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
@@ -342,26 +342,9 @@ fn udp_sender_to_xdpcast(ctx: &Ctx, net: &VethPair, target: &Target) -> Result<D
     )?;
     let image = ctx.image.to_string_lossy();
     let t0 = now_ns();
-    let tx = start_sender(
-        ctx,
-        net,
-        &[
-            "udp-sender",
-            "--file",
-            &image,
-            "--interface",
-            &net.if_a,
-            "--portbase",
-            UDPCAST_PORTBASE,
-            "--mcast-data-address",
-            UDPCAST_DATA,
-            "--min-receivers",
-            "1",
-            "--nokbd",
-            "--nopointopoint",
-        ],
-        "tx-e2e.log",
-    )?;
+    let mut argv = udp_sender_argv(&image, net);
+    argv.push("--nopointopoint");
+    let tx = start_sender(ctx, net, &argv, "tx-e2e.log")?;
     finish_xdpcast(ctx, rx, tx, t0)
 }
 
@@ -371,44 +354,16 @@ fn udpcast(ctx: &Ctx, net: &VethPair, target: &Target) -> Result<Deployment> {
     let mut rx = spawn_udp_receiver(ctx, net, &out, "rx-e2e-udpcast.log")?;
     let image = ctx.image.to_string_lossy();
     let t0 = now_ns();
-    let mut tx = start_sender(
-        ctx,
-        net,
-        &[
-            "udp-sender",
-            "--file",
-            &image,
-            "--interface",
-            &net.if_a,
-            "--portbase",
-            UDPCAST_PORTBASE,
-            "--mcast-rdv-address",
-            UDPCAST_RDV,
-            "--mcast-data-address",
-            UDPCAST_DATA,
-            "--min-receivers",
-            "1",
-            "--nokbd",
-        ],
-        "tx-e2e.log",
-    )?;
-    let deadline = Instant::now() + ctx.timeout;
+    let mut argv = udp_sender_argv(&image, net);
+    argv.extend(["--mcast-rdv-address", UDPCAST_RDV]);
+    let mut tx = start_sender(ctx, net, &argv, "tx-e2e.log")?;
     let mut first = None;
-    let exit = loop {
-        check_interrupt()?;
+    let exit = until_exit(&mut rx, ctx.timeout, "image", || {
         if first.is_none() && file_len(&target.path) > 0 {
             first = Some(now_ns());
         }
-        if let Some(e) = rx.poll() {
-            break e;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no image within {:?}",
-            ctx.timeout
-        );
-        std::thread::sleep(POLL);
-    };
+        Ok(())
+    })?;
     ensure!(
         exit.success(),
         "udp-receiver failed ({}): {}",

@@ -535,6 +535,47 @@ pub(crate) fn follow(
     }
 }
 
+/// Poll `child` every [`POLL`] until it exits: its exit. `each` runs
+/// before every look (what the caller samples meanwhile); after `timeout`,
+/// an error "no {what} within {timeout:?}".
+pub(crate) fn until_exit(
+    child: &mut Proc,
+    timeout: Duration,
+    what: &str,
+    mut each: impl FnMut() -> Result<()>,
+) -> Result<Exit> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_interrupt()?;
+        each()?;
+        if let Some(e) = child.poll() {
+            return Ok(e);
+        }
+        ensure!(Instant::now() < deadline, "no {what} within {timeout:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// udpcast's `udp-sender` of `image` on `net`'s sending side, to the
+/// data address [`UDPCAST_DATA`], waiting for one receiver; the caller
+/// adds how the receiver finds it.
+pub(crate) fn udp_sender_argv<'a>(image: &'a str, net: &'a VethPair) -> Vec<&'a str> {
+    vec![
+        "udp-sender",
+        "--file",
+        image,
+        "--interface",
+        &net.if_a,
+        "--portbase",
+        UDPCAST_PORTBASE,
+        "--mcast-data-address",
+        UDPCAST_DATA,
+        "--min-receivers",
+        "1",
+        "--nokbd",
+    ]
+}
+
 pub(crate) fn taken(s: &Snapshot) -> u64 {
     s.workers.iter().map(|w| w.packets).sum()
 }

@@ -362,9 +362,8 @@ pub(super) fn run_xdpcast(
     let (mut read_bytes, mut read_bytes_total) = (None, None);
     let mut dev_read_now = None;
     let mut written_half = None;
-    let deadline = Instant::now() + ctx.timeout;
-    let exit = loop {
-        check_interrupt()?;
+    let pid = rx.pid;
+    let exit = until_exit(&mut rx, ctx.timeout, "verified image", || {
         let s = reader.read()?;
         if first.is_none() && (s.blocks_done > 0 || file_len(out) > 0) {
             first = Some(now_ns());
@@ -381,23 +380,15 @@ pub(super) fn run_xdpcast(
         }
         // Reads until the last block is in: the receiver's own SHA-256
         // check reads the whole target back afterwards.
-        read_bytes_total = proc_read_bytes(rx.pid).or(read_bytes_total);
+        read_bytes_total = proc_read_bytes(pid).or(read_bytes_total);
         if s.block_count == 0 || s.blocks_done < s.block_count {
             read_bytes = read_bytes_total;
             if let Some(stat) = &target.dev_stat {
                 dev_read_now = Some(dev_sectors(stat)?.0);
             }
         }
-        if let Some(e) = rx.poll() {
-            break e;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no verified image within {:?}",
-            ctx.timeout
-        );
-        std::thread::sleep(POLL);
-    };
+        Ok(())
+    })?;
     let tx_exit = tx.stop();
     let softirq_s = softirq_s()? - soft0;
     let s = reader.read()?;
@@ -492,22 +483,8 @@ pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
     let mut rx = spawn_udp_receiver(ctx, net, &outs, "rx-udpcast.log")?;
     let soft0 = softirq_s()?;
     let rate = ctx.rate_mbps.map(|m| format!("{m}m"));
-    let mut argv = vec![
-        "udp-sender",
-        "--file",
-        ctx.image.to_str().context("path")?,
-        "--interface",
-        &net.if_a,
-        "--portbase",
-        UDPCAST_PORTBASE,
-        "--mcast-rdv-address",
-        UDPCAST_RDV,
-        "--mcast-data-address",
-        UDPCAST_DATA,
-        "--min-receivers",
-        "1",
-        "--nokbd",
-    ];
+    let mut argv = udp_sender_argv(ctx.image.to_str().context("path")?, net);
+    argv.extend(["--mcast-rdv-address", UDPCAST_RDV]);
     if let Some(r) = &rate {
         argv.extend(["--max-bitrate", r]);
     }
@@ -520,9 +497,7 @@ pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
     )?;
     let tx_start = now_ns();
     let (mut first, mut full) = (None, None);
-    let deadline = Instant::now() + ctx.timeout;
-    let exit = loop {
-        check_interrupt()?;
+    let exit = until_exit(&mut rx, ctx.timeout, "image", || {
         let len = file_len(&out);
         if first.is_none() && len > 0 {
             first = Some(now_ns());
@@ -530,16 +505,8 @@ pub(super) fn run_udpcast(ctx: &Ctx, net: &VethPair) -> Result<Metrics> {
         if full.is_none() && len >= ctx.size {
             full = Some(now_ns());
         }
-        if let Some(e) = rx.poll() {
-            break e;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no image within {:?}",
-            ctx.timeout
-        );
-        std::thread::sleep(POLL);
-    };
+        Ok(())
+    })?;
     ensure!(
         exit.success(),
         "udp-receiver failed ({}): {}",
