@@ -10,7 +10,7 @@
 //!   round's plan out, within the repair budget;
 //! - [`fleet`]: the sender's table of its receivers, from their reports.
 //!
-//! The real binaries drive them from their sockets (`api/session.rs`,
+//! The real binaries drive them from their sockets (`api/session/`,
 //! `receive/transfer.rs`, `send/repair.rs`, `send/sender.rs`); `cargo
 //! xtask fleet-sim` drives one sender and a thousand receivers in virtual
 //! time (docs/reliability.md). Time is a [`std::time::Instant`] handed in

@@ -28,7 +28,7 @@ use super::net::{Channel, Loss, Rng};
 /// Block size of the simulated image.
 pub const BLOCK: u32 = 1400;
 /// Most missing ranges and parity entries a receiver asks for a round
-/// (as `api/session.rs`).
+/// (as `api/session/repair.rs`).
 const MAX_ENTRIES: usize = 64 * wire::MAX_NACK_RANGES;
 /// The receivers' look at their requester (the control thread's tick).
 const TICK: Duration = Duration::from_millis(50);

@@ -185,7 +185,7 @@ impl Transfer {
                     ..
                 } => {
                     // A "too slow" verdict is unicast to one receiver and
-                    // taken only from the sender's address (session.rs).
+                    // taken only from the sender's address (api/session/repair.rs).
                     if flags & wire::CONFIRM_TOO_SLOW != 0 {
                         return Err(DropReason::BadControl);
                     }
