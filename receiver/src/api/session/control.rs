@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::repair::{take_verdict, Repairer, Reporter};
+use super::repair::{failure_at_end, Repairer, Reporter};
 use super::{Callbacks, Shared, TICK};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::{Fetcher, HttpCounters};
@@ -167,11 +167,7 @@ impl Control {
                     }
                     // The sender's "too slow" comes just before its final
                     // end: that, not `incomplete`, is why blocks are missing.
-                    take_verdict(&t, &self.repair.link, true);
-                    if let Some(e) = t.failure() {
-                        return Err(e);
-                    }
-                    return Err(Error::new(
+                    let incomplete = Error::new(
                         ErrorCode::Incomplete,
                         match t.signed() {
                             Some(sg) if missing == 0 => format!(
@@ -182,7 +178,8 @@ impl Control {
                                 "{missing} blocks still missing after the sender's last pass"
                             ),
                         },
-                    ));
+                    );
+                    return Err(failure_at_end(&t, &self.repair.link, incomplete));
                 }
             }
             if last_packets == 0 && meter.start.elapsed() >= self.start_timeout {
@@ -205,14 +202,11 @@ impl Control {
                 }
                 // A verdict not yet repeated explains the silence: the
                 // sender stopped serving this receiver.
-                take_verdict(&t, &self.repair.link, true);
-                if let Some(e) = t.failure() {
-                    return Err(e);
-                }
-                return Err(Error::new(
+                let gone = Error::new(
                     ErrorCode::SenderGone,
                     format!("no packet from the sender for {:?}", self.idle_timeout),
-                ));
+                );
+                return Err(failure_at_end(&t, &self.repair.link, gone));
             }
         }
     }

@@ -187,7 +187,7 @@ impl Drop for Reporter {
 /// key for this receiver (its port and name); in an unsigned one when it
 /// has kept coming for [`VERDICT_SPAN`], or, `at_end` (the session fails
 /// anyway), when one came at all.
-pub(super) fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
+fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
     let (Some((sock, to)), Some(img)) = (link.sock.get(), t.image()) else {
         return;
     };
@@ -258,6 +258,15 @@ pub(super) fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
             format!("the sender says this receiver is too far behind the others (send --max-behind; verdict {how})"),
         ));
     }
+}
+
+/// Why a session that ends for `otherwise`'s reason (its sender's last
+/// pass or its silence, with blocks missing) failed: the sender's "too
+/// slow" verdict if one came ([`take_verdict`] at the end), or a failure
+/// recorded already, else `otherwise`.
+pub(super) fn failure_at_end(t: &Transfer, link: &Link, otherwise: Error) -> Error {
+    take_verdict(t, link, true);
+    t.failure().unwrap_or(otherwise)
 }
 
 /// Asks for repair: the repair core's [`Requester`] says when (a random
