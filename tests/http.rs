@@ -282,6 +282,23 @@ fn receiver(host: &Host, dir: &Path, name: &str, args: &[&str]) -> Child {
     start_receiver(xdpcast(&host.ns), dir, name, GROUP, &all)
 }
 
+/// A receiver's arguments on the XDP path trusting `key` (its public
+/// half): `loss` parts per million of what it hears dropped
+/// (`--inject-loss`), `url` its web server (`--http`), then `more`.
+fn xdp_receiver_args<'a>(
+    loss: Option<&'a str>,
+    key: &'a str,
+    url: Option<&'a str>,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--mode", "xdp"];
+    args.extend(loss.iter().flat_map(|ppm| ["--inject-loss", ppm]));
+    args.extend(["--trust", key]);
+    args.extend(url.iter().flat_map(|u| ["--http", u]));
+    args.extend_from_slice(more);
+    args
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -343,25 +360,10 @@ fn a_receiver_that_hears_no_multicast_finishes_from_nginx() {
         dir.join("src.img.xdpcast-manifest").exists().then_some(())
     });
     let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
-    let rx = receiver(
-        rx_host,
-        &dir.0,
-        "deaf",
-        &[
-            "--mode",
-            "xdp",
-            "--inject-loss",
-            "1000000",
-            "--trust",
-            &pub_of(key),
-            "--http",
-            &url,
-            "--http-after",
-            "1",
-            "--http-jitter-ms",
-            "200",
-        ],
-    );
+    let key_pub = pub_of(key);
+    let more = ["--http-after", "1", "--http-jitter-ms", "200"];
+    let args = xdp_receiver_args(Some("1000000"), &key_pub, Some(&url), &more);
+    let rx = receiver(rx_host, &dir.0, "deaf", &args);
     let out = wait_output(rx, Duration::from_secs(120), "deaf receiver");
     let s = assert_verified(&dir.0, "deaf", &out, &sha256_hex(src));
     assert!(
@@ -409,15 +411,7 @@ fn deaf_receivers_finish_from_nginx_with_a_one_pass_sender() {
     let key_pub = pub_of(key);
     // Two failures in a row would end a source that is refused; a file
     // not there yet is no failure.
-    let deaf = [
-        "--mode",
-        "xdp",
-        "--inject-loss",
-        "1000000",
-        "--trust",
-        &key_pub,
-        "--http",
-        &url,
+    let more = [
         "--http-after",
         "1",
         "--http-jitter-ms",
@@ -427,6 +421,7 @@ fn deaf_receivers_finish_from_nginx_with_a_one_pass_sender() {
         "--start-timeout",
         "120",
     ];
+    let deaf = xdp_receiver_args(Some("1000000"), &key_pub, Some(&url), &more);
     let want = sha256_hex(src);
     let rx = receiver(rx_host, &dir.0, "first", &deaf);
     wait_for(
@@ -498,14 +493,7 @@ fn urls_named_by_the_signed_manifest_serve_a_receiver_given_none() {
     let (tx_host, rx_host) = (&lan.hosts[0], &lan.hosts[1]);
     let url = format!("http://{}:{PORT}/src.img", tx_host.addr);
     let key_pub = pub_of(key);
-    let lossy = [
-        "--mode",
-        "xdp",
-        "--inject-loss",
-        "300000",
-        "--trust",
-        &key_pub,
-    ];
+    let lossy = xdp_receiver_args(Some("300000"), &key_pub, None, &[]);
     let rx = receiver(rx_host, &dir.0, "named", &lossy);
     let status = TempDir::new("xdpc-http-named-tx");
     let tx = site.send(
@@ -594,18 +582,12 @@ fn a_late_joiner_takes_what_went_by_from_nginx() {
         rx_host,
         &dir.0,
         "late",
-        &[
-            "--mode",
-            "xdp",
-            "--trust",
+        &xdp_receiver_args(
+            None,
             &pub_of(key),
-            "--http",
-            &url,
-            "--http-after",
-            "30",
-            "--http-jitter-ms",
-            "100",
-        ],
+            Some(&url),
+            &["--http-after", "30", "--http-jitter-ms", "100"],
+        ),
     );
     let out = wait_output(rx, Duration::from_secs(120), "late receiver");
     let s = assert_verified(&dir.0, "late", &out, &sha256_hex(src));
@@ -641,20 +623,12 @@ fn a_fleet_whose_sender_dies_finishes_from_nginx() {
                 host,
                 &dir.0,
                 name,
-                &[
-                    "--mode",
-                    "xdp",
-                    "--inject-loss",
-                    "50000",
-                    "--trust",
+                &xdp_receiver_args(
+                    Some("50000"),
                     &pub_of(key),
-                    "--http",
-                    &url,
-                    "--http-after",
-                    "2",
-                    "--http-repair-percent",
-                    "100",
-                ],
+                    Some(&url),
+                    &["--http-after", "2", "--http-repair-percent", "100"],
+                ),
             )
         })
         .collect();
@@ -796,26 +770,23 @@ fn a_web_server_gone_mid_way_leaves_the_rest_to_nack_repair() {
         rx_host,
         &dir.0,
         "rx",
-        &[
-            "--mode",
-            "xdp",
-            "--inject-loss",
-            "300000",
-            "--trust",
+        &xdp_receiver_args(
+            Some("300000"),
             &pub_of(key),
-            "--http",
-            &url,
-            "--http-repair-percent",
-            "1",
-            "--http-parallel",
-            "1",
-            "--http-range-kib",
-            "64",
-            "--http-jitter-ms",
-            "0",
-            "--http-max-failures",
-            "2",
-        ],
+            Some(&url),
+            &[
+                "--http-repair-percent",
+                "1",
+                "--http-parallel",
+                "1",
+                "--http-range-kib",
+                "64",
+                "--http-jitter-ms",
+                "0",
+                "--http-max-failures",
+                "2",
+            ],
+        ),
     );
     let tx = start_sender(
         &tx_host.ns,
@@ -1039,16 +1010,7 @@ fn bench_fleet_with_deaf_receivers() {
     let rxs: Vec<(String, Child)> = (0..n)
         .map(|i| {
             let name = format!("rx{i:02}");
-            let mut args = vec![
-                "--mode",
-                "xdp",
-                "--trust",
-                &key_pub,
-                "--http",
-                &url,
-                "--http-after",
-                "5",
-            ];
+            let mut args = xdp_receiver_args(None, &key_pub, Some(&url), &["--http-after", "5"]);
             if i < deaf {
                 // Deaf: the manifest file comes when the sender's first
                 // pass ends (a fresh image), so they wait that long.
