@@ -147,12 +147,7 @@ fn fec_rebuilds_blocks_without_a_back_channel() {
             "--no-repair",
         ],
     );
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    let out = wait_output(rx, Duration::from_secs(60), "receiver");
-    ok(&out, "receiver");
+    both_ok(tx, rx, Duration::from_secs(120));
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "fec");
     assert_eq!(s.state, State::Success);

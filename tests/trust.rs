@@ -79,12 +79,7 @@ fn signed_transfer_with_loss_succeeds_without_read_back() {
             key.to_str().unwrap(),
         ],
     );
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    let out = wait_output(rx, Duration::from_secs(60), "receiver");
-    ok(&out, "receiver");
+    let out = both_ok(tx, rx, Duration::from_secs(120));
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "trust");
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
@@ -141,14 +136,7 @@ fn forged_senders_starting_first_are_never_written() {
         &src,
         &["--rate", "1G", "--sign", key.to_str().unwrap()],
     );
-    ok(
-        &wait_output(tx, Duration::from_secs(60), "sender"),
-        "sender",
-    );
-    ok(
-        &wait_output(rx, Duration::from_secs(60), "receiver"),
-        "receiver",
-    );
+    both_ok(tx, rx, Duration::from_secs(60));
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
 }
 
@@ -275,12 +263,7 @@ fn forgeries_with_the_real_session_id_are_counted_not_fatal() {
         Some(other),
         forgeries(session, g, &attacker),
     );
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    let out = wait_output(rx, Duration::from_secs(60), "receiver");
-    ok(&out, "receiver");
+    both_ok(tx, rx, Duration::from_secs(120));
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "trust");
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
@@ -435,14 +418,7 @@ fn source_filter_ignores_a_forged_sender_that_starts_first() {
     );
     assert!(!dst.exists());
     let tx = start_sender(&net.a, &net.if_a, GROUP, &src, &["--rate", "1G"]);
-    ok(
-        &wait_output(tx, Duration::from_secs(60), "sender"),
-        "sender",
-    );
-    ok(
-        &wait_output(rx, Duration::from_secs(60), "receiver"),
-        "receiver",
-    );
+    both_ok(tx, rx, Duration::from_secs(60));
     assert_eq!(sha256_hex(&src), sha256_hex(&dst));
     let s = read_page(&dir.0, "trust");
     assert!(
@@ -474,14 +450,7 @@ fn forged_blocks_never_leave_on_a_signed_stream() {
         got
     });
     let tx = send_forged(&net, &dir, &src, &key, 0x5158);
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    ok(
-        &wait_output(rx, Duration::from_secs(60), "receiver"),
-        "receiver",
-    );
+    both_ok(tx, rx, Duration::from_secs(120));
     let got = reader.join().unwrap();
     assert_eq!(got.len(), 8 * MIB);
     assert!(
@@ -522,12 +491,7 @@ fn signed_onto_old_disk(
     );
     let before = disk.sectors_read();
     let tx = send(&net, &dir, &src, &key);
-    ok(
-        &wait_output(tx, Duration::from_secs(120), "sender"),
-        "sender",
-    );
-    let out = wait_output(rx, Duration::from_secs(60), "receiver");
-    ok(&out, "receiver");
+    let out = both_ok(tx, rx, Duration::from_secs(120));
     let s = read_page(&dir.0, "trust");
     assert_eq!(
         disk.sectors_read(),

@@ -203,6 +203,15 @@ pub fn ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Wait for the sender (up to `tx_limit`), then the receiver (up to a
+/// minute): both succeeded. The receiver's output.
+pub fn both_ok(tx: Child, rx: Child, tx_limit: Duration) -> Output {
+    ok(&wait_output(tx, tx_limit, "sender"), "sender");
+    let out = wait_output(rx, Duration::from_secs(60), "receiver");
+    ok(&out, "receiver");
+    out
+}
+
 /// Kill `child` and everything it started (see [`spawn`]): a shell
 /// pipeline's members hold the output pipes open, so killing the shell
 /// alone would leave the reader of its output waiting.
