@@ -52,6 +52,39 @@ impl RxState {
     }
 }
 
+/// Where a receiver's bytes came from, by its reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    /// Multicast only.
+    Multicast,
+    /// A web server only (`receive --http`): it hears no multicast.
+    Http,
+    /// Both.
+    Both,
+}
+
+impl Via {
+    /// From a report's flags.
+    fn of(flags: u8) -> Via {
+        if flags & wire::REPORT_HTTP == 0 {
+            Via::Multicast
+        } else if flags & wire::REPORT_HTTP_ONLY != 0 {
+            Via::Http
+        } else {
+            Via::Both
+        }
+    }
+
+    /// Its name in the receiver table's VIA column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Multicast => "multicast",
+            Via::Http => "http",
+            Via::Both => "multicast+http",
+        }
+    }
+}
+
 /// One receiver.
 #[derive(Debug, Clone)]
 pub struct RxInfo {
@@ -67,8 +100,8 @@ pub struct RxInfo {
     pub blocks_done: u64,
     /// NACK and parity request packets it says it sent.
     pub requests: u32,
-    /// It said some of its bytes came from a web server (`receive --http`).
-    pub http: bool,
+    /// Where its bytes came from (`receive --http`: a web server).
+    pub via: Via,
     /// When its last report arrived.
     pub last_seen: Instant,
     /// When it last reported more blocks than before.
@@ -90,6 +123,13 @@ pub struct FleetCounts {
     pub vanished: u64,
     /// Sum of the blocks written by receivers still receiving.
     pub blocks_receiving: u64,
+    /// Receivers that hear the multicast (not "HTTP only"), still
+    /// receiving or finished.
+    pub hearing: u64,
+    /// Of those, receivers still receiving that lack at least
+    /// [`wire::LACKING_MUCH`] of the image: whom a repair round would serve
+    /// much (the hint of the sender's end packets, [`wire::fleet_flags`]).
+    pub lacking: u64,
 }
 
 /// Every receiver that reported.
@@ -97,15 +137,19 @@ pub struct FleetCounts {
 pub struct Fleet {
     rows: Vec<RxInfo>,
     vanish_after: Duration,
+    /// Blocks of the image: a receiver reporting fewer than this less
+    /// [`wire::LACKING_MUCH`] of it lacks much.
+    much_below: u64,
 }
 
 impl Fleet {
-    /// An empty fleet; a receiver silent for `vanish_after` before it
-    /// finished is marked vanished.
-    pub fn new(vanish_after: Duration) -> Fleet {
+    /// An empty fleet for an image of `block_count` blocks; a receiver
+    /// silent for `vanish_after` before it finished is marked vanished.
+    pub fn new(vanish_after: Duration, block_count: u64) -> Fleet {
         Fleet {
             rows: Vec::new(),
             vanish_after,
+            much_below: block_count - (wire::LACKING_MUCH * block_count as f64).ceil() as u64,
         }
     }
 
@@ -143,7 +187,7 @@ impl Fleet {
             state,
             blocks_done: r.blocks_done,
             requests: r.requests,
-            http: r.flags & wire::REPORT_HTTP != 0,
+            via: Via::of(r.flags),
             last_seen: now,
             last_progress: now,
         };
@@ -167,7 +211,9 @@ impl Fleet {
                 };
                 *old = RxInfo {
                     last_progress,
-                    http: row.http || old.http,
+                    // Bytes once from a web server stay counted; one that
+                    // heard only HTTP and then multicast took both.
+                    via: row.via.max(old.via),
                     ..row
                 };
             }
@@ -225,12 +271,18 @@ impl Fleet {
             ..FleetCounts::default()
         };
         for r in &self.rows {
+            let hears = r.via != Via::Http;
             match r.state {
                 RxState::Receiving => {
                     c.receiving += 1;
                     c.blocks_receiving += r.blocks_done;
+                    c.hearing += u64::from(hears);
+                    c.lacking += u64::from(hears && r.blocks_done <= self.much_below);
                 }
-                RxState::Finished => c.finished += 1,
+                RxState::Finished => {
+                    c.finished += 1;
+                    c.hearing += u64::from(hears);
+                }
                 RxState::Failed(_) => c.failed += 1,
                 RxState::Vanished => c.vanished += 1,
             }
@@ -250,7 +302,7 @@ mod tests {
 
     fn report(state: u8, error: u8, name: &str) -> Report {
         Report {
-            blocks_done: 10,
+            blocks_done: 100,
             requests: 1,
             state,
             error,
@@ -261,7 +313,7 @@ mod tests {
 
     #[test]
     fn tracks_states_and_vanishing() {
-        let mut f = Fleet::new(Duration::from_secs(2));
+        let mut f = Fleet::new(Duration::from_secs(2), 100);
         let t0 = Instant::now();
         let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:4000".parse().unwrap();
@@ -293,7 +345,7 @@ mod tests {
 
     #[test]
     fn reports_forged_in_a_receivers_name_without_its_token_change_nothing_of_it() {
-        let mut f = Fleet::new(Duration::from_secs(60));
+        let mut f = Fleet::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
         let a: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         f.report(a, 77, &report(1, 0, "a"), t0);
@@ -318,5 +370,56 @@ mod tests {
         // receiving; the genuine row's own reports still move it.
         f.report(a, 77, &report(2, 0, "a"), t0 + Duration::from_secs(1));
         assert_eq!(f.get(a, 77).unwrap().state, RxState::Finished);
+    }
+
+    #[test]
+    fn counts_whom_a_repair_round_would_serve_much() {
+        let mut f = Fleet::new(Duration::from_secs(60), 1000);
+        let t0 = Instant::now();
+        let rx = |i: u8| SocketAddr::from(([10, 0, 0, i], 4000));
+        let at = |blocks_done, flags| Report {
+            blocks_done,
+            flags,
+            ..report(1, 0, "r")
+        };
+        // Lacking 5 % and more, lacking less, finished, failed.
+        f.report(rx(1), 1, &at(950, 0), t0);
+        f.report(rx(2), 2, &at(951, 0), t0);
+        f.report(rx(3), 3, &at(0, 0), t0);
+        f.report(
+            rx(4),
+            4,
+            &Report {
+                state: 2,
+                ..at(1000, 0)
+            },
+            t0,
+        );
+        f.report(
+            rx(5),
+            5,
+            &Report {
+                state: 3,
+                ..at(10, 0)
+            },
+            t0,
+        );
+        // Deaf: everything over HTTP, lacking much but no multicast
+        // repair serves it.
+        let deaf = wire::REPORT_HTTP | wire::REPORT_HTTP_ONLY;
+        f.report(rx(6), 6, &at(100, deaf), t0);
+        // Some bytes from the web server, lacking much: it hears the group.
+        f.report(rx(7), 7, &at(500, wire::REPORT_HTTP), t0);
+        let c = f.counts();
+        assert_eq!((c.hearing, c.lacking), (5, 3), "{c:?}");
+        let via: Vec<&str> = f.rows().iter().map(|r| r.via.name()).collect();
+        assert_eq!(via[5..], ["http", "multicast+http"]);
+        // A deaf receiver that then hears multicast took both; a receiver
+        // that took both stays so.
+        f.report(rx(6), 6, &at(200, wire::REPORT_HTTP), t0);
+        f.report(rx(7), 7, &at(600, deaf), t0);
+        assert_eq!(f.get(rx(6), 6).unwrap().via, Via::Both);
+        assert_eq!(f.get(rx(7), 7).unwrap().via, Via::Both);
+        assert_eq!(f.counts().lacking, 4);
     }
 }

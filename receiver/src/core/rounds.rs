@@ -228,7 +228,7 @@ impl Rounds {
     /// No request yet, no receiver known.
     pub fn new(policy: Policy) -> Rounds {
         Rounds {
-            fleet: Fleet::new(policy.vanish_after),
+            fleet: Fleet::new(policy.vanish_after, policy.geometry.block_count),
             policy,
             ranges: Vec::new(),
             merge_at: MERGE_AT,

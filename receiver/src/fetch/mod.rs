@@ -17,8 +17,9 @@
 //!   and whatever it brings is not fetched);
 //! - a late joiner (the first block multicast brought lies more than a
 //!   chunk into the image): what went by, while multicast brings the rest;
-//! - after the sender's passes, when at least `repair_share` of the image
-//!   is still missing, or when the sender fell silent for `after`, or when
+//! - after the sender's passes, when at least `repair.share` of the image
+//!   is still missing and few of the sender's receivers lack much (its end
+//!   packets say how many, [`HttpRepair`]), or when the sender fell silent for `after`, or when
 //!   the control thread says so ([`Fetcher::take_over`]: the last pass
 //!   ended with blocks missing, the sender is gone): everything missing.
 //!
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 
+use crate::core::fallback::HttpRepair;
 use crate::proto::manifest::{self, Manifest};
 use crate::proto::wire::{self, DropReason, Kind, FLAG_REPAIR};
 use crate::receive::request::HttpRequest;
@@ -138,16 +140,17 @@ fn passes_over(t: &Transfer) -> bool {
         .is_some_and(|c| t.passes_seen() >= u64::from(c.passes))
 }
 
-/// Whether the passes are over with at least `share` of the image (and
-/// at least one block) missing: the policy's case for the web server
-/// instead of NACK rounds.
-fn much_missing_after_passes(t: &Transfer, share: f64) -> bool {
+/// Whether the passes are over and the web server should bring what is
+/// missing rather than NACK rounds: this receiver lacks much, and few of
+/// the sender's receivers do, as its last end says ([`HttpRepair`]).
+fn much_missing_after_passes(t: &Transfer, repair: &HttpRepair) -> bool {
     let Some(img) = t.image() else {
         return false;
     };
     let g = img.geometry;
     let missing = g.block_count.saturating_sub(t.blocks_done());
-    passes_over(t) && missing > 0 && missing as f64 >= share * g.block_count as f64
+    let lacking = t.last_control().and_then(|c| c.lacking());
+    passes_over(t) && repair.prefers_http(missing, g.block_count, lacking)
 }
 
 struct Shared {
@@ -160,7 +163,7 @@ struct Shared {
 pub struct Fetcher {
     shared: Arc<Shared>,
     t: Arc<Transfer>,
-    repair_share: f64,
+    repair: HttpRepair,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -178,7 +181,7 @@ impl Fetcher {
             take_over: AtomicBool::new(false),
             counters: Arc::default(),
         });
-        let (s, t2, repair_share) = (shared.clone(), t.clone(), req.repair_share);
+        let (s, t2, repair) = (shared.clone(), t.clone(), req.repair);
         let handle = std::thread::Builder::new()
             .name("xdpcast-http".into())
             .spawn(move || {
@@ -188,7 +191,7 @@ impl Fetcher {
         Ok(Fetcher {
             shared,
             t: t2,
-            repair_share,
+            repair,
             handle: Some(handle),
         })
     }
@@ -206,7 +209,7 @@ impl Fetcher {
     /// before then would start the repair round the policy skips.
     pub fn fetching(&self) -> bool {
         self.counters().state() == HttpState::Active
-            || (self.usable() && much_missing_after_passes(&self.t, self.repair_share))
+            || (self.usable() && much_missing_after_passes(&self.t, &self.repair))
     }
 
     /// Whether the source is usable: it has URLs and is not given up. The
@@ -545,8 +548,8 @@ impl Work {
             Some("the sender's passes ended with blocks missing, or the sender is gone")
         } else if now.duration_since(self.multicast.1) >= self.req.after {
             Some("multicast silent")
-        } else if much_missing_after_passes(&self.t, self.req.repair_share) {
-            Some("much missing after the sender's passes")
+        } else if much_missing_after_passes(&self.t, &self.req.repair) {
+            Some("much missing after the sender's passes, and few of its receivers lack much")
         } else if passes_over
             && self
                 .t

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::core::fallback::HttpRepair;
 use crate::cpu;
 use crate::error::Result;
 use crate::net::rings::XskConfig;
@@ -107,9 +108,10 @@ pub struct HttpRequest {
     /// Longest random delay before the first request (a fleet falling back
     /// together spreads over it).
     pub jitter: Duration,
-    /// After the sender's passes, a receiver still missing at least this
-    /// share of the image (0..1) fetches it over HTTP instead of NACKing.
-    pub repair_share: f64,
+    /// After the sender's passes: how much this receiver must lack, and how
+    /// few of the sender's receivers may lack much, for it to fetch over
+    /// HTTP instead of NACKing.
+    pub repair: HttpRepair,
     /// Deadline of each whole request (slow servers end there).
     pub timeout: Duration,
     /// Bytes per range request (rounded to whole chunks).
@@ -130,7 +132,10 @@ impl HttpRequest {
             after: Duration::from_secs(10),
             parallel: 2,
             jitter: Duration::from_secs(2),
-            repair_share: 0.05,
+            repair: HttpRepair {
+                share: 0.05,
+                few: 0.25,
+            },
             timeout: Duration::from_secs(60),
             range_bytes: 8 << 20,
             max_failures: 8,

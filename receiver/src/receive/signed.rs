@@ -27,7 +27,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use ed25519_dalek::VerifyingKey;
 
 use crate::proto::manifest::{chunk_hash, Manifest, HASH_LEN, LEAVES_PER_PAGE};
-use crate::proto::wire::{Control, DropReason, DIGEST_LEN, FLAG_FINAL};
+use crate::proto::wire::{Control, DropReason, DIGEST_LEN, FLAG_FINAL, FLAG_FLEET, LACKING_SHIFT};
 use crate::receive::bitmap::BlockBitmap;
 use crate::receive::checks;
 use crate::store::target::Target;
@@ -162,15 +162,21 @@ impl Signed {
     }
 
     /// The control block the rest of the receiver acts on (repair
-    /// address, passes, FEC), taken from the manifest; `pass` and the
-    /// FINAL bit of `flags` come from a verified signed end.
+    /// address, passes, FEC), taken from the manifest; `pass`, the FINAL
+    /// bit and the count of receivers lacking much of `flags` come from a
+    /// verified signed end.
     pub fn control(&self, pass: u32, flags: u32) -> Control {
         let m = &self.manifest;
+        let fleet = if flags & FLAG_FLEET != 0 {
+            flags & (FLAG_FLEET | 0xffff << LACKING_SHIFT)
+        } else {
+            0
+        };
         Control {
             digest: self.digest().unwrap_or_default(),
             pass,
             passes: m.passes,
-            flags: m.flags | (flags & FLAG_FINAL),
+            flags: m.flags | (flags & FLAG_FINAL) | fleet,
             repair_port: m.repair_port,
             fec_repair: m.fec_repair,
             fec_group: m.fec_group,

@@ -302,11 +302,7 @@ pub fn table(r: &SendReport) -> String {
             code,
             done,
             x.requests,
-            if x.http {
-                "multicast+http"
-            } else {
-                "multicast"
-            }
+            x.via.name()
         );
     }
     o

@@ -96,6 +96,30 @@ pub(super) struct Reporter {
     handle: Option<JoinHandle<()>>,
 }
 
+/// A progress report's flags: some bytes came from the web server, and
+/// whether all did (none by multicast: a receiver that cannot hear the
+/// group, which the sender neither shows nor counts as served by its
+/// repair rounds).
+fn via_flags(t: &Transfer, http_slot: Option<usize>) -> u8 {
+    let Some(slot) = http_slot else {
+        return 0;
+    };
+    if t.counters(slot).bytes.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    let multicast: u64 = t
+        .all_counters()
+        .enumerate()
+        .filter(|&(i, _)| i != slot)
+        .map(|(_, c)| c.bytes.load(Ordering::Relaxed))
+        .sum();
+    if multicast == 0 {
+        wire::REPORT_HTTP | wire::REPORT_HTTP_ONLY
+    } else {
+        wire::REPORT_HTTP
+    }
+}
+
 impl Reporter {
     pub(super) fn start(t: Arc<Transfer>, link: Arc<Link>, http_slot: Option<usize>) -> Reporter {
         let stop = Arc::new(AtomicBool::new(false));
@@ -118,13 +142,7 @@ impl Reporter {
                         requests: link.requests.load(Ordering::Relaxed) as u32,
                         state: state as u8,
                         error: error as u8,
-                        flags: if http_slot
-                            .is_some_and(|i| t.counters(i).bytes.load(Ordering::Relaxed) > 0)
-                        {
-                            wire::REPORT_HTTP
-                        } else {
-                            0
-                        },
+                        flags: via_flags(&t, http_slot),
                         name,
                     };
                     link.send(
@@ -133,9 +151,17 @@ impl Reporter {
                     )
                     .map(|()| true)
                 };
+                let mut passes = 0;
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(TICK);
                     take_verdict(&t, &link, false);
+                    // A pass or round ended: report at once, so the
+                    // sender's next end counts the receivers lacking much
+                    // by where they stand now, not a period ago.
+                    if t.passes_seen() != passes {
+                        passes = t.passes_seen();
+                        next = Instant::now();
+                    }
                     if Instant::now() >= next {
                         match report(State::InProgress, ErrorCode::None) {
                             // The first report goes out at the first tick

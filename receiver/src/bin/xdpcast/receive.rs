@@ -215,6 +215,13 @@ struct ReceiveHttp {
     /// which it is fetched over HTTP rather than by NACK rounds.
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
     http_repair_percent: f64,
+    /// After the sender's passes, HTTP rather than NACK rounds only while
+    /// at most this percent of the receivers that hear the group lack much
+    /// (or at most 2 of them), as the sender's end packets say: when many
+    /// do, one repair round serves them all. A sender that says nothing
+    /// leaves it to --http-repair-percent alone.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25.0)]
+    http_repair_few: f64,
     /// KiB per range request (rounded up to whole chunks of the signed
     /// manifest).
     #[arg(long, value_name = "KIB", default_value_t = 8192,
@@ -257,11 +264,15 @@ impl ReceiveHttp {
         if !(0.0..=100.0).contains(&self.http_repair_percent) {
             return Err(invalid("--http-repair-percent must be 0..100".into()));
         }
+        if !(0.0..=100.0).contains(&self.http_repair_few) {
+            return Err(invalid("--http-repair-few must be 0..100".into()));
+        }
         let mut h = xdpcast::receive::request::HttpRequest::new(self.http.clone());
         h.after = Duration::from_secs(self.http_after);
         h.parallel = self.http_parallel as usize;
         h.jitter = Duration::from_millis(self.http_jitter_ms);
-        h.repair_share = self.http_repair_percent / 100.0;
+        h.repair.share = self.http_repair_percent / 100.0;
+        h.repair.few = self.http_repair_few / 100.0;
         h.timeout = Duration::from_secs(self.http_timeout.max(1));
         h.range_bytes = self.http_range_kib << 10;
         h.max_failures = self.http_max_failures;

@@ -20,6 +20,23 @@ pub const FLAG_REPAIR: u32 = 2;
 /// Control flag: the sender answers parity requests ([`Kind::ParityRequest`](super::Kind::ParityRequest))
 /// for groups of `fec_group` blocks with fresh RaptorQ symbols.
 pub const FLAG_PARITY: u32 = 4;
+/// Control flag: bits 16-31 carry the sender's count of the receivers
+/// lacking much ([`LACKING_SHIFT`], [`LACKING_SHARE_SHIFT`]): a hint to
+/// receivers with a web server whether a multicast repair round is worth
+/// it (docs/http.md). Senders before it leave these bits clear.
+pub const FLAG_FLEET: u32 = 8;
+/// Control flags bits 16-23 (with [`FLAG_FLEET`]): receivers still
+/// receiving that lacked at least [`LACKING_MUCH`] of the image by their
+/// last report and heard the multicast (not "HTTP only"), at most 255.
+pub const LACKING_SHIFT: u32 = 16;
+/// Control flags bits 24-31 (with [`FLAG_FLEET`]): those receivers as a
+/// share of the receivers that hear the multicast (still receiving or
+/// finished), in 255ths rounded up (any at all is at least 1).
+pub const LACKING_SHARE_SHIFT: u32 = 24;
+/// Share of the image a receiver lacks, by its report, for the sender to
+/// count it as lacking much: the receivers' default
+/// `--http-repair-percent`.
+pub const LACKING_MUCH: f64 = 0.05;
 /// Control flags bits 8-15: the sender's group-size estimate, as
 /// `ceil(log2(receivers known + 1))`; receivers scale their request backoff
 /// by it (NORM's GSIZE).
@@ -48,6 +65,11 @@ pub const REPORT_NAME_LEN: usize = 32;
 /// Progress report flag: the receiver took bytes from a web server
 /// (`receive --http`), shown in the sender's receiver table.
 pub const REPORT_HTTP: u8 = 1;
+/// Progress report flag (with [`REPORT_HTTP`]): every byte it took came
+/// from a web server, none by multicast (a receiver that cannot hear the
+/// group); shown as `http` in the sender's table and not counted among
+/// the receivers a repair round would serve.
+pub const REPORT_HTTP_ONLY: u8 = 2;
 /// Payload length of a progress report: blocks done (u64), requests sent
 /// (u32), state (u8), error (u8), 2 reserved bytes, name.
 pub const REPORT_PAYLOAD_LEN: usize = 16 + REPORT_NAME_LEN;

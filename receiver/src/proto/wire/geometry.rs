@@ -91,6 +91,15 @@ impl Control {
         (self.flags >> GSIZE_SHIFT) & 0xff
     }
 
+    /// The sender's count of its receivers lacking much, if it gave one
+    /// ([`FLAG_FLEET`]; unsigned sessions: a hint anyone can forge).
+    pub fn lacking(&self) -> Option<Lacking> {
+        (self.flags & FLAG_FLEET != 0).then(|| Lacking {
+            receivers: (self.flags >> LACKING_SHIFT) & 0xff,
+            share: f64::from((self.flags >> LACKING_SHARE_SHIFT) & 0xff) / 255.0,
+        })
+    }
+
     /// The FEC group size for parity requests, if the sender takes them.
     pub fn parity_group(&self) -> Option<u32> {
         (self.flags & FLAG_PARITY != 0 && self.fec_group > 0).then_some(self.fec_group)
@@ -107,6 +116,28 @@ impl Control {
         };
         Some(std::net::SocketAddr::new(ip, self.repair_port))
     }
+}
+
+/// What a sender says of the receivers lacking much ([`Control::lacking`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lacking {
+    /// How many (255: that many or more).
+    pub receivers: u32,
+    /// Their share of the receivers that hear the multicast (0..=1,
+    /// rounded up to 255ths).
+    pub share: f64,
+}
+
+/// Control flags for `lacking` receivers lacking much of `hearing` that
+/// hear the multicast ([`FLAG_FLEET`] and bits 16-31); none while no
+/// receiver is known to hear it.
+pub fn fleet_flags(lacking: u64, hearing: u64) -> u32 {
+    if hearing == 0 {
+        return 0;
+    }
+    let lacking = lacking.min(hearing);
+    let share = (lacking * 255).div_ceil(hearing) as u32;
+    FLAG_FLEET | (lacking.min(255) as u32) << LACKING_SHIFT | share << LACKING_SHARE_SHIFT
 }
 
 /// Encode a group-size estimate into control flags bits 8-15.

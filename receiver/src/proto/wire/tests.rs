@@ -309,6 +309,32 @@ fn group_size_estimate_in_flags() {
     assert_eq!(c(24).parity_group(), None);
 }
 
+#[test]
+fn receivers_lacking_much_in_flags() {
+    let c = |lacking, hearing| Control {
+        flags: FLAG_REPAIR | gsize_flags(hearing) | fleet_flags(lacking, hearing),
+        ..Control::new([0; 32], 0, 1)
+    };
+    // No receiver known: no hint (as from a sender before the hint).
+    assert_eq!(c(0, 0).lacking(), None);
+    assert_eq!(Control::new([0; 32], 0, 1).lacking(), None);
+    let l = c(0, 16).lacking().unwrap();
+    assert_eq!((l.receivers, l.share), (0, 0.0));
+    let l = c(12, 16).lacking().unwrap();
+    assert_eq!(l.receivers, 12);
+    assert!((l.share - 0.75).abs() < 1.0 / 255.0, "{l:?}");
+    // One of 100 000: the count saturates, the share is rounded up.
+    let l = c(1, 100_000).lacking().unwrap();
+    assert_eq!((l.receivers, l.share), (1, 1.0 / 255.0));
+    let l = c(70_000, 100_000).lacking().unwrap();
+    assert_eq!(l.receivers, 255);
+    assert!((l.share - 0.7).abs() < 1.0 / 255.0, "{l:?}");
+    // The other bits stay as they were.
+    assert_eq!(c(12, 16).gsize_log2(), 5);
+    assert_eq!(c(12, 16).flags & 0xff, FLAG_REPAIR | FLAG_FLEET);
+    assert_eq!(c(16, 16).lacking().unwrap().share, 1.0);
+}
+
 fn data_pkt() -> Vec<u8> {
     encode_data(1, &geo(), 0, &[0xAB; 1400])
 }

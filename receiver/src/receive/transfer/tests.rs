@@ -578,6 +578,52 @@ fn signed_session(pooled: bool) {
     }
 }
 
+/// How many receivers lack much (the sender's hint for receivers with a
+/// web server) is taken from a verified signed end only: an unsigned end
+/// or one signed by another key cannot set it in a signed session.
+#[test]
+fn a_signed_session_takes_the_fleet_hint_from_verified_ends_only() {
+    use ed25519_dalek::SigningKey;
+    let (t, path) = setup("signed-fleet-hint", None);
+    let _ = std::fs::remove_file(&path);
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let t = t.with_trust(vec![key.verifying_key()], None);
+    let g = Geometry::new(1000, 100);
+    let m = test_manifest(g, [0; 32], 0);
+    let c = t.counters(0);
+    let raw = |kind, payload: &[u8]| wire::encode_raw(kind, 5, &g, 0, payload);
+    t.ingest(&raw(Kind::Manifest, &m.sign(&key)), c);
+    assert_eq!(t.last_control().unwrap().lacking(), None);
+    // A forger says "few lack much", unsigned and signed by its own key.
+    let few = wire::fleet_flags(1, 100);
+    let forged = Control {
+        flags: wire::FLAG_REPAIR | few,
+        ..Control::new([0; 32], 0, 1)
+    };
+    t.ingest(&encode_control(Kind::End, 5, &g, &forged), c);
+    let other = SigningKey::from_bytes(&[8; 32]);
+    t.ingest(
+        &raw(Kind::SignedEnd, &m.sign_end(&other, 0, few, &[0; 32])),
+        c,
+    );
+    assert_eq!(t.last_control().unwrap().lacking(), None);
+    assert_eq!(t.passes_seen(), 0);
+    // The sender: 60 of 100 lack much; its FINAL and hint are taken, the
+    // group-size bits are not (the manifest's flags stand).
+    let many = wire::fleet_flags(60, 100) | wire::gsize_flags(100);
+    t.ingest(
+        &raw(Kind::SignedEnd, &m.sign_end(&key, 0, many, &[0; 32])),
+        c,
+    );
+    let l = t.last_control().unwrap().lacking().unwrap();
+    assert_eq!(l.receivers, 60);
+    assert!((l.share - 0.6).abs() < 1.0 / 255.0, "{l:?}");
+    assert_eq!(t.last_control().unwrap().gsize_log2(), 0);
+    assert_eq!(t.passes_seen(), 1);
+    assert!(t.failure().is_none());
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn signed_end_digest_other_than_the_pinned_one_fails() {
     use ed25519_dalek::SigningKey;

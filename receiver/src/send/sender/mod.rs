@@ -292,12 +292,15 @@ pub fn send(
         loss: Loss::new(opts.loss, seed),
     };
     let fleet = || bc.as_ref().map(|b| b.fleet()).unwrap_or_default();
-    // The control block of `pass` with extra `flags` and the group-size
-    // estimate of the moment.
+    // The control block of `pass` with extra `flags`, the group-size
+    // estimate of the moment and how many receivers lack much (receivers
+    // with a web server fetch rather than ask for repair only when few
+    // do; docs/http.md).
     let control = |pass: u32, flags: u32| {
         let mut c = base;
+        let f = fleet();
         c.pass = pass;
-        c.flags |= flags | wire::gsize_flags(fleet().known);
+        c.flags |= flags | wire::gsize_flags(f.known) | wire::fleet_flags(f.lacking, f.hearing);
         c
     };
     // `at`: blocks, bytes and zero bytes behind us in the pass.
