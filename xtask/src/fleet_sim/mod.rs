@@ -295,4 +295,27 @@ mod tests {
         let good = s.compare.as_ref().unwrap();
         assert!(last_finish(&o, good).is_some());
     }
+
+    /// Every receiver has a web server and every one loses 30 %: the
+    /// sender's ends count them all lacking much, so they take repair
+    /// rounds (one serves them all) rather than each fetching 30 % of the
+    /// image; the same fleet with one lossy receiver sends that one to
+    /// the web server (`mixed` above).
+    #[test]
+    fn a_fleet_that_all_lacks_much_takes_repair_rounds_not_http() {
+        let rxs = vec![
+            RxSpec {
+                http: true,
+                ..rx(Loss::Independent(0.30))
+            };
+            16
+        ];
+        let o = world::run(Setup::default(), &rxs, 1);
+        let by_multicast = o.finished.iter().filter(|f| f.is_some()).count();
+        assert_eq!(by_multicast + o.http, 16, "{o:?}");
+        assert!(o.rounds >= 1 && o.requests >= 1, "{o:?}");
+        // A receiver that lags once the others are done may still fetch
+        // (few then lack much); before the hint all 16 did.
+        assert!(o.http <= 2, "{} of 16 fetched over HTTP", o.http);
+    }
 }

@@ -16,6 +16,7 @@ use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use xdpcast::core::fallback::HttpRepair;
 use xdpcast::core::gaps::{self, Confirmed, Heard, Holdings, Requester};
 use xdpcast::core::rounds::{
     FleetView, Next, Policy, Rounds, Schedule, Transmit, Window, WindowEvent,
@@ -36,6 +37,12 @@ const TICK: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Copies of the control packets (end) the sender sends at once.
 const CONTROL_REPEAT: usize = 3;
+/// `receive --http`'s defaults: `--http-repair-percent 5`,
+/// `--http-repair-few 25`.
+const HTTP_REPAIR: HttpRepair = HttpRepair {
+    share: 0.05,
+    few: 0.25,
+};
 
 /// One receiver's part in a scenario.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +54,7 @@ pub struct RxSpec {
     /// Leaves (stops receiving and reporting) at this share of the pass.
     pub leave: Option<f64>,
     /// Fetches over HTTP (`receive --http`) when it misses at least 5 %
-    /// after the passes, instead of asking the sender.
+    /// after the passes and few receivers do, instead of asking the sender.
     pub http: bool,
     /// Not there at all (the run a scenario's others are compared with).
     pub absent: bool,
@@ -103,7 +110,11 @@ pub struct Outcome {
 enum Pkt {
     Data(u64),
     Symbol(u64),
-    End { pass: u32, gsize_log2: u32 },
+    End {
+        pass: u32,
+        gsize_log2: u32,
+        lacking: Option<wire::Lacking>,
+    },
     Confirm(Vec<u8>),
 }
 
@@ -137,6 +148,8 @@ struct Rx {
     confirmed: Confirmed,
     requester: Requester,
     heard: Heard,
+    /// What the sender's last end said of the receivers lacking much.
+    lacking: Option<wire::Lacking>,
     round: u64,
     requests: u32,
     finished: Option<Duration>,
@@ -297,10 +310,18 @@ impl Sim {
 
     fn end(&mut self) {
         let gsize_log2 = self.gsize_log2();
+        // As the real sender's end flags say it, read as a receiver does.
+        let f = self.rounds.fleet(self.t0 + self.now);
+        let lacking = wire::Control {
+            flags: wire::fleet_flags(f.lacking, f.hearing),
+            ..wire::Control::new([0; 32], 0, 1)
+        }
+        .lacking();
         for _ in 0..CONTROL_REPEAT {
             self.multicast(Pkt::End {
                 pass: self.pass,
                 gsize_log2,
+                lacking,
             });
         }
     }
@@ -426,10 +447,15 @@ impl Sim {
                         }
                     }
                 }
-                Pkt::End { pass, gsize_log2 } => {
+                Pkt::End {
+                    pass,
+                    gsize_log2,
+                    lacking,
+                } => {
                     rx.confirmed.end_seen(u64::from(*pass), self.t0 + now);
                     rx.heard.passes_seen = rx.heard.passes_seen.max(u64::from(*pass) + 1);
                     rx.heard.gsize_log2 = *gsize_log2;
+                    rx.lacking = *lacking;
                     rx.round = u64::from(*pass);
                     if rx.finished.is_none() && !rx.ticking {
                         rx.ticking = true;
@@ -462,9 +488,13 @@ impl Sim {
         let (g, group, session) = (self.g, self.setup.group, self.session);
         let rx = &mut self.rxs[i];
         // `receive --http`: a receiver missing at least 5 % after the
-        // passes fetches the rest from the web server instead of asking.
-        let missing = (g.block_count - rx.done) as f64 / g.block_count as f64;
-        if rx.spec.http && rx.heard.passes_seen >= rx.heard.passes && missing >= 0.05 {
+        // passes fetches the rest from the web server instead of asking,
+        // when the sender's last end says few receivers lack much.
+        let missing = g.block_count - rx.done;
+        if rx.spec.http
+            && rx.heard.passes_seen >= rx.heard.passes
+            && HTTP_REPAIR.prefers_http(missing, g.block_count, rx.lacking)
+        {
             rx.http = true;
             rx.gone = true;
             self.out.http += 1;
@@ -566,6 +596,7 @@ pub fn run(setup: Setup, rxs: &[RxSpec], seed: u64) -> Outcome {
                     passes: 1,
                     ..Heard::default()
                 },
+                lacking: None,
                 round: 0,
                 requests: 0,
                 finished: None,
