@@ -174,6 +174,7 @@ fn check(pkt: &[u8]) {
                         pass: 1,
                         flags: 0,
                         digest: Some([3; 32]),
+                        root: None,
                     };
                     assert_eq!(v, want);
                 }

@@ -2,8 +2,9 @@
 //! (`send /dev/loopN`, its size from the device) and standard input (`send
 //! -`: a pipe kept in an unlinked file, first or, with `--size`, while it
 //! is sent; a file on standard input sent as it is), signed and unsigned; each case ends
-//! with the source's SHA-256 on the receiver's target, on its status page
-//! and in the sender's report (hashed while it sent).
+//! with the source's SHA-256 on the receiver's target, and on its status
+//! page and in the sender's report its SHA-256 (unsigned) or the root of
+//! its chunk hashes (signed), made while it was sent.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use xdpcast::proto::wire::hex;
 use xdpcast::status::page::State;
 use xdpcast::ErrorCode;
 
@@ -26,7 +28,8 @@ fn loopback(name: &str) -> Netns {
 
 /// Send `src` on `ns`'s loopback with `send_args` to a receiver writing
 /// `dst` with `recv_args`; both must succeed, the target must hold `src`'s
-/// bytes and the sender must report their SHA-256.
+/// bytes and the sender and the receiver's page must name them (SHA-256, or
+/// signed, the root of their chunk hashes).
 fn send_and_check(
     ns: &Netns,
     dir: &Path,
@@ -64,12 +67,15 @@ fn send_and_check(
         &wait_output(rx, Duration::from_secs(120), "receiver"),
         "receiver",
     );
-    let want = sha256_hex(src);
-    assert_eq!(sha256_hex(dst), want, "target differs from the source");
-    assert!(sent.contains(&format!("sha256 {want}")), "{sent}");
+    assert_eq!(sha256_hex(dst), sha256_hex(src), "target differs");
+    let (kind, want) = digest_named(src, send_args, 1400);
+    assert!(sent.contains(&format!("{kind} {want}")), "{sent}");
     let s = read_page(dir, name);
     assert_eq!((s.state, s.error), (State::Success, ErrorCode::None));
-    assert_eq!(xdpcast::proto::wire::hex(&s.digest), want);
+    assert_eq!(
+        s.image_digest().map(|(k, d)| (k, hex(d))),
+        Some((kind, want))
+    );
 }
 
 /// A loop device over a file holding a pseudo-random image of `len` bytes.
@@ -216,9 +222,9 @@ fn standard_input_is_sent_signed_and_unsigned() {
             &wait_output(rx, Duration::from_secs(120), "receiver"),
             "receiver",
         );
-        let want = sha256_hex(&src);
-        assert_eq!(sha256_hex(&dst), want, "{name}: target differs");
-        assert!(sent.contains(&format!("sha256 {want}")), "{sent}");
+        assert_eq!(sha256_hex(&dst), sha256_hex(&src), "{name}: target differs");
+        let (kind, want) = digest_named(&src, send, 1400);
+        assert!(sent.contains(&format!("{kind} {want}")), "{sent}");
         let s = read_page(&dir.0, name);
         assert_eq!((s.state, s.total_bytes), (State::Success, 5 * MIB + 99));
     }
@@ -247,4 +253,77 @@ fn standard_input_of_another_size_than_given_fails_before_any_end() {
         assert!(err.contains(&says), "{err}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("sha256"));
     }
+}
+
+/// A signed sender names the image by its SHA-256 only with `--sha256`
+/// (hashed while it sends) or when the manifest file kept beside the image
+/// names it: a receiver pinning it with `--expect-sha256` then succeeds.
+/// Otherwise the signed ends carry the root of the chunk hashes, which a
+/// pinned SHA-256 cannot be checked against: that receiver fails
+/// (`digest_mismatch`).
+#[test]
+fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
+    if !netns_allowed() {
+        return;
+    }
+    let ns = loopback("xdpc-src-sha");
+    let Images { dir, src, dst } = Images::new("xdpc-src-sha", 3 * MIB as usize + 5, 35);
+    let key = keygen(&dir, "site");
+    let pin = sha256_hex(&src);
+    let trust = pub_of(&key);
+    let pinned = ["--trust", &trust, "--expect-sha256", &pin];
+    // Hashed, and written into the manifest file beside the image.
+    send_and_check(
+        &ns,
+        &dir.0,
+        "sha",
+        &src,
+        &dst,
+        &["--sign", key.to_str().unwrap(), "--sha256"],
+        &pinned,
+    );
+    let run = |name: &str, send: &[&str]| {
+        let _ = std::fs::remove_file(&dst);
+        let out = [
+            "--iface",
+            "lo",
+            "--mode",
+            "socket",
+            "--out",
+            dst.to_str().unwrap(),
+        ];
+        let args = [&out[..], &pinned[..]].concat();
+        let rx = start_receiver(xdpcast(&ns), &dir.0, name, GROUP, &args);
+        let sign = [
+            "--block-size",
+            "1400",
+            "--rate",
+            "1G",
+            "--sign",
+            key.to_str().unwrap(),
+        ];
+        let tx = start_sender(&ns, "lo", GROUP, &src, &[&sign[..], send].concat());
+        let rx = wait_output(rx, Duration::from_secs(120), "receiver");
+        let tx = wait_output(tx, Duration::from_secs(120), "sender");
+        (rx.status.code(), ok(&tx, "sender"), read_page(&dir.0, name))
+    };
+    // Not hashed: the kept file names the SHA-256 of the unchanged image.
+    let (code, sent, s) = run("kept", &[]);
+    assert_eq!(code, Some(0), "{}", s.message);
+    assert!(sent.contains(&format!("sha256 {pin}")), "{sent}");
+    assert_eq!(
+        s.image_digest().map(|(k, d)| (k, hex(d))),
+        Some(("sha256", pin.clone()))
+    );
+    assert_eq!(sha256_hex(&dst), pin);
+    // Neither: the root, and the pinned receiver fails.
+    let (code, sent, s) = run("root", &["--no-manifest-file"]);
+    assert_eq!(code, Some(100 + ErrorCode::DigestMismatch as i32));
+    assert!(sent.contains("; root "), "{sent}");
+    assert_eq!(
+        (s.state, s.error),
+        (State::Failure, ErrorCode::DigestMismatch),
+        "{}",
+        s.message
+    );
 }

@@ -207,6 +207,7 @@ extern "C" {
 /* XDPCAST_W_FLAGS bits. */
 #define XDPCAST_FLAG_GEOMETRY 1ULL
 #define XDPCAST_FLAG_DIGEST 2ULL
+#define XDPCAST_FLAG_ROOT 4ULL /* with FLAG_DIGEST: the digest is the signed image root (BLAKE3 of the chunk hashes), not SHA-256 */
 
 /* Signed sessions: words of the trust region (XDPCAST_W_TRUST + n). */
 #define XDPCAST_TR_FLAGS 1           /* XDPCAST_TRUST_* bits */

@@ -171,6 +171,22 @@ pub fn sha256_hex(path: &Path) -> String {
     xdpcast::proto::wire::hex(&Sha256::digest(std::fs::read(path).unwrap()))
 }
 
+/// What a sender given `send_args` names the image at `path` by, sent in
+/// blocks of `block_size` bytes, as its last line and the receivers'
+/// pages show it: `("sha256", hex)`, or for a signed session (`--sign`
+/// without `--sha256`) `("root", hex)`, the root of its chunk hashes.
+pub fn digest_named(path: &Path, send_args: &[&str], block_size: u32) -> (&'static str, String) {
+    use xdpcast::proto::manifest::{chunk_blocks_for, Manifest};
+    use xdpcast::proto::wire::{hex, Geometry};
+    if !send_args.contains(&"--sign") || send_args.contains(&"--sha256") {
+        return ("sha256", sha256_hex(path));
+    }
+    let image = std::fs::read(path).unwrap();
+    let g = Geometry::new(image.len() as u64, block_size);
+    let m = Manifest::new(0, g, chunk_blocks_for(g.block_count, block_size));
+    ("root", hex(&m.root_of_image(&image)))
+}
+
 /// Wait for a child up to `limit`; kill it and panic if it takes longer.
 pub fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
     let start = Instant::now();

@@ -32,7 +32,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::proto::manifest::{Manifest, MAX_PAGES, SUB_HEAD, SUB_PAGE};
+use crate::proto::manifest::{ImageDigest, Manifest, MAX_PAGES, SUB_HEAD, SUB_PAGE};
 use crate::proto::wire::{Kind, MAX_MANIFEST_PAYLOAD};
 use crate::safe_fs;
 
@@ -134,18 +134,19 @@ pub struct ManifestFile {
 impl ManifestFile {
     /// The file for `manifest` whose signed head payload is `head` (made
     /// with `key`, naming URLs or not): its signed `pages` (all of them,
-    /// in order) and one signed end carrying `digest`, the image's SHA-256.
+    /// in order) and one signed end carrying `digest`, the image's SHA-256
+    /// or root.
     pub fn new(
         head: Vec<u8>,
         manifest: &Manifest,
         key: &ed25519_dalek::SigningKey,
         pages: Vec<Vec<u8>>,
-        digest: &[u8; 32],
+        digest: ImageDigest,
     ) -> Self {
         ManifestFile {
             head,
             pages,
-            ends: vec![manifest.sign_end(key, 0, 0, digest)],
+            ends: vec![manifest.sign_end(key, 0, digest.flags(), &digest.bytes())],
             stamp: None,
         }
     }
@@ -307,7 +308,7 @@ mod tests {
         let pages = (0..m.page_count())
             .map(|i| m.page_of(&key, i, &img))
             .collect();
-        let f = ManifestFile::new(m.sign(&key), &m, &key, pages, &[1; 32]);
+        let f = ManifestFile::new(m.sign(&key), &m, &key, pages, ImageDigest::Sha256([1; 32]));
         (m, key, f)
     }
 

@@ -18,9 +18,10 @@
 //! - Kind 6, sub-type 1, a *page*: up to [`LEAVES_PER_PAGE`] chunk hashes,
 //!   signed on their own, bound to the head by its id and to their place by
 //!   the page index. A forged page is dropped and cannot poison the real ones.
-//! - Kind 7 (`SignedEnd`): end of a pass or repair round (pass, flags, the
-//!   image's SHA-256 once the sender has read it all), signed, bound to the
-//!   manifest by its id.
+//! - Kind 7 (`SignedEnd`): end of a pass or repair round (pass, flags, once
+//!   the sender has read the whole image its SHA-256, or with
+//!   [`FLAG_ROOT`] its root: BLAKE3 of its chunk hashes, [`Manifest::root`]),
+//!   signed, bound to the manifest by its id.
 //! - Kind 11 (`Zeros`): each zero-run packet carries a signature after its
 //!   runs, bound to the manifest by its id and to the packet's place in the
 //!   list; a receiver applies no run before it verifies.
@@ -30,8 +31,8 @@ use std::net::Ipv6Addr;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::proto::wire::{
-    be_u16, be_u32, be_u64, Geometry, DIGEST_LEN, PAGE_PREFIX_LEN as PAGE_PREFIX, REPORT_NAME_LEN,
-    VERDICT_LEN,
+    be_u16, be_u32, be_u64, Geometry, DIGEST_LEN, FLAG_ROOT, PAGE_PREFIX_LEN as PAGE_PREFIX,
+    REPORT_NAME_LEN, VERDICT_LEN,
 };
 // The signed packets' sizes live with the wire format's other sizes (the
 // parser bounds manifest and signed-end payloads by them): imports run one
@@ -63,6 +64,7 @@ const END_CONTEXT: &[u8] = b"xdpcast signed end v2";
 const PAGE_CONTEXT: &[u8] = b"xdpcast manifest page v2";
 const VERDICT_CONTEXT: &[u8] = b"xdpcast verdict v2";
 const ZEROS_CONTEXT: &[u8] = b"xdpcast zero runs v2";
+const ROOT_CONTEXT: &[u8] = b"xdpcast image root v1";
 
 /// Why a manifest packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -253,6 +255,53 @@ impl Manifest {
         *blake3::hash(&self.body()).as_bytes()
     }
 
+    /// The image's root: BLAKE3 of the image's size, block size, chunk
+    /// size and its chunk hashes `leaves` in order (all of them). It names
+    /// the image's bytes as cut into this manifest's chunks, whatever the
+    /// session: the digest a signed session reports when its sender did not
+    /// hash the image with SHA-256 (its signed ends then carry the root,
+    /// with [`FLAG_ROOT`]).
+    pub fn root<'a>(&self, leaves: impl IntoIterator<Item = &'a [u8; HASH_LEN]>) -> [u8; HASH_LEN] {
+        let mut h = blake3::Hasher::new();
+        h.update(ROOT_CONTEXT);
+        h.update(&self.geometry.total_size.to_be_bytes());
+        h.update(&self.geometry.block_size.to_be_bytes());
+        h.update(&self.chunk_blocks.to_be_bytes());
+        let mut n = 0u64;
+        for l in leaves {
+            h.update(l);
+            n += 1;
+        }
+        debug_assert_eq!(n, self.chunk_count());
+        *h.finalize().as_bytes()
+    }
+
+    /// The root of `image` (all its bytes), as a sender of this manifest
+    /// makes it.
+    pub fn root_of_image(&self, image: &[u8]) -> [u8; HASH_LEN] {
+        let leaves: Vec<[u8; HASH_LEN]> = (0..self.chunk_count())
+            .map(|c| {
+                let (a, b) = self.chunk_bytes(c);
+                chunk_hash(&image[a as usize..b as usize])
+            })
+            .collect();
+        self.root(&leaves)
+    }
+
+    /// The root of the image whose page payloads are `pages` (all of them,
+    /// page 0 first; their signatures are not checked). None unless every
+    /// page is there and well formed.
+    pub fn root_of_pages(&self, pages: &[Vec<u8>]) -> Option<[u8; HASH_LEN]> {
+        if pages.len() as u64 != self.page_count() {
+            return None;
+        }
+        let mut leaves = Vec::with_capacity(self.chunk_count() as usize);
+        for (i, p) in pages.iter().enumerate() {
+            leaves.extend(self.page_hashes(i as u64, p).ok()?);
+        }
+        Some(self.root(&leaves))
+    }
+
     /// The payload of a head packet, signed with `key`, naming no URLs.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         self.sign_with_urls(key, &[])
@@ -313,7 +362,8 @@ impl Manifest {
     }
 
     /// The payload of a signed end packet for `pass` with `flags` and the
-    /// image's SHA-256 (all zero: not known yet).
+    /// image's SHA-256 (all zero: not known yet), or its root when `flags`
+    /// has [`FLAG_ROOT`].
     pub fn sign_end(
         &self,
         key: &SigningKey,
@@ -420,7 +470,8 @@ impl Manifest {
     }
 
     /// Check a signed end payload from the signer `key`: pass, flags and
-    /// the image's SHA-256 (None while the sender has not read it all).
+    /// the image's SHA-256 or root (None while the sender has not read it
+    /// all).
     pub fn verify_end(
         &self,
         key: &VerifyingKey,
@@ -435,10 +486,13 @@ impl Manifest {
             .map_err(|_| ManifestError::Malformed)?;
         key.verify_strict(&self.end_message(pass, flags, &digest), &sig)
             .map_err(|_| ManifestError::BadSignature)?;
+        let known = (digest != [0; DIGEST_LEN]).then_some(digest);
+        let root = flags & FLAG_ROOT != 0;
         Ok(SignedEnd {
             pass,
             flags,
-            digest: (digest != [0; DIGEST_LEN]).then_some(digest),
+            digest: known.filter(|_| !root),
+            root: known.filter(|_| root),
         })
     }
 
@@ -597,8 +651,48 @@ pub struct SignedEnd {
     pub pass: u32,
     /// Control flags (`wire::FLAG_FINAL`).
     pub flags: u32,
-    /// SHA-256 of the image, once the sender has read all of it.
+    /// SHA-256 of the image, once the sender has read all of it (never
+    /// with [`FLAG_ROOT`]).
     pub digest: Option<[u8; DIGEST_LEN]>,
+    /// With [`FLAG_ROOT`]: the image's root ([`Manifest::root`]) in place
+    /// of its SHA-256, once the sender has read all of it.
+    pub root: Option<[u8; HASH_LEN]>,
+}
+
+/// What a sender that has read the whole image says of it in its ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageDigest {
+    /// Its SHA-256 (unsigned sessions; signed ones with `send --sha256` or
+    /// a kept manifest file that names it).
+    Sha256([u8; DIGEST_LEN]),
+    /// Its root ([`Manifest::root`]): a signed session whose sender did not
+    /// hash the image with SHA-256; ends carry it with [`FLAG_ROOT`].
+    Root([u8; HASH_LEN]),
+}
+
+impl ImageDigest {
+    /// The 32 bytes of the digest field.
+    pub fn bytes(&self) -> [u8; DIGEST_LEN] {
+        match *self {
+            ImageDigest::Sha256(d) | ImageDigest::Root(d) => d,
+        }
+    }
+
+    /// The control flags that say which it is ([`FLAG_ROOT`] or none).
+    pub fn flags(&self) -> u32 {
+        match self {
+            ImageDigest::Sha256(_) => 0,
+            ImageDigest::Root(_) => FLAG_ROOT,
+        }
+    }
+
+    /// "sha256 HEX" or "root HEX" (BLAKE3 of the chunk hashes).
+    pub fn describe(&self) -> String {
+        match self {
+            ImageDigest::Sha256(d) => format!("sha256 {}", crate::proto::wire::hex(d)),
+            ImageDigest::Root(d) => format!("root {}", crate::proto::wire::hex(d)),
+        }
+    }
 }
 
 /// BLAKE3 of one chunk's bytes (one hash of a page).
@@ -784,10 +878,15 @@ mod tests {
             pass: 3,
             flags: 1,
             digest: Some([7; 32]),
+            root: None,
         };
         assert_eq!(m.verify_end(&vk, &end), Ok(want));
         let early = m.sign_end(&k, 0, 0, &[0; 32]);
         assert_eq!(m.verify_end(&vk, &early).unwrap().digest, None);
+        // With FLAG_ROOT the field is the root, never a SHA-256.
+        let rooted = m.sign_end(&k, 0, FLAG_ROOT, &[9; 32]);
+        let got = m.verify_end(&vk, &rooted).unwrap();
+        assert_eq!((got.digest, got.root), (None, Some([9; 32])));
         let mut other = m;
         other.session = 78;
         assert_eq!(
@@ -804,6 +903,43 @@ mod tests {
                 "{at}"
             );
         }
+    }
+
+    #[test]
+    fn the_root_names_the_image_in_its_chunks_whatever_the_session() {
+        let img = image(10_000);
+        let m = manifest_of(&img, 1000, 4);
+        let leaves: Vec<[u8; HASH_LEN]> = (0..m.chunk_count())
+            .map(|c| {
+                let (a, b) = m.chunk_bytes(c);
+                chunk_hash(&img[a as usize..b as usize])
+            })
+            .collect();
+        let root = m.root(&leaves);
+        assert_eq!(m.root_of_image(&img), root);
+        let other = Manifest {
+            session: 99,
+            passes: 3,
+            ..m
+        };
+        assert_eq!(other.root(&leaves), root);
+        let mut changed = leaves.clone();
+        changed[1][0] ^= 1;
+        assert_ne!(m.root(&changed), root);
+        // The chunk size is part of it: other chunks, another root.
+        let wider = Manifest {
+            chunk_blocks: 8,
+            ..m
+        };
+        assert_ne!(wider.root(&leaves[..wider.chunk_count() as usize]), root);
+        // From the signed pages, as the sender makes it.
+        let k = key(1);
+        let mut pages: Vec<Vec<u8>> = (0..m.page_count())
+            .map(|p| m.page_of(&k, p, &img))
+            .collect();
+        assert_eq!(m.root_of_pages(&pages), Some(root));
+        pages.pop();
+        assert_eq!(m.root_of_pages(&pages), None);
     }
 
     #[test]

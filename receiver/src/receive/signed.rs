@@ -78,6 +78,9 @@ pub struct Signed {
     /// The image's SHA-256 as the signer gave it: in the head, or in the
     /// signed ends of a sender that hashes as it sends.
     digest: OnceLock<[u8; DIGEST_LEN]>,
+    /// The image's root (BLAKE3 of its chunk hashes) as the signer gave it
+    /// in its signed ends, in place of the SHA-256 (`FLAG_ROOT`).
+    root: OnceLock<[u8; HASH_LEN]>,
     /// Where a stream's complete chunks go to be hashed (None: hashed on
     /// the thread that brought their last block).
     pool: OnceLock<checks::Handle>,
@@ -111,6 +114,7 @@ impl Signed {
             } else {
                 OnceLock::from(manifest.digest)
             },
+            root: OnceLock::new(),
             pool: OnceLock::new(),
             waker: OnceLock::new(),
         }
@@ -135,14 +139,30 @@ impl Signed {
         self.digest.get().copied()
     }
 
+    /// The image's root as the signer gave it (a sender that did not hash
+    /// the image with SHA-256), once known.
+    pub fn root(&self) -> Option<[u8; HASH_LEN]> {
+        self.root.get().copied()
+    }
+
     /// Take the SHA-256 a verified signed end carries; false when the
     /// signer gave another one before (its image changed while it sent it).
     pub fn learn_digest(&self, digest: [u8; DIGEST_LEN]) -> bool {
+        self.learn(&self.digest, digest)
+    }
+
+    /// Take the root a verified signed end carries (`FLAG_ROOT`); false
+    /// when the signer gave another one before.
+    pub fn learn_root(&self, root: [u8; HASH_LEN]) -> bool {
+        self.learn(&self.root, root)
+    }
+
+    fn learn(&self, cell: &OnceLock<[u8; 32]>, value: [u8; 32]) -> bool {
         let mut new = false;
-        let same = *self.digest.get_or_init(|| {
+        let same = *cell.get_or_init(|| {
             new = true;
-            digest
-        }) == digest;
+            value
+        }) == value;
         if new {
             self.wake();
         }
@@ -204,9 +224,11 @@ impl Signed {
     }
 
     /// Whether every chunk has verified and the signer has given the
-    /// image's SHA-256: the image is complete and right.
+    /// image's SHA-256 or root (it has read the whole image): the image is
+    /// complete and right.
     pub fn complete(&self) -> bool {
-        self.verified_chunks() == self.manifest.chunk_count() && self.digest().is_some()
+        self.verified_chunks() == self.manifest.chunk_count()
+            && (self.digest().is_some() || self.root().is_some())
     }
 
     /// Blocks written and then unclaimed because their chunk failed.

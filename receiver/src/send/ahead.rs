@@ -12,8 +12,11 @@
 //!   pieces (a page's chunks, or about a MiB) and hands each piece's findings
 //!   to the sending loop through a bounded channel, so it stays a few
 //!   pieces ahead of the sending and what it read is still in the cache;
-//! - the *hasher*: the SHA-256 of the whole image, which only the end of
-//!   the first pass carries, so nothing waits for it before then.
+//! - the *hasher*, only when the image's SHA-256 is wanted (an unsigned
+//!   session, or `send --sign --sha256`): which only the end of the first
+//!   pass carries, so nothing waits for it before then. A signed session
+//!   needs none: its chunk hashes authenticate every byte, and its ends
+//!   carry the image's root (BLAKE3 of the chunk hashes) instead.
 
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -59,6 +62,7 @@ pub struct Ahead {
     /// None when nothing must be known before a block is sent.
     pieces: Option<Receiver<Piece>>,
     scanner: Option<JoinHandle<Duration>>,
+    /// None when the SHA-256 is not wanted.
     hasher: Option<JoinHandle<Digest>>,
     digest: Option<Digest>,
     /// Blocks behind the pieces taken so far.
@@ -77,8 +81,14 @@ pub struct Scan {
 
 impl Ahead {
     /// Start reading `image` (geometry `g`, data where `data` says) for
-    /// what `scan` asks, and its SHA-256.
-    pub fn start(image: Arc<Mmap>, g: Geometry, data: DataMap, scan: Scan) -> Result<Ahead> {
+    /// what `scan` asks, and for its SHA-256 if `sha256`.
+    pub fn start(
+        image: Arc<Mmap>,
+        g: Geometry,
+        data: DataMap,
+        scan: Scan,
+        sha256: bool,
+    ) -> Result<Ahead> {
         let started = Instant::now();
         let spawn_err = |e: std::io::Error| {
             Error::new(
@@ -86,9 +96,9 @@ impl Ahead {
                 format!("start a thread to read the image: {e}"),
             )
         };
-        let hasher = {
+        let hasher = if sha256 {
             let (image, data) = (image.clone(), data.clone());
-            std::thread::Builder::new()
+            let h = std::thread::Builder::new()
                 .name("xdpcast-sha256".into())
                 .spawn(move || {
                     let (sha256, hole_bytes) = zeros::sha256(&image, data);
@@ -98,7 +108,10 @@ impl Ahead {
                         elapsed: started.elapsed(),
                     }
                 })
-                .map_err(spawn_err)?
+                .map_err(spawn_err)?;
+            Some(h)
+        } else {
+            None
         };
         let (pieces, scanner) = if scan.zeros || scan.sign.is_some() {
             let (tx, rx) = mpsc::sync_channel(AHEAD);
@@ -113,7 +126,7 @@ impl Ahead {
         Ok(Ahead {
             pieces,
             scanner,
-            hasher: Some(hasher),
+            hasher,
             digest: None,
             frontier: 0,
         })
@@ -137,16 +150,16 @@ impl Ahead {
         Ok(out)
     }
 
-    /// The SHA-256 of the image, waiting for the hasher if need be.
-    pub fn digest(&mut self) -> Result<Digest> {
+    /// The SHA-256 of the image, waiting for the hasher if need be; None
+    /// when it was not asked for.
+    pub fn digest(&mut self) -> Result<Option<Digest>> {
         if let Some(h) = self.hasher.take() {
             let d = h
                 .join()
                 .map_err(|_| Error::new(ErrorCode::Internal, "the image hasher panicked"))?;
             self.digest = Some(d);
         }
-        self.digest
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "no image digest"))
+        Ok(self.digest)
     }
 
     /// Time the scanner spent checking blocks for zeros (hashing

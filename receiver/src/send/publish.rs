@@ -22,7 +22,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::{self, ManifestFile, Stamp};
-use crate::proto::manifest::{self, Manifest};
+use crate::proto::manifest::{self, ImageDigest, Manifest};
 use crate::proto::wire::Geometry;
 use crate::send::zeros::{self, DataMap};
 
@@ -78,7 +78,7 @@ pub fn offline(image: &Path, key: &SigningKey, o: Offline) -> Result<(Manifest, 
         .map(|i| m.page_of(key, i, &map))
         .collect();
     let head = m.sign_with_urls(key, &o.urls).map_err(invalid)?;
-    let mut f = ManifestFile::new(head, &m, key, pages, &digest);
+    let mut f = ManifestFile::new(head, &m, key, pages, ImageDigest::Sha256(digest));
     f.stamp = Stamp::of(&file);
     Ok((m, f))
 }
@@ -93,11 +93,22 @@ pub fn write_beside(file: &ManifestFile, path: &Path) {
     }
 }
 
+/// What a kept manifest file published before the first pass says: the
+/// image's digest it names and its pages, signed anew for this session.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// The SHA-256 or root of the image the file was made from.
+    pub digest: ImageDigest,
+    /// Its pages as this session's sender signs them: the same bytes as
+    /// the pages the sender makes if the image is still the same.
+    pub pages: Vec<Vec<u8>>,
+}
+
 /// Before the first pass: publish the manifest file at `path` for the
 /// session `m` (its signed head payload `head`) if the file kept there was
 /// made from the image as it is (`stamp`, taken when the sender opened it)
-/// and signed by `key`; the image's SHA-256 it names then. A kept file that does not fit is
-/// removed (it would send HTTP receivers to another image); the file is
+/// and signed by `key`; what it names then. A kept file that does not fit
+/// is removed (it would send HTTP receivers to another image); the file is
 /// then written when the first pass ends.
 pub fn ahead(
     path: &Path,
@@ -105,17 +116,22 @@ pub fn ahead(
     head: &[u8],
     m: &Manifest,
     key: &SigningKey,
-) -> Option<[u8; 32]> {
+) -> Option<Kept> {
     let stamp = stamp?;
     let kept = read_kept(path)?;
     match reuse(&kept, stamp, head, m, key) {
-        Ok((file, digest)) => match file.write_atomic(path) {
+        Ok(file) => match file.write_atomic(path) {
             Ok(()) => {
                 log::info!(
                     "signed manifest for HTTP receivers, before the first pass (the image is unchanged): {}",
                     path.display()
                 );
-                Some(digest)
+                let vk = key.verifying_key();
+                let digest = file.ends.iter().find_map(|e| end_digest(m, &vk, e))?;
+                Some(Kept {
+                    digest,
+                    pages: file.pages,
+                })
             }
             Err(e) => {
                 log::warn!("{e} (written again when the first pass ends)");
@@ -135,32 +151,45 @@ pub fn ahead(
     }
 }
 
+/// The SHA-256 or root a signed end `payload` of `m` carries, if it
+/// verifies with `vk` and carries one.
+fn end_digest(
+    m: &Manifest,
+    vk: &ed25519_dalek::VerifyingKey,
+    payload: &[u8],
+) -> Option<ImageDigest> {
+    let end = m.verify_end(vk, payload).ok()?;
+    end.digest
+        .map(ImageDigest::Sha256)
+        .or(end.root.map(ImageDigest::Root))
+}
+
 /// When the first pass has read the whole image (`digest`, every page in
 /// `pages`): write the manifest file at `path` unless [`ahead`] published
-/// the same already (`published`: the digest it named). Stamped only if the
-/// image is still as it was when the sender opened it (`stamp`). `signed`:
-/// the session's head payload, manifest and key.
+/// the same already (`kept`). Stamped only if the image is still as it was
+/// when the sender opened it (`stamp`). `signed`: the session's head
+/// payload, manifest and key.
 pub fn after_first_pass(
     path: &Path,
     image: &File,
     stamp: Option<Stamp>,
-    published: Option<[u8; 32]>,
+    kept: Option<&Kept>,
     signed: (Vec<u8>, &Manifest, &SigningKey),
     pages: Vec<Vec<u8>>,
-    digest: &[u8; 32],
+    digest: ImageDigest,
 ) {
     let (head, m, key) = signed;
-    if published == Some(*digest) {
-        return;
-    }
-    if published.is_some() {
+    if let Some(k) = kept {
+        if k.pages == pages && k.digest == digest {
+            return;
+        }
         log::warn!(
             "{}: the image read differs from the one its kept manifest named (changed while sent?): written anew",
             path.display()
         );
     }
     let mut file = ManifestFile::new(head, m, key, pages, digest);
-    file.stamp = stamp.filter(|s| Stamp::of(image) == Some(*s) && published.is_none());
+    file.stamp = stamp.filter(|s| Stamp::of(image) == Some(*s) && kept.is_none());
     write_beside(&file, path);
 }
 
@@ -188,14 +217,15 @@ fn read_kept(path: &Path) -> Option<ManifestFile> {
 
 /// The file for session `m` from the chunk hashes of `kept`, when it was
 /// made from the image as it is (`stamp`) with `key`'s signatures, the
-/// same geometry and chunk size; the image's SHA-256 it names.
+/// same geometry and chunk size; its signed end carries the image's
+/// SHA-256 or root the kept file names.
 fn reuse(
     kept: &ManifestFile,
     stamp: Stamp,
     head: &[u8],
     m: &Manifest,
     key: &SigningKey,
-) -> std::result::Result<(ManifestFile, [u8; 32]), &'static str> {
+) -> std::result::Result<ManifestFile, &'static str> {
     if kept.stamp != Some(stamp) {
         return Err("made from another image or before the image changed");
     }
@@ -210,8 +240,8 @@ fn reuse(
     let digest = kept
         .ends
         .iter()
-        .find_map(|e| old.verify_end(&vk, e).ok()?.digest)
-        .or((old.digest != [0; 32]).then_some(old.digest))
+        .find_map(|e| end_digest(&old, &vk, e))
+        .or((old.digest != [0; 32]).then_some(ImageDigest::Sha256(old.digest)))
         .ok_or("no digest of the image")?;
     let pages = kept
         .pages
@@ -224,9 +254,9 @@ fn reuse(
             Ok(m.sign_page(key, i as u64, &leaves))
         })
         .collect::<std::result::Result<Vec<_>, &'static str>>()?;
-    let mut file = ManifestFile::new(head.to_vec(), m, key, pages, &digest);
+    let mut file = ManifestFile::new(head.to_vec(), m, key, pages, digest);
     file.stamp = Some(stamp);
-    Ok((file, digest))
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -286,9 +316,8 @@ mod tests {
         let stamp = Stamp::of(&File::open(&img).unwrap()).unwrap();
         assert_eq!(kept.stamp, Some(stamp));
         let now = session_of(&m);
-        let (file, digest) = reuse(&kept, stamp, &now.sign(&key), &now, &key).unwrap();
+        let file = reuse(&kept, stamp, &now.sign(&key), &now, &key).unwrap();
         let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        assert_eq!(digest, sha);
         // Every record verifies for this session, and the pages are the
         // ones its sender makes from the image (the same bytes).
         let vk = key.verifying_key();
@@ -360,16 +389,31 @@ mod tests {
         kept.write_atomic(&path).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap());
         let now = session_of(&m);
-        assert!(ahead(&path, stamp, &now.sign(&key), &now, &key).is_some());
+        let k = ahead(&path, stamp, &now.sign(&key), &now, &key).unwrap();
+        let sha: [u8; 32] = sha2::Sha256::digest(std::fs::read(&img).unwrap()).into();
+        assert_eq!(k.digest, ImageDigest::Sha256(sha));
+        assert_eq!(k.pages.len() as u64, now.page_count());
         let file = ManifestFile::parse(&std::fs::read(&path).unwrap()).unwrap();
         let vk = key.verifying_key();
         assert_eq!(Manifest::verify(&file.head, &[vk]).unwrap().0, now);
         // The image rewritten: the kept file names other bytes and goes.
         std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
         let stamp = Stamp::of(&File::open(&img).unwrap());
-        assert_eq!(ahead(&path, stamp, &now.sign(&key), &now, &key), None);
+        assert!(ahead(&path, stamp, &now.sign(&key), &now, &key).is_none());
         assert!(!path.exists());
         // Nothing kept: nothing published.
-        assert_eq!(ahead(&path, stamp, &now.sign(&key), &now, &key), None);
+        assert!(ahead(&path, stamp, &now.sign(&key), &now, &key).is_none());
+        // A file a signed sender wrote without hashing the image with
+        // SHA-256 (its end carries the root) is reused as well.
+        let bytes = std::fs::read(&img).unwrap();
+        let pages: Vec<Vec<u8>> = (0..now.page_count())
+            .map(|i| now.page_of(&key, i, &bytes))
+            .collect();
+        let root = ImageDigest::Root(now.root_of_pages(&pages).unwrap());
+        let f = File::open(&img).unwrap();
+        let signed = (now.sign(&key), &now, &key);
+        after_first_pass(&path, &f, stamp, None, signed, pages.clone(), root);
+        let k = ahead(&path, stamp, &now.sign(&key), &now, &key).unwrap();
+        assert_eq!((k.digest, k.pages), (root, pages));
     }
 }

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::core::fleet::{FleetCounts, RxState};
 use crate::error::Error;
+use crate::proto::manifest::ImageDigest;
 use crate::send::sender::{Progress, SendReport};
 use crate::status::page::{
     now_ns, PathMode, Role, SendPhase, SenderStatus, Snapshot, SparseStatus, State, StatusWriter,
-    FLAG_DIGEST, FLAG_GEOMETRY,
+    FLAG_DIGEST, FLAG_GEOMETRY, FLAG_ROOT,
 };
 use crate::status::report;
 
@@ -109,8 +110,13 @@ impl Live {
             } else {
                 u64::from(p.pass) + 1
             },
-            flags: FLAG_GEOMETRY | FLAG_DIGEST,
-            digest: p.digest,
+            flags: FLAG_GEOMETRY
+                | match p.digest {
+                    Some(ImageDigest::Sha256(_)) => FLAG_DIGEST,
+                    Some(ImageDigest::Root(_)) => FLAG_DIGEST | FLAG_ROOT,
+                    None => 0,
+                },
+            digest: p.digest.map_or([0; 32], |d| d.bytes()),
             sparse: SparseStatus {
                 skipped_bytes: p.skipped_bytes,
                 ..SparseStatus::default()
@@ -200,7 +206,7 @@ impl Live {
             bytes: 0,
             total_bytes: r.geometry.total_size,
             block_size: r.geometry.block_size,
-            digest: r.digest,
+            digest: Some(r.digest),
             packets: r.packets,
             bytes_sent: r.bytes,
             skipped_bytes: r.skipped_bytes,

@@ -10,8 +10,8 @@ use crate::error::Result;
 use crate::proto::wire::{hex, DropReason};
 use crate::receive::workers::Sink;
 use crate::status::page::{
-    now_ns, Snapshot, State, FLAG_DIGEST, FLAG_GEOMETRY, TRUST_MANIFEST, TRUST_NO_READ_BACK,
-    TRUST_REQUIRED,
+    now_ns, Snapshot, State, FLAG_DIGEST, FLAG_GEOMETRY, FLAG_ROOT, TRUST_MANIFEST,
+    TRUST_NO_READ_BACK, TRUST_REQUIRED,
 };
 
 impl Control {
@@ -83,6 +83,9 @@ impl Control {
         if let Some(d) = t.digest() {
             s.flags |= FLAG_DIGEST;
             s.digest = d;
+        } else if let Some(r) = t.signed().and_then(|sg| sg.root()) {
+            s.flags |= FLAG_DIGEST | FLAG_ROOT;
+            s.digest = r;
         }
         if let Some(st) = t.stream_status() {
             s.stream = st;
@@ -146,9 +149,14 @@ impl Control {
                 }
                 s.message = match self.path.sink.signed() {
                     Some(sg) => format!(
-                        "{} chunks verified against the manifest signed by {} (SHA-256 {})",
+                        "{} chunks verified against the manifest signed by {} ({} {})",
                         sg.verified_chunks(),
                         hex(sg.key.as_bytes()),
+                        if s.flags & FLAG_ROOT != 0 {
+                            "root"
+                        } else {
+                            "SHA-256"
+                        },
                         hex(&s.digest)
                     ),
                     None => format!("SHA-256 {} verified", hex(&s.digest)),

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use xdpcast::net::socket::Group;
-use xdpcast::proto::wire::hex;
 use xdpcast::send::sender::{self, SendOptions};
 use xdpcast::send::view as send_view;
 use xdpcast::status::page::{self, StatusWriter};
@@ -83,6 +82,14 @@ pub(crate) struct SendArgs {
     /// FILE.xdpcast-manifest beside it; docs/http.md).
     #[arg(long, value_name = "PATH", requires = "sign")]
     manifest_file: Option<PathBuf>,
+    /// With --sign: hash the image with SHA-256 too and send it in the
+    /// signed ends, for receivers with --expect-sha256, older receivers or
+    /// receivers without --trust. Without it a signed session's ends carry
+    /// the root of its chunk hashes, which costs no extra pass of the CPU
+    /// over the image (a kept manifest file naming the SHA-256 gives it
+    /// without one; docs/security.md).
+    #[arg(long, requires = "sign")]
+    sha256: bool,
     /// With --sign: write no manifest file.
     #[arg(long, conflicts_with = "manifest_file")]
     no_manifest_file: bool,
@@ -231,6 +238,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
         no_gso,
         repair,
         sign,
+        sha256,
         manifest_file,
         no_manifest_file,
         http_url,
@@ -264,6 +272,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
         opts.manifest_file = manifest_file
             .or_else(|| regular.then(|| xdpcast::fetch::manifest_file::path_beside(&file)));
     }
+    opts.sha256 = sha256;
     opts.http_urls = http_url;
     opts.rate_bps = rate;
     opts.passes = passes;
@@ -317,7 +326,7 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
     let secs = r.elapsed.as_secs_f64().max(1e-6);
     let gb = r.geometry.total_size as f64 / 1e9;
     println!(
-            "sent {} in {} packets ({passes} pass(es), {} repair round(s) of {} packets for {} NACKs and {} parity requests, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; skipped {} of zeros in {} runs (zero scan {:.1} ms/GB, read {:.2} s); sha256 {}",
+            "sent {} in {} packets ({passes} pass(es), {} repair round(s) of {} packets for {} NACKs and {} parity requests, session {:#010x}, {} blocks of {}) in {secs:.2} s, {}; skipped {} of zeros in {} runs (zero scan {:.1} ms/GB{}); {}",
             report::bytes(r.geometry.total_size),
             r.packets,
             r.repair_rounds,
@@ -331,8 +340,10 @@ pub(crate) fn run(a: SendArgs) -> anyhow::Result<ExitCode> {
             report::bytes(r.skipped_bytes),
             r.zero_runs,
             r.scan_time.as_secs_f64() * 1e3 / gb.max(1e-9),
-            r.read_time.as_secs_f64(),
-            hex(&r.digest)
+            r.read_time
+                .map(|t| format!(", read {:.2} s", t.as_secs_f64()))
+                .unwrap_or_default(),
+            r.digest.describe()
         );
     if r.requests() + r.inbound.ignored > 0 {
         println!(

@@ -37,6 +37,12 @@ pub const LACKING_SHARE_SHIFT: u32 = 24;
 /// count it as lacking much: the receivers' default
 /// `--http-repair-percent`.
 pub const LACKING_MUCH: f64 = 0.05;
+/// Control flag of a signed end (kind 7): its digest field carries the
+/// image's *root* (BLAKE3 of its signed chunk hashes,
+/// `Manifest::root`), not its SHA-256: the sender did not hash the image
+/// with SHA-256 (a signed session's chunk hashes already authenticate
+/// every byte). docs/protocol.md, "Signed sessions".
+pub const FLAG_ROOT: u32 = 16;
 /// Control flags bits 8-15: the sender's group-size estimate, as
 /// `ceil(log2(receivers known + 1))`; receivers scale their request backoff
 /// by it (NORM's GSIZE).

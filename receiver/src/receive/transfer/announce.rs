@@ -145,6 +145,28 @@ impl Transfer {
                 let _ = self.digest.set(d);
             }
         }
+        // A sender that did not hash the image with SHA-256: every chunk
+        // is checked against its signed hash all the same, but a pinned
+        // SHA-256 cannot be compared with anything.
+        if let Some(r) = end.root {
+            if self.pinned.is_some() {
+                self.fail(Error::new(
+                    ErrorCode::DigestMismatch,
+                    "the signer sends no SHA-256 (its ends carry the root of its chunk hashes): --expect-sha256 cannot be checked (the sender needs --sha256)",
+                ));
+            } else if !s.learn_root(r) {
+                self.fail(Error::new(
+                    ErrorCode::ProtocolError,
+                    "the signer gave two different image roots in one session",
+                ));
+            } else {
+                log::debug!(
+                    "session {:#010x}: signed image root {}",
+                    s.manifest.session,
+                    wire::hex(&r)
+                );
+            }
+        }
         self.end_of_pass(image, &s.control(end.pass, end.flags));
         Ok(())
     }

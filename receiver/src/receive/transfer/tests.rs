@@ -644,6 +644,38 @@ fn signed_end_digest_other_than_the_pinned_one_fails() {
 }
 
 #[test]
+fn a_signed_end_with_the_root_is_taken_unless_a_sha256_is_pinned() {
+    use ed25519_dalek::SigningKey;
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let g = Geometry::new(1000, 100);
+    let m = test_manifest(g, [0; 32], 0);
+    let raw = |kind, payload: &[u8]| wire::encode_raw(kind, 5, &g, 0, payload);
+    let root = m.sign_end(&key, 0, wire::FLAG_ROOT, &[4; 32]);
+    for pinned in [None, Some([1; 32])] {
+        let (t, path) = setup("signed-root", None);
+        let _ = std::fs::remove_file(&path);
+        let t = t.with_trust(vec![key.verifying_key()], pinned);
+        let c = t.counters(0);
+        t.ingest(&raw(Kind::Manifest, &m.sign(&key)), c);
+        t.ingest(&raw(Kind::SignedEnd, &root), c);
+        let s = t.signed().unwrap();
+        match pinned {
+            // The root is no SHA-256: the image has none to report.
+            None => {
+                assert!(t.failure().is_none());
+                assert_eq!(
+                    (s.root(), s.digest(), t.digest()),
+                    (Some([4; 32]), None, None)
+                );
+            }
+            // A pinned SHA-256 cannot be checked against a root.
+            Some(_) => assert_eq!(t.failure().map(|e| e.code), Some(ErrorCode::DigestMismatch)),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
 fn pinned_digest_drops_other_announces_instead_of_failing() {
     let (t, _) = setup("pinned", None);
     let t = t.with_trust(Vec::new(), Some([1; 32]));

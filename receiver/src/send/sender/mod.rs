@@ -10,10 +10,12 @@
 //! rounds.
 //!
 //! Nothing reads the image before the first packet: it is hashed and
-//! scanned while it is sent ([`crate::send::ahead`]). The image's SHA-256
-//! goes out in the end packets, from the end of the first pass on; in a
-//! signed session each page of chunk hashes is signed when its chunks have
-//! been read and sent before their data.
+//! scanned while it is sent ([`crate::send::ahead`]). The image's digest
+//! goes out in the end packets, from the end of the first pass on: its
+//! SHA-256 in an unsigned session; in a signed one, where each page of
+//! chunk hashes is signed when its chunks have been read and sent before
+//! their data, the root of those hashes (no SHA-256 pass over the image)
+//! unless `--sha256` asks for the SHA-256 or a kept manifest file names it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -29,10 +31,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::fetch::manifest_file::Stamp;
 use crate::net::socket;
 use crate::proto::fec;
-use crate::proto::manifest::{self, Manifest};
+use crate::proto::manifest::{self, ImageDigest, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind};
 use crate::rng::XorShift;
-use crate::send::ahead::{Ahead, Scan};
+use crate::send::ahead::{self, Ahead, Scan};
 use crate::send::publish;
 use crate::send::repair::Backchannel;
 use crate::send::zeros::ZeroRuns;
@@ -228,9 +230,18 @@ pub fn send(
     // The image as opened: a manifest file kept beside it is published
     // now if it was made from these bytes.
     let stamp = Stamp::of(&file);
-    let published = match (&signer, &opts.manifest_file) {
+    let kept = match (&signer, &opts.manifest_file) {
         (Some(s), Some(path)) => publish::ahead(path, stamp, &s.head, &s.manifest, &s.key),
         _ => None,
+    };
+    // An unsigned session's receivers check the SHA-256; a signed one's
+    // check every chunk against its signed hash, and the ends carry the
+    // root of those hashes, unless the SHA-256 is asked for and no kept
+    // manifest file names it.
+    let sha256 = match (&signer, &kept) {
+        (None, _) => true,
+        (Some(_), Some(k)) => opts.sha256 && !matches!(k.digest, ImageDigest::Sha256(_)),
+        (Some(_), None) => opts.sha256,
     };
     let mut ahead = Ahead::start(
         map.clone(),
@@ -241,6 +252,7 @@ pub fn send(
             known: holes,
             sign: signer.as_ref().map(|s| (s.manifest, s.key.clone())),
         },
+        sha256,
     )?;
     let policy = Policy {
         session,
@@ -283,7 +295,7 @@ pub fn send(
         session,
         geometry,
         image: &map[..],
-        digest: [0; 32],
+        digest: None,
         packets: 0,
         payload_packets: 0,
         bytes: 0,
@@ -415,13 +427,14 @@ pub fn send(
             if let Some(f) = &fill {
                 f.finish()?;
             }
-            w.digest = ahead.digest()?.sha256;
+            let digest = image_digest(ahead.digest()?, w.signer.as_ref(), kept.as_ref())?;
+            w.digest = Some(digest);
             // Every page is made and the digest known: the manifest file
             // for HTTP receivers can be written.
             if let (Some(s), Some(path)) = (&w.signer, &opts.manifest_file) {
                 let pages = s.pages.clone();
                 let signed = (s.head.clone(), &s.manifest, &s.key);
-                publish::after_first_pass(path, &file, stamp, published, signed, pages, &w.digest);
+                publish::after_first_pass(path, &file, stamp, kept.as_ref(), signed, pages, digest);
             }
             list = ZeroList::new(list.runs, session, &geometry, list.sign);
             if !list.packets.is_empty() {
@@ -540,7 +553,9 @@ pub fn send(
     Ok(SendReport {
         session,
         geometry,
-        digest: read.sha256,
+        digest: w
+            .digest
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "no image digest"))?,
         packets: w.packets,
         bytes: w.bytes,
         repair_rounds: schedule.rounds(),
@@ -553,6 +568,31 @@ pub fn send(
         zero_runs: list.runs.runs().len() as u64,
         skipped_bytes: list.runs.bytes(&geometry),
         scan_time: ahead.scan_time(),
-        read_time: read.elapsed,
+        read_time: read.map(|d| d.elapsed),
     })
+}
+
+/// The image's digest once the first pass has read it all: its SHA-256 if
+/// it was hashed (`read`); else, in a signed session (`signer`, every page
+/// made), the one a kept manifest file names if its pages are the ones
+/// made from the image now (`kept`), or the root of the chunk hashes.
+fn image_digest(
+    read: Option<ahead::Digest>,
+    signer: Option<&Signer>,
+    kept: Option<&publish::Kept>,
+) -> Result<ImageDigest> {
+    if let Some(d) = read {
+        return Ok(ImageDigest::Sha256(d.sha256));
+    }
+    let s = signer.ok_or_else(|| Error::new(ErrorCode::Internal, "no image digest"))?;
+    if let Some(k) = kept.filter(|k| k.pages == s.pages) {
+        return Ok(k.digest);
+    }
+    if kept.is_some() {
+        log::warn!("the image differs from the one its kept manifest file names: its ends carry the root of its chunk hashes, not the kept SHA-256");
+    }
+    s.manifest
+        .root_of_pages(&s.pages)
+        .map(ImageDigest::Root)
+        .ok_or_else(|| Error::new(ErrorCode::Internal, "a page of chunk hashes is missing"))
 }

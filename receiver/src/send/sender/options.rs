@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::core::fleet::{FleetCounts, RxInfo};
 use crate::net::socket::Group;
+use crate::proto::manifest::ImageDigest;
 use crate::proto::wire::{self, Geometry};
 use crate::send::repair::Inbound;
 use crate::status::page::SendPhase;
@@ -67,10 +68,17 @@ pub struct SendOptions {
     /// Sign the session with this key (`--sign`): a manifest with chunk
     /// hashes and signed end packets go out besides the plain ones.
     pub sign: Option<ed25519_dalek::SigningKey>,
+    /// With `sign`: hash the image with SHA-256 as well, for the ends
+    /// (`send --sha256`): for receivers that pin it (`receive
+    /// --expect-sha256`), that predate the image root, or take the session
+    /// unsigned. Without it a signed session's ends carry the root of the
+    /// chunk hashes (a kept manifest file that names the SHA-256 gives it
+    /// without a hash).
+    pub sha256: bool,
     /// With `sign`: write the signed manifest here for receivers that
     /// fetch over HTTP (`xdpcast send` picks `IMAGE.xdpcast-manifest` for
     /// a regular file; see [`crate::send::publish`]), when the first pass
-    /// ends: every page is made and the image's SHA-256 known by then.
+    /// ends: every page is made and the image's digest known by then.
     pub manifest_file: Option<std::path::PathBuf>,
     /// With `sign`: URLs of the same image on web servers, named in the
     /// signed head for receivers given no `--http` of their own
@@ -131,6 +139,7 @@ impl SendOptions {
             loss: 0.0,
             max_repair: 2.0,
             sign: None,
+            sha256: false,
             manifest_file: None,
             http_urls: Vec::new(),
             min_receivers: 0,
@@ -152,8 +161,9 @@ pub struct SendReport {
     pub session: u32,
     /// Image geometry.
     pub geometry: Geometry,
-    /// SHA-256 of the image.
-    pub digest: [u8; 32],
+    /// SHA-256 of the image, or in a signed session the root of its
+    /// chunk hashes (see [`SendOptions::sha256`]).
+    pub digest: ImageDigest,
     /// Datagrams sent (all kinds, all passes).
     pub packets: u64,
     /// Payload bytes of data and FEC symbol packets sent (all passes and
@@ -184,8 +194,8 @@ pub struct SendReport {
     /// Time spent looking for zero blocks, hashing excluded.
     pub scan_time: Duration,
     /// Wall time from the start until the image's SHA-256 was done (it is
-    /// hashed while it is sent).
-    pub read_time: Duration,
+    /// hashed while it is sent); None when it was not hashed.
+    pub read_time: Option<Duration>,
 }
 
 impl SendReport {
@@ -216,8 +226,8 @@ pub struct Progress {
     pub total_bytes: u64,
     /// Bytes per block.
     pub block_size: u32,
-    /// SHA-256 of the image (all zero until the sender has read all of it).
-    pub digest: [u8; 32],
+    /// SHA-256 or root of the image, once the sender has read all of it.
+    pub digest: Option<ImageDigest>,
     /// Datagrams sent so far (all kinds).
     pub packets: u64,
     /// Payload bytes of data and symbol packets sent so far.

@@ -9,7 +9,7 @@ use socket2::Socket;
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::socket::{SendBatch, MAX_GSO_SEGMENTS};
 use crate::proto::fec;
-use crate::proto::manifest::Manifest;
+use crate::proto::manifest::{ImageDigest, Manifest};
 use crate::proto::wire::{self, Control, Geometry, Kind, HEADER_LEN};
 use crate::rng::XorShift;
 use crate::send::ahead::Piece;
@@ -108,8 +108,8 @@ pub(super) struct Wire<'a> {
     pub(super) session: u32,
     pub(super) geometry: Geometry,
     pub(super) image: &'a [u8],
-    /// The image's SHA-256, once read (all zero before).
-    pub(super) digest: [u8; 32],
+    /// The image's SHA-256 or root, once read.
+    pub(super) digest: Option<ImageDigest>,
     /// Datagrams sent, all kinds.
     pub(super) packets: u64,
     /// Data and FEC symbol packets sent (what loss injection dropped is
@@ -166,11 +166,19 @@ impl Wire<'_> {
     }
 
     pub(super) fn control(&mut self, kind: Kind, control: &Control) -> Result<()> {
-        let control = Control {
-            digest: self.digest,
+        // Plain packets carry a SHA-256 only: a root is for receivers that
+        // verify the signed chunks (an unsigned receiver would compare it
+        // with the SHA-256 it reads back).
+        let sha256 = match self.digest {
+            Some(ImageDigest::Sha256(d)) => d,
+            _ => [0; 32],
+        };
+        let plain = Control {
+            digest: sha256,
             ..*control
         };
-        let pkt = wire::encode_control(kind, self.session, &self.geometry, &control);
+        let pkt = wire::encode_control(kind, self.session, &self.geometry, &plain);
+        let (flags, digest) = self.digest.map_or((0, [0; 32]), |d| (d.flags(), d.bytes()));
         let signed = self.signer.as_ref().map(|s| match kind {
             Kind::End => wire::encode_raw(
                 Kind::SignedEnd,
@@ -178,7 +186,7 @@ impl Wire<'_> {
                 &self.geometry,
                 0,
                 &s.manifest
-                    .sign_end(&s.key, control.pass, control.flags, &self.digest),
+                    .sign_end(&s.key, control.pass, control.flags | flags, &digest),
             ),
             _ => wire::encode_raw(Kind::Manifest, self.session, &self.geometry, 0, &s.head),
         });

@@ -144,6 +144,10 @@ pub mod offsets {
 pub const FLAG_GEOMETRY: u64 = 1;
 /// Flag bit: the sender's digest is known.
 pub const FLAG_DIGEST: u64 = 2;
+/// Flag bit (with [`FLAG_DIGEST`]): the digest is the image's root, BLAKE3
+/// of its signed chunk hashes (`Manifest::root`), not its SHA-256: a signed
+/// session whose sender did not hash the image with SHA-256.
+pub const FLAG_ROOT: u64 = 4;
 
 /// Session state as published on the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

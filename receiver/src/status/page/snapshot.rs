@@ -624,6 +624,21 @@ impl Snapshot {
         self.total_drops() - self.drops_for(DropReason::Duplicate)
     }
 
+    /// The sender's digest once known: its name (`sha256`, or `root`
+    /// with [`FLAG_ROOT`](super::FLAG_ROOT): BLAKE3 of a signed image's
+    /// chunk hashes) and its bytes.
+    pub fn image_digest(&self) -> Option<(&'static str, &[u8; 32])> {
+        if self.flags & super::FLAG_DIGEST == 0 {
+            return None;
+        }
+        let name = if self.flags & super::FLAG_ROOT != 0 {
+            "root"
+        } else {
+            "sha256"
+        };
+        Some((name, &self.digest))
+    }
+
     /// Drops for one reason.
     pub fn drops_for(&self, r: DropReason) -> u64 {
         self.drops[r as usize]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::wire::{hex, DropReason};
 use crate::status::page::{
     HttpStatus, Role, SenderStatus, Snapshot, StorageStatus, StreamStatus, TrustStatus,
-    WorkerStatus, FLAG_DIGEST, STALE_AFTER,
+    WorkerStatus, STALE_AFTER,
 };
 
 /// One session as `xdpcast status --json` prints it: this struct is the
@@ -82,6 +82,10 @@ pub struct SessionReport {
     pub zero_method: String,
     /// Sender's SHA-256 in hex, once known.
     pub sha256: Option<String>,
+    /// In place of `sha256`, a signed image's root in hex (BLAKE3 of its
+    /// chunk hashes): its sender did not hash it with SHA-256.
+    #[serde(default)]
+    pub root: Option<String>,
     /// Human-readable note (the error, on failure).
     pub message: String,
     /// Dropped packets by reason name.
@@ -218,7 +222,11 @@ impl SessionReport {
             skipped_bytes: s.sparse.skipped_bytes,
             skipped_blocks: s.sparse.skipped_blocks,
             zero_method: s.sparse.zero_method.name().into(),
-            sha256: (s.flags & FLAG_DIGEST != 0).then(|| hex(&s.digest)),
+            sha256: s
+                .image_digest()
+                .filter(|d| d.0 == "sha256")
+                .map(|d| hex(d.1)),
+            root: s.image_digest().filter(|d| d.0 == "root").map(|d| hex(d.1)),
             message: s.message.clone(),
             drops: DropReason::ALL
                 .iter()

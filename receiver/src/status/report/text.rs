@@ -4,9 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::proto::wire::{hex, DropReason};
-use crate::status::page::{
-    DiagStatus, PathMode, Role, Snapshot, FLAG_DIGEST, TRUST_MANIFEST, TRUST_REQUIRED,
-};
+use crate::status::page::{DiagStatus, PathMode, Role, Snapshot, TRUST_MANIFEST, TRUST_REQUIRED};
 
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
@@ -157,8 +155,8 @@ pub fn human(s: &Snapshot) -> String {
             s.trust.rejected_blocks
         ),
     };
-    if s.flags & FLAG_DIGEST != 0 {
-        let _ = writeln!(o, "sha256    {}", hex(&s.digest));
+    if let Some((name, d)) = s.image_digest() {
+        let _ = writeln!(o, "{name:<9} {}", hex(d));
     }
     for w in &s.workers {
         let cpu = if w.cpu == u64::MAX {
@@ -274,8 +272,8 @@ fn sender_lines(o: &mut String, s: &Snapshot) {
             bytes(s.sparse.skipped_bytes)
         );
     }
-    if s.flags & FLAG_DIGEST != 0 {
-        let _ = writeln!(o, "sha256    {}", hex(&s.digest));
+    if let Some((name, d)) = s.image_digest() {
+        let _ = writeln!(o, "{name:<9} {}", hex(d));
     }
     if !s.message.is_empty() {
         let _ = writeln!(o, "message   {}", printable(&s.message));
