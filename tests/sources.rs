@@ -26,6 +26,14 @@ fn loopback(name: &str) -> Netns {
     ns
 }
 
+/// A namespace with multicast on its loopback, an image of `len` bytes
+/// from `seed` and a signing key, all under `name`.
+fn signing(name: &str, len: usize, seed: u64) -> (Netns, Images, std::path::PathBuf) {
+    let images = Images::new(name, len, seed);
+    let key = keygen(&images.dir, "site");
+    (loopback(name), images, key)
+}
+
 /// Send `src` on `ns`'s loopback with `send_args` to a receiver writing
 /// `dst` with `recv_args`; both must succeed, the target must hold `src`'s
 /// bytes and the sender and the receiver's page must name them (SHA-256, or
@@ -181,9 +189,7 @@ fn standard_input_is_sent_signed_and_unsigned() {
     if !netns_allowed() {
         return;
     }
-    let ns = loopback("xdpc-src-in");
-    let Images { dir, src, dst } = Images::new("xdpc-src-in", 5 * MIB as usize + 99, 33);
-    let key = keygen(&dir, "site");
+    let (ns, Images { dir, src, dst }, key) = signing("xdpc-src-in", 5 * MIB as usize + 99, 33);
     let signed = ["--sign", key.to_str().unwrap()];
     let trust = ["--trust".to_string(), pub_of(&key)];
     let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
@@ -266,9 +272,7 @@ fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
     if !netns_allowed() {
         return;
     }
-    let ns = loopback("xdpc-src-sha");
-    let Images { dir, src, dst } = Images::new("xdpc-src-sha", 3 * MIB as usize + 5, 35);
-    let key = keygen(&dir, "site");
+    let (ns, Images { dir, src, dst }, key) = signing("xdpc-src-sha", 3 * MIB as usize + 5, 35);
     let pin = sha256_hex(&src);
     let trust = pub_of(&key);
     let pinned = ["--trust", &trust, "--expect-sha256", &pin];
