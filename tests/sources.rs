@@ -26,6 +26,20 @@ fn loopback(name: &str) -> Netns {
     ns
 }
 
+/// A socket receiver's arguments on the loopback, writing `dst`, then
+/// `extra`.
+fn rx_args<'a>(dst: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let out = [
+        "--iface",
+        "lo",
+        "--mode",
+        "socket",
+        "--out",
+        dst.to_str().unwrap(),
+    ];
+    [&out[..], extra].concat()
+}
+
 /// A namespace with multicast on its loopback, an image of `len` bytes
 /// from `seed` and a signing key, all under `name`.
 fn signing(name: &str, len: usize, seed: u64) -> (Netns, Images, std::path::PathBuf) {
@@ -47,18 +61,7 @@ fn send_and_check(
     send_args: &[&str],
     recv_args: &[&str],
 ) {
-    let args = [
-        &[
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            dst.to_str().unwrap(),
-        ][..],
-        recv_args,
-    ]
-    .concat();
+    let args = rx_args(dst, recv_args);
     let rx = start_receiver(xdpcast(ns), dir, name, GROUP, &args);
     let tx = start_sender(
         ns,
@@ -206,18 +209,7 @@ fn standard_input_is_sent_signed_and_unsigned() {
         ("inf", Stdin::File, &signed[..], &trust[..]),
     ] {
         let _ = std::fs::remove_file(&dst);
-        let args = [
-            &[
-                "--iface",
-                "lo",
-                "--mode",
-                "socket",
-                "--out",
-                dst.to_str().unwrap(),
-            ][..],
-            recv,
-        ]
-        .concat();
+        let args = rx_args(&dst, recv);
         let rx = start_receiver(xdpcast(&ns), &dir.0, name, GROUP, &args);
         let tx = send_stdin(&ns, &src, how, send);
         let sent = ok(
@@ -288,15 +280,7 @@ fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
     );
     let run = |name: &str, send: &[&str]| {
         let _ = std::fs::remove_file(&dst);
-        let out = [
-            "--iface",
-            "lo",
-            "--mode",
-            "socket",
-            "--out",
-            dst.to_str().unwrap(),
-        ];
-        let args = [&out[..], &pinned[..]].concat();
+        let args = rx_args(&dst, &pinned);
         let rx = start_receiver(xdpcast(&ns), &dir.0, name, GROUP, &args);
         let sign = [
             "--block-size",
