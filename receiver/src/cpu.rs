@@ -17,7 +17,23 @@
 //!   off, goes where the writer goes, at a priority halfway between the
 //!   worker's and the process's: above other work, since the worker's
 //!   frames wait for it, but below the worker, so that a worker that wakes
-//!   up does not wait for its copier's time slice on a shared core.
+//!   up does not wait for its copier's time slice on a shared core;
+//! - the threads a worker wakes (the copier, the writer, the checking pool)
+//!   run under `SCHED_BATCH` with the default time slice
+//!   ([`place_background`], [`place_copier`]; a thread started by a worker
+//!   would otherwise inherit its short slice), and a worker asks for a
+//!   short slice ([`WORKER_SLICE_NS`]). Why: on a core shared with them a
+//!   worker lost the core mid-batch whenever it had run a default slice's
+//!   worth since its last deadline: the wake-up it caused itself (its
+//!   copier kicked at the end of a batch, a page handed to the checking
+//!   pool) let the scheduler pick the woken thread, and the copier then
+//!   woke the writer, which hashed and wrote a chunk before the worker got
+//!   the core back (0.2-1 ms, `perf sched`, see docs/architecture.md). A
+//!   `SCHED_BATCH` thread does not preempt on wake-up, and a worker with a
+//!   short slice within its fair share has the earliest deadline, so it
+//!   is picked first and preempts them when it wakes. Nice values still
+//!   weigh as before, so under a CPU hog the helpers keep their share
+//!   (unlike `SCHED_IDLE`, which would starve the session).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -27,6 +43,16 @@ use crate::error::{Error, ErrorCode, Result};
 /// weights, a worker at -10 gets about 90 % of a core shared with one
 /// thread at 0 (the writer, a build, a CPU hog) whenever it is runnable.
 pub const WORKER_NICE: i32 = -10;
+
+/// Time slice workers ask for (`sched_setattr`'s `sched_runtime`, an
+/// EEVDF custom slice since Linux 6.12; older kernels ignore it for
+/// `SCHED_OTHER`): a worker that is runnable and within its fair share has
+/// the earliest deadline, so it is picked before the copier, writer or
+/// checking thread whose slice it shares a core with, and preempts them
+/// when it wakes. With the default slice (0.75-3 ms by CPU count) it lost
+/// the core to them whenever it had run a slice's worth since its last
+/// deadline, for their whole slice (see the module docs).
+pub const WORKER_SLICE_NS: u64 = 100_000;
 
 /// CPUs tracked for worker placement (cpu_set_t holds 1024).
 const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
@@ -119,7 +145,34 @@ pub fn pin_worker(cpu: usize) -> Result<Pinned> {
     // Relaxed: a placement hint, read by writer threads started later.
     WORKERS_ON[cpu].fetch_add(1, Ordering::Relaxed);
     let _ = renice(WORKER_NICE);
+    if let Err(e) = set_policy(libc::SCHED_OTHER, WORKER_SLICE_NS) {
+        log::debug!("sched_setattr(sched_runtime {WORKER_SLICE_NS} ns): {e}");
+    }
     Ok(Pinned(cpu))
+}
+
+/// Set the calling thread's policy (`SCHED_OTHER` or `SCHED_BATCH`) and
+/// time slice (`slice_ns`, 0: the kernel's default), keeping its nice
+/// value.
+fn set_policy(policy: i32, slice_ns: u64) -> std::io::Result<()> {
+    let attr = libc::sched_attr {
+        size: std::mem::size_of::<libc::sched_attr>() as u32,
+        sched_policy: policy as u32,
+        sched_flags: 0,
+        sched_nice: nice(),
+        sched_priority: 0,
+        sched_runtime: slice_ns,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `attr` is a valid sched_attr of the size it states, read by
+    // the kernel during the call; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Set the calling thread's nice value (Linux: PRIO_PROCESS with a thread
@@ -170,11 +223,23 @@ pub fn move_off_workers() -> Vec<usize> {
     cpus
 }
 
-/// Place the calling thread (the staging writer) as [`move_off_workers`]
-/// does, at the process's nice value (below the workers', whose value a
-/// thread started by a worker inherits). Returns the CPUs chosen.
+/// Put the calling thread under `SCHED_BATCH` with the default time
+/// slice, keeping its nice value: woken by a worker, it does not preempt
+/// it, and it does not keep the short slice it inherited from the worker
+/// that started it (see the module docs). Best effort: logged on error.
+fn batch_policy() {
+    if let Err(e) = set_policy(libc::SCHED_BATCH, 0) {
+        log::debug!("sched_setattr(SCHED_BATCH): {e}");
+    }
+}
+
+/// Place the calling thread (the staging writer, a checking thread) as
+/// [`move_off_workers`] does, under `SCHED_BATCH` at the process's nice
+/// value (below the workers', whose value a thread started by a worker
+/// inherits). Returns the CPUs chosen.
 pub fn place_background() -> Vec<usize> {
     let cpus = move_off_workers();
+    batch_policy();
     // Started by a worker, it also inherited the worker's nice value: back
     // to the process's (its main thread's; raising it is always allowed).
     let _ = renice(process_nice());
@@ -182,10 +247,12 @@ pub fn place_background() -> Vec<usize> {
 }
 
 /// Place the calling thread (a copier, started by a worker) as
-/// [`move_off_workers`] does, at a nice value halfway between the one it
-/// inherited (its worker's) and the process's. Returns the CPUs chosen.
+/// [`move_off_workers`] does, under `SCHED_BATCH` at a nice value halfway
+/// between the one it inherited (its worker's) and the process's. Returns
+/// the CPUs chosen.
 pub fn place_copier() -> Vec<usize> {
     let cpus = move_off_workers();
+    batch_policy();
     let _ = renice((nice() + process_nice()) / 2);
     cpus
 }
@@ -199,6 +266,12 @@ fn process_nice() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's scheduling policy.
+    fn policy() -> i32 {
+        // SAFETY: no memory arguments; pid 0 is the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
 
     #[test]
     fn background_avoids_worker_cores_when_it_can() {
@@ -224,18 +297,22 @@ mod tests {
             assert!(WORKERS_ON[cpu].load(Ordering::Relaxed) >= 1);
             // A thread started by the pinned worker inherits its pin; the
             // writer's placement undoes that.
-            let placed = std::thread::spawn(|| (place_background(), allowed(0).unwrap(), nice()))
-                .join()
-                .unwrap();
+            let placed =
+                std::thread::spawn(|| (place_background(), allowed(0).unwrap(), nice(), policy()))
+                    .join()
+                    .unwrap();
             assert_eq!(placed.0, placed.1);
             let process = process_nice();
             assert_eq!(placed.2, process, "the writer drops the worker's priority");
+            assert_eq!(placed.3, libc::SCHED_BATCH, "woken, it does not preempt");
             // A copier goes where the writer goes, halfway between.
-            let copier = std::thread::spawn(|| (place_copier(), nice()))
+            let copier = std::thread::spawn(|| (place_copier(), nice(), policy()))
                 .join()
                 .unwrap();
             assert_eq!(copier.0, placed.0);
             assert_eq!(copier.1, (nice() + process) / 2);
+            assert_eq!(copier.2, libc::SCHED_BATCH);
+            assert_eq!(policy(), libc::SCHED_OTHER, "the worker keeps its policy");
             if several {
                 assert_ne!(placed.1, vec![cpu]);
             }
