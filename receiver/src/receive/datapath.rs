@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
@@ -13,7 +14,7 @@ use socket2::Socket;
 use crate::error::{Error, ErrorCode, Result};
 use crate::net::rings::{self, XskConfig, XskQueue};
 use crate::net::socket::{self, Group};
-use crate::net::steer::{AttachMode, Steering, QUEUE_SLOTS};
+use crate::net::steer::{AttachMode, SteerError, Steering, QUEUE_SLOTS};
 use crate::receive::request::{ModeRequest, SessionRequest};
 use crate::receive::workers::{self, Sink, Source, Worker};
 use crate::status::page::{DiagStatus, PathMode, MAX_WORKERS};
@@ -269,6 +270,8 @@ pub struct DataPath<S: Sink> {
     pub slots: Vec<(u32, Option<usize>)>,
     stop: Arc<AtomicBool>,
     steering: Option<Steering>,
+    /// The thread detaching XDP once [`Self::stop`] was called.
+    detaching: Option<JoinHandle<std::result::Result<(), SteerError>>>,
     unserved: Option<Unserved>,
     _membership: Option<Socket>,
     /// Whether the XDP program filters on the sink's source yet.
@@ -293,6 +296,7 @@ impl<S: Sink> DataPath<S> {
             slots: Vec::new(),
             stop: stop.clone(),
             steering: opened.steering,
+            detaching: None,
             unserved: opened.unserved,
             _membership: opened.membership,
             source_set: false,
@@ -378,26 +382,48 @@ impl<S: Sink> DataPath<S> {
         }
     }
 
-    /// Stop the workers and detach XDP; the first worker error, if any.
-    pub fn shut_down(&mut self) -> Option<Error> {
+    /// Tell the workers to stop and detach XDP, without waiting: an idle
+    /// worker sees the flag within its poll timeout, and XDP is detached
+    /// on a thread of its own (its frames go back to the kernel rather
+    /// than to a queue whose socket is gone). [`Self::join`] waits for
+    /// both.
+    pub fn stop(&mut self) {
+        // Release: nothing is published with the flag; the workers load
+        // it Relaxed and only need to see it eventually.
         self.stop.store(true, Ordering::Release);
-        let errors: Vec<Error> = self
+        if let Some(s) = self.steering.take() {
+            // Should the thread not start, the closure and with it the
+            // steering are dropped here, which detaches it in place.
+            let spawned = std::thread::Builder::new()
+                .name("xdpcast-detach".into())
+                .spawn(move || s.detach());
+            self.detaching = spawned.ok();
+        }
+    }
+
+    /// Stop the workers and detach XDP, and wait for both; the first
+    /// worker error, if any.
+    pub fn join(&mut self) -> Option<Error> {
+        self.stop();
+        let error = self
             .workers
             .drain(..)
             .filter_map(|w| w.join().err())
-            .collect();
-        if let Some(s) = self.steering.take() {
-            if let Err(e) = s.detach() {
-                log::warn!("detaching XDP: {e}");
-            }
+            .collect::<Vec<_>>()
+            .into_iter()
+            .next();
+        match self.detaching.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => log::warn!("detaching XDP: {e}"),
+            Some(Err(_)) => log::warn!("detaching XDP: the thread panicked"),
+            _ => {}
         }
-        errors.into_iter().next()
+        error
     }
 }
 
 impl<S: Sink> Drop for DataPath<S> {
     fn drop(&mut self) {
-        self.shut_down();
+        self.join();
     }
 }
 

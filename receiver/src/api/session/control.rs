@@ -295,8 +295,16 @@ impl Control {
         // Nothing more from HTTP once the outcome is known.
         drop(self.fetch.take());
         drop(persister);
-        if let Some(e) = self.path.shut_down() {
-            outcome = outcome.and(Err(e));
+        // A complete image: the workers, which can only meet duplicates
+        // now, stop and XDP is detached while the target is flushed (an
+        // idle worker takes up to its poll timeout to see the stop, the
+        // detach some ms); both are waited for before the page says how
+        // the session ended. Otherwise before the resume file is saved.
+        self.path.stop();
+        if outcome.is_err() {
+            if let Some(e) = self.path.join() {
+                outcome = outcome.and(Err(e));
+            }
         }
         // A signed session is complete when its last chunk verified: the
         // target is not read again. Others read it back and compare SHA-256;
@@ -315,6 +323,9 @@ impl Control {
                 self.publish(&s);
                 self.verify()
             };
+        }
+        if let Some(e) = self.path.join() {
+            outcome = outcome.and(Err(e));
         }
         // Keep what is on disk for a restart, unless it is complete (or wrong).
         match &outcome {

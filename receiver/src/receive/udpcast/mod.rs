@@ -716,7 +716,7 @@ fn run(
             last: (Instant::now(), 0),
         };
         let watched = r.watch(&sock, req, base, cancel, publish);
-        let stopped = r.path.shut_down();
+        let stopped = r.path.join();
         publish(&r.snapshot(base));
         let len = match stopped {
             Some(e) if watched.is_ok() => Err(e),
