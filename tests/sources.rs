@@ -258,7 +258,8 @@ fn standard_input_of_another_size_than_given_fails_before_any_end() {
 /// names it: a receiver pinning it with `--expect-sha256` then succeeds.
 /// Otherwise the signed ends carry the root of the chunk hashes, which a
 /// pinned SHA-256 cannot be checked against: that receiver fails
-/// (`digest_mismatch`).
+/// (`digest_mismatch`), and one without `--trust` ends `incomplete`
+/// naming the way out.
 #[test]
 fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
     if !netns_allowed() {
@@ -278,9 +279,9 @@ fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
         &["--sign", key.to_str().unwrap(), "--sha256"],
         &pinned,
     );
-    let run = |name: &str, send: &[&str]| {
+    let run = |name: &str, recv: &[&str], send: &[&str]| {
         let _ = std::fs::remove_file(&dst);
-        let args = rx_args(&dst, &pinned);
+        let args = rx_args(&dst, recv);
         let rx = start_receiver(xdpcast(&ns), &dir.0, name, GROUP, &args);
         let sign = [
             "--block-size",
@@ -296,7 +297,7 @@ fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
         (rx.status.code(), ok(&tx, "sender"), read_page(&dir.0, name))
     };
     // Not hashed: the kept file names the SHA-256 of the unchanged image.
-    let (code, sent, s) = run("kept", &[]);
+    let (code, sent, s) = run("kept", &pinned, &[]);
     assert_eq!(code, Some(0), "{}", s.message);
     assert!(sent.contains(&format!("sha256 {pin}")), "{sent}");
     assert_eq!(
@@ -305,12 +306,27 @@ fn a_signed_sender_sends_the_sha256_only_when_asked_or_kept() {
     );
     assert_eq!(sha256_hex(&dst), pin);
     // Neither: the root, and the pinned receiver fails.
-    let (code, sent, s) = run("root", &["--no-manifest-file"]);
+    let (code, sent, s) = run("root", &pinned, &["--no-manifest-file"]);
     assert_eq!(code, Some(100 + ErrorCode::DigestMismatch as i32));
     assert!(sent.contains("; root "), "{sent}");
     assert_eq!(
         (s.state, s.error),
         (State::Failure, ErrorCode::DigestMismatch),
+        "{}",
+        s.message
+    );
+    // A receiver without --trust has nothing to check the blocks against:
+    // it fails at the sender's last end and says what to do.
+    let (code, _, s) = run("plain", &[], &["--no-manifest-file"]);
+    assert_eq!(
+        code,
+        Some(100 + ErrorCode::Incomplete as i32),
+        "{}",
+        s.message
+    );
+    assert_eq!((s.state, s.error), (State::Failure, ErrorCode::Incomplete));
+    assert!(
+        s.message.contains("no SHA-256") && s.message.contains("--trust"),
         "{}",
         s.message
     );

@@ -174,6 +174,9 @@ impl Control {
                                 "{} chunks unverified after the sender's last pass",
                                 sg.manifest.chunk_count() - sg.verified_chunks()
                             ),
+                            None if missing == 0 && t.digest().is_none() => {
+                                "every block is in but the sender sent no SHA-256 to check them against (a signing sender sends the root of its signed chunk hashes instead): receive with --trust KEY, or send with --sha256".to_string()
+                            }
                             _ => format!(
                                 "{missing} blocks still missing after the sender's last pass"
                             ),
