@@ -27,9 +27,14 @@ const FINAL_REPORTS: usize = 3;
 /// Most missing ranges one receiver reports per round (64 packets).
 const NACK_MAX_RANGES: usize = 64 * crate::proto::wire::MAX_NACK_RANGES;
 /// An unsigned session takes the sender's "too slow" verdict only when it
-/// keeps coming for this long (the sender repeats it in answer to every
-/// report, about once a second): one forged packet, or a short burst of
-/// them, ends nothing.
+/// has come in answer to this many of the receiver's progress reports
+/// (read between different pairs of reports: the sender answers every
+/// report of a receiver it judged, about once a second), over at least
+/// [`VERDICT_SPAN`]. One forged packet, or a burst of two, ends nothing
+/// however a loaded machine spreads it out in time (under a CPU hog a
+/// burst of two once came more than the span apart).
+const VERDICT_REPORTS: u32 = 3;
+/// See [`VERDICT_REPORTS`].
 const VERDICT_SPAN: Duration = Duration::from_millis(500);
 
 /// The receiver's end of the back-channel: one unicast socket, bound once
@@ -54,8 +59,12 @@ pub(super) struct Link {
     /// reports forged in this receiver's name (same address, port and
     /// name) make a row of their own and cannot change this one.
     pub(super) token: u64,
-    /// Unsigned session: when the first "too slow" verdict came.
-    pub(super) verdict_since: Mutex<Option<Instant>>,
+    /// Progress reports sent while the session runs: a verdict read
+    /// after the n-th answers it.
+    pub(super) reports: AtomicU64,
+    /// Unsigned session: when the first "too slow" verdict came, how many
+    /// reports verdicts answered, and the last one answered.
+    pub(super) verdict_since: Mutex<Option<(Instant, u32, u64)>>,
     /// Verdicts dropped: not from the repair address, not signed by the
     /// session's key, or not for this receiver.
     pub(super) bad_verdicts: AtomicU64,
@@ -169,7 +178,9 @@ impl Reporter {
                             // for --min-receivers starts then), not a
                             // period after the receiver started.
                             Ok(false) => continue,
-                            Ok(true) => {}
+                            Ok(true) => {
+                                link.reports.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(e) => log::debug!("progress report: {e}"),
                         }
                         // 75-125% of the period, so reports do not bunch up.
@@ -211,8 +222,8 @@ impl Drop for Reporter {
 /// The sender's "too slow" verdict, unicast from its repair address, ends
 /// the transfer: in a signed session only when signed with the session's
 /// key for this receiver (its port and name); in an unsigned one when it
-/// has kept coming for [`VERDICT_SPAN`], or, `at_end` (the session fails
-/// anyway), when one came at all.
+/// has answered [`VERDICT_REPORTS`] reports over [`VERDICT_SPAN`], or,
+/// `at_end` (the session fails anyway), when one came at all.
 fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
     let (Some((sock, to)), Some(img)) = (link.sock.get(), t.image()) else {
         return;
@@ -268,13 +279,22 @@ fn take_verdict(t: &Transfer, link: &Link, at_end: bool) {
     let pending = {
         let mut since = link.verdict_since.lock().unwrap_or_else(|p| p.into_inner());
         if verdict == Some("repeated") {
-            since.get_or_insert_with(Instant::now);
+            let report = link.reports.load(Ordering::Relaxed);
+            let (_, answered, last) = since.get_or_insert((Instant::now(), 0, u64::MAX));
+            if *last != report {
+                *answered += 1;
+                *last = report;
+            }
         }
         *since
     };
     let corroborated = match (verdict, pending) {
         (Some(how), _) if t.is_signed() => Some(how),
-        (Some(_), Some(at)) if at.elapsed() >= VERDICT_SPAN => Some("repeated"),
+        (Some(_), Some((at, answered, _)))
+            if answered >= VERDICT_REPORTS && at.elapsed() >= VERDICT_SPAN =>
+        {
+            Some("repeated")
+        }
         (_, Some(_)) if at_end => Some("repeated"),
         _ => None,
     };
