@@ -156,6 +156,10 @@ fn much_missing_after_passes(t: &Transfer, repair: &HttpRepair) -> bool {
 struct Shared {
     stop: AtomicBool,
     take_over: AtomicBool,
+    /// The manifest file was not there (404, 410) when the fetcher asked
+    /// for the pages the multicast did not bring: until it is, only a
+    /// repair round brings them (it repeats every page).
+    no_file: AtomicBool,
     counters: Arc<HttpCounters>,
 }
 
@@ -179,6 +183,7 @@ impl Fetcher {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             take_over: AtomicBool::new(false),
+            no_file: AtomicBool::new(false),
             counters: Arc::default(),
         });
         let (s, t2, repair) = (shared.clone(), t.clone(), req.repair);
@@ -207,9 +212,20 @@ impl Fetcher {
     /// least `--http-repair-percent` missing and the source is usable. The
     /// fetcher's thread takes that case on its next look; a NACK sent
     /// before then would start the repair round the policy skips.
+    ///
+    /// Not while a signed session lacks pages of chunk hashes that the
+    /// manifest file could not give (`--no-manifest-file`, or not written
+    /// yet): without them no fetched chunk verifies, and the repair round
+    /// a NACK starts repeats every page.
     pub fn fetching(&self) -> bool {
-        self.counters().state() == HttpState::Active
-            || (self.usable() && much_missing_after_passes(&self.t, &self.repair))
+        let pages_wanted = self.shared.no_file.load(Ordering::Relaxed)
+            && self
+                .t
+                .signed()
+                .is_some_and(|s| s.pages() < s.manifest.page_count());
+        !pages_wanted
+            && (self.counters().state() == HttpState::Active
+                || (self.usable() && much_missing_after_passes(&self.t, &self.repair)))
     }
 
     /// Whether the source is usable: it has URLs and is not given up. The
@@ -493,6 +509,7 @@ impl Work {
         {
             Ok(bytes) => match ManifestFile::parse(&bytes) {
                 Ok(f) => {
+                    self.shared.no_file.store(false, Ordering::Relaxed);
                     self.succeeded(i);
                     return Some((i, f));
                 }
@@ -516,6 +533,7 @@ impl Work {
     /// [`MANIFEST_POLL_BASE`] doubled per miss up to [`MANIFEST_POLL_MAX`],
     /// jittered; one message per mirror.
     fn not_there_yet(&mut self, m: usize, url: &str, e: &FetchError) {
+        self.shared.no_file.store(true, Ordering::Relaxed);
         let ms = &mut self.mirrors[m];
         if ms.misses == 0 {
             log::warn!(
