@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::core::fleet::{Fleet, FleetCounts, RxState};
+use crate::core::fleet::{Fleet, FleetCounts, RxState, Via};
 use crate::error::ErrorCode;
 use crate::proto::fec;
 use crate::proto::wire::{self, ConfirmHeader, Geometry, Packet};
@@ -282,6 +282,28 @@ impl Rounds {
         raised
     }
 
+    /// A confirmation of the `raised` counts for the whole group (nothing
+    /// when none was raised), [`CONFIRM_REPEAT`] times.
+    fn confirm(&mut self, raised: Vec<(u64, u32)>) -> Vec<Transmit> {
+        if raised.is_empty() {
+            return Vec::new();
+        }
+        self.counts.confirms += 1;
+        let p = &self.policy;
+        let h = ConfirmHeader {
+            round: self.round,
+            group_size: p.group_size,
+            receivers: self.fleet.counts().known as u32,
+            flags: 0,
+        };
+        let mut out = Vec::new();
+        for chunk in raised.chunks(wire::MAX_PARITY_ENTRIES) {
+            let pkt = wire::encode_confirm(p.session, &p.geometry, &h, chunk);
+            out.extend((0..CONFIRM_REPEAT).map(|_| Transmit::Group(pkt.clone())));
+        }
+        out
+    }
+
     /// Everything asked for since the last call: the round's plan.
     pub fn take(&mut self) -> Plan {
         let p = &self.policy;
@@ -363,23 +385,7 @@ impl Rounds {
             } if group_size == p.group_size && !self.fleet.is_dropped(from, token) => {
                 self.counts.parity_requests += 1;
                 let raised = self.add_parity(needs);
-                if raised.is_empty() {
-                    return Vec::new();
-                }
-                self.counts.confirms += 1;
-                let h = ConfirmHeader {
-                    round: self.round,
-                    group_size: self.policy.group_size,
-                    receivers: self.fleet.counts().known as u32,
-                    flags: 0,
-                };
-                let mut out = Vec::new();
-                for chunk in raised.chunks(wire::MAX_PARITY_ENTRIES) {
-                    let p = &self.policy;
-                    let pkt = wire::encode_confirm(p.session, &p.geometry, &h, chunk);
-                    out.extend((0..CONFIRM_REPEAT).map(|_| Transmit::Group(pkt.clone())));
-                }
-                out
+                self.confirm(raised)
             }
             Packet::Progress { report, token, .. } => {
                 self.counts.reports += 1;
@@ -393,7 +399,8 @@ impl Rounds {
     }
 
     /// A progress report: the receiver's row, and a "too slow" verdict
-    /// when it is still too far behind after [`SLOW_ROUNDS`] rounds.
+    /// when it is still too far behind after [`SLOW_ROUNDS`] rounds and
+    /// not fetching from a web server.
     fn report(
         &mut self,
         from: SocketAddr,
@@ -407,10 +414,16 @@ impl Rounds {
         let name = report.name();
         let behind = p.geometry.block_count - report.blocks_done;
         let too_far = behind as f64 > p.max_behind * p.geometry.block_count as f64;
-        let row = self.fleet.get(from, token).map(|r| r.state);
+        let row = self
+            .fleet
+            .get(from, token)
+            .map(|r| (r.state, r.via != Via::Multicast));
         let verdict = match row {
-            Some(RxState::Failed(ErrorCode::TooSlow)) => true,
-            Some(RxState::Receiving) if self.rounds_done >= SLOW_ROUNDS && too_far => {
+            Some((RxState::Failed(ErrorCode::TooSlow), _)) => true,
+            // A receiver fetching from a web server (`receive --http`)
+            // asks the rounds for nothing: however far behind, it is not
+            // told to stop (that would end a fetch that is going well).
+            Some((RxState::Receiving, false)) if self.rounds_done >= SLOW_ROUNDS && too_far => {
                 log::warn!(
                     "receiver {name} at {from} misses {behind} of {} blocks after {} repair rounds: too slow",
                     p.geometry.block_count,

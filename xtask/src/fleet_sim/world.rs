@@ -80,7 +80,7 @@ impl Default for Setup {
         Setup {
             // 8 MiB of 1400-byte blocks, as tests/fleet.rs's figures.
             blocks: (8u64 << 20).div_ceil(u64::from(BLOCK)),
-            group: wire::MAX_FEC_GROUP,
+            group: xdpcast::send::sender::PARITY_GROUP,
             // 20 Mbit/s of 1400-byte payloads, as tests/fleet.rs.
             rate: 20e6 / (8.0 * f64::from(BLOCK)),
             latency: Duration::from_micros(100),

@@ -130,9 +130,10 @@ struct SendRepair {
     /// RaptorQ repair symbols per FEC group (0: no FEC).
     #[arg(long, default_value_t = 0)]
     fec: u16,
-    /// Blocks per FEC group, for --fec and for parity repair (1..=1024;
-    /// default 64 with --fec, else 1024: larger groups make a repair round
-    /// for many receivers cost closer to their average loss).
+    /// Blocks per FEC group, for --fec and for parity repair (1..=2048;
+    /// default 64 with --fec, else 2048: larger groups make a repair round
+    /// for many receivers cost closer to their average loss, bursty loss
+    /// included).
     #[arg(long)]
     fec_group: Option<u32>,
     /// Test loss injection: fraction (0..1) of data and FEC packets not sent.

@@ -288,3 +288,32 @@ fn forgeries_from_a_receivers_address_without_its_token_do_not_starve_it() {
     assert_eq!(state(78), Some(RxState::Failed(ErrorCode::TooSlow)));
     assert_eq!(i.take().ranges, vec![(5, 6), (9, 10)]);
 }
+
+/// `send --max-behind` and `receive --http`: a receiver far behind that
+/// says it fetches from a web server is not told it is too slow; one far
+/// behind without it is.
+#[test]
+fn a_receiver_fetching_over_http_is_not_judged_too_slow() {
+    let p = policy();
+    let g = p.geometry;
+    let mut i = Rounds::new(p);
+    i.open_window(3, SLOW_ROUNDS);
+    let now = Instant::now();
+    let at = SocketAddr::from(([10, 0, 0, 8], 40_002));
+    let behind = |flags: u8| wire::Report {
+        blocks_done: 0,
+        requests: 0,
+        state: 1,
+        error: 0,
+        flags,
+        name: wire::Report::name_field("web"),
+    };
+    let http = wire::encode_progress(1, &g, 5, &behind(wire::REPORT_HTTP));
+    assert!(i.handle(&http, at, now).is_empty());
+    assert_eq!(
+        i.table().get(at, 5).map(|r| r.state),
+        Some(RxState::Receiving)
+    );
+    let plain = wire::encode_progress(1, &g, 6, &behind(0));
+    assert_eq!(i.handle(&plain, at, now).len(), 1, "a verdict");
+}

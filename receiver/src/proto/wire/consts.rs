@@ -90,8 +90,12 @@ pub const ZEROS_PREFIX_LEN: usize = 4;
 /// its runs ([`SIGNATURE_LEN`]). Runs take 12 bytes each and 64 is not a
 /// multiple of 12, so the length tells a signed packet from an unsigned one.
 pub const ZEROS_SIGNATURE_LEN: usize = SIGNATURE_LEN;
-/// Largest FEC group (source blocks per RaptorQ source block).
-pub const MAX_FEC_GROUP: u32 = 1024;
+/// Largest FEC group (source blocks per RaptorQ source block): the
+/// default parity group (`send::sender::PARITY_GROUP`). Bounds what a
+/// forged symbol can make a receiver decode (about twice the work of the
+/// 1024 blocks this was until bursty loss in `cargo xtask fleet-sim`
+/// called for larger groups, docs/reliability.md).
+pub const MAX_FEC_GROUP: u32 = 2048;
 /// FEC payload bytes in front of the symbol: group size (u32) and the
 /// RaptorQ payload id (4 bytes).
 pub const FEC_PREFIX_LEN: usize = 8;

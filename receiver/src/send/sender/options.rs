@@ -19,8 +19,11 @@ pub const FEC_GROUP: u32 = 64;
 /// group, the closer that maximum comes to the average loss: with 5% loss
 /// at each of 24 receivers, the worst receiver lacks about 2.2 times the
 /// average in a 64-block group, 1.25 times in a 1024-block one
-/// (docs/reliability.md). RaptorQ encodes or decodes 1024 blocks of 1400
-/// bytes in about 10 ms, only in repair rounds.
+/// (docs/reliability.md). Bursts of loss gather in few groups, so bursty
+/// loss at 1000 receivers needs larger groups still: 2048 blocks bring the
+/// simulator's 1.21 sends per block to 1.15 (`cargo xtask fleet-sim`).
+/// RaptorQ encodes or decodes 2048 blocks of 1400 bytes in about 20-40 ms
+/// (twice 1024), only in repair rounds.
 pub const PARITY_GROUP: u32 = wire::MAX_FEC_GROUP;
 
 /// What to send and how.
