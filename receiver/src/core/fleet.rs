@@ -140,8 +140,6 @@ pub struct Fleet {
     /// Blocks of the image: a receiver reporting fewer than this less
     /// [`wire::LACKING_MUCH`] of it lacks much.
     much_below: u64,
-    /// Blocks of the image.
-    block_count: u64,
 }
 
 impl Fleet {
@@ -152,7 +150,6 @@ impl Fleet {
             rows: Vec::new(),
             vanish_after,
             much_below: block_count - (wire::LACKING_MUCH * block_count as f64).ceil() as u64,
-            block_count,
         }
     }
 
@@ -251,20 +248,11 @@ impl Fleet {
     }
 
     /// Whether a receiver still receiving wrote more blocks within `within`
-    /// (it may be working through a repair round it has not asked after),
-    /// or, hearing the multicast and lacking blocks, reported within
-    /// `within`: alive, it will ask, but a starved machine may ask after
-    /// the window (a receiver fetching over HTTP asks nothing). Reports are
-    /// not authenticated: the schedule holds for this at most
-    /// [`super::rounds::PROGRESS_HOLD`] windows.
+    /// (it may be working through a repair round it has not asked after).
     pub fn progressing(&self, within: Duration, now: Instant) -> bool {
-        self.rows.iter().any(|r| {
-            r.state == RxState::Receiving
-                && (now - r.last_progress < within
-                    || (r.via == Via::Multicast
-                        && r.blocks_done < self.block_count
-                        && now - r.last_seen < within))
-        })
+        self.rows
+            .iter()
+            .any(|r| r.state == RxState::Receiving && now - r.last_progress < within)
     }
 
     /// Mark receivers silent for too long as vanished.
@@ -321,30 +309,6 @@ mod tests {
             flags: 0,
             name: Report::name_field(name),
         }
-    }
-
-    #[test]
-    fn a_receiver_lacking_blocks_that_still_reports_holds_the_window() {
-        let mut f = Fleet::new(Duration::from_secs(10), 100);
-        let t0 = Instant::now();
-        let d: SocketAddr = "10.0.0.4:4000".parse().unwrap();
-        let lacking = Report {
-            blocks_done: 40,
-            ..report(1, 0, "d")
-        };
-        f.report(d, 4, &lacking, t0);
-        f.report(d, 4, &lacking, t0 + Duration::from_millis(1800));
-        // No new block since t0, but alive: it may yet ask.
-        assert!(f.progressing(Duration::from_secs(1), t0 + Duration::from_secs(2)));
-        // Silent for the window: it does not hold it.
-        assert!(!f.progressing(Duration::from_secs(1), t0 + Duration::from_secs(3)));
-        // Fetching over HTTP only, it asks nothing: no hold either.
-        let http = Report {
-            flags: wire::REPORT_HTTP | wire::REPORT_HTTP_ONLY,
-            ..lacking
-        };
-        f.report(d, 4, &http, t0 + Duration::from_millis(2900));
-        assert!(!f.progressing(Duration::from_secs(1), t0 + Duration::from_secs(3)));
     }
 
     #[test]
