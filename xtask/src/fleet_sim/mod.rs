@@ -314,8 +314,14 @@ mod tests {
         let by_multicast = o.finished.iter().filter(|f| f.is_some()).count();
         assert_eq!(by_multicast + o.http, 16, "{o:?}");
         assert!(o.rounds >= 1 && o.requests >= 1, "{o:?}");
-        // A receiver that lags once the others are done may still fetch
-        // (few then lack much); before the hint all 16 did.
-        assert!(o.http <= 2, "{} of 16 fetched over HTTP", o.http);
+        // Receivers that lag once the others are done may still fetch:
+        // they are few then, at most --http-repair-few's share of the
+        // fleet (with 2048-block groups 4 of 16 lag that far); before the
+        // hint all 16 did.
+        assert!(
+            o.http as f64 <= world::HTTP_REPAIR.few * 16.0,
+            "{} of 16 fetched over HTTP",
+            o.http
+        );
     }
 }

@@ -39,7 +39,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const CONTROL_REPEAT: usize = 3;
 /// `receive --http`'s defaults: `--http-repair-percent 5`,
 /// `--http-repair-few 25`.
-const HTTP_REPAIR: HttpRepair = HttpRepair {
+pub(super) const HTTP_REPAIR: HttpRepair = HttpRepair {
     share: 0.05,
     few: 0.25,
 };
