@@ -59,6 +59,9 @@ WORKER_WORDS = 8
 LATENCY_WORDS = 3
 MAX_WORKERS = 32
 FLAG_DIGEST = 2
+# With FLAG_DIGEST: the digest is a signed image's root (BLAKE3 of its chunk
+# hashes), not a SHA-256.
+FLAG_ROOT = 4
 
 STATES = ["INITIALIZED", "IN_PROGRESS", "SUCCESS", "FAILURE"]
 MODES = ["unknown", "socket", "xdp-native", "xdp-generic"]
@@ -232,7 +235,10 @@ def decode(w, owner_uid):
     out.update((k, w[W[k]]) for k in keys)
     zm = w[W["zero_method"]]
     out["zero_method"] = ZERO_METHODS[zm] if zm < len(ZERO_METHODS) else "none"
-    out["sha256"] = digest if w[W["flags"]] & FLAG_DIGEST else None
+    flags = w[W["flags"]]
+    has_digest = flags & FLAG_DIGEST
+    out["sha256"] = digest if has_digest and not flags & FLAG_ROOT else None
+    out["root"] = digest if has_digest and flags & FLAG_ROOT else None
     out["message"] = text(w, W["message"], 256)
     # Keys in alphabetical order, as xdpcast prints them.
     out["drops"] = dict(sorted((n, w[W["drops"] + i]) for i, n in enumerate(DROPS)))
