@@ -275,6 +275,19 @@ struct MirrorState {
     file_not_before: Instant,
 }
 
+impl MirrorState {
+    /// A mirror ready for ranges and for the manifest file at `now`.
+    fn new(mirror: Mirror, now: Instant) -> MirrorState {
+        MirrorState {
+            mirror,
+            not_before: now,
+            failures: 0,
+            misses: 0,
+            file_not_before: now,
+        }
+    }
+}
+
 /// One range request: units `[first, end)` of the image.
 #[derive(Debug, Clone, Copy)]
 struct Job {
@@ -331,13 +344,7 @@ impl Work {
             mirrors: req
                 .urls
                 .iter()
-                .map(|u| MirrorState {
-                    mirror: Mirror::new(u, req.timeout, &roots),
-                    not_before: now,
-                    failures: 0,
-                    misses: 0,
-                    file_not_before: now,
-                })
+                .map(|u| MirrorState::new(Mirror::new(u, req.timeout, &roots), now))
                 .collect(),
             next_mirror: (rng.next_u64() % req.urls.len().max(1) as u64) as usize,
             t,
@@ -413,13 +420,7 @@ impl Work {
         let now = Instant::now();
         self.mirrors = urls
             .iter()
-            .map(|u| MirrorState {
-                mirror: Mirror::new(u, self.req.timeout, &roots),
-                not_before: now,
-                failures: 0,
-                misses: 0,
-                file_not_before: now,
-            })
+            .map(|u| MirrorState::new(Mirror::new(u, self.req.timeout, &roots), now))
             .collect();
         self.next_mirror = (self.rng.next_u64() % self.mirrors.len() as u64) as usize;
         self.req.urls = urls;
